@@ -1,0 +1,88 @@
+"""rankdecay: see and steer how regularization shapes the rank of attention layers.
+
+The public names below are loaded lazily so that ``import rankdecay`` (and the CLI) stays fast and
+optional extras are only needed by the parts that use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # spectra
+    "factored_svdvals": "spectra",
+    "rank": "spectra",
+    "effective_rank": "spectra",
+    "stable_rank": "spectra",
+    "nuclear_norm": "spectra",
+    "frobenius_norm": "spectra",
+    "spectral_norm": "spectra",
+    "balance": "spectra",
+    "norm_gap": "spectra",
+    "spectral_metrics": "spectra",
+    # heads
+    "LayerHeads": "heads",
+    "attention_heads": "heads",
+    "register_adapter": "heads",
+    # analyze
+    "analyze": "analyze",
+    "SpectralReport": "analyze",
+    "load_model": "analyze",
+    # polar / decay
+    "polar": "polar",
+    "param_roles": "decay",
+    "param_groups": "decay",
+    "describe_groups": "decay",
+    "LowRankDecay": "decay",
+    # training
+    "SpectralMonitor": "monitor",
+    "TinyTransformer": "models",
+    "ModelConfig": "models",
+    # results
+    "load_sweep": "results",
+    "load_run": "results",
+    # errors
+    "RankdecayError": "errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rankdecay' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"rankdecay.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .analyze import SpectralReport, analyze, load_model  # noqa: F401
+    from .decay import LowRankDecay, describe_groups, param_groups, param_roles  # noqa: F401
+    from .errors import RankdecayError  # noqa: F401
+    from .heads import LayerHeads, attention_heads, register_adapter  # noqa: F401
+    from .models import ModelConfig, TinyTransformer  # noqa: F401
+    from .monitor import SpectralMonitor  # noqa: F401
+    from .polar import polar  # noqa: F401
+    from .results import load_run, load_sweep  # noqa: F401
+    from .spectra import (  # noqa: F401
+        balance,
+        effective_rank,
+        factored_svdvals,
+        frobenius_norm,
+        norm_gap,
+        nuclear_norm,
+        rank,
+        spectral_metrics,
+        spectral_norm,
+        stable_rank,
+    )

@@ -1,0 +1,69 @@
+"""Command line: ``rankdecay analyze | run | list | sweep | report``.
+
+Each command's module owns its arguments: it defines ``configure_parser(parser)`` and
+``run_cli(args) -> int``. This file only dispatches, and turns the errors a user can cause
+(:class:`~rankdecay.errors.RankdecayError`) into one sentence on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import RankdecayError
+
+#: command → (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "analyze": ("rankdecay.analyze", "per-head spectra of a model's QK and OV circuits"),
+    "run": ("rankdecay.train", "one run of a named experiment"),
+    "list": ("rankdecay.experiments.catalog", "experiments, presets and config keys"),
+    "sweep": ("rankdecay.sweep", "a grid of runs on local processes, an ensemble or Ray"),
+    "report": ("rankdecay.report", "HTML report and figures of a run or a sweep"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(
+        prog="rankdecay",
+        description="See and steer how regularization shapes the rank of attention layers.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules: dict[str, object] = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # command not built in this version
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        module.configure_parser(p)  # type: ignore[attr-defined]
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        parser, modules = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return int(modules[args.command].run_cli(args) or 0)  # type: ignore[attr-defined]
+    except RankdecayError as exc:
+        if debug:
+            raise
+        print(f"rankdecay: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("rankdecay: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

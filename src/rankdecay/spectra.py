@@ -1,0 +1,196 @@
+"""Spectra of factored matrices A·Bᵀ and the metrics rankdecay reports.
+
+Pure tensor maths: nothing here knows about ``nn.Module``.
+
+Factored SVD
+------------
+For A ∈ ℝ^{d₁×r} and B ∈ ℝ^{d₂×r} take thin QR factorizations A = Q_A R_A, B = Q_B R_B
+(Q_A ∈ ℝ^{d₁×k₁}, R_A ∈ ℝ^{k₁×r}, k₁ = min(d₁, r); likewise for B). Then
+
+    A·Bᵀ = Q_A (R_A R_Bᵀ) Q_Bᵀ,
+
+and since Q_A, Q_B have orthonormal columns, σ(A·Bᵀ) = σ(R_A R_Bᵀ), a k₁×k₂ matrix. The cost is
+O(d·r²) per product instead of O(d³) for the SVD of the materialized d₁×d₂ product, and every
+leading dimension (layer, head, …) is batched. The result has min(d₁, d₂, r) values, which is
+all the non-zero ones (rank(A·Bᵀ) ≤ r); the remaining singular values of the d₁×d₂ product are 0.
+
+Metrics (on singular values σ₁ ≥ σ₂ ≥ … ≥ 0, shape (..., k))
+-------------------------------------------------------------
+- ``rank(s, rtol)``         #{σᵢ > rtol·σ₁}   (0 for the zero matrix)
+- ``effective_rank(s)``     exp(−Σ pᵢ log pᵢ), pᵢ = σᵢ/Σσ (Roy & Vetterli 2007; 0 for the zero matrix)
+- ``stable_rank(s)``        Σσᵢ² / σ₁²       (0 for the zero matrix)
+- ``nuclear_norm(s)``       Σσᵢ
+- ``frobenius_norm(s)``     √Σσᵢ²
+- ``spectral_norm(s)``      σ₁
+- ``balance(A, B)``         ‖AᵀA − BᵀB‖_F   (0 at every critical point of an L2-regularized loss)
+- ``norm_gap(A, B)``        ½(‖A‖_F² + ‖B‖_F²) − ‖A·Bᵀ‖_* ≥ 0 (0 iff the factorization is balanced)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .errors import RankdecayError
+
+DEFAULT_RTOL = 1e-2
+
+__all__ = [
+    "DEFAULT_RTOL",
+    "NonFiniteInputError",
+    "balance",
+    "effective_rank",
+    "factored_svd",
+    "factored_svdvals",
+    "frobenius_norm",
+    "norm_gap",
+    "nuclear_norm",
+    "rank",
+    "spectral_metrics",
+    "spectral_norm",
+    "stable_rank",
+]
+
+
+class NonFiniteInputError(RankdecayError, ValueError):
+    """A factor contains NaN or Inf, so its spectrum is undefined."""
+
+
+def _check_factors(A: Tensor, B: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    if A.dim() < 2 or B.dim() < 2:
+        raise ValueError(
+            f"factors must be matrices (..., d, r); got shapes {tuple(A.shape)} and {tuple(B.shape)}."
+        )
+    if A.shape[-1] != B.shape[-1]:
+        raise ValueError(
+            f"A·Bᵀ needs the same inner dimension r; got A {tuple(A.shape)} and B {tuple(B.shape)}."
+        )
+    if dtype is not None:
+        A, B = A.to(dtype), B.to(dtype)
+    if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+        raise NonFiniteInputError(
+            "a factor contains NaN or Inf, so its singular values are undefined; "
+            "check the weights (e.g. a diverged run) before analysing them."
+        )
+    return A, B
+
+
+def _core(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Q_A, Q_B and the small core M = R_A R_Bᵀ with A·Bᵀ = Q_A M Q_Bᵀ."""
+    Q_A, R_A = torch.linalg.qr(A, mode="reduced")  # (..., d1, k1), (..., k1, r)
+    Q_B, R_B = torch.linalg.qr(B, mode="reduced")  # (..., d2, k2), (..., k2, r)
+    return Q_A, Q_B, R_A @ R_B.mT  # (..., k1, k2)
+
+
+def factored_svdvals(A: Tensor, B: Tensor, dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """Singular values of A·Bᵀ from its factors, without forming the product.
+
+    Args:
+        A: (..., d₁, r) tensor.
+        B: (..., d₂, r) tensor; leading dims broadcast with A's.
+        dtype: compute dtype (float64 by default whatever the inputs' dtype); ``None`` keeps it.
+
+    Returns:
+        (..., min(d₁, d₂, r)) singular values in descending order, in ``dtype``.
+    """
+    A, B = _check_factors(A, B, dtype)
+    _, _, M = _core(A, B)
+    return torch.linalg.svdvals(M)
+
+
+def factored_svd(
+    A: Tensor, B: Tensor, dtype: torch.dtype | None = torch.float64
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD A·Bᵀ = U diag(S) Vᵀ from the factors.
+
+    Returns:
+        U (..., d₁, k), S (..., k), V (..., d₂, k) with k = min(d₁, d₂, r); U and V have
+        orthonormal columns. U = Q_A U_M, V = Q_B V_M where M = R_A R_Bᵀ = U_M diag(S) V_Mᵀ.
+    """
+    A, B = _check_factors(A, B, dtype)
+    Q_A, Q_B, M = _core(A, B)
+    U_M, S, Vh_M = torch.linalg.svd(M, full_matrices=False)
+    return Q_A @ U_M, S, Q_B @ Vh_M.mT
+
+
+def _leading(s: Tensor) -> Tensor:
+    return s[..., :1]
+
+
+def rank(s: Tensor, rtol: float = DEFAULT_RTOL) -> Tensor:
+    """Numerical rank #{σᵢ > rtol·σ₁} of singular values ``s`` (..., k) → (...,) int64."""
+    if rtol < 0:
+        raise ValueError(f"rtol must be non-negative, got {rtol}.")
+    if s.shape[-1] == 0:
+        return torch.zeros(s.shape[:-1], dtype=torch.int64, device=s.device)
+    return (s > rtol * _leading(s)).sum(-1)
+
+
+def effective_rank(s: Tensor) -> Tensor:
+    """Effective rank exp(−Σ pᵢ log pᵢ), pᵢ = σᵢ/Σσ (Roy & Vetterli 2007); 0 for the zero matrix.
+
+    ``s``: (..., k) → (...,). Lies in [1, k] for a non-zero matrix; equals k iff all σᵢ are equal.
+    """
+    total = s.sum(-1, keepdim=True)
+    p = torch.where(total > 0, s / total.clamp_min(torch.finfo(s.dtype).tiny), torch.zeros_like(s))
+    entropy = -(torch.where(p > 0, p * torch.log(p.clamp_min(torch.finfo(s.dtype).tiny)), 0.0)).sum(-1)
+    return torch.where(total.squeeze(-1) > 0, torch.exp(entropy), torch.zeros_like(entropy))
+
+
+def stable_rank(s: Tensor) -> Tensor:
+    """Stable rank Σσᵢ² / σ₁² of ``s`` (..., k) → (...,); 0 for the zero matrix."""
+    if s.shape[-1] == 0:
+        return s.new_zeros(s.shape[:-1])
+    top = _leading(s).squeeze(-1)
+    fro2 = (s * s).sum(-1)
+    return torch.where(top > 0, fro2 / (top * top).clamp_min(torch.finfo(s.dtype).tiny), 0.0)
+
+
+def nuclear_norm(s: Tensor) -> Tensor:
+    """Nuclear norm Σσᵢ: (..., k) → (...,)."""
+    return s.sum(-1)
+
+
+def frobenius_norm(s: Tensor) -> Tensor:
+    """Frobenius norm √Σσᵢ²: (..., k) → (...,)."""
+    return torch.sqrt((s * s).sum(-1))
+
+
+def spectral_norm(s: Tensor) -> Tensor:
+    """Spectral norm σ₁: (..., k) → (...,); 0 for an empty spectrum."""
+    if s.shape[-1] == 0:
+        return s.new_zeros(s.shape[:-1])
+    return s.max(-1).values
+
+
+def balance(A: Tensor, B: Tensor, dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """‖AᵀA − BᵀB‖_F for A (..., d₁, r), B (..., d₂, r) → (...,).
+
+    Zero at every critical point of L(A·Bᵀ) + (λ/2)(‖A‖² + ‖B‖²) with λ > 0, and conserved by
+    gradient flow on L(A·Bᵀ) alone.
+    """
+    A, B = _check_factors(A, B, dtype)
+    return torch.linalg.matrix_norm(A.mT @ A - B.mT @ B)
+
+
+def norm_gap(A: Tensor, B: Tensor, dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """½(‖A‖_F² + ‖B‖_F²) − ‖A·Bᵀ‖_* ≥ 0 for A (..., d₁, r), B (..., d₂, r) → (...,).
+
+    By the variational form of the nuclear norm this is non-negative, and zero iff the factors
+    are balanced (AᵀA = BᵀB on the relevant subspace).
+    """
+    A, B = _check_factors(A, B, dtype)
+    half_sq = 0.5 * (A.pow(2).sum((-2, -1)) + B.pow(2).sum((-2, -1)))
+    return half_sq - factored_svdvals(A, B, dtype=None).sum(-1)
+
+
+def spectral_metrics(s: Tensor, rtol: float = DEFAULT_RTOL) -> dict[str, Tensor]:
+    """All spectrum-only metrics of ``s`` (..., k) as a dict of (...,) tensors."""
+    return {
+        "rank": rank(s, rtol),
+        "effective_rank": effective_rank(s),
+        "stable_rank": stable_rank(s),
+        "nuclear_norm": nuclear_norm(s),
+        "frobenius_norm": frobenius_norm(s),
+        "spectral_norm": spectral_norm(s),
+    }
