@@ -1,0 +1,1112 @@
+"""Grids of runs: ``rankdecay sweep`` and the executors that run them (local processes, Ray).
+
+A sweep is the Cartesian product of a grid (dotted config key → values) times seeds. Its
+directory holds one run directory per (point, seed) and an index, ``sweep.json``::
+
+    SWEEP/
+      sweep.json     {"format": 1, "experiment", "preset", "grid": {key: [v, ...]}, "seeds": [...],
+                      "fixed": {key: v}, "executor", "created", "updated",
+                      "runs": [{"name", "point": {key: v}, "seed", "run_dir", "status", "error",
+                                "wall_s", "final": {...}}, ...]}
+      <name>/        one run directory each (format: :mod:`rankdecay.runio`)
+
+A run's name is ``<key=value>_..._seed=<s>-<hash>``: readable, and stable because the hash is
+that of (experiment, preset, fixed overrides, point, seed). ``status`` is one of ``pending``,
+``running``, ``finished``, ``failed``, ``interrupted``.
+
+Re-running the same command is idempotent: finished runs are skipped, the others are resumed from
+their last checkpoint (``Experiment.run(..., resume=True)``). A run that raises is recorded with
+its error and does not stop the others. The exit status of ``rankdecay sweep`` is the number of
+runs that did not finish (capped at 100), 0 when all finished, 2 for bad input, 130 on Ctrl-C.
+
+Executors are pluggable: subclass :class:`Executor`, implement ``run_all(tasks, on_event)`` and
+register the class with :func:`register_executor` (or add it to :data:`EXECUTORS` as a
+``"module:Class"`` string so that its module is imported only when chosen).
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import importlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .config import apply_overrides, get_key, parse_assignment
+from .errors import RankdecayError
+from .runio import atomic_write_json, read_json
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
+    "RunEvent",
+    "RunTask",
+    "SweepSpec",
+    "configure_parser",
+    "execute_task",
+    "get_executor",
+    "plan_sweep",
+    "register_executor",
+    "run_cli",
+    "run_sweep",
+]
+
+SWEEP_FILE = "sweep.json"
+FORMAT = 1
+MAX_EXIT = 100
+
+
+# --------------------------------------------------------------------------------------------
+# experiments: a registered name, or "package.module:ATTRIBUTE" for a user's own experiment
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_experiment(name: str) -> tuple[Any, str]:
+    """Return ``(Experiment, spec)`` where ``spec`` = ``"module:attr"`` that any worker can import.
+
+    ``name`` is a registered experiment (``rankdecay list``) or ``"package.module:ATTR"`` naming an
+    :class:`~rankdecay.experiments.Experiment` object in an importable module.
+    """
+    from . import experiments as registry
+
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise RankdecayError(
+                f"cannot import experiment module '{module_name}' ({exc}); check the name and "
+                "that it is on PYTHONPATH."
+            ) from None
+        exp = getattr(module, attr or "EXPERIMENT", None)
+        if not isinstance(exp, registry.Experiment):
+            raise RankdecayError(
+                f"'{name}' is not an Experiment object; point to a module attribute created with "
+                "rankdecay.experiments.Experiment(...)."
+            )
+        return exp, f"{module_name}:{attr or 'EXPERIMENT'}"
+    exp = registry.get_experiment(name)
+    module = registry.EXPERIMENT_MODULES[name]
+    return exp, f"{registry.__name__}.{module}:EXPERIMENT"
+
+
+def load_experiment(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module_name), attr or "EXPERIMENT")
+
+
+# --------------------------------------------------------------------------------------------
+# tasks and events: what executors receive and report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTask:
+    """One run of a sweep, everything a worker (local process, Ray task) needs; picklable."""
+
+    index: int
+    name: str
+    experiment: str  # "module:attr" spec, importable in any worker
+    preset: str
+    overrides: dict[str, Any]  # fixed overrides then the grid point (dotted keys, typed values)
+    seed: int
+    run_dir: str  # absolute path
+    threads: int = 1
+
+
+@dataclasses.dataclass
+class RunEvent:
+    """``kind`` is ``"start"`` or ``"done"``; ``result`` (for ``"done"``) is :func:`execute_task`'s dict."""
+
+    kind: str
+    index: int
+    result: dict[str, Any] | None = None
+
+
+def _checkpoint_exists(run_dir: Path) -> bool:
+    return (run_dir / "checkpoint" / "state.json").exists()
+
+
+def run_status(run_dir: str | Path) -> str:
+    """Status recorded in ``run_dir/summary.json``: ``missing`` when there is none (or it is torn)."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return "missing"
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("status", "missing"))
+    except (OSError, ValueError):
+        return "missing"
+
+
+def set_threads(threads: int) -> None:
+    """Limit this process's intra-op parallelism (torch, OpenMP, MKL) to ``threads``."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only settable before any inter-op work
+        torch.set_num_interop_threads(1)
+
+
+def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]:
+    """Run one task in this process and return ``{"status", "error", "wall_s", "final", "verdict"}``.
+
+    A run directory that holds a checkpoint is resumed (``resume=True``); one that was started but
+    never checkpointed is cleared and started afresh. Any exception is caught and returned as
+    ``status="failed"`` (its traceback is written to ``run_dir/error.txt``); KeyboardInterrupt
+    returns ``status="interrupted"``.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(task.run_dir)
+    try:
+        if set_thread_count:
+            set_threads(task.threads)
+        exp = load_experiment(task.experiment)
+        cfg = exp.config(task.preset, task.overrides, seed=task.seed)
+        resume = _checkpoint_exists(run_dir)
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
+        (run_dir / "error.txt").unlink(missing_ok=True)
+        summary = exp.run(cfg, run_dir, resume=resume, progress=False) or {}
+        status = str(summary.get("status", "finished"))
+        return {
+            "status": status,
+            "error": summary.get("error") if status != "finished" else None,
+            "wall_s": time.perf_counter() - t0,
+            "final": summary.get("final", {}),
+            "verdict": summary.get("verdict", []),
+        }
+    except KeyboardInterrupt:
+        return {"status": "interrupted", "error": "interrupted", "wall_s": time.perf_counter() - t0}
+    except BaseException as exc:  # noqa: BLE001 - a failing run must not stop the sweep
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        with contextlib.suppress(OSError):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        return {"status": "failed", "error": error, "wall_s": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------------------------
+# executors
+# --------------------------------------------------------------------------------------------
+
+
+class Executor(abc.ABC):
+    """Runs a list of :class:`RunTask` and reports each start and end through ``on_event``.
+
+    Subclasses get every parsed CLI option as keyword arguments (``workers``,
+    ``threads_per_worker``, ``ray_address``, ``gpus_per_run``, plus those their own
+    :meth:`add_arguments` declares) and must accept and ignore the others. ``run_all`` receives all
+    pending tasks at once, so an executor may group them (e.g. train several seeds together) as
+    long as each task ends in exactly one ``"done"`` event whose result has the keys of
+    :func:`execute_task`. ``threads_for(workers)`` tells the sweep how many threads each task gets.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Declare executor-specific CLI options (default: none)."""
+        return None
+
+    def threads_per_task(self) -> int:
+        return 1
+
+    @abc.abstractmethod
+    def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
+        """Run every task, calling ``on_event(RunEvent("start"|"done", task.index, result))``."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this worker at once when the sweep process dies (so no orphan keeps writing)."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(3)
+        time.sleep(0.5)
+
+
+def _worker_main(conn: Any, threads: int, parent_pid: int) -> None:
+    """Local worker process: receive tasks on ``conn`` until ``None``, send back results."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    set_threads(threads)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        if task is None:
+            return
+        result = execute_task(task, set_thread_count=False)
+        try:
+            conn.send(result)
+        except (OSError, BrokenPipeError):
+            return
+
+
+class LocalExecutor(Executor):
+    """A pool of ``workers`` spawned processes, each limited to ``threads_per_worker`` threads.
+
+    ``workers × threads_per_worker`` may not exceed the CPUs available to this process. A worker
+    that dies (segfault, out of memory) fails only the run it held and is replaced.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int = 1, threads_per_worker: int | None = None, **options: Any):
+        super().__init__(**options)
+        cpus = available_cpus()
+        if workers < 1:
+            raise RankdecayError(
+                f"--workers must be at least 1, got {workers}; pass --workers 1 or more."
+            )
+        if workers > cpus:
+            raise RankdecayError(
+                f"--workers {workers} exceeds the {cpus} CPUs available here; pass --workers {cpus} "
+                "or fewer (or use --executor ray for more machines)."
+            )
+        if threads_per_worker is None:
+            threads_per_worker = max(1, cpus // workers)
+        if threads_per_worker < 1 or workers * threads_per_worker > cpus:
+            raise RankdecayError(
+                f"--workers {workers} × --threads-per-worker {threads_per_worker} would oversubscribe "
+                f"the {cpus} CPUs available here; lower one of them."
+            )
+        self.workers = workers
+        self.threads = threads_per_worker
+
+    def threads_per_task(self) -> int:
+        return self.threads
+
+    def describe(self) -> str:
+        return f"local ({self.workers} worker(s) × {self.threads} thread(s))"
+
+    def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
+        import multiprocessing
+        from multiprocessing.connection import wait
+
+        ctx = multiprocessing.get_context("spawn")
+        queue = list(tasks)
+        queue.reverse()
+        workers: list[dict[str, Any]] = []
+
+        def start_worker() -> dict[str, Any]:
+            parent_conn, child_conn = ctx.Pipe()
+            proc = ctx.Process(
+                target=_worker_main, args=(child_conn, self.threads, os.getpid()), daemon=True
+            )
+            proc.start()
+            child_conn.close()
+            return {"proc": proc, "conn": parent_conn, "task": None}
+
+        try:
+            for _ in range(min(self.workers, len(queue))):
+                workers.append(start_worker())
+            while True:
+                for w in workers:
+                    if w["task"] is None and queue:
+                        task = queue.pop()
+                        w["conn"].send(task)
+                        w["task"] = task
+                        on_event(RunEvent("start", task.index))
+                busy = [w for w in workers if w["task"] is not None]
+                if not busy:
+                    break
+                ready = wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy], 1.0)
+                for i, w in enumerate(workers):
+                    task = w["task"]
+                    if task is None or (w["conn"] not in ready and w["proc"].sentinel not in ready):
+                        continue
+                    result: dict[str, Any] | None = None
+                    try:
+                        if w["conn"].poll():
+                            result = w["conn"].recv()
+                    except (EOFError, OSError):
+                        result = None
+                    if result is None:  # the process died holding this task
+                        w["proc"].join(1.0)
+                        code = w["proc"].exitcode
+                        result = {
+                            "status": "failed",
+                            "error": f"worker process died (exit code {_signal_name(code)}) while running this run",
+                            "wall_s": None,
+                        }
+                        w["conn"].close()
+                        workers[i] = (
+                            start_worker()
+                            if queue
+                            else {"proc": w["proc"], "conn": None, "task": None, "dead": True}
+                        )
+                    else:
+                        w["task"] = None
+                    on_event(RunEvent("done", task.index, result))
+                workers = [w for w in workers if not w.get("dead")]
+        finally:
+            self._shutdown(workers)
+
+    @staticmethod
+    def _shutdown(workers: list[dict[str, Any]]) -> None:
+        for w in workers:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                if w["task"] is None:
+                    w["conn"].send(None)
+        deadline = time.monotonic() + 10.0  # give interrupted runs time to save a checkpoint
+        for w in workers:
+            w["proc"].join(max(0.0, deadline - time.monotonic()))
+        for w in workers:
+            if w["proc"].is_alive():
+                w["proc"].terminate()
+                w["proc"].join(5.0)
+            if w["proc"].is_alive():
+                w["proc"].kill()
+                w["proc"].join()
+
+
+def _ray_execute(task: RunTask) -> dict[str, Any]:
+    return execute_task(task)
+
+
+class RayExecutor(Executor):
+    """Each run is one Ray task needing ``threads_per_worker`` CPUs and ``gpus_per_run`` GPUs.
+
+    ``ray_address``: ``None`` starts a local Ray instance (or reuses the one this process already
+    initialized), ``"auto"`` joins the cluster started with ``ray start``, anything else is a
+    cluster address. Results are written by the workers to the (shared) sweep directory.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        ray_address: str | None = None,
+        threads_per_worker: int | None = None,
+        gpus_per_run: float = 0.0,
+        workers: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.address = ray_address
+        self.threads = int(threads_per_worker or 1)
+        self.gpus = float(gpus_per_run or 0.0)
+        self.max_in_flight = workers  # None: let Ray schedule everything
+        if self.threads < 1:
+            raise RankdecayError("--threads-per-worker must be at least 1; pass a positive count.")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--ray-address",
+            default=None,
+            metavar="ADDR",
+            help="Ray cluster: 'auto' (the one `ray start` began) or host:port; default: a local instance",
+        )
+        parser.add_argument(
+            "--gpus-per-run", type=float, default=0.0, help="GPUs each Ray task needs (default 0)"
+        )
+
+    def threads_per_task(self) -> int:
+        return self.threads
+
+    def describe(self) -> str:
+        where = self.address or "local instance"
+        return f"ray ({where}; {self.threads} CPU(s), {self.gpus:g} GPU(s) per run)"
+
+    def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise RankdecayError(
+                "--executor ray needs Ray; install it with `pip install 'rankdecay[ray]'`."
+            ) from None
+        started_here = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+            if self.address:
+                kwargs["address"] = self.address
+            else:
+                kwargs["include_dashboard"] = False
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise RankdecayError(
+                    f"cannot connect to Ray at {self.address or 'a local instance'} ({exc}); start "
+                    "a cluster with `ray start --head` or check --ray-address."
+                ) from None
+            started_here = True
+        remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=0)(_ray_execute)
+        pending = list(tasks)
+        pending.reverse()
+        in_flight: dict[Any, RunTask] = {}
+        limit = self.max_in_flight or len(tasks)
+        try:
+            while pending or in_flight:
+                while pending and len(in_flight) < limit:
+                    task = pending.pop()
+                    in_flight[remote.remote(task)] = task
+                    on_event(RunEvent("start", task.index))
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+                for ref in done:
+                    task = in_flight.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - worker crash, lost node, ...
+                        first = (str(exc).strip().splitlines() or [""])[0]
+                        error = f"Ray task failed: {type(exc).__name__}: {first}"
+                        result = {"status": "failed", "error": error, "wall_s": None}
+                    on_event(RunEvent("done", task.index, result))
+        finally:
+            for ref in in_flight:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+            if started_here:
+                ray.shutdown()
+
+
+#: executor name → class, or "module:Class" imported on first use (keeps optional deps lazy)
+EXECUTORS: dict[str, type[Executor] | str] = {
+    "local": LocalExecutor,
+    "ray": RayExecutor,
+}
+
+
+def register_executor(name: str, cls: type[Executor] | str) -> None:
+    """Make ``--executor NAME`` available (``cls`` may be a ``"module:Class"`` string)."""
+    EXECUTORS[name] = cls
+
+
+def get_executor(name: str) -> type[Executor]:
+    if name not in EXECUTORS:
+        raise RankdecayError(f"unknown executor '{name}'; choose one of {', '.join(EXECUTORS)}.")
+    cls = EXECUTORS[name]
+    if isinstance(cls, str):
+        module_name, _, attr = cls.partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+        EXECUTORS[name] = cls
+    return cls  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# planning: grid × seeds → run names and the sweep.json index
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SweepSpec:
+    """What defines a sweep; two commands with equal specs share a sweep directory."""
+
+    experiment: str  # name as given (registered name or module:attr)
+    preset: str
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    fixed: dict[str, Any]
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "experiment": self.experiment,
+            "preset": self.preset,
+            "grid": self.grid,
+            "seeds": self.seeds,
+            "fixed": self.fixed,
+        }
+
+    def points(self) -> list[dict[str, Any]]:
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _typed(cfg: Any, key: str, value: Any) -> Any:
+    """Parse ``value`` for config key ``key`` (a RankdecayError for unknown keys or bad types)."""
+    typed = get_key(apply_overrides(cfg, {key: value}), key)
+    if isinstance(typed, tuple):
+        typed = list(typed)
+    return typed
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        text = format(value, "g")
+    elif isinstance(value, (list, tuple)):
+        text = "-".join(_format_value(v) for v in value)
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9.+=-]", "_", text)
+
+
+def run_name(spec: SweepSpec, point: Mapping[str, Any], seed: int) -> str:
+    """``<key=value>_..._seed=<s>-<hash8>``; the slug uses each key's last two dotted parts."""
+    parts = [f"{'.'.join(k.split('.')[-2:])}={_format_value(v)}" for k, v in point.items()]
+    slug = "_".join(parts + [f"seed={seed}"])
+    if len(slug) > 96:
+        slug = slug[:96].rstrip("_.")
+    digest = hashlib.sha256(
+        _canonical(
+            {
+                "experiment": spec.experiment,
+                "preset": spec.preset,
+                "fixed": spec.fixed,
+                "point": dict(point),
+                "seed": seed,
+            }
+        ).encode()
+    ).hexdigest()[:8]
+    return f"{slug}-{digest}"
+
+
+def _parse_seeds(text: str | int | None, default: int) -> list[int]:
+    if text is None:
+        return list(range(default))
+    if isinstance(text, int):
+        count = text
+    else:
+        text = text.strip()
+        if "," in text:
+            try:
+                seeds = [int(s) for s in text.split(",") if s.strip()]
+            except ValueError:
+                raise RankdecayError(
+                    f"--seeds expects a count N or a list like 0,1,2, got {text!r}; fix it."
+                ) from None
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise RankdecayError(f"--seeds {text!r} must list distinct integers; fix it.")
+            return seeds
+        try:
+            count = int(text)
+        except ValueError:
+            raise RankdecayError(
+                f"--seeds expects a count N or a list like 0,1,2, got {text!r}; fix it."
+            ) from None
+    if count < 1:
+        raise RankdecayError(f"--seeds must be at least 1, got {count}; pass --seeds 1 or more.")
+    return list(range(count))
+
+
+def plan_sweep(
+    experiment: str,
+    preset: str = "quick",
+    grid: Sequence[str] | Mapping[str, Sequence[Any]] = (),
+    fixed: Sequence[str] | Mapping[str, Any] = (),
+    seeds: str | int | None = None,
+) -> tuple[Any, str, SweepSpec]:
+    """Validate the inputs and return ``(Experiment, module spec, SweepSpec)``.
+
+    ``grid`` entries (``"key=v1,v2"`` strings or a mapping) replace the preset's default grid key
+    by key; every value is parsed against the config's declared type.
+    """
+    exp, module_spec = resolve_experiment(experiment)
+    if preset not in exp.presets:
+        raise RankdecayError(
+            f"experiment '{exp.name}' has no preset '{preset}'; choose one of {', '.join(exp.presets)}."
+        )
+    fixed_items = dict(fixed) if isinstance(fixed, Mapping) else dict(map(parse_assignment, fixed))
+    if "seed" in fixed_items:
+        raise RankdecayError(
+            "a sweep sets each run's seed itself; use --seeds instead of --set seed=…."
+        )
+    base = exp.config(preset)
+    fixed_typed = {k: _typed(base, k, v) for k, v in fixed_items.items()}
+    cfg = apply_overrides(base, fixed_typed)
+
+    raw_grid: dict[str, Sequence[Any]] = {
+        k: list(v) for k, v in dict(getattr(exp, "grids", {}).get(preset, {})).items()
+    }
+    if isinstance(grid, Mapping):
+        given = {k: list(v) for k, v in grid.items()}
+    else:
+        given = {}
+        for item in grid:
+            if "=" not in item:
+                raise RankdecayError(
+                    f"--grid expects key=v1,v2,…, got {item!r}; write e.g. --grid optim.lr=1e-3,1e-2."
+                )
+            key, _, values = item.partition("=")
+            given[key.strip()] = [v.strip() for v in values.split(",") if v.strip() != ""]
+    raw_grid.update(given)
+    if "seed" in raw_grid:
+        raise RankdecayError("the grid may not contain 'seed'; choose seeds with --seeds N.")
+    for key, values in raw_grid.items():
+        if not values:
+            raise RankdecayError(
+                f"grid key '{key}' has no values; give at least one, e.g. --grid {key}=v1,v2."
+            )
+        if key in fixed_typed:
+            raise RankdecayError(
+                f"'{key}' is both swept (--grid) and fixed (--set); keep only one of them."
+            )
+    if not raw_grid:
+        raise RankdecayError(
+            f"the grid is empty: preset '{preset}' of '{exp.name}' defines no default grid; give one "
+            "with --grid key=v1,v2,…."
+        )
+    typed_grid: dict[str, list[Any]] = {}
+    for key, values in raw_grid.items():
+        typed_values = [_typed(cfg, key, v) for v in values]
+        unique: list[Any] = []
+        for v in typed_values:
+            if v not in unique:
+                unique.append(v)
+        typed_grid[key] = unique
+    default_seeds = int(getattr(exp, "seeds", {}).get(preset, 1))
+    spec = SweepSpec(
+        experiment=experiment,
+        preset=preset,
+        grid=typed_grid,
+        seeds=_parse_seeds(seeds, default_seeds),
+        fixed=fixed_typed,
+    )
+    return exp, module_spec, spec
+
+
+def default_out(spec: SweepSpec) -> Path:
+    digest = hashlib.sha256(_canonical(spec.identity()).encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9.-]", "_", spec.experiment.split(":")[0].split(".")[-1])
+    return Path("sweeps") / f"{name}-{spec.preset}-{digest}"
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    return [
+        k
+        for k in ("experiment", "preset", "grid", "seeds", "fixed")
+        if _canonical(old.get(k)) != _canonical(new.get(k))
+    ]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class SweepIndex:
+    """The in-memory ``sweep.json``; :meth:`save` writes it atomically."""
+
+    def __init__(self, out: Path, spec: SweepSpec, executor: str) -> None:
+        self.out = out
+        self.path = out / SWEEP_FILE
+        previous: dict[str, Any] | None = None
+        if self.path.exists():
+            previous = read_json(self.path, "sweep index")
+            if not isinstance(previous, dict) or "runs" not in previous:
+                raise RankdecayError(
+                    f"{self.path} is not a rankdecay sweep index; choose another --out."
+                )
+            diff = _differences(previous, spec.identity())
+            if diff:
+                raise RankdecayError(
+                    f"--out {out} holds a different sweep (its {', '.join(diff)} differ); "
+                    "choose another --out or repeat the original command."
+                )
+        elif out.exists() and any(p.name != ".sweep.lock" for p in out.iterdir()):
+            if (out / "config.json").exists():
+                raise RankdecayError(
+                    f"--out {out} is a run directory, not a sweep; choose another --out."
+                )
+            raise RankdecayError(
+                f"--out {out} is not empty and holds no {SWEEP_FILE}; choose an empty or new directory."
+            )
+        old_rows = {r["name"]: r for r in (previous or {}).get("runs", [])}
+        self.data: dict[str, Any] = {
+            "format": FORMAT,
+            **spec.identity(),
+            "executor": executor,
+            "created": (previous or {}).get("created", _now()),
+            "updated": _now(),
+            "runs": [],
+        }
+        for seed in spec.seeds:
+            for point in spec.points():
+                name = run_name(spec, point, seed)
+                row = {
+                    "name": name,
+                    "point": point,
+                    "seed": seed,
+                    "run_dir": name,
+                    "status": "pending",
+                    "error": None,
+                    "wall_s": None,
+                    "final": {},
+                }
+                old = old_rows.get(name)
+                if old:
+                    row.update(
+                        {k: old.get(k, row[k]) for k in ("status", "error", "wall_s", "final")}
+                    )
+                on_disk = run_status(out / name)
+                if on_disk == "finished":
+                    if row["status"] != "finished":  # killed between run end and index write
+                        summary = read_json(out / name / "summary.json", "run summary")
+                        row.update(status="finished", error=None, final=summary.get("final", {}))
+                elif row["status"] == "finished" or row["status"] == "running":
+                    row["status"] = "interrupted" if on_disk != "missing" else "pending"
+                self.data["runs"].append(row)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.data["runs"]
+
+    def counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in ("pending", "running", "finished", "failed", "interrupted")}
+        for row in self.rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        return counts
+
+    def save(self) -> None:
+        self.data["updated"] = _now()
+        atomic_write_json(self.path, self.data)
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the sweep directory (released automatically if we die)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".sweep.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RankdecayError(
+                f"another `rankdecay sweep` is running in {out}; wait for it or choose another --out."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SweepResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    counts: dict[str, int]
+    executed: list[str]  # names of the runs this invocation started
+    interrupted: bool = False
+
+    @property
+    def n_failed(self) -> int:
+        return sum(1 for r in self.rows if r["status"] != "finished")
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return min(self.n_failed, MAX_EXIT)
+
+
+class _Progress:
+    """One bar for the whole sweep: finished / running / failed counts."""
+
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._progress.add_task("sweep", total=total, completed=done, counts="")
+        self._progress.start()
+
+    def update(self, counts: Mapping[str, int]) -> None:
+        if self._progress is None:
+            return
+        text = (
+            f"[green]{counts.get('finished', 0)} done[/] · [cyan]{counts.get('running', 0)} running[/]"
+            f" · [red]{counts.get('failed', 0)} failed[/]"
+        )
+        if counts.get("interrupted"):
+            text += f" · [yellow]{counts['interrupted']} interrupted[/]"
+        done = counts.get("finished", 0) + counts.get("failed", 0)
+        self._progress.update(self._task, completed=done, counts=text)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def run_sweep(
+    experiment: str,
+    preset: str = "quick",
+    grid: Sequence[str] | Mapping[str, Sequence[Any]] = (),
+    fixed: Sequence[str] | Mapping[str, Any] = (),
+    seeds: str | int | None = None,
+    out: str | Path | None = None,
+    executor: str = "local",
+    progress: bool = False,
+    dry_run: bool = False,
+    **executor_options: Any,
+) -> SweepResult:
+    """Run (or resume) a sweep and return its rows; the Python face of ``rankdecay sweep``.
+
+    ``executor_options`` go to the executor class (``workers``, ``threads_per_worker``,
+    ``ray_address``, ``gpus_per_run``, ...).
+    """
+    _exp, module_spec, spec = plan_sweep(experiment, preset, grid, fixed, seeds)
+    executor_cls = get_executor(executor)
+    engine = executor_cls(**executor_options)
+    out_path = Path(out) if out is not None else default_out(spec)
+    out_path = out_path.expanduser().resolve()
+    if dry_run:
+        if (out_path / SWEEP_FILE).exists():
+            rows = SweepIndex(out_path, spec, engine.describe()).rows
+        else:
+            rows = [
+                {"name": run_name(spec, p, s), "point": p, "seed": s, "status": "pending"}
+                for s in spec.seeds
+                for p in spec.points()
+            ]
+        return SweepResult(out_path, rows, {}, [])
+    with _lock(out_path):
+        index = SweepIndex(out_path, spec, engine.describe())
+        index.save()
+        todo = [i for i, row in enumerate(index.rows) if row["status"] != "finished"]
+        threads = engine.threads_per_task()
+        tasks = []
+        for i in todo:
+            row = index.rows[i]
+            tasks.append(
+                RunTask(
+                    index=i,
+                    name=row["name"],
+                    experiment=module_spec,
+                    preset=preset,
+                    overrides={**spec.fixed, **row["point"]},
+                    seed=row["seed"],
+                    run_dir=str(out_path / row["run_dir"]),
+                    threads=threads,
+                )
+            )
+        bar = _Progress(len(index.rows), len(index.rows) - len(todo), progress and bool(tasks))
+        executed: list[str] = []
+
+        def on_event(event: RunEvent) -> None:
+            row = index.rows[event.index]
+            if event.kind == "start":
+                row["status"] = "running"
+                row["error"] = None
+                executed.append(row["name"])
+            else:
+                result = event.result or {}
+                row["status"] = result.get("status", "failed")
+                row["error"] = result.get("error")
+                row["wall_s"] = result.get("wall_s")
+                row["final"] = result.get("final") or {}
+            index.save()
+            bar.update(index.counts())
+
+        interrupted = False
+        try:
+            if tasks:
+                engine.run_all(tasks, on_event)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            for row in index.rows:
+                if row["status"] == "running":
+                    row["status"] = "interrupted"
+            index.save()
+            bar.update(index.counts())
+            bar.close()
+        return SweepResult(out_path, index.rows, index.counts(), executed, interrupted)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run a grid of runs (grid points × seeds), one run directory each plus a sweep.json index. "
+        "Re-running the same command skips finished runs and resumes the others. Exit status: 0 "
+        f"when every run finished, else the number of runs that did not (capped at {MAX_EXIT}); "
+        "2 for bad input; 130 on Ctrl-C."
+    )
+    parser.add_argument(
+        "experiment", help="a registered experiment (`rankdecay list`) or package.module:ATTR"
+    )
+    parser.add_argument(
+        "--preset",
+        default="quick",
+        help="preset whose config and default grid to use (default quick)",
+    )
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,…",
+        help="sweep KEY over these values (replaces the preset's values for KEY; repeatable)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="fixed",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fixed override for every run (repeatable)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        metavar="N|S1,S2,…",
+        help="seeds per point: a count (0..N-1) or a list; default: the preset's",
+    )
+    parser.add_argument(
+        "--executor",
+        default="local",
+        help=f"where runs execute: {', '.join(EXECUTORS)} (default local)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="parallel runs (local: processes, default 1; ray: at most this many in flight)",
+    )
+    parser.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=None,
+        help="torch threads per run (local default: CPUs // workers; ray default 1)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="sweep directory (default sweeps/<experiment>-<preset>-<hash>)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their status, run nothing"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seen: set[str] = set()
+    for name in list(EXECUTORS):
+        try:
+            cls = get_executor(name)
+        except ImportError:
+            continue
+        if cls in seen:  # type: ignore[comparison-overlap]
+            continue
+        seen.add(cls)  # type: ignore[arg-type]
+        cls.add_arguments(parser)
+
+
+def _signal_name(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"{code}, {signal.Signals(-code).name}"
+    return str(code)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    options = {
+        k: v
+        for k, v in vars(args).items()
+        if k
+        not in {
+            "experiment",
+            "preset",
+            "grid",
+            "fixed",
+            "seeds",
+            "executor",
+            "out",
+            "dry_run",
+            "no_progress",
+            "command",
+            "debug",
+        }
+    }
+    if options.get("workers") is None:
+        options.pop("workers", None)
+        if args.executor == "local":
+            options["workers"] = 1
+    result = run_sweep(
+        args.experiment,
+        preset=args.preset,
+        grid=args.grid,
+        fixed=args.fixed,
+        seeds=args.seeds,
+        out=args.out,
+        executor=args.executor,
+        progress=not args.no_progress and not args.dry_run,
+        dry_run=args.dry_run,
+        **options,
+    )
+    rows = result.rows
+    if args.dry_run:
+        for row in rows:
+            print(f"{row['status']:<12} {row['name']}")
+        print(f"{len(rows)} run(s) → {result.out}")
+        return 0
+    counts = result.counts
+    for row in rows:
+        if row["status"] == "failed":
+            print(f"failed: {row['name']}: {row['error']}", file=sys.stderr)
+    if result.interrupted:
+        print(
+            f"interrupted: {counts.get('finished', 0)}/{len(rows)} finished; repeat the command to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    ran = len(result.executed)
+    print(
+        f"{counts.get('finished', 0)}/{len(rows)} runs finished ({ran} started now), "
+        f"{result.n_failed} not finished → {result.out}\n"
+        f"report: rankdecay report {result.out}"
+    )
+    return result.exit_code
