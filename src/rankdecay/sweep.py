@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
+import inspect
 import itertools
 import json
 import os
@@ -140,7 +141,8 @@ class RunEvent:
 
 
 def _checkpoint_exists(run_dir: Path) -> bool:
-    return (run_dir / "checkpoint" / "state.json").exists()
+    """A checkpoint to resume from (``.checkpoint.old`` is the one being replaced mid-swap)."""
+    return any((run_dir / d / "state.json").exists() for d in ("checkpoint", ".checkpoint.old"))
 
 
 def run_status(run_dir: str | Path) -> str:
@@ -184,7 +186,11 @@ def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
         (run_dir / "error.txt").unlink(missing_ok=True)
-        summary = exp.run(cfg, run_dir, resume=resume, progress=False) or {}
+        kwargs: dict[str, Any] = {"resume": resume, "progress": False}
+        with contextlib.suppress(TypeError, ValueError):
+            if "preset" in inspect.signature(exp.run).parameters:
+                kwargs["preset"] = task.preset  # recorded in the run's config.json
+        summary = exp.run(cfg, run_dir, **kwargs) or {}
         status = str(summary.get("status", "finished"))
         return {
             "status": status,
