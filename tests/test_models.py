@@ -42,7 +42,9 @@ COMBOS = [
 ]
 
 
-@pytest.mark.parametrize("kw", COMBOS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+@pytest.mark.parametrize(
+    "kw", COMBOS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default"
+)
 def test_token_shapes_and_backward(kw: dict) -> None:
     cfg = small(**kw)
     model = TinyTransformer(cfg)
@@ -56,7 +58,12 @@ def test_token_shapes_and_backward(kw: dict) -> None:
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(pool="cls"), dict(pool="mean"), dict(pool="cls", readout="all", pos="rotary", causal=False), dict(pool="mean", pos="none", in_channels=3)],
+    [
+        dict(pool="cls"),
+        dict(pool="mean"),
+        dict(pool="cls", readout="all", pos="rotary", causal=False),
+        dict(pool="mean", pos="none", in_channels=3),
+    ],
 )
 def test_image_shapes(kw: dict) -> None:
     cfg = small(patch_size=4, image_size=8, n_out=10, vocab_size=0, **kw)
@@ -101,7 +108,9 @@ def test_causal_masking_is_causal(pos: str) -> None:
     assert (bi(x)[:, :t] - bi(x2)[:, :t]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(qk_norm="rms", pos="rotary"), dict(qk_norm="l2", causal=False)])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(qk_norm="rms", pos="rotary"), dict(qk_norm="l2", causal=False)]
+)
 def test_sdpa_matches_explicit_softmax(kw: dict) -> None:
     cfg = small(**kw)
     attn = TinyTransformer(cfg).blocks[0].attn
@@ -125,11 +134,15 @@ def test_rotary_scores_depend_only_on_relative_position() -> None:
     # ... and they do depend on the relative offset: the same (query, key) content farther apart
     q_tok, k_tok = torch.randn(cfg.d_model), torch.randn(cfg.d_model)
     near = attn.scores(torch.stack([k_tok, q_tok])[None])[0, :, 1, 0]
-    far = attn.scores(torch.stack([k_tok, torch.randn(cfg.d_model), torch.randn(cfg.d_model), q_tok])[None])[0, :, 3, 0]
+    far = attn.scores(
+        torch.stack([k_tok, torch.randn(cfg.d_model), torch.randn(cfg.d_model), q_tok])[None]
+    )[0, :, 3, 0]
     assert (near - far).abs().max() > 1e-4
 
 
-def _pre_attention(model: TinyTransformer, layer: int, x: torch.Tensor, fold_norm: bool) -> torch.Tensor:
+def _pre_attention(
+    model: TinyTransformer, layer: int, x: torch.Tensor, fold_norm: bool
+) -> torch.Tensor:
     """Input the extracted factors act on: ln1(x), or ln1 without its gain when the gain is folded."""
     ln = model.blocks[layer].ln1
     if not fold_norm or model.cfg.norm == "none":
@@ -151,7 +164,9 @@ ADAPTER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", ADAPTER_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize(
+    "case", ADAPTER_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
+)
 def test_adapter_reproduces_scores_and_ov(case: dict) -> None:
     case = dict(case)
     fold = case.pop("fold_norm")
@@ -168,7 +183,11 @@ def test_adapter_reproduces_scores_and_ov(case: dict) -> None:
     H, dh, d = cfg.n_heads, cfg.head_dim, cfg.d_model
     params = dict(model.named_parameters())
     for i, lh in enumerate(layers):
-        assert lh.W_Q.shape == lh.W_K.shape == lh.W_V.shape == (H, d, dh) and lh.W_O.shape == (H, dh, d)
+        assert lh.W_Q.shape == lh.W_K.shape == lh.W_V.shape == (H, d, dh) and lh.W_O.shape == (
+            H,
+            dh,
+            d,
+        )
         assert set(lh.qk_params) | set(lh.ov_params) <= set(params)
         assert lh.rotary == (cfg.pos == "rotary")
         attn = model.blocks[i].attn
@@ -180,7 +199,9 @@ def test_adapter_reproduces_scores_and_ov(case: dict) -> None:
         if cfg.qk_norm == "none":
             expected = lh.scale * bilinear
         elif cfg.qk_norm == "rms":
-            rq = attn.q(xn).square().mean(-1).add(cfg.qk_norm_eps).sqrt()  # per token, over all heads
+            rq = (
+                attn.q(xn).square().mean(-1).add(cfg.qk_norm_eps).sqrt()
+            )  # per token, over all heads
             rk = attn.k(xn).square().mean(-1).add(cfg.qk_norm_eps).sqrt()
             if not fold:
                 g = (attn.q_norm.weight * attn.k_norm.weight).view(H, dh)
@@ -192,10 +213,17 @@ def test_adapter_reproduces_scores_and_ov(case: dict) -> None:
             tau = lh.scale if lh.scale is not None else attn.qk_temperature.view(1, H, 1, 1)
             expected = tau * bilinear / (nq[..., :, None] * nk[..., None, :])
         if lh.rotary:  # the circuit is the one at relative offset 0: compare the diagonal only
-            scores, expected = scores.diagonal(dim1=-2, dim2=-1), expected.diagonal(dim1=-2, dim2=-1)
+            scores, expected = (
+                scores.diagonal(dim1=-2, dim2=-1),
+                expected.diagonal(dim1=-2, dim2=-1),
+            )
         torch.testing.assert_close(scores, expected)
         # OV: attention output = Σ_h A_h · u W_V^h W_O^h with the model's own pattern A
-        full = attn.scores(xn).masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+        full = (
+            attn.scores(xn)
+            .masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf"))
+            .softmax(-1)
+        )
         ov = torch.einsum("bhts,bsd,hde,hef->btf", full, u, lh.W_V, lh.W_O)
         torch.testing.assert_close(attn(xn), ov)
 
@@ -205,17 +233,26 @@ def test_adapter_views_are_differentiable_and_registered() -> None:
     layers = rd.attention_heads(model, fold_norm=True)
     assert len(layers) == 2
     layers[1].W_K.sum().backward()
-    assert model.blocks[1].attn.k.weight.grad is not None and model.blocks[1].attn.k.weight.grad.abs().sum() > 0
+    assert (
+        model.blocks[1].attn.k.weight.grad is not None
+        and model.blocks[1].attn.k.weight.grad.abs().sum() > 0
+    )
     assert model.blocks[1].ln1.weight.grad is not None  # folded gain is in the graph
     with pytest.raises(RankdecayError):
         model.rankdecay_attention_heads(nonsense=True)
 
 
-def _logits_and_qk_grads(model: TinyTransformer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list]:
+def _logits_and_qk_grads(
+    model: TinyTransformer, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, list]:
     model.zero_grad()
     out = model(x)
     F.cross_entropy(out, y).backward()
-    qk = [(p.detach().clone(), p.grad.detach().clone()) for n, p in model.named_parameters() if model.rankdecay_param_roles()[n] == "attn_qk"]
+    qk = [
+        (p.detach().clone(), p.grad.detach().clone())
+        for n, p in model.named_parameters()
+        if model.rankdecay_param_roles()[n] == "attn_qk"
+    ]
     return out.detach(), qk
 
 
@@ -226,7 +263,9 @@ def test_qk_norm_scale_invariance(qk_norm: str, dtype: torch.dtype) -> None:
     torch.manual_seed(3)
     # float64: exact maths (no epsilon in the QK RMS-norm); float32: the default config
     eps = 0.0 if dtype == torch.float64 else ModelConfig.qk_norm_eps
-    model = TinyTransformer(small(norm="rms", qk_norm=qk_norm, qk_norm_eps=eps, d_model=32, n_heads=4)).to(dtype)
+    model = TinyTransformer(
+        small(norm="rms", qk_norm=qk_norm, qk_norm_eps=eps, d_model=32, n_heads=4)
+    ).to(dtype)
     x, y = tokens(8, 7), torch.randint(0, V, (8,))
     ref, grads = _logits_and_qk_grads(model, x, y)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
@@ -260,7 +299,15 @@ def test_param_roles_complete(kw: dict) -> None:
     roles = model.rankdecay_param_roles()
     names = [n for n, _ in model.named_parameters()]
     assert sorted(roles) == sorted(names)
-    assert set(roles.values()) <= {"attn_qk", "attn_ov", "mlp", "embedding", "norm", "bias", "other"}
+    assert set(roles.values()) <= {
+        "attn_qk",
+        "attn_ov",
+        "mlp",
+        "embedding",
+        "norm",
+        "bias",
+        "other",
+    }
     for n, r in roles.items():
         leaf = ["", *n.split(".")]
         if n.endswith(".bias"):
@@ -336,7 +383,14 @@ def test_config_nests_and_overrides() -> None:
     class Outer:
         model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
 
-    cfg = apply_overrides(Outer(), ["model.qk_norm=rms", "model.d_head=8", "model.init_std=none", "model.n_out=7"])
-    assert (cfg.model.qk_norm, cfg.model.d_head, cfg.model.init_std, cfg.model.n_out) == ("rms", 8, None, 7)
+    cfg = apply_overrides(
+        Outer(), ["model.qk_norm=rms", "model.d_head=8", "model.init_std=none", "model.n_out=7"]
+    )
+    assert (cfg.model.qk_norm, cfg.model.d_head, cfg.model.init_std, cfg.model.n_out) == (
+        "rms",
+        8,
+        None,
+        7,
+    )
     with pytest.raises(RankdecayError):
         apply_overrides(Outer(), ["model.qk_norm=banana"])

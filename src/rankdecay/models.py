@@ -147,7 +147,9 @@ class ModelConfig:
         if self.n_layers < 0 or self.d_model <= 0 or self.n_heads <= 0:
             bad("n_layers must be ≥ 0 and d_model, n_heads > 0; fix model.n_layers/d_model/n_heads")
         if self.d_head is None and self.d_model % self.n_heads:
-            bad(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set model.d_head explicitly")
+            bad(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set model.d_head explicitly"
+            )
         if self.head_dim <= 0:
             bad("d_head must be positive; fix model.d_head")
         if self.d_mlp < 0:
@@ -168,13 +170,17 @@ class ModelConfig:
                 bad("tie_embeddings needs token input; set model.tie_embeddings=false for images")
         else:
             if self.vocab_size <= 0:
-                bad("token models need vocab_size > 0; set model.vocab_size (the task usually fills it)")
+                bad(
+                    "token models need vocab_size > 0; set model.vocab_size (the task usually fills it)"
+                )
             if self.max_len <= 0:
                 bad("max_len must be positive; fix model.max_len")
         if self.out_dim <= 0:
             bad("n_out must be positive; fix model.n_out")
         if self.tie_embeddings and self.out_dim != self.vocab_size:
-            bad(f"tied embeddings need n_out == vocab_size ({self.out_dim} != {self.vocab_size}); untie or fix n_out")
+            bad(
+                f"tied embeddings need n_out == vocab_size ({self.out_dim} != {self.vocab_size}); untie or fix n_out"
+            )
         if self.qk_temperature is not None and self.qk_temperature <= 0:
             bad("qk_temperature must be positive or None (learnable); fix model.qk_temperature")
         if self.init_std is not None and self.init_std < 0:
@@ -190,11 +196,15 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     Patches are ordered row-major over the patch grid; each patch vector is ordered (c, i, j).
     """
     if images.dim() != 4:
-        raise RankdecayError(f"image input must be (B, C, H, W), got shape {tuple(images.shape)}; reshape the batch.")
+        raise RankdecayError(
+            f"image input must be (B, C, H, W), got shape {tuple(images.shape)}; reshape the batch."
+        )
     B, C, H, W = images.shape
     p = patch_size
     if H % p or W % p:
-        raise RankdecayError(f"image size {H}×{W} is not a multiple of patch_size={p}; change model.patch_size.")
+        raise RankdecayError(
+            f"image size {H}×{W} is not a multiple of patch_size={p}; change model.patch_size."
+        )
     x = images.reshape(B, C, H // p, p, W // p, p)
     x = x.permute(0, 2, 4, 1, 3, 5)  # B, gh, gw, C, p, p
     return x.reshape(B, (H // p) * (W // p), C * p * p)
@@ -284,7 +294,9 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.cfg.causal, scale=self.sdpa_scale)
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=self.cfg.causal, scale=self.sdpa_scale
+        )
         return self.o(out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head))
 
 
@@ -393,7 +405,12 @@ class TinyTransformer(nn.Module):
         """Input → residual stream (B, T, d_model): token/patch embedding (+ class token) + positions."""
         cfg = self.cfg
         if cfg.images:
-            if x.dim() != 4 or x.shape[1] != cfg.in_channels or x.shape[2] != cfg.image_size or x.shape[3] != cfg.image_size:
+            if (
+                x.dim() != 4
+                or x.shape[1] != cfg.in_channels
+                or x.shape[2] != cfg.image_size
+                or x.shape[3] != cfg.image_size
+            ):
                 raise RankdecayError(
                     f"expected images of shape (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}), "
                     f"got {tuple(x.shape)}; match model.in_channels/image_size to the data."
@@ -403,7 +420,9 @@ class TinyTransformer(nn.Module):
                 h = torch.cat([h, self.cls_token.to(h.dtype).expand(h.shape[0], 1, -1)], dim=1)
         else:
             if x.dim() != 2:
-                raise RankdecayError(f"token input must be (B, T), got shape {tuple(x.shape)}; reshape the batch.")
+                raise RankdecayError(
+                    f"token input must be (B, T), got shape {tuple(x.shape)}; reshape the batch."
+                )
             if x.shape[1] > cfg.max_len:
                 raise RankdecayError(
                     f"sequence length {x.shape[1]} exceeds model.max_len={cfg.max_len}; raise model.max_len."
@@ -438,7 +457,9 @@ class TinyTransformer(nn.Module):
         """
         return dict(self._roles)
 
-    def rankdecay_attention_heads(self, *, fold_norm: bool = False, **options: object) -> list[LayerHeads]:
+    def rankdecay_attention_heads(
+        self, *, fold_norm: bool = False, **options: object
+    ) -> list[LayerHeads]:
         """Per-layer attention factors as differentiable views of q/k/v/o weights.
 
         W_Q, W_K, W_V: (H, d_model, d_head); W_O: (H, d_head, d_model). ``fold_norm=True`` multiplies
@@ -470,12 +491,16 @@ class TinyTransformer(nn.Module):
                     W_Q = W_Q * a.q_norm.weight.view(H, 1, dh)
                     W_K = W_K * a.k_norm.weight.view(H, 1, dh)
                     notes.append("QK-norm gains folded into W_Q, W_K")
-                notes.append("q, k are RMS-normalised over all heads: scores = scale·qᵀk/(rms(q)·rms(k))")
+                notes.append(
+                    "q, k are RMS-normalised over all heads: scores = scale·qᵀk/(rms(q)·rms(k))"
+                )
             scale: float | None = 1.0 / math.sqrt(dh)
             if cfg.qk_norm == "l2":
                 if cfg.qk_temperature is None:
                     scale = None
-                    notes.append("q, k are L2-normalised per head; scores = τ_h·q̂ᵀk̂ with a learned τ_h")
+                    notes.append(
+                        "q, k are L2-normalised per head; scores = τ_h·q̂ᵀk̂ with a learned τ_h"
+                    )
                 else:
                     scale = float(cfg.qk_temperature)
                     notes.append("q, k are L2-normalised per head; scores = scale·q̂ᵀk̂")

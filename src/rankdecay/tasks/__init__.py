@@ -87,7 +87,11 @@ def derive_seed(seed: int, stream: str, *index: int) -> int:
     Mixes (seed, crc32(stream), *index) with numpy's SeedSequence, so nearby seeds and steps give
     statistically independent streams.
     """
-    entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, zlib.crc32(stream.encode()), *(int(i) for i in index)]
+    entropy = [
+        int(seed) & 0xFFFFFFFFFFFFFFFF,
+        zlib.crc32(stream.encode()),
+        *(int(i) for i in index),
+    ]
     state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
@@ -109,7 +113,9 @@ def epoch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
     ``batch_size <= 0`` or ``>= n`` returns ``arange(n)`` (full batch).
     """
     if n <= 0:
-        raise RankdecayError("the training set is empty; raise the task's training fraction or size.")
+        raise RankdecayError(
+            "the training set is empty; raise the task's training fraction or size."
+        )
     if batch_size <= 0 or batch_size >= n:
         return torch.arange(n)
     pos, end = step * batch_size, (step + 1) * batch_size

