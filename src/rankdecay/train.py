@@ -1,0 +1,1061 @@
+"""One training run: optimizer from config, loop, evaluation, spectra, run directory, resume.
+
+Every transformer experiment (recall, grokking, lm, vit) is a config with the fields
+
+    seed: int, task: <task config with build(seed)>, model: ModelConfig,
+    optim: OptimConfig, lrd: LRDConfig, train: TrainConfig
+
+and :func:`train` turns it into a run directory (format: :mod:`rankdecay.runio`).
+
+The pieces are kept apart so other trainers (e.g. an ensemble of stacked models) can reuse the
+bookkeeping without the loop:
+
+- :func:`build_optimizer`, :func:`lr_at` — optimizer and learning-rate schedule from config;
+- :func:`loss_and_accuracy`, :func:`evaluate` — the objective and the evaluation;
+- :class:`RunState` — the step counter and the running training metrics (device tensors, no
+  per-step host sync), saved in the checkpoint so a resumed run logs the same numbers;
+- :class:`RunWriter` — the run directory: config, metrics/spectra JSONL, summary, atomic
+  checkpoints (safetensors + JSON; loaded with safetensors only) and resume validation.
+
+Loss and accuracy. With logits z ∈ ℝ^{N×C} (N = batch, or batch·positions for a language model)
+and targets y ∈ {0…C−1}^N (−100 = ignored): loss = −(1/N) Σ log softmax(z)_{n,yₙ},
+accuracy = (1/N) Σ [argmax zₙ = yₙ].
+
+Learning rate at the update that produces step t+1 (t = 0, 1, …; W warm-up steps, T steps):
+lr·(t+1)/W for t < W, then lr (constant) or min_lr + (lr − min_lr)·½(1 + cos(π·(t−W)/(T−W)))
+(cosine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import flatten, from_dict, to_dict, to_toml
+from .errors import NonFiniteLossError, RankdecayError
+from .runio import (
+    _jsonable,
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+    truncate_jsonl,
+)
+
+__all__ = [
+    "LRDConfig",
+    "OptimConfig",
+    "RunResult",
+    "RunState",
+    "RunWriter",
+    "TrainConfig",
+    "build_model",
+    "build_optimizer",
+    "configure_parser",
+    "evaluate",
+    "loss_and_accuracy",
+    "lr_at",
+    "run_cli",
+    "train",
+]
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    betas: tuple[float, ...] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd only
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = 0.0  # floor of the cosine schedule
+    grad_clip: float = 0.0  # max global gradient norm; 0 = off
+    #: weight decay of every parameter (decoupled for adamw, L2 in the gradient for adam/sgd)
+    weight_decay: float = 0.0
+    #: per-role overrides (roles of rankdecay.param_roles: attn_qk, attn_ov, mlp, embedding,
+    #: norm, bias, other), e.g. {"attn_qk": 0.0}
+    weight_decay_by_role: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LRDConfig:
+    """Low-Rank Decay (rankdecay.LowRankDecay); strength 0 turns it off."""
+
+    strength: float = 0.0
+    target: str = "qk"
+    granularity: str = "matrix"
+    polar: str = "svd"
+    mode: str = "subtract"
+    scale_by_lr: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, batch, and how often to log, evaluate, checkpoint and monitor."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    eval_every: int = 100
+    log_every: int = 10
+    checkpoint_every: int = 500
+    monitor_every: int = 100
+    eval_batch_size: int = 2048
+    monitor_rtol: float = 1e-2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+# ----------------------------------------------------------------------------- model / optimizer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RankdecayError(
+            "train.device is 'cuda' but no CUDA device is available; use --set train.device=cpu."
+        )
+    return torch.device(name)
+
+
+def build_model(model_cfg: Any, task: Any) -> nn.Module:
+    """The experiment's TinyTransformer with the task's sizes filled in.
+
+    Fields of the model config that describe the data (vocabulary, outputs, sequence length,
+    readout) are taken from the task, so a config never disagrees with its data.
+    """
+    from .models import TinyTransformer
+
+    names = {f.name for f in dataclasses.fields(model_cfg)}
+    fill = {k: v for k, v in task.model_fields().items() if k in names}
+    model_cfg = dataclasses.replace(model_cfg, **fill)
+    return TinyTransformer(model_cfg)
+
+
+#: parameter roles of rankdecay.param_roles (DESIGN.md)
+ROLES = ("attn_qk", "attn_ov", "mlp", "embedding", "norm", "bias", "other")
+
+
+def optimizer_settings(cfg: Any) -> tuple[OptimConfig, LRDConfig]:
+    """The (optim, lrd) sections a run uses.
+
+    An experiment config may define ``optimizer_settings()`` to derive them from its own
+    top-level knobs (e.g. ``weight_decay_attn`` or a grokking ``arm``); else ``cfg.optim``,
+    ``cfg.lrd``.
+    """
+    hook = getattr(cfg, "optimizer_settings", None)
+    if callable(hook):
+        return hook()
+    return cfg.optim, cfg.lrd
+
+
+def _weight_decay_spec(optim: OptimConfig) -> float | dict[str, float]:
+    if not optim.weight_decay_by_role:
+        return float(optim.weight_decay)
+
+    unknown = sorted(set(optim.weight_decay_by_role) - set(ROLES))
+    if unknown:
+        raise RankdecayError(
+            f"optim.weight_decay_by_role names unknown role(s) {', '.join(unknown)}; "
+            f"use roles from {', '.join(ROLES)}."
+        )
+    spec = {role: float(optim.weight_decay) for role in ROLES}
+    spec.update({k: float(v) for k, v in optim.weight_decay_by_role.items()})
+    return spec
+
+
+def build_optimizer(
+    model: nn.Module, optim: OptimConfig, lrd: LRDConfig | None = None
+) -> tuple[torch.optim.Optimizer, Any]:
+    """Optimizer over ``param_groups(model, weight decay per role)``, with LRD attached if on.
+
+    Returns (optimizer, low_rank_decay or None).
+    """
+    from .decay import LowRankDecay, param_groups
+
+    if optim.lr <= 0 or not math.isfinite(optim.lr):
+        raise RankdecayError(
+            f"optim.lr must be a positive number, got {optim.lr}; fix it with --set optim.lr=…."
+        )
+    groups = param_groups(model, _weight_decay_spec(optim))
+    if optim.name == "adamw":
+        betas = tuple(optim.betas)
+        if len(betas) != 2:
+            raise RankdecayError(
+                f"optim.betas needs two values, got {list(betas)}; write e.g. --set optim.betas=0.9,0.98."
+            )
+        opt: torch.optim.Optimizer = torch.optim.AdamW(
+            groups, lr=optim.lr, betas=betas, eps=optim.eps
+        )  # type: ignore[arg-type]
+    elif optim.name == "adam":
+        betas = tuple(optim.betas)
+        if len(betas) != 2:
+            raise RankdecayError(
+                f"optim.betas needs two values, got {list(betas)}; write e.g. --set optim.betas=0.9,0.98."
+            )
+        opt = torch.optim.Adam(groups, lr=optim.lr, betas=betas, eps=optim.eps)  # type: ignore[arg-type]
+    else:
+        opt = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
+    for g in opt.param_groups:
+        g["initial_lr"] = optim.lr
+    decay = None
+    if lrd is not None and lrd.strength > 0:
+        decay = LowRankDecay(
+            model,
+            strength=lrd.strength,
+            target=lrd.target,
+            granularity=lrd.granularity,
+            polar=lrd.polar,
+            mode=lrd.mode,
+            scale_by_lr=lrd.scale_by_lr,
+        )
+        decay.attach(opt)
+    return opt, decay
+
+
+def lr_at(t: int, optim: OptimConfig, total_steps: int) -> float:
+    """Learning rate of the update that produces step t+1 (see the module docstring)."""
+    w = optim.warmup_steps
+    if w > 0 and t < w:
+        return optim.lr * (t + 1) / w
+    if optim.schedule == "constant":
+        return optim.lr
+    span = max(1, total_steps - w)
+    progress = min(1.0, max(0.0, (t - w) / span))
+    return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+def loss_and_accuracy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy and accuracy of logits (..., C) against integer targets (...).
+
+    Targets equal to −100 are ignored. Both results are 0-dim tensors (no host sync).
+    """
+    C = logits.shape[-1]
+    z = logits.reshape(-1, C)
+    t = y.reshape(-1)
+    loss = F.cross_entropy(z, t, ignore_index=-100)
+    with torch.no_grad():
+        hit = z.argmax(-1) == t
+        if t.dtype.is_floating_point:  # pragma: no cover - defensive
+            raise TypeError("targets must be integer class indices")
+        valid = t != -100
+        acc = (hit & valid).sum() / valid.sum().clamp_min(1)
+    return loss, acc
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    eval_sets: Mapping[str, tuple[Tensor, Tensor]],
+    batch_size: int = 2048,
+) -> dict[str, float]:
+    """``{name}_loss`` and ``{name}_acc`` over each evaluation set (token-weighted means)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    try:
+        for name, (x, y) in eval_sets.items():
+            loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+            hit_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+            count = 0
+            for i in range(0, x.shape[0], batch_size):
+                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+                logits = model(xb)
+                C = logits.shape[-1]
+                z, t = logits.reshape(-1, C), yb.reshape(-1)
+                valid = t != -100
+                n = int(valid.sum())
+                loss_sum += F.cross_entropy(
+                    z.float(), t, ignore_index=-100, reduction="sum"
+                ).double()
+                hit_sum += ((z.argmax(-1) == t) & valid).sum().double()
+                count += n
+            out[f"{name}_loss"] = float(loss_sum / max(count, 1))
+            out[f"{name}_acc"] = float(hit_sum / max(count, 1))
+    finally:
+        model.train(was_training)
+    return out
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+
+
+@dataclass
+class RunState:
+    """Step counter and running training metrics of one run (or one ensemble member).
+
+    ``accumulate`` adds a step's loss and accuracy on the device without syncing; ``pop`` returns
+    their means since the last ``pop`` (one host sync per log event).
+    """
+
+    step: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    loss_sum: Tensor = field(default=None)  # type: ignore[assignment]
+    acc_sum: Tensor = field(default=None)  # type: ignore[assignment]
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss_sum is None:
+            self.loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        if self.acc_sum is None:
+            self.acc_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+
+    def accumulate(self, loss: Tensor, acc: Tensor) -> None:
+        self.loss_sum.add_(loss.detach())
+        self.acc_sum.add_(acc)
+        self.count += 1
+
+    def pending_finite(self) -> bool:
+        return bool(torch.isfinite(self.loss_sum))
+
+    def pop(self) -> dict[str, float]:
+        if self.count == 0:
+            return {}
+        out = {"loss": float(self.loss_sum) / self.count, "acc": float(self.acc_sum) / self.count}
+        self.loss_sum.zero_()
+        self.acc_sum.zero_()
+        self.count = 0
+        return out
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {
+            "run.loss_sum": self.loss_sum.detach().cpu(),
+            "run.acc_sum": self.acc_sum.detach().cpu(),
+        }
+
+    def load(self, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
+        self.step = int(meta["step"])
+        self.count = int(meta["count"])
+        self.loss_sum = tensors["run.loss_sum"].to(self.device).clone()
+        self.acc_sum = tensors["run.acc_sum"].to(self.device).clone()
+
+
+@dataclass
+class RunResult:
+    """What a verdict function sees: the run's full metric history and its final values."""
+
+    run_dir: Path
+    config: Any
+    metrics: list[dict[str, Any]]
+    final: dict[str, Any]
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        return [(r["step"], r[key]) for r in self.metrics if r.get(key) is not None]
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _py_state_to_json(random.getstate()),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": np.asarray(np_state[1]).tolist(),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+    }
+    return state
+
+
+def _py_state_to_json(st: Any) -> list[Any]:
+    version, internal, gauss = st
+    return [version, list(internal), gauss]
+
+
+def _rng_tensors() -> dict[str, Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = s
+    return out
+
+
+def _set_rng(state: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["kind"],
+            np.asarray(n["keys"], dtype=np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _optimizer_to_parts(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Optimizer state dict → (tensors for safetensors, JSON-able rest)."""
+    sd = opt.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    meta = {"param_groups": _jsonable(sd["param_groups"]), "scalars": scalars}
+    return tensors, meta
+
+
+def _optimizer_from_parts(
+    opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if not name.startswith("optim."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, rest in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(rest)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g and isinstance(g["betas"], list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+class RunWriter:
+    """The run directory of one run (format in :mod:`rankdecay.runio`).
+
+    Checkpoints are written into ``.checkpoint.tmp/`` and swapped in with two renames
+    (``checkpoint`` → ``.checkpoint.old``, ``.checkpoint.tmp`` → ``checkpoint``), so at every
+    instant one complete checkpoint exists; :meth:`load_checkpoint` recovers from a kill between
+    the renames.
+    """
+
+    CONFIG = "config.json"
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.spectra_path = self.dir / "spectra.jsonl"
+        self.summary_path = self.dir / "summary.json"
+        self.ckpt = self.dir / "checkpoint"
+        self._tmp = self.dir / ".checkpoint.tmp"
+        self._old = self.dir / ".checkpoint.old"
+
+    # -- run identity -----------------------------------------------------------------------
+
+    def is_run(self) -> bool:
+        return (self.dir / self.CONFIG).is_file()
+
+    def read_meta(self) -> dict[str, Any]:
+        if not self.is_run():
+            raise RankdecayError(
+                f"{self.dir} is not a rankdecay run directory (it has no {self.CONFIG}); "
+                "point --resume to a directory written by `rankdecay run`."
+            )
+        meta = read_json(self.dir / self.CONFIG, "run config")
+        if not isinstance(meta, dict) or "config" not in meta or "experiment" not in meta:
+            raise RankdecayError(
+                f"{self.dir / self.CONFIG} is not a rankdecay run config; "
+                "point --resume to a directory written by `rankdecay run`."
+            )
+        return meta
+
+    def start(self, meta: dict[str, Any], resume: bool) -> None:
+        """Create (or, on resume, validate) the run directory and write its config files."""
+        meta = json.loads(json.dumps(_jsonable(meta)))
+        if resume:
+            stored = self.read_meta()
+            diff = _config_diff(stored, meta)
+            if diff:
+                raise RankdecayError(
+                    f"cannot resume {self.dir}: its config differs in {', '.join(diff[:5])}"
+                    f"{' …' if len(diff) > 5 else ''}; resume with the same settings "
+                    "(or just `rankdecay run --resume DIR`) or start a new run with --out."
+                )
+            return
+        if self.is_run():
+            raise RankdecayError(
+                f"{self.dir} already holds a run; continue it with --resume {self.dir} "
+                "or choose another directory with --out."
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.dir / self.CONFIG, meta)
+        atomic_write_text(self.dir / "config.toml", to_toml(meta))
+        for p in (self.metrics_path, self.spectra_path):
+            atomic_write_text(p, "")
+
+    # -- logs -------------------------------------------------------------------------------
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        append_jsonl(self.metrics_path, [row])
+
+    def log_spectra(self, records: list[dict[str, Any]]) -> None:
+        append_jsonl(self.spectra_path, records)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop every metrics/spectra row logged after ``step`` (rows past the checkpoint)."""
+        for p in (self.metrics_path, self.spectra_path):
+            truncate_jsonl(p, lambda r: int(r.get("step", -1)) <= step)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return list(read_jsonl(self.metrics_path))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_json(self.summary_path, summary)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        if not self.summary_path.exists():
+            return None
+        try:
+            return read_json(self.summary_path, "run summary")
+        except RankdecayError:
+            return None
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save_checkpoint(
+        self,
+        model: nn.Module,
+        tensors: Mapping[str, Tensor],
+        state: Mapping[str, Any],
+    ) -> None:
+        """Write model weights, the extra tensors (optimizer, RNG, running sums) and JSON state."""
+        from safetensors.torch import save, save_model
+
+        if self._tmp.exists():
+            shutil.rmtree(self._tmp)
+        self._tmp.mkdir(parents=True)
+        model_path = self._tmp / "model.safetensors"
+        save_model(model, str(model_path))
+        with open(model_path, "rb+") as f:
+            os.fsync(f.fileno())
+        atomic_write_bytes(self._tmp / "optim.safetensors", save(dict(tensors)))
+        atomic_write_json(self._tmp / "state.json", dict(state))
+        _fsync_dir(self._tmp)
+        if self.ckpt.exists():
+            if self._old.exists():
+                shutil.rmtree(self._old)
+            os.replace(self.ckpt, self._old)
+        os.replace(self._tmp, self.ckpt)
+        _fsync_dir(self.dir)
+        if self._old.exists():
+            shutil.rmtree(self._old)
+
+    def has_checkpoint(self) -> bool:
+        self._recover()
+        return (self.ckpt / "state.json").is_file()
+
+    def _recover(self) -> None:
+        if not self.ckpt.exists() and (self._old / "state.json").is_file():
+            os.replace(self._old, self.ckpt)
+
+    def load_checkpoint(self, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Load weights into ``model``; return (extra tensors, JSON state)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, load_model
+
+        self._recover()
+        state = read_json(self.ckpt / "state.json", "checkpoint state")
+        try:
+            missing, unexpected = load_model(
+                model, str(self.ckpt / "model.safetensors"), strict=False
+            )
+            if unexpected:
+                raise RankdecayError(
+                    f"checkpoint {self.ckpt} has weights the model lacks ({', '.join(sorted(unexpected)[:3])}); "
+                    "it belongs to another model — start a new run with --out."
+                )
+            tensors = load_file(str(self.ckpt / "optim.safetensors"))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise RankdecayError(
+                f"checkpoint {self.ckpt} cannot be read ({exc}); it is corrupt — delete it to restart the run."
+            ) from None
+        return tensors, state
+
+
+def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    fa = _flat_dict({"experiment": a.get("experiment"), **a.get("config", {})})
+    fb = _flat_dict({"experiment": b.get("experiment"), **b.get("config", {})})
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+
+
+def _flat_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if (
+            isinstance(v, Mapping)
+            and v
+            and not all(isinstance(x, (int, float)) for x in v.values())
+        ):
+            out.update(_flat_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- signals / progress
+
+
+class _StopFlag:
+    """Turns SIGINT / SIGTERM into a flag the loop checks once per step (a second Ctrl-C aborts)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+        try:
+            yield self
+        finally:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int, start: int, label: str) -> None:
+        self.enabled = enabled
+        self._p: Any = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._p = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            transient=False,
+        )
+        self._p.start()
+        self._task = self._p.add_task(label, total=total, completed=start, info="")
+        self.info: dict[str, str] = {}
+
+    def update(self, step: int, values: Mapping[str, Any] | None = None) -> None:
+        if not self.enabled:
+            return
+        if values:
+            for key, label in (
+                ("loss", "loss"),
+                ("acc", "acc"),
+                ("val_acc", "val acc"),
+                ("test_acc", "test acc"),
+                ("qk_rank", "QK rank"),
+            ):
+                if values.get(key) is not None:
+                    self.info[label] = f"{label} {values[key]:.3g}"
+        self._p.update(self._task, completed=step, info="  ".join(self.info.values()))
+
+    def close(self) -> None:
+        if self.enabled and self._p is not None:
+            self._p.stop()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+Verdict = Callable[[RunResult], list[dict[str, Any]]]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _final_values(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    final: dict[str, Any] = {}
+    for r in rows:
+        for k, v in r.items():
+            if v is not None:
+                final[k] = v
+    return final
+
+
+def _params_finite(model: nn.Module) -> bool:
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def train(
+    cfg: Any,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    experiment: str = "custom",
+    preset: str | None = None,
+    verdict: Verdict | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``; return the summary (also written to summary.json).
+
+    ``resume=True`` continues from the directory's checkpoint (the config must be the same);
+    rows logged after the checkpoint are dropped first, so the resumed run's metrics.jsonl
+    equals that of an uninterrupted run. A NaN/Inf training loss raises
+    :class:`~rankdecay.errors.NonFiniteLossError` after writing ``status: "failed"``; SIGINT /
+    SIGTERM save a checkpoint and return with ``status: "interrupted"``.
+    """
+    tc: TrainConfig = cfg.train
+    for key in (
+        "steps",
+        "batch_size",
+        "eval_every",
+        "log_every",
+        "checkpoint_every",
+        "eval_batch_size",
+    ):
+        if getattr(tc, key) <= 0:
+            raise RankdecayError(
+                f"train.{key} must be positive, got {getattr(tc, key)}; fix it with --set train.{key}=…."
+            )
+    writer = RunWriter(run_dir)
+    meta = {"experiment": experiment, "preset": preset, "seed": cfg.seed, "config": to_dict(cfg)}
+    writer.start(meta, resume)
+    if resume:
+        prev = writer.read_summary()
+        if prev is not None and prev.get("status") == "finished":
+            return prev
+    device = resolve_device(tc.device)
+
+    _seed_everything(cfg.seed)
+    task = cfg.task.build(cfg.seed)
+    model = build_model(cfg.model, task).to(device)
+    model.train()
+    optim_cfg, lrd_cfg = optimizer_settings(cfg)
+    optimizer, _lrd = build_optimizer(model, optim_cfg, lrd_cfg)
+    from .monitor import SpectralMonitor, summarize_records
+
+    monitor = SpectralMonitor(
+        model, every=tc.monitor_every, rtol=tc.monitor_rtol, keep_records=False
+    )
+    eval_sets = {k: (x.to(device), y.to(device)) for k, (x, y) in task.eval_sets().items()}
+    state = RunState(device=device)
+
+    resumed_from: int | None = None
+    if resume and writer.has_checkpoint():
+        tensors, ck = writer.load_checkpoint(model)
+        _optimizer_from_parts(optimizer, tensors, ck["optimizer"])
+        state.load(tensors, ck)
+        _set_rng(ck["rng"], tensors)
+        writer.truncate_after(state.step)
+        resumed_from = state.step
+    elif resume:
+        writer.truncate_after(-1)  # no checkpoint yet: start over
+
+    summary: dict[str, Any] = {
+        "status": "running",
+        "error": None,
+        "experiment": experiment,
+        "preset": preset,
+        "seed": cfg.seed,
+        "steps": tc.steps,
+        "step": state.step,
+        "resumed_from": resumed_from,
+        "device": str(device),
+        "torch": torch.__version__,
+        "final": {},
+        "verdict": [],
+    }
+    writer.write_summary(summary)
+
+    def checkpoint() -> None:
+        if not _params_finite(model):
+            raise NonFiniteLossError(
+                f"the weights became NaN/Inf by step {state.step}; lower optim.lr or set "
+                f"optim.grad_clip, then resume from the last good checkpoint with --resume {writer.dir}."
+            )
+        opt_tensors, opt_meta = _optimizer_to_parts(optimizer)
+        tensors = {**opt_tensors, **state.tensors(), **_rng_tensors()}
+        writer.save_checkpoint(
+            model,
+            tensors,
+            {"step": state.step, "count": state.count, "optimizer": opt_meta, "rng": _rng_state()},
+        )
+
+    def bookkeeping(step: int, force_eval: bool = False) -> dict[str, Any]:
+        row: dict[str, Any] = {"step": step}
+        if state.count and (step % tc.log_every == 0 or force_eval):
+            if not state.pending_finite():
+                raise NonFiniteLossError(
+                    f"the training loss became NaN/Inf between steps {step - state.count + 1} and {step}; "
+                    "lower optim.lr or set optim.grad_clip and start again (the last good checkpoint "
+                    f"in {writer.ckpt} is intact)."
+                )
+            row.update(state.pop())
+            row["lr"] = optimizer.param_groups[0]["lr"]
+        if step % tc.eval_every == 0 or force_eval:
+            row.update(evaluate(model, eval_sets, tc.eval_batch_size))
+        if monitor.due(step) or force_eval:
+            records = monitor.force_step(step)
+            writer.log_spectra(records)
+            row.update(summarize_records(records))
+        if len(row) > 1:
+            writer.log_metrics(row)
+        return row
+
+    bar = _Progress(progress, tc.steps, state.step, f"{experiment}")
+    t0 = time.perf_counter()
+    start_step = state.step
+    stop = _StopFlag()
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = optim_cfg.grad_clip
+    try:
+        with stop.installed():
+            if state.step == 0:
+                bar.update(0, bookkeeping(0))
+            while state.step < tc.steps:
+                if stop.signal is not None:
+                    break
+                t = state.step
+                lr = lr_at(t, optim_cfg, tc.steps)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                x, y = task.train_batch(t, tc.batch_size)
+                if x.device != device:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                logits = model(x)
+                loss, acc = loss_and_accuracy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+                optimizer.step()
+                state.accumulate(loss, acc)
+                state.step = t + 1
+                s = state.step
+                last = s == tc.steps
+                if s % tc.log_every == 0 or s % tc.eval_every == 0 or monitor.due(s) or last:
+                    row = bookkeeping(s, force_eval=last)
+                    bar.update(s, row)
+                if s % tc.checkpoint_every == 0 or last:
+                    checkpoint()
+            if stop.signal is not None and state.step < tc.steps:
+                checkpoint()
+                bar.close()
+                summary.update(
+                    status="interrupted",
+                    step=state.step,
+                    error=f"interrupted by signal {stop.signal} at step {state.step}; "
+                    f"continue with `rankdecay run --resume {writer.dir}`.",
+                    final=_final_values(writer.metrics()),
+                    elapsed_s=time.perf_counter() - t0,
+                )
+                writer.write_summary(summary)
+                return summary
+    except NonFiniteLossError as exc:
+        bar.close()
+        summary.update(
+            status="failed", error=str(exc), step=state.step, final=_final_values(writer.metrics())
+        )
+        writer.write_summary(summary)
+        raise
+    except BaseException as exc:
+        bar.close()
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", step=state.step)
+        writer.write_summary(summary)
+        raise
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    rows = writer.metrics()
+    final = _final_values(rows)
+    result = RunResult(writer.dir, cfg, rows, final)
+    summary.update(
+        status="finished",
+        step=state.step,
+        final=final,
+        verdict=verdict(result) if verdict is not None else [],
+        elapsed_s=elapsed,
+        steps_per_s=(state.step - start_step) / elapsed if elapsed > 0 else None,
+    )
+    writer.write_summary(summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", nargs="?", help="experiment name (see `rankdecay list`)")
+    p.add_argument("--preset", default=None, help="preset name (default: quick)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--config", default=None, help="JSON/TOML file of config overrides")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument(
+        "--out", default=None, help="run directory (default runs/<exp>-<preset>-s<seed>-<time>)"
+    )
+    p.add_argument(
+        "--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoint"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _print_verdict(summary: Mapping[str, Any], run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    rows = summary.get("verdict") or []
+    if rows:
+        table = Table(title=f"{summary.get('experiment')} — verdict")
+        for col in ("claim", "target", "measured", "met"):
+            table.add_column(col)
+        for r in rows:
+            met = r.get("met")
+            table.add_row(
+                str(r.get("claim", "")),
+                str(r.get("target", "")),
+                str(r.get("measured", "")),
+                "yes" if met is True else "no" if met is False else str(met),
+            )
+        console.print(table)
+    console.print(f"status: {summary.get('status')} — run directory: {run_dir}")
+
+
+def _flat_overrides(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping) and k != "weight_decay_by_role":
+            out.update(_flat_overrides(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from .config import load_config_file
+    from .experiments import get_experiment
+
+    overrides: dict[str, Any] = {}
+    if args.config:
+        overrides.update(_flat_overrides(load_config_file(args.config)))
+    if args.resume:
+        writer = RunWriter(args.resume)
+        stored = writer.read_meta()
+        name = args.experiment or stored["experiment"]
+        exp = get_experiment(name)
+        stored_cfg = from_dict(exp.config_cls, stored["config"])
+        if (
+            args.experiment is None
+            and args.preset is None
+            and not args.overrides
+            and args.seed is None
+            and not args.config
+        ):
+            cfg = stored_cfg
+        else:
+            cfg = exp.config(args.preset or stored.get("preset") or "quick", (), args.seed)
+            from .config import apply_overrides
+
+            cfg = apply_overrides(cfg, overrides)
+            cfg = apply_overrides(cfg, args.overrides)
+            if args.seed is not None:
+                cfg = apply_overrides(cfg, {"seed": args.seed})
+        preset = stored.get("preset")
+        run_dir = Path(args.resume)
+    else:
+        if not args.experiment:
+            raise RankdecayError(
+                "name an experiment, e.g. `rankdecay run recall` (see `rankdecay list`), or pass --resume DIR."
+            )
+        exp = get_experiment(args.experiment)
+        preset = args.preset or "quick"
+        cfg = exp.config(preset, (), None)
+        from .config import apply_overrides
+
+        cfg = apply_overrides(cfg, overrides)
+        cfg = apply_overrides(cfg, args.overrides)
+        if args.seed is not None:
+            cfg = apply_overrides(cfg, {"seed": args.seed})
+        if args.out:
+            run_dir = Path(args.out)
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path("runs") / f"{exp.name}-{preset}-s{cfg.seed}-{stamp}"
+    summary = exp.run(
+        cfg,
+        run_dir,
+        resume=bool(args.resume),
+        progress=not args.no_progress and sys.stderr.isatty(),
+        preset=preset,
+    )
+    _print_verdict(summary, run_dir)
+    if summary.get("status") == "interrupted":
+        print(f"rankdecay: {summary.get('error')}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def config_keys(cfg: Any) -> dict[str, Any]:
+    """Dotted key → default value of a config instance (used by `rankdecay list`)."""
+    return flatten(cfg)
