@@ -138,7 +138,9 @@ def register_adapter(predicate: Predicate, extractor: Extractor, name: str | Non
 
 
 def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
+    if not prefix or not name:
+        return prefix or name
+    return f"{prefix}.{name}"
 
 
 def _parent_name(name: str) -> str:
