@@ -1,0 +1,232 @@
+"""rankdecay.spectra against dense float64 SVDs of the materialized products and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rankdecay.errors import RankdecayError
+from rankdecay.spectra import (
+    NonFiniteInputError,
+    balance,
+    effective_rank,
+    factored_svd,
+    factored_svdvals,
+    frobenius_norm,
+    norm_gap,
+    nuclear_norm,
+    rank,
+    spectral_metrics,
+    spectral_norm,
+    stable_rank,
+)
+
+
+def _dense_svdvals(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Ground truth: numpy's float64 SVD of the materialized product A·Bᵀ."""
+    P = A.double().numpy() @ B.double().mT.numpy()
+    return torch.from_numpy(np.linalg.svd(P, compute_uv=False))
+
+
+def _rank_deficient(d: int, r: int, k: int, g: torch.Generator) -> torch.Tensor:
+    """A d×r factor of rank k."""
+    return torch.randn(d, k, generator=g, dtype=torch.float64) @ torch.randn(
+        k, r, generator=g, dtype=torch.float64
+    )
+
+
+SHAPES = [  # (d1, d2, r)
+    (16, 16, 4),
+    (64, 48, 8),
+    (7, 9, 12),  # r > d1, d2
+    (5, 30, 6),  # r > d1 only
+    (33, 1, 3),
+    (128, 128, 64),
+]
+
+
+@pytest.mark.parametrize("d1,d2,r", SHAPES)
+@pytest.mark.parametrize("deficient", [False, True])
+def test_factored_svdvals_match_dense_svd(d1: int, d2: int, r: int, deficient: bool) -> None:
+    g = torch.Generator().manual_seed(d1 * 1000 + d2 * 10 + r)
+    if deficient:
+        k = max(1, min(d1, d2, r) // 2)
+        A, B = _rank_deficient(d1, r, k, g), _rank_deficient(d2, r, k, g)
+    else:
+        A = torch.randn(d1, r, generator=g, dtype=torch.float64)
+        B = torch.randn(d2, r, generator=g, dtype=torch.float64)
+    s = factored_svdvals(A, B)
+    dense = _dense_svdvals(A, B)
+    m = min(d1, d2, r)
+    assert s.shape == (m,) and s.dtype == torch.float64
+    top = dense[0].item()
+    assert torch.all(s[:-1] >= s[1:])
+    assert (s - dense[:m]).abs().max().item() <= 1e-10 * top
+    assert dense[m:].abs().max().item() <= 1e-10 * top if dense.numel() > m else True
+    if deficient:  # the rank is visible at any reasonable tolerance
+        assert int(rank(s, rtol=1e-8)) == int(np.linalg.matrix_rank(A.numpy() @ B.numpy().T))
+
+
+def test_batched_broadcast_and_float32_inputs_computed_in_float64() -> None:
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(3, 4, 20, 5, generator=g)  # float32 (layers, heads, d, r)
+    B = torch.randn(1, 4, 24, 5, generator=g)  # broadcasts over layers
+    s = factored_svdvals(A, B)
+    assert s.shape == (3, 4, 5) and s.dtype == torch.float64
+    for i in range(3):
+        for h in range(4):
+            dense = _dense_svdvals(A[i, h], B[0, h])
+            assert (s[i, h] - dense[:5]).abs().max() <= 1e-10 * dense[0]
+    assert factored_svdvals(A, B, dtype=None).dtype == torch.float32
+
+
+def test_factored_svd_reconstructs_the_product() -> None:
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(2, 30, 6, generator=g, dtype=torch.float64)
+    B = torch.randn(2, 25, 6, generator=g, dtype=torch.float64)
+    U, S, V = factored_svd(A, B)
+    torch.testing.assert_close(U @ torch.diag_embed(S) @ V.mT, A @ B.mT, rtol=1e-12, atol=1e-12)
+    eye = torch.eye(6, dtype=torch.float64).expand(2, 6, 6)
+    torch.testing.assert_close(U.mT @ U, eye, rtol=0, atol=1e-12)
+    torch.testing.assert_close(V.mT @ V, eye, rtol=0, atol=1e-12)
+
+
+@st.composite
+def _factors_and_transform(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d1 = draw(st.integers(1, 24))
+    d2 = draw(st.integers(1, 24))
+    r = draw(st.integers(1, 10))
+    seed = draw(st.integers(0, 2**31 - 1))
+    log_cond = draw(st.floats(0.0, math.log(50.0)))
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(d1, r, generator=g, dtype=torch.float64)
+    B = torch.randn(d2, r, generator=g, dtype=torch.float64)
+    # random invertible M = Q₁ diag(σ) Q₂ with condition number ≤ 50
+    Q1, _ = torch.linalg.qr(torch.randn(r, r, generator=g, dtype=torch.float64))
+    Q2, _ = torch.linalg.qr(torch.randn(r, r, generator=g, dtype=torch.float64))
+    sig = torch.exp(torch.rand(r, generator=g, dtype=torch.float64) * log_cond)
+    return A, B, Q1 @ torch.diag(sig) @ Q2
+
+
+@settings(max_examples=60, deadline=None)
+@given(_factors_and_transform())
+def test_singular_values_invariant_under_gauge_transform(
+    case: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """σ(A M (B M⁻ᵀ)ᵀ) = σ(A Bᵀ) for any invertible M (the factorization's gauge freedom)."""
+    A, B, M = case
+    s = factored_svdvals(A, B)
+    s_t = factored_svdvals(A @ M, B @ torch.linalg.inv(M).mT)
+    assert (s - s_t).abs().max().item() <= 1e-9 * max(s[0].item(), 1e-300)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics on known matrices
+# ---------------------------------------------------------------------------------------------
+
+
+def test_metrics_of_identity() -> None:
+    n = 8
+    I = torch.eye(n, dtype=torch.float64)
+    s = factored_svdvals(I, I)
+    m = spectral_metrics(s)
+    assert int(m["rank"]) == n
+    assert m["effective_rank"].item() == pytest.approx(n, rel=1e-12)
+    assert m["stable_rank"].item() == pytest.approx(n, rel=1e-12)
+    assert m["nuclear_norm"].item() == pytest.approx(n, rel=1e-12)
+    assert m["frobenius_norm"].item() == pytest.approx(math.sqrt(n), rel=1e-12)
+    assert m["spectral_norm"].item() == pytest.approx(1.0, rel=1e-12)
+    assert balance(I, I).item() == pytest.approx(0.0, abs=1e-12)
+    assert norm_gap(I, I).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_metrics_of_rank_k_products_with_known_spectrum(k: int) -> None:
+    """A = U diag(√σ), B = V diag(√σ) with orthonormal U, V: the spectrum is σ exactly."""
+    g = torch.Generator().manual_seed(k)
+    d, r = 20, 6
+    sigma = torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5, 0.25][:k], dtype=torch.float64)
+    U, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
+    pad = torch.zeros(d, r - k, dtype=torch.float64)
+    A = torch.cat([U * sigma.sqrt(), pad], 1)
+    B = torch.cat([V * sigma.sqrt(), pad], 1)
+    s = factored_svdvals(A, B)
+    torch.testing.assert_close(s[:k], sigma, rtol=1e-12, atol=1e-12)
+    assert s[k:].abs().max().item() <= 1e-12 if k < r else True
+    assert int(rank(s, rtol=1e-2)) == k
+    assert int(rank(s, rtol=0.3)) == int((sigma > 0.3 * 5.0).sum())
+    p = sigma / sigma.sum()
+    assert effective_rank(s).item() == pytest.approx(
+        math.exp(-(p * p.log()).sum().item()), rel=1e-9
+    )
+    assert stable_rank(s).item() == pytest.approx((sigma**2).sum().item() / 25.0, rel=1e-12)
+    assert nuclear_norm(s).item() == pytest.approx(sigma.sum().item(), rel=1e-12)
+    assert frobenius_norm(s).item() == pytest.approx(sigma.norm().item(), rel=1e-12)
+    assert spectral_norm(s).item() == pytest.approx(5.0, rel=1e-12)
+    # balanced factorization: AᵀA = BᵀB = diag(σ, 0), so balance and norm gap vanish
+    assert balance(A, B).item() == pytest.approx(0.0, abs=1e-12)
+    assert norm_gap(A, B).item() == pytest.approx(0.0, abs=1e-12)
+    # unbalance it by c: balance = |c² − c⁻²|·‖σ‖₂, gap = ½(c² + c⁻²)Σσ − Σσ
+    c = 2.0
+    assert balance(A * c, B / c).item() == pytest.approx(
+        abs(c**2 - c**-2) * sigma.norm().item(), rel=1e-12
+    )
+    assert norm_gap(A * c, B / c).item() == pytest.approx(
+        (0.5 * (c**2 + c**-2) - 1) * sigma.sum().item(), rel=1e-12
+    )
+
+
+def test_effective_rank_of_equal_singular_values_is_their_count() -> None:
+    s = torch.tensor([[2.0, 2.0, 2.0, 0.0], [1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(effective_rank(s), torch.tensor([3.0, 1.0], dtype=torch.float64))
+
+
+def test_metrics_of_zero_matrix() -> None:
+    Z = torch.zeros(10, 4, dtype=torch.float64)
+    s = factored_svdvals(Z, Z)
+    assert torch.equal(s, torch.zeros(4, dtype=torch.float64))
+    m = spectral_metrics(s)
+    for name, value in m.items():
+        assert value.item() == 0, name
+    assert balance(Z, Z).item() == 0 and norm_gap(Z, Z).item() == 0
+
+
+def test_balance_and_norm_gap_against_dense_definitions() -> None:
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(4, 12, 3, generator=g, dtype=torch.float64)
+    B = torch.randn(4, 15, 3, generator=g, dtype=torch.float64)
+    for i in range(4):
+        a, b = A[i].numpy(), B[i].numpy()
+        assert balance(A, B)[i].item() == pytest.approx(
+            np.linalg.norm(a.T @ a - b.T @ b), rel=1e-12
+        )
+        nuc = np.linalg.norm(a @ b.T, ord="nuc")
+        gap = 0.5 * (np.sum(a * a) + np.sum(b * b)) - nuc
+        assert norm_gap(A, B)[i].item() == pytest.approx(gap, rel=1e-9, abs=1e-12)
+        assert gap >= 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_factors_raise_a_clear_error(bad: float) -> None:
+    A = torch.randn(5, 3)
+    A[2, 1] = bad
+    for fn in (factored_svdvals, balance, norm_gap):
+        with pytest.raises(NonFiniteInputError) as info:
+            fn(A, torch.randn(5, 3))
+        assert isinstance(info.value, RankdecayError)
+        assert "NaN or Inf" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_shape_errors() -> None:
+    with pytest.raises(ValueError, match="inner dimension"):
+        factored_svdvals(torch.randn(4, 3), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="matrices"):
+        factored_svdvals(torch.randn(4), torch.randn(4))
+    with pytest.raises(ValueError, match="rtol"):
+        rank(torch.ones(3), rtol=-1.0)
