@@ -320,6 +320,7 @@ def test_param_roles_complete(kw: dict) -> None:
             assert r == "mlp"
     qk = {p for lh in model.rankdecay_attention_heads() for p in lh.qk_params}
     assert qk == {n for n, r in roles.items() if r == "attn_qk"}
+    assert rd.param_roles(model) == roles  # decay.param_roles takes the model's own roles
 
 
 def test_patchify_matches_unfold() -> None:
