@@ -33,6 +33,7 @@ class ToyConfig:
     weight_decay: float = 0.1
     log_every: int = 10
     sleep: float = 0.0
+    fraction: float = 1.0  # fraction of entries observed (the loss sees only those)
     mode: str = "ok"  # ok | raise | crash (the worker process dies)
 
 
@@ -68,10 +69,18 @@ def run(
     )
     D = _target(cfg.n)
     lam = cfg.weight_decay
+    mask = (
+        torch.rand(cfg.n, cfg.n, generator=torch.Generator().manual_seed(1000 + cfg.seed))
+        < cfg.fraction
+    ).double()
+    held_out = (
+        (1 - mask).bool() if mask.sum() < mask.numel() else torch.ones_like(mask, dtype=torch.bool)
+    )
 
     def log(step: int) -> None:
-        R = A @ B.T - D
+        R = (A @ B.T - D) * mask
         loss = 0.5 * float((R**2).sum()) + 0.5 * lam * float((A**2).sum() + (B**2).sum())
+        val_acc = float(((A @ B.T - D).abs()[held_out] < 0.25).double().mean())
         append_jsonl(
             run_dir / "metrics.jsonl",
             [
@@ -80,6 +89,7 @@ def run(
                     "loss": loss,
                     "val_loss": 0.5 * float((R**2).sum()),
                     "accuracy": float((R.abs() < 0.05).double().mean()),
+                    "val_acc": val_acc,
                 }
             ],
         )
@@ -109,7 +119,7 @@ def run(
             raise RuntimeError("toy failure requested by mode=raise")
         if cfg.mode == "crash" and step == 3:
             os.kill(os.getpid(), signal.SIGKILL)
-        R = A @ B.T - D
+        R = (A @ B.T - D) * mask
         gA = R @ B + lam * A
         gB = R.T @ A + lam * B
         A, B = A - cfg.lr * gA, B - cfg.lr * gB

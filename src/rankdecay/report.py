@@ -44,7 +44,7 @@ from .errors import RankdecayError
 from .results import Run, flatten_dict, is_run_dir, load_run, load_sweep
 from .runio import atomic_write_text, read_json
 
-__all__ = ["analysis_html", "build_report", "configure_parser", "run_cli"]
+__all__ = ["analysis_html", "build_report", "configure_parser", "phase_data", "run_cli"]
 
 GROK_THRESHOLD = 0.99
 _GROUP_LABEL = {"qk": "W_QK", "ov": "W_OV", "w_q": "W_Q", "w_k": "W_K"}
@@ -90,7 +90,8 @@ class _Page:
     figures: list[_Figure] = field(default_factory=list)
 
     def add(self, fig: Any, name: str, title: str, caption: str) -> None:
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
         png = buf.getvalue()
@@ -730,50 +731,87 @@ def _phase_keys(grid: Sequence[str]) -> tuple[str, str, list[str]] | None:
     return frac, strength, [k for k in grid if k not in (frac, strength)]
 
 
-def _fig_phase(page: _Page, df: Any, runs: Mapping[str, Run], grid: Sequence[str]) -> None:
+def phase_data(df: Any, runs: Mapping[str, Run], grid: Sequence[str]) -> list[dict[str, Any]]:
+    """The grokking phase diagram as numbers, one dict per arm (the other grid keys).
+
+    Each dict: ``arm`` (point of the other keys), ``fraction_key``, ``strength_key``,
+    ``fractions``, ``strengths`` and (fractions × strengths) lists ``best`` (mean over seeds of the
+    best validation accuracy; NaN without data), ``grok_step`` (median over the seeds that grokked
+    of the first step with validation accuracy ≥ 0.99; None if none did), ``grokked`` and ``n``
+    (seed counts). Empty when the grid has no fraction × strength pair.
+    """
     keys = _phase_keys(grid)
     if keys is None:
-        return
+        return []
     frac, strength, arms = keys
-    Figure = _mpl()
     fracs = sorted(set(df[frac].tolist()))
     strengths = sorted(set(df[strength].tolist()))
-    arm_values = _grid_points(df, arms)
-    fig = Figure(
-        figsize=(
-            0.9 * len(strengths) * len(arm_values) + 2.5 * len(arm_values),
-            0.6 * len(fracs) + 2.2,
-        )
-    )
-    axes = fig.subplots(1, len(arm_values), squeeze=False)[0]
-    image = None
-    for ax, arm in zip(axes, arm_values):
+    out = []
+    for arm in _grid_points(df, arms):
         best = [[math.nan] * len(strengths) for _ in fracs]
-        notes = [[""] * len(strengths) for _ in fracs]
+        grok: list[list[int | None]] = [[None] * len(strengths) for _ in fracs]
+        grokked = [[0] * len(strengths) for _ in fracs]
+        n = [[0] * len(strengths) for _ in fracs]
         for i, f in enumerate(fracs):
             for j, s in enumerate(strengths):
-                prs = _runs_of(df, runs, {**arm, frac: f, strength: s})
-                stats = [_grok_stats(r) for r in prs]
+                stats = [_grok_stats(r) for r in _runs_of(df, runs, {**arm, frac: f, strength: s})]
                 bests = [b for b, _ in stats if b is not None]
                 groks = [g for _, g in stats if g is not None]
                 if bests:
                     best[i][j] = statistics.fmean(bests)
-                if stats:
-                    note = f"{int(statistics.median(groks))}" if groks else "–"
-                    if groks and len(groks) < len(stats):
-                        note += f"\n({len(groks)}/{len(stats)})"
-                    notes[i][j] = note
+                if groks:
+                    grok[i][j] = int(statistics.median(groks))
+                grokked[i][j], n[i][j] = len(groks), len(stats)
+        out.append(
+            {
+                "arm": arm,
+                "fraction_key": frac,
+                "strength_key": strength,
+                "fractions": fracs,
+                "strengths": strengths,
+                "best": best,
+                "grok_step": grok,
+                "grokked": grokked,
+                "n": n,
+            }
+        )
+    return out
+
+
+def _fig_phase(page: _Page, df: Any, runs: Mapping[str, Run], grid: Sequence[str]) -> None:
+    panels = phase_data(df, runs, grid)
+    if not panels:
+        return
+    frac, strength = panels[0]["fraction_key"], panels[0]["strength_key"]
+    arms = [k for k in grid if k not in (frac, strength)]
+    fracs, strengths = panels[0]["fractions"], panels[0]["strengths"]
+    Figure = _mpl()
+    fig = Figure(
+        figsize=(
+            0.9 * len(strengths) * len(panels) + 2.5 * len(panels),
+            0.6 * len(fracs) + 2.2,
+        ),
+        layout="constrained",
+    )
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for ax, panel in zip(axes, panels):
+        best = panel["best"]
         image = ax.imshow(best, vmin=0, vmax=1, cmap="magma", origin="lower", aspect="auto")
         for i in range(len(fracs)):
             for j in range(len(strengths)):
+                if not panel["n"][i][j]:
+                    continue
+                step, k, n = panel["grok_step"][i][j], panel["grokked"][i][j], panel["n"][i][j]
+                note = "–" if step is None else str(step) + (f"\n({k}/{n})" if k < n else "")
                 v = best[i][j]
                 color = "black" if (v == v and v > 0.6) else "white"
-                ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=7, color=color)
+                ax.text(j, i, note, ha="center", va="center", fontsize=7, color=color)
         ax.set_xticks(range(len(strengths)), [_fmt(s) for s in strengths], rotation=45, fontsize=8)
         ax.set_yticks(range(len(fracs)), [_fmt(f) for f in fracs], fontsize=8)
         ax.set_xlabel(strength)
         ax.set_ylabel(frac)
-        ax.set_title(_point_label(arm), fontsize=10)
+        ax.set_title(_point_label(panel["arm"]), fontsize=10)
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="best validation accuracy", shrink=0.9)
     page.add(
@@ -1049,7 +1087,11 @@ def _sweep_page(
         _table(agg_rows, ["claim", "runs", "met"])
         if agg_rows
         else "<p>No run recorded a verdict.</p>"
-    ) + (f"<h3>Each run</h3>{per_run}" if per_run else "")
+    ) + (
+        f"<details><summary>Verdict of each run ({len(runs)})</summary>{per_run}</details>"
+        if per_run
+        else ""
+    )
     counts: dict[str, int] = {}
     for s in df["status"].tolist():
         counts[str(s)] = counts.get(str(s), 0) + 1
