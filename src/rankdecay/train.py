@@ -158,10 +158,6 @@ def build_model(model_cfg: Any, task: Any) -> nn.Module:
     return TinyTransformer(model_cfg)
 
 
-#: parameter roles of rankdecay.param_roles (DESIGN.md)
-ROLES = ("attn_qk", "attn_ov", "mlp", "embedding", "norm", "bias", "other")
-
-
 def optimizer_settings(cfg: Any) -> tuple[OptimConfig, LRDConfig]:
     """The (optim, lrd) sections a run uses.
 
@@ -176,18 +172,14 @@ def optimizer_settings(cfg: Any) -> tuple[OptimConfig, LRDConfig]:
 
 
 def _weight_decay_spec(optim: OptimConfig) -> float | dict[str, float]:
+    """``optim.weight_decay`` for every role, overridden per role by ``weight_decay_by_role``
+    (roles of :func:`rankdecay.param_roles`, or "attention" for both attention roles)."""
     if not optim.weight_decay_by_role:
         return float(optim.weight_decay)
-
-    unknown = sorted(set(optim.weight_decay_by_role) - set(ROLES))
-    if unknown:
-        raise RankdecayError(
-            f"optim.weight_decay_by_role names unknown role(s) {', '.join(unknown)}; "
-            f"use roles from {', '.join(ROLES)}."
-        )
-    spec = {role: float(optim.weight_decay) for role in ROLES}
-    spec.update({k: float(v) for k, v in optim.weight_decay_by_role.items()})
-    return spec
+    return {
+        "default": float(optim.weight_decay),
+        **{k: float(v) for k, v in optim.weight_decay_by_role.items()},
+    }
 
 
 def build_optimizer(
@@ -840,10 +832,11 @@ def train(
         row: dict[str, Any] = {"step": step}
         if state.count and (step % tc.log_every == 0 or force_eval):
             if not state.pending_finite():
+                first = step - state.count + 1
+                where = f"at step {step}" if first == step else f"between steps {first} and {step}"
                 raise NonFiniteLossError(
-                    f"the training loss became NaN/Inf between steps {step - state.count + 1} and {step}; "
-                    "lower optim.lr or set optim.grad_clip and start again (the last good checkpoint "
-                    f"in {writer.ckpt} is intact)."
+                    f"the training loss became NaN/Inf {where}; lower optim.lr or set "
+                    f"optim.grad_clip and start again (the last good checkpoint in {writer.ckpt} is intact)."
                 )
             row.update(state.pop())
             row["lr"] = optimizer.param_groups[0]["lr"]
