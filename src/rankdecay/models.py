@@ -31,7 +31,7 @@ QK-norm (``qk_norm``):
 
 Either way, without q/k biases the logits are invariant to W_Q ↦ c·W_Q and W_K ↦ c·W_K (c > 0),
 so the gradient with respect to W_Q (W_K) is orthogonal to W_Q (W_K): the premise of Low-Rank
-Decay. ``qk_norm_eps`` is kept tiny (1e-8) so this holds down to weights ~1e-3 of their init size.
+Decay. ``qk_norm_eps`` is kept tiny (1e-8) so this holds down to weights ~1e-2 of their init size.
 
 Positions (``pos``): learned absolute embeddings, none, or rotary (rotate-half form, base
 ``rope_base``, applied to q and k after QK-norm; the QK circuit then is the one at offset 0).

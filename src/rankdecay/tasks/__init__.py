@@ -101,7 +101,7 @@ def step_generator(seed: int, stream: str, *index: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, stream, *index))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)  # ensembles interleave many (n, seed) streams
 def _epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=step_generator(seed, "epoch", epoch))
 
