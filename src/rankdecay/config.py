@@ -230,9 +230,13 @@ def _replace(obj: Any, parts: list[str], value: Any, key: str, root: Any) -> Any
 def to_toml(data: Mapping[str, Any]) -> str:
     import tomli_w
 
+    # TOML has no null: None is written as the string "none", which ``from_dict`` /
+    # ``apply_overrides`` parse back to None for optional fields.
     def clean(v: Any) -> Any:
+        if v is None:
+            return "none"
         if isinstance(v, Mapping):
-            return {k: clean(x) for k, x in v.items() if x is not None}
+            return {k: clean(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         return v
