@@ -343,13 +343,17 @@ def _fig_spectra(page: _Page, run: Run, steps: Sequence[int] | None, prefix: str
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
-    fig = Figure(figsize=(4.6 * len(groups), 3.6))
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    ncol = min(len(groups), 2 if len(groups) == 4 else 3)
+    nrow = math.ceil(len(groups) / ncol)
+    fig = Figure(figsize=(5.2 * ncol, 3.6 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
     rtol = next((r.get("rtol") for r in circuit_recs if r.get("rtol") is not None), 1e-2)
     for ax, group in zip(axes, groups):
         for i, step in enumerate(chosen):
-            color = cmap(i / max(1, len(chosen) - 1))
-            first = True
+            xs: list[float] = []
+            ys: list[float] = []
             for rec in circuit_recs:
                 g = str(
                     rec.get("matrix") if rec.get("kind") == "matrix" else rec.get("circuit", "")
@@ -359,16 +363,12 @@ def _fig_spectra(page: _Page, run: Run, steps: Sequence[int] | None, prefix: str
                 s = [float(x) for x in rec["singular_values"]]
                 if not s or s[0] <= 0:
                     continue
-                y = [max(x / s[0], 1e-12) for x in s]
-                ax.plot(
-                    range(1, len(y) + 1),
-                    y,
-                    color=color,
-                    alpha=0.55,
-                    lw=1,
-                    label=f"step {step}" if first else None,
-                )
-                first = False
+                # all heads in one line object, separated by NaN (fast to draw)
+                xs += [*range(1, len(s) + 1), math.nan]
+                ys += [max(x / s[0], 1e-12) for x in s] + [math.nan]
+            if xs:
+                color = cmap(0.85 * i / max(1, len(chosen) - 1))
+                ax.plot(xs, ys, color=color, alpha=0.55, lw=1, label=f"step {step}")
         ax.axhline(float(rtol), color="crimson", ls="--", lw=0.9, label=f"rtol {float(rtol):g}")
         ax.set_yscale("log")
         ax.set_xlabel("index i")
@@ -560,7 +560,7 @@ def _fig_sweep_curves(page: _Page, df: Any, runs: Mapping[str, Run], grid: Seque
 
     Figure = _mpl()
     cmap = matplotlib.colormaps["viridis"]
-    colors = [cmap(i / max(1, len(points) - 1)) for i in range(len(points))]
+    colors = [cmap(0.85 * i / max(1, len(points) - 1)) for i in range(len(points))]
     sample = next(iter(runs.values()))
     # rank and balance over steps per grid point
     groups = [
@@ -689,7 +689,7 @@ def _fig_sweep_spectra(page: _Page, df: Any, runs: Mapping[str, Run], grid: Sequ
                 range(1, len(y) + 1),
                 [max(v, 1e-12) for v in y],
                 marker=".",
-                color=cmap(i / max(1, len(points) - 1)),
+                color=cmap(0.85 * i / max(1, len(points) - 1)),
                 label=_point_label(points[i]),
             )
         ax.axhline(1e-2, color="crimson", ls="--", lw=0.9)
