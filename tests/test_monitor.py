@@ -143,3 +143,74 @@ def test_bad_arguments() -> None:
         SpectralMonitor(model, circuits=("qv",))
     with pytest.raises(ValueError, match="rtol"):
         SpectralMonitor(model, rtol=-1)
+
+
+def test_hf_trainer_callback(tmp_path) -> None:
+    """A real (tiny, random) GPT-2 trained 3 steps by the Hugging Face Trainer with the callback:
+    means land in log_history, records in spectra.jsonl, and the last records equal a dense SVD
+    of the trained c_attn weights."""
+    transformers = pytest.importorskip("transformers")
+    from rankdecay.integrations.transformers import SpectralMonitorCallback
+
+    cfg = transformers.GPT2Config(
+        vocab_size=37,
+        n_positions=16,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = transformers.GPT2LMHeadModel(cfg)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(37, (16, 12), generator=g)
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(ids)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"input_ids": ids[i], "labels": ids[i]}
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        logging_steps=100,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    cb = SpectralMonitorCallback(every=2)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=DS(), callbacks=[cb])
+    trainer.train()
+
+    logged = [h for h in trainer.state.log_history if "rankdecay/qk_rank" in h]
+    assert [h["step"] for h in logged] == [2]
+    assert "loss" in logged[0]  # the callback made the Trainer log at that step
+    rows = list(read_jsonl(tmp_path / "spectra.jsonl"))
+    assert sorted({r["step"] for r in rows}) == [0, 2]
+    # the monitor (through the GPT-2 adapter) against a dense SVD of the trained fused c_attn
+    recs = cb.monitor.force_step(3)
+    d, H = 32, 4
+    dh = d // H
+    for r in recs:
+        if r["kind"] != "circuit" or r["circuit"] != "qk":
+            continue
+        W = model.transformer.h[r["layer"]].attn.c_attn.weight.detach().double().numpy()  # (d, 3d)
+        WQ = W[:, r["head"] * dh : (r["head"] + 1) * dh]
+        WK = W[:, d + r["head"] * dh : d + (r["head"] + 1) * dh]
+        s = np.linalg.svd(WQ @ WK.T, compute_uv=False)[:dh]
+        np.testing.assert_allclose(r["singular_values"], s, rtol=1e-9, atol=1e-12)
+        assert r["rank"] == int((s > 1e-2 * s[0]).sum())
+    mean_rank = np.mean(
+        [
+            r["rank"]
+            for r in rows
+            if r["step"] == 2 and r["kind"] == "circuit" and r["circuit"] == "qk"
+        ]
+    )
+    assert logged[0]["rankdecay/qk_rank"] == pytest.approx(mean_rank)
