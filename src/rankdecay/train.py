@@ -128,20 +128,24 @@ class TrainConfig:
     monitor_every: int = 100
     eval_batch_size: int = 2048
     monitor_rtol: float = 1e-2
+    #: "auto" (cuda when available), "cpu" or "cuda" (rankdecay.device.resolve_device)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: forward-pass precision: "none" (float32) or "bf16" autocast (rankdecay.device.autocast)
+    amp: Literal["none", "bf16"] = "none"
+    #: run the forward pass through torch.compile
+    compile: bool = False
+    #: where the monitor's float64 spectra are computed: "model" (the weights' device) or "cpu"
+    spectra_device: Literal["model", "cpu"] = "model"
 
 
 # ----------------------------------------------------------------------------- model / optimizer
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RankdecayError(
-            "train.device is 'cuda' but no CUDA device is available; use --set train.device=cpu."
-        )
-    return torch.device(name)
+    """``auto`` | ``cpu`` | ``cuda`` → torch.device (see :func:`rankdecay.device.resolve_device`)."""
+    from .device import resolve_device as _resolve
+
+    return _resolve(name)
 
 
 def build_model(model_cfg: Any, task: Any) -> nn.Module:
@@ -733,6 +737,105 @@ def _params_finite(model: nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
+def validate_train_config(tc: TrainConfig) -> None:
+    """Raise :class:`RankdecayError` for a non-positive length, batch or cadence."""
+    for key in (
+        "steps",
+        "batch_size",
+        "eval_every",
+        "log_every",
+        "checkpoint_every",
+        "eval_batch_size",
+    ):
+        if getattr(tc, key) <= 0:
+            raise RankdecayError(
+                f"train.{key} must be positive, got {getattr(tc, key)}; fix it with --set train.{key}=…."
+            )
+
+
+def initial_summary(
+    cfg: Any,
+    experiment: str,
+    preset: str | None,
+    step: int,
+    resumed_from: int | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The ``summary.json`` of a run that is starting (status "running")."""
+    return {
+        "status": "running",
+        "error": None,
+        "experiment": experiment,
+        "preset": preset,
+        "seed": cfg.seed,
+        "steps": cfg.train.steps,
+        "step": step,
+        "resumed_from": resumed_from,
+        "device": str(device),
+        "torch": torch.__version__,
+        "final": {},
+        "verdict": [],
+    }
+
+
+def save_run_checkpoint(
+    writer: RunWriter, model: nn.Module, optimizer: torch.optim.Optimizer, state: RunState
+) -> None:
+    """Checkpoint weights, optimizer state, running sums and RNG (refuses NaN/Inf weights)."""
+    if not _params_finite(model):
+        raise NonFiniteLossError(
+            f"the weights became NaN/Inf by step {state.step}; lower optim.lr or set "
+            f"optim.grad_clip, then resume from the last good checkpoint with --resume {writer.dir}."
+        )
+    opt_tensors, opt_meta = _optimizer_to_parts(optimizer)
+    tensors = {**opt_tensors, **state.tensors(), **_rng_tensors()}
+    writer.save_checkpoint(
+        model,
+        tensors,
+        {"step": state.step, "count": state.count, "optimizer": opt_meta, "rng": _rng_state()},
+    )
+
+
+def log_event(
+    step: int,
+    *,
+    state: RunState,
+    writer: RunWriter,
+    tc: TrainConfig,
+    lr: float,
+    evaluate_fn: Callable[[], dict[str, float]],
+    monitor: Any,
+    force_eval: bool = False,
+) -> dict[str, Any]:
+    """One metrics row at ``step``: running loss/acc + lr (log steps), evaluation (eval steps),
+    monitor summary (monitor steps; its records go to spectra.jsonl); appended to metrics.jsonl.
+
+    Raises :class:`NonFiniteLossError` when the pending training loss is NaN/Inf.
+    """
+    from .monitor import summarize_records
+
+    row: dict[str, Any] = {"step": step}
+    if state.count and (step % tc.log_every == 0 or force_eval):
+        if not state.pending_finite():
+            first = step - state.count + 1
+            where = f"at step {step}" if first == step else f"between steps {first} and {step}"
+            raise NonFiniteLossError(
+                f"the training loss became NaN/Inf {where}; lower optim.lr or set "
+                f"optim.grad_clip and start again (the last good checkpoint in {writer.ckpt} is intact)."
+            )
+        row.update(state.pop())
+        row["lr"] = lr
+    if step % tc.eval_every == 0 or force_eval:
+        row.update(evaluate_fn())
+    if monitor.due(step) or force_eval:
+        records = monitor.force_step(step)
+        writer.log_spectra(records)
+        row.update(summarize_records(records))
+    if len(row) > 1:
+        writer.log_metrics(row)
+    return row
+
+
 def train(
     cfg: Any,
     run_dir: str | Path,
@@ -751,19 +854,20 @@ def train(
     :class:`~rankdecay.errors.NonFiniteLossError` after writing ``status: "failed"``; SIGINT /
     SIGTERM save a checkpoint and return with ``status: "interrupted"``.
     """
+    from .distributed import launched_distributed, train_distributed
+
+    if launched_distributed():  # under torchrun: DistributedDataParallel (rankdecay.distributed)
+        return train_distributed(
+            cfg,
+            run_dir,
+            resume=resume,
+            progress=progress,
+            experiment=experiment,
+            preset=preset,
+            verdict=verdict,
+        )
     tc: TrainConfig = cfg.train
-    for key in (
-        "steps",
-        "batch_size",
-        "eval_every",
-        "log_every",
-        "checkpoint_every",
-        "eval_batch_size",
-    ):
-        if getattr(tc, key) <= 0:
-            raise RankdecayError(
-                f"train.{key} must be positive, got {getattr(tc, key)}; fix it with --set train.{key}=…."
-            )
+    validate_train_config(tc)
     writer = RunWriter(run_dir)
     meta = {"experiment": experiment, "preset": preset, "seed": cfg.seed, "config": to_dict(cfg)}
     writer.start(meta, resume)
@@ -779,10 +883,12 @@ def train(
     model.train()
     optim_cfg, lrd_cfg = optimizer_settings(cfg)
     optimizer, _lrd = build_optimizer(model, optim_cfg, lrd_cfg)
-    from .monitor import SpectralMonitor, summarize_records
+    from .device import autocast, maybe_compile, spectra_monitor
 
-    monitor = SpectralMonitor(
-        model, every=tc.monitor_every, rtol=tc.monitor_rtol, keep_records=False
+    forward = maybe_compile(model, tc.compile)
+    amp = autocast(device, tc.amp)
+    monitor = spectra_monitor(
+        model, tc.spectra_device, every=tc.monitor_every, rtol=tc.monitor_rtol, keep_records=False
     )
     eval_sets = {k: (x.to(device), y.to(device)) for k, (x, y) in task.eval_sets().items()}
     state = RunState(device=device)
@@ -798,57 +904,27 @@ def train(
     elif resume:
         writer.truncate_after(-1)  # no checkpoint yet: start over
 
-    summary: dict[str, Any] = {
-        "status": "running",
-        "error": None,
-        "experiment": experiment,
-        "preset": preset,
-        "seed": cfg.seed,
-        "steps": tc.steps,
-        "step": state.step,
-        "resumed_from": resumed_from,
-        "device": str(device),
-        "torch": torch.__version__,
-        "final": {},
-        "verdict": [],
-    }
+    summary = initial_summary(cfg, experiment, preset, state.step, resumed_from, device)
     writer.write_summary(summary)
 
     def checkpoint() -> None:
-        if not _params_finite(model):
-            raise NonFiniteLossError(
-                f"the weights became NaN/Inf by step {state.step}; lower optim.lr or set "
-                f"optim.grad_clip, then resume from the last good checkpoint with --resume {writer.dir}."
-            )
-        opt_tensors, opt_meta = _optimizer_to_parts(optimizer)
-        tensors = {**opt_tensors, **state.tensors(), **_rng_tensors()}
-        writer.save_checkpoint(
-            model,
-            tensors,
-            {"step": state.step, "count": state.count, "optimizer": opt_meta, "rng": _rng_state()},
-        )
+        save_run_checkpoint(writer, model, optimizer, state)
+
+    def evaluate_now() -> dict[str, float]:
+        with amp:
+            return evaluate(forward, eval_sets, tc.eval_batch_size)
 
     def bookkeeping(step: int, force_eval: bool = False) -> dict[str, Any]:
-        row: dict[str, Any] = {"step": step}
-        if state.count and (step % tc.log_every == 0 or force_eval):
-            if not state.pending_finite():
-                first = step - state.count + 1
-                where = f"at step {step}" if first == step else f"between steps {first} and {step}"
-                raise NonFiniteLossError(
-                    f"the training loss became NaN/Inf {where}; lower optim.lr or set "
-                    f"optim.grad_clip and start again (the last good checkpoint in {writer.ckpt} is intact)."
-                )
-            row.update(state.pop())
-            row["lr"] = optimizer.param_groups[0]["lr"]
-        if step % tc.eval_every == 0 or force_eval:
-            row.update(evaluate(model, eval_sets, tc.eval_batch_size))
-        if monitor.due(step) or force_eval:
-            records = monitor.force_step(step)
-            writer.log_spectra(records)
-            row.update(summarize_records(records))
-        if len(row) > 1:
-            writer.log_metrics(row)
-        return row
+        return log_event(
+            step,
+            state=state,
+            writer=writer,
+            tc=tc,
+            lr=optimizer.param_groups[0]["lr"],
+            evaluate_fn=evaluate_now,
+            monitor=monitor,
+            force_eval=force_eval,
+        )
 
     bar = _Progress(progress, tc.steps, state.step, f"{experiment}")
     t0 = time.perf_counter()
@@ -870,8 +946,9 @@ def train(
                 x, y = task.train_batch(t, tc.batch_size)
                 if x.device != device:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits = model(x)
-                loss, acc = loss_and_accuracy(logits, y)
+                with amp:
+                    logits = forward(x)
+                loss, acc = loss_and_accuracy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip > 0:
@@ -1033,6 +1110,12 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.out:
             run_dir = Path(args.out)
         else:
+            from .distributed import launched_distributed
+
+            if launched_distributed():
+                raise RankdecayError(
+                    "under torchrun every process must write to the same run directory; pass --out DIR."
+                )
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path("runs") / f"{exp.name}-{preset}-s{cfg.seed}-{stamp}"
     summary = exp.run(
@@ -1042,7 +1125,8 @@ def run_cli(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         preset=preset,
     )
-    _print_verdict(summary, run_dir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        _print_verdict(summary, run_dir)
     if summary.get("status") == "interrupted":
         print(f"rankdecay: {summary.get('error')}", file=sys.stderr)
         return 130
