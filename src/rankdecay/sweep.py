@@ -388,6 +388,9 @@ class LocalExecutor(Executor):
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 if w["task"] is None:
                     w["conn"].send(None)
+                # a busy worker (interrupted) finds the pipe closed once its run returns, and exits;
+                # its run directory (summary.json, checkpoint) already records the outcome
+                w["conn"].close()
         deadline = time.monotonic() + 10.0  # give interrupted runs time to save a checkpoint
         for w in workers:
             w["proc"].join(max(0.0, deadline - time.monotonic()))
@@ -426,7 +429,7 @@ class RayExecutor(Executor):
         self.address = ray_address
         self.threads = int(threads_per_worker or 1)
         self.gpus = float(gpus_per_run or 0.0)
-        self.max_in_flight = workers  # None: let Ray schedule everything
+        self.max_in_flight = workers  # None: as many as the cluster's CPUs (GPUs) can hold
         if self.threads < 1:
             raise RankdecayError("--threads-per-worker must be at least 1; pass a positive count.")
 
@@ -448,6 +451,17 @@ class RayExecutor(Executor):
     def describe(self) -> str:
         where = self.address or "local instance"
         return f"ray ({where}; {self.threads} CPU(s), {self.gpus:g} GPU(s) per run)"
+
+    def _capacity(self, ray: Any) -> int:
+        """Runs the cluster can hold at once (so "running" in the progress bar means running)."""
+        try:
+            resources = ray.cluster_resources()
+        except Exception:  # noqa: BLE001
+            return 0
+        slots = int(resources.get("CPU", 0) // self.threads)
+        if self.gpus > 0:
+            slots = min(slots, int(resources.get("GPU", 0) // self.gpus))
+        return max(1, slots)
 
     def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
         try:
@@ -471,11 +485,23 @@ class RayExecutor(Executor):
                     "a cluster with `ray start --head` or check --ray-address."
                 ) from None
             started_here = True
+        if self.gpus > 0 and not self.address:
+            try:
+                n_gpus = ray.cluster_resources().get("GPU", 0)
+            except Exception:  # noqa: BLE001
+                n_gpus = None
+            if n_gpus == 0:
+                if started_here:
+                    ray.shutdown()
+                raise RankdecayError(
+                    f"--gpus-per-run {self.gpus:g} but this Ray instance has no GPUs; drop "
+                    "--gpus-per-run or connect to a cluster with GPU nodes (--ray-address)."
+                )
         remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=0)(_ray_execute)
         pending = list(tasks)
         pending.reverse()
         in_flight: dict[Any, RunTask] = {}
-        limit = self.max_in_flight or len(tasks)
+        limit = self.max_in_flight or self._capacity(ray) or len(tasks)
         try:
             while pending or in_flight:
                 while pending and len(in_flight) < limit:
@@ -920,6 +946,7 @@ def run_sweep(
                 for p in spec.points()
             ]
         return SweepResult(out_path, rows, {}, [])
+    SweepIndex(out_path, spec, engine.describe())  # validate --out before touching it
     with _lock(out_path):
         index = SweepIndex(out_path, spec, engine.describe())
         index.save()
