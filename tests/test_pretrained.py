@@ -132,3 +132,11 @@ def test_bad_circuit_and_bad_model_path(tmp_path) -> None:
             tmp_path / "b",
             progress=False,
         )
+
+
+def test_plot_writes_a_png(run_dir, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from rankdecay.experiments.pretrained import plot
+
+    png = plot(run_dir, tmp_path / "r7.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -457,6 +457,11 @@ def plot(run_dir: str | Path, path: str | Path, *, dpi: int = 90) -> Path:
                 )
                 if loss == losses[0]:
                     ax.fill_between(steps, m - s, m + s, color=colors[svm], alpha=0.15, lw=0)
+        target = {"W": "fro_target", "KQ": "nuc_target", "diag": "l1_target"}[param]
+        if target in cfg:
+            ax.axhline(
+                float(cfg[target]), color="k", lw=0.7, ls=":", label=f"target {cfg[target]:g}"
+            )
         ax.set_title(titles[param], fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
         ax.set_ylim(0.4, 1.01)

@@ -41,10 +41,10 @@ from torch import nn
 
 from ..config import to_dict
 from ..errors import RankdecayError
-from ..runio import append_jsonl, atomic_write_json, read_json
+from ..runio import append_jsonl, atomic_write_json, read_json, read_jsonl
 from . import Experiment
 
-__all__ = ["EXPERIMENT", "PretrainedConfig", "balance_rows", "run"]
+__all__ = ["EXPERIMENT", "PretrainedConfig", "balance_rows", "plot", "run"]
 
 
 @dataclass
@@ -302,6 +302,58 @@ def _run(cfg: PretrainedConfig, run_dir: Path) -> dict[str, Any]:
                 }
             )
     return {"final": final, "verdict": verdict}
+
+
+def plot(run_dir: str | Path, path: str | Path, *, dpi: int = 90) -> Path:
+    """Scatter of the ratio ½(‖A‖²+‖B‖²)/‖ABᵀ‖_* against ‖ABᵀ‖_* (log scale): per head (QK, OV)
+    and per whole matrix, the random-initialization baseline in grey, balance (ratio 1) dotted."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RankdecayError(
+            "plotting needs matplotlib; install it with `pip install rankdecay[plot]`."
+        ) from None
+    rows = list(read_jsonl(Path(run_dir) / "pretrained.jsonl"))
+    if not rows:
+        raise RankdecayError(
+            f"{run_dir} has no pretrained.jsonl; run `rankdecay run pretrained` first."
+        )
+    fig, axes = plt.subplots(1, 2, figsize=(6.6, 3.0))
+    colors = {"qk": "tab:blue", "ov": "tab:orange"}
+    for ax, kind in zip(axes, ("head", "matrix")):
+        sel = [r for r in rows if r["kind"] == kind]
+        for label, marker, alpha in (("random_init", "x", 0.35), ("trained", "o", 0.8)):
+            for circuit in ("qk", "ov"):
+                pts = [r for r in sel if r["model"] == label and r["circuit"] == circuit]
+                if not pts:
+                    continue
+                ax.scatter(
+                    [r["nuclear_norm"] for r in pts],
+                    [r["ratio"] for r in pts],
+                    s=10 if kind == "head" else 22,
+                    marker=marker,
+                    alpha=alpha,
+                    color=colors[circuit] if label == "trained" else "0.4",
+                    label=f"{circuit.upper()} {'trained' if label == 'trained' else 'random init'}",
+                )
+        ax.axhline(1.0, color="k", lw=0.8, ls=":", label="balanced (ratio 1)")
+        ax.set_xscale("log")
+        ax.set_xlabel("‖ABᵀ‖_*", fontsize=8)
+        ax.set_ylabel("½(‖A‖² + ‖B‖²) / ‖ABᵀ‖_*", fontsize=8)
+        ax.set_title("per head" if kind == "head" else "per whole matrix", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle("R7: balance of all-MiniLM-L6-v2 attention factors", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 EXPERIMENT = Experiment(
