@@ -23,6 +23,7 @@ from rankdecay.tasks.attention_svm import (
     correlation,
     init_params,
     loss_and_grad,
+    loss_and_grad_naive,
     make_data,
     param_grads,
     selected_tokens,
@@ -42,8 +43,10 @@ def test_hand_gradients_equal_autograd(param: str, loss: str) -> None:
     lg = loss_and_grad(data, combine(param, params), loss)
     torch.testing.assert_close(lg.loss, attention_loss(data, combine(param, params), loss))
     ours = param_grads(param, params, lg.grad)
+    naive = param_grads(param, params, loss_and_grad_naive(data, combine(param, params), loss).grad)
     for k, leaf in leaves.items():
         torch.testing.assert_close(ours[k], leaf.grad, rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(naive[k], leaf.grad, rtol=1e-10, atol=1e-13)
 
 
 def test_gradient_direction_is_exact_when_softmax_saturates() -> None:

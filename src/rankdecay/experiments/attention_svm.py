@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -83,6 +83,9 @@ class AttentionSVMConfig:
     conservation_init_scale: float = 0.5
     conservation_tol: float = 1e-3
     solver: str = "CLARABEL"
+    #: "exact": saturation-exact gradient direction (log space); "naive": the textbook float64
+    #: formula (autograd's), which underflows once the softmax saturates — kept to show why
+    gradient: Literal["exact", "naive"] = "exact"
 
 
 def _validate(cfg: AttentionSVMConfig) -> None:
@@ -235,6 +238,7 @@ def _run(cfg: AttentionSVMConfig, run_dir: Path, bar: _Bar) -> dict[str, Any]:
                 init_scale=cfg.init_scale,
                 kq_width=cfg.kq_width,
                 log_every=cfg.log_every,
+                gradient=cfg.gradient,
                 callback=lambda _it, tag=tag: bar.advance(1, f"train {tag}"),
             )
             alpha = selected_tokens(res.probs)

@@ -75,6 +75,7 @@ __all__ = [
     "correlation",
     "init_params",
     "loss_and_grad",
+    "loss_and_grad_naive",
     "make_data",
     "param_grads",
     "selected_tokens",
@@ -293,6 +294,20 @@ def loss_and_grad(data: AttentionSVMData, W: Tensor, loss: str) -> LossGrad:
     return LossGrad(ell.mean(-1), G, M, p)
 
 
+def loss_and_grad_naive(data: AttentionSVMData, W: Tensor, loss: str) -> LossGrad:
+    """The textbook float64 gradient ∇_W L = Σᵢ Σₜ cᵢ pᵢₜ (hᵢₜ − fᵢ) x_{iₜ} zᵢᵀ (what autograd
+    computes). Kept to show what goes wrong once the softmax saturates (``log_scale`` is 0)."""
+    _check_choice(loss, LOSSES, "loss")
+    X, z, h, y = data.X, data.z, data.h, data.y
+    n = X.shape[1]
+    p = torch.softmax(torch.einsum("sntd,sde,sne->snt", X, W, z), -1)
+    f = (p * h).sum(-1)
+    ell, dell = _loss_terms(y * f, loss)
+    ds = (dell * y / n)[..., None] * p * (h - f[..., None])
+    G = torch.einsum("snt,sntd,sne->sde", ds, X, z)
+    return LossGrad(ell.mean(-1), G, torch.zeros(G.shape[0], dtype=G.dtype), p)
+
+
 # ------------------------------------------------------------------------------------ training
 
 
@@ -343,15 +358,19 @@ def train(
     log_every: int = 10,
     params: dict[str, Tensor] | None = None,
     callback: Callable[[int], None] | None = None,
+    gradient: str = "exact",
 ) -> TrainResult:
     """(Normalized) gradient descent on L, vectorized over the S problems of ``data``.
 
     Normalized GD: each parameter P ← P − lr · ∇_P L / ‖∇_P L‖_F (per problem; a zero gradient
     leaves P unchanged). Plain GD (``normalized=False``): P ← P − lr · ∇_P L.
-    Logs at every ``log_every``-th iteration and at the last one.
+    Logs at every ``log_every``-th iteration and at the last one. ``gradient="naive"`` uses
+    :func:`loss_and_grad_naive` instead of the saturation-exact :func:`loss_and_grad`.
     """
     _check_choice(param, PARAMETERIZATIONS, "parameterization")
     _check_choice(loss, LOSSES, "loss")
+    _check_choice(gradient, ("exact", "naive"), "gradient")
+    grad_fn = loss_and_grad if gradient == "exact" else loss_and_grad_naive
     if steps < 0 or log_every < 1 or not (lr > 0 and math.isfinite(lr)):
         raise RankdecayError(
             f"need steps ≥ 0, log_every ≥ 1 and a finite lr > 0 (got {steps}, {log_every}, {lr}); fix the config."
@@ -366,7 +385,7 @@ def train(
     bal: list[Tensor] = []
     for it in range(steps + 1):
         W = combine(param, params)
-        lg = loss_and_grad(data, W, loss)
+        lg = grad_fn(data, W, loss)
         if it % log_every == 0 or it == steps:
             logged.append(it)
             Ws.append(W.clone())
