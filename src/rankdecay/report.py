@@ -1108,7 +1108,18 @@ def _sweep_page(
         for k, v in (index.get("grid") or {}).items()
     ]
     spec_rows += [{"key": f"{k} (fixed)", "value": v} for k, v in fixed.items()]
+    unfinished = [r for r in df.to_dict("records") if r.get("status") != "finished"]
+    problems = (
+        _table(
+            unfinished, [c for c in ("run", "status", "seed", *grid, "error") if c in df.columns]
+        )
+        + "<p>Repeat the <code>rankdecay sweep</code> command to resume interrupted runs and retry "
+        "failed ones; a failed run's traceback is in its <code>error.txt</code>.</p>"
+        if unfinished
+        else ""
+    )
     sections = [
+        (f"Runs that did not finish ({len(unfinished)})", problems),
         ("Verdicts", verdict_html),
         ("Figures", _figures_html(page, "__FIGDIR__")),
         (
