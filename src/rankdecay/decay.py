@@ -76,7 +76,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import RankdecayError
-from .heads import LayerHeads, UnsupportedModelError, attention_heads
+from .heads import LayerHeads, UnsupportedModelError, attention_heads, find_adapter
 from .polar import polar as polar_factor
 from .spectra import factored_svd
 
@@ -377,6 +377,22 @@ class _View:
 
     key: tuple[Any, ...]  # ("attn", layer, "Q") / ("param", name)
     owner: str  # parameter name the view reads from
+    #: when the view is a plain strided view of the owner's storage (no copy): its
+    #: (size, stride, storage offset) and the owner's (shape, stride, offset) it was seen with —
+    #: then the update is applied in place on that view, without autograd.
+    strided: tuple[Any, ...] | None = None
+
+
+def _strided_layout(X: Tensor, p: Tensor) -> tuple[Any, ...] | None:
+    """The layout of X if X is an injective view of p's storage (e.g. a transpose), else None."""
+    if X.untyped_storage().data_ptr() != p.untyped_storage().data_ptr():
+        return None
+    if any(st == 0 and sz > 1 for st, sz in zip(X.stride(), X.shape)):
+        return None  # broadcast: not injective
+    return (
+        (tuple(X.shape), tuple(X.stride()), X.storage_offset()),
+        (tuple(p.shape), tuple(p.stride()), p.storage_offset()),
+    )
 
 
 def _unique_kv(W: Tensor, kv_index: tuple[int, ...] | None) -> Tensor:
@@ -497,6 +513,7 @@ class LowRankDecay:
         self.max_iter = max_iter
         self.last_info: dict[str, Any] = {}
         self._handle: Any = None
+        self._adapter: Any = None
         self._optimizer: torch.optim.Optimizer | None = None
 
         if isinstance(model_or_named_params, nn.Module):
@@ -553,12 +570,12 @@ class LowRankDecay:
                             f"LowRankDecay acts on matrices but the target selects {n!r} of shape "
                             f"{tuple(p.shape)}; exclude vectors from the callable."
                         )
-                    self._views.append(_View(("param", n), n))
+                    self._views.append(self._param_view(n))
             return
         if self.model is None:  # named params, target "matrices": every stored ≥2-D tensor
             for n, p in self._params.items():
                 if n in trainable and p.dim() >= 2:
-                    self._views.append(_View(("param", n), n))
+                    self._views.append(self._param_view(n))
             return
         layers = _attention_layers(self.model)
         attn_params: set[str] = set()
@@ -590,7 +607,10 @@ class LowRankDecay:
                             X = _attn_view(layer, which, self.granularity)
                             owner = self._owner(X, f"{layer.name} W_{which}")
                             if owner in trainable:
-                                self._views.append(_View(("attn", layer.layer, which), owner))
+                                layout = _strided_layout(X, self._params[owner])
+                                self._views.append(
+                                    _View(("attn", layer.layer, which), owner, layout)
+                                )
         if target == "matrices":
             roles = param_roles(self.model)
             for n, p in self._params.items():
@@ -600,7 +620,19 @@ class LowRankDecay:
                     and p.dim() >= 2
                     and roles.get(n) == "mlp"
                 ):
-                    self._views.append(_View(("param", n), n))
+                    self._views.append(self._param_view(n))
+
+    def _param_view(self, name: str) -> _View:
+        p = self._params[name]
+        X = p.detach().reshape(p.shape[0], -1)
+        return _View(("param", name), name, _strided_layout(X, p.detach()))
+
+    def _extract(self) -> list[LayerHeads]:
+        """The model's LayerHeads (differentiable views), with the adapter looked up once."""
+        assert self.model is not None
+        if self._adapter is None:
+            self._adapter = find_adapter(self.model)
+        return self._adapter.extractor(self.model)
 
     def _owner(self, X: Tensor, what: str) -> str:
         """The single parameter a view reads from (found once, by autograd)."""
@@ -675,67 +707,97 @@ class LowRankDecay:
         if all(c == 0.0 for c in c_of.values()):
             self.last_info = {"c": 0.0}
             return
+        direct: list[tuple[Tensor, Tensor]] = []  # (in-place view, its update)
         with torch.enable_grad():
-            views: list[tuple[_View, Tensor]] = []
-            if any(v.key[0] in ("attn", "prod") for v in self._views):
-                assert self.model is not None
-                by_layer = {lh.layer: lh for lh in attention_heads(self.model)}
+            views: list[tuple[_View, Tensor, bool]] = []  # (view, X, X is a live in-place view)
+            need_heads = self.granularity == "product" or any(
+                v.key[0] == "attn" and self._live(v) is None for v in self._views
+            )
+            by_layer = {lh.layer: lh for lh in self._extract()} if need_heads else {}
             for v in self._views:
-                if v.key[0] == "param":
+                live = self._live(v)
+                if live is not None:
+                    views.append((v, live, True))
+                elif v.key[0] == "param":
                     p = self._params[v.owner]
-                    views.append((v, p.reshape(p.shape[0], -1)))
+                    views.append((v, p.reshape(p.shape[0], -1), False))
                 elif v.key[0] == "attn":
-                    views.append((v, _attn_view(by_layer[v.key[1]], v.key[2], self.granularity)))
+                    X = _attn_view(by_layer[v.key[1]], v.key[2], self.granularity)
+                    views.append((v, X, False))
             surrogate: Tensor | None = None
             info: dict[str, Any] = {"c": max(c_of.values()), "views": len(self._views)}
             if views:
-                surrogate = self._matrix_surrogate(views, c_of, info)
+                surrogate = self._matrix_surrogate(views, c_of, info, direct)
             if self.granularity == "product":
                 s = self._product_surrogate(by_layer, c_of)
                 surrogate = s if surrogate is None else surrogate + s
-            if surrogate is None:
-                return
+            grads: tuple[Tensor | None, ...] = ()
             owners = self.parameter_names
-            grads = torch.autograd.grad(
-                surrogate, [self._params[n] for n in owners], allow_unused=True
-            )
+            if surrogate is not None:
+                grads = torch.autograd.grad(
+                    surrogate, [self._params[n] for n in owners], allow_unused=True
+                )
         for n, g in zip(owners, grads):
             if g is not None:
                 self._params[n].sub_(g)
+        for X_live, delta in direct:  # after autograd, which may read the old values
+            X_live.sub_(delta)
         self.last_info = info
 
+    def _live(self, v: _View) -> Tensor | None:
+        """An in-place view of the owner's storage with the view's layout, if still valid."""
+        if v.strided is None:
+            return None
+        p = self._params[v.owner].detach()
+        (size, stride, offset), p_layout = v.strided
+        if (tuple(p.shape), tuple(p.stride()), p.storage_offset()) != p_layout:
+            return None  # the parameter was re-laid out (e.g. made contiguous differently)
+        return p.as_strided(size, stride, offset)
+
     def _matrix_surrogate(
-        self, views: list[tuple[_View, Tensor]], c_of: Mapping[str, float], info: dict[str, Any]
-    ) -> Tensor:
-        """Σ ⟨Δ, X⟩ over the matrix/head views X with Δ = c·polar(X) or X − SVT_c(X), batched by shape."""
-        buckets: dict[tuple[Any, ...], list[tuple[_View, Tensor]]] = {}
-        for v, X in views:
-            buckets.setdefault((tuple(X.shape), X.dtype, X.device), []).append((v, X))
+        self,
+        views: list[tuple[_View, Tensor, bool]],
+        c_of: Mapping[str, float],
+        info: dict[str, Any],
+        direct: list[tuple[Tensor, Tensor]],
+    ) -> Tensor | None:
+        """Δ = c·polar(X) or X − SVT_c(X) for every matrix/head view X, batched by shape.
+
+        Live views get their Δ appended to ``direct``; the others contribute ⟨Δ, X⟩ to the
+        returned surrogate (None if there are none).
+        """
+        buckets: dict[tuple[Any, ...], list[tuple[_View, Tensor, bool]]] = {}
+        for v, X, live in views:
+            buckets.setdefault((tuple(X.shape), X.dtype, X.device), []).append((v, X, live))
         total: Tensor | None = None
         worst = 0.0
         iters = 0
         for items in buckets.values():
-            X = torch.stack([x for _, x in items])  # (n, [H,] m, k)
-            c = torch.tensor([c_of[v.owner] for v, _ in items], dtype=X.dtype, device=X.device)
-            c = c.view(-1, *([1] * (X.dim() - 1)))
-            Xd = X.detach()
+            Xd = torch.stack([x.detach() for _, x, _ in items])  # (n, [H,] m, k), a copy
+            c = torch.tensor([c_of[v.owner] for v, _, _ in items], dtype=Xd.dtype, device=Xd.device)
+            c = c.view(-1, *([1] * (Xd.dim() - 1)))
             if self.mode == "svt":
                 U, S, Vh = torch.linalg.svd(Xd, full_matrices=False)
                 S_new = torch.clamp(S - c.squeeze(-1), min=0.0)
                 delta = Xd - (U * S_new.unsqueeze(-2)) @ Vh
+            elif self.polar == "svd":
+                delta = c * polar_factor(Xd, "svd")
             else:
                 P, pinfo = polar_factor(
-                    Xd, self.polar, tol=self.tol, max_iter=self.max_iter, return_info=True
-                )  # type: ignore[call-overload]
+                    Xd, "newton_schulz", tol=self.tol, max_iter=self.max_iter, return_info=True
+                )
                 worst = max(worst, pinfo.residual)
                 iters = max(iters, pinfo.iterations)
                 delta = c * P
-            term = (delta * X).sum()
-            total = term if total is None else total + term
-        if self.mode == "subtract":
+            for i, (_, X, live) in enumerate(items):
+                if live:
+                    direct.append((X, delta[i]))
+                else:
+                    term = (delta[i] * X).sum()
+                    total = term if total is None else total + term
+        if self.mode == "subtract" and self.polar == "newton_schulz":
             info["polar_residual"] = worst
             info["polar_iterations"] = iters
-        assert total is not None
         return total
 
     def _product_surrogate(

@@ -210,7 +210,7 @@ def polar(
     wide = work.shape[-2] < work.shape[-1]
     X = work.mT if wide else work  # tall: (..., m, k), k ≤ m
     if method == "svd":
-        out, info = _polar_svd(X, tol, rcond)
+        out, info = _polar_svd(X, tol, rcond, diagnose=return_info)
     else:
         out, info = _polar_ns(X, tol, max_iter, rcond)
     if wide:
@@ -219,13 +219,19 @@ def polar(
     return (out, info) if return_info else out
 
 
-def _polar_svd(X: Tensor, tol: float, rcond: float | None) -> tuple[Tensor, PolarInfo]:
+def _polar_svd(
+    X: Tensor, tol: float, rcond: float | None, diagnose: bool = True
+) -> tuple[Tensor, PolarInfo]:
     _finite_or_raise(X)
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
     eps = torch.finfo(X.dtype).eps
     cut = (rcond if rcond is not None else max(X.shape[-2], X.shape[-1]) * eps) * S[..., :1]
     keep = (S > cut).to(X.dtype)
     out = (U * keep.unsqueeze(-2)) @ Vh
+    if not diagnose:  # the residual costs a few k×k products; only on request
+        res = torch.zeros(X.shape[:-2], dtype=torch.float64, device=X.device)
+        info = PolarInfo("svd", 0, float("nan"), res, keep.sum(-1).to(torch.int64), True, tol)
+        return out, info
     G = out.mT @ out
     res = _range_residual(G, G @ G, tol, exact=True)
     info = PolarInfo(
