@@ -922,7 +922,7 @@ def _figures_html(page: _Page, rel_dir: str | None) -> str:
         parts.append(
             f'<figure id="fig-{_e(f.name)}"><img alt="{_e(f.title)}" '
             f'src="data:image/png;base64,{f.png_b64}">'
-            f"<figcaption><b>Figure {n}. {_e(f.title)}.</b> {_e(f.caption)} {files}</figcaption></figure>"
+            f"<figcaption><b>Figure {n}. {_e(f.title)}{'' if f.title[-1:] in '.?!' else '.'}</b> {_e(f.caption)} {files}</figcaption></figure>"
         )
     return "".join(parts) or "<p>No data to plot yet.</p>"
 
