@@ -688,6 +688,9 @@ def plan_sweep(
                 )
             key, _, values = item.partition("=")
             given[key.strip()] = [v.strip() for v in values.split(",") if v.strip() != ""]
+    for key in fixed_typed:  # --set KEY fixes a key the preset would sweep
+        if key not in given:
+            raw_grid.pop(key, None)
     raw_grid.update(given)
     if "seed" in raw_grid:
         raise RankdecayError("the grid may not contain 'seed'; choose seeds with --seeds N.")
