@@ -242,3 +242,20 @@ def test_bad_input_exits_2_with_one_sentence(tmp_path: Path, capsys) -> None:
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     _one_sentence_error(capsys, ["sweep", TOY, "--out", str(other)], "not empty")
+
+
+def test_plan_sweep_grid_semantics() -> None:
+    exp, spec_str, spec = plan_sweep(
+        TOY, "quick", grid=["n=4,5", "weight_decay=1e-1,0.3"], seeds="3,7"
+    )
+    assert spec_str == TOY and exp is sweep_toy.EXPERIMENT
+    assert spec.grid == {"weight_decay": [0.1, 0.3], "n": [4, 5]}  # preset key replaced, typed
+    assert all(isinstance(v, int) for v in spec.grid["n"]) and spec.seeds == [3, 7]
+    assert len(spec.points()) == 4
+    # --set on a key of the preset's default grid fixes it; the preset's grid is otherwise kept
+    _, _, spec = plan_sweep(TOY, "quick", grid=["n=4,5"], fixed=["weight_decay=0.3"], seeds=2)
+    assert (
+        spec.grid == {"n": [4, 5]} and spec.fixed == {"weight_decay": 0.3} and spec.seeds == [0, 1]
+    )
+    names = {run_name(spec, p, s) for p in spec.points() for s in spec.seeds}
+    assert len(names) == 4 and all(n.startswith("n=") for n in names)
