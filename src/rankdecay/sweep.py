@@ -130,6 +130,11 @@ class RunTask:
     run_dir: str  # absolute path
     threads: int = 1
 
+    def build(self) -> tuple[Any, Any]:
+        """``(Experiment, config)`` of this run: defaults → preset → overrides → seed."""
+        exp = load_experiment(self.experiment)
+        return exp, exp.config(self.preset, self.overrides, seed=self.seed)
+
 
 @dataclasses.dataclass
 class RunEvent:
@@ -180,8 +185,7 @@ def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]
     try:
         if set_thread_count:
             set_threads(task.threads)
-        exp = load_experiment(task.experiment)
-        cfg = exp.config(task.preset, task.overrides, seed=task.seed)
+        exp, cfg = task.build()
         resume = _checkpoint_exists(run_dir)
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
