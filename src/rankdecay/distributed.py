@@ -226,6 +226,7 @@ def train_distributed(
         summary = initial_summary(cfg, experiment, preset, state.step, resumed_from, device)
         summary["world_size"] = info.world_size
         summary["backend"] = backend
+        summary["local_batch_size"] = shard.stop - shard.start
         if info.is_main:
             writer.write_summary(summary)
 

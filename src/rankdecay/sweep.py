@@ -534,6 +534,8 @@ class RayExecutor(Executor):
 EXECUTORS: dict[str, type[Executor] | str] = {
     "local": LocalExecutor,
     "ray": RayExecutor,
+    # stacks runs of one model shape and trains them together (rankdecay.ensemble)
+    "ensemble": "rankdecay.ensemble:EnsembleExecutor",
 }
 
 

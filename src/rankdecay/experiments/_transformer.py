@@ -39,6 +39,10 @@ def make_run(
 
     run.__name__ = f"run_{name.replace('-', '_')}"
     run.__doc__ = f"One run of the '{name}' experiment (see rankdecay.train.train)."
+    # what the ensemble executor (rankdecay.ensemble) needs to train it without calling run
+    run.rankdecay_trainer = "train"  # type: ignore[attr-defined]
+    run.experiment_name = name  # type: ignore[attr-defined]
+    run.verdict = verdict  # type: ignore[attr-defined]
     return run
 
 

@@ -1,0 +1,1321 @@
+"""Batched-ensemble training: many runs of one model shape trained together in one process.
+
+A sweep's grid points that share the model's shape (they differ in seed, weight decay, LRD
+strength, data fraction, learning rate, arm, …) are stacked: every parameter of the M members
+becomes one tensor of shape (M, *shape), every step trains all members with batched kernels, and
+each member still gets its own run directory, metrics, spectra, summary and checkpoints — in the
+format of :func:`rankdecay.train.train` (they are written by the same code: ``RunWriter``,
+``RunState``, ``log_event``, ``save_run_checkpoint``, the monitor).
+
+Exactness. Member i's computation is that of a solo run of its config, batched:
+
+- init: each member's model is built exactly as in :func:`rankdecay.train.train` (global RNG
+  seeded with the member's seed, then its task, then its model), then stacked.
+- data: x = stack_i task_i.train_batch(step, B) → (M, B, …) (tasks are pure in (seed, step)).
+- forward (:func:`batched_forward`): the TinyTransformer forward with per-member weights as
+  batched matmuls: y = x Wᵀ becomes (M, N, d_in) @ (M, d_in, d_out). For ``readout="last"`` the
+  final block computes queries, attention output and MLP at the last position only (the other
+  positions' final states are never read: the same function, fewer FLOPs).
+- loss: L = Σ_i mean-CE_i, so ∂L/∂θ_i = ∂(mean-CE_i)/∂θ_i — member i's solo gradient.
+- optimizer (:class:`BatchedOptimizer`): AdamW / Adam / SGD written out with per-member
+  hyperparameters as (M, 1, …) tensors — lr_i(t) from member i's schedule, betas, eps, and a
+  weight decay per (member, parameter) from member i's ``param_groups`` (so a member's Q/K decay
+  can differ from its other decays); the update formulas are torch's (e.g. AdamW:
+  θ ← θ(1 − lr·λ); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
+  θ ← θ − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)); gradient clipping by each member's global norm.
+- Low-Rank Decay (:class:`BatchedLowRankDecay`): after the step, W ← W − c_i·polar(W) (or the
+  SVT form) on each targeted matrix, batched over members (one batched SVD / Newton–Schulz),
+  c_i = strength_i·lr_i (``scale_by_lr``) or strength_i. The polar factor of a stored weight is
+  the transpose of that of the adapter's view (polar(Wᵀ) = polar(W)ᵀ), so this is
+  :class:`rankdecay.decay.LowRankDecay` with matrix or head granularity.
+
+Members therefore match solo runs to float rounding (tested; with ``polar="newton_schulz"`` to
+the Newton–Schulz tolerance, since the batch's iteration count is that of its slowest member).
+
+Not batched (the executor runs these solo): experiments not built on ``train`` (e.g.
+factorization, attention-svm), LRD ``granularity="product"``, ``train.compile`` (the batched
+forward is not compiled). Members whose training batches differ in shape (e.g. full-batch
+training on different data fractions) are split into sub-ensembles automatically.
+
+Checkpoints and resume: every ``checkpoint_every`` steps each member writes its own checkpoint in
+the solo format (weights; optimizer state under the solo optimizer's parameter indices; running
+sums; RNG) — so a member can be resumed by ``rankdecay run --resume DIR`` alone, and an ensemble
+resumes from its members' checkpoints. Members resumed together must be at the same step; the
+executor groups them by checkpoint step. A member whose loss turns NaN/Inf fails alone (its
+summary says so); the others go on.
+
+Ensemble size: :func:`member_bytes` estimates one member's memory (parameters, gradients and
+optimizer states: 4 copies of the parameters; activations of a training batch and of an
+evaluation chunk); :func:`auto_members` fits as many as half the free memory allows
+(:func:`rankdecay.device.available_memory`), overridable with ``--members N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import NonFiniteLossError, RankdecayError
+from .sweep import Executor, RunEvent, RunTask, execute_task, load_experiment, set_threads
+
+__all__ = [
+    "BatchedLowRankDecay",
+    "BatchedOptimizer",
+    "EnsembleExecutor",
+    "EnsembleMember",
+    "auto_members",
+    "batched_forward",
+    "ensemble_key",
+    "member_bytes",
+    "stack_models",
+    "train_ensemble",
+    "unsupported_reason",
+]
+
+
+# ============================================================================ batched model
+
+
+def stack_models(models: Sequence[nn.Module]) -> dict[str, Tensor]:
+    """Stack the members' parameters into leaves of shape (M, *shape) and make every member's
+    parameters views of them (member i's ``p`` is ``stacked[name][i]``), so in-place updates of
+    the stacked tensors are seen by each member model (monitor, evaluation, checkpoints)."""
+    names = [n for n, _ in models[0].named_parameters()]
+    stacked: dict[str, Tensor] = {}
+    for name in names:
+        tensors = [m.get_parameter(name).detach() for m in models]
+        stacked[name] = torch.stack(tensors).requires_grad_(True)
+    for i, m in enumerate(models):
+        for name in names:
+            module_name, _, attr = name.rpartition(".")
+            module = m.get_submodule(module_name) if module_name else m
+            view = nn.Parameter(stacked[name].data[i], requires_grad=True)
+            setattr(module, attr, view)
+    return stacked
+
+
+def _bmm(h: Tensor, P: Mapping[str, Tensor], name: str) -> Tensor:
+    """Per-member linear map: h (M, …, d_in) → (M, …, d_out) with W = P[name.weight] (M, d_out, d_in)."""
+    W = P[f"{name}.weight"]
+    shape = h.shape
+    y = torch.bmm(h.reshape(shape[0], -1, shape[-1]), W.transpose(1, 2))
+    b = P.get(f"{name}.bias")
+    if b is not None:
+        y = y + b.unsqueeze(1)
+    return y.reshape(*shape[:-1], W.shape[1])
+
+
+def _member_vec(v: Tensor, ndim: int) -> Tensor:
+    """(M, d) → (M, 1, …, 1, d) broadcasting against an ``ndim``-dim activation."""
+    return v.reshape(v.shape[0], *([1] * (ndim - 2)), v.shape[-1])
+
+
+def _norm(kind: str, h: Tensor, P: Mapping[str, Tensor], name: str, eps: float) -> Tensor:
+    if kind == "none":
+        return h
+    d = h.shape[-1]
+    w = _member_vec(P[f"{name}.weight"], h.dim())
+    if kind == "rms":
+        return F.rms_norm(h, (d,), None, eps) * w
+    out = F.layer_norm(h, (d,), None, None, eps) * w
+    b = P.get(f"{name}.bias")
+    return out if b is None else out + _member_vec(b, h.dim())
+
+
+def _attention(
+    cfg: Any,
+    h: Tensor,
+    P: Mapping[str, Tensor],
+    prefix: str,
+    rope: tuple[Tensor, Tensor] | None,
+    last_only: bool,
+) -> Tensor:
+    """Batched Attention.forward: h (M, B, T, d) → (M, B, T', d), T' = 1 if ``last_only``."""
+    M, B, T, _ = h.shape
+    H, dh = cfg.n_heads, cfg.head_dim
+    q_in = h[:, :, -1:] if last_only else h
+    q = _bmm(q_in, P, f"{prefix}.q")
+    k = _bmm(h, P, f"{prefix}.k")
+    v = _bmm(h, P, f"{prefix}.v")
+    if cfg.qk_norm == "rms":
+        q = F.rms_norm(q, (H * dh,), None, cfg.qk_norm_eps) * _member_vec(
+            P[f"{prefix}.q_norm.weight"], q.dim()
+        )
+        k = F.rms_norm(k, (H * dh,), None, cfg.qk_norm_eps) * _member_vec(
+            P[f"{prefix}.k_norm.weight"], k.dim()
+        )
+    Tq = q.shape[2]
+    q = q.reshape(M, B, Tq, H, dh).transpose(2, 3)  # (M, B, H, Tq, dh)
+    k = k.reshape(M, B, T, H, dh).transpose(2, 3)
+    v = v.reshape(M, B, T, H, dh).transpose(2, 3)
+    if cfg.qk_norm == "l2":
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        if cfg.qk_temperature is None:
+            q = q * P[f"{prefix}.qk_temperature"].reshape(M, 1, H, 1, 1).to(q.dtype)
+    if rope is not None:
+        from .models import apply_rotary
+
+        cos, sin = rope
+        q = apply_rotary(q, cos[T - Tq : T], sin[T - Tq : T])
+        k = apply_rotary(k, cos[:T], sin[:T])
+    if cfg.qk_norm == "l2":
+        scale = 1.0 if cfg.qk_temperature is None else float(cfg.qk_temperature)
+    else:
+        scale = 1.0 / math.sqrt(dh)
+    out = F.scaled_dot_product_attention(
+        q.reshape(M * B, H, Tq, dh),
+        k.reshape(M * B, H, T, dh),
+        v.reshape(M * B, H, T, dh),
+        is_causal=cfg.causal and not last_only,  # the last query sees every key either way
+        scale=scale,
+    )
+    out = out.reshape(M, B, H, Tq, dh).transpose(2, 3).reshape(M, B, Tq, H * dh)
+    return _bmm(out, P, f"{prefix}.o")
+
+
+def _mlp(cfg: Any, h: Tensor, P: Mapping[str, Tensor], prefix: str) -> Tensor:
+    if cfg.mlp == "swiglu":
+        a = F.silu(_bmm(h, P, f"{prefix}.fc_gate")) * _bmm(h, P, f"{prefix}.fc_in")
+    else:
+        a = _bmm(h, P, f"{prefix}.fc_in")
+        a = F.gelu(a) if cfg.mlp == "gelu" else F.relu(a) if cfg.mlp == "relu" else F.silu(a)
+    return _bmm(a, P, f"{prefix}.fc_out")
+
+
+def _embed(cfg: Any, P: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """Batched TinyTransformer.embed_input: x (M, B, T) tokens or (M, B, C, H, W) images."""
+    from .models import patchify
+
+    M = x.shape[0]
+    if cfg.images:
+        B = x.shape[1]
+        patches = patchify(x.reshape(M * B, *x.shape[2:]), cfg.patch_size)
+        h = _bmm(patches.reshape(M, B, *patches.shape[1:]), P, "patch_embed")
+        if cfg.pool == "cls":
+            cls = P["cls_token"].to(h.dtype).reshape(M, 1, 1, -1).expand(M, B, 1, h.shape[-1])
+            h = torch.cat([h, cls], dim=2)
+    else:
+        E = P["embed.weight"]  # (M, V, d)
+        idx = torch.arange(M, device=x.device).view(M, 1, 1)
+        h = E[idx, x]
+    if cfg.pos == "learned":
+        h = h + P["pos_embed.weight"][:, None, : h.shape[2]].to(h.dtype)
+    return h
+
+
+def batched_forward(
+    cfg: Any,
+    P: Mapping[str, Tensor],
+    x: Tensor,
+    rope: tuple[Tensor, Tensor] | None = None,
+    last_trick: bool = True,
+) -> Tensor:
+    """TinyTransformer forward of M members at once.
+
+    Args:
+        cfg: the members' common ModelConfig; P: parameter name → (M, *shape) tensor;
+        x: (M, B, T) int64 tokens or (M, B, C, H, W) images; rope: the model's (cos, sin)
+        tables for rotary positions; last_trick: compute the final block at the last position
+        only when the readout reads nothing else.
+
+    Returns:
+        logits (M, B, n_out) for readout "last", (M, B, T, n_out) for "all" — member i's equal
+        ``model_i(x[i])``.
+    """
+    h = _embed(cfg, P, x)
+    L = cfg.n_layers
+    pool_mean = cfg.images and cfg.pool == "mean"
+    trick = last_trick and cfg.readout == "last" and not pool_mean and L > 0
+    for i in range(L):
+        last_only = trick and i == L - 1
+        prefix = f"blocks.{i}"
+        a = _attention(
+            cfg,
+            _norm(cfg.norm, h, P, f"{prefix}.ln1", cfg.norm_eps),
+            P,
+            f"{prefix}.attn",
+            rope,
+            last_only,
+        )
+        h = (h[:, :, -1:] if last_only else h) + a
+        if cfg.d_mlp > 0:
+            h = h + _mlp(
+                cfg, _norm(cfg.norm, h, P, f"{prefix}.ln2", cfg.norm_eps), P, f"{prefix}.mlp"
+            )
+    h = _norm(cfg.norm if cfg.final_norm else "none", h, P, "ln_f", cfg.norm_eps)
+    if cfg.readout == "last":
+        h = h.mean(dim=2) if pool_mean else h[:, :, -1]
+    if cfg.tie_embeddings:
+        shape = h.shape
+        out = torch.bmm(h.reshape(shape[0], -1, shape[-1]), P["embed.weight"].transpose(1, 2))
+        return out.reshape(*shape[:-1], -1)
+    return _bmm(h, P, "unembed")
+
+
+def vmap_forward(base: nn.Module, P: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """Generic alternative to :func:`batched_forward`: ``vmap(functional_call(base, …))`` over members."""
+    from torch.func import functional_call, vmap
+
+    buffers = dict(base.named_buffers())
+
+    def one(params: dict[str, Tensor], xi: Tensor) -> Tensor:
+        return functional_call(base, (params, buffers), (xi,))
+
+    return vmap(one)(dict(P), x)
+
+
+def _rope_tables(model: nn.Module) -> tuple[Tensor, Tensor] | None:
+    for m in model.modules():
+        cos = getattr(m, "rope_cos", None)
+        if isinstance(cos, Tensor):
+            return cos, m.rope_sin  # type: ignore[return-value]
+    return None
+
+
+# ============================================================================ optimizer
+
+
+def _col(values: Sequence[float], like: Tensor) -> Tensor:
+    """(M,) per-member numbers → (M, 1, …, 1) broadcasting against ``like``."""
+    t = torch.tensor(list(values), dtype=like.dtype, device=like.device)
+    return t.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class BatchedOptimizer:
+    """AdamW / Adam / SGD over stacked parameters with per-member hyperparameters.
+
+    Args:
+        params: name → stacked leaf (M, *shape); name: "adamw" | "adam" | "sgd";
+        weight_decay: name → per-member weight decays (M,); betas, eps, momentum: per member.
+
+    ``step(lrs)`` applies one update with per-member learning rates (the formulas of
+    ``torch.optim``'s single-tensor implementations; decoupled decay for AdamW, L2 added to the
+    gradient for Adam and SGD). ``state[name]`` holds "exp_avg", "exp_avg_sq" (Adam*) or
+    "momentum_buffer" (SGD) as (M, *shape) tensors; ``t`` is the step count.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, Tensor],
+        name: str,
+        weight_decay: Mapping[str, Sequence[float]],
+        betas: Sequence[tuple[float, float]],
+        eps: Sequence[float],
+        momentum: Sequence[float],
+    ) -> None:
+        self.params = dict(params)
+        self.name = name
+        self.t = 0
+        self.state: dict[str, dict[str, Tensor]] = {}
+        self._wd = {n: _col(weight_decay[n], p) for n, p in self.params.items()}
+        self._any_wd = {n: any(w != 0 for w in weight_decay[n]) for n in self.params}
+        self.beta1 = [float(b[0]) for b in betas]
+        self.beta2 = [float(b[1]) for b in betas]
+        self.eps = list(map(float, eps))
+        self.momentum = list(map(float, momentum))
+        for n, p in self.params.items():
+            if name in ("adamw", "adam"):
+                self.state[n] = {
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format).detach(),
+                    "exp_avg_sq": torch.zeros_like(p).detach(),
+                }
+            elif any(self.momentum):
+                self.state[n] = {"momentum_buffer": torch.zeros_like(p).detach()}
+            else:
+                self.state[n] = {}
+        self._cols: dict[tuple[str, int], Tensor] = {}
+
+    def _c(self, key: str, values: Sequence[float], like: Tensor) -> Tensor:
+        k = (key, like.dim())
+        if k not in self._cols:
+            self._cols[k] = _col(values, like)
+        return self._cols[k]
+
+    @torch.no_grad()
+    def clip_(self, max_norms: Sequence[float]) -> None:
+        """Per member: g ← g·min(1, c/(‖g‖ + 1e-6)), ‖g‖ the member's global gradient norm
+        (``torch.nn.utils.clip_grad_norm_``); members with c ≤ 0 are not clipped."""
+        grads = [p.grad for p in self.params.values() if p.grad is not None]
+        if not grads:
+            return
+        M = grads[0].shape[0]
+        norms = torch.stack(
+            [torch.linalg.vector_norm(g.reshape(M, -1), 2, dim=1) for g in grads], 1
+        )
+        total = torch.linalg.vector_norm(norms, 2, dim=1)  # (M,)
+        limit = torch.tensor(
+            [c if c > 0 else math.inf for c in max_norms], dtype=total.dtype, device=total.device
+        )
+        coef = torch.clamp(limit / (total + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coef.reshape(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+
+    @torch.no_grad()
+    def step(self, lrs: Sequence[float]) -> None:
+        self.t += 1
+        t = self.t
+        for n, p in self.params.items():
+            g = p.grad
+            if g is None:
+                continue
+            lr = _col(lrs, p)
+            wd = self._wd[n]
+            st = self.state[n]
+            if self.name == "adamw":
+                if self._any_wd[n]:
+                    p.mul_(1 - lr * wd)
+            elif self._any_wd[n]:
+                g = g.add(p * wd)
+            if self.name in ("adamw", "adam"):
+                b1 = self._c("b1", self.beta1, p)
+                b2 = self._c("b2", self.beta2, p)
+                eps = self._c("eps", self.eps, p)
+                m, v = st["exp_avg"], st["exp_avg_sq"]
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g * (1 - b2))
+                bc1 = 1 - _col([b**t for b in self.beta1], p)
+                bc2_sqrt = (1 - _col([b**t for b in self.beta2], p)).sqrt()
+                denom = (v.sqrt() / bc2_sqrt).add_(eps)
+                p.addcdiv_(m * (lr / bc1), denom, value=-1.0)
+            else:
+                if "momentum_buffer" in st:
+                    mom = self._c("mom", self.momentum, p)
+                    buf = st["momentum_buffer"]
+                    if t == 1:
+                        buf.copy_(g)
+                    else:
+                        buf.mul_(mom).add_(g)
+                    g = buf
+                p.sub_(g * lr)
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+
+# ============================================================================ Low-Rank Decay
+
+
+class BatchedLowRankDecay:
+    """:class:`rankdecay.decay.LowRankDecay` (matrix / head granularity) over stacked weights.
+
+    Args:
+        cfg: the members' ModelConfig; params: name → stacked leaf; target, granularity,
+        polar, mode: shared by the members; strengths, scale_by_lr: per member.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        params: Mapping[str, Tensor],
+        roles: Mapping[str, str],
+        target: str,
+        granularity: str,
+        polar: str,
+        mode: str,
+        strengths: Sequence[float],
+        scale_by_lr: Sequence[bool],
+    ) -> None:
+        from .decay import GRANULARITIES, MODES, POLARS, TARGETS
+
+        if target not in TARGETS or granularity not in ("matrix", "head"):
+            raise RankdecayError(
+                f"the ensemble supports LRD targets {', '.join(TARGETS)} with granularity matrix or "
+                f"head, got target={target!r}, granularity={granularity!r}; run it with --executor local."
+            )
+        if granularity not in GRANULARITIES or mode not in MODES or polar not in POLARS:
+            raise RankdecayError(f"unknown LRD settings {granularity!r}/{mode!r}/{polar!r}.")
+        if mode == "svt" and polar != "svd":
+            raise RankdecayError("mode='svt' needs polar='svd'; fix lrd.polar.")
+        self.cfg = cfg
+        self.params = dict(params)
+        self.granularity, self.polar, self.mode = granularity, polar, mode
+        self.strengths = list(map(float, strengths))
+        self.scale_by_lr = list(map(bool, scale_by_lr))
+        which = ("q", "k") if target == "qk" else ("q", "k", "v", "o")
+        names = [f"blocks.{i}.attn.{w}.weight" for i in range(cfg.n_layers) for w in which]
+        if target == "matrices":
+            names += [n for n, r in roles.items() if r == "mlp" and self.params[n].dim() >= 3]
+        self.names = [n for n in names if n in self.params]
+        self.active = any(s > 0 for s in self.strengths)
+
+    def _blocks(self, name: str, W: Tensor) -> Tensor:
+        """The matrices the decay acts on, (M, n, a, b), as a view-like copy of the stored W."""
+        M = W.shape[0]
+        if self.granularity == "matrix" or ".attn." not in name:
+            return W.reshape(M, 1, W.shape[1], -1)
+        H, dh = self.cfg.n_heads, self.cfg.head_dim
+        if name.endswith(".o.weight"):  # (M, d, H·dh) → per head (M, H, d, dh)
+            return W.reshape(M, W.shape[1], H, dh).permute(0, 2, 1, 3)
+        return W.reshape(M, H, dh, W.shape[2])  # q/k/v (M, H·dh, d) → (M, H, dh, d)
+
+    def _unblock(self, name: str, D: Tensor, W: Tensor) -> Tensor:
+        if self.granularity == "matrix" or ".attn." not in name:
+            return D.reshape(W.shape)
+        if name.endswith(".o.weight"):
+            return D.permute(0, 2, 1, 3).reshape(W.shape)
+        return D.reshape(W.shape)
+
+    @torch.no_grad()
+    def step(self, lrs: Sequence[float]) -> None:
+        """W ← W − Δ with Δ = c_i·polar(W) (subtract) or W − U max(Σ − c_i, 0)Vᵀ (svt), per member i."""
+        if not self.active:
+            return
+        from .polar import polar as polar_factor
+
+        cs = [s * lr if sb else s for s, lr, sb in zip(self.strengths, lrs, self.scale_by_lr)]
+        buckets: dict[tuple[Any, ...], list[tuple[str, Tensor]]] = {}
+        for n in self.names:
+            W = self.params[n]
+            X = self._blocks(n, W.detach())
+            buckets.setdefault((X.shape[1:], X.dtype), []).append((n, X))
+        for items in buckets.values():
+            X = torch.cat([x for _, x in items], dim=1)  # (M, n_total, a, b)
+            X = torch.nan_to_num(X)  # a failed (NaN) member must not break the batched SVD
+            c = torch.tensor(cs, dtype=X.dtype, device=X.device).view(-1, 1, 1, 1)
+            if self.mode == "svt":
+                U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+                S_new = torch.clamp(S - c.squeeze(-1), min=0.0)
+                delta = X - (U * S_new.unsqueeze(-2)) @ Vh
+            else:
+                delta = c * polar_factor(X, self.polar)
+            start = 0
+            for n, x in items:
+                k = x.shape[1]
+                W = self.params[n]
+                W.data.sub_(self._unblock(n, delta[:, start : start + k], W))
+                start += k
+
+
+# ============================================================================ members
+
+
+@dataclasses.dataclass
+class EnsembleMember:
+    """One run of an ensemble: its config, run directory and how to report it."""
+
+    cfg: Any
+    run_dir: Path
+    experiment: str = "custom"
+    preset: str | None = None
+    verdict: Callable[[Any], list[dict[str, Any]]] | None = None
+    resume: bool = False
+
+
+def unsupported_reason(cfg: Any) -> str | None:
+    """Why ``cfg`` cannot be trained in an ensemble (None when it can)."""
+    from .models import ModelConfig
+    from .train import optimizer_settings
+
+    for f in ("seed", "task", "model", "optim", "lrd", "train"):
+        if not hasattr(cfg, f):
+            return f"its config has no '{f}' section"
+    if not isinstance(cfg.model, ModelConfig):
+        return "its model is not a TinyTransformer"
+    optim, lrd = optimizer_settings(cfg)
+    if optim.name not in ("adamw", "adam", "sgd"):
+        return f"optimizer {optim.name!r}"
+    if lrd.strength > 0 and lrd.granularity not in ("matrix", "head"):
+        return f"LRD granularity {lrd.granularity!r}"
+    if cfg.train.compile:
+        return "train.compile is on"
+    return None
+
+
+def ensemble_key(cfg: Any) -> str:
+    """Members with equal keys can share an ensemble: same model shape (after the task fills its
+    sizes), task kind, loop (steps, batch, cadences, device, amp), optimizer type and LRD form."""
+    from .train import optimizer_settings
+
+    optim, lrd = optimizer_settings(cfg)
+    tc = dataclasses.asdict(cfg.train)
+    lrd_form = (lrd.target, lrd.granularity, lrd.polar, lrd.mode)  # strength 0 → c = 0
+    task_shape = {
+        k: v
+        for k, v in dataclasses.asdict(cfg.task).items()
+        if k not in ("train_fraction", "data_seed", "seed", "n_train", "fraction")
+    }
+    return repr(
+        (
+            type(cfg.task).__name__,
+            sorted(task_shape.items()),
+            sorted(dataclasses.asdict(cfg.model).items()),
+            sorted(tc.items()),
+            optim.name,
+            lrd_form,
+        )
+    )
+
+
+def _param_bytes(cfg: Any, task: Any) -> tuple[int, Any]:
+    from .train import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg.model, task)
+    return sum(p.numel() for p in model.parameters()) * 4, model.cfg
+
+
+def member_bytes(cfg: Any, task: Any) -> int:
+    """Estimated bytes one member needs: 4× its parameters (weights, gradients, two optimizer
+    states) + training activations (kept for backward) + one evaluation chunk's activations.
+
+    Activations per token and layer ≈ 10·d_model + 6·H·d_head + 3·d_mlp floats (norms, q/k/v and
+    their norms, attention output, residuals, MLP hidden + activation) + H·T attention scores;
+    logits B·(T or 1)·n_out × 3. A 1.5× safety factor covers temporaries.
+    """
+    pbytes, mcfg = _param_bytes(cfg, task)
+    T = mcfg.seq_len
+    per_tok = (
+        10 * mcfg.d_model + 6 * mcfg.n_heads * mcfg.head_dim + 3 * mcfg.d_mlp + mcfg.n_heads * T
+    )
+    out_pos = T if mcfg.readout == "all" else 1
+
+    def acts(batch: int) -> int:
+        return 4 * batch * (T * per_tok * max(1, mcfg.n_layers) + 3 * out_pos * mcfg.out_dim)
+
+    tc = cfg.train
+    return int(1.5 * (4 * pbytes + acts(tc.batch_size) + acts(tc.eval_batch_size) // 3))
+
+
+def auto_members(cfg: Any, task: Any, device: torch.device, fraction: float = 0.5) -> int:
+    """How many members fit in ``fraction`` of the free memory of ``device`` (≥ 1)."""
+    from .device import available_memory
+
+    return max(1, int(fraction * available_memory(device) // max(1, member_bytes(cfg, task))))
+
+
+# ============================================================================ the loop
+
+
+def _stack_batches(batches: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
+
+def _pad_eval(
+    sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]],
+) -> dict[str, tuple[Tensor, Tensor, list[int]]]:
+    """Per eval-set name: members' x, y padded to the longest (targets −100 = ignored) and stacked."""
+    out: dict[str, tuple[Tensor, Tensor, list[int]]] = {}
+    for name in sets[0]:
+        xs = [s[name][0] for s in sets]
+        ys = [s[name][1] for s in sets]
+        n = max(x.shape[0] for x in xs)
+        px, py = [], []
+        for x, y in zip(xs, ys):
+            pad = n - x.shape[0]
+            if pad:
+                x = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
+                y = torch.cat(
+                    [y, torch.full((pad, *y.shape[1:]), -100, dtype=y.dtype, device=y.device)]
+                )
+            px.append(x)
+            py.append(y)
+        out[name] = (torch.stack(px), torch.stack(py), [x.shape[0] for x in xs])
+    return out
+
+
+@torch.no_grad()
+def _batched_evaluate(
+    forward: Callable[[Tensor], Tensor],
+    sets: Mapping[str, tuple[Tensor, Tensor, list[int]]],
+    batch_size: int,
+    amp: Any,
+) -> list[dict[str, float]]:
+    """``rankdecay.train.evaluate`` for every member at once: token-weighted loss and accuracy."""
+    results: list[dict[str, float]] = []
+    for name, (x, y, _sizes) in sets.items():
+        M = x.shape[0]
+        loss_sum = torch.zeros(M, dtype=torch.float64, device=x.device)
+        hit_sum = torch.zeros(M, dtype=torch.float64, device=x.device)
+        count = torch.zeros(M, dtype=torch.float64, device=x.device)
+        for i in range(0, x.shape[1], batch_size):
+            xb, yb = x[:, i : i + batch_size], y[:, i : i + batch_size]
+            with amp:
+                logits = forward(xb)
+            C = logits.shape[-1]
+            z = logits.reshape(M, -1, C).float()
+            t = yb.reshape(M, -1)
+            valid = t != -100
+            ce = F.cross_entropy(
+                z.reshape(-1, C), t.reshape(-1), ignore_index=-100, reduction="none"
+            )
+            loss_sum += ce.reshape(M, -1).double().sum(1)
+            hit_sum += ((z.argmax(-1) == t) & valid).double().sum(1)
+            count += valid.double().sum(1)
+        loss = (loss_sum / count.clamp_min(1)).tolist()
+        acc = (hit_sum / count.clamp_min(1)).tolist()
+        for m in range(M):
+            if len(results) <= m:
+                results.append({})
+            results[m][f"{name}_loss"] = loss[m]
+            results[m][f"{name}_acc"] = acc[m]
+    return results
+
+
+def _split_by(
+    members: Sequence[EnsembleMember], key: Callable[[EnsembleMember], Any]
+) -> list[list[EnsembleMember]]:
+    groups: dict[Any, list[EnsembleMember]] = {}
+    for m in members:
+        groups.setdefault(key(m), []).append(m)
+    return list(groups.values())
+
+
+def train_ensemble(
+    members: Sequence[EnsembleMember],
+    *,
+    progress: bool = False,
+    forward: str = "batched",
+    on_done: Callable[[int, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``members`` (same :func:`ensemble_key`) together; return their summaries in order.
+
+    Each member's run directory is written as :func:`rankdecay.train.train` would (see the
+    module docstring). ``forward``: "batched" (:func:`batched_forward`) or "vmap"
+    (:func:`vmap_forward`). ``on_done(i, summary)`` is called as each member ends.
+    """
+    if not members:
+        return []
+    for m in members:
+        reason = unsupported_reason(m.cfg)
+        if reason is not None:
+            raise RankdecayError(
+                f"{m.run_dir} cannot join an ensemble ({reason}); run it with --executor local."
+            )
+    keys = {ensemble_key(m.cfg) for m in members}
+    if len(keys) > 1:
+        raise RankdecayError(
+            "ensemble members must share the model shape, loop settings, optimizer type and LRD "
+            "form; group them with rankdecay.ensemble.ensemble_key."
+        )
+    return _Ensemble(list(members), progress, forward, on_done).run()
+
+
+class _Ensemble:
+    def __init__(
+        self,
+        members: list[EnsembleMember],
+        progress: bool,
+        forward: str,
+        on_done: Callable[[int, dict[str, Any]], None] | None,
+    ) -> None:
+        self.members = members
+        self.progress = progress
+        self.forward_kind = forward
+        self.on_done = on_done
+        self.summaries: list[dict[str, Any] | None] = [None] * len(members)
+
+    # ---------------------------------------------------------------- setup
+    def run(self) -> list[dict[str, Any]]:
+        from .config import to_dict
+        from .train import RunWriter
+
+        todo: list[int] = []
+        for i, m in enumerate(self.members):
+            writer = RunWriter(m.run_dir)
+            meta = {
+                "experiment": m.experiment,
+                "preset": m.preset,
+                "seed": m.cfg.seed,
+                "config": to_dict(m.cfg),
+            }
+            writer.start(meta, m.resume)
+            if m.resume:
+                prev = writer.read_summary()
+                if prev is not None and prev.get("status") == "finished":
+                    self._finish(i, prev)
+                    continue
+            todo.append(i)
+        if todo:
+            self._train([self.members[i] for i in todo], todo)
+        return [
+            s if s is not None else {"status": "failed", "error": "not run"} for s in self.summaries
+        ]
+
+    def _finish(self, i: int, summary: dict[str, Any]) -> None:
+        self.summaries[i] = summary
+        if self.on_done is not None:
+            self.on_done(i, summary)
+
+    def _train(self, members: list[EnsembleMember], index: list[int]) -> None:
+        from .train import (
+            RunState,
+            RunWriter,
+            _seed_everything,
+            build_model,
+            build_optimizer,
+            optimizer_settings,
+            resolve_device,
+        )
+
+        tc = members[0].cfg.train
+        from .train import validate_train_config
+
+        validate_train_config(tc)
+        device = resolve_device(tc.device)
+        tasks, models, settings = [], [], []
+        for m in members:
+            _seed_everything(m.cfg.seed)
+            task = m.cfg.task.build(m.cfg.seed)
+            tasks.append(task)
+            models.append(build_model(m.cfg.model, task).to(device))
+            settings.append(optimizer_settings(m.cfg))
+        # members whose batches differ in shape (e.g. full-batch training sets) train apart
+        shapes = [tuple(t.train_batch(0, tc.batch_size)[0].shape) for t in tasks]
+        if len(set(shapes)) > 1:
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for j, s in enumerate(shapes):
+                groups.setdefault(s, []).append(j)
+            for js in groups.values():
+                self._train([members[j] for j in js], [index[j] for j in js])
+            return
+        # resume: every member from its own checkpoint, all at the same step
+        writers = [RunWriter(m.run_dir) for m in members]
+        pre_opts = []  # the members' solo optimizers over their own (not yet stacked) parameters
+        for model, (optim, _lrd) in zip(models, settings):
+            model.train()
+            pre_opts.append(build_optimizer(model, optim, None)[0])
+        states = [RunState(device=device) for _ in members]
+        loaded: list[tuple[dict[str, Tensor], dict[str, Any]] | None] = []
+        for m, w, model, opt, st in zip(members, writers, models, pre_opts, states):
+            if m.resume and w.has_checkpoint():
+                tensors, ck = w.load_checkpoint(model)
+                from .train import _optimizer_from_parts
+
+                _optimizer_from_parts(opt, tensors, ck["optimizer"])
+                st.load(tensors, ck)
+                loaded.append((tensors, ck))
+            else:
+                loaded.append(None)
+        steps = {st.step for st in states}
+        if len(steps) > 1:
+            raise RankdecayError(
+                f"ensemble members were checkpointed at different steps {sorted(steps)}; resume them "
+                "in separate ensembles (the ensemble executor groups them by step)."
+            )
+        for m, w, ld in zip(members, writers, loaded):
+            if m.resume:
+                w.truncate_after(ld[1]["step"] if ld is not None else -1)
+        self._loop(
+            members, index, tasks, models, settings, pre_opts, writers, states, device, loaded
+        )
+
+    # ---------------------------------------------------------------- training
+    def _loop(
+        self,
+        members: list[EnsembleMember],
+        index: list[int],
+        tasks: list[Any],
+        models: list[nn.Module],
+        settings: list[tuple[Any, Any]],
+        pre_opts: list[torch.optim.Optimizer],
+        writers: list[Any],
+        states: list[Any],
+        device: torch.device,
+        loaded: list[Any],
+    ) -> None:
+        from .device import autocast, spectra_monitor
+        from .train import (
+            _final_values,
+            _Progress,
+            _StopFlag,
+            build_optimizer,
+            initial_summary,
+            log_event,
+            lr_at,
+            save_run_checkpoint,
+        )
+
+        M = len(members)
+        cfg0 = members[0].cfg
+        tc = cfg0.train
+        mcfg = models[0].cfg
+        pre_params = [dict(model.named_parameters()) for model in models]
+        stacked = stack_models(models)
+        names = list(stacked)
+        # per-member weight decay of every parameter, from the member's own param groups
+        wd: dict[str, list[float]] = {n: [] for n in names}
+        for pre, params in zip(pre_opts, pre_params):
+            of = {id(p): g["weight_decay"] for g in pre.param_groups for p in g["params"]}
+            for n in names:
+                wd[n].append(float(of[id(params[n])]))
+        optims = [s[0] for s in settings]
+        # solo-format optimizers over the members' (now stacked-view) parameters, for checkpoints
+        solo_opts = [build_optimizer(model, o, None)[0] for model, o in zip(models, optims)]
+        lrds = [s[1] for s in settings]
+        opt = BatchedOptimizer(
+            stacked,
+            optims[0].name,
+            wd,
+            betas=[tuple(o.betas) for o in optims],  # type: ignore[misc]
+            eps=[o.eps for o in optims],
+            momentum=[o.momentum for o in optims],
+        )
+        on = [lr for lr in lrds if lr.strength > 0]
+        from .decay import param_roles
+
+        lrd = (
+            BatchedLowRankDecay(
+                mcfg,
+                stacked,
+                param_roles(models[0]),
+                on[0].target,
+                on[0].granularity,
+                on[0].polar,
+                on[0].mode,
+                [lr.strength for lr in lrds],
+                [lr.scale_by_lr for lr in lrds],
+            )
+            if on
+            else None
+        )
+        step0 = states[0].step
+        if step0 > 0:  # resumed: optimizer states from the members' solo-format checkpoints
+            opt.t = step0
+            for i, o in enumerate(pre_opts):
+                for n in names:
+                    st = o.state.get(pre_params[i][n], {})
+                    for key, buf in opt.state[n].items():
+                        if key in st:
+                            buf[i].copy_(st[key])
+        rope = _rope_tables(models[0])
+        if self.forward_kind == "vmap":
+            base = copy.deepcopy(models[0]).to("meta")
+
+            def fwd(x: Tensor) -> Tensor:
+                return vmap_forward(base, stacked, x)
+        else:
+
+            def fwd(x: Tensor) -> Tensor:
+                return batched_forward(mcfg, stacked, x, rope)
+
+        amp = autocast(device, tc.amp)
+        monitors = [
+            spectra_monitor(
+                model,
+                tc.spectra_device,
+                every=tc.monitor_every,
+                rtol=tc.monitor_rtol,
+                keep_records=False,
+            )
+            for model in models
+        ]
+        eval_sets = _pad_eval(
+            [
+                {k: (x.to(device), y.to(device)) for k, (x, y) in t.eval_sets().items()}
+                for t in tasks
+            ]
+        )
+        summaries = []
+        for m, st, w, ld in zip(members, states, writers, loaded):
+            resumed = st.step if ld is not None else None
+            s = initial_summary(m.cfg, m.experiment, m.preset, st.step, resumed, device)
+            s["ensemble_size"] = M
+            summaries.append(s)
+            w.write_summary(s)
+        alive = [True] * M
+        clips = [o.grad_clip for o in optims]
+        eval_cache: dict[int, list[dict[str, float]]] = {}
+
+        def evaluate_member(i: int, step: int) -> Callable[[], dict[str, float]]:
+            def run() -> dict[str, float]:
+                if step not in eval_cache:
+                    eval_cache.clear()
+                    eval_cache[step] = _batched_evaluate(fwd, eval_sets, tc.eval_batch_size, amp)
+                return eval_cache[step][i]
+
+            return run
+
+        lrs = [lr_at(step0, o, tc.steps) for o in optims]
+
+        def set_solo_lr() -> None:
+            for o, lr in zip(solo_opts, lrs):
+                for g in o.param_groups:
+                    g["lr"] = lr
+
+        def fail(i: int, exc: BaseException) -> None:
+            alive[i] = False
+            with torch.no_grad():
+                for n in names:
+                    stacked[n].data[i].zero_()
+                    for buf in opt.state[n].values():
+                        buf[i].zero_()
+            s = summaries[i]
+            s.update(
+                status="failed",
+                error=str(exc),
+                step=states[i].step,
+                final=_final_values(writers[i].metrics()),
+            )
+            writers[i].write_summary(s)
+            self._finish(index[i], s)
+
+        def bookkeeping(step: int, force: bool = False) -> None:
+            for i in range(M):
+                if not alive[i]:
+                    continue
+                try:
+                    log_event(
+                        step,
+                        state=states[i],
+                        writer=writers[i],
+                        tc=tc,
+                        lr=lrs[i],
+                        evaluate_fn=evaluate_member(i, step),
+                        monitor=monitors[i],
+                        force_eval=force,
+                    )
+                except NonFiniteLossError as exc:
+                    fail(i, exc)
+
+        def checkpoint() -> None:
+            set_solo_lr()
+            for i in range(M):
+                if not alive[i]:
+                    continue
+                params = dict(models[i].named_parameters())
+                o = solo_opts[i]
+                o.state.clear()
+                for n in names:
+                    entry: dict[str, Any] = {k: buf[i].clone() for k, buf in opt.state[n].items()}
+                    if opt.name in ("adamw", "adam"):
+                        entry["step"] = torch.tensor(float(opt.t))
+                    if entry:
+                        o.state[params[n]] = entry
+                # safetensors stores whole storages: give the member private copies meanwhile
+                for n, p in params.items():
+                    p.data = stacked[n].data[i].clone()
+                try:
+                    save_run_checkpoint(writers[i], models[i], o, states[i])
+                except NonFiniteLossError as exc:
+                    fail(i, exc)
+                finally:
+                    for n, p in params.items():
+                        p.data = stacked[n].data[i]
+
+        bar = _Progress(self.progress, tc.steps, step0, f"ensemble of {M}")
+        stop = _StopFlag()
+        t0 = time.perf_counter()
+        step = step0
+        try:
+            with stop.installed():
+                if step == 0:
+                    bookkeeping(0)
+                while step < tc.steps and any(alive):
+                    if stop.signal is not None:
+                        break
+                    t = step
+                    lrs = [lr_at(t, o, tc.steps) if a else 0.0 for o, a in zip(optims, alive)]
+                    x, y = _stack_batches([task.train_batch(t, tc.batch_size) for task in tasks])
+                    if x.device != device:
+                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with amp:
+                        logits = fwd(x)
+                    z = logits.float()
+                    C = z.shape[-1]
+                    ce = F.cross_entropy(
+                        z.reshape(-1, C), y.reshape(-1), ignore_index=-100, reduction="none"
+                    ).reshape(M, -1)
+                    valid = y.reshape(M, -1) != -100
+                    losses = ce.sum(1) / valid.sum(1).clamp_min(1)
+                    opt.zero_grad()
+                    losses.sum().backward()
+                    if not all(alive):
+                        with torch.no_grad():
+                            for n in names:
+                                g = stacked[n].grad
+                                if g is not None:
+                                    for i in range(M):
+                                        if not alive[i]:
+                                            g[i].zero_()
+                    if any(c > 0 for c in clips):
+                        opt.clip_(clips)
+                    opt.step(lrs)
+                    if lrd is not None:
+                        lrd.step(lrs)
+                    with torch.no_grad():
+                        hit = (z.argmax(-1) == y).reshape(M, -1) & valid
+                        accs = hit.sum(1) / valid.sum(1).clamp_min(1)
+                        for i in range(M):
+                            if alive[i]:
+                                states[i].accumulate(losses[i], accs[i])
+                    step = t + 1
+                    for i in range(M):
+                        states[i].step = step
+                    last = step == tc.steps
+                    if (
+                        step % tc.log_every == 0
+                        or step % tc.eval_every == 0
+                        or monitors[0].due(step)
+                        or last
+                    ):
+                        bookkeeping(step, force=last)
+                        bar.update(step, None)
+                    if step % tc.checkpoint_every == 0 or last:
+                        checkpoint()
+            if stop.signal is not None and step < tc.steps:
+                checkpoint()
+                bar.close()
+                for i in range(M):
+                    if alive[i]:
+                        summaries[i].update(
+                            status="interrupted",
+                            step=step,
+                            error=f"interrupted by signal {stop.signal} at step {step}; repeat the "
+                            "sweep command (or `rankdecay run --resume DIR`) to continue.",
+                            final=_final_values(writers[i].metrics()),
+                            elapsed_s=time.perf_counter() - t0,
+                        )
+                        writers[i].write_summary(summaries[i])
+                        self._finish(index[i], summaries[i])
+                return
+        except BaseException as exc:
+            bar.close()
+            for i in range(M):
+                if alive[i]:
+                    summaries[i].update(
+                        status="failed", error=f"{type(exc).__name__}: {exc}", step=step
+                    )
+                    writers[i].write_summary(summaries[i])
+                    self._finish(index[i], summaries[i])
+            raise
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        from .train import RunResult
+
+        for i, m in enumerate(members):
+            if not alive[i]:
+                continue
+            rows = writers[i].metrics()
+            final = _final_values(rows)
+            result = RunResult(writers[i].dir, m.cfg, rows, final)
+            summaries[i].update(
+                status="finished",
+                step=step,
+                final=final,
+                verdict=m.verdict(result) if m.verdict is not None else [],
+                elapsed_s=elapsed,
+                steps_per_s=(step - step0) / elapsed if elapsed > 0 else None,
+            )
+            writers[i].write_summary(summaries[i])
+            self._finish(index[i], summaries[i])
+
+
+# ============================================================================ executor
+
+
+def _checkpoint_step(run_dir: Path) -> int | None:
+    import json
+
+    for d in ("checkpoint", ".checkpoint.old"):
+        p = run_dir / d / "state.json"
+        if p.exists():
+            try:
+                return int(json.loads(p.read_text())["step"])
+            except (OSError, ValueError, KeyError):
+                return None
+    return None
+
+
+def _result(summary: Mapping[str, Any], wall: float) -> dict[str, Any]:
+    status = str(summary.get("status", "failed"))
+    return {
+        "status": status,
+        "error": summary.get("error") if status != "finished" else None,
+        "wall_s": wall,
+        "final": summary.get("final", {}),
+        "verdict": summary.get("verdict", []),
+    }
+
+
+def _prepare(task: RunTask) -> tuple[EnsembleMember | None, Any]:
+    """(member, cfg) for an ensemble-able task, (None, reason) otherwise."""
+    exp = load_experiment(task.experiment)
+    run = exp.run
+    if getattr(run, "rankdecay_trainer", None) != "train":
+        return None, "its experiment does not use rankdecay.train"
+    cfg = exp.config(task.preset, task.overrides, seed=task.seed)
+    reason = unsupported_reason(cfg)
+    if reason is not None:
+        return None, reason
+    run_dir = Path(task.run_dir)
+    resume = _checkpoint_step(run_dir) is not None
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
+    return (
+        EnsembleMember(
+            cfg=cfg,
+            run_dir=run_dir,
+            experiment=getattr(run, "experiment_name", exp.name),
+            preset=task.preset,
+            verdict=getattr(run, "verdict", None),
+            resume=resume,
+        ),
+        cfg,
+    )
+
+
+def _run_group(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, Any]]:
+    """Worker entry point: train ``tasks`` as one ensemble; results in task order."""
+    if threads:
+        set_threads(threads)
+    t0 = time.perf_counter()
+    members = [_prepare(t)[0] for t in tasks]
+    try:
+        sums = train_ensemble([m for m in members if m is not None])
+    except Exception as exc:  # noqa: BLE001 - report as failed runs
+        msg = (
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        )
+        return [{"status": "failed", "error": msg, "wall_s": time.perf_counter() - t0}] * len(tasks)
+    wall = time.perf_counter() - t0
+    return [_result(s, wall) for s in sums]
+
+
+class EnsembleExecutor(Executor):
+    """``--executor ensemble``: stack compatible runs and train each stack in one process.
+
+    Options: ``members`` (max ensemble size; default: from free memory, :func:`auto_members`),
+    ``workers`` (processes training ensembles in parallel, default 1, each with
+    ``threads_per_worker`` = CPUs // workers threads). Runs that cannot be batched
+    (:func:`unsupported_reason`) run one by one as with the local executor.
+    """
+
+    name = "ensemble"
+
+    def __init__(
+        self,
+        members: int | None = None,
+        workers: int | None = None,
+        threads_per_worker: int | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        from .sweep import available_cpus
+
+        cpus = available_cpus()
+        self.members = members
+        if members is not None and members < 1:
+            raise RankdecayError(
+                f"--members must be at least 1, got {members}; pass --members 1 or more."
+            )
+        self.workers = int(workers or 1)
+        if self.workers < 1 or self.workers > cpus:
+            raise RankdecayError(
+                f"--workers {self.workers} must be between 1 and the {cpus} CPUs available here; fix --workers."
+            )
+        self.threads = int(threads_per_worker or max(1, cpus // self.workers))
+        if self.threads < 1:
+            raise RankdecayError("--threads-per-worker must be at least 1; pass a positive count.")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--members",
+            type=int,
+            default=None,
+            metavar="N",
+            help="ensemble executor: at most N runs trained together (default: as many as half the free memory fits)",
+        )
+
+    def threads_per_task(self) -> int:
+        return self.threads
+
+    def describe(self) -> str:
+        size = self.members if self.members is not None else "auto"
+        return f"ensemble ({size} member(s) per ensemble, {self.workers} worker(s) × {self.threads} thread(s))"
+
+    def plan(self, tasks: Sequence[RunTask]) -> tuple[list[list[RunTask]], list[RunTask]]:
+        """(ensembles, solo tasks): compatible tasks grouped by key and checkpoint step, chunked."""
+        from .train import resolve_device
+
+        groups: dict[tuple[str, int | None], list[RunTask]] = {}
+        cfgs: dict[int, Any] = {}
+        solo: list[RunTask] = []
+        for t in tasks:
+            exp = load_experiment(t.experiment)
+            if getattr(exp.run, "rankdecay_trainer", None) != "train":
+                solo.append(t)
+                continue
+            cfg = exp.config(t.preset, t.overrides, seed=t.seed)
+            if unsupported_reason(cfg) is not None:
+                solo.append(t)
+                continue
+            cfgs[t.index] = cfg
+            key = (ensemble_key(cfg), _checkpoint_step(Path(t.run_dir)))
+            groups.setdefault(key, []).append(t)
+        ensembles: list[list[RunTask]] = []
+        for group in groups.values():
+            cfg = cfgs[group[0].index]
+            size = self.members
+            if size is None:
+                task = cfg.task.build(cfg.seed)
+                size = auto_members(cfg, task, resolve_device(cfg.train.device)) // self.workers
+                size = max(1, size)
+            # spread a group over the workers when it is smaller than workers × size
+            n_chunks = max(math.ceil(len(group) / size), min(self.workers, len(group)))
+            per = math.ceil(len(group) / n_chunks)
+            ensembles += [group[i : i + per] for i in range(0, len(group), per)]
+        return ensembles, solo
+
+    def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
+        ensembles, solo = self.plan(tasks)
+        if self.workers == 1:
+            set_threads(self.threads)
+            for group in ensembles:
+                for t in group:
+                    on_event(RunEvent("start", t.index))
+                for t, res in zip(group, _run_group(group, None)):
+                    on_event(RunEvent("done", t.index, res))
+            for t in solo:
+                on_event(RunEvent("start", t.index))
+                on_event(RunEvent("done", t.index, execute_task(t, set_thread_count=False)))
+            return
+        import concurrent.futures as cf
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
+            futures: dict[Any, list[RunTask]] = {}
+            for group in ensembles:
+                futures[pool.submit(_run_group, group, self.threads)] = group
+            for t in solo:
+                futures[pool.submit(_solo, t)] = [t]
+            for group in futures.values():
+                for t in group:
+                    on_event(RunEvent("start", t.index))
+            try:
+                for fut in cf.as_completed(futures):
+                    group = futures[fut]
+                    try:
+                        results = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - a dead worker fails its runs
+                        results = [
+                            {
+                                "status": "failed",
+                                "error": f"worker failed: {type(exc).__name__}: {exc}",
+                                "wall_s": None,
+                            }
+                        ] * len(group)
+                    for t, res in zip(group, results):
+                        on_event(RunEvent("done", t.index, res))
+            except KeyboardInterrupt:
+                for fut in futures:
+                    fut.cancel()
+                raise
+
+
+def _solo(task: RunTask) -> list[dict[str, Any]]:
+    return [execute_task(task)]
