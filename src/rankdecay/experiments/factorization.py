@@ -108,7 +108,12 @@ def _fmt(x: float) -> str:
 
 
 def run(
-    cfg: FactorizationConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+    cfg: FactorizationConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """One R1 run; writes config.json (if absent), metrics.jsonl and summary.json into ``run_dir``.
 
@@ -122,12 +127,13 @@ def run(
         old = read_json(summary_path, "summary")
         if isinstance(old, dict) and old.get("status") == "finished":
             return old
-    if not (run_dir / "config.json").exists():
+    _validate(cfg)
+    if not (run_dir / "config.json").exists() or not resume:
         atomic_write_json(
             run_dir / "config.json",
             {
                 "experiment": "factorization",
-                "preset": None,
+                "preset": preset,
                 "seed": cfg.seed,
                 "config": to_dict(cfg),
             },
@@ -151,19 +157,28 @@ def run(
             summary_path, {"status": "interrupted", "error": None, "final": {}, "verdict": []}
         )
         raise
+    summary = {"experiment": "factorization", "preset": preset, "seed": cfg.seed, **summary}
     summary["elapsed_s"] = time.perf_counter() - t0
     atomic_write_json(summary_path, summary)
     return summary
 
 
+def _validate(cfg: FactorizationConfig) -> None:
+    if not cfg.weight_decay > 0:
+        raise RankdecayError(
+            f"the factorization experiment needs weight_decay > 0 (got {cfg.weight_decay}); "
+            "use --set weight_decay=0.1 (λ = 0 has no soft-threshold or contraction to check)."
+        )
+    if cfg.steps < 1 or cfg.log_every < 1 or _lr(cfg) <= 0:
+        raise RankdecayError(
+            f"factorization needs steps ≥ 1, log_every ≥ 1 and lr > 0 (got steps={cfg.steps}, "
+            f"log_every={cfg.log_every}, lr={cfg.lr}); fix them with --set."
+        )
+
+
 def _run(cfg: FactorizationConfig, metrics_path: Path) -> dict[str, Any]:
     lam = cfg.weight_decay
     lr = _lr(cfg)
-    if lam <= 0:
-        raise RankdecayError(
-            f"the factorization experiment needs weight_decay > 0 (got {lam}); "
-            "use --set weight_decay=0.1 (λ = 0 has no soft-threshold or contraction to check)."
-        )
     problem = _problem(cfg)
     hist = train_factorization(
         problem,
