@@ -157,13 +157,13 @@ def run(
     finished summary and otherwise reruns from scratch.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "summary.json"
     if resume and summary_path.exists():
         old = read_json(summary_path, "summary")
         if isinstance(old, dict) and old.get("status") == "finished":
             return old
     _validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "config.json").exists() or not resume:
         atomic_write_json(
             run_dir / "config.json",

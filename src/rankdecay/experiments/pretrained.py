@@ -168,7 +168,6 @@ def run(
 ) -> dict[str, Any]:
     """R7 on ``cfg.model`` into ``run_dir``; seconds, so ``resume`` returns a finished summary or reruns."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "summary.json"
     if resume and summary_path.exists():
         old = read_json(summary_path, "summary")
@@ -179,6 +178,7 @@ def run(
         raise RankdecayError(
             f"unknown circuit {(bad or [''])[0]!r}; choose from qk, ov (e.g. --set circuits=qk,ov)."
         )
+    run_dir.mkdir(parents=True, exist_ok=True)
     base = {"experiment": "pretrained", "preset": preset, "seed": cfg.seed}
     atomic_write_json(run_dir / "config.json", {**base, "config": to_dict(cfg)})
     for name in ("pretrained.jsonl", "spectra.jsonl", "metrics.jsonl"):
