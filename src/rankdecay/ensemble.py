@@ -53,7 +53,6 @@ evaluation chunk); :func:`auto_members` fits as many as half the free memory all
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import math
 import shutil
@@ -892,7 +891,7 @@ class _Ensemble:
                             buf[i].copy_(st[key])
         rope = _rope_tables(models[0])
         if self.forward_kind == "vmap":
-            base = copy.deepcopy(models[0]).to("meta")
+            base = models[0]  # functional_call swaps in the stacked weights
 
             def fwd(x: Tensor) -> Tensor:
                 return vmap_forward(base, stacked, x)

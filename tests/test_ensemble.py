@@ -1,0 +1,384 @@
+"""ensemble.py: batched forward vs each model's own forward, batched AdamW/Adam/SGD vs torch.optim,
+batched LRD vs rankdecay.LowRankDecay, whole ensembles vs solo train() runs, resume, executor."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rankdecay.decay import LowRankDecay, param_roles
+from rankdecay.ensemble import (
+    BatchedLowRankDecay,
+    BatchedOptimizer,
+    EnsembleExecutor,
+    EnsembleMember,
+    auto_members,
+    batched_forward,
+    ensemble_key,
+    member_bytes,
+    stack_models,
+    train_ensemble,
+    unsupported_reason,
+    vmap_forward,
+)
+from rankdecay.errors import RankdecayError
+from rankdecay.experiments import get_experiment
+from rankdecay.models import ModelConfig, TinyTransformer
+from rankdecay.runio import read_jsonl
+from rankdecay.sweep import RunTask, run_sweep
+from rankdecay.train import train
+
+TOKENS = dict(vocab_size=11, n_out=7, max_len=5, n_layers=2, d_model=16, n_heads=2, d_mlp=24)
+VARIANTS = [
+    dict(norm="rms", qk_norm="rms", pos="learned", readout="last"),  # R4's model
+    dict(norm="layer", bias=True, qk_norm="l2", pos="rotary", mlp="swiglu", readout="all"),
+    dict(norm="layer", qk_norm="l2", qk_temperature=3.0, pos="none", causal=False, readout="last"),
+    dict(norm="none", d_mlp=0, tie_embeddings=True, n_out=11, readout="all", mlp="relu"),
+    dict(
+        patch_size=2, image_size=4, in_channels=1, n_out=3, vocab_size=0, pool="cls", readout="last"
+    ),
+    dict(patch_size=2, image_size=4, in_channels=1, n_out=3, vocab_size=0, pool="mean"),
+]
+
+
+def _members(variant: dict, M: int = 3) -> list[TinyTransformer]:
+    cfg = ModelConfig(**{**TOKENS, **variant})
+    models = []
+    for i in range(M):
+        torch.manual_seed(100 + i)
+        m = TinyTransformer(cfg)
+        with torch.no_grad():  # non-trivial gains and biases
+            for p in m.parameters():
+                if p.dim() == 1:
+                    p.add_(0.3 * torch.randn_like(p))
+        models.append(m)
+    return models
+
+
+def _inputs(cfg: ModelConfig, M: int, B: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    if cfg.images:
+        return torch.randn(M, B, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    return torch.randint(0, cfg.vocab_size, (M, B, cfg.max_len), generator=g)
+
+
+@pytest.mark.parametrize(
+    "variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in list(v)[:3])
+)
+def test_batched_forward_and_gradients_match_each_models_own(variant: dict) -> None:
+    models = _members(variant)
+    cfg = models[0].cfg
+    x = _inputs(cfg, len(models))
+    refs = [m(x[i]) for i, m in enumerate(models)]
+    ref_grads = []
+    for m, r in zip(models, refs):
+        grads = torch.autograd.grad(r.square().sum(), list(m.parameters()))
+        ref_grads.append(dict(zip([n for n, _ in m.named_parameters()], grads)))
+    rope = (
+        (models[0].blocks[0].attn.rope_cos, models[0].blocks[0].attn.rope_sin)
+        if cfg.pos == "rotary"
+        else None
+    )
+    base = _members(variant, 1)[0]  # functional_call replaces its weights by the stacked ones
+    P = stack_models(models)
+    for trick in (True, False):
+        out = batched_forward(cfg, P, x, rope, last_trick=trick)
+        for i, r in enumerate(refs):
+            torch.testing.assert_close(out[i], r, rtol=1e-5, atol=1e-5)
+        grads = torch.autograd.grad(out.square().sum(), list(P.values()))
+        for name, g in zip(P, grads):
+            for i in range(len(models)):
+                torch.testing.assert_close(g[i], ref_grads[i][name], rtol=1e-4, atol=1e-5)
+    # the member models now read the stacked weights: an in-place update shows through
+    with torch.no_grad():
+        P["blocks.0.attn.q.weight"].mul_(0.5)
+    torch.testing.assert_close(
+        batched_forward(cfg, P, x, rope)[1], models[1](x[1]), rtol=1e-5, atol=1e-5
+    )
+    if not cfg.images:
+        torch.testing.assert_close(
+            vmap_forward(base, P, x)[2], models[2](x[2]), rtol=1e-5, atol=1e-5
+        )
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_batched_optimizer_matches_torch_per_member(name: str) -> None:
+    torch.manual_seed(0)
+    M, shapes = 3, {"a": (4, 3), "b": (5,)}
+    init = {n: torch.randn(M, *s) for n, s in shapes.items()}
+    lrs = [[1e-2, 3e-3, 0.1][i] for i in range(M)]
+    wds = {"a": [0.1, 0.0, 0.5], "b": [0.0, 0.2, 0.05]}
+    betas = [(0.9, 0.999), (0.8, 0.98), (0.95, 0.9)]
+    eps = [1e-8, 1e-6, 1e-7]
+    mom = [0.9, 0.0, 0.5] if name == "sgd" else [0.9] * M
+    clip = [0.5, 0.0, 2.0]
+    stacked = {n: v.clone().requires_grad_(True) for n, v in init.items()}
+    opt = BatchedOptimizer(stacked, name, wds, betas, eps, mom)
+    solo = []
+    for i in range(M):
+        ps = {n: torch.nn.Parameter(v[i].clone()) for n, v in init.items()}
+        groups = [{"params": [ps[n]], "weight_decay": wds[n][i]} for n in shapes]
+        if name == "adamw":
+            o = torch.optim.AdamW(groups, lr=lrs[i], betas=betas[i], eps=eps[i])
+        elif name == "adam":
+            o = torch.optim.Adam(groups, lr=lrs[i], betas=betas[i], eps=eps[i])
+        else:
+            o = torch.optim.SGD(groups, lr=lrs[i], momentum=mom[i])
+        solo.append((ps, o))
+    for step in range(6):
+        g = {n: torch.randn(M, *s) for n, s in shapes.items()}
+        for n in shapes:
+            stacked[n].grad = g[n].clone()
+        opt.clip_(clip)
+        opt.step([lr * (1 + 0.1 * step) for lr in lrs])
+        for i, (ps, o) in enumerate(solo):
+            for n in shapes:
+                ps[n].grad = g[n][i].clone()
+            if clip[i] > 0:
+                torch.nn.utils.clip_grad_norm_(list(ps.values()), clip[i])
+            for group in o.param_groups:
+                group["lr"] = lrs[i] * (1 + 0.1 * step)
+            o.step()
+    for i, (ps, _) in enumerate(solo):
+        for n in shapes:
+            torch.testing.assert_close(stacked[n][i].detach(), ps[n].detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "target,granularity,mode",
+    [
+        ("qk", "matrix", "subtract"),
+        ("attention", "head", "subtract"),
+        ("matrices", "matrix", "svt"),
+    ],
+)
+def test_batched_lrd_matches_low_rank_decay(target: str, granularity: str, mode: str) -> None:
+    models = _members(VARIANTS[0])
+    cfg = models[0].cfg
+    strengths, scale, lrs = [0.05, 0.0, 0.2], [True, False, False], [0.5, 1.0, 0.1]
+    refs = []
+    for m, s, sb, lr in zip(models, strengths, scale, lrs):
+        ref = TinyTransformer(cfg)
+        ref.load_state_dict(m.state_dict())
+        if s > 0:
+            LowRankDecay(
+                ref, s, target=target, granularity=granularity, mode=mode, scale_by_lr=sb
+            ).step(lr)
+        refs.append(ref)
+    roles = param_roles(models[0])
+    P = stack_models(models)
+    BatchedLowRankDecay(cfg, P, roles, target, granularity, "svd", mode, strengths, scale).step(lrs)
+    for i, ref in enumerate(refs):
+        for n, p in ref.named_parameters():
+            torch.testing.assert_close(P[n][i].detach(), p.detach(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RankdecayError, match="granularity"):
+        BatchedLowRankDecay(cfg, P, roles, "qk", "product", "svd", "subtract", strengths, scale)
+
+
+TINY = [
+    "task.p=13",
+    "model.d_model=16",
+    "model.d_mlp=32",
+    "train.batch_size=32",
+    "train.log_every=5",
+    "train.eval_every=10",
+    "train.monitor_every=10",
+    "train.checkpoint_every=10",
+    "train.device=cpu",
+]
+POINTS = [  # seed, overrides: both arms, another fraction, strength and learning rate
+    (0, ["arm=lrd"]),
+    (1, ["arm=l2", "optim.lr=3e-3"]),
+    (
+        2,
+        [
+            "arm=lrd",
+            "task.train_fraction=0.3",
+            "strength=2e-2",
+            "lrd.scale_by_lr=true",
+            "optim.lr=2e-2",
+        ],
+    ),
+]
+
+
+def _cfgs(steps: int) -> list:
+    exp = get_experiment("grokking")
+    return [exp.config("quick", [*TINY, f"train.steps={steps}", *o], seed=s) for s, o in POINTS]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return list(read_jsonl(run / "metrics.jsonl"))
+
+
+def _assert_same_run(solo: Path, ens: Path) -> None:
+    a, b = _metrics(solo), _metrics(ens)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert set(ra) == set(rb)
+        for k in ("loss", "train_loss", "val_loss", "lr", "qk_nuclear_norm", "w_q_frobenius_norm"):
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+    sa, sb = list(read_jsonl(solo / "spectra.jsonl")), list(read_jsonl(ens / "spectra.jsonl"))
+    assert [(r["step"], r["kind"], r["layer"], r["head"]) for r in sa] == [
+        (r["step"], r["kind"], r["layer"], r["head"]) for r in sb
+    ]
+    from safetensors.torch import load_file
+
+    wa = load_file(str(solo / "checkpoint" / "model.safetensors"))
+    wb = load_file(str(ens / "checkpoint" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:  # Adam turns rounding-level differences of near-zero gradients into ~lr steps
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=3e-4)
+    oa = load_file(str(solo / "checkpoint" / "optim.safetensors"))
+    ob = load_file(str(ens / "checkpoint" / "optim.safetensors"))
+    assert oa.keys() == ob.keys()  # the solo optimizer's state layout
+    js, je = (
+        json.loads((solo / "summary.json").read_text()),
+        json.loads((ens / "summary.json").read_text()),
+    )
+    assert set(js) <= set(je) and je["status"] == "finished"
+    assert [r["claim"] for r in js["verdict"]] == [r["claim"] for r in je["verdict"]]
+    assert sorted(p.name for p in solo.iterdir()) == sorted(p.name for p in ens.iterdir())
+
+
+def test_ensemble_matches_solo_runs_and_resumes_exactly(tmp_path: Path) -> None:
+    exp = get_experiment("grokking")
+    verdict = exp.run.verdict
+    cfgs = _cfgs(20)
+    assert len({ensemble_key(c) for c in cfgs}) == 1 and unsupported_reason(cfgs[0]) is None
+    for i, c in enumerate(cfgs):
+        train(
+            c,
+            tmp_path / f"solo{i}",
+            progress=False,
+            experiment="grokking",
+            preset="quick",
+            verdict=verdict,
+        )
+    # the ensemble trains 10 steps, stops (checkpoint at 10), then resumes to 20
+    half = _cfgs(10)
+    members = [
+        EnsembleMember(c, tmp_path / f"ens{i}", "grokking", "quick", verdict)
+        for i, c in enumerate(half)
+    ]
+    assert [s["status"] for s in train_ensemble(members)] == ["finished"] * 3
+    for i in range(3):
+        meta = json.loads((tmp_path / f"ens{i}" / "config.json").read_text())
+        meta["config"]["train"]["steps"] = 20
+        (tmp_path / f"ens{i}" / "config.json").write_text(json.dumps(meta))
+    members = [
+        EnsembleMember(c, tmp_path / f"ens{i}", "grokking", "quick", verdict, resume=True)
+        for i, c in enumerate(cfgs)
+    ]
+    (tmp_path / "ens0" / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    (tmp_path / "ens1" / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    (tmp_path / "ens2" / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    sums = train_ensemble(members)
+    assert [s["status"] for s in sums] == ["finished"] * 3
+    assert sums[0]["resumed_from"] == 10 and sums[0]["ensemble_size"] == 3
+    for i in range(3):
+        _assert_same_run(tmp_path / f"solo{i}", tmp_path / f"ens{i}")
+
+
+def test_a_diverging_member_fails_alone(tmp_path: Path) -> None:
+    cfgs = _cfgs(10)
+    exp = get_experiment("grokking")
+    bad = exp.config("quick", [*TINY, "train.steps=10", "optim.lr=1e30", "arm=l2"], seed=5)
+    members = [EnsembleMember(c, tmp_path / f"m{i}") for i, c in enumerate([cfgs[0], bad])]
+    sums = train_ensemble(members)
+    assert sums[0]["status"] == "finished"
+    assert sums[1]["status"] == "failed" and "NaN" in sums[1]["error"]
+    train(cfgs[0], tmp_path / "solo", progress=False)
+    a, b = _metrics(tmp_path / "solo"), _metrics(tmp_path / "m0")
+    assert [r["loss"] for r in a if "loss" in r] == pytest.approx(
+        [r["loss"] for r in b if "loss" in r], rel=1e-4
+    )
+
+
+def test_ensemble_rejects_mixed_shapes_and_unsupported(tmp_path: Path) -> None:
+    exp = get_experiment("grokking")
+    a = exp.config("quick", TINY)
+    b = exp.config("quick", [*TINY, "model.d_model=32"])
+    assert ensemble_key(a) != ensemble_key(b)
+    with pytest.raises(RankdecayError, match="share the model shape"):
+        train_ensemble([EnsembleMember(a, tmp_path / "a"), EnsembleMember(b, tmp_path / "b")])
+    c = exp.config("quick", [*TINY, "lrd.granularity=product"])
+    assert "granularity" in str(unsupported_reason(c))
+    assert "compile" in str(unsupported_reason(exp.config("quick", [*TINY, "train.compile=true"])))
+
+
+def test_memory_estimate_and_planning() -> None:
+    exp = get_experiment("grokking")
+    cfg = exp.config("quick", TINY)
+    task = cfg.task.build(0)
+    small = member_bytes(cfg, task)
+    big = member_bytes(exp.config("quick", [*TINY, "train.batch_size=4096"]), task)
+    n_params = sum(
+        p.numel()
+        for p in TinyTransformer(
+            __import__("dataclasses").replace(cfg.model, **task.model_fields())
+        ).parameters()
+    )
+    assert small >= 16 * n_params and big > small
+    assert auto_members(cfg, task, torch.device("cpu")) >= 1
+    tasks = [
+        RunTask(
+            i,
+            f"r{i}",
+            "rankdecay.experiments.grokking:EXPERIMENT",
+            "quick",
+            {**dict(o.split("=", 1) for o in TINY), "model.d_model": d},
+            i,
+            f"/nonexistent/r{i}",
+        )
+        for i, d in enumerate([16, 16, 16, 32, 16])
+    ]
+    toy = RunTask(9, "toy", "sweep_toy:EXPERIMENT", "quick", {}, 0, "/nonexistent/toy")
+    sys.path.insert(0, str(Path(__file__).parent))
+    ensembles, solo = EnsembleExecutor(members=2).plan([*tasks, toy])
+    assert sorted(len(g) for g in ensembles) == [1, 2, 2]
+    assert [t.name for t in solo] == ["toy"]
+    assert {t.index for g in ensembles for t in g} == {0, 1, 2, 3, 4}
+    with pytest.raises(RankdecayError, match="--members"):
+        EnsembleExecutor(members=0)
+
+
+def test_sweep_with_the_ensemble_executor(tmp_path: Path) -> None:
+    fixed = [*TINY, "train.steps=10"]
+    result = run_sweep(
+        "grokking",
+        preset="quick",
+        grid={"arm": ["l2", "lrd"], "task.train_fraction": [0.5]},
+        fixed=fixed,
+        seeds="0,1",
+        out=tmp_path / "sweep",
+        executor="ensemble",
+        members=4,
+    )
+    assert result.counts["finished"] == 4 and result.exit_code == 0
+    index = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert index["executor"].startswith("ensemble")
+    for row in index["runs"]:
+        run = tmp_path / "sweep" / row["run_dir"]
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["ensemble_size"] == 4
+        assert row["final"]["val_loss"] == pytest.approx(summary["final"]["val_loss"])
+        assert math.isfinite(summary["final"]["wqk_stable_rank"])
+    # re-running is idempotent: nothing left to do
+    again = run_sweep(
+        "grokking",
+        preset="quick",
+        grid={"arm": ["l2", "lrd"], "task.train_fraction": [0.5]},
+        fixed=fixed,
+        seeds="0,1",
+        out=tmp_path / "sweep",
+        executor="ensemble",
+        members=4,
+    )
+    assert again.executed == []
