@@ -88,7 +88,7 @@ def test_resume_after_sigkill_is_exact(tmp_path: Path) -> None:
     """SIGKILL a CLI run (in a subprocess) just after its first checkpoint — often in the middle
     of writing the next rows or checkpoint files — then resume: metrics.jsonl, spectra.jsonl and
     the final weights equal those of an uninterrupted run of the same seed."""
-    steps = 300
+    steps = 120
     exp = get_experiment("recall")
     run = tmp_path / "killed"
     proc = subprocess.Popen(

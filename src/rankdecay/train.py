@@ -827,7 +827,7 @@ def log_event(
         row["lr"] = lr
     if step % tc.eval_every == 0 or force_eval:
         row.update(evaluate_fn())
-    if monitor.due(step) or force_eval:
+    if monitor.every > 0 and (monitor.due(step) or force_eval):
         records = monitor.force_step(step)
         writer.log_spectra(records)
         row.update(summarize_records(records))
@@ -890,6 +890,8 @@ def train(
     monitor = spectra_monitor(
         model, tc.spectra_device, every=tc.monitor_every, rtol=tc.monitor_rtol, keep_records=False
     )
+    if device.type != "cpu" and callable(getattr(task, "to", None)):
+        task.to(device)  # batches are then made on the device
     eval_sets = {k: (x.to(device), y.to(device)) for k, (x, y) in task.eval_sets().items()}
     state = RunState(device=device)
 
