@@ -1,4 +1,5 @@
-"""distributed.py: 2 CPU processes (gloo, loopback) reproduce a 1-process run on the same global batch."""
+"""distributed.py: `rankdecay run lm` on 2 CPU processes (gloo, loopback) reproduces a 1-process run
+on the same global batch, resuming from a checkpoint."""
 
 from __future__ import annotations
 
@@ -17,21 +18,23 @@ from rankdecay.experiments import get_experiment
 from rankdecay.runio import read_jsonl
 from rankdecay.train import train
 
-TINY = [
-    "task.n_keys=4",
-    "task.n_values=4",
-    "task.n_pairs=2",
-    "task.n_eval=64",
+TINY = [  # a tiny character LM (readout at every position, grad clipping) + LRD
+    "task.seq_len=16",
+    "task.n_eval_windows=8",
+    "model.n_layers=1",
     "model.d_model=16",
     "model.n_heads=2",
+    "model.d_mlp=32",
+    "optim.warmup_steps=2",
+    "optim.schedule=constant",  # so that a 6-step run is a prefix of the 12-step one
     "train.batch_size=16",
+    "train.eval_batch_size=8",
     "train.steps=12",
     "train.log_every=2",
     "train.eval_every=6",
     "train.monitor_every=6",
     "train.checkpoint_every=6",
     "train.device=cpu",
-    "optim.warmup_steps=0",
     "lrd.strength=1e-2",
 ]
 
@@ -65,7 +68,7 @@ def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
         "-m",
         "rankdecay.cli",
         "run",
-        "recall",
+        "lm",
         "--out",
         str(out),
         "--no-progress",
@@ -85,14 +88,14 @@ def test_two_gloo_processes_resume_and_match_one_process(tmp_path: Path) -> None
     checkpoint; 2 gloo processes resume it (every rank loads the checkpoint) and train steps
     7–12 on shards of the same global batch: the logged losses, evaluation and spectra equal the
     reference, and rank 0 alone wrote the files, in the single-process format."""
-    exp = get_experiment("recall")
+    exp = get_experiment("lm")
     cfg = exp.config("quick", TINY)
-    solo = train(cfg, tmp_path / "solo", progress=False, experiment="recall", preset="quick")
+    solo = train(cfg, tmp_path / "solo", progress=False, experiment="lm", preset="quick")
     assert solo["status"] == "finished"
 
     part = tmp_path / "part"
     half = exp.config("quick", [*TINY, "train.steps=6"])
-    train(half, part, progress=False, experiment="recall", preset="quick")
+    train(half, part, progress=False, experiment="lm", preset="quick")
     meta = json.loads((part / "config.json").read_text())
     meta["config"]["train"]["steps"] = 12  # continue the same run to 12 steps
     (part / "config.json").write_text(json.dumps(meta))
