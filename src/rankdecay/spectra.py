@@ -94,8 +94,10 @@ def factored_svdvals(A: Tensor, B: Tensor, dtype: torch.dtype | None = torch.flo
         (..., min(d₁, d₂, r)) singular values in descending order, in ``dtype``.
     """
     A, B = _check_factors(A, B, dtype)
-    _, _, M = _core(A, B)
-    return torch.linalg.svdvals(M)
+    # Only the triangular factors are needed: mode="r" skips forming Q (about a third faster).
+    R_A = torch.linalg.qr(A, mode="r")[1]  # (..., k1, r)
+    R_B = torch.linalg.qr(B, mode="r")[1]  # (..., k2, r)
+    return torch.linalg.svdvals(R_A @ R_B.mT)
 
 
 def factored_svd(
@@ -133,7 +135,9 @@ def effective_rank(s: Tensor) -> Tensor:
     """
     total = s.sum(-1, keepdim=True)
     p = torch.where(total > 0, s / total.clamp_min(torch.finfo(s.dtype).tiny), torch.zeros_like(s))
-    entropy = -(torch.where(p > 0, p * torch.log(p.clamp_min(torch.finfo(s.dtype).tiny)), 0.0)).sum(-1)
+    entropy = -(torch.where(p > 0, p * torch.log(p.clamp_min(torch.finfo(s.dtype).tiny)), 0.0)).sum(
+        -1
+    )
     return torch.where(total.squeeze(-1) > 0, torch.exp(entropy), torch.zeros_like(entropy))
 
 

@@ -1,0 +1,219 @@
+"""Whole-model spectral analysis on a GPT-2-small-shaped model: factored vs dense vs TransformerLens.
+
+Shape: 12 layers × 12 heads, d_model = 768, d_head = 64, both circuits → 288 products
+A·Bᵀ with A, B ∈ ℝ^{768×64}, random weights, float64 compute.
+
+Measured (medians over repeats, wall clock, this machine's torch thread count):
+  1. ``rankdecay.analyze(model)`` on a real transformers ``GPT2Model`` (GPT2Config() defaults,
+     random init) — the whole pipeline: adapter, float64 cast, one batched factored SVD, every
+     metric, 288 records;
+  2. the core call ``factored_svdvals`` on the stacked (288, 768, 64) factors;
+  3. baseline: dense ``torch.linalg.svdvals`` of the materialized 768×768 float64 products
+     (batched per layer, 24 batches of 12);
+  4. baseline, if ``transformer_lens`` is importable: ``FactoredMatrix(A, Bᵀ).svd()`` on the same
+     float64 stack (a fresh FactoredMatrix per repeat: it caches its SVD), and our
+     ``factored_svd`` (U, S, V as well) for a like-for-like ratio.
+Every method's singular values are checked against the dense ones (max relative error printed).
+
+Run:  python benchmarks/bench_spectra.py [--repeats 7] [--dense-repeats 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from rankdecay.analyze import analyze
+from rankdecay.heads import attention_heads
+from rankdecay.spectra import factored_svd, factored_svdvals
+
+LAYERS, HEADS, D_MODEL, D_HEAD = 12, 12, 768, 64
+
+
+def _timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float, list[float], Any]:
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, out
+
+
+def _gpt2_small() -> nn.Module:
+    """A GPT-2-small-shaped model with random weights (transformers' GPT2Model if available)."""
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        cfg = transformers.GPT2Config(n_embd=D_MODEL, n_layer=LAYERS, n_head=HEADS)
+        return transformers.GPT2Model(cfg).eval()
+    except ImportError:  # pragma: no cover - fallback without the hf extra
+        return nn.Transformer(D_MODEL, HEADS, LAYERS, 0, 4 * D_MODEL, batch_first=True)
+
+
+def _rel_err(s: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max over the products checked against the dense SVD of max_i |σᵢ − σᵢ_dense| / σ₁_dense."""
+    s = s[: ref.shape[0]]
+    return float(((s - ref).abs().amax(-1) / ref[..., 0]).max())
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="timed repeats of the fast methods (median)"
+    )
+    parser.add_argument(
+        "--dense-repeats", type=int, default=3, help="timed repeats of the dense baseline"
+    )
+    parser.add_argument(
+        "--tl-repeats", type=int, default=5, help="timed repeats of TransformerLens"
+    )
+    parser.add_argument("--json", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    print(
+        f"# bench_spectra: GPT-2-small shape ({LAYERS} layers × {HEADS} heads, d={D_MODEL}, r={D_HEAD}, 2 circuits = {LAYERS * HEADS * 2} products), float64"
+    )
+    print(
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, python {platform.python_version()}, load avg {os.getloadavg()[0]:.1f}"
+    )
+    model = _gpt2_small()
+    print(f"# model: {type(model).__name__}, random init")
+    with torch.no_grad():
+        layers = attention_heads(model)
+        A = (
+            torch.cat([lh.factors(c)[0] for lh in layers for c in ("qk", "ov")])
+            .double()
+            .contiguous()
+        )
+        B = (
+            torch.cat([lh.factors(c)[1] for lh in layers for c in ("qk", "ov")])
+            .double()
+            .contiguous()
+        )
+    n = A.shape[0]
+    assert A.shape == (LAYERS * HEADS * 2, D_MODEL, D_HEAD), A.shape
+
+    results: dict[str, Any] = {
+        "products": n,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+    with torch.no_grad():
+        t_an, ts_an, report = _timeit(lambda: analyze(model), args.repeats)
+        t_core, ts_core, s_fact = _timeit(lambda: factored_svdvals(A, B, dtype=None), args.repeats)
+
+        m = max(1, min(args.dense_products, n))
+
+        def dense() -> torch.Tensor:
+            return torch.cat(
+                [
+                    torch.linalg.svdvals(A[i : min(i + HEADS, m)] @ B[i : min(i + HEADS, m)].mT)
+                    for i in range(0, m, HEADS)
+                ]
+            )
+
+        t_dense, ts_dense, s_dense = _timeit(dense, args.dense_repeats, warmup=0)
+        t_dense, ts_dense = t_dense * n / m, [t * n / m for t in ts_dense]
+    if m < n:
+        print(
+            f"# dense baseline timed on {m} of {n} products and scaled linearly by {n}/{m} (all products have the same shape)"
+        )
+    s_dense = s_dense[:, :D_HEAD]
+    results["dense_products_timed"] = m
+    s_report = torch.tensor(
+        [
+            r["singular_values"]
+            for r in sorted(
+                report.records,
+                key=lambda r: (r["layer"], ("qk", "ov").index(r["circuit"]), r["head"]),
+            )
+        ],
+        dtype=torch.float64,
+    )
+    results.update(
+        analyze_s=t_an,
+        analyze_all_s=ts_an,
+        core_s=t_core,
+        core_all_s=ts_core,
+        dense_s=t_dense,
+        dense_all_s=ts_dense,
+        speedup_analyze_vs_dense=t_dense / t_an,
+        speedup_core_vs_dense=t_dense / t_core,
+        max_rel_err_core=_rel_err(s_fact, s_dense),
+        max_rel_err_analyze=_rel_err(s_report, s_dense),
+    )
+    print(
+        f"rankdecay.analyze(model), whole model : {t_an * 1e3:9.1f} ms  (median of {args.repeats}; target ≤ 250 ms)"
+    )
+    print(
+        f"factored_svdvals, 288 products        : {t_core * 1e3:9.1f} ms  (max rel. error vs dense {results['max_rel_err_core']:.1e})"
+    )
+    print(
+        f"dense svdvals of materialized products: {t_dense * 1e3:9.1f} ms  (median of {args.dense_repeats})"
+    )
+    print(
+        f"speed-up vs dense: analyze {results['speedup_analyze_vs_dense']:.0f}×, core {results['speedup_core_vs_dense']:.0f}×  (target ≥ 50×)"
+    )
+
+    try:
+        from transformer_lens import FactoredMatrix
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
+        results["transformer_lens"] = f"not importable ({type(exc).__name__}: {exc})"
+        print(
+            f"TransformerLens: not importable ({type(exc).__name__}); `pip install transformer-lens` to compare"
+        )
+    else:
+        import transformer_lens
+
+        with torch.no_grad():
+            t_tl, ts_tl, (_, s_tl, _) = _timeit(
+                lambda: FactoredMatrix(A, B.mT).svd(), args.tl_repeats
+            )
+            t_fsvd, ts_fsvd, (_, s_ours, _) = _timeit(
+                lambda: factored_svd(A, B, dtype=None), args.repeats
+            )
+        results.update(
+            transformer_lens=getattr(transformer_lens, "__version__", "installed"),
+            tl_svd_s=t_tl,
+            tl_svd_all_s=ts_tl,
+            factored_svd_s=t_fsvd,
+            factored_svd_all_s=ts_fsvd,
+            speedup_analyze_vs_tl=t_tl / t_an,
+            speedup_factored_svd_vs_tl=t_tl / t_fsvd,
+            max_rel_err_tl=_rel_err(s_tl, s_dense),
+            max_rel_err_factored_svd=_rel_err(s_ours, s_dense),
+        )
+        print(
+            f"TransformerLens FactoredMatrix.svd()  : {t_tl * 1e3:9.1f} ms  (median of {args.tl_repeats}; max rel. error {results['max_rel_err_tl']:.1e})"
+        )
+        print(f"rankdecay factored_svd (U, S, V)      : {t_fsvd * 1e3:9.1f} ms")
+        print(
+            f"speed-up vs TransformerLens: analyze {results['speedup_analyze_vs_tl']:.1f}×, factored_svd {results['speedup_factored_svd_vs_tl']:.1f}×"
+        )
+
+    print("RESULT " + json.dumps({k: v for k, v in results.items() if not k.endswith("all_s")}))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
