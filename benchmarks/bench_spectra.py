@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         "--dense-repeats", type=int, default=3, help="timed repeats of the dense baseline"
     )
     parser.add_argument(
+        "--dense-products",
+        type=int,
+        default=LAYERS * HEADS * 2,
+        help="time the dense baseline on the first N products only, scaled linearly to all (default: all)",
+    )
+    parser.add_argument(
         "--tl-repeats", type=int, default=5, help="timed repeats of TransformerLens"
     )
     parser.add_argument("--json", help="also write the figures as JSON")
