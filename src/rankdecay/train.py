@@ -1048,7 +1048,7 @@ def _print_verdict(summary: Mapping[str, Any], run_dir: Path) -> None:
                 str(r.get("claim", "")),
                 str(r.get("target", "")),
                 str(r.get("measured", "")),
-                "yes" if met is True else "no" if met is False else str(met),
+                "yes" if met is True else "no" if met is False else "n/a" if met is None else str(met),
             )
         console.print(table)
     console.print(f"status: {summary.get('status')} — run directory: {run_dir}")
