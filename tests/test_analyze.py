@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -13,10 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-import rankdecay.analyze as analyze_mod
 from rankdecay.analyze import METRICS, RECORD_FIELDS, SpectralReport, analyze, load_model
 from rankdecay.errors import RankdecayError
 from rankdecay.heads import LayerHeads, attention_heads
+
+# the module (``rankdecay.analyze`` as an attribute is the public function of the same name)
+analyze_mod = importlib.import_module("rankdecay.analyze")
 
 transformers = pytest.importorskip("transformers")
 

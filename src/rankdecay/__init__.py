@@ -51,6 +51,12 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
+# ``analyze`` and ``polar`` are both a submodule and a public function of the same name. Python
+# binds ``rankdecay.<name>`` to the submodule when it is first imported, which would shadow the
+# function; importing them here, once, makes the function binding the final one.
+from .analyze import analyze  # noqa: E402
+from .polar import polar  # noqa: E402
+
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)

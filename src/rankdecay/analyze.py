@@ -28,7 +28,6 @@ import io
 import math
 import os
 import sys
-import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -782,17 +781,3 @@ def run_cli(args: argparse.Namespace) -> int:
         console.print(f"wrote {args.html}", highlight=False)
     return 0
 
-
-class _CallableModule(types.ModuleType):
-    """``rankdecay.analyze`` is both this module and the public function ``rd.analyze``.
-
-    Once the submodule is imported (the CLI does), Python binds the attribute
-    ``rankdecay.analyze`` to the module, shadowing the function; making the module callable
-    keeps ``rd.analyze(model)`` working either way.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SpectralReport:
-        return analyze(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
