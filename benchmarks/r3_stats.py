@@ -73,7 +73,14 @@ def run_stats(run_dir: Path, early: int, lr: float) -> dict[str, float]:
                 row[f"{c}_{key}@{label}"] = float(np.mean(steps[s][c][key]))
         xs = np.array([s for s in order if s >= e], dtype=float)
         ys = np.log([np.mean(steps[s][c]["balance"]) for s in order if s >= e])
-        row[f"{c}_bal_rate"] = float(np.polyfit(xs, ys, 1)[0]) if len(xs) > 1 else math.nan
+        if len(xs) > 2:
+            coef = np.polyfit(xs, ys, 1)
+            resid = ys - np.polyval(coef, xs)
+            ss = float(((ys - ys.mean()) ** 2).sum())
+            row[f"{c}_bal_rate"] = float(coef[0])
+            row[f"{c}_bal_r2"] = 1.0 - float((resid**2).sum()) / ss if ss > 0 else math.nan
+        else:
+            row[f"{c}_bal_rate"] = row[f"{c}_bal_r2"] = math.nan
     return row
 
 
@@ -106,6 +113,7 @@ def main() -> None:
         st = run_stats(run_dir, a.early, float(r["optim.lr"]))
         st["val_acc"] = float(r["final.val_acc"])
         st["lr"] = float(r["optim.lr"])
+        st["seed"] = int(r["seed"])
         by_lam[float(r["weight_decay_attn"])].append(st)
 
     lams = sorted(by_lam)
@@ -138,10 +146,10 @@ def main() -> None:
 
     print(
         "\n| λ_attn | circuit | balance @0 | balance @early | balance @T | "
-        "log-rate ×10³ /step (fit early..T) | −2·lr·λ ×10³ | norm gap @0 | "
+        "log-rate ×10³ /step (fit early..T) | −2·lr·λ ×10³ | fit R² | norm gap @0 | "
         "norm gap @early | norm gap @T |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for lam in lams:
         lr = by_lam[lam][0]["lr"]
         for c in ("qk", "ov"):
@@ -150,7 +158,8 @@ def main() -> None:
                 _fmt(col(lam, f"{c}_balance@early")),
                 _fmt(col(lam, f"{c}_balance@T")),
                 _fmt(1e3 * col(lam, f"{c}_bal_rate")),
-                f"{-2e3 * lr * lam:.3g}",
+                f"{-2e3 * lr * lam + 0.0:.3g}",
+                _fmt(col(lam, f"{c}_bal_r2")),
                 _fmt(col(lam, f"{c}_norm_gap@0")),
                 _fmt(col(lam, f"{c}_norm_gap@early")),
                 _fmt(col(lam, f"{c}_norm_gap@T")),
@@ -166,6 +175,13 @@ def main() -> None:
             f"{key}: means {[round(float(m), 3) for m in means]} non-increasing={mono} "
             f"strictly decreasing={strict}"
         )
+        seeds = sorted({int(s["seed"]) for v in by_lam.values() for s in v})
+        for seed in seeds:
+            vals = [
+                next((s[key] for s in by_lam[lam] if s["seed"] == seed), math.nan) for lam in lams
+            ]
+            ok = all(b <= a_ + 1e-12 for a_, b in zip(vals, vals[1:]))
+            print(f"  seed {seed}: {[round(float(v), 3) for v in vals]} non-increasing={ok}")
 
 
 if __name__ == "__main__":
