@@ -105,16 +105,14 @@ def test_records_match_dense_svd_and_metric_definitions() -> None:
 
 def test_one_batched_svd_call_for_equal_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, ...]] = []
-    real = analyze_mod.factored_svdvals
+    real = analyze_mod.factored_spectrum
 
-    def counting(
-        A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype | None = torch.float64
-    ) -> torch.Tensor:
+    def counting(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype | None = torch.float64):
         calls.append(tuple(A.shape))
         assert A.dtype == torch.float64 and B.dtype == torch.float64
         return real(A, B, dtype=dtype)
 
-    monkeypatch.setattr(analyze_mod, "factored_svdvals", counting)
+    monkeypatch.setattr(analyze_mod, "factored_spectrum", counting)
     analyze(_gpt2())
     assert calls == [(L * H * 2, D, D // H)]  # every head of every layer, both circuits, at once
     calls.clear()

@@ -40,7 +40,7 @@ from . import __version__
 from .errors import RankdecayError
 from .heads import LayerHeads, attention_heads, find_adapter
 from .runio import atomic_write_json, atomic_write_text, read_json
-from .spectra import DEFAULT_RTOL, balance, factored_svdvals, spectral_metrics
+from .spectra import DEFAULT_RTOL, factored_spectrum, spectral_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -527,12 +527,10 @@ def _spectra_records(
         for chunk in chunks:
             A = torch.cat([layers[li].factors(c)[0] for li, c in chunk]).to(torch.float64)
             B = torch.cat([layers[li].factors(c)[1] for li, c in chunk]).to(torch.float64)
-            s = factored_svdvals(A, B, dtype=None)  # (N, k)
+            s, bal, gap = factored_spectrum(A, B, dtype=None)  # (N, k), (N,), (N,)
             metrics = spectral_metrics(s, rtol)
-            metrics["balance"] = balance(A, B, dtype=None)
-            metrics["norm_gap"] = 0.5 * (A.pow(2).sum((-2, -1)) + B.pow(2).sum((-2, -1))) - s.sum(
-                -1
-            )
+            metrics["balance"] = bal
+            metrics["norm_gap"] = gap
             metrics["singular_values"] = s
             start = 0
             for li, c in chunk:

@@ -1,0 +1,59 @@
+"""factored_spectrum: σ, balance and norm gap from the QR factors equal their dense definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rankdecay.spectra import NonFiniteInputError, _check_factors, factored_spectrum
+
+
+def _dense(A: torch.Tensor, B: torch.Tensor) -> tuple[np.ndarray, float, float]:
+    a, b = A.double().numpy(), B.double().numpy()
+    s = np.linalg.svd(a @ b.T, compute_uv=False)
+    bal = np.linalg.norm(a.T @ a - b.T @ b)
+    gap = 0.5 * ((a**2).sum() + (b**2).sum()) - s.sum()
+    return s, float(bal), float(gap)
+
+
+@pytest.mark.parametrize(
+    "d1, d2, r, rank_a", [(30, 20, 8, 8), (6, 9, 12, 6), (25, 25, 10, 3), (5, 40, 5, 5)]
+)
+def test_matches_dense_definitions(d1: int, d2: int, r: int, rank_a: int) -> None:
+    g = torch.Generator().manual_seed(d1 * 100 + r)
+    A = torch.randn(3, d1, rank_a, generator=g) @ torch.randn(rank_a, r, generator=g)
+    B = torch.randn(3, d2, r, generator=g)
+    out = factored_spectrum(A, B)
+    for i in range(3):
+        s, bal, gap = _dense(A[i], B[i])
+        k = out.singular_values.shape[-1]
+        assert k == min(d1, d2, r)
+        np.testing.assert_allclose(out.singular_values[i].numpy(), s[:k], rtol=0, atol=1e-10 * s[0])
+        assert float(out.balance[i]) == pytest.approx(bal, rel=1e-10)
+        assert float(out.norm_gap[i]) == pytest.approx(gap, rel=1e-8, abs=1e-9 * s.sum())
+
+
+def test_balanced_factors_have_zero_gap_and_balance() -> None:
+    # A = U√Σ, B = V√Σ is the balanced factorization of U Σ Vᵀ
+    U, _ = torch.linalg.qr(torch.randn(12, 4, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(9, 4, dtype=torch.float64))
+    root = torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=torch.float64).sqrt())
+    out = factored_spectrum(U @ root, V @ root)
+    assert float(out.balance) < 1e-12 and abs(float(out.norm_gap)) < 1e-12
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_factor_is_a_clear_error(bad: float) -> None:
+    A = torch.randn(10, 4)
+    A[3, 2] = bad
+    with pytest.raises(NonFiniteInputError, match="NaN or Inf"):
+        factored_spectrum(A, torch.randn(8, 4))
+
+
+def test_huge_finite_values_are_not_mistaken_for_inf() -> None:
+    # the cheap guard sums the factor; a sum that overflows must fall back to the exact check
+    A = torch.full((200, 2), 1e307, dtype=torch.float64)
+    assert not torch.isfinite(A.sum())
+    checked, _ = _check_factors(A, torch.ones(3, 2, dtype=torch.float64), None)
+    assert checked is A
