@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # spectra
     "factored_svdvals": "spectra",
+    "factored_spectrum": "spectra",
     "rank": "spectra",
     "effective_rank": "spectra",
     "stable_rank": "spectra",
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .spectra import (  # noqa: F401
         balance,
         effective_rank,
+        factored_spectrum,
         factored_svdvals,
         frobenius_norm,
         norm_gap,
