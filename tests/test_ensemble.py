@@ -382,3 +382,43 @@ def test_sweep_with_the_ensemble_executor(tmp_path: Path) -> None:
         members=4,
     )
     assert again.executed == []
+
+
+def test_float64_ensemble_equals_solo_runs_to_rounding(tmp_path: Path) -> None:
+    """In float64 the only difference between an ensemble member and its solo run is the order of
+    floating-point sums, so every logged number and every weight agrees to ~1e-13 after 30 steps
+    — 1e5 times tighter than the float32 tolerance above, far below what a real difference (a
+    wrong decay, a shifted batch, a missing LRD step: ≥ 1e-6 within a few steps) could hide in.
+    (Later the difference grows exponentially even in float64 — ×10 per ~5 steps in the LRD arm,
+    whose polar factor turns on as singular values approach 0 — so the horizon is kept short;
+    benchmarks/ensemble_exactness.py prints the growth.)"""
+    exp = get_experiment("grokking")
+    cfgs = [
+        exp.config("quick", [*TINY, "train.steps=30", "train.dtype=float64", *o], seed=s)
+        for s, o in POINTS
+    ]
+    for i, c in enumerate(cfgs):
+        train(c, tmp_path / f"solo{i}", progress=False)
+    sums = train_ensemble([EnsembleMember(c, tmp_path / f"ens{i}") for i, c in enumerate(cfgs)])
+    assert [s["status"] for s in sums] == ["finished"] * 3
+    from safetensors.torch import load_file
+
+    for i in range(3):
+        a, b = _metrics(tmp_path / f"solo{i}"), _metrics(tmp_path / f"ens{i}")
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        for ra, rb in zip(a, b):
+            for k in ("loss", "train_loss", "val_loss", "qk_nuclear_norm", "wqk_stable_rank"):
+                if k in ra:
+                    assert rb[k] == pytest.approx(ra[k], rel=1e-9, abs=1e-12), (i, ra["step"], k)
+        wa = load_file(str(tmp_path / f"solo{i}" / "checkpoint" / "model.safetensors"))
+        wb = load_file(str(tmp_path / f"ens{i}" / "checkpoint" / "model.safetensors"))
+        assert all(w.dtype == torch.float64 for w in wa.values())
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-9, atol=1e-11)
+
+
+def test_float64_cannot_be_combined_with_bf16(tmp_path: Path) -> None:
+    exp = get_experiment("grokking")
+    cfg = exp.config("quick", [*TINY, "train.steps=2", "train.dtype=float64", "train.amp=bf16"])
+    with pytest.raises(RankdecayError, match="train.amp=none"):
+        train(cfg, tmp_path / "run", progress=False)

@@ -1,6 +1,6 @@
 """Where and how a run computes: device selection, bf16 autocast, torch.compile, spectra placement.
 
-Four settings of :class:`rankdecay.train.TrainConfig` end up here:
+Five settings of :class:`rankdecay.train.TrainConfig` end up here:
 
 - ``device``: ``"auto"`` (CUDA when ``torch.cuda.is_available()``, else CPU), ``"cpu"``,
   ``"cuda"`` or ``"cuda:N"`` → :func:`resolve_device`.
@@ -8,6 +8,12 @@ Four settings of :class:`rankdecay.train.TrainConfig` end up here:
   under ``torch.autocast(device_type, dtype=torch.bfloat16)`` (matmuls in bfloat16, reductions
   and the loss in float32, weights and optimizer states stay float32). ``"fp16"`` is not offered:
   it needs a gradient scaler, and bf16 has the exponent range of float32.
+- ``dtype``: ``"float32"`` (default) or ``"float64"`` → :func:`param_dtype`: the dtype of the
+  weights, optimizer states and activations (the model is built, then cast with
+  ``.to(dtype)``; image inputs follow the weights). float64 is for exactness checks — two
+  computations that differ only in summation order agree to ~1e-12 relative per step in float64
+  but ~1e-6 in float32, and training amplifies such differences — not for speed. It cannot be
+  combined with ``amp="bf16"``.
 - ``compile``: ``False`` or ``True`` → :func:`maybe_compile` wraps the model's forward in
   ``torch.compile`` (the parameters stay those of the original module, so optimizers, Low-Rank
   Decay, the monitor and checkpoints keep working on the uncompiled module).
@@ -35,16 +41,20 @@ from .monitor import SpectralMonitor, circuit_records, matrix_records
 
 __all__ = [
     "AMP_MODES",
+    "DTYPES",
     "SPECTRA_DEVICES",
     "CPUSpectralMonitor",
     "autocast",
     "available_memory",
+    "loss_precision",
     "maybe_compile",
+    "param_dtype",
     "resolve_device",
     "spectra_monitor",
 ]
 
 AMP_MODES = ("none", "bf16")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SPECTRA_DEVICES = ("model", "cpu")
 
 
@@ -96,6 +106,32 @@ def autocast(device: torch.device, amp: str = "none") -> contextlib.AbstractCont
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def param_dtype(name: str, amp: str = "none") -> torch.dtype:
+    """``train.dtype`` → the torch dtype of weights, optimizer states and activations.
+
+    ``"float32"`` or ``"float64"``; float64 with ``amp="bf16"`` is refused (autocast would run
+    the matmuls in bfloat16 anyway, defeating the point of float64).
+    """
+    if name not in DTYPES:
+        raise RankdecayError(
+            f"unknown train.dtype {name!r}; choose one of {', '.join(map(repr, DTYPES))}."
+        )
+    if name != "float32" and amp != "none":
+        raise RankdecayError(
+            f"train.dtype={name} cannot be combined with train.amp={amp}; set train.amp=none "
+            "for float64 training (or train.dtype=float32 for bf16 autocast)."
+        )
+    return DTYPES[name]
+
+
+def loss_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Logits as the loss should see them: float16/bfloat16 (autocast output) → float32,
+    float32 and float64 unchanged (so float64 training keeps a float64 loss)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        return logits.float()
+    return logits
 
 
 def maybe_compile(module: nn.Module, enabled: bool, **options: Any) -> nn.Module:

@@ -121,7 +121,7 @@ def train_distributed(
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    from .device import autocast, maybe_compile, spectra_monitor
+    from .device import autocast, maybe_compile, param_dtype, spectra_monitor
     from .train import (
         RunResult,
         RunState,
@@ -186,7 +186,7 @@ def train_distributed(
 
         _seed_everything(cfg.seed)
         task = cfg.task.build(cfg.seed)
-        model = build_model(cfg.model, task).to(device)
+        model = build_model(cfg.model, task).to(device=device, dtype=param_dtype(tc.dtype, tc.amp))
         model.train()
         optim_cfg, lrd_cfg = optimizer_settings(cfg)
         optimizer, _lrd = build_optimizer(model, optim_cfg, lrd_cfg)
@@ -279,7 +279,7 @@ def train_distributed(
                         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     with amp:
                         logits = forward(x)
-                    loss, acc = loss_and_accuracy(logits.float(), y)
+                    loss, acc = loss_and_accuracy(logits, y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()  # DDP all-reduces (averages) the gradients here
                     if clip > 0:

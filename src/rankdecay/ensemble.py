@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .device import loss_precision, param_dtype
 from .errors import NonFiniteLossError, RankdecayError
 from .sweep import Executor, RunEvent, RunTask, execute_task, load_experiment, set_threads
 
@@ -200,7 +201,8 @@ def _embed(cfg: Any, P: Mapping[str, Tensor], x: Tensor) -> Tensor:
     M = x.shape[0]
     if cfg.images:
         B = x.shape[1]
-        patches = patchify(x.reshape(M * B, *x.shape[2:]), cfg.patch_size)
+        images = x.reshape(M * B, *x.shape[2:]).to(P["patch_embed.weight"].dtype)
+        patches = patchify(images, cfg.patch_size)
         h = _bmm(patches.reshape(M, B, *patches.shape[1:]), P, "patch_embed")
         if cfg.pool == "cls":
             cls = P["cls_token"].to(h.dtype).reshape(M, 1, 1, -1).expand(M, B, 1, h.shape[-1])
@@ -581,11 +583,14 @@ def member_bytes(cfg: Any, task: Any) -> int:
     )
     out_pos = T if mcfg.readout == "all" else 1
 
-    def acts(batch: int) -> int:
-        return 4 * batch * (T * per_tok * max(1, mcfg.n_layers) + 3 * out_pos * mcfg.out_dim)
-
     tc = cfg.train
-    return int(1.5 * (4 * pbytes + acts(tc.batch_size) + acts(tc.eval_batch_size) // 3))
+    width = 8 if getattr(tc, "dtype", "float32") == "float64" else 4  # bytes per float
+
+    def acts(batch: int) -> int:
+        return width * batch * (T * per_tok * max(1, mcfg.n_layers) + 3 * out_pos * mcfg.out_dim)
+
+    params = pbytes // 4 * width
+    return int(1.5 * (4 * params + acts(tc.batch_size) + acts(tc.eval_batch_size) // 3))
 
 
 def auto_members(cfg: Any, task: Any, device: torch.device, fraction: float = 0.5) -> int:
@@ -644,7 +649,7 @@ def _batched_evaluate(
             with amp:
                 logits = forward(xb)
             C = logits.shape[-1]
-            z = logits.reshape(M, -1, C).float()
+            z = loss_precision(logits).reshape(M, -1, C)
             t = yb.reshape(M, -1)
             valid = t != -100
             ce = F.cross_entropy(
@@ -764,12 +769,13 @@ class _Ensemble:
 
         validate_train_config(tc)
         device = resolve_device(tc.device)
+        dtype = param_dtype(tc.dtype, tc.amp)
         tasks, models, settings = [], [], []
         for m in members:
             _seed_everything(m.cfg.seed)
             task = m.cfg.task.build(m.cfg.seed)
             tasks.append(task)
-            models.append(build_model(m.cfg.model, task).to(device))
+            models.append(build_model(m.cfg.model, task).to(device=device, dtype=dtype))
             settings.append(optimizer_settings(m.cfg))
         # members whose batches differ in shape (e.g. full-batch training sets) train apart
         shapes = [tuple(t.train_batch(0, tc.batch_size)[0].shape) for t in tasks]
@@ -1022,7 +1028,7 @@ class _Ensemble:
                         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     with amp:
                         logits = fwd(x)
-                    z = logits.float()
+                    z = loss_precision(logits)
                     C = z.shape[-1]
                     ce = F.cross_entropy(
                         z.reshape(-1, C), y.reshape(-1), ignore_index=-100, reduction="none"

@@ -415,7 +415,7 @@ class TinyTransformer(nn.Module):
                     f"expected images of shape (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}), "
                     f"got {tuple(x.shape)}; match model.in_channels/image_size to the data."
                 )
-            h = self.patch_embed(patchify(x, cfg.patch_size))
+            h = self.patch_embed(patchify(x.to(self.patch_embed.weight.dtype), cfg.patch_size))
             if cfg.pool == "cls":
                 h = torch.cat([h, self.cls_token.to(h.dtype).expand(h.shape[0], 1, -1)], dim=1)
         else:

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import flatten, from_dict, to_dict, to_toml
+from .device import autocast, loss_precision, maybe_compile, param_dtype, spectra_monitor
 from .errors import NonFiniteLossError, RankdecayError
 from .runio import (
     _jsonable,
@@ -132,6 +133,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: forward-pass precision: "none" (float32) or "bf16" autocast (rankdecay.device.autocast)
     amp: Literal["none", "bf16"] = "none"
+    #: weights, optimizer states and activations: "float32" or "float64" (exactness checks;
+    #: rankdecay.device.param_dtype)
+    dtype: Literal["float32", "float64"] = "float32"
     #: run the forward pass through torch.compile
     compile: bool = False
     #: where the monitor's float64 spectra are computed: "model" (the weights' device) or "cpu"
@@ -253,10 +257,11 @@ def lr_at(t: int, optim: OptimConfig, total_steps: int) -> float:
 def loss_and_accuracy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Mean cross-entropy and accuracy of logits (..., C) against integer targets (...).
 
-    Targets equal to −100 are ignored. Both results are 0-dim tensors (no host sync).
+    Targets equal to −100 are ignored. Both results are 0-dim tensors (no host sync). Half-precision
+    logits (autocast) are upcast to float32 first; float32/float64 logits are used as they are.
     """
     C = logits.shape[-1]
-    z = logits.reshape(-1, C)
+    z = loss_precision(logits).reshape(-1, C)
     t = y.reshape(-1)
     loss = F.cross_entropy(z, t, ignore_index=-100)
     with torch.no_grad():
@@ -291,7 +296,7 @@ def evaluate(
                 valid = t != -100
                 n = int(valid.sum())
                 loss_sum += F.cross_entropy(
-                    z.float(), t, ignore_index=-100, reduction="sum"
+                    loss_precision(z), t, ignore_index=-100, reduction="sum"
                 ).double()
                 hit_sum += ((z.argmax(-1) == t) & valid).sum().double()
                 count += n
@@ -321,9 +326,9 @@ class RunState:
 
     def __post_init__(self) -> None:
         if self.loss_sum is None:
-            self.loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+            self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         if self.acc_sum is None:
-            self.acc_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+            self.acc_sum = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def accumulate(self, loss: Tensor, acc: Tensor) -> None:
         self.loss_sum.add_(loss.detach())
@@ -879,11 +884,10 @@ def train(
 
     _seed_everything(cfg.seed)
     task = cfg.task.build(cfg.seed)
-    model = build_model(cfg.model, task).to(device)
+    model = build_model(cfg.model, task).to(device=device, dtype=param_dtype(tc.dtype, tc.amp))
     model.train()
     optim_cfg, lrd_cfg = optimizer_settings(cfg)
     optimizer, _lrd = build_optimizer(model, optim_cfg, lrd_cfg)
-    from .device import autocast, maybe_compile, spectra_monitor
 
     forward = maybe_compile(model, tc.compile)
     amp = autocast(device, tc.amp)
@@ -950,7 +954,7 @@ def train(
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with amp:
                     logits = forward(x)
-                loss, acc = loss_and_accuracy(logits.float(), y)
+                loss, acc = loss_and_accuracy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip > 0:
@@ -1048,7 +1052,7 @@ def _print_verdict(summary: Mapping[str, Any], run_dir: Path) -> None:
                 str(r.get("claim", "")),
                 str(r.get("target", "")),
                 str(r.get("measured", "")),
-                "yes" if met is True else "no" if met is False else "n/a" if met is None else str(met),
+                {True: "yes", False: "no", None: "n/a"}.get(met, str(met)),
             )
         console.print(table)
     console.print(f"status: {summary.get('status')} — run directory: {run_dir}")
