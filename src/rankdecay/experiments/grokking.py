@@ -194,12 +194,16 @@ EXPERIMENT = Experiment(
     run=make_run("grokking", _verdict),
     presets={
         "quick": {"train.steps": 2000, "train.checkpoint_every": 500},
+        # the published setting; its grid (f = 0.5, both arms, 3 seeds) finishes on a 2-core CPU
         "paper": {},
+        # the published setting over the whole phase diagram: 216 runs, a GPU job (docs/scaling.md)
+        "phase": {},
     },
     grids={
         "quick": {"task.train_fraction": [0.3, 0.5], "arm": ["l2", "lrd"]},
-        "paper": {"task.train_fraction": _FRACTIONS, "strength": _STRENGTHS, "arm": ["l2", "lrd"]},
+        "paper": {"task.train_fraction": [0.5], "arm": ["l2", "lrd"]},
+        "phase": {"task.train_fraction": _FRACTIONS, "strength": _STRENGTHS, "arm": ["l2", "lrd"]},
     },
-    seeds={"quick": 1, "paper": 3},
+    seeds={"quick": 1, "paper": 3, "phase": 3},
     reproduces="R4",
 )
