@@ -326,6 +326,8 @@ def test_memory_estimate_and_planning() -> None:
         ).parameters()
     )
     assert small >= 16 * n_params and big > small
+    double = member_bytes(exp.config("quick", [*TINY, "train.dtype=float64"]), task)
+    assert double == pytest.approx(2 * small, rel=1e-6)  # every float is 8 bytes instead of 4
     assert auto_members(cfg, task, torch.device("cpu")) >= 1
     tasks = [
         RunTask(

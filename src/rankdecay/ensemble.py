@@ -584,12 +584,12 @@ def member_bytes(cfg: Any, task: Any) -> int:
     out_pos = T if mcfg.readout == "all" else 1
 
     tc = cfg.train
-    width = 8 if getattr(tc, "dtype", "float32") == "float64" else 4  # bytes per float
+    width = param_dtype(tc.dtype, tc.amp).itemsize  # bytes per float of weights and activations
 
     def acts(batch: int) -> int:
         return width * batch * (T * per_tok * max(1, mcfg.n_layers) + 3 * out_pos * mcfg.out_dim)
 
-    params = pbytes // 4 * width
+    params = pbytes // 4 * width  # _param_bytes counts float32
     return int(1.5 * (4 * params + acts(tc.batch_size) + acts(tc.eval_batch_size) // 3))
 
 
