@@ -424,3 +424,4 @@ def test_float64_cannot_be_combined_with_bf16(tmp_path: Path) -> None:
     cfg = exp.config("quick", [*TINY, "train.steps=2", "train.dtype=float64", "train.amp=bf16"])
     with pytest.raises(RankdecayError, match="train.amp=none"):
         train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made

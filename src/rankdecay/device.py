@@ -11,8 +11,8 @@ Five settings of :class:`rankdecay.train.TrainConfig` end up here:
 - ``dtype``: ``"float32"`` (default) or ``"float64"`` → :func:`param_dtype`: the dtype of the
   weights, optimizer states and activations (the model is built, then cast with
   ``.to(dtype)``; image inputs follow the weights). float64 is for exactness checks — two
-  computations that differ only in summation order agree to ~1e-12 relative per step in float64
-  but ~1e-6 in float32, and training amplifies such differences — not for speed. It cannot be
+  computations that differ only in summation order agree to ~1e-16 relative per step in float64
+  but ~1e-7 in float32, and training amplifies such differences — not for speed. It cannot be
   combined with ``amp="bf16"``.
 - ``compile``: ``False`` or ``True`` → :func:`maybe_compile` wraps the model's forward in
   ``torch.compile`` (the parameters stay those of the original module, so optimizers, Low-Rank

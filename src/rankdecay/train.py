@@ -743,7 +743,9 @@ def _params_finite(model: nn.Module) -> bool:
 
 
 def validate_train_config(tc: TrainConfig) -> None:
-    """Raise :class:`RankdecayError` for a non-positive length, batch or cadence."""
+    """Raise :class:`RankdecayError` for a non-positive length, batch or cadence, or a dtype that
+    cannot be combined with the amp mode — before anything is written to the run directory."""
+    param_dtype(tc.dtype, tc.amp)
     for key in (
         "steps",
         "batch_size",
