@@ -149,6 +149,43 @@ def test_batched_optimizer_matches_torch_per_member(name: str) -> None:
             torch.testing.assert_close(stacked[n][i].detach(), ps[n].detach(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[1]], ids=["last", "all"])
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_batched_evaluation_equals_each_members_evaluate(variant: dict, chunk: int) -> None:
+    """Members whose eval sets differ in size (and total size: padding) and hold ignored targets:
+    the batched evaluation gives each member what rankdecay.train.evaluate gives it."""
+    from contextlib import nullcontext
+
+    from rankdecay.ensemble import _batched_evaluate, _eval_stream, _rope_tables
+    from rankdecay.train import evaluate
+
+    models = [m.double() for m in _members(variant)]  # float64: equal to rounding
+    cfg = models[0].cfg
+    g = torch.Generator().manual_seed(3)
+    sets = []
+    for sizes in [(10, 7), (5, 9), (4, 4)]:
+        member = {}
+        for name, n in zip(("train", "val"), sizes):
+            x = torch.randint(0, cfg.vocab_size, (n, cfg.max_len), generator=g)
+            shape = (n,) if cfg.readout == "last" else (n, cfg.max_len)
+            y = torch.randint(0, cfg.n_out, shape, generator=g)
+            y[torch.rand(shape, generator=g) < 0.2] = -100
+            member[name] = (x, y)
+        sets.append(member)
+    P = stack_models(models)
+    got = _batched_evaluate(
+        lambda x: batched_forward(cfg, P, x, _rope_tables(models[0])),
+        _eval_stream(sets),
+        chunk,
+        nullcontext(),
+    )
+    for model, member, res in zip(models, sets, got):
+        ref = evaluate(model, member, batch_size=chunk)
+        assert res.keys() == ref.keys()
+        for k in ref:
+            assert res[k] == pytest.approx(ref[k], rel=1e-12, abs=1e-12), k
+
+
 @pytest.mark.parametrize(
     "target,granularity,mode",
     [
@@ -310,7 +347,36 @@ def test_ensemble_rejects_mixed_shapes_and_unsupported(tmp_path: Path) -> None:
         train_ensemble([EnsembleMember(a, tmp_path / "a"), EnsembleMember(b, tmp_path / "b")])
     c = exp.config("quick", [*TINY, "lrd.granularity=product"])
     assert "granularity" in str(unsupported_reason(c))
-    assert "compile" in str(unsupported_reason(exp.config("quick", [*TINY, "train.compile=true"])))
+    compiled = exp.config("quick", [*TINY, "train.compile=true"])
+    assert unsupported_reason(compiled) is None  # compiled runs batch with compiled runs only
+    assert ensemble_key(compiled) != ensemble_key(a)
+
+
+def test_compiled_ensemble_trains_through_torch_compile(tmp_path: Path, monkeypatch) -> None:
+    """train.compile=true: the training forward is a torch.compile wrapper (here with the
+    graph-capture-only "eager" backend, fast), and the members equal an uncompiled ensemble's."""
+    import rankdecay.device as device
+
+    calls = []
+    real = torch.compile
+
+    def spy(fn, **options):
+        calls.append(fn)
+        return real(fn, backend="eager", **options)
+
+    monkeypatch.setattr(device.torch, "compile", spy)
+    exp = get_experiment("grokking")
+    over = [*TINY, "train.steps=20"]
+    eager = [exp.config("quick", [*over, *o], seed=s) for s, o in POINTS[:2]]
+    comp = [exp.config("quick", [*over, *o, "train.compile=true"], seed=s) for s, o in POINTS[:2]]
+    a = train_ensemble([EnsembleMember(c, tmp_path / f"e{i}") for i, c in enumerate(eager)])
+    assert not calls
+    b = train_ensemble([EnsembleMember(c, tmp_path / f"c{i}") for i, c in enumerate(comp)])
+    assert len(calls) == 1 and calls[0].__name__ == "fwd"
+    for i in range(2):
+        assert b[i]["status"] == "finished"
+        assert b[i]["final"]["loss"] == pytest.approx(a[i]["final"]["loss"], rel=1e-6)
+        assert b[i]["final"]["val_loss"] == pytest.approx(a[i]["final"]["val_loss"], rel=1e-6)
 
 
 def test_memory_estimate_and_planning() -> None:

@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -38,6 +39,8 @@ from torch import nn
 from .errors import RankdecayError
 from .heads import attention_heads
 from .monitor import SpectralMonitor, circuit_records, matrix_records
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = [
     "AMP_MODES",
@@ -134,11 +137,12 @@ def loss_precision(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def maybe_compile(module: nn.Module, enabled: bool, **options: Any) -> nn.Module:
+def maybe_compile(module: _F, enabled: bool, **options: Any) -> _F:
     """``torch.compile(module, **options)`` when ``enabled``, else ``module`` unchanged.
 
-    The returned wrapper shares the parameters of ``module``; train and checkpoint ``module``,
-    call the wrapper. Errors surface at the first call (compilation is lazy).
+    ``module`` is an ``nn.Module`` or a function (e.g. the ensemble's batched forward). The
+    returned wrapper shares the parameters of ``module``; train and checkpoint ``module``, call
+    the wrapper. Errors surface at the first call (compilation is lazy).
     """
     if not enabled:
         return module

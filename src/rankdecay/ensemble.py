@@ -33,8 +33,9 @@ Members therefore match solo runs to float rounding (tested; with ``polar="newto
 the Newton–Schulz tolerance, since the batch's iteration count is that of its slowest member).
 
 Not batched (the executor runs these solo): experiments not built on ``train`` (e.g.
-factorization, attention-svm), LRD ``granularity="product"``, ``train.compile`` (the batched
-forward is not compiled). Members whose training batches differ in shape (e.g. full-batch
+factorization, attention-svm), LRD ``granularity="product"``. With ``train.compile`` the training
+step's batched forward (and so its backward) goes through ``torch.compile``; evaluation stays
+eager. Members whose training batches differ in shape (e.g. full-batch
 training on different data fractions) are split into sub-ensembles automatically.
 
 Checkpoints and resume: every ``checkpoint_every`` steps each member writes its own checkpoint in
@@ -462,12 +463,12 @@ class BatchedLowRankDecay:
             return W.reshape(M, W.shape[1], H, dh).permute(0, 2, 1, 3)
         return W.reshape(M, H, dh, W.shape[2])  # q/k/v (M, H·dh, d) → (M, H, dh, d)
 
-    def _unblock(self, name: str, D: Tensor, W: Tensor) -> Tensor:
-        if self.granularity == "matrix" or ".attn." not in name:
-            return D.reshape(W.shape)
-        if name.endswith(".o.weight"):
-            return D.permute(0, 2, 1, 3).reshape(W.shape)
-        return D.reshape(W.shape)
+    def _unblock(self, name: str, D: Tensor, shape: Sequence[int]) -> Tensor:
+        """Inverse of :meth:`_blocks`: (M', n, a, b) → the stored layout (M', *shape)."""
+        out = (len(D), *shape)
+        if self.granularity == "head" and name.endswith(".attn.o.weight"):
+            return D.permute(0, 2, 1, 3).reshape(out)
+        return D.reshape(out)
 
     @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
@@ -477,15 +478,21 @@ class BatchedLowRankDecay:
         from .polar import polar as polar_factor
 
         cs = [s * lr if sb else s for s, lr, sb in zip(self.strengths, lrs, self.scale_by_lr)]
+        # only members with c ≠ 0 pay for the decomposition (an L2-arm member has c = 0)
+        on = [i for i, c in enumerate(cs) if c != 0.0]
+        if not on:
+            return
+        M = len(cs)
+        rows = None if len(on) == M else torch.tensor(on, device=self.params[self.names[0]].device)
         buckets: dict[tuple[Any, ...], list[tuple[str, Tensor]]] = {}
         for n in self.names:
-            W = self.params[n]
-            X = self._blocks(n, W.detach())
+            W = self.params[n].detach()
+            X = self._blocks(n, W if rows is None else W.index_select(0, rows))
             buckets.setdefault((X.shape[1:], X.dtype), []).append((n, X))
         for items in buckets.values():
-            X = torch.cat([x for _, x in items], dim=1)  # (M, n_total, a, b)
+            X = torch.cat([x for _, x in items], dim=1)  # (M_on, n_total, a, b)
             X = torch.nan_to_num(X)  # a failed (NaN) member must not break the batched SVD
-            c = torch.tensor(cs, dtype=X.dtype, device=X.device).view(-1, 1, 1, 1)
+            c = torch.tensor([cs[i] for i in on], dtype=X.dtype, device=X.device).view(-1, 1, 1, 1)
             if self.mode == "svt":
                 U, S, Vh = torch.linalg.svd(X, full_matrices=False)
                 S_new = torch.clamp(S - c.squeeze(-1), min=0.0)
@@ -496,7 +503,11 @@ class BatchedLowRankDecay:
             for n, x in items:
                 k = x.shape[1]
                 W = self.params[n]
-                W.data.sub_(self._unblock(n, delta[:, start : start + k], W))
+                D = self._unblock(n, delta[:, start : start + k], W.shape[1:])
+                if rows is None:
+                    W.data.sub_(D)
+                else:
+                    W.data.index_add_(0, rows, D, alpha=-1.0)
                 start += k
 
 
@@ -530,8 +541,6 @@ def unsupported_reason(cfg: Any) -> str | None:
         return f"optimizer {optim.name!r}"
     if lrd.strength > 0 and lrd.granularity not in ("matrix", "head"):
         return f"LRD granularity {lrd.granularity!r}"
-    if cfg.train.compile:
-        return "train.compile is on"
     return None
 
 
@@ -607,65 +616,81 @@ def _stack_batches(batches: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Te
     return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
 
 
-def _pad_eval(
-    sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]],
-) -> dict[str, tuple[Tensor, Tensor, list[int]]]:
-    """Per eval-set name: members' x, y padded to the longest (targets −100 = ignored) and stacked."""
-    out: dict[str, tuple[Tensor, Tensor, list[int]]] = {}
-    for name in sets[0]:
-        xs = [s[name][0] for s in sets]
-        ys = [s[name][1] for s in sets]
-        n = max(x.shape[0] for x in xs)
-        px, py = [], []
-        for x, y in zip(xs, ys):
-            pad = n - x.shape[0]
-            if pad:
-                x = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
-                y = torch.cat(
-                    [y, torch.full((pad, *y.shape[1:]), -100, dtype=y.dtype, device=y.device)]
-                )
-            px.append(x)
-            py.append(y)
-        out[name] = (torch.stack(px), torch.stack(py), [x.shape[0] for x in xs])
-    return out
+@dataclasses.dataclass
+class _EvalStream:
+    """Every member's evaluation sets back to back: member i's rows are its sets concatenated,
+    ``sid`` (M, N) says which set each row belongs to (−1: padding). Concatenating before padding
+    means members whose sets split the same data differently (train fractions) pad nothing."""
+
+    names: list[str]
+    x: Tensor  # (M, N, …)
+    y: Tensor  # (M, N, …) targets, −100 = ignored
+    sid: Tensor  # (M, N) int64 set index
+
+
+def _eval_stream(sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]]) -> _EvalStream:
+    names = list(sets[0])
+    xs, ys, ids = [], [], []
+    for s in sets:
+        xs.append(torch.cat([s[n][0] for n in names]))
+        ys.append(torch.cat([s[n][1] for n in names]))
+        ids.append(
+            torch.cat(
+                [
+                    torch.full((len(s[n][0]),), j, dtype=torch.int64, device=xs[-1].device)
+                    for j, n in enumerate(names)
+                ]
+            )
+        )
+    N = max(len(x) for x in xs)
+    for i, (x, y, sid) in enumerate(zip(xs, ys, ids)):
+        pad = N - len(x)
+        if pad:
+            xs[i] = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
+            ys[i] = torch.cat([y, y.new_full((pad, *y.shape[1:]), -100)])
+            ids[i] = torch.cat([sid, sid.new_full((pad,), -1)])
+    return _EvalStream(names, torch.stack(xs), torch.stack(ys), torch.stack(ids))
 
 
 @torch.no_grad()
 def _batched_evaluate(
-    forward: Callable[[Tensor], Tensor],
-    sets: Mapping[str, tuple[Tensor, Tensor, list[int]]],
-    batch_size: int,
-    amp: Any,
+    forward: Callable[[Tensor], Tensor], stream: _EvalStream, batch_size: int, amp: Any
 ) -> list[dict[str, float]]:
-    """``rankdecay.train.evaluate`` for every member at once: token-weighted loss and accuracy."""
-    results: list[dict[str, float]] = []
-    for name, (x, y, _sizes) in sets.items():
-        M = x.shape[0]
-        loss_sum = torch.zeros(M, dtype=torch.float64, device=x.device)
-        hit_sum = torch.zeros(M, dtype=torch.float64, device=x.device)
-        count = torch.zeros(M, dtype=torch.float64, device=x.device)
-        for i in range(0, x.shape[1], batch_size):
-            xb, yb = x[:, i : i + batch_size], y[:, i : i + batch_size]
-            with amp:
-                logits = forward(xb)
-            C = logits.shape[-1]
-            z = loss_precision(logits).reshape(M, -1, C)
-            t = yb.reshape(M, -1)
-            valid = t != -100
-            ce = F.cross_entropy(
-                z.reshape(-1, C), t.reshape(-1), ignore_index=-100, reduction="none"
-            )
-            loss_sum += ce.reshape(M, -1).double().sum(1)
-            hit_sum += ((z.argmax(-1) == t) & valid).double().sum(1)
-            count += valid.double().sum(1)
-        loss = (loss_sum / count.clamp_min(1)).tolist()
-        acc = (hit_sum / count.clamp_min(1)).tolist()
-        for m in range(M):
-            if len(results) <= m:
-                results.append({})
-            results[m][f"{name}_loss"] = loss[m]
-            results[m][f"{name}_acc"] = acc[m]
-    return results
+    """``rankdecay.train.evaluate`` for every member at once: token-weighted loss and accuracy
+    per evaluation set, summed in float64 per (member, set)."""
+    M, N = stream.sid.shape
+    S = len(stream.names)
+    dev = stream.x.device
+    loss_sum = torch.zeros(M * S, dtype=torch.float64, device=dev)
+    hit_sum = torch.zeros(M * S, dtype=torch.float64, device=dev)
+    count = torch.zeros(M * S, dtype=torch.float64, device=dev)
+    offset = (torch.arange(M, device=dev) * S).unsqueeze(1)  # (M, 1)
+    for i in range(0, N, batch_size):
+        xb, yb = stream.x[:, i : i + batch_size], stream.y[:, i : i + batch_size]
+        sid = stream.sid[:, i : i + batch_size]
+        with amp:
+            logits = forward(xb)
+        C = logits.shape[-1]
+        z = loss_precision(logits).reshape(M, -1, C)
+        t = yb.reshape(M, -1)
+        per_row = t.shape[1] // sid.shape[1]  # targets per example (T for readout "all")
+        where = (sid.repeat_interleave(per_row, dim=1) + offset).reshape(-1)
+        valid = (t != -100) & (where.reshape(M, -1) >= offset)
+        ce = F.cross_entropy(z.reshape(-1, C), t.reshape(-1), ignore_index=-100, reduction="none")
+        where = torch.where(valid.reshape(-1), where, 0)
+        v = valid.reshape(-1).double()
+        loss_sum.index_add_(0, where, ce.double() * v)
+        hit_sum.index_add_(0, where, (z.argmax(-1) == t).reshape(-1).double() * v)
+        count.index_add_(0, where, v)
+    loss = (loss_sum / count.clamp_min(1)).reshape(M, S).tolist()
+    acc = (hit_sum / count.clamp_min(1)).reshape(M, S).tolist()
+    return [
+        {
+            **{f"{n}_loss": loss[m][j] for j, n in enumerate(stream.names)},
+            **{f"{n}_acc": acc[m][j] for j, n in enumerate(stream.names)},
+        }
+        for m in range(M)
+    ]
 
 
 def _split_by(
@@ -831,7 +856,7 @@ class _Ensemble:
         device: torch.device,
         loaded: list[Any],
     ) -> None:
-        from .device import autocast, spectra_monitor
+        from .device import autocast, maybe_compile, spectra_monitor
         from .train import (
             _final_values,
             _Progress,
@@ -906,6 +931,9 @@ class _Ensemble:
             def fwd(x: Tensor) -> Tensor:
                 return batched_forward(mcfg, stacked, x, rope)
 
+        # train.compile: the training step's batched forward goes through torch.compile (its
+        # shapes are fixed); evaluation, whose chunk shapes vary, stays eager
+        train_fwd = maybe_compile(fwd, tc.compile)
         amp = autocast(device, tc.amp)
         monitors = [
             spectra_monitor(
@@ -917,7 +945,7 @@ class _Ensemble:
             )
             for model in models
         ]
-        eval_sets = _pad_eval(
+        eval_sets = _eval_stream(
             [
                 {k: (x.to(device), y.to(device)) for k, (x, y) in t.eval_sets().items()}
                 for t in tasks
@@ -938,7 +966,9 @@ class _Ensemble:
             def run() -> dict[str, float]:
                 if step not in eval_cache:
                     eval_cache.clear()
-                    eval_cache[step] = _batched_evaluate(fwd, eval_sets, tc.eval_batch_size, amp)
+                    # a chunk holds eval_batch_size examples in all, as in a solo run
+                    chunk = max(1, tc.eval_batch_size // M)
+                    eval_cache[step] = _batched_evaluate(fwd, eval_sets, chunk, amp)
                 return eval_cache[step][i]
 
             return run
@@ -1027,7 +1057,7 @@ class _Ensemble:
                     if x.device != device:
                         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     with amp:
-                        logits = fwd(x)
+                        logits = train_fwd(x)
                     z = loss_precision(logits)
                     C = z.shape[-1]
                     ce = F.cross_entropy(
