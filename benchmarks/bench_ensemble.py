@@ -2,7 +2,7 @@
 
 The grid is R4's (grokking): 2 layers, d_model 128, 4 heads, MLP 512, batch 512, (a+b) mod 113,
 both arms, fractions × seeds, with the quick preset's cadences (eval/monitor every 100 steps) and
-fewer steps. Both executors run the same sweep (same run names, into separate directories) with
+fewer steps (``--set KEY=VALUE`` adds overrides to both, e.g. ``train.compile=true``). Both executors run the same sweep (same run names, into separate directories) with
 the same CPU budget (``--workers`` processes × 1 thread each), and the script prints runs/hour of
 each and their ratio, plus the largest relative difference of the runs' final validation loss
 between the two sweeps (the ensemble must reproduce the local runs).
@@ -35,6 +35,7 @@ def _sweep(executor: str, out: Path, args: argparse.Namespace) -> float:
         "train.log_every": 50,
         "train.checkpoint_every": args.steps,
         "train.device": "cpu",
+        **dict(kv.split("=", 1) for kv in args.set),
     }
     options: dict = {"workers": args.workers, "threads_per_worker": 1}
     if executor == "ensemble" and args.members:
@@ -73,6 +74,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--members", type=int, default=None, help="ensemble size (default: auto)")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for both sweeps, e.g. train.compile=true (repeatable)",
+    )
     p.add_argument("--json", default=None, help="write the measurements here")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

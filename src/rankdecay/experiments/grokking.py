@@ -81,7 +81,7 @@ class GrokkingConfig:
             log_every=50,
             checkpoint_every=1000,
             monitor_every=100,
-            eval_batch_size=8192,
+            eval_batch_size=1024,  # CPU: 2× faster than 8192 (cache); GPU: still few launches
         )
     )
 
