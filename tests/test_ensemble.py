@@ -491,3 +491,47 @@ def test_float64_cannot_be_combined_with_bf16(tmp_path: Path) -> None:
     with pytest.raises(RankdecayError, match="train.amp=none"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+def test_gpu_phase_benchmark_runs_at_tiny_scale_and_counts_flops(tmp_path: Path) -> None:
+    """benchmarks/gpu_phase.py (the H100 target's script) end to end on the CPU at tiny size, and
+    its per-member FLOP count against the closed form for R4's model: every linear map costs
+    2·rows·d_in·d_out forward and twice that backward; the last block runs q, o and the MLP on
+    the last position only (readout "last")."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import gpu_phase
+    finally:
+        sys.path.pop(0)
+    cfg = get_experiment("grokking").config("phase", ["train.batch_size=8"], seed=0)
+    step, per_example = gpu_phase.member_flops(cfg)
+    m, B = cfg.model, 8
+    T, d, f, V = 3, m.d_model, m.d_mlp, 113
+    full = T * (4 * d * d + 2 * d * f)  # block 1: q, k, v, o and the MLP at every position
+    last = T * 2 * d * d + (2 * d * d + 2 * d * f)  # block 2: k, v everywhere; the rest once
+    matmuls = 2 * B * (full + last + d * V)
+    attention = 2 * 2 * B * m.n_heads * (T * T + T) * m.head_dim  # QKᵀ and AV, both blocks
+    # FlopCounterMode counts attention only for the kernels it knows (the CUDA ones, not CPU flash)
+    counted_attention = per_example * B - matmuls
+    assert counted_attention in (0, attention)
+    if counted_attention == 0:
+        assert step == 3 * matmuls  # backward = 2 × forward for every matmul (inputs and weights)
+    else:
+        assert 3 * matmuls < step <= 3 * (matmuls + attention)
+    report = gpu_phase.main(
+        [
+            "--steps=3",
+            "--device=cpu",
+            "--fractions=0.3,0.5",
+            "--strengths=1e-3",
+            "--seeds=1",
+            "--set=train.batch_size=16",
+            f"--out={tmp_path / 'sweep'}",
+            f"--json={tmp_path / 'report.json'}",
+        ]
+    )
+    assert report["runs"] == report["finished"] == 4 and report["ensemble_sizes"] == [4]
+    assert report["achieved_tflops"] > 0 and report["fraction_of_peak"] is None  # CPU: no peak
+    assert (
+        json.loads((tmp_path / "report.json").read_text())["total_flops"] == report["total_flops"]
+    )
