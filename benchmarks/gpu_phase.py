@@ -82,6 +82,29 @@ def peak_tflops(device: str, amp: str) -> tuple[str, float | None]:
     return name, None
 
 
+def lrd_preflight(cfg: Any, n_lrd: int, steps: int, device: str) -> dict[str, float]:
+    """Seconds one ensemble step's Low-Rank Decay polar factor takes on ``device`` for ``n_lrd``
+    LRD members (4 matrices of d_model × d_model each: W_Q, W_K of 2 layers), by method, and the
+    projection over ``steps`` — batched SVD is a loop of small SVDs on some backends, which can
+    dominate a GPU run; ``--set lrd.polar=newton_schulz`` is the matmul-only alternative."""
+    from rankdecay.polar import polar
+
+    d = cfg.model.d_model
+    X = torch.randn(max(1, n_lrd), 2 * cfg.model.n_layers, d, d, device=device)
+    out: dict[str, float] = {}
+    for method in ("svd", "newton_schulz"):
+        polar(X, method)  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        polar(X, method)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        out[f"{method}_s_per_step"] = time.perf_counter() - t
+        out[f"{method}_s_total"] = out[f"{method}_s_per_step"] * steps
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2500)
@@ -113,6 +136,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     n_eval = sum(len(x) for x, _ in task.eval_sets().values())  # train + val = all pairs
     evals = len({*range(0, args.steps + 1, cfg.train.eval_every), args.steps})  # + the last step
 
+    n_lrd = len(spec.seeds) * sum(p.get("arm") == "lrd" for p in spec.points())
+    pre = lrd_preflight(cfg, n_lrd, args.steps, args.device)
+    print(
+        f"LRD polar of {n_lrd} members' W_Q, W_K per step on {args.device}: "
+        + ", ".join(
+            f"{m} {pre[f'{m}_s_per_step'] * 1e3:.1f} ms (× {args.steps} = {pre[f'{m}_s_total']:.0f} s)"
+            for m in ("svd", "newton_schulz")
+        )
+        + f"; this run uses lrd.polar={cfg.lrd.polar}",
+        flush=True,
+    )
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gpu_phase-"))
     options: dict[str, Any] = {}
     if args.members:
@@ -151,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "flops_per_member_step": step_flops,
         "eval_flops_per_example": eval_flops,
         "total_flops": flops,
+        "lrd_preflight": pre,
         "achieved_tflops": achieved,
         "peak_tflops": peak,
         "fraction_of_peak": achieved / peak if peak else None,
