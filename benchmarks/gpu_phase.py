@@ -13,7 +13,12 @@ device, times it end to end, and reports:
   (fp32, TF32 if ``torch.backends.cuda.matmul.allow_tf32``, or bf16 with ``train.amp=bf16``)
   from a table of datasheet peaks (dense), or ``--peak-tflops``.
 
-The issue-7 target is ≤ 10 minutes on one H100 for 2500 steps:
+Before the sweep it prints two pre-flight timings on the device, each projected over the run:
+Low-Rank Decay's batched polar factor (SVD vs Newton–Schulz) and one member's spectral recording
+(float64 SVDs on the GPU vs on the CPU) — the two parts that are loops of small decompositions
+rather than batched matmuls. Pick ``--set lrd.polar=…`` / ``--set train.spectra_device=…`` from
+them (and say so next to the figure). The issue-7 target is ≤ 10 minutes on one H100 for 2500
+steps:
 
     python benchmarks/gpu_phase.py --steps 2500 --device cuda --json $OUT/gpu_phase.json
 
@@ -105,6 +110,25 @@ def lrd_preflight(cfg: Any, n_lrd: int, steps: int, device: str) -> dict[str, fl
     return out
 
 
+def monitor_preflight(cfg: Any, runs: int, events: int, device: str) -> dict[str, float]:
+    """Seconds one member's spectral recording takes with the float64 SVDs on ``device``
+    (``train.spectra_device=model``) and on the CPU (``=cpu``), and the projection over ``runs``
+    members × ``events`` recordings — small float64 SVDs can be slow on a GPU."""
+    from rankdecay.device import spectra_monitor
+    from rankdecay.train import build_model
+
+    model = build_model(cfg.model, cfg.task.build(0)).to(device)
+    out: dict[str, float] = {}
+    for where in ("model", "cpu"):
+        mon = spectra_monitor(model, where, every=1, keep_records=False)
+        mon.compute(0)  # warm-up
+        t = time.perf_counter()
+        mon.compute(0)
+        out[f"{where}_s_per_record"] = time.perf_counter() - t
+        out[f"{where}_s_total"] = out[f"{where}_s_per_record"] * runs * events
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2500)
@@ -147,6 +171,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         + f"; this run uses lrd.polar={cfg.lrd.polar}",
         flush=True,
     )
+    n_runs = len(spec.seeds) * len(spec.points())
+    records = len({*range(0, args.steps + 1, cfg.train.monitor_every), args.steps})
+    mon = monitor_preflight(cfg, n_runs, records, args.device)
+    print(
+        f"spectral monitor, one member's recording: on the model's device "
+        f"{mon['model_s_per_record'] * 1e3:.1f} ms, on the CPU {mon['cpu_s_per_record'] * 1e3:.1f} ms "
+        f"(× {n_runs} runs × {records} recordings = {mon['model_s_total']:.0f} s / "
+        f"{mon['cpu_s_total']:.0f} s); this run uses train.spectra_device={cfg.train.spectra_device}",
+        flush=True,
+    )
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gpu_phase-"))
     options: dict[str, Any] = {}
     if args.members:
@@ -186,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "eval_flops_per_example": eval_flops,
         "total_flops": flops,
         "lrd_preflight": pre,
+        "monitor_preflight": mon,
         "achieved_tflops": achieved,
         "peak_tflops": peak,
         "fraction_of_peak": achieved / peak if peak else None,
