@@ -395,6 +395,22 @@ def test_memory_estimate_and_planning() -> None:
     double = member_bytes(exp.config("quick", [*TINY, "train.dtype=float64"]), task)
     assert double == pytest.approx(2 * small, rel=1e-6)  # every float is 8 bytes instead of 4
     assert auto_members(cfg, task, torch.device("cpu")) >= 1
+
+
+def test_cpu_ensembles_are_capped_by_the_activation_budget(monkeypatch) -> None:
+    import rankdecay.device as device
+    from rankdecay.ensemble import CPU_ACTIVATION_BUDGET, cpu_members
+
+    exp = get_experiment("grokking")
+    r4 = exp.config("paper", [])
+    task = r4.task.build(0)
+    per_member = 512 * 3 * 512 * 4  # batch · tokens · d_mlp (the widest) · float32
+    assert cpu_members(r4, task) == CPU_ACTIVATION_BUDGET // per_member == 4
+    half = exp.config("paper", ["train.batch_size=256"])
+    assert cpu_members(half, task) == 8
+    monkeypatch.setattr(device, "available_memory", lambda dev: 1 << 40)  # memory is no limit
+    assert auto_members(r4, task, torch.device("cpu")) == 4
+    assert auto_members(r4, task, torch.device("meta")) > 1000  # accelerators: memory only
     tasks = [
         RunTask(
             i,

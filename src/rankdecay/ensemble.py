@@ -47,8 +47,9 @@ summary says so); the others go on.
 
 Ensemble size: :func:`member_bytes` estimates one member's memory (parameters, gradients and
 optimizer states: 4 copies of the parameters; activations of a training batch and of an
-evaluation chunk); :func:`auto_members` fits as many as half the free memory allows
-(:func:`rankdecay.device.available_memory`), overridable with ``--members N``.
+evaluation chunk); :func:`auto_members` fits as many as half the free memory
+(:func:`rankdecay.device.available_memory`) allows, on a CPU at most :func:`cpu_members` (wider
+batched tensors fall out of the caches); ``--members N`` overrides it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ __all__ = [
     "EnsembleExecutor",
     "EnsembleMember",
     "auto_members",
+    "cpu_members",
     "batched_forward",
     "ensemble_key",
     "member_bytes",
@@ -602,11 +604,34 @@ def member_bytes(cfg: Any, task: Any) -> int:
     return int(1.5 * (4 * params + acts(tc.batch_size) + acts(tc.eval_batch_size) // 3))
 
 
+#: CPU ensembles: the members' widest training activation together stays under this many bytes
+CPU_ACTIVATION_BUDGET = 12 * 2**20
+
+
+def cpu_members(cfg: Any, task: Any) -> int:
+    """Largest CPU ensemble whose widest activation, batch·T·max(d_model, d_mlp, 3·H·d_head)
+    floats per member, fits in :data:`CPU_ACTIVATION_BUDGET` (≥ 1).
+
+    On a CPU the batched kernels are no cheaper per member than a solo run's, and M-fold wider
+    tensors fall out of the caches: R4's step (3 MiB per member) costs 41, 43, 47, 48, 53 ms per
+    member at M = 2, 4, 8, 16, 32 against 46–51 ms solo (``benchmarks/ensemble_step.py``,
+    docs/benchmarks.md). The budget keeps R4 at 4 members; tiny models, where per-op overhead
+    dominates and batching pays, get many more.
+    """
+    _, mcfg = _param_bytes(cfg, task)
+    T = mcfg.seq_len
+    width = max(mcfg.d_model, mcfg.d_mlp, 3 * mcfg.n_heads * mcfg.head_dim)
+    itemsize = param_dtype(cfg.train.dtype, cfg.train.amp).itemsize
+    return max(1, CPU_ACTIVATION_BUDGET // max(1, cfg.train.batch_size * T * width * itemsize))
+
+
 def auto_members(cfg: Any, task: Any, device: torch.device, fraction: float = 0.5) -> int:
-    """How many members fit in ``fraction`` of the free memory of ``device`` (≥ 1)."""
+    """How many members fit in ``fraction`` of the free memory of ``device`` (≥ 1); on a CPU also
+    at most :func:`cpu_members` (larger CPU ensembles are slower per member)."""
     from .device import available_memory
 
-    return max(1, int(fraction * available_memory(device) // max(1, member_bytes(cfg, task))))
+    fit = max(1, int(fraction * available_memory(device) // max(1, member_bytes(cfg, task))))
+    return min(fit, cpu_members(cfg, task)) if device.type == "cpu" else fit
 
 
 # ============================================================================ the loop
@@ -1297,8 +1322,8 @@ class EnsembleExecutor(Executor):
             size = self.members
             if size is None:
                 task = cfg.task.build(cfg.seed)
-                size = auto_members(cfg, task, resolve_device(cfg.train.device)) // self.workers
-                size = max(1, size)
+                device = resolve_device(cfg.train.device)
+                size = max(1, auto_members(cfg, task, device, fraction=0.5 / self.workers))
             # spread a group over the workers when it is smaller than workers × size
             n_chunks = max(math.ceil(len(group) / size), min(self.workers, len(group)))
             per = math.ceil(len(group) / n_chunks)
