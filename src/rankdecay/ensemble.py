@@ -24,10 +24,10 @@ Exactness. Member i's computation is that of a solo run of its config, batched:
   θ ← θ(1 − lr·λ); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
   θ ← θ − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)); gradient clipping by each member's global norm.
 - Low-Rank Decay (:class:`BatchedLowRankDecay`): after the step, W ← W − c_i·polar(W) (or the
-  SVT form) on each targeted matrix, batched over members (one batched SVD / Newton–Schulz),
-  c_i = strength_i·lr_i (``scale_by_lr``) or strength_i. The polar factor of a stored weight is
-  the transpose of that of the adapter's view (polar(Wᵀ) = polar(W)ᵀ), so this is
-  :class:`rankdecay.decay.LowRankDecay` with matrix or head granularity.
+  SVT form) on each targeted matrix, batched over the members with c_i ≠ 0 (one batched SVD /
+  Newton–Schulz), c_i = strength_i·lr_i (``scale_by_lr``) or strength_i. The polar factor of a
+  stored weight is the transpose of that of the adapter's view (polar(Wᵀ) = polar(W)ᵀ), so this
+  is :class:`rankdecay.decay.LowRankDecay` with matrix or head granularity.
 
 Members therefore match solo runs to float rounding (tested; with ``polar="newton_schulz"`` to
 the Newton–Schulz tolerance, since the batch's iteration count is that of its slowest member).
@@ -77,8 +77,8 @@ __all__ = [
     "EnsembleExecutor",
     "EnsembleMember",
     "auto_members",
-    "cpu_members",
     "batched_forward",
+    "cpu_members",
     "ensemble_key",
     "member_bytes",
     "stack_models",
