@@ -119,11 +119,7 @@ def ensemble(M: int, reps: int, compile_: bool) -> dict[str, float]:
     pre = [build_optimizer(m, o, None)[0] for m, (o, _) in zip(models, settings)]
     own = [dict(m.named_parameters()) for m in models]
     P = E.stack_models(models)
-    wd: dict[str, list[float]] = {n: [] for n in P}
-    for opt, params in zip(pre, own):
-        of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
-        for n in P:
-            wd[n].append(float(of[id(params[n])]))
+    wd = E.member_weight_decays(pre, own)
     o0 = settings[0][0]
     bo = E.BatchedOptimizer(P, o0.name, wd, [tuple(o0.betas)] * M, [o0.eps] * M, [0.0] * M)
     lrds = [s[1] for s in settings]

@@ -513,6 +513,19 @@ class BatchedLowRankDecay:
                 start += k
 
 
+def member_weight_decays(
+    optimizers: Sequence[torch.optim.Optimizer], params: Sequence[Mapping[str, Tensor]]
+) -> dict[str, list[float]]:
+    """Parameter name → the weight decay each member's own optimizer gives it (from its param
+    groups, e.g. per-role decay), in member order: the ``weight_decay`` of :class:`BatchedOptimizer`."""
+    out: dict[str, list[float]] = {n: [] for n in params[0]}
+    for opt, named in zip(optimizers, params):
+        of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+        for n in out:
+            out[n].append(float(of[id(named[n])]))
+    return out
+
+
 # ============================================================================ members
 
 
@@ -900,12 +913,7 @@ class _Ensemble:
         pre_params = [dict(model.named_parameters()) for model in models]
         stacked = stack_models(models)
         names = list(stacked)
-        # per-member weight decay of every parameter, from the member's own param groups
-        wd: dict[str, list[float]] = {n: [] for n in names}
-        for pre, params in zip(pre_opts, pre_params):
-            of = {id(p): g["weight_decay"] for g in pre.param_groups for p in g["params"]}
-            for n in names:
-                wd[n].append(float(of[id(params[n])]))
+        wd = member_weight_decays(pre_opts, pre_params)
         optims = [s[0] for s in settings]
         # solo-format optimizers over the members' (now stacked-view) parameters, for checkpoints
         solo_opts = [build_optimizer(model, o, None)[0] for model, o in zip(models, optims)]
