@@ -81,6 +81,7 @@ __all__ = [
     "cpu_members",
     "ensemble_key",
     "member_bytes",
+    "member_weight_decays",
     "stack_models",
     "train_ensemble",
     "unsupported_reason",
