@@ -184,6 +184,10 @@ def test_batched_evaluation_equals_each_members_evaluate(variant: dict, chunk: i
         assert res.keys() == ref.keys()
         for k in ref:
             assert res[k] == pytest.approx(ref[k], rel=1e-12, abs=1e-12), k
+    x, y = sets[0]["val"]
+    sets[0]["val"] = (x[:, :-1], y if y.dim() == 1 else y[:, :-1])  # shorter sequences
+    with pytest.raises(RankdecayError, match="--executor local"):
+        _eval_stream(sets)
 
 
 @pytest.mark.parametrize(

@@ -669,6 +669,12 @@ class _EvalStream:
 
 def _eval_stream(sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]]) -> _EvalStream:
     names = list(sets[0])
+    shapes = {(tuple(s[n][0].shape[1:]), tuple(s[n][1].shape[1:])) for s in sets for n in names}
+    if len(shapes) > 1:
+        raise RankdecayError(
+            f"the ensemble evaluates all evaluation sets ({', '.join(names)}) as one stream, but "
+            f"their example shapes differ ({sorted(shapes)}); run these with --executor local."
+        )
     xs, ys, ids = [], [], []
     for s in sets:
         xs.append(torch.cat([s[n][0] for n in names]))
