@@ -50,6 +50,7 @@ from .errors import RankdecayError
 __all__ = [
     "AttentionAdapter",
     "LayerHeads",
+    "UnrecognizedAttentionWarning",
     "UnsupportedModelError",
     "attention_heads",
     "find_adapter",
@@ -84,6 +85,16 @@ class LayerHeads:
     ov_params: tuple[str, ...] = ()
     #: free-form notes the report shows (e.g. "gain of ln_1 folded into W_Q, W_K, W_V").
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: what changes how the spectra read, e.g. {"rotary": True, "partial_rotary": 0.5,
+    #: "qk_norm": "per_head" | "full", "softcap": 50.0, "relative_position_bias": True,
+    #: "sliding_window": 4096, "cross_attention": True} (``rotary`` above is kept as well).
+    flags: dict[str, object] = field(default_factory=dict)
+    #: "self" or "cross" (keys/values read another sequence: an encoder's states, an image ...).
+    kind: str = "self"
+    #: products of more than two factors (MLA, LoRA's W + s·BA): when a circuit ("qk"/"ov") has an
+    #: entry ((A₁, A₂, ...), (B₁, B₂, ...)), that circuit is (A₁A₂⋯)(B₁B₂⋯)ᵀ, every factor batched
+    #: over heads (leading dim H) or shared (no leading dim); analyze then uses the chain SVD.
+    chains: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] | None = None
 
     @property
     def n_heads(self) -> int:
@@ -116,8 +127,13 @@ class AttentionAdapter:
 _ADAPTERS: list[AttentionAdapter] = []
 
 
-class UnsupportedModelError(RankdecayError):
-    """No adapter recognises the model."""
+class UnsupportedModelError(RankdecayError, ValueError):
+    """No adapter recognises the model (or, with ``strict=True``, one of its attention modules)."""
+
+
+class UnrecognizedAttentionWarning(UserWarning):
+    """A module that looks like attention (by its class name or its q/k/v-like children) was not
+    extracted: its heads are missing from spectra and its weights get no attention role."""
 
 
 def register_adapter(predicate: Predicate, extractor: Extractor, name: str | None = None) -> None:
