@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # spectra
     "factored_svdvals": "spectra",
+    "factored_svdvals_chain": "spectra",
     "factored_spectrum": "spectra",
     "rank": "spectra",
     "effective_rank": "spectra",
@@ -86,6 +87,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         effective_rank,
         factored_spectrum,
         factored_svdvals,
+        factored_svdvals_chain,
         frobenius_norm,
         norm_gap,
         nuclear_norm,

@@ -28,6 +28,7 @@ Metrics (on singular values σ₁ ≥ σ₂ ≥ … ≥ 0, shape (..., k))
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -46,6 +47,7 @@ __all__ = [
     "factored_spectrum",
     "factored_svd",
     "factored_svdvals",
+    "factored_svdvals_chain",
     "frobenius_norm",
     "norm_gap",
     "nuclear_norm",
@@ -103,6 +105,74 @@ def factored_svdvals(A: Tensor, B: Tensor, dtype: torch.dtype | None = torch.flo
     # Only the triangular factors are needed: mode="r" skips forming Q (about a third faster).
     R_A = torch.linalg.qr(A, mode="r")[1]  # (..., k1, r)
     R_B = torch.linalg.qr(B, mode="r")[1]  # (..., k2, r)
+    return torch.linalg.svdvals(R_A @ R_B.mT)
+
+
+def _chain_r(factors: Sequence[Tensor], dtype: torch.dtype | None, side: str) -> Tensor:
+    """R with A₁A₂⋯A_k = Q·R (Q orthonormal columns) by a QR cascade, never forming the product.
+
+    A₁ = Q₁R₁; then A₁A₂ = Q₁(R₁A₂) and R₁A₂ = Q₂R₂, …, so A₁⋯A_k = (Q₁Q₂⋯Q_k)·R_k with
+    Q₁⋯Q_k orthonormal columns. Leading (batch) dims broadcast; an unbatched leading factor (2-D)
+    is decomposed once and shared by every batch element.
+    """
+    if len(factors) == 0:
+        raise ValueError(f"the {side} chain needs at least one factor; got none.")
+    R: Tensor | None = None
+    for i, F in enumerate(factors):
+        if not isinstance(F, Tensor) or F.dim() < 2:
+            shape = tuple(F.shape) if isinstance(F, Tensor) else type(F).__name__
+            raise ValueError(
+                f"factor {i} of the {side} chain must be a matrix (..., p, q); got {shape}."
+            )
+        if dtype is not None:
+            F = F.to(dtype)
+        if not (bool(torch.isfinite(F.sum())) or bool(torch.isfinite(F).all())):
+            raise NonFiniteInputError(
+                f"factor {i} of the {side} chain contains NaN or Inf, so the singular values are "
+                "undefined; check the weights (e.g. a diverged run) before analysing them."
+            )
+        if R is not None and R.shape[-1] != F.shape[-2]:
+            raise ValueError(
+                f"the {side} chain does not multiply: factor {i - 1} ends with {R.shape[-1]} "
+                f"columns (after reduction) but factor {i} has {F.shape[-2]} rows."
+            )
+        M = F if R is None else R @ F  # (..., k, q): small whenever R is (a QR already shrank it)
+        R = torch.linalg.qr(M, mode="r")[1]  # (..., min(k, q), q)
+    assert R is not None
+    return R
+
+
+def factored_svdvals_chain(
+    a_factors: Sequence[Tensor],
+    b_factors: Sequence[Tensor],
+    dtype: torch.dtype | None = torch.float64,
+) -> Tensor:
+    """Singular values of (A₁A₂⋯A_k)(B₁B₂⋯B_m)ᵀ from the factors, by QR cascades.
+
+    With A₁⋯A_k = Q_A R_A and B₁⋯B_m = Q_B R_B (Q with orthonormal columns; R from the cascade
+    R₁ = qr(A₁), Rⱼ = qr(Rⱼ₋₁Aⱼ)), the product is Q_A (R_A R_Bᵀ) Q_Bᵀ, so its singular values are
+    those of the small core R_A R_Bᵀ. No d×d matrix and no d×r chain product is ever formed; the
+    largest matrix decomposed is a factor itself (or R·factor). Used for MLA's low-rank query and
+    latent key/value paths and LoRA's W + s·B·A.
+
+    Args:
+        a_factors: A₁ (..., d₁, p₁), A₂ (..., p₁, p₂), …, A_k (..., p_{k−1}, r).
+        b_factors: B₁ (..., d₂, q₁), …, B_m (..., q_{m−1}, r) — the same final width r.
+            Leading dims broadcast across all factors (e.g. A₁ (d, p) shared, A₂ (H, p, r) per
+            head); a factor without leading dims is decomposed once for all of them.
+        dtype: compute dtype (float64 by default); ``None`` keeps the inputs'.
+
+    Returns:
+        (..., k) singular values, descending, k = min of the reduced ranks of both sides (all the
+        non-zero ones); the product's remaining singular values are 0.
+    """
+    R_A = _chain_r(a_factors, dtype, "A")
+    R_B = _chain_r(b_factors, dtype, "B")
+    if R_A.shape[-1] != R_B.shape[-1]:
+        raise ValueError(
+            f"(A₁⋯A_k)(B₁⋯B_m)ᵀ needs both chains to end with the same width; got {R_A.shape[-1]} "
+            f"and {R_B.shape[-1]}."
+        )
     return torch.linalg.svdvals(R_A @ R_B.mT)
 
 
