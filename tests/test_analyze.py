@@ -289,17 +289,17 @@ def test_load_errors(tmp_path: Path) -> None:
         load_model(tmp_path / "empty")
     _bert().save_pretrained(tmp_path / "corrupt")
     (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(RankdecayError, match="cannot be read"):
+    with pytest.raises(RankdecayError, match="damaged"):
         load_model(tmp_path / "corrupt")
     _bert().save_pretrained(tmp_path / "noweights")
     (tmp_path / "noweights" / "model.safetensors").unlink()
     with pytest.raises(RankdecayError, match="no model.safetensors"):
         load_model(tmp_path / "noweights")
-    (tmp_path / "unknown").mkdir()
+    _bert().save_pretrained(tmp_path / "unknown")
     (tmp_path / "unknown" / "config.json").write_text('{"model_type": "no-such-architecture"}')
     with pytest.raises(RankdecayError, match="config"):
         load_model(tmp_path / "unknown")
-    (tmp_path / "badjson").mkdir()
+    _bert().save_pretrained(tmp_path / "badjson")
     (tmp_path / "badjson" / "config.json").write_text("{not json")
     with pytest.raises(RankdecayError, match="config"):
         load_model(tmp_path / "badjson")

@@ -139,7 +139,7 @@ def _saved(tmp_path: Path, name: str) -> Path:
     [
         ("neox", "no adapter"),
         ("resnet", "no adapter"),
-        ("corrupt", "cannot be read"),
+        ("corrupt", "damaged"),
         ("noconfig", "no config.json"),
         ("missing", "does not exist"),
     ],

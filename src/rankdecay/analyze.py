@@ -37,8 +37,18 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .checkpoint import (
+    CheckpointIndex,
+    CorruptCheckpointError,
+    ModelNotFoundError,
+    UnsafePathError,
+    check_config_sizes,
+    hub_id_error,
+    looks_like_hub_id,
+    read_model_config,
+)
 from .errors import RankdecayError
-from .heads import LayerHeads, attention_heads, find_adapter
+from .heads import LayerHeads, UnsupportedModelError, attention_heads, find_adapter
 from .runio import atomic_write_json, atomic_write_text, read_json
 from .spectra import DEFAULT_RTOL, factored_spectrum, spectral_metrics
 
@@ -240,72 +250,51 @@ def _alias_dir(alias: str) -> Path:
 
 
 def resolve_source(source: str | os.PathLike[str]) -> Path:
-    """A model alias (``minilm``) or a path → the model directory, checked to exist."""
+    """A model alias (``minilm``), a run directory or a model directory → its path, checked.
+
+    A Hugging Face hub id (``"org/name"`` that is no local path) gets one sentence saying that
+    only local directories are read. A run's ``checkpoint/`` sub-directory resolves to the run.
+    Errors are :class:`~rankdecay.checkpoint.ModelNotFoundError` (also a ``FileNotFoundError``)
+    or :class:`~rankdecay.checkpoint.UnsafePathError` (a ``config.json`` that is not a regular file).
+    """
     text = os.fspath(source)
     if text.lower() in MODEL_ALIASES and not Path(text).exists():
         return _alias_dir(text.lower())
     path = Path(text).expanduser()
     if not path.exists():
+        if looks_like_hub_id(text):
+            raise hub_id_error(text)
         aliases = ", ".join(sorted(MODEL_ALIASES))
-        raise RankdecayError(
-            f"{text} does not exist; give a Hugging Face model directory (config.json + weights) "
-            f"or one of the aliases {aliases}."
+        raise ModelNotFoundError(
+            f"{text} does not exist; give a Hugging Face model directory (config.json + weights), "
+            f"a rankdecay run directory or one of the aliases {aliases}."
         )
     if path.is_file():
         path = path.parent if path.name == "config.json" else path
         if path.is_file():
-            raise RankdecayError(
+            raise ModelNotFoundError(
                 f"{text} is a file; give the Hugging Face model directory that holds it together with config.json."
             )
-    if not (path / "config.json").is_file():
-        raise RankdecayError(
+    if path.name == "checkpoint" and (path / "model.safetensors").exists():
+        if (path.parent / "config.json").is_file():
+            path = path.parent  # a run's checkpoint directory → the run
+    config = path / "config.json"
+    if os.path.lexists(config) and not config.is_file():
+        raise UnsafePathError(
+            f"{config} is not a regular file (a FIFO, device or directory); replace it with the real config."
+        )
+    if not config.is_file():
+        raise ModelNotFoundError(
             f"{path} has no config.json, so it is not a Hugging Face model directory; "
             "save one with model.save_pretrained(DIR) or give another path."
         )
     return path
 
 
-def _read_state_dict(directory: Path) -> dict[str, Tensor]:
-    """Tensors of a Hugging Face model directory; never unpickles code (weights_only=True)."""
-    from safetensors.torch import load_file
-
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
-    bin_file = directory / "pytorch_model.bin"
-    try:
-        if single.is_file():
-            return load_file(str(single))
-        if index.is_file():
-            meta = read_json(index, "safetensors index")
-            shards = (
-                sorted(set(meta.get("weight_map", {}).values())) if isinstance(meta, dict) else []
-            )
-            if not shards:
-                raise RankdecayError(
-                    f"{index} lists no weight files; re-save the model with save_pretrained."
-                )
-            state: dict[str, Tensor] = {}
-            for shard in shards:
-                state.update(load_file(str(directory / shard)))
-            return state
-        if bin_file.is_file():
-            state = torch.load(bin_file, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict):
-                raise RankdecayError(
-                    f"{bin_file} does not hold a state dict; re-save the model with save_pretrained."
-                )
-            return state
-    except RankdecayError:
-        raise
-    except Exception as exc:  # corrupt or foreign files: safetensors, pickle and IO errors
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RankdecayError(
-            f"the weights in {directory} cannot be read ({reason[:160]}); the file is corrupt or not a "
-            "weights file — re-save the model with save_pretrained(safe_serialization=True)."
-        ) from None
-    raise RankdecayError(
-        f"{directory} has no model.safetensors or pytorch_model.bin; save the weights there with save_pretrained."
-    )
+def _read_state_dict(directory: Path, index: CheckpointIndex | None = None) -> dict[str, Tensor]:
+    """All tensors of a model directory (headers and shard paths validated; memory-mapped)."""
+    index = index if index is not None else CheckpointIndex.open(directory)
+    return index.read(index.specs)
 
 
 def _match_prefix(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -320,64 +309,100 @@ def _match_prefix(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tenso
     return max(candidates, key=lambda sd: len(keys.intersection(sd)))
 
 
-def load_model(source: str | os.PathLike[str]) -> nn.Module:
-    """Build a Hugging Face model from a local directory (or the ``minilm`` alias), offline.
+def _build_hf_model(config: Any, directory: Path) -> nn.Module:
+    """The config's first ``architectures`` class transformers has, else ``AutoModel`` (no remote code)."""
+    import transformers
+    from transformers import AutoModel
 
-    The class is the config's first ``architectures`` entry if transformers has it, else
-    ``AutoModel``; the weights come from safetensors (or ``pytorch_model.bin`` with
-    ``weights_only=True``). Raises :class:`RankdecayError` for a missing path, no config,
-    corrupt weights, weights that do not fit, or an architecture transformers does not know.
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, str(arch), None)
+        if isinstance(cls, type) and hasattr(cls, "_from_config"):
+            try:
+                return cls._from_config(config)
+            except Exception:
+                pass
+    try:
+        return AutoModel.from_config(config, trust_remote_code=False)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(
+            f"transformers cannot build the architecture of {directory} "
+            f"(model_type {getattr(config, 'model_type', '?')!r}: {reason[:120]}); "
+            "load the model yourself and pass the nn.Module to rankdecay.analyze."
+        ) from None
+
+
+def load_model(
+    source: str | os.PathLike[str],
+    *,
+    config: dict[str, Any] | None = None,
+    index: CheckpointIndex | None = None,
+) -> nn.Module:
+    """Build a model from a local directory (or the ``minilm`` alias, or a run directory), offline.
+
+    Hugging Face directories: the class is the config's first ``architectures`` entry if
+    transformers has it, else ``AutoModel``; ``trust_remote_code=False`` always, and a config with
+    an ``auto_map`` is refused before transformers sees it. Before anything is allocated the
+    config's layer counts are checked against the tensor names and the model is built once on the
+    meta device: if it would hold more than twice the elements the files hold, the config does not
+    belong to the weights and is refused. The weights come from validated safetensors headers (or
+    ``pytorch_model.bin`` with ``weights_only=True``). ``config``/``index``: the already-read
+    config.json and :class:`~rankdecay.checkpoint.CheckpointIndex` (read here when None).
+
+    Raises :class:`RankdecayError` (also ``ValueError``/``FileNotFoundError`` as fits) for a
+    missing path, no config, remote code, corrupt or lying weights, weights that do not fit, or an
+    architecture transformers does not know.
     """
     directory = resolve_source(source)
+    from .stream import is_run_directory, load_run_model
+
+    if is_run_directory(directory):
+        model = load_run_model(directory)
+        model._rankdecay_source = str(source)  # type: ignore[assignment]
+        return model
+    config_dict = config if config is not None else read_model_config(directory)
     try:
         import transformers
     except ImportError:
         raise RankdecayError(
             "loading Hugging Face models needs transformers; install it with `pip install 'rankdecay[hf]'`."
         ) from None
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
 
+    index = index if index is not None else CheckpointIndex.open(directory)
+    check_config_sizes(config_dict, index)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
         try:
-            config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+            hf_config = AutoConfig.from_pretrained(
+                str(directory), local_files_only=True, trust_remote_code=False
+            )
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RankdecayError(
+            raise CorruptCheckpointError(
                 f"{directory / 'config.json'} is not a usable Hugging Face config ({reason[:160]}); "
                 "check the file or re-save the model with save_pretrained."
             ) from None
-        state = _read_state_dict(directory)
-        model: nn.Module | None = None
-        for arch in getattr(config, "architectures", None) or []:
-            cls = getattr(transformers, str(arch), None)
-            if isinstance(cls, type) and hasattr(cls, "_from_config"):
-                try:
-                    model = cls._from_config(config)
-                    break
-                except Exception:
-                    model = None
-        if model is None:
-            try:
-                model = AutoModel.from_config(config)
-            except Exception as exc:
-                reason = (
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                )
-                raise RankdecayError(
-                    f"transformers cannot build the architecture of {directory} "
-                    f"(model_type {getattr(config, 'model_type', '?')!r}: {reason[:120]}); "
-                    "load the model yourself and pass the nn.Module to rankdecay.analyze."
-                ) from None
-        state = _match_prefix(model, state)
+        with torch.device("meta"):
+            shell = _build_hf_model(hf_config, directory)
+        need = sum(t.numel() for t in (*shell.parameters(), *shell.buffers()))
+        del shell
+        if need > 2 * index.total_numel + (1 << 24):
+            raise CorruptCheckpointError(
+                f"{directory / 'config.json'} describes a model of {need:,} elements but the weights "
+                f"hold {index.total_numel:,}; the config does not belong to these weights — fix it or "
+                "re-save the model with save_pretrained."
+            )
+        model = _build_hf_model(hf_config, directory)
+        state = _match_prefix(model, _read_state_dict(directory, index))
         try:
             missing, _unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:
             reason = (
                 str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else "size mismatch"
             )
-            raise RankdecayError(
+            raise CorruptCheckpointError(
                 f"the weights in {directory} do not fit its config.json ({reason[:160]}); "
                 "the directory mixes files of different models — re-save it with save_pretrained."
             ) from None
@@ -389,7 +414,7 @@ def load_model(source: str | os.PathLike[str]) -> nn.Module:
                 needed = set()
             lacking = sorted(needed.intersection(missing))
             if lacking or len(missing) == len(model.state_dict()):
-                raise RankdecayError(
+                raise CorruptCheckpointError(
                     f"the weights in {directory} lack {len(lacking) or len(missing)} attention tensors "
                     f"(e.g. {(lacking or sorted(missing))[0]}); the file belongs to another model — re-save it with save_pretrained."
                 )
@@ -462,9 +487,12 @@ def analyze(
     chosen = _check_circuits(circuits)
     source: str | None = None
     if isinstance(model_or_path, (str, os.PathLike)):
+        from .stream import analyze_directory
+
         source = os.fspath(model_or_path)
-        model = load_model(model_or_path)
-    elif isinstance(model_or_path, nn.Module):
+        directory = resolve_source(model_or_path)
+        return analyze_directory(directory, source, float(rtol), chosen, fold_norm, progress)
+    if isinstance(model_or_path, nn.Module):
         model = model_or_path
         source = getattr(model, "_rankdecay_source", None)
     else:
@@ -488,7 +516,9 @@ def analyze(
                     f"the adapter returned inconsistent head counts for {lh.name}; fix the adapter."
                 )
         records = _spectra_records(layers, chosen, float(rtol), progress)
-    info = _model_info(model, layers, adapter.name, source, float(rtol), chosen, fold_norm)
+    info = _model_info(
+        type(model).__name__, layers, adapter.name, source, float(rtol), chosen, fold_norm
+    )
     return SpectralReport(records=records, model=info)
 
 
@@ -568,7 +598,7 @@ def _spectra_records(
 
 
 def _model_info(
-    model: nn.Module,
+    model_class: str,
     layers: list[LayerHeads],
     adapter: str,
     source: str | None,
@@ -583,7 +613,7 @@ def _model_info(
     n_kv = [lh.n_kv_heads for lh in layers]
     return {
         "source": source,
-        "model_class": type(model).__name__,
+        "model_class": model_class,
         "adapter": adapter,
         "rankdecay_version": __version__,
         "n_layers": len(layers),
@@ -778,4 +808,3 @@ def run_cli(args: argparse.Namespace) -> int:
         _write_html(report, args.html)
         console.print(f"wrote {args.html}", highlight=False)
     return 0
-

@@ -1,0 +1,490 @@
+"""``analyze(path)`` without building the model: attention tensors streamed layer by layer.
+
+For a Hugging Face model directory the attention modules are found from ``config.json`` and the
+tensor *names* alone (``heads.plan_from_checkpoint``), every plan is dry-run on meta tensors of
+the header shapes (so a config that does not fit its files fails before any data is read or
+memory allocated), and then, for one attention module at a time:
+
+    read its q/k/v/o tensors (memory-mapped, any of float32/bf16/fp16/fp64)
+      → per-head factors (``heads.layer_heads_from_tensors``, the live-module rules)
+      → singular values and metrics in float64 (``analyze._spectra_records``)
+
+while a background thread already pages in the next module's tensors (one layer ahead). Peak
+memory is therefore about two layers' attention tensors plus the float64 work of one layer,
+independent of depth; the rest of the checkpoint (embeddings, MLPs) is never read.
+
+Falls back to building the model in memory (``analyze.load_model``, with a warning naming why)
+when the name-based plan does not cover the checkpoint's architecture, and for ``fold_norm``
+(the norm gains are part of the model, not of the plan). Our own run directories
+(``config.json`` with ``experiment``/``config`` + ``checkpoint/model.safetensors``) are read by
+building the run's TinyTransformer on the meta device and assigning the checkpoint's tensors
+(no random initialisation, no task data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import heads as _heads
+from .checkpoint import (
+    FLOAT_DTYPES,
+    CheckpointIndex,
+    CorruptCheckpointError,
+    read_model_config,
+)
+from .errors import RankdecayError
+from .heads import LayerHeads, UnsupportedModelError
+
+__all__ = ["StreamingFallbackWarning", "analyze_directory", "is_run_directory"]
+
+#: config keys that give a model's number of layers (the first present one is checked)
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
+class StreamingFallbackWarning(UserWarning):
+    """``analyze(path)`` could not stream the checkpoint and builds the whole model instead."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Name-based plan: H14a's heads.plan_from_checkpoint / layer_heads_from_tensors when present,
+# else a stop-gap for the Llama, GPT-2 and BERT layouts.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _StopgapPlan:
+    """One attention module found from tensor names (stop-gap until heads.py provides plans)."""
+
+    layer: int
+    name: str
+    family: str  # "llama" | "gpt2" | "bert"
+    tensors: dict[str, str]  # role (q, k, v, o or qkv, o) → tensor name
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int | None
+    scale: float | None
+    rotary: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+_PATTERNS: dict[str, tuple[re.Pattern[str], dict[str, str]]] = {
+    "llama": (
+        re.compile(r"^(?P<m>(?:.*\.)?(?P<i>\d+)\.self_attn)\.q_proj\.weight$"),
+        {"q": "q_proj.weight", "k": "k_proj.weight", "v": "v_proj.weight", "o": "o_proj.weight"},
+    ),
+    "gpt2": (
+        re.compile(r"^(?P<m>(?:.*\.)?h\.(?P<i>\d+)\.attn)\.c_attn\.weight$"),
+        {"qkv": "c_attn.weight", "o": "c_proj.weight"},
+    ),
+    "bert": (
+        re.compile(r"^(?P<m>(?:.*\.)?layer\.(?P<i>\d+)\.attention)\.self\.query\.weight$"),
+        {
+            "q": "self.query.weight",
+            "k": "self.key.weight",
+            "v": "self.value.weight",
+            "o": "output.dense.weight",
+        },
+    ),
+}
+
+
+def _cfg_int(config: Mapping[str, Any], *keys: str) -> int | None:
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _stopgap_plan(config: Mapping[str, Any], tensor_names: Iterable[str]) -> list[_StopgapPlan]:
+    names = set(tensor_names)
+    found: list[tuple[str, int, str, str]] = []
+    for family, (pattern, roles) in _PATTERNS.items():
+        for n in names:
+            m = pattern.match(n)
+            if m and all(f"{m['m']}.{t}" in names for t in roles.values()):
+                found.append((n[: m.start("i")], int(m["i"]), family, m["m"]))
+    found.sort()
+    H = _cfg_int(config, "num_attention_heads", "n_head")
+    if H is None:
+        return []
+    plans = []
+    for prefix_, i, family, module in found:
+        del prefix_, i
+        _pattern, roles = _PATTERNS[family]
+        n_kv = _cfg_int(config, "num_key_value_heads") or H
+        r = _cfg_int(config, "head_dim")
+        scale = None if r is None else r**-0.5
+        notes: tuple[str, ...] = ()
+        rotary = False
+        if family == "llama":
+            rotary = any(
+                config.get(k) is not None for k in ("rope_parameters", "rope_theta", "rope_scaling")
+            )
+            if rotary:
+                notes += ("rotary embeddings: QK circuit at relative offset 0",)
+        if family == "gpt2" and config.get("scale_attn_by_inverse_layer_idx"):
+            notes += ("scale divided by the layer index + 1",)
+        plans.append(
+            _StopgapPlan(
+                layer=len(plans),
+                name=module,
+                family=family,
+                tensors={role: f"{module}.{t}" for role, t in roles.items()},
+                n_heads=H,
+                n_kv_heads=n_kv if family == "llama" else H,
+                head_dim=r,
+                scale=scale,
+                rotary=rotary,
+                notes=notes,
+            )
+        )
+    return plans
+
+
+def _stopgap_layer_heads(plan: _StopgapPlan, get: Callable[[str], Tensor]) -> LayerHeads:
+    H, n_kv = plan.n_heads, plan.n_kv_heads
+    t = {role: get(name) for role, name in plan.tensors.items()}
+    kv_index: tuple[int, ...] | None = None
+    notes = plan.notes
+    if plan.family == "gpt2":
+        d = t["qkv"].shape[0]
+        r = plan.head_dim or d // H
+        Wq, Wk, Wv = t["qkv"].split(H * r, dim=1)
+        W_Q, W_K, W_V = (_heads._heads_from_in_out(W, H, r) for W in (Wq, Wk, Wv))
+        W_O = _heads._out_heads_from_in_out(t["o"], H, r)
+        scale = r**-0.5
+        if "scale divided by the layer index + 1" in notes:
+            scale /= plan.layer + 1
+    else:
+        r = plan.head_dim or t["q"].shape[0] // H
+        W_Q = _heads._heads_from_linear(t["q"], H, r)
+        W_K = _heads._heads_from_linear(t["k"], n_kv, r)
+        W_V = _heads._heads_from_linear(t["v"], n_kv, r)
+        W_O = _heads._out_heads_from_linear(t["o"], H, r)
+        scale = plan.scale if plan.scale is not None else r**-0.5
+        if n_kv != H:
+            group = H // n_kv
+            kv_index = tuple(h // group for h in range(H))
+            idx = torch.tensor(kv_index, device=W_K.device)
+            W_K, W_V = W_K.index_select(0, idx), W_V.index_select(0, idx)
+            notes += (
+                f"grouped-query attention: {n_kv} key/value heads shared by {H} query heads ({group} each)",
+            )
+    names = list(plan.tensors.values())
+    return LayerHeads(
+        layer=plan.layer,
+        name=plan.name,
+        W_Q=W_Q,
+        W_K=W_K,
+        W_V=W_V,
+        W_O=W_O,
+        kv_head_index=kv_index,
+        rotary=plan.rotary,
+        scale=float(scale),
+        qk_params=tuple(names[:1] if plan.family == "gpt2" else names[:2]),
+        ov_params=tuple(names if plan.family == "gpt2" else names[2:]),
+        notes=notes,
+    )
+
+
+def _planner() -> tuple[Callable[..., list[Any]], Callable[..., LayerHeads], str]:
+    """heads.py's name-based plan if it has one (one code path with the live modules), else the
+    stop-gap above."""
+    plan = getattr(_heads, "plan_from_checkpoint", None)
+    build = getattr(_heads, "layer_heads_from_tensors", None)
+    if callable(plan) and callable(build):
+        return plan, build, "name-based attention plan (heads.plan_from_checkpoint)"
+    return (
+        _stopgap_plan,
+        _stopgap_layer_heads,
+        "name-based attention plan (Llama, GPT-2, BERT names)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Dry run on meta tensors: every plan checked against the headers before any data is read
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Planned:
+    plan: Any
+    names: tuple[str, ...]  # tensors the plan reads, in first-use order
+    meta: LayerHeads  # the plan's factors on the meta device (shapes, flags, notes)
+
+
+def _dry_run(
+    plans: Sequence[Any], build: Callable[..., LayerHeads], index: CheckpointIndex
+) -> list[_Planned]:
+    out: list[_Planned] = []
+    for plan in plans:
+        used: list[str] = []
+
+        def get(name: str, used: list[str] = used) -> Tensor:
+            spec = index.specs.get(name)
+            if spec is None:
+                raise CorruptCheckpointError(
+                    f"the weights in {index.directory} lack {name!r}, which config.json and the "
+                    "other tensor names call for; the checkpoint is incomplete — re-save it with save_pretrained."
+                )
+            if spec.dtype not in FLOAT_DTYPES:
+                raise CorruptCheckpointError(
+                    f"{name} in {spec.file} is stored as {str(spec.dtype).replace('torch.', '')} "
+                    "(a quantized checkpoint?); rankdecay reads float32, bfloat16, float16 or "
+                    "float64 weights — analyse the unquantized model."
+                )
+            used.append(name)
+            return spec.meta()
+
+        try:
+            meta = build(plan, get)
+        except RankdecayError:
+            raise
+        except (RuntimeError, ValueError, IndexError) as exc:
+            reason = (
+                str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            )
+            where = getattr(plan, "name", None) or getattr(plan, "prefix", "?")
+            raise CorruptCheckpointError(
+                f"the attention tensors of {where} in {index.directory} do not fit the head counts "
+                f"and sizes of its config.json ({reason}); the config and weights belong to different "
+                "models — re-save them together with save_pretrained."
+            ) from None
+        out.append(_Planned(plan, tuple(dict.fromkeys(used)), meta))
+    return out
+
+
+def _check_layer_count(
+    config: Mapping[str, Any], planned: Sequence[_Planned], directory: Path
+) -> None:
+    """A config declaring more layers than the files hold attention for is refused."""
+    declared = _cfg_int(config, *LAYER_COUNT_KEYS)
+    if declared is not None and declared > len(planned):
+        raise CorruptCheckpointError(
+            f"{directory / 'config.json'} declares {declared} layers but the weights hold attention "
+            f"tensors for {len(planned)}; the config or the shards do not belong together — restore "
+            "the missing shards or fix the config."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming with one-layer-ahead prefetch
+# ---------------------------------------------------------------------------------------------
+
+
+def _page_in(tensors: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """Touch one byte per 4 KiB page so the mapped tensors are read from disk now (in the
+    prefetch thread) rather than at first use by the spectra."""
+    for t in tensors.values():
+        flat = t.reshape(-1).view(torch.uint8) if t.is_contiguous() else None
+        if flat is not None and flat.numel():
+            flat[::4096].sum()
+    return tensors
+
+
+def _stream_records(
+    planned: Sequence[_Planned],
+    build: Callable[..., LayerHeads],
+    index: CheckpointIndex,
+    circuits: tuple[str, ...],
+    rtol: float,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    from .analyze import _progress_context, _spectra_records
+
+    def read(i: int) -> Mapping[str, Tensor]:
+        return _page_in(index.read(planned[i].names))
+
+    bar = _progress_context(progress, len(planned), "attention layers (streamed)")
+    records: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rankdecay-prefetch") as pool:
+        ahead: Future[Mapping[str, Tensor]] | None = pool.submit(read, 0) if planned else None
+        try:
+            for i, item in enumerate(planned):
+                assert ahead is not None
+                tensors = ahead.result()
+                ahead = pool.submit(read, i + 1) if i + 1 < len(planned) else None
+                lh = build(item.plan, tensors.__getitem__)
+                with torch.no_grad():
+                    records.extend(_spectra_records([lh], circuits, rtol, False))
+                del lh, tensors
+                if bar is not None:
+                    bar.advance(bar.task_ids[0])
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+            if bar is not None:
+                bar.stop()
+    return records
+
+
+def analyze_directory(
+    directory: Path,
+    source: str,
+    rtol: float,
+    circuits: tuple[str, ...],
+    fold_norm: bool,
+    progress: bool | None,
+) -> Any:
+    """Spectral report of a model directory (see the module docstring); ``analyze`` calls this."""
+    from .analyze import SpectralReport, _model_info, analyze, load_model
+
+    if is_run_directory(directory):
+        model = load_run_model(directory)
+        model._rankdecay_source = source  # type: ignore[assignment]
+        return analyze(model, rtol=rtol, circuits=circuits, fold_norm=fold_norm, progress=progress)
+    config = read_model_config(directory)
+    index = CheckpointIndex.open(directory)
+    plan_fn, build, how = _planner()
+    reason = None
+    plans: list[Any] = []
+    if fold_norm:
+        reason = "fold_norm needs the norm layers, which the name-based plan does not read"
+    else:
+        try:
+            plans = list(plan_fn(config, list(index.specs)))
+        except UnsupportedModelError as exc:
+            reason = str(exc)
+        if not plans and reason is None:
+            model_type = config.get("model_type", "?")
+            reason = f"the attention of model_type {model_type!r} is not covered by the {how}"
+    if reason is not None:
+        if not fold_norm:
+            warnings.warn(
+                f"{directory}: {reason}; building the whole model in memory instead "
+                f"(about {index.total_numel * 4 / 2**30:.1f} GiB in float32).",
+                StreamingFallbackWarning,
+                stacklevel=3,
+            )
+        model = load_model(directory, config=config, index=index)
+        model._rankdecay_source = source  # type: ignore[assignment]
+        return analyze(model, rtol=rtol, circuits=circuits, fold_norm=fold_norm, progress=progress)
+    planned = _dry_run(plans, build, index)
+    _check_layer_count(config, planned, directory)
+    show = progress if progress is not None else (len(planned) >= 4 and sys.stderr.isatty())
+    records = _stream_records(planned, build, index, circuits, rtol, bool(show))
+    layers = [p.meta for p in planned]
+    archs = config.get("architectures")
+    model_class = (
+        str(archs[0]) if isinstance(archs, list) and archs else str(config.get("model_type", "?"))
+    )
+    info = _model_info(model_class, layers, f"streamed: {how}", source, rtol, circuits, fold_norm)
+    info["streamed"] = True
+    return SpectralReport(records=records, model=info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Our own run directories
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_meta(directory: Path) -> dict[str, Any] | None:
+    from .checkpoint import read_json_file
+
+    path = directory / "config.json"
+    try:
+        meta = read_json_file(path, "run config")
+    except RankdecayError:
+        return None
+    if isinstance(meta, dict) and "experiment" in meta and isinstance(meta.get("config"), dict):
+        return meta
+    return None
+
+
+def is_run_directory(directory: Path) -> bool:
+    """A rankdecay run directory: config.json with ``experiment`` and ``config`` keys."""
+    return _run_meta(directory) is not None
+
+
+def load_run_model(directory: Path) -> nn.Module:
+    """The TinyTransformer of a run directory with its checkpoint's weights.
+
+    Built on the meta device from the run's model config (sizes the task fills — vocabulary,
+    outputs, sequence length, image geometry — are taken from the checkpoint's tensor shapes, and
+    the layer count is checked against the tensors before anything is built), then the
+    checkpoint's tensors are assigned: nothing is randomly initialised and no task data is read.
+    """
+    from .checkpoint import read_safetensors_header
+    from .models import ModelConfig, TinyTransformer
+
+    meta = _run_meta(directory)
+    assert meta is not None
+    weights = directory / "checkpoint" / "model.safetensors"
+    model_section = meta["config"].get("model")
+    if not isinstance(model_section, dict):
+        raise UnsupportedModelError(
+            f"{directory} is a run of the {meta.get('experiment')!r} experiment, which trains no "
+            "transformer; analyse a run of recall, grokking, lm or vit."
+        )
+    import os
+
+    if not os.path.lexists(weights):
+        raise CorruptCheckpointError(
+            f"{directory} has no checkpoint/model.safetensors yet; wait for the run's first "
+            "checkpoint (train.checkpoint_every) or resume it with `rankdecay run --resume`."
+        )
+    specs = read_safetensors_header(weights)
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    try:
+        cfg = ModelConfig(**{k: v for k, v in model_section.items() if k in names})
+    except TypeError as exc:
+        raise CorruptCheckpointError(
+            f"{directory / 'config.json'} has a model section that does not fit this rankdecay "
+            f"({exc}); analyse it with the rankdecay version that wrote it."
+        ) from None
+    blocks = {int(m[1]) for n in specs if (m := re.match(r"^blocks\.(\d+)\.", n))}
+    if not isinstance(cfg.n_layers, int) or cfg.n_layers != len(blocks):
+        raise CorruptCheckpointError(
+            f"{directory / 'config.json'} declares {cfg.n_layers} layers but its checkpoint holds "
+            f"{len(blocks)}; the run directory is damaged — restore config.json or the checkpoint."
+        )
+
+    def rows(name: str) -> int | None:
+        spec = specs.get(name)
+        return spec.shape[0] if spec is not None and spec.shape else None
+
+    fill: dict[str, Any] = {}
+    if cfg.patch_size > 0:
+        pe = specs.get("patch_embed.weight")
+        if pe is not None and len(pe.shape) == 2:
+            fill["in_channels"] = max(1, pe.shape[1] // cfg.patch_size**2)
+        n_pos = rows("pos_embed.weight")
+        n_patches = (n_pos - (cfg.pool == "cls")) if n_pos else 1
+        fill["image_size"] = cfg.patch_size * max(1, math.isqrt(max(1, n_patches)))
+    else:
+        fill["vocab_size"] = rows("embed.weight") or max(cfg.vocab_size, 1)
+        if cfg.pos == "learned":
+            fill["max_len"] = rows("pos_embed.weight") or cfg.max_len
+    fill["n_out"] = rows("unembed.weight") or cfg.n_out or fill.get("vocab_size") or 1
+    cfg = dataclasses.replace(cfg, **fill)
+    try:
+        with torch.device("meta"):
+            model = TinyTransformer(cfg)
+    except RankdecayError as exc:
+        raise CorruptCheckpointError(
+            f"{directory / 'config.json'} describes no valid model ({exc}); restore the run's config.json."
+        ) from None
+    index = CheckpointIndex(directory / "checkpoint", specs, "safetensors")
+    state = index.read([n for n in specs if n in dict(model.named_parameters())])
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1].strip()[:160]
+        raise CorruptCheckpointError(
+            f"the checkpoint of {directory} does not fit its config.json ({reason}); the run "
+            "directory is damaged — restore it or start a new run."
+        ) from None
+    return model.eval()
