@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_RTOL",
     "NonFiniteInputError",
     "balance",
+    "chain_r",
     "effective_rank",
     "FactoredSpectrum",
     "factored_spectrum",
@@ -51,8 +52,10 @@ __all__ = [
     "frobenius_norm",
     "norm_gap",
     "nuclear_norm",
+    "r_factor",
     "rank",
     "spectral_metrics",
+    "spectrum_from_r",
     "spectral_norm",
     "stable_rank",
 ]
@@ -102,13 +105,38 @@ def factored_svdvals(A: Tensor, B: Tensor, dtype: torch.dtype | None = torch.flo
         (..., min(d₁, d₂, r)) singular values in descending order, in ``dtype``.
     """
     A, B = _check_factors(A, B, dtype)
-    # Only the triangular factors are needed: mode="r" skips forming Q (about a third faster).
-    R_A = torch.linalg.qr(A, mode="r")[1]  # (..., k1, r)
-    R_B = torch.linalg.qr(B, mode="r")[1]  # (..., k2, r)
-    return torch.linalg.svdvals(R_A @ R_B.mT)
+    return torch.linalg.svdvals(r_factor(A) @ r_factor(B).mT)
 
 
-def _chain_r(factors: Sequence[Tensor], dtype: torch.dtype | None, side: str) -> Tensor:
+def r_factor(X: Tensor) -> Tensor:
+    """The triangular factor R of a thin QR X = Q·R, without forming Q.
+
+    Householder QR (LAPACK ``geqrf``, backward stable for any condition number, rank-deficient
+    X included): X (..., d, r) → R (..., k, r), k = min(d, r), with XᵀX = RᵀR and ‖X‖_F = ‖R‖_F.
+    ``geqrf`` works on a column-major copy, so X laid out column-major per matrix (X = Y.mT of a
+    contiguous Y) saves a transpose inside the copy.
+    """
+    packed, _ = torch.geqrf(X)  # R in the upper triangle, Householder vectors below
+    k = min(X.shape[-2], X.shape[-1])
+    return packed[..., :k, :].triu()
+
+
+def spectrum_from_r(R_A: Tensor, R_B: Tensor) -> FactoredSpectrum:
+    """σ(A·Bᵀ), balance and norm gap from the R factors of A = Q_A R_A and B = Q_B R_B.
+
+    σ(A·Bᵀ) = σ(R_A R_Bᵀ); AᵀA = R_AᵀR_A, so balance = ‖R_AᵀR_A − R_BᵀR_B‖_F; ‖A‖_F = ‖R_A‖_F, so
+    norm gap = ½(‖R_A‖_F² + ‖R_B‖_F²) − Σσ. Any R with A = Q·R and orthonormal Q works (a chain's
+    cascade R from :func:`chain_r` too). Shapes: R_A (..., k₁, r), R_B (..., k₂, r).
+    """
+    s = torch.linalg.svdvals(R_A @ R_B.mT)
+    bal = torch.linalg.matrix_norm(R_A.mT @ R_A - R_B.mT @ R_B)
+    half_sq = 0.5 * (R_A.pow(2).sum((-2, -1)) + R_B.pow(2).sum((-2, -1)))
+    return FactoredSpectrum(s, bal, half_sq - s.sum(-1))
+
+
+def chain_r(
+    factors: Sequence[Tensor], dtype: torch.dtype | None = torch.float64, side: str = "A"
+) -> Tensor:
     """R with A₁A₂⋯A_k = Q·R (Q orthonormal columns) by a QR cascade, never forming the product.
 
     A₁ = Q₁R₁; then A₁A₂ = Q₁(R₁A₂) and R₁A₂ = Q₂R₂, …, so A₁⋯A_k = (Q₁Q₂⋯Q_k)·R_k with
@@ -137,7 +165,7 @@ def _chain_r(factors: Sequence[Tensor], dtype: torch.dtype | None, side: str) ->
                 f"columns (after reduction) but factor {i} has {F.shape[-2]} rows."
             )
         M = F if R is None else R @ F  # (..., k, q): small whenever R is (a QR already shrank it)
-        R = torch.linalg.qr(M, mode="r")[1]  # (..., min(k, q), q)
+        R = r_factor(M)  # (..., min(k, q), q)
     assert R is not None
     return R
 
@@ -166,8 +194,8 @@ def factored_svdvals_chain(
         (..., k) singular values, descending, k = min of the reduced ranks of both sides (all the
         non-zero ones); the product's remaining singular values are 0.
     """
-    R_A = _chain_r(a_factors, dtype, "A")
-    R_B = _chain_r(b_factors, dtype, "B")
+    R_A = chain_r(a_factors, dtype, "A")
+    R_B = chain_r(b_factors, dtype, "B")
     if R_A.shape[-1] != R_B.shape[-1]:
         raise ValueError(
             f"(A₁⋯A_k)(B₁⋯B_m)ᵀ needs both chains to end with the same width; got {R_A.shape[-1]} "
@@ -197,12 +225,7 @@ def factored_spectrum(
         A: (..., d₁, r); B: (..., d₂, r). dtype as in :func:`factored_svdvals`.
     """
     A, B = _check_factors(A, B, dtype)
-    R_A = torch.linalg.qr(A, mode="r")[1]  # (..., k1, r)
-    R_B = torch.linalg.qr(B, mode="r")[1]  # (..., k2, r)
-    s = torch.linalg.svdvals(R_A @ R_B.mT)
-    bal = torch.linalg.matrix_norm(R_A.mT @ R_A - R_B.mT @ R_B)
-    half_sq = 0.5 * (R_A.pow(2).sum((-2, -1)) + R_B.pow(2).sum((-2, -1)))
-    return FactoredSpectrum(s, bal, half_sq - s.sum(-1))
+    return spectrum_from_r(r_factor(A), r_factor(B))
 
 
 def factored_svd(
