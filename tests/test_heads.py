@@ -167,7 +167,7 @@ HF_CASES = {
     "gpt2": HFCase(lambda: _randomize(_tiny_hf("gpt2")), "c_proj", True, _ids, "GPT-2"),
     "bert": HFCase(lambda: _randomize(_tiny_hf("bert")), "output.dense", False, _ids, "BERT"),
     "roberta": HFCase(lambda: _randomize(_tiny_hf("roberta")), "output.dense", False, _ids, "BERT"),
-    "vit": HFCase(lambda: _randomize(_tiny_hf("vit")), "o_proj", False, _pixels, "Llama"),
+    "vit": HFCase(lambda: _randomize(_tiny_hf("vit")), "o_proj", False, _pixels, "ViT"),
     "llama_gqa": HFCase(
         lambda: _randomize(_tiny_hf("llama")), "o_proj", True, lambda m: _ids(m, pos0=True), "Llama"
     ),

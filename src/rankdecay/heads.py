@@ -39,22 +39,47 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from .attention_spec import (
+    ARCHITECTURES,
+    CROSS_NAMES,
+    FUSED_NAMES,
+    K_NAMES,
+    Q_NAMES,
+    V_NAMES,
+    AttentionPlan,
+    PlanError,
+    finish_notes,
+    is_lora_layer,
+    plan_from_checkpoint,
+    plan_from_module,
+    split_heads,
+    tower_config,
+)
 from .errors import RankdecayError
 
 __all__ = [
     "AttentionAdapter",
+    "AttentionPlan",
     "LayerHeads",
+    "Scan",
     "UnrecognizedAttentionWarning",
     "UnsupportedModelError",
     "attention_heads",
+    "check_coverage",
     "find_adapter",
+    "layer_heads_from_tensors",
+    "lora_effective_weight",
+    "plan_from_checkpoint",
     "register_adapter",
+    "scan_attention",
+    "unrecognized_attention",
 ]
 
 
@@ -95,6 +120,8 @@ class LayerHeads:
     #: entry ((A₁, A₂, ...), (B₁, B₂, ...)), that circuit is (A₁A₂⋯)(B₁B₂⋯)ᵀ, every factor batched
     #: over heads (leading dim H) or shared (no leading dim); analyze then uses the chain SVD.
     chains: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] | None = None
+    #: the row of rankdecay.attention_spec.ARCHITECTURES (or other rule) that extracted it.
+    family: str = ""
 
     @property
     def n_heads(self) -> int:
@@ -351,142 +378,125 @@ def _mha_norm_plan(model: nn.Module, name: str) -> _NormPlan:
     return _NormPlan(why_not=f"no known norm precedes {name or type(model).__name__}")
 
 
-def _mha_extractor(model: nn.Module, *, fold_norm: bool = False) -> list[LayerHeads]:
-    """``nn.MultiheadAttention``: q = x W_qᵀ with W_q = in_proj_weight[0:E] (fused; rows
-    [E:2E] keys, [2E:3E] values) or ``q_proj_weight`` / ``k_proj_weight`` (E, kdim) /
+def _mha_plan(name: str, mha: nn.MultiheadAttention, layer: int) -> AttentionPlan:
+    """``nn.MultiheadAttention``: q = x W_qᵀ with W_q = in_proj_weight[0:E] (fused [3, H, r];
+    rows [E:2E] keys, [2E:3E] values) or ``q_proj_weight`` / ``k_proj_weight`` (E, kdim) /
     ``v_proj_weight`` (E, vdim) when kdim/vdim differ from E; out = concat_h(o_h) W_outᵀ."""
-    layers: list[LayerHeads] = []
-    for name, mha in _outermost(model, _is_mha):
-        assert isinstance(mha, nn.MultiheadAttention)
-        H, r = mha.num_heads, mha.head_dim
-        if mha._qkv_same_embed_dim:
-            Wq, Wk, Wv = mha.in_proj_weight.chunk(3, dim=0)
-            fused = _join(name, "in_proj_weight")
-            qk, ov = (fused,), (fused, _join(name, "out_proj.weight"))
-        else:
-            Wq, Wk, Wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
-            qk = (_join(name, "q_proj_weight"), _join(name, "k_proj_weight"))
-            ov = (_join(name, "v_proj_weight"), _join(name, "out_proj.weight"))
-        W_Q, W_K, W_V = (_heads_from_linear(W, H, r) for W in (Wq, Wk, Wv))
-        W_O = _out_heads_from_linear(mha.out_proj.weight, H, r)
-        notes: tuple[str, ...] = ()
-        if mha.kdim != mha.embed_dim or mha.vdim != mha.embed_dim:
-            notes += (f"keys/values have width kdim={mha.kdim}, vdim={mha.vdim}",)
-        if fold_norm:
-            W_Q, W_K, W_V, fold_notes = _apply_fold(_mha_norm_plan(model, name), W_Q, W_K, W_V)
-            notes += fold_notes
-        layers.append(
-            LayerHeads(
-                layer=len(layers),
-                name=name,
-                W_Q=W_Q,
-                W_K=W_K,
-                W_V=W_V,
-                W_O=W_O,
-                scale=1.0 / math.sqrt(r),
-                qk_params=qk,
-                ov_params=ov,
-                notes=notes,
-            )
-        )
-    return layers
+    H, r = mha.num_heads, mha.head_dim
+    kind = "cross" if name.rsplit(".", 1)[-1] in CROSS_NAMES else "self"
+    plan = AttentionPlan(
+        name=name,
+        layer=layer,
+        family="torch.nn.MultiheadAttention",
+        o=_join(name, "out_proj.weight"),
+        n_heads=H,
+        head_dim=r,
+        scale=1.0 / math.sqrt(r),
+        n_kv_heads=H,
+        kind=kind,
+        flags={"cross_attention": True} if kind == "cross" else {},
+    )
+    if mha._qkv_same_embed_dim:
+        plan.fused, plan.layout = _join(name, "in_proj_weight"), "qkv"
+    else:
+        plan.q, plan.k, plan.v = (_join(name, f"{p}_proj_weight") for p in "qkv")
+    if mha.kdim != mha.embed_dim or mha.vdim != mha.embed_dim:
+        plan.notes += (f"keys/values have width kdim={mha.kdim}, vdim={mha.vdim}",)
+    return finish_notes(plan)
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face GPT-2: fused c_attn Conv1D (weights stored in×out, y = x W + b)
+# From a plan to per-head factors: one code path for live modules and checkpoints on disk
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_conv1d(module: object) -> bool:
-    return (
-        isinstance(module, nn.Module)
-        and type(module).__name__ == "Conv1D"
-        and getattr(module, "weight", None) is not None
+def layer_heads_from_tensors(plan: AttentionPlan, get: Callable[[str], Tensor]) -> LayerHeads:
+    """The :class:`LayerHeads` of one attention module from its plan and a tensor lookup.
+
+    ``get(name)`` returns the tensor a plan names: a model's parameter (the live path, where
+    LoRA layers resolve to their effective weight) or a tensor read from a checkpoint. The split
+    rules are :func:`rankdecay.attention_spec.split_heads`; widths that do not fit the plan raise
+    :class:`UnsupportedModelError`.
+    """
+    try:
+        W_Q, W_K, W_V, W_O, kv_index = split_heads(plan, get)
+    except PlanError as err:
+        raise UnsupportedModelError(
+            f"{err}; register an adapter for it with rankdecay.register_adapter."
+        ) from None
+    flags = dict(plan.flags)
+    if plan.rotary:
+        flags["rotary"] = True
+    return LayerHeads(
+        layer=plan.layer,
+        name=plan.name,
+        W_Q=W_Q,
+        W_K=W_K,
+        W_V=W_V,
+        W_O=W_O,
+        kv_head_index=kv_index,
+        rotary=plan.rotary,
+        scale=plan.scale,
+        qk_params=plan.qk_params,
+        ov_params=plan.ov_params,
+        notes=plan.notes,
+        flags=flags,
+        kind=plan.kind,
+        family=plan.family,
     )
 
 
-def _is_gpt2_attention(module: nn.Module) -> bool:
-    return (
-        _is_conv1d(getattr(module, "c_attn", None))
-        and _is_conv1d(getattr(module, "c_proj", None))
-        and isinstance(getattr(module, "num_heads", None), int)
-    )
+def lora_effective_weight(layer: nn.Module) -> tuple[Tensor, tuple[str, ...]]:
+    """(W_eff, notes) of a PEFT LoRA layer: W + Σ_a s_a · B_a A_a over its active adapters.
 
-
-def _gpt2_extractor(model: nn.Module, *, fold_norm: bool = False) -> list[LayerHeads]:
-    """GPT-2: c_attn.weight (d, 3d) = [W_q | W_k | W_v] in×out, each split into H column blocks
-    of width r; c_proj.weight (d, d) in×out, row block h is W_O^h. Cross-attention layers take
-    W_q from q_attn (d, d) and [W_k | W_v] from c_attn (d, 2d)."""
-    layers: list[LayerHeads] = []
-    for name, attn in _outermost(model, _is_gpt2_attention):
-        H = int(attn.num_heads)
-        r = int(getattr(attn, "head_dim", attn.c_attn.weight.shape[0] // H))
-        split = int(getattr(attn, "split_size", H * r))
-        cross = bool(getattr(attn, "is_cross_attention", False))
-        c_attn = _join(name, "c_attn.weight")
-        if cross:
-            Wq = attn.q_attn.weight
-            Wk, Wv = attn.c_attn.weight.split(split, dim=1)
-            qk: tuple[str, ...] = (_join(name, "q_attn.weight"), c_attn)
-        else:
-            Wq, Wk, Wv = attn.c_attn.weight.split(split, dim=1)
-            qk = (c_attn,)
-        ov = (c_attn, _join(name, "c_proj.weight"))
-        W_Q, W_K, W_V = (_heads_from_in_out(W, H, r) for W in (Wq, Wk, Wv))
-        W_O = _out_heads_from_in_out(attn.c_proj.weight, H, r)
-        scale = getattr(attn, "scaling", None)
-        if scale is None:
-            scale = r**-0.5 if getattr(attn, "scale_attn_weights", True) else 1.0
-            if getattr(attn, "scale_attn_by_inverse_layer_idx", False):
-                scale /= float(getattr(attn, "layer_idx", 0) + 1)
-        notes: tuple[str, ...] = (
-            ("cross-attention: keys/values read the encoder's hidden states",) if cross else ()
-        )
-        if fold_norm:
-            if cross:
-                plan = _NormPlan(
-                    query=_pre_norm(model, name, ("ln_cross_attn",)),
-                    why_not="keys/values read the encoder's states",
-                )
-            else:
-                entry = _pre_norm(model, name, ("ln_1",))
-                plan = _NormPlan(query=entry, key_value=entry)
-            W_Q, W_K, W_V, fold_notes = _apply_fold(plan, W_Q, W_K, W_V)
-            notes += fold_notes
-        layers.append(
-            LayerHeads(
-                layer=len(layers),
-                name=name,
-                W_Q=W_Q,
-                W_K=W_K,
-                W_V=W_V,
-                W_O=W_O,
-                scale=float(scale),
-                qk_params=qk,
-                ov_params=ov,
-                notes=notes,
+    ``base_layer.weight`` W is (d_out, d_in) (or (d_in, d_out) with ``fan_in_fan_out``, e.g.
+    around GPT-2's Conv1D, where the update is (B A)ᵀ); ``lora_A[a].weight`` A_a (r_a, d_in),
+    ``lora_B[a].weight`` B_a (d_out, r_a), ``scaling[a]`` s_a. A merged layer already holds the
+    sum in W; disabled adapters add nothing. Differentiable in every factor.
+    """
+    W = layer.base_layer.weight
+    if getattr(layer, "merged", False):
+        return W, ("LoRA adapters already merged into the base weight",)
+    if getattr(layer, "disable_adapters", False):
+        return W, ("LoRA adapters disabled: base weight only",)
+    notes: list[str] = []
+    for name in getattr(layer, "active_adapters", ()):
+        if name not in layer.lora_A:
+            continue
+        if getattr(layer, "use_dora", {}).get(name, False):
+            raise UnsupportedModelError(
+                f"LoRA adapter {name!r} uses DoRA, whose magnitude vector rankdecay does not fold in; "
+                "merge it first with model.merge_and_unload()."
             )
-        )
-    return layers
+        A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
+        delta = float(layer.scaling[name]) * (B @ A)
+        W = W + (delta.mT if getattr(layer, "fan_in_fan_out", False) else delta)
+        notes.append(f"LoRA adapter {name!r} (rank {A.shape[0]}, scale {float(layer.scaling[name]):g}) added: W + s·B·A")
+    return W, tuple(notes)
+
+
+def _live_get(model: nn.Module, notes: list[str]) -> Callable[[str], Tensor]:
+    """Tensor lookup on a live model: parameters by name; a LoRA layer's base weight resolves
+    to the layer's effective weight (notes collect what was added)."""
+
+    def get(name: str) -> Tensor:
+        owner, _, attr = name.rpartition(".")
+        if owner.endswith("base_layer") and attr == "weight":
+            layer = _submodule(model, owner[: -len("base_layer")].rstrip("."))
+            if layer is not None and is_lora_layer(layer):
+                W, lora_notes = lora_effective_weight(layer)
+                notes.extend(n for n in lora_notes if n not in notes)
+                return W
+        return model.get_parameter(name)
+
+    return get
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face BERT family: BERT, RoBERTa, MiniLM, ELECTRA, (v4-style) ViT ...
-#   <attention>.<self>.query / key / value (nn.Linear) + <attention>.output.dense (nn.Linear)
+# fold_norm: which norm feeds each attention module
 # ---------------------------------------------------------------------------------------------
 
-
-def _bert_self(module: nn.Module) -> tuple[str, nn.Module] | None:
-    for child_name, child in module.named_children():
-        if all(isinstance(getattr(child, p, None), nn.Linear) for p in ("query", "key", "value")):
-            return child_name, child
-    return None
-
-
-def _is_bert_attention(module: nn.Module) -> bool:
-    output = getattr(module, "output", None)
-    return isinstance(getattr(output, "dense", None), nn.Linear) and _bert_self(module) is not None
-
+_PRE_NORMS = ("input_layernorm", "layernorm_before", "ln_1", "layer_norm1", "attention_norm")
 
 _BERT_LAYER = re.compile(
     r"^(?P<pre>.*?)(?P<stack>(?:encoder|decoder)\.layers?)\.(?P<i>\d+)\.(?P<attr>\w+)$"
@@ -515,218 +525,225 @@ def _bert_norm_plan(model: nn.Module, name: str, cross: bool) -> _NormPlan:
     return _NormPlan(query=(target, norm), key_value=(target, norm))
 
 
-def _bert_extractor(model: nn.Module, *, fold_norm: bool = False) -> list[LayerHeads]:
-    """BERT family: query/key/value are ``nn.Linear`` (H·r, d) (y = x Wᵀ + b), row block h is
-    head h; ``output.dense`` (d, H·r), column block h is W_O^hᵀ."""
-    layers: list[LayerHeads] = []
-    for name, attn in _outermost(model, _is_bert_attention):
-        found = _bert_self(attn)
-        assert found is not None
-        self_name, sa = found
-        H = _first_attr((sa, getattr(sa, "config", None)), ("num_attention_heads", "num_heads"))
-        if H is None:
-            raise UnsupportedModelError(
-                f"cannot tell the number of heads of {name}; register an adapter for it with rankdecay.register_adapter."
+def _norm_plan(model: nn.Module, lh: LayerHeads, module: nn.Module) -> _NormPlan:
+    cross = lh.kind == "cross"
+    if isinstance(module, nn.MultiheadAttention):
+        return _mha_norm_plan(model, lh.name)
+    if lh.family == "GPT-2":
+        if cross:
+            return _NormPlan(
+                query=_pre_norm(model, lh.name, ("ln_cross_attn",)),
+                why_not="keys/values read the encoder's states",
             )
-        r = int(getattr(sa, "attention_head_size", sa.query.out_features // H))
-        W_Q = _heads_from_linear(sa.query.weight, H, r)
-        W_K = _heads_from_linear(sa.key.weight, H, r)
-        W_V = _heads_from_linear(sa.value.weight, H, r)
-        W_O = _out_heads_from_linear(attn.output.dense.weight, H, r)
-        base = _join(name, self_name)
-        qk = (_join(base, "query.weight"), _join(base, "key.weight"))
-        ov = (_join(base, "value.weight"), _join(name, "output.dense.weight"))
-        scale = getattr(sa, "scaling", None)
-        scale = float(scale) if isinstance(scale, (int, float)) else 1.0 / math.sqrt(r)
-        cross = bool(getattr(attn, "is_cross_attention", False)) or "Cross" in type(sa).__name__
-        notes: tuple[str, ...] = (
-            ("cross-attention: keys/values read the encoder's hidden states",) if cross else ()
-        )
-        pos = getattr(sa, "position_embedding_type", None) or getattr(
-            getattr(sa, "config", None), "position_embedding_type", None
-        )
-        if isinstance(pos, str) and pos != "absolute":
-            notes += (f"{pos} position scores are added to the QK scores and are not part of W_QK",)
-        if fold_norm:
-            W_Q, W_K, W_V, fold_notes = _apply_fold(
-                _bert_norm_plan(model, name, cross), W_Q, W_K, W_V
-            )
-            notes += fold_notes
-        layers.append(
-            LayerHeads(
-                layer=len(layers),
-                name=name,
-                W_Q=W_Q,
-                W_K=W_K,
-                W_V=W_V,
-                W_O=W_O,
-                scale=scale,
-                qk_params=qk,
-                ov_params=ov,
-                notes=notes,
-            )
-        )
-    return layers
+        entry = _pre_norm(model, lh.name, ("ln_1",))
+        return _NormPlan(query=entry, key_value=entry)
+    if any(n.endswith("output.dense.weight") for n in lh.ov_params):  # BERT layout
+        return _bert_norm_plan(model, lh.name, cross)
+    if cross:
+        return _NormPlan(why_not="cross-attention reads the encoder's states")
+    entry = _pre_norm(model, lh.name, _PRE_NORMS)
+    return _NormPlan(query=entry, key_value=entry)
+
+
+def _fold_layer(model: nn.Module, lh: LayerHeads, module: nn.Module) -> LayerHeads:
+    W_Q, W_K, W_V, notes = _apply_fold(_norm_plan(model, lh, module), lh.W_Q, lh.W_K, lh.W_V)
+    return dataclasses.replace(lh, W_Q=W_Q, W_K=W_K, W_V=W_V, notes=lh.notes + notes)
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face Llama family: q_proj / k_proj / v_proj / o_proj (Llama, Mistral, Qwen2, ViT ...)
+# Finding every attention module of a model
 # ---------------------------------------------------------------------------------------------
 
-_LLAMA_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+def _mla() -> tuple[Callable[[nn.Module], bool], Callable[..., LayerHeads]] | None:
+    try:
+        from .mla import is_mla_attention, mla_layer_heads
+    except ImportError:  # pragma: no cover - mla.py is part of the same release
+        return None
+    return is_mla_attention, mla_layer_heads
 
 
-def _is_llama_attention(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, p, None), nn.Linear) for p in _LLAMA_PROJ)
+@dataclass
+class Scan:
+    """What :func:`scan_attention` found: the layers, the families, and the modules that look
+    like attention but were not extracted (name → why)."""
+
+    layers: list[LayerHeads]
+    families: list[str]
+    unrecognized: dict[str, str]
 
 
-def _uses_rotary(model: nn.Module, attn: nn.Module) -> bool:
-    config = getattr(attn, "config", None) or getattr(model, "config", None)
-    for attr in ("rope_parameters", "rope_theta", "rope_scaling"):
-        if getattr(config, attr, None) is not None:
+def _looks_like_attention(module: nn.Module) -> bool:
+    """Class name with "Attention"/"Attn", or q/k/v-like children, and parameters of its own."""
+    cls = type(module).__name__
+    named = "Attention" in cls or "Attn" in cls
+    children = {n for n, _ in module.named_children()}
+    qkv_like = sum(1 for t in (Q_NAMES, K_NAMES, V_NAMES) if children & set(t)) >= 2 or bool(
+        children & set(FUSED_NAMES)
+    )
+    if not (named or qkv_like):
+        return False
+    return next(module.parameters(), None) is not None
+
+
+def _covers(covered: Iterable[str], name: str) -> bool:
+    """``name`` is an extracted module, inside one, or a container of one."""
+    for c in covered:
+        if c == name or not name or not c:
             return True
-    return _any(model, lambda m: "Rotary" in type(m).__name__)
+        if c.startswith(name + ".") or name.startswith(c + "."):
+            return True
+    return False
 
 
-def _llama_extractor(model: nn.Module, *, fold_norm: bool = False) -> list[LayerHeads]:
-    """Llama layout: q_proj (H·r, d), k_proj / v_proj (H_kv·r, d), o_proj (d, H·r), all
-    ``nn.Linear``. With grouped-query attention query head h uses key/value head
-    h // (H / H_kv) (transformers' ``repeat_kv``); its W_K, W_V are that shared head's."""
-    layers: list[LayerHeads] = []
-    for name, attn in _outermost(model, _is_llama_attention):
-        config = getattr(attn, "config", None)
-        H = _first_attr((attn, config), ("num_heads", "num_attention_heads"))
-        r = _first_attr((attn, config), ("head_dim",))
-        if H is None and r is not None:
-            H = attn.q_proj.out_features // r
-        if H is None:
-            raise UnsupportedModelError(
-                f"cannot tell the number of heads of {name}; register an adapter for it with rankdecay.register_adapter."
-            )
-        if r is None:
-            r = attn.q_proj.out_features // H
-        n_kv = attn.k_proj.out_features // r
-        if (
-            H * r != attn.q_proj.out_features
-            or n_kv * r != attn.k_proj.out_features
-            or n_kv == 0
-            or H % n_kv
-        ):
-            raise UnsupportedModelError(
-                f"{name}: q_proj/k_proj widths {attn.q_proj.out_features}/{attn.k_proj.out_features} do not split "
-                f"into heads of size {r}; register an adapter for it with rankdecay.register_adapter."
-            )
-        W_Q = _heads_from_linear(attn.q_proj.weight, H, r)
-        W_K = _heads_from_linear(attn.k_proj.weight, n_kv, r)
-        W_V = _heads_from_linear(attn.v_proj.weight, n_kv, r)
-        W_O = _out_heads_from_linear(attn.o_proj.weight, H, r)
-        kv_index: tuple[int, ...] | None = None
-        notes: tuple[str, ...] = ()
-        if n_kv != H:
-            group = H // n_kv
-            kv_index = tuple(h // group for h in range(H))
-            idx = torch.tensor(kv_index, device=W_K.device)
-            W_K, W_V = W_K.index_select(0, idx), W_V.index_select(0, idx)
-            notes += (
-                f"grouped-query attention: {n_kv} key/value heads shared by {H} query heads ({group} each)",
-            )
-        rotary = _uses_rotary(model, attn)
-        if rotary:
-            notes += ("rotary embeddings: QK circuit at relative offset 0",)
-            factor = getattr(config, "partial_rotary_factor", None)
-            if isinstance(factor, float) and factor < 1.0:
-                notes += (f"rotary applies to a fraction {factor} of each head",)
-        if isinstance(getattr(attn, "q_norm", None), nn.Module) or isinstance(
-            getattr(attn, "k_norm", None), nn.Module
-        ):
-            notes += (
-                "QK-norm: q and k are normalized per head before the product; W_QK is the raw W_Q W_Kᵀ",
-            )
-        scale = getattr(attn, "scaling", None)
-        scale = float(scale) if isinstance(scale, (int, float)) else 1.0 / math.sqrt(r)
-        if fold_norm:
-            entry = _pre_norm(
-                model,
-                name,
-                ("input_layernorm", "layernorm_before", "ln_1", "layer_norm1", "attention_norm"),
-            )
-            W_Q, W_K, W_V, fold_notes = _apply_fold(
-                _NormPlan(query=entry, key_value=entry), W_Q, W_K, W_V
-            )
-            notes += fold_notes
-        layers.append(
-            LayerHeads(
-                layer=len(layers),
-                name=name,
-                W_Q=W_Q,
-                W_K=W_K,
-                W_V=W_V,
-                W_O=W_O,
-                kv_head_index=kv_index,
-                rotary=rotary,
-                scale=scale,
-                qk_params=(_join(name, "q_proj.weight"), _join(name, "k_proj.weight")),
-                ov_params=(_join(name, "v_proj.weight"), _join(name, "o_proj.weight")),
-                notes=notes,
-            )
-        )
-    return layers
-
-
-def _family(
-    name: str, match: Callable[[nn.Module], bool], extractor: Extractor
-) -> AttentionAdapter:
-    return AttentionAdapter(name, lambda model: _any(model, match), extractor)
-
-
-def _builtin_adapters() -> list[AttentionAdapter]:
-    """Adapters defined in this module, after the protocol one (lowest priority last).
-
-    Each family adapter finds its attention modules anywhere inside the model (so a BertModel
-    inside a classifier or a sentence-embedding wrapper is found) and names every tensor
-    relative to the model passed in.
-    """
+def unrecognized_attention(model: nn.Module, layers: Iterable[LayerHeads]) -> list[str]:
+    """Names of modules that look like attention (class name with "Attention"/"Attn", or
+    q/k/v-like children) and are neither extracted, inside an extracted module, nor a
+    container of one."""
+    covered = [lh.name for lh in layers]
     return [
-        AttentionAdapter(
-            "models defining rankdecay_attention_heads()", _protocol_predicate, _protocol_extractor
-        ),
-        _family("Hugging Face GPT-2", _is_gpt2_attention, _gpt2_extractor),
-        _family(
-            "Hugging Face BERT family (BERT, RoBERTa, MiniLM, ELECTRA)",
-            _is_bert_attention,
-            _bert_extractor,
-        ),
-        _family(
-            "Hugging Face Llama family (Llama, Mistral, Qwen2, ViT and other q_proj/k_proj/v_proj/o_proj layouts)",
-            _is_llama_attention,
-            _llama_extractor,
-        ),
-        _family(
-            "torch.nn.MultiheadAttention (nn.TransformerEncoder/Decoder)", _is_mha, _mha_extractor
-        ),
+        name
+        for name, module in model.named_modules()
+        if _looks_like_attention(module) and not _covers(covered, name)
     ]
 
 
+def scan_attention(model: nn.Module, *, fold_norm: bool = False, **options: object) -> Scan:
+    """Every attention module of ``model``, outermost first in registration order, each by the
+    first rule that knows it: a ``rankdecay_attention_heads`` protocol, ``nn.MultiheadAttention``,
+    MLA (:mod:`rankdecay.mla`), or a plan (:func:`rankdecay.attention_spec.plan_from_module`).
+    Nothing raises: modules that fail are reported in ``Scan.unrecognized``."""
+    layers: list[LayerHeads] = []
+    families: list[str] = []
+    failed: dict[str, str] = {}
+    mla = _mla()
+
+    def add(lh: LayerHeads, module: nn.Module, family: str) -> None:
+        if fold_norm:
+            lh = _fold_layer(model, lh, module)
+        layers.append(lh)
+        if family not in families:
+            families.append(family)
+
+    def visit(module: nn.Module, name: str) -> None:
+        if _has_protocol(module):
+            offset = len(layers)
+            protocol_options = {"fold_norm": True, **options} if fold_norm else options
+            found = module.rankdecay_attention_heads(**protocol_options)  # type: ignore[operator]
+            layers.extend(_prefixed(lh, name, offset) for lh in found)
+            label = "models defining rankdecay_attention_heads()"
+            if label not in families:
+                families.append(label)
+            return
+        try:
+            if isinstance(module, nn.MultiheadAttention):
+                plan = _mha_plan(name, module, len(layers))
+                add(layer_heads_from_tensors(plan, model.get_parameter), module, plan.family)
+                return
+            if mla is not None and mla[0](module):
+                lh = mla[1](name, module, tower_config(model, name), len(layers))
+                add(lh, module, "DeepSeek-V2/V3 (MLA)")
+                return
+            plan = plan_from_module(model, name, module, len(layers))
+            if plan is not None:
+                notes: list[str] = []
+                lh = layer_heads_from_tensors(plan, _live_get(model, notes))
+                if notes:
+                    lh = dataclasses.replace(lh, notes=lh.notes + tuple(notes))
+                    lh.flags["lora"] = True
+                add(lh, module, plan.family)
+                return
+        except UnsupportedModelError as err:
+            failed[name] = str(err)
+            return
+        for child_name, child in module.named_children():
+            visit(child, _join(name, child_name))
+
+    visit(model, "")
+    unrecognized = {n: failed.get(n, "no rule recognises it") for n in failed}
+    for n in unrecognized_attention(model, layers):
+        unrecognized.setdefault(n, "no rule recognises it")
+    return Scan(layers, families, unrecognized)
+
+
+def _unrecognized_message(model: nn.Module, unrecognized: Mapping[str, str]) -> str:
+    items = list(unrecognized.items())
+    shown = "; ".join(
+        f"{n or type(model).__name__} ({type(_submodule(model, n) or model).__name__}: {why})"
+        for n, why in items[:3]
+    )
+    more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+    return (
+        f"{len(items)} module(s) of {type(model).__name__} look like attention but were not "
+        f"extracted: {shown}{more} — their heads are missing and their weights get no attention "
+        "role; teach rankdecay the module with rankdecay.register_adapter (see docs/metrics.md)."
+    )
+
+
+def check_coverage(
+    model: nn.Module, unrecognized: Mapping[str, str], *, strict: bool = False, stacklevel: int = 3
+) -> None:
+    """Warn (:class:`UnrecognizedAttentionWarning`) naming the attention-like modules that were
+    not extracted; with ``strict=True`` raise :class:`UnsupportedModelError` instead."""
+    if not unrecognized:
+        return
+    message = _unrecognized_message(model, unrecognized)
+    if strict:
+        raise UnsupportedModelError(message.replace(" — ", "; strict=True: ", 1))
+    warnings.warn(message, UnrecognizedAttentionWarning, stacklevel=stacklevel)
+
+
+def _builtin_adapter_names() -> list[str]:
+    return [
+        "models defining rankdecay_attention_heads()",
+        *(a.family for a in ARCHITECTURES),
+    ]
+
+
+def _scan_adapter(families: list[str]) -> AttentionAdapter:
+    def extractor(model: nn.Module, **options: object) -> list[LayerHeads]:
+        return scan_attention(model, **options).layers
+
+    return AttentionAdapter(", ".join(families), lambda model: True, extractor)
+
+
 def find_adapter(model: nn.Module) -> AttentionAdapter:
-    for adapter in [*_ADAPTERS, *_builtin_adapters()]:
+    """The adapter for ``model``: the latest registered one whose predicate accepts the model,
+    else the built-in per-module scan (named after the families it finds)."""
+    for adapter in _ADAPTERS:
         if adapter.predicate(model):
             return adapter
-    families = ", ".join(a.name for a in [*_ADAPTERS, *_builtin_adapters()])
+    with torch.no_grad():
+        found = scan_attention(model)
+    if found.layers:
+        return _scan_adapter(found.families)
+    families = ", ".join([*(a.name for a in _ADAPTERS), *_builtin_adapter_names()])
     raise UnsupportedModelError(
         f"rankdecay has no adapter for {type(model).__name__}; supported families: {families} — "
         "teach it yours with rankdecay.register_adapter(predicate, extractor)."
     )
 
 
-def attention_heads(model: nn.Module, **options: object) -> list[LayerHeads]:
+def attention_heads(model: nn.Module, *, strict: bool = False, **options: object) -> list[LayerHeads]:
     """Per-layer attention factors of ``model`` (see :class:`LayerHeads`), raw weights by default.
 
-    Options are passed to the adapter (e.g. ``fold_norm=True``).
+    Every attention module is extracted (several towers included); a module that looks like
+    attention but is not extracted gives an :class:`UnrecognizedAttentionWarning` naming it,
+    or with ``strict=True`` an :class:`UnsupportedModelError`. Options go to the extractor
+    (e.g. ``fold_norm=True``). A registered adapter (:func:`register_adapter`) that accepts the
+    model replaces the built-in scan.
     """
-    layers = find_adapter(model).extractor(model, **options)
+    for adapter in _ADAPTERS:
+        if adapter.predicate(model):
+            layers = adapter.extractor(model, **options)
+            unrecognized = {n: "not returned by the registered adapter" for n in unrecognized_attention(model, layers)}
+            break
+    else:
+        found = scan_attention(model, **options)
+        layers, unrecognized = found.layers, found.unrecognized
     if not layers:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no attention layers rankdecay can read; "
-            "check the model or register an adapter with rankdecay.register_adapter."
-        )
+        if unrecognized:
+            raise UnsupportedModelError(_unrecognized_message(model, unrecognized))
+        find_adapter(model)  # raises the one-sentence "no adapter" error
+    check_coverage(model, unrecognized, strict=strict)
     return layers

@@ -1,0 +1,877 @@
+"""What an attention module looks like, as data: names, split specs, head counts, scale, flags.
+
+One description serves two sources of weights:
+
+- a live ``nn.Module`` (:func:`plan_from_module`), reading head counts from the module's
+  attributes or its tower's config, and
+- the tensor names of a checkpoint on disk plus its ``config.json`` (:func:`plan_from_checkpoint`),
+
+and both produce :class:`AttentionPlan` s whose tensors :func:`split_heads` cuts into per-head
+factors with the same rules (``rankdecay.heads.layer_heads_from_tensors`` wraps it).
+
+Projections are found by a small name table (:data:`Q_NAMES`, :data:`K_NAMES`, :data:`V_NAMES`,
+:data:`O_NAMES`, :data:`FUSED_NAMES`). A fused projection's output rows are described by a split
+spec (:data:`LAYOUTS`), e.g. ``[3, H, r]``: rows ``(i·H + h)·r + j`` hold part i ∈ (q, k, v),
+head h, coordinate j — with grouped-query widths ``[q: H·r | k: H_kv·r | v: H_kv·r]``. Every
+spec is turned into row indices (:func:`fused_rows`) and the per-head factor is a gather of those
+rows, so the factors stay differentiable views of the parameters.
+
+Score scale rules (:data:`SCALE_RULES`) and flags (rotary, partial rotary, QK-norm, soft-cap,
+relative position bias, sliding window, ALiBi, cross-attention) come from the module or config.
+The families that have been checked against their models' own forward passes are listed in
+:data:`ARCHITECTURES` (rendered as the table in docs/metrics.md by :func:`architectures_table`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ARCHITECTURES",
+    "FUSED_NAMES",
+    "K_NAMES",
+    "LAYOUTS",
+    "O_NAMES",
+    "Q_NAMES",
+    "SCALE_RULES",
+    "V_NAMES",
+    "Architecture",
+    "AttentionPlan",
+    "architectures_table",
+    "fused_rows",
+    "plan_from_checkpoint",
+    "plan_from_module",
+    "split_heads",
+]
+
+# ------------------------------------------------------------------------------- name tables
+
+#: query projection names, first match wins ("self.query": BERT's <attention>.self.query).
+Q_NAMES = ("q_proj", "query", "q", "q_lin", "query_proj", "Wq", "wq", "to_q", "q_attn")
+K_NAMES = ("k_proj", "key", "k", "k_lin", "key_proj", "Wk", "wk", "to_k")
+V_NAMES = ("v_proj", "value", "v", "v_lin", "value_proj", "Wv", "wv", "to_v")
+#: output projection names (relative to the attention module; "output.dense" is BERT's).
+O_NAMES = (
+    "o_proj",
+    "out_proj",
+    "o",
+    "out_lin",
+    "dense",
+    "c_proj",
+    "proj",
+    "Wo",
+    "wo",
+    "to_out.0",
+    "out",
+    "output.dense",
+)
+#: fused q,k,v projections and the split spec used when the family does not say otherwise
+#: (``query_key_value`` has no default: GPT-NeoX/BLOOM and Falcon lay it out differently).
+FUSED_NAMES: dict[str, str | None] = {
+    "qkv": "qkv",
+    "Wqkv": "qkv",
+    "qkv_proj": "qkv",
+    "c_attn": "qkv",
+    "query_key_value": None,
+}
+#: attribute names (in the parent) of cross-attention modules.
+CROSS_NAMES = (
+    "encoder_attn",
+    "EncDecAttention",
+    "crossattention",
+    "cross_attn",
+    "cross_attention",
+    "multihead_attn",
+)
+
+#: split specs of a fused projection's output rows (H query heads, H_kv key/value heads, r).
+LAYOUTS: dict[str, str] = {
+    "separate": "q, k, v, o each its own matrix; rows [H, r] (k, v: [H_kv, r])",
+    "qkv": "[3, H, r] — rows [q: H·r | k: H_kv·r | v: H_kv·r] (GQA/MQA widths allowed)",
+    "head_qkv": "[H, 3, r] — per head its q, k, v rows (H_kv = H)",
+    "grouped": "[H_kv, g+2, r] — per key/value head its g = H/H_kv query heads, then k, then v",
+    "codegen": "[4, 3, H/4, r] — 4 model-parallel blocks, each [q | v | k] of H/4 heads",
+    "kv": "[2, H_kv, r] — fused k, v (cross-attention; q separate)",
+}
+
+
+def fused_rows(layout: str, n_heads: int, n_kv_heads: int, head_dim: int) -> dict[str, Tensor]:
+    """Row indices of q, k, v inside a fused projection's output: part → (H_part, r) int64.
+
+    Head h's coordinate j of part p is output row ``rows[p][h, j]``; see :data:`LAYOUTS`.
+    """
+    H, Hkv, r = n_heads, n_kv_heads, head_dim
+    if layout == "qkv":
+        return {
+            "q": torch.arange(H * r).view(H, r),
+            "k": H * r + torch.arange(Hkv * r).view(Hkv, r),
+            "v": (H + Hkv) * r + torch.arange(Hkv * r).view(Hkv, r),
+        }
+    if layout == "kv":
+        return {
+            "k": torch.arange(Hkv * r).view(Hkv, r),
+            "v": Hkv * r + torch.arange(Hkv * r).view(Hkv, r),
+        }
+    if layout == "head_qkv":
+        idx = torch.arange(3 * H * r).view(H, 3, r)
+        return {"q": idx[:, 0], "k": idx[:, 1], "v": idx[:, 2]}
+    if layout == "grouped":
+        g = H // Hkv
+        idx = torch.arange((H + 2 * Hkv) * r).view(Hkv, g + 2, r)
+        return {"q": idx[:, :g].reshape(H, r), "k": idx[:, g], "v": idx[:, g + 1]}
+    if layout == "codegen":
+        blocks = 4
+        idx = torch.arange(3 * H * r).view(blocks, 3, H // blocks, r)
+        return {"q": idx[:, 0].reshape(H, r), "v": idx[:, 1].reshape(H, r), "k": idx[:, 2].reshape(H, r)}
+    raise ValueError(f"unknown fused layout {layout!r}; choose one of {', '.join(LAYOUTS)}.")
+
+
+def _fused_width(layout: str, H: int, Hkv: int, r: int) -> int:
+    return {"kv": 2 * Hkv * r, "qkv": (H + 2 * Hkv) * r, "grouped": (H + 2 * Hkv) * r}.get(
+        layout, 3 * H * r
+    )
+
+
+# ------------------------------------------------------------------------------- config access
+
+
+def cfg_get(config: object, *keys: str) -> Any:
+    """The first of ``keys`` set (not None) on a config object or mapping, else None."""
+    if config is None:
+        return None
+    for key in keys:
+        value = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _pos_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+# ------------------------------------------------------------------------------- scale rules
+
+ScaleRule = Callable[[object, int, int], float]  # (config, head_dim, block index) -> scale
+
+
+def _scale_inv_sqrt(config: object, r: int, block: int) -> float:
+    return r**-0.5
+
+
+def _scale_one(config: object, r: int, block: int) -> float:
+    return 1.0
+
+
+def _scale_deberta(config: object, r: int, block: int) -> float:
+    pos = cfg_get(config, "pos_att_type") or []
+    factor = 1 + sum(1 for p in ("c2p", "p2c") if p in pos)
+    return (r * factor) ** -0.5
+
+
+def _scale_query_pre_attn(config: object, r: int, block: int) -> float:
+    scalar = cfg_get(config, "query_pre_attn_scalar")
+    return float(scalar) ** -0.5 if scalar else r**-0.5
+
+
+def _scale_gpt2(config: object, r: int, block: int) -> float:
+    scale = r**-0.5 if cfg_get(config, "scale_attn_weights") in (None, True) else 1.0
+    if cfg_get(config, "scale_attn_by_inverse_layer_idx"):
+        scale /= float(block + 1)
+    return scale
+
+
+#: score scale rules: name → (config, head_dim r, block index) ↦ scale (scores = scale·q·kᵀ).
+SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
+    "inv_sqrt": ("1/√r", _scale_inv_sqrt),
+    "one": ("1 (no scaling)", _scale_one),
+    "deberta": ("1/√(r·(1 + #{c2p, p2c}))", _scale_deberta),
+    "query_pre_attn": ("1/√query_pre_attn_scalar", _scale_query_pre_attn),
+    "gpt2": ("1/√r (÷ (layer+1) with scale_attn_by_inverse_layer_idx)", _scale_gpt2),
+}
+
+#: module attributes holding the model's own scale (live modules: preferred over the rule).
+_SCALE_ATTRS = ("scaling", "scale", "inv_norm_factor", "softmax_scale")
+
+# ------------------------------------------------------------------------------- families
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One row of the supported-architectures table.
+
+    ``classes``: attention-module class names it applies to (live models); ``model_types``:
+    ``config.json`` ``model_type`` values (checkpoints on disk). ``layout``/``fused`` say how
+    q, k, v are stored; ``scale`` names a :data:`SCALE_RULES` entry; ``flags`` and ``tested_by``
+    are documentation (``tested_by``: the case ids of tests/test_architectures.py).
+    """
+
+    family: str
+    classes: tuple[str, ...] = ()
+    model_types: tuple[str, ...] = ()
+    layout: str = "separate"
+    fused: str | None = None
+    in_out: bool = False
+    scale: str = "inv_sqrt"
+    flags: str = ""
+    tested_by: tuple[str, ...] = ()
+
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture("Llama / Mistral / Qwen2 (GQA, MQA)", ("LlamaAttention", "MistralAttention", "Qwen2Attention"),
+                 ("llama", "mistral", "qwen2"), flags="rotary, sliding window (Mistral)",
+                 tested_by=("llama_gqa", "mistral_mqa", "qwen2_gqa")),
+    Architecture("Gemma-2", ("Gemma2Attention",), ("gemma2",), scale="query_pre_attn",
+                 flags="rotary, logit soft-cap, sliding window", tested_by=("gemma2",)),
+    Architecture("GPT-2", ("GPT2Attention",), ("gpt2",), "qkv", "c_attn", in_out=True, scale="gpt2",
+                 flags="cross-attention (q_attn + fused [k | v] c_attn)", tested_by=("gpt2", "vision_encoder_decoder")),
+    Architecture("GPT-BigCode (MQA)", ("GPTBigCodeAttention",), ("gpt_bigcode",), "qkv", "c_attn",
+                 tested_by=("gpt_bigcode",)),
+    Architecture("nanoGPT CausalSelfAttention", ("CausalSelfAttention",), ("nanogpt",), "qkv", "c_attn",
+                 tested_by=("nanogpt",)),
+    Architecture("GPT-NeoX / Pythia", ("GPTNeoXAttention",), ("gpt_neox",), "head_qkv", "query_key_value",
+                 flags="rotary (partial: rotary_pct)", tested_by=("gpt_neox",)),
+    Architecture("BLOOM", ("BloomAttention",), ("bloom",), "head_qkv", "query_key_value",
+                 flags="ALiBi", tested_by=("bloom",)),
+    Architecture("Falcon (new decoder architecture)", ("FalconAttention",), ("falcon",), "grouped",
+                 "query_key_value", flags="rotary or ALiBi; [H, 3, r] without GQA, [q | k | v] with multi_query",
+                 tested_by=("falcon",)),
+    Architecture("CodeGen", ("CodeGenAttention",), ("codegen",), "codegen", "qkv_proj",
+                 flags="rotary (partial: rotary_dim)", tested_by=("codegen",)),
+    Architecture("Phi-3", ("Phi3Attention",), ("phi3",), "qkv", "qkv_proj", flags="rotary", tested_by=("phi3",)),
+    Architecture("Phi", ("PhiAttention",), ("phi",), flags="rotary (partial), QK-norm (qk_layernorm)",
+                 tested_by=("phi",)),
+    Architecture("GPT-J", ("GPTJAttention",), ("gptj",), flags="rotary (partial: rotary_dim)", tested_by=("gptj",)),
+    Architecture("OPT", ("OPTAttention",), ("opt",), tested_by=("opt",)),
+    Architecture("BART", ("BartAttention",), ("bart",), flags="cross-attention (decoder)", tested_by=("bart",)),
+    Architecture("Whisper", ("WhisperAttention",), ("whisper",), flags="cross-attention (decoder)",
+                 tested_by=("whisper",)),
+    Architecture("T5", ("T5Attention",), ("t5", "mt5"), scale="one",
+                 flags="relative position bias, cross-attention (decoder)", tested_by=("t5",)),
+    Architecture("CLIP (text and vision)", ("CLIPAttention",), ("clip", "clip_text_model", "clip_vision_model"),
+                 tested_by=("clip", "llava")),
+    Architecture("BERT / RoBERTa / MiniLM / ELECTRA", ("BertAttention", "RobertaAttention"), ("bert", "roberta"),
+                 flags="relative position bias (position_embedding_type relative_key*)",
+                 tested_by=("bert", "roberta", "minilm_real")),
+    Architecture("ViT", ("ViTAttention",), ("vit",), tested_by=("vit", "vision_encoder_decoder")),
+    Architecture("DistilBERT", ("DistilBertSelfAttention",), ("distilbert",), tested_by=("distilbert",)),
+    Architecture("ALBERT", ("AlbertAttention",), ("albert",), tested_by=("albert",)),
+    Architecture("DeBERTa-v2", ("DebertaV2Attention",), ("deberta-v2",), scale="deberta",
+                 flags="relative position bias (disentangled c2p/p2c)", tested_by=("deberta_v2",)),
+    Architecture("MPNet", ("MPNetSelfAttention",), ("mpnet",), flags="relative position bias", tested_by=("mpnet",)),
+    Architecture("ModernBERT", ("ModernBertAttention",), ("modernbert",), "qkv", "Wqkv",
+                 flags="rotary, sliding window (local layers)", tested_by=("modernbert",)),
+    Architecture("timm ViT", ("Attention",), (), "qkv", "qkv", flags="QK-norm (qk_norm=True)",
+                 tested_by=("timm_vit",)),
+    Architecture("DeepSeek-V2/V3 (MLA)", ("DeepseekV2Attention", "DeepseekV3Attention"), ("deepseek_v3",),
+                 "mla", flags="decoupled rotary part (reported, not in W_QK)", tested_by=("deepseek_v3",)),
+    Architecture("PEFT LoRA (any family above)", ("LoraLayer",), (), "separate",
+                 flags="effective weights W + s·B·A", tested_by=("peft_lora_llama",)),
+    Architecture("torch.nn.MultiheadAttention", ("MultiheadAttention",), (), "in_proj [3, H, r]",
+                 tested_by=("mha",)),
+)
+
+_BY_CLASS = {cls: arch for arch in ARCHITECTURES for cls in arch.classes}
+_BY_MODEL_TYPE = {mt: arch for arch in ARCHITECTURES for mt in arch.model_types}
+GENERIC = Architecture("q/k/v/o by name table", scale="inv_sqrt")
+
+
+def architectures_table() -> str:
+    """The supported-architectures table of docs/metrics.md (markdown), from :data:`ARCHITECTURES`."""
+    lines = [
+        "| family | layout / split spec | scale rule | flags |",
+        "|---|---|---|---|",
+    ]
+    for arch in ARCHITECTURES:
+        layout = LAYOUTS.get(arch.layout, arch.layout)
+        where = f"`{arch.fused}` " if arch.fused else ""
+        if arch.in_out:
+            where += "(stored in×out) "
+        scale = SCALE_RULES[arch.scale][0]
+        lines.append(f"| {arch.family} | {where}{layout} | {scale} | {arch.flags or '—'} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class AttentionPlan:
+    """Where one attention module's tensors are and how to cut them into heads.
+
+    Tensor names are full parameter names (relative to the model, or keys of a checkpoint):
+    ``q``, ``k``, ``v``, ``o`` (separate) or ``fused`` (+ ``q`` for a fused [k | v]).
+    ``in_out``: tensors stored (d_in, d_out) (GPT-2's Conv1D) instead of nn.Linear's (d_out, d_in).
+    ``n_kv_heads`` None: read from the key projection's width.
+    """
+
+    name: str
+    layer: int
+    family: str
+    o: str
+    n_heads: int
+    head_dim: int
+    scale: float
+    q: str | None = None
+    k: str | None = None
+    v: str | None = None
+    fused: str | None = None
+    layout: str = "separate"
+    in_out: bool = False
+    n_kv_heads: int | None = None
+    kind: str = "self"
+    rotary: bool = False
+    flags: dict[str, object] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def qk_params(self) -> tuple[str, ...]:
+        if self.layout == "separate":
+            return tuple(n for n in (self.q, self.k) if n)
+        if self.layout == "kv":
+            return tuple(n for n in (self.q, self.fused) if n)
+        return (self.fused,) if self.fused else ()
+
+    @property
+    def ov_params(self) -> tuple[str, ...]:
+        v = self.v if self.layout == "separate" else self.fused
+        return tuple(n for n in (v, self.o) if n)
+
+
+class PlanError(ValueError):
+    """The tensors do not split as the plan says (widths, head counts)."""
+
+
+def _rows_of(weight: Tensor, rows: Tensor, in_out: bool) -> Tensor:
+    """Per-head W (H, d_in, r) from the output rows ``rows`` (H, r) of a projection weight."""
+    if in_out:  # (d_in, d_out): columns are outputs
+        return weight[:, rows].permute(1, 0, 2)
+    return weight[rows].mT  # (H, r, d_in) -> (H, d_in, r)
+
+
+def _out_dim(weight: Tensor, in_out: bool) -> int:
+    return int(weight.shape[1] if in_out else weight.shape[0])
+
+
+def split_heads(
+    plan: AttentionPlan, get: Callable[[str], Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[int, ...] | None]:
+    """(W_Q, W_K, W_V, W_O, kv_head_index) of one attention module, per query head.
+
+    ``get(name)`` returns the tensor named in the plan (a parameter, or a checkpoint tensor).
+    W_Q (H, d, r), W_K / W_V (H, d_kv, r) — a key/value head shared by g query heads is repeated
+    (query head h uses key/value head h // g), W_O (H, r, d_model). Raises :class:`PlanError` if
+    a width does not fit the head counts.
+    """
+    H, r = plan.n_heads, plan.head_dim
+    if plan.layout == "separate":
+        assert plan.q and plan.k and plan.v
+        Wq, Wk, Wv = get(plan.q), get(plan.k), get(plan.v)
+        k_width = _out_dim(Wk, plan.in_out)
+        Hkv = plan.n_kv_heads or k_width // r
+        if _out_dim(Wq, plan.in_out) != H * r or k_width != Hkv * r or _out_dim(Wv, plan.in_out) != Hkv * r:
+            raise PlanError(
+                f"{plan.name}: q/k/v widths {_out_dim(Wq, plan.in_out)}/{k_width}/{_out_dim(Wv, plan.in_out)} "
+                f"do not split into {H} query heads of size {r}"
+            )
+        base = {"q": torch.arange(H * r).view(H, r), "k": torch.arange(Hkv * r).view(Hkv, r)}
+        W_Q = _rows_of(Wq, base["q"], plan.in_out)
+        W_K = _rows_of(Wk, base["k"], plan.in_out)
+        W_V = _rows_of(Wv, base["k"], plan.in_out)
+    else:
+        assert plan.fused
+        W = get(plan.fused)
+        Hkv = plan.n_kv_heads or H
+        width = _out_dim(W, plan.in_out)
+        if (
+            Hkv <= 0
+            or H % Hkv
+            or width != _fused_width(plan.layout, H, Hkv, r)
+            or (plan.layout in ("head_qkv", "codegen") and Hkv != H)
+            or (plan.layout == "codegen" and H % 4)
+        ):
+            raise PlanError(
+                f"{plan.name}: fused projection width {width} does not fit the {plan.layout} split "
+                f"with {H} query heads, {Hkv} key/value heads of size {r}"
+            )
+        rows = fused_rows(plan.layout, H, Hkv, r)
+        if plan.layout == "kv":
+            assert plan.q
+            W_Q = _rows_of(get(plan.q), torch.arange(H * r).view(H, r), plan.in_out)
+        else:
+            W_Q = _rows_of(W, rows["q"], plan.in_out)
+        W_K = _rows_of(W, rows["k"], plan.in_out)
+        W_V = _rows_of(W, rows["v"], plan.in_out)
+    Wo = get(plan.o)
+    in_width = int(Wo.shape[0] if plan.in_out else Wo.shape[1])
+    if in_width != H * r:
+        raise PlanError(f"{plan.name}: output projection input width {in_width} is not {H}·{r}")
+    if plan.in_out:  # (H·r, d_out)
+        W_O = Wo.reshape(H, r, Wo.shape[-1])
+    else:  # (d_out, H·r)
+        W_O = Wo.reshape(Wo.shape[0], H, r).permute(1, 2, 0)
+    kv_index: tuple[int, ...] | None = None
+    if Hkv != H:
+        if Hkv <= 0 or H % Hkv:
+            raise PlanError(f"{plan.name}: {H} query heads cannot share {Hkv} key/value heads")
+        g = H // Hkv
+        kv_index = tuple(h // g for h in range(H))
+        idx = torch.tensor(kv_index, device=W_K.device)
+        W_K, W_V = W_K.index_select(0, idx), W_V.index_select(0, idx)
+    return W_Q, W_K, W_V, W_O, kv_index
+
+
+# ------------------------------------------------------------------------------- flags
+
+
+def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[str, object]]:
+    """(rotary, flags) that a config alone tells: rotary / partial rotary, ALiBi, soft-cap,
+    relative position bias, sliding window. ``block`` is the layer's index in its stack."""
+    flags: dict[str, object] = {}
+    alibi = bool(cfg_get(config, "alibi")) or cfg_get(config, "model_type") == "bloom"
+    rotary = not alibi and any(
+        cfg_get(config, key) is not None
+        for key in ("rope_parameters", "rope_theta", "rope_scaling", "rotary_dim", "rotary_pct",
+                    "rotary_emb_base", "global_rope_theta")
+    )
+    if alibi:
+        flags["alibi"] = True
+    if rotary:
+        flags["rotary"] = True
+        fraction = cfg_get(config, "partial_rotary_factor", "rotary_pct")
+        rdim = _pos_int(cfg_get(config, "rotary_dim"))
+        if fraction is None and rdim is not None:
+            fraction = rdim / head_dim
+        if isinstance(fraction, (int, float)) and 0 < fraction < 1:
+            flags["partial_rotary"] = float(fraction)
+    softcap = cfg_get(config, "attn_logit_softcapping")
+    if isinstance(softcap, (int, float)) and softcap > 0:
+        flags["softcap"] = float(softcap)
+    pos_type = cfg_get(config, "position_embedding_type")
+    if (
+        cfg_get(config, "relative_attention_num_buckets") is not None
+        or cfg_get(config, "relative_attention") is True
+        or (isinstance(pos_type, str) and pos_type.startswith("relative"))
+    ):
+        flags["relative_position_bias"] = True
+    window = _pos_int(cfg_get(config, "sliding_window"))
+    layer_types = cfg_get(config, "layer_types")
+    if window and cfg_get(config, "use_sliding_window") is not False:
+        if not isinstance(layer_types, (list, tuple)) or (
+            block < len(layer_types) and layer_types[block] == "sliding_attention"
+        ):
+            flags["sliding_window"] = window
+    local = _pos_int(cfg_get(config, "local_attention"))
+    every = _pos_int(cfg_get(config, "global_attn_every_n_layers"))
+    if local and every and block % every:  # ModernBERT's local layers
+        flags["sliding_window"] = local
+    return rotary, flags
+
+
+def _notes_for(plan_flags: Mapping[str, object], kind: str, H: int, Hkv: int | None) -> tuple[str, ...]:
+    notes: list[str] = []
+    if kind == "cross":
+        notes.append("cross-attention: keys/values read the encoder's hidden states")
+    if Hkv is not None and Hkv != H:
+        notes.append(
+            f"grouped-query attention: {Hkv} key/value heads shared by {H} query heads ({H // Hkv} each)"
+        )
+    if plan_flags.get("rotary"):
+        notes.append("rotary embeddings: QK circuit at relative offset 0")
+        if "partial_rotary" in plan_flags:
+            notes.append(f"rotary applies to a fraction {plan_flags['partial_rotary']} of each head")
+    if plan_flags.get("alibi"):
+        notes.append("ALiBi: a per-head linear position bias is added to the QK scores")
+    if "qk_norm" in plan_flags:
+        notes.append(
+            f"QK-norm ({plan_flags['qk_norm']}): q and k are normalized before the product; W_QK is the raw W_Q W_Kᵀ"
+        )
+    if "softcap" in plan_flags:
+        notes.append(f"logit soft-cap {plan_flags['softcap']}: scores pass through c·tanh(s/c)")
+    if plan_flags.get("relative_position_bias"):
+        notes.append("relative position scores are added to the QK scores and are not part of W_QK")
+    if "sliding_window" in plan_flags:
+        notes.append(f"sliding window of {plan_flags['sliding_window']} positions")
+    return tuple(notes)
+
+
+def finish_notes(plan: AttentionPlan) -> AttentionPlan:
+    """Fill ``plan.notes`` from its flags (after ``n_kv_heads`` is known)."""
+    plan.notes = plan.notes + _notes_for(plan.flags, plan.kind, plan.n_heads, plan.n_kv_heads)
+    return plan
+
+
+# ------------------------------------------------------------------------------- live modules
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _sub(module: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def is_lora_layer(module: nn.Module) -> bool:
+    """A PEFT LoRA layer: a ``base_layer`` plus ``lora_A`` / ``lora_B`` dictionaries."""
+    return (
+        isinstance(getattr(module, "base_layer", None), nn.Module)
+        and isinstance(getattr(module, "lora_A", None), nn.ModuleDict)
+        and isinstance(getattr(module, "lora_B", None), nn.ModuleDict)
+    )
+
+
+def _projection(module: nn.Module | None) -> tuple[str, nn.Module] | None:
+    """(weight suffix, layer holding the weight) of a linear-like projection: ``nn.Linear``,
+    transformers' ``Conv1D``, or a PEFT LoRA layer around one (→ "base_layer.weight")."""
+    if module is None:
+        return None
+    if is_lora_layer(module):
+        inner = _projection(module.base_layer)
+        return None if inner is None else (_join("base_layer", inner[0]), inner[1])
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() == 2:
+        return "weight", module
+    return None
+
+
+def _is_in_out(layer: nn.Module) -> bool:
+    return type(layer).__name__ == "Conv1D"
+
+
+def _find(module: nn.Module, names: Iterable[str]) -> tuple[str, nn.Module] | None:
+    """(weight name relative to ``module``, layer) of the first projection named in ``names``."""
+    for name in names:
+        sub = _sub(module, name)
+        found = _projection(sub) if sub is not module else None
+        if found is not None:
+            return _join(name, found[0]), found[1]
+    return None
+
+
+def _bert_self(module: nn.Module) -> str | None:
+    """Name of the one child holding query/key/value (BERT's ``self``, DeBERTa's ``self``)."""
+    for child_name, child in module.named_children():
+        if all(_find(child, names) for names in (Q_NAMES, K_NAMES, V_NAMES)):
+            return child_name
+    return None
+
+
+def tower_config(model: nn.Module, name: str) -> object:
+    """The config of the nearest module at or above ``name`` that has one (the tower's)."""
+    parts = name.split(".") if name else []
+    for i in range(len(parts), -1, -1):
+        sub = _sub(model, ".".join(parts[:i]))
+        config = getattr(sub, "config", None)
+        if config is not None and not isinstance(config, (int, float, str)):
+            return config
+    return None
+
+
+_H_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "nhead")
+_R_ATTRS = ("head_dim", "head_size", "attention_head_size", "key_value_proj_dim", "d_kv", "dim_per_head")
+_KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "kv_heads", "n_head_kv", "n_kv_heads")
+
+
+def _first_int(objs: Iterable[object], names: Iterable[str]) -> int | None:
+    names = tuple(names)
+    for obj in objs:
+        for attr in names:
+            value = _pos_int(cfg_get(obj, attr))
+            if value is not None:
+                return value
+    return None
+
+
+def _is_cross(module: nn.Module, name: str, inner: nn.Module | None) -> bool:
+    if any(bool(getattr(m, "is_cross_attention", False)) for m in (module, inner) if m is not None):
+        return True
+    if name.rsplit(".", 1)[-1] in CROSS_NAMES:
+        return True
+    return any("Cross" in type(m).__name__ for m in (module, inner) if m is not None)
+
+
+def _module_flags(module: nn.Module, H: int, r: int) -> dict[str, object]:
+    """Flags only a live module tells: QK-norm width, its own soft-cap / window / rotary dims."""
+    flags: dict[str, object] = {}
+    for qn in ("q_norm", "q_layernorm", "query_norm"):
+        norm = getattr(module, qn, None)
+        if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
+            weight = getattr(norm, "weight", None)
+            shape = getattr(norm, "normalized_shape", None)
+            width = weight.numel() if isinstance(weight, Tensor) else (
+                math.prod(shape) if isinstance(shape, tuple) else (shape if isinstance(shape, int) else 0)
+            )
+            flags["qk_norm"] = "full" if width == H * r and H > 1 else "per_head"
+            break
+    softcap = getattr(module, "attn_logit_softcapping", None)
+    if isinstance(softcap, (int, float)) and softcap > 0:
+        flags["softcap"] = float(softcap)
+    window = _pos_int(getattr(module, "sliding_window", None))
+    if window:
+        flags["sliding_window"] = window
+    if getattr(module, "has_relative_attention_bias", None) is not None or any(
+        n in ("relative_position_bias_table", "relative_attention_bias")
+        for n, _ in module.named_parameters()
+    ) or any(n.endswith("relative_attention_bias") for n, _ in module.named_modules()):
+        flags["relative_position_bias"] = True
+    return flags
+
+
+def _rotary_in_tower(model: nn.Module, name: str) -> bool:
+    parts = name.split(".") if name else []
+    for i in range(len(parts), -1, -1):
+        sub = _sub(model, ".".join(parts[:i]))
+        if sub is not None and getattr(sub, "config", None) is not None:
+            return any("Rotary" in type(m).__name__ for m in sub.modules())
+    return any("Rotary" in type(m).__name__ for m in model.modules())
+
+
+def _block_index(name: str) -> int:
+    numbers = re.findall(r"\.(\d+)(?:\.|$)", f".{name}")
+    return int(numbers[-1]) if numbers else 0
+
+
+def plan_from_module(model: nn.Module, name: str, module: nn.Module, layer: int) -> AttentionPlan | None:
+    """The plan of ``module`` (at ``name`` in ``model``) if it is an attention module with q, k,
+    v, o projections the name table knows (or a fused one with a known split), else None.
+
+    Head counts come from the module's attributes, then its tower's config; the key/value
+    head count from the key projection's width (separate) or the attributes (fused).
+    """
+    arch = _BY_CLASS.get(type(module).__name__, GENERIC)
+    o = _find(module, O_NAMES)
+    if o is None:
+        return None
+    q = _find(module, Q_NAMES)
+    k = _find(module, K_NAMES)
+    v = _find(module, V_NAMES)
+    fused = _find(module, [arch.fused] if arch.fused else FUSED_NAMES)
+    inner: nn.Module | None = None
+    if not (q and k and v) and fused is None:
+        self_name = _bert_self(module)
+        if self_name is None or o[0] != "output.dense.weight" and not o[0].startswith("output.dense."):
+            return None
+        inner = module.get_submodule(self_name)
+        q, k, v = (_find(inner, names) for names in (Q_NAMES, K_NAMES, V_NAMES))
+        assert q and k and v
+        q, k, v = ((_join(self_name, t[0]), t[1]) for t in (q, k, v))  # type: ignore[assignment]
+    elif o[0].startswith("output."):
+        return None  # q/k/v here but the output projection two levels down: not this module
+    config = tower_config(model, name)
+    objs = (module, inner, config)
+    H = _first_int(objs, _H_ATTRS)
+    r = _first_int((module, inner), _R_ATTRS)
+    q_layer = (q or fused)[1]  # type: ignore[index]
+    q_width = _out_dim(q_layer.weight, _is_in_out(q_layer))
+    if r is None:
+        r = _first_int((config,), ("head_dim", "d_kv"))
+        if r is not None and H is not None and H * r != (q_width if q else H * r):
+            r = None
+    if H is None and r is not None and q is not None:
+        H = q_width // r
+    if H is None:
+        return None
+    if r is None:  # the output projection reads H·r features
+        r = int(o[1].weight.shape[0] if _is_in_out(o[1]) else o[1].weight.shape[1]) // H
+    if r <= 0:
+        return None
+    block = _first_int((module,), ("layer_idx",))
+    block = block if block is not None else _block_index(name)
+    kind = "cross" if _is_cross(module, name, inner) else "self"
+    in_out = _is_in_out((fused or q)[1])  # type: ignore[index]
+    plan = AttentionPlan(name=name, layer=layer, family=arch.family, o=_join(name, o[0]), n_heads=H,
+                         head_dim=r, scale=0.0, in_out=in_out, kind=kind)
+    if fused is not None and not (q and k and v):
+        layout = arch.layout if arch.fused else FUSED_NAMES.get(fused[0].split(".")[0])
+        Hkv = _first_int(objs, _KV_ATTRS)
+        if type(module).__name__ == "FalconAttention":
+            layout, Hkv = _falcon_layout(module, H, Hkv)
+        if layout is None:
+            return None
+        if kind == "cross" and q is not None:  # GPT-2 cross-attention: q_attn + fused [k | v]
+            layout = "kv"
+            plan.q = _join(name, q[0])
+        elif bool(getattr(module, "multi_query", False)) and Hkv is None:
+            Hkv = 1
+        plan.fused, plan.layout, plan.n_kv_heads = _join(name, fused[0]), layout, Hkv or H
+    else:
+        assert q and k and v
+        plan.q, plan.k, plan.v = (_join(name, t[0]) for t in (q, k, v))
+        plan.n_kv_heads = _out_dim(k[1].weight, _is_in_out(k[1])) // r
+    plan.scale = _live_scale(module, inner, arch, config, r, block)
+    rotary, flags = config_flags(config, r, block)
+    if not rotary and config is None and _rotary_in_tower(model, name):
+        rotary, flags["rotary"] = True, True
+    elif rotary is False and _rotary_in_tower(model, name) and not flags.get("alibi"):
+        rotary, flags["rotary"] = True, True
+    for mod in (module, inner):
+        if mod is None:
+            continue
+        flags.update(_module_flags(mod, H, r))
+        rdim = _pos_int(getattr(mod, "rotary_ndims", None) or getattr(mod, "rotary_dim", None))
+        if rotary and rdim and rdim < r:
+            flags["partial_rotary"] = rdim / r
+    if kind == "cross":
+        flags["cross_attention"] = True
+        flags.pop("rotary", None)
+        flags.pop("partial_rotary", None)
+        rotary = False
+    plan.rotary, plan.flags = rotary, flags
+    return finish_notes(plan)
+
+
+def _falcon_layout(module: nn.Module, H: int, Hkv: int | None) -> tuple[str, int]:
+    if getattr(module, "new_decoder_architecture", False):
+        return "grouped", Hkv or H
+    if getattr(module, "multi_query", False):
+        return "qkv", 1
+    return "head_qkv", H
+
+
+def _live_scale(
+    module: nn.Module, inner: nn.Module | None, arch: Architecture, config: object, r: int, block: int
+) -> float:
+    if arch.scale == "inv_sqrt":
+        for mod in (module, inner):
+            for attr in _SCALE_ATTRS:
+                value = getattr(mod, attr, None) if mod is not None else None
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                    return float(value)
+    if arch.scale == "gpt2":
+        value = getattr(module, "scaling", None)
+        if isinstance(value, (int, float)):
+            return float(value)
+        scale = r**-0.5 if getattr(module, "scale_attn_weights", True) else 1.0
+        if getattr(module, "scale_attn_by_inverse_layer_idx", False):
+            scale /= float(getattr(module, "layer_idx", 0) + 1)
+        return scale
+    if arch.scale == "deberta":
+        pos = getattr(inner, "pos_att_type", None) or cfg_get(config, "pos_att_type") or []
+        return _scale_deberta({"pos_att_type": list(pos)}, r, block)
+    if arch.scale == "one":
+        value = getattr(module, "scaling", None)
+        return float(value) if isinstance(value, (int, float)) else 1.0
+    for attr in ("scaling",):
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return SCALE_RULES[arch.scale][1](config, r, block)
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+
+def _sub_config(config: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
+    """The sub-config a tensor prefix belongs to (multi-tower configs: text/vision/encoder ...)."""
+    for key, words in (
+        ("vision_config", ("vision",)),
+        ("text_config", ("language_model", "text_model", "text")),
+        ("encoder", ("encoder.",)),
+        ("decoder", ("decoder.",)),
+    ):
+        sub = config.get(key)
+        if isinstance(sub, Mapping) and any(w in prefix for w in words):
+            return {**config, **sub}
+    return config
+
+
+def plan_from_checkpoint(config: Mapping[str, Any], tensor_names: Iterable[str]) -> list[AttentionPlan]:
+    """Plans of every attention module whose tensors are named in a checkpoint (no model built).
+
+    ``config``: the parsed ``config.json``; ``tensor_names``: every tensor name in the checkpoint.
+    A module is a prefix P with ``P.<o>.weight`` for an output name of :data:`O_NAMES` and either
+    ``P.<q|k|v>.weight`` for names of the q/k/v tables (also under one child, BERT's ``self``)
+    or a fused ``P.<fused>.weight``. Head counts, split spec, scale and flags come from the
+    config (``model_type`` selects the family; see :data:`ARCHITECTURES`). Plans are ordered by
+    their names with numbers compared as numbers.
+    """
+    names = set(tensor_names)
+    arch0 = _BY_MODEL_TYPE.get(str(config.get("model_type", "")), GENERIC)
+    prefixes: set[str] = set()
+    for full in names:
+        for o_name in O_NAMES:
+            suffix = f"{o_name}.weight"
+            if full == suffix or full.endswith("." + suffix):
+                prefixes.add(full[: -len(suffix)].rstrip("."))
+    plans: list[AttentionPlan] = []
+
+    def first(prefix: str, table: Iterable[str], under: str = "") -> str | None:
+        for n in table:
+            full = _join(_join(prefix, under), f"{n}.weight")
+            if full in names:
+                return full
+        return None
+
+    def natural(s: str) -> list[object]:
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+    for prefix in sorted(prefixes, key=natural):
+        cfg = _sub_config(config, prefix)
+        arch = _BY_MODEL_TYPE.get(str(cfg.get("model_type", "")), arch0)
+        o = first(prefix, O_NAMES)
+        assert o is not None
+        q, k, v = (first(prefix, t) for t in (Q_NAMES, K_NAMES, V_NAMES))
+        fused = first(prefix, [arch.fused] if arch.fused else FUSED_NAMES)
+        if not (q and k and v) and fused is None:
+            for under in ("self",):
+                q, k, v = (first(prefix, t, under) for t in (Q_NAMES, K_NAMES, V_NAMES))
+                if q and k and v:
+                    break
+            if not (q and k and v):
+                continue
+        elif o.endswith("output.dense.weight") and o != _join(prefix, "output.dense.weight"):
+            continue
+        H = _first_int((cfg,), ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads"))
+        hidden = _first_int((cfg,), ("hidden_size", "n_embd", "d_model", "dim"))
+        r = _first_int((cfg,), ("head_dim", "d_kv"))
+        if H is None or (r is None and hidden is None):
+            continue
+        r = r or hidden // H  # type: ignore[operator]
+        block = _block_index(prefix)
+        kind = "cross" if prefix.rsplit(".", 1)[-1] in CROSS_NAMES else "self"
+        plan = AttentionPlan(name=prefix, layer=len(plans), family=arch.family, o=o, n_heads=H,
+                             head_dim=r, scale=SCALE_RULES[arch.scale][1](cfg, r, block),
+                             in_out=arch.in_out, kind=kind)
+        if q and k and v:
+            plan.q, plan.k, plan.v = q, k, v
+            Hkv = _first_int((cfg,), ("num_key_value_heads",))
+            plan.n_kv_heads = Hkv if Hkv is not None and arch.layout == "separate" else None
+        else:
+            layout = arch.layout if arch.fused else FUSED_NAMES.get(fused.rsplit(".", 2)[-2])  # type: ignore[union-attr]
+            Hkv = _first_int((cfg,), ("num_key_value_heads", "num_kv_heads", "n_head_kv"))
+            if cfg.get("model_type") == "falcon":
+                if cfg.get("new_decoder_architecture"):
+                    layout = "grouped"
+                elif cfg.get("multi_query", True):
+                    layout, Hkv = "qkv", 1
+                else:
+                    layout, Hkv = "head_qkv", H
+            elif cfg.get("multi_query"):
+                Hkv = 1
+            if layout is None:
+                continue
+            if q is not None and kind == "cross":
+                layout, plan.q = "kv", q
+            plan.fused, plan.layout, plan.n_kv_heads = fused, layout, Hkv or H
+        rotary, flags = config_flags(cfg, r, block)
+        if kind == "cross":
+            rotary = False
+            flags = {k_: v_ for k_, v_ in flags.items() if "rotary" not in k_}
+            flags["cross_attention"] = True
+        plan.rotary, plan.flags = rotary, flags
+        for qn in ("q_norm", "q_layernorm"):
+            if _join(prefix, f"{qn}.weight") in names:
+                plan.flags["qk_norm"] = "per_head"  # the width is checked when the tensor is read
+        plans.append(finish_notes(plan))
+    return plans
