@@ -105,19 +105,20 @@ def test_records_match_dense_svd_and_metric_definitions() -> None:
 
 def test_one_batched_svd_call_for_equal_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, ...]] = []
-    real = analyze_mod.factored_spectrum
+    real = analyze_mod.r_factor
 
-    def counting(A: torch.Tensor, B: torch.Tensor, dtype: torch.dtype | None = torch.float64):
-        calls.append(tuple(A.shape))
-        assert A.dtype == torch.float64 and B.dtype == torch.float64
-        return real(A, B, dtype=dtype)
+    def counting(X: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(X.shape))
+        assert X.dtype == torch.float64
+        return real(X)
 
-    monkeypatch.setattr(analyze_mod, "factored_spectrum", counting)
+    monkeypatch.setattr(analyze_mod, "r_factor", counting)
     analyze(_gpt2())
-    assert calls == [(L * H * 2, D, D // H)]  # every head of every layer, both circuits, at once
+    # every factor (both sides) of every head of every layer, both circuits, in one QR call
+    assert calls == [(L * H * 4, D, D // H)]
     calls.clear()
-    analyze(nn.MultiheadAttention(D, H, kdim=20, vdim=24))  # W_Q (d) and W_V (vdim) differ
-    assert len(calls) == 2
+    analyze(nn.MultiheadAttention(D, H, kdim=20, vdim=24))  # W_Q, W_Oᵀ (d), W_K (kdim), W_V (vdim)
+    assert len(calls) == 3
 
 
 def test_circuit_selection_and_rtol() -> None:

@@ -57,3 +57,48 @@ def test_huge_finite_values_are_not_mistaken_for_inf() -> None:
     assert not torch.isfinite(A.sum())
     checked, _ = _check_factors(A, torch.ones(3, 2, dtype=torch.float64), None)
     assert checked is A
+
+
+def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GQA: 8 query heads share 2 key/value heads; the QR runs on 2 K (and 2 V) factors per
+    layer, not 8, and every head's σ still equals a dense float64 SVD of its own W_Q W_Kᵀ."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    import importlib
+
+    analyze_mod = importlib.import_module("rankdecay.analyze")
+    from rankdecay.heads import attention_heads
+
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=32,
+        vocab_size=50,
+        head_dim=8,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaModel(cfg).eval()
+    rows: list[int] = []
+    real = analyze_mod.r_factor
+
+    def counting(X: torch.Tensor) -> torch.Tensor:
+        rows.append(X.shape[0])
+        return real(X)
+
+    monkeypatch.setattr(analyze_mod, "r_factor", counting)
+    report = analyze_mod.analyze(model)
+    # per layer: qk → 8 W_Q + 2 W_K; ov → 2 W_V + 8 W_O
+    assert sum(rows) == 2 * (8 + 2 + 2 + 8)
+    with torch.no_grad():
+        layers = attention_heads(model)
+    for rec in report.records:
+        A, B = layers[rec["layer"]].factors(rec["circuit"])
+        h = rec["head"]
+        dense = torch.linalg.svdvals(A[h].double() @ B[h].double().mT)[:8]
+        s = torch.tensor(rec["singular_values"], dtype=torch.float64)
+        assert (s - dense).abs().max() <= 1e-12 * dense[0]
+        assert rec["kv_head"] == h // 4

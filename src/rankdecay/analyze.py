@@ -50,7 +50,14 @@ from .checkpoint import (
 from .errors import RankdecayError
 from .heads import LayerHeads, UnsupportedModelError, attention_heads, find_adapter
 from .runio import atomic_write_json, atomic_write_text, read_json
-from .spectra import DEFAULT_RTOL, factored_spectrum, spectral_metrics
+from .spectra import (
+    DEFAULT_RTOL,
+    chain_r,
+    r_factor,
+    require_finite,
+    spectral_metrics,
+    spectrum_from_r,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -522,29 +529,120 @@ def analyze(
     return SpectralReport(records=records, model=info)
 
 
+@dataclass
+class _Side:
+    """One side (A or B) of a circuit in one layer, as :func:`_spectra_records` decomposes it.
+
+    Either ``factor`` (n, d, r) — the distinct factors, one per head, or one per key/value head
+    when query heads share it (``index`` then maps query head → row) — or ``chain``, the factors
+    A₁, A₂, … of a product (MLA, LoRA) decomposed by a QR cascade.
+    """
+
+    factor: Tensor | None = None
+    index: tuple[int, ...] | None = None
+    chain: tuple[Tensor, ...] | None = None
+
+
+def _sides(lh: LayerHeads, circuit: str) -> tuple[_Side, _Side]:
+    """(A side, B side) of ``circuit``; a key/value factor shared by g query heads (GQA/MQA)
+    appears once, so its QR is computed once and reused by index."""
+    if lh.chains and circuit in lh.chains:
+        a_chain, b_chain = lh.chains[circuit]
+        return _Side(chain=tuple(a_chain)), _Side(chain=tuple(b_chain))
+    A, B = lh.factors(circuit)
+    kv = lh.kv_head_index
+    if kv is None:
+        return _Side(A), _Side(B)
+    distinct = list(dict.fromkeys(kv))  # key/value heads in order of first use
+    first = torch.tensor([kv.index(j) for j in distinct], device=A.device)
+    row = {j: i for i, j in enumerate(distinct)}
+    index = tuple(row[j] for j in kv)
+    if circuit == "qk":  # B = W_K is the shared one
+        return _Side(A), _Side(B.index_select(0, first), index)
+    return _Side(A.index_select(0, first), index), _Side(B)  # ov: A = W_V is shared
+
+
+def _stack_float64(pieces: list[Tensor]) -> Tensor:
+    """Stack (nᵢ, d, r) factors of any float dtype into one float64 (N, d, r) tensor laid out
+    column-major per matrix (what LAPACK's geqrf wants): one copy pass, cast included."""
+    n = sum(p.shape[0] for p in pieces)
+    d, r = pieces[0].shape[-2:]
+    out = torch.empty(n, r, d, dtype=torch.float64, device=pieces[0].device)
+    start = 0
+    for p in pieces:
+        out[start : start + p.shape[0]].copy_(p.mT)
+        start += p.shape[0]
+    return out.mT
+
+
+def _side_elements(side: _Side) -> int:
+    if side.factor is not None:
+        return side.factor.numel()
+    return sum(t.numel() for t in side.chain or ())
+
+
+def _chunk_rs(
+    layers: list[LayerHeads], chunk: list[tuple[int, str]]
+) -> dict[tuple[int, str], tuple[Tensor, Tensor]]:
+    """R_A, R_B (H, k, r) per item of a chunk: every distinct factor of equal shape in one
+    batched Householder QR (:func:`r_factor`), chains by their QR cascade (:func:`chain_r`)."""
+    sides = {item: _sides(layers[item[0]], item[1]) for item in chunk}
+    groups: dict[tuple[int, ...], list[tuple[tuple[int, str], int]]] = {}
+    rs: dict[tuple[tuple[int, str], int], Tensor] = {}
+    for item, pair in sides.items():
+        for j, side in enumerate(pair):
+            if side.factor is not None:
+                groups.setdefault(tuple(side.factor.shape[1:]), []).append((item, j))
+            else:
+                R = chain_r(side.chain or (), side="A" if j == 0 else "B")
+                H = layers[item[0]].n_heads
+                rs[(item, j)] = R.expand(H, *R.shape[-2:]) if R.dim() == 2 else R
+    for members in groups.values():
+        pieces = [sides[item][j].factor for item, j in members]
+        X = _stack_float64([p for p in pieces if p is not None])
+        require_finite(X)
+        R_all = r_factor(X)
+        start = 0
+        for (item, j), p in zip(members, pieces):
+            assert p is not None
+            rs[(item, j)] = R_all[start : start + p.shape[0]]
+            start += p.shape[0]
+    out: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
+    for item, pair in sides.items():
+        R_pair = []
+        for j, side in enumerate(pair):
+            R = rs[(item, j)]
+            if side.index is not None:
+                R = R[list(side.index)]
+            R_pair.append(R)
+        out[item] = (R_pair[0], R_pair[1])
+    return out
+
+
 def _spectra_records(
     layers: list[LayerHeads], circuits: tuple[str, ...], rtol: float, progress: bool | None
 ) -> list[dict[str, Any]]:
-    # One work item per (layer, circuit); group items whose factors have equal shapes.
+    """One record per (layer, query head, circuit).
+
+    Work per chunk of (layer, circuit) items: the R factor of every *distinct* factor (a key/value
+    head shared by g query heads is decomposed once), all factors of equal shape in one batched
+    QR after one float64 cast-and-stack pass; MLA/LoRA chains by QR cascades; then the small
+    cores R_A R_Bᵀ of equal shape in one batched SVD (:func:`spectrum_from_r`: σ, balance, gap).
+    """
     items = [(li, c) for li in range(len(layers)) for c in circuits]
-    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[tuple[int, str]]] = {}
-    for li, c in items:
-        A, B = layers[li].factors(c)
-        groups.setdefault((tuple(A.shape[1:]), tuple(B.shape[1:])), []).append((li, c))
-    # Chunks: consecutive items of a group whose factor elements stay under the budget.
+    # Chunks: consecutive items whose distinct factor elements stay under the budget.
     chunks: list[list[tuple[int, str]]] = []
-    for (a_shape, b_shape), members in groups.items():
-        per_item = 0
-        current: list[tuple[int, str]] = []
-        for li, c in members:
-            size = layers[li].n_heads * (math.prod(a_shape) + math.prod(b_shape))
-            if current and per_item + size > _CHUNK_ELEMENTS:
-                chunks.append(current)
-                current, per_item = [], 0
-            current.append((li, c))
-            per_item += size
-        if current:
+    current: list[tuple[int, str]] = []
+    budget = 0
+    for item in items:
+        size = sum(_side_elements(side) for side in _sides(layers[item[0]], item[1]))
+        if current and budget + size > _CHUNK_ELEMENTS:
             chunks.append(current)
+            current, budget = [], 0
+        current.append(item)
+        budget += size
+    if current:
+        chunks.append(current)
     n_products = sum(layers[li].n_heads for li, _ in items)
     show = (
         progress
@@ -555,18 +653,23 @@ def _spectra_records(
     results: dict[tuple[int, str], dict[str, Tensor]] = {}
     try:
         for chunk in chunks:
-            A = torch.cat([layers[li].factors(c)[0] for li, c in chunk]).to(torch.float64)
-            B = torch.cat([layers[li].factors(c)[1] for li, c in chunk]).to(torch.float64)
-            s, bal, gap = factored_spectrum(A, B, dtype=None)  # (N, k), (N,), (N,)
-            metrics = spectral_metrics(s, rtol)
-            metrics["balance"] = bal
-            metrics["norm_gap"] = gap
-            metrics["singular_values"] = s
-            start = 0
-            for li, c in chunk:
-                n = layers[li].n_heads
-                results[(li, c)] = {k: v[start : start + n] for k, v in metrics.items()}
-                start += n
+            rs = _chunk_rs(layers, chunk)
+            cores: dict[tuple[int, ...], list[tuple[int, str]]] = {}
+            for item, (R_A, R_B) in rs.items():
+                cores.setdefault((R_A.shape[-2], R_B.shape[-2], R_A.shape[-1]), []).append(item)
+            for members in cores.values():
+                R_A = torch.cat([rs[item][0] for item in members])
+                R_B = torch.cat([rs[item][1] for item in members])
+                s, bal, gap = spectrum_from_r(R_A, R_B)  # (N, k), (N,), (N,)
+                metrics = spectral_metrics(s, rtol)
+                metrics["balance"] = bal
+                metrics["norm_gap"] = gap
+                metrics["singular_values"] = s
+                start = 0
+                for item in members:
+                    n = layers[item[0]].n_heads
+                    results[item] = {k: v[start : start + n] for k, v in metrics.items()}
+                    start += n
             if bar is not None:
                 bar.advance(bar.task_ids[0])
     finally:
@@ -592,7 +695,7 @@ def _spectra_records(
                 for m in METRICS:
                     if m != "rank":
                         rec[m] = float(floats[m][h])
-                rec["singular_values"] = [float(x) for x in sv[h]]
+                rec["singular_values"] = sv[h]
                 records.append(rec)
     return records
 
