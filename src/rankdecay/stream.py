@@ -51,6 +51,8 @@ __all__ = ["StreamingFallbackWarning", "analyze_directory", "is_run_directory"]
 
 #: config keys that give a model's number of layers (the first present one is checked)
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+#: config keys that give a model's hidden size (checked against W_Q's input width)
+WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
 
 
 class StreamingFallbackWarning(UserWarning):
@@ -251,8 +253,15 @@ def _dry_run(
 
         try:
             meta = build(plan, get)
-        except RankdecayError:
-            raise
+        except RankdecayError as exc:
+            if not isinstance(exc, UnsupportedModelError):
+                raise
+            reason = str(exc).split(";")[0][:160]
+            raise CorruptCheckpointError(
+                f"the attention tensors in {index.directory} do not fit the head counts and sizes "
+                f"of its config.json ({reason}); the config and weights belong to different models "
+                "— re-save them together with save_pretrained."
+            ) from None
         except (RuntimeError, ValueError, IndexError) as exc:
             reason = (
                 str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
@@ -267,16 +276,25 @@ def _dry_run(
     return out
 
 
-def _check_layer_count(
+def _check_config_fits(
     config: Mapping[str, Any], planned: Sequence[_Planned], directory: Path
 ) -> None:
-    """A config declaring more layers than the files hold attention for is refused."""
+    """A config declaring more layers than the files hold attention for, or a width no attention
+    module has, is refused (the config and the weights do not belong together)."""
     declared = _cfg_int(config, *LAYER_COUNT_KEYS)
     if declared is not None and declared > len(planned):
         raise CorruptCheckpointError(
             f"{directory / 'config.json'} declares {declared} layers but the weights hold attention "
             f"tensors for {len(planned)}; the config or the shards do not belong together — restore "
             "the missing shards or fix the config."
+        )
+    width = _cfg_int(config, *WIDTH_KEYS)
+    widths = {int(p.meta.W_Q.shape[1]) for p in planned}
+    if width is not None and widths and width not in widths:
+        raise CorruptCheckpointError(
+            f"{directory / 'config.json'} declares a hidden size of {width} but the attention "
+            f"tensors are {sorted(widths)[0]} wide; the config and weights belong to different "
+            "models — fix the config or re-save the model with save_pretrained."
         )
 
 
@@ -373,7 +391,7 @@ def analyze_directory(
         model._rankdecay_source = source  # type: ignore[assignment]
         return analyze(model, rtol=rtol, circuits=circuits, fold_norm=fold_norm, progress=progress)
     planned = _dry_run(plans, build, index)
-    _check_layer_count(config, planned, directory)
+    _check_config_fits(config, planned, directory)
     show = progress if progress is not None else (len(planned) >= 4 and sys.stderr.isatty())
     records = _stream_records(planned, build, index, circuits, rtol, bool(show))
     layers = [p.meta for p in planned]

@@ -1,0 +1,547 @@
+"""Streaming ``analyze(path)``: equal to the in-memory path, reads only attention tensors one
+layer at a time, and treats a model directory as hostile data (no code, no escapes, no hangs,
+no allocation from lying sizes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import struct
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rankdecay.analyze import SpectralReport, analyze, load_model
+from rankdecay.checkpoint import (
+    CheckpointIndex,
+    CorruptCheckpointError,
+    MissingWeightsError,
+    ModelNotFoundError,
+    RemoteCodeError,
+    UnsafePathError,
+    read_safetensors_header,
+)
+from rankdecay.cli import main
+from rankdecay.errors import RankdecayError
+from rankdecay.stream import StreamingFallbackWarning
+
+transformers = pytest.importorskip("transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _llama(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        vocab_size=60,
+    )
+    return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def _gpt2() -> nn.Module:
+    torch.manual_seed(1)
+    cfg = transformers.GPT2Config(
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        vocab_size=50,
+        n_positions=16,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return transformers.GPT2Model(cfg).eval()
+
+
+def _bert() -> nn.Module:
+    torch.manual_seed(2)
+    cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
+    return transformers.BertForSequenceClassification(cfg).eval()
+
+
+def _same(a: SpectralReport, b: SpectralReport, tol: float = 1e-12) -> None:
+    assert len(a.records) == len(b.records) > 0
+    for ra, rb in zip(a.records, b.records):
+        assert (ra["layer"], ra["name"], ra["head"], ra["circuit"], ra["kv_head"]) == (
+            rb["layer"],
+            rb["name"],
+            rb["head"],
+            rb["circuit"],
+            rb["kv_head"],
+        )
+        sa, sb = np.asarray(ra["singular_values"]), np.asarray(rb["singular_values"])
+        assert np.abs(sa - sb).max() <= tol * sa.max()
+        for m in ("nuclear_norm", "balance", "norm_gap", "effective_rank"):
+            assert abs(ra[m] - rb[m]) <= tol * max(1.0, abs(ra[m]), sa.max() ** 2)
+        assert ra["rank"] == rb["rank"]
+
+
+def _within(seconds: float, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a daemon thread; fail if it does not finish in ``seconds`` (a hang)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s (a hang)"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming equals the in-memory path
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make,dtype,shard",
+    [
+        (_llama, torch.float32, None),
+        (_llama, torch.float32, "30KB"),
+        (_llama, torch.bfloat16, "30KB"),
+        (_llama, torch.float16, None),
+        (_gpt2, torch.float32, "20KB"),
+        (_bert, torch.bfloat16, None),
+    ],
+)
+def test_streaming_equals_in_memory(
+    make: Callable[[], nn.Module], dtype: torch.dtype, shard: str | None, tmp_path: Path
+) -> None:
+    model = make().to(dtype)
+    path = tmp_path / "m"
+    model.save_pretrained(path, **({"max_shard_size": shard} if shard else {}))
+    assert (path / "model.safetensors.index.json").is_file() == (shard is not None)
+    streamed = analyze(path)
+    assert streamed.model["streamed"] is True
+    assert streamed.model["parameter_dtype"] == str(dtype).replace("torch.", "")
+    reloaded = type(model).from_pretrained(path, local_files_only=True, dtype=dtype)
+    _same(analyze(reloaded), streamed)
+    _same(analyze(model), streamed)
+    _same(analyze(load_model(path)), streamed)
+    assert streamed.model["n_layers"] == len(analyze(model).model["layer_names"])
+
+
+def test_bin_checkpoint_streams_the_same(tmp_path: Path) -> None:
+    model = _llama()
+    model.save_pretrained(tmp_path / "bin")
+    (tmp_path / "bin" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    _same(analyze(model), analyze(tmp_path / "bin"))
+
+
+def test_reader_requests_only_attention_tensors_one_layer_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _llama(torch.bfloat16)
+    model.save_pretrained(tmp_path / "m", max_shard_size="30KB")
+    calls: list[list[str]] = []
+    original = CheckpointIndex.read
+
+    def spy(self: CheckpointIndex, names: Any) -> Any:
+        names = list(names)
+        calls.append(names)
+        return original(self, names)
+
+    monkeypatch.setattr(CheckpointIndex, "read", spy)
+    report = analyze(tmp_path / "m")
+    all_names = set(model.state_dict())
+    attention = {n for n in all_names if ".self_attn." in n and n.endswith("proj.weight")}
+    requested = [n for call in calls for n in call]
+    assert set(requested) == attention and len(requested) == len(attention)  # each once
+    assert len(calls) == report.model["n_layers"] == 3
+    for i, call in enumerate(calls):  # one layer per read: peak memory ≈ one (two) layers
+        assert {n.split(".self_attn.")[0] for n in call} == {f"model.layers.{i}"}
+        assert len(call) == 4
+
+
+def test_streamed_report_has_model_info_of_the_in_memory_one(tmp_path: Path) -> None:
+    model = _llama()
+    model.save_pretrained(tmp_path / "m")
+    a, b = analyze(model).model, analyze(tmp_path / "m").model
+    for key in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "gqa", "rotary", "scale"):
+        assert a[key] == b[key], key
+    assert b["model_class"] == "LlamaForCausalLM" and b["source"] == str(tmp_path / "m")
+
+
+def test_uncovered_architecture_falls_back_with_a_warning(tmp_path: Path) -> None:
+    cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_channels=3)
+    transformers.ResNetModel(cfg).save_pretrained(tmp_path / "r")
+    with pytest.warns(StreamingFallbackWarning, match="in memory"):
+        with pytest.raises(RankdecayError, match="no adapter|no attention"):
+            analyze(tmp_path / "r")
+
+
+def test_fold_norm_uses_the_in_memory_path(tmp_path: Path) -> None:
+    model = _gpt2()
+    model.save_pretrained(tmp_path / "g")
+    report = analyze(tmp_path / "g", fold_norm=True)
+    assert "streamed" not in report.model and report.model["fold_norm"] is True
+    _same(analyze(model, fold_norm=True), report)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_dir(tmp_path: Path, **model_options: Any) -> tuple[Path, nn.Module]:
+    from safetensors.torch import save_model
+
+    from rankdecay.models import ModelConfig, TinyTransformer
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(
+        n_layers=2, d_model=32, n_heads=4, d_mlp=0, vocab_size=17, max_len=9, **model_options
+    )
+    model = TinyTransformer(cfg).eval()
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    save_model(model, str(run / "checkpoint" / "model.safetensors"))
+    stored = dataclasses.asdict(cfg) | {"vocab_size": 0}  # as runs store it: the task fills it
+    meta = {"experiment": "recall", "preset": "quick", "seed": 0, "config": {"model": stored}}
+    (run / "config.json").write_text(json.dumps(meta))
+    return run, model
+
+
+@pytest.mark.parametrize("options", [{}, {"pos": "rotary", "qk_norm": "l2", "norm": "rms"}])
+def test_run_directory(tmp_path: Path, options: dict[str, Any]) -> None:
+    run, model = _run_dir(tmp_path, **options)
+    _same(analyze(model), analyze(run))
+    _same(analyze(model), analyze(run / "checkpoint"))
+    assert analyze(run).model["model_class"] == "TinyTransformer"
+
+
+def test_run_directory_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = _run_dir(tmp_path)
+    meta = json.loads((run / "config.json").read_text())
+    meta["config"]["model"]["n_layers"] = 10**6
+    (run / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptCheckpointError, match="declares 1000000 layers"):
+        _within(30, lambda: analyze(run))
+    (run / "checkpoint" / "model.safetensors").unlink()
+    assert main(["analyze", str(run)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile and damaged directories
+# ---------------------------------------------------------------------------------------------
+
+
+def _rewrite_header(path: Path, mutate: Callable[[dict[str, Any]], None]) -> None:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    mutate(header)
+    new = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+def _first_attention(header: dict[str, Any]) -> str:
+    return next(k for k in header if k.endswith("q_proj.weight"))
+
+
+def _saved(tmp_path: Path) -> Path:
+    path = tmp_path / "m"
+    _llama().save_pretrained(path)
+    return path
+
+
+def test_remote_code_is_refused_and_never_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _saved(tmp_path)
+    marker = tmp_path / "CODE_RAN"
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    for name in ("evil.py", "configuration_evil.py", "modeling_evil.py", "__init__.py"):
+        (path / name).write_text(code)
+    config = json.loads((path / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModel": "modeling_evil.EvilModel",
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(path)  # even `import evil` from the working directory would find it
+    with pytest.raises(RemoteCodeError, match="auto_map") as info:
+        _within(30, lambda: analyze(path))
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(RemoteCodeError):
+        load_model(path)
+    config.pop("auto_map")
+    config["text_config"] = {"auto_map": {"AutoConfig": "evil.X"}}  # nested, too
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RemoteCodeError):
+        analyze(path)
+    assert not marker.exists()
+
+
+def test_remote_code_cli_in_a_real_process_never_prompts(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    marker = tmp_path / "CODE_RAN"
+    (path / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    config = json.loads((path / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (path / "config.json").write_text(json.dumps(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rankdecay.cli", "analyze", str(path)],
+        input="y\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "auto_map" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def _sharded(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    path = tmp_path / "s"
+    _llama().save_pretrained(path, max_shard_size="30KB")
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    return path, index
+
+
+def _point_first_shard(path: Path, index: dict[str, Any], target: str) -> str:
+    first = sorted(set(index["weight_map"].values()))[0]
+    index["weight_map"] = {k: (target if v == first else v) for k, v in index["weight_map"].items()}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    return first
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "nested-dotdot"])
+def test_shard_paths_outside_the_directory_are_refused(tmp_path: Path, where: str) -> None:
+    path, index = _sharded(tmp_path)
+    first = sorted(set(index["weight_map"].values()))[0]
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes((path / first).read_bytes())  # a valid file: only the check stops it
+    target = {
+        "parent": "../outside.safetensors",
+        "absolute": str(outside),
+        "nested-dotdot": "sub/../../outside.safetensors",
+    }[where]
+    _point_first_shard(path, index, target)
+    with pytest.raises(UnsafePathError, match="outside the model directory") as info:
+        analyze(path)
+    assert isinstance(info.value, ValueError)
+
+
+def test_fifo_shard_does_not_hang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, index = _sharded(tmp_path)
+    os.mkfifo(path / "pipe.safetensors")
+    _point_first_shard(path, index, "pipe.safetensors")
+    with pytest.raises(UnsafePathError, match="not a regular file"):
+        _within(20, lambda: analyze(path))
+    assert _within(20, lambda: main(["analyze", str(path)])) == 2
+    assert "not a regular file" in capsys.readouterr().err
+    single = _saved(tmp_path / "single")  # the single-file name as a FIFO
+    (single / "model.safetensors").unlink()
+    os.mkfifo(single / "model.safetensors")
+    with pytest.raises(UnsafePathError):
+        _within(20, lambda: analyze(single))
+    os.unlink(single / "config.json")
+    os.mkfifo(single / "config.json")
+    with pytest.raises(UnsafePathError):
+        _within(20, lambda: analyze(single))
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("family", ["llama", "neox"])
+def test_config_sizes_beyond_the_files_fail_fast_without_allocating(
+    tmp_path: Path, family: str
+) -> None:
+    path = tmp_path / family
+    if family == "llama":  # streamed
+        _llama().save_pretrained(path)
+    else:  # not covered by the name-based plan: the in-memory path's checks
+        cfg = transformers.GPTNeoXConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=50,
+        )
+        transformers.GPTNeoXModel(cfg).save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    config["num_hidden_layers"] = 10**6
+    (path / "config.json").write_text(json.dumps(config))
+    before, start = _rss_mb(), time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StreamingFallbackWarning)
+        with pytest.raises(CorruptCheckpointError, match="1000000"):
+            _within(30, lambda: analyze(path))
+    assert time.perf_counter() - start < 30 and _rss_mb() - before < 200
+    # widths far beyond the tensors: refused before allocating, too
+    config["num_hidden_layers"] = 2
+    config["hidden_size"] = config["intermediate_size"] = 10**6
+    (path / "config.json").write_text(json.dumps(config))
+    before = _rss_mb()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StreamingFallbackWarning)
+        with pytest.raises(CorruptCheckpointError):
+            _within(60, lambda: analyze(path))
+    assert _rss_mb() - before < 200
+
+
+def test_heads_from_config_that_do_not_fit_the_tensors(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config["num_attention_heads"] = 7  # 64 = 8·8 does not split into 7 heads
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptCheckpointError, match="do not fit"):
+        analyze(path)
+
+
+def test_truncated_shard(tmp_path: Path) -> None:
+    path, index = _sharded(tmp_path)
+    shard = path / sorted(set(index["weight_map"].values()))[-1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(CorruptCheckpointError, match="truncated") as info:
+        analyze(path)
+    assert isinstance(info.value, ValueError)
+    shard.write_bytes(b"\x01\x00")
+    with pytest.raises(CorruptCheckpointError, match="shorter than"):
+        analyze(path)
+
+
+def _lie_shape(h: dict[str, Any]) -> None:
+    h[_first_attention(h)]["shape"][0] *= 2
+
+
+def _lie_offsets_beyond_end(h: dict[str, Any]) -> None:
+    e = h[_first_attention(h)]
+    e["data_offsets"] = [e["data_offsets"][0] + 10**9, e["data_offsets"][1] + 10**9]
+
+
+def _lie_overlap(h: dict[str, Any]) -> None:
+    entries = sorted((v["data_offsets"], k) for k, v in h.items() if k != "__metadata__")
+    (b0, e0), _ = entries[0]
+    (b1, e1), k1 = entries[1]
+    h[k1]["data_offsets"] = [b0, b0 + (e1 - b1)] if e1 - b1 <= e0 - b0 else [b1 - 4, e1 - 4]
+
+
+def _lie_dtype(h: dict[str, Any]) -> None:
+    h[_first_attention(h)]["dtype"] = "F64"  # bytes are float32: the size no longer matches
+
+
+def _lie_unknown_dtype(h: dict[str, Any]) -> None:
+    h[_first_attention(h)]["dtype"] = "Q4_K"
+
+
+def _lie_negative_shape(h: dict[str, Any]) -> None:
+    h[_first_attention(h)]["shape"] = [-64, -64]
+
+
+@pytest.mark.parametrize(
+    "mutate,expected",
+    [
+        (_lie_shape, "needs"),
+        (_lie_offsets_beyond_end, "truncated"),
+        (_lie_overlap, "overlap|needs"),
+        (_lie_dtype, "needs"),
+        (_lie_unknown_dtype, "unknown dtype"),
+        (_lie_negative_shape, "no valid shape"),
+    ],
+)
+def test_lying_safetensors_headers(
+    tmp_path: Path,
+    mutate: Callable[[dict[str, Any]], None],
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = _saved(tmp_path)
+    _rewrite_header(path / "model.safetensors", mutate)
+    with pytest.raises(CorruptCheckpointError, match=expected):
+        read_safetensors_header(path / "model.safetensors")
+    capsys.readouterr()
+    assert main(["analyze", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rankdecay: error: ") and "\n" not in err and "Traceback" not in err
+
+
+def test_header_length_bomb_and_garbage_json(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(struct.pack("<Q", 2**63) + data[8:])
+    with pytest.raises(CorruptCheckpointError, match="exceeds"):
+        analyze(path)
+    weights.write_bytes(struct.pack("<Q", 20_000) + b"[" * 20_000)
+    with pytest.raises(CorruptCheckpointError, match="JSON"):
+        analyze(path)
+
+
+def test_quantized_attention_weights_are_named(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    model = _llama()
+    path = tmp_path / "q"
+    model.save_pretrained(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    key = "model.layers.0.self_attn.q_proj.weight"
+    state[key] = state[key].to(torch.int8)
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(CorruptCheckpointError, match="quantized"):
+        analyze(path)
+
+
+def test_missing_weights_and_missing_shard(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(MissingWeightsError, match="no model.safetensors") as info:
+        analyze(path)
+    assert isinstance(info.value, FileNotFoundError)
+    spath, index = _sharded(tmp_path)
+    (spath / sorted(set(index["weight_map"].values()))[0]).unlink()
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        analyze(spath)
+    index["weight_map"] = "nope"
+    (spath / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CorruptCheckpointError, match="weight_map"):
+        analyze(spath)
+
+
+def test_hub_id_gets_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="only local directories") as info:
+        analyze("meta-llama/Llama-3-8B")
+    assert isinstance(info.value, FileNotFoundError)
+    assert main(["analyze", "meta-llama/Llama-3-8B"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "only local directories" in err and "\n" not in err
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        analyze(tmp_path / "no" / "such" / "dir")
