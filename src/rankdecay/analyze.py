@@ -28,6 +28,7 @@ import io
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -877,6 +878,13 @@ def _write_html(report: SpectralReport, path: str) -> None:
     analysis_html(report, path)
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], *_: object, **__: object
+) -> None:
+    """CLI warnings as one line on stderr: ``rankdecay: warning: <sentence>`` (no source line)."""
+    print(f"rankdecay: warning: {message}", file=sys.stderr)
+
+
 def run_cli(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -886,9 +894,15 @@ def run_cli(args: argparse.Namespace) -> int:
         )
     circuits = _check_circuits(args.circuits)
     progress = False if args.no_progress else None
-    report = analyze(
-        args.source, rtol=args.rtol, circuits=circuits, fold_norm=args.fold_norm, progress=progress
-    )
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        report = analyze(
+            args.source,
+            rtol=args.rtol,
+            circuits=circuits,
+            fold_norm=args.fold_norm,
+            progress=progress,
+        )
     console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
     console.print(render_table(report, per_head=args.heads))
     notes = report.model.get("notes") or {}
