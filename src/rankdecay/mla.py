@@ -1,0 +1,201 @@
+"""Multi-head latent attention (MLA, DeepSeek-V2/V3): per-head circuits as chains of factors.
+
+An MLA module (Hugging Face ``DeepseekV2Attention`` / ``DeepseekV3Attention`` and clones with the
+same parameter names) computes, for a residual-stream row x ∈ ℝ^d and query head h
+(``nn.Linear`` weights are out×in, y = x Wᵀ):
+
+    queries  c_q = norm_q(x W_qaᵀ)                    q_a_proj (q_lora, d), q_a_layernorm
+             q^h = c_q W_qb^hᵀ = [q_nope^h | q_rope^h]  q_b_proj (H·(n + p), q_lora), n + p per head
+             (without a query LoRA: q^h = x W_q^hᵀ,     q_proj (H·(n + p), d))
+    keys     [c_kv | k_rope] = x W_kvaᵀ                kv_a_proj_with_mqa (kv_lora + p, d)
+             c_kv ← norm_kv(c_kv)                      kv_a_layernorm
+             [k_nope^h | v^h] = c_kv W_kvb^hᵀ           kv_b_proj (H·(n + v), kv_lora)
+    scores   s^h_ij = scale · (q_nope^h_i · k_nope^h_j + q_rope^h_i · k_rope_j)   (rotary on *_rope)
+    output   o_i = Σ_h (Σ_j P^h_ij v^h_j) W_O^hᵀ      o_proj (d, H·v)
+
+In the convention of :mod:`rankdecay.heads` (x ↦ xᵀW, circuits A·Bᵀ):
+
+- QK (non-rotary part): W_QK^h = (A₁A₂)(B₁B₂)ᵀ with A₁ = W_qaᵀ (d, q_lora) — shared by every
+  head —, A₂ = W_qb^{h,nope}ᵀ (q_lora, n), B₁ = W_kva^{latent}ᵀ (d, kv_lora) shared,
+  B₂ = W_kvb^{h,k}ᵀ (kv_lora, n). Without a query LoRA the A chain is the single W_q^{h,nope}ᵀ.
+- OV: W_OV^h = (A₁A₂)(B₁)ᵀ with A₁ = W_kva^{latent}ᵀ, A₂ = W_kvb^{h,v}ᵀ (kv_lora, v),
+  B₁ = W_O^hᵀ (d, v).
+
+``LayerHeads.chains`` holds exactly these factors, and :func:`rankdecay.analyze` takes their
+singular values by QR cascades (:func:`rankdecay.spectra.factored_svdvals_chain`): the shared
+d×q_lora and d×kv_lora factors are decomposed once per layer, never a d×d matrix. ``W_Q``,
+``W_K``, ``W_V`` hold the materialized effective per-head factors (A₁A₂ etc., d×n) so that
+``LayerHeads.factors`` and autograd-based users keep working (that product costs
+d·q_lora·H·n multiply-adds per layer; analyze itself does not use it).
+
+The decoupled rotary part q_rope^h · k_rope (p dims per head; k_rope is one key head shared by
+all query heads, read straight from the residual stream) depends on the positions and is not
+in W_QK; it is described in ``flags["rotary_part"]``.
+
+Norm gains: the latent RMSNorms (q_a_layernorm, kv_a_layernorm) sit *between* factors. Their
+per-row 1/rms is a positive scalar per token (it rescales a token's scores, not the circuit);
+their gains γ are a diagonal between the factors. By default the raw weights are reported
+(gains not folded, as everywhere in rankdecay); ``fold_norm=True`` replaces A₂ by diag(γ_q)·A₂
+and B₂ (and the OV A₂) by diag(γ_kv)·B₂, i.e. the circuit the model computes up to those
+per-token scalars. Biases are not part of the circuits.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from .heads import LayerHeads, UnsupportedModelError
+
+__all__ = ["is_mla_attention", "mla_layer_heads"]
+
+_REQUIRED = ("kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
+
+
+def is_mla_attention(module: nn.Module) -> bool:
+    """True for a DeepSeek-V2/V3-style MLA module: ``kv_a_proj_with_mqa``, ``kv_b_proj`` and
+    ``o_proj`` linears plus either ``q_proj`` or the ``q_a_proj``/``q_b_proj`` pair."""
+    if not all(isinstance(getattr(module, p, None), nn.Linear) for p in _REQUIRED):
+        return False
+    if isinstance(getattr(module, "q_proj", None), nn.Linear):
+        return True
+    return isinstance(getattr(module, "q_a_proj", None), nn.Linear) and isinstance(
+        getattr(module, "q_b_proj", None), nn.Linear
+    )
+
+
+def _dim(module: nn.Module, config: object | None, name: str, *attrs: str) -> int:
+    """The first non-negative int among ``attrs`` on the module, then on the config."""
+    for obj in (module, config):
+        for attr in attrs:
+            value = getattr(obj, attr, None) if obj is not None else None
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+    raise UnsupportedModelError(
+        f"{name}: cannot tell the MLA {attrs[0]} (not on the module nor its config); "
+        "register an adapter for it with rankdecay.register_adapter."
+    )
+
+
+def _gain(norm: object) -> Tensor | None:
+    weight = getattr(norm, "weight", None)
+    return weight if isinstance(weight, Tensor) and weight.dim() == 1 else None
+
+
+def mla_layer_heads(
+    name: str,
+    module: nn.Module,
+    config: object | None,
+    layer: int,
+    *,
+    fold_norm: bool = False,
+) -> LayerHeads:
+    """The per-head QK (non-rotary part) and OV circuits of one MLA module as chains.
+
+    Args:
+        name: the module's qualified name (for parameter names and messages).
+        module: the MLA module (see :func:`is_mla_attention`).
+        config: the model config (dims are read from the module first, then from it).
+        layer: the layer index to record.
+        fold_norm: fold the latent norms' gains γ between the factors (raw weights otherwise).
+
+    Returns:
+        a :class:`~rankdecay.heads.LayerHeads` with ``chains`` {"qk": ((A₁, A₂), (B₁, B₂)),
+        "ov": ((A₁, A₂), (B₁,))} (shared factors (d, ·), per-head factors (H, ·, ·)), the
+        materialized effective W_Q, W_K (H, d, n), W_V (H, d, v), W_O (H, v, d), the module's
+        scale, ``rotary=True`` and ``flags["rotary_part"]``.
+    """
+    H = _dim(module, config, name, "num_heads", "num_attention_heads")
+    n = _dim(module, config, name, "qk_nope_head_dim")
+    p = _dim(module, config, name, "qk_rope_head_dim")
+    v = _dim(module, config, name, "v_head_dim")
+    kv_lora = _dim(module, config, name, "kv_lora_rank")
+    kv_a, kv_b, o_proj = module.kv_a_proj_with_mqa, module.kv_b_proj, module.o_proj
+    q_proj = getattr(module, "q_proj", None)
+    lora_q = not isinstance(q_proj, nn.Linear)
+    q_out = module.q_b_proj if lora_q else q_proj
+    expected = {
+        "q": (q_out.out_features, H * (n + p)),
+        "kv_a_proj_with_mqa": (kv_a.out_features, kv_lora + p),
+        "kv_b_proj": (kv_b.out_features, H * (n + v)),
+        "o_proj": (o_proj.in_features, H * v),
+    }
+    for what, (got, want) in expected.items():
+        if got != want:
+            raise UnsupportedModelError(
+                f"{name}: {what} has width {got}, expected {want} from heads={H}, nope={n}, "
+                f"rope={p}, v={v}, kv_lora={kv_lora}; register an adapter for it with "
+                "rankdecay.register_adapter."
+            )
+    notes: list[str] = []
+    # queries: per-head rows [h(n+p), h(n+p)+n) of q_b_proj / q_proj are the non-rotary part
+    q_heads = q_out.weight.reshape(H, n + p, q_out.in_features)
+    q_nope = q_heads[:, :n, :].mT  # (H, q_in, n)
+    kv_heads = kv_b.weight.reshape(H, n + v, kv_lora)
+    k_up = kv_heads[:, :n, :].mT  # (H, kv_lora, n)
+    v_up = kv_heads[:, n:, :].mT  # (H, kv_lora, v)
+    latent = kv_a.weight[:kv_lora].mT  # (d, kv_lora), shared by every head
+    W_O = o_proj.weight.reshape(o_proj.out_features, H, v).permute(1, 2, 0)  # (H, v, d)
+    if fold_norm:
+        folded = []
+        q_norm = getattr(module, "q_a_layernorm", None)
+        if lora_q and (g := _gain(q_norm)) is not None:
+            q_nope = q_nope * g.to(q_nope.dtype)[None, :, None]
+            folded.append("q_a_layernorm")
+        if (g := _gain(getattr(module, "kv_a_layernorm", None))) is not None:
+            k_up = k_up * g.to(k_up.dtype)[None, :, None]
+            v_up = v_up * g.to(v_up.dtype)[None, :, None]
+            folded.append("kv_a_layernorm")
+        notes.append(
+            f"MLA latent norm gains folded between the factors ({', '.join(folded) or 'none found'})"
+        )
+    else:
+        notes.append(
+            "MLA latent norm gains (q_a_layernorm, kv_a_layernorm) not folded: raw weights "
+            "(fold_norm=True folds them between the factors)"
+        )
+    if lora_q:
+        q_down = module.q_a_proj.weight.mT  # (d, q_lora), shared by every head
+        a_qk: tuple[Tensor, ...] = (q_down, q_nope)
+        W_Q = q_down @ q_nope  # (H, d, n)
+        q_params = (f"{name}.q_a_proj.weight", f"{name}.q_b_proj.weight")
+    else:
+        a_qk = (q_nope,)
+        W_Q = q_nope
+        q_params = (f"{name}.q_proj.weight",)
+    W_K = latent @ k_up  # (H, d, n)
+    W_V = latent @ v_up  # (H, d, v)
+    kv_params = (f"{name}.kv_a_proj_with_mqa.weight", f"{name}.kv_b_proj.weight")
+    scale = getattr(module, "scaling", None)
+    scale = float(scale) if isinstance(scale, (int, float)) else 1.0 / math.sqrt(n + p)
+    rope_cfg = getattr(config, "rope_interleave", None)
+    rotary_part = {
+        "dims_per_head": p,
+        "query": f"rows n..n+p of each head's block of {q_params[-1].rsplit('.', 1)[0]}",
+        "key": f"rows {kv_lora}..{kv_lora + p} of {name}.kv_a_proj_with_mqa (one key head shared by all query heads)",
+        "interleaved": bool(rope_cfg) if rope_cfg is not None else None,
+        "in_circuit": False,
+    }
+    notes.append(
+        f"MLA: QK is the non-rotary part (nope, {n} dims per head) as a chain of factors; the "
+        f"decoupled rotary part ({p} dims per head, one shared rotary key) is position-dependent "
+        "and not in W_QK"
+    )
+    if any(getattr(m, "bias", None) is not None for m in (q_out, kv_a, kv_b, o_proj)):
+        notes.append("biases are not part of the circuits")
+    return LayerHeads(
+        layer=layer,
+        name=name,
+        W_Q=W_Q,
+        W_K=W_K,
+        W_V=W_V,
+        W_O=W_O,
+        rotary=True,
+        scale=scale,
+        qk_params=(*q_params, *kv_params),
+        ov_params=(*kv_params, f"{name}.o_proj.weight"),
+        notes=tuple(notes),
+        flags={"rotary": True, "mla": True, "rotary_part": rotary_part},
+        chains={"qk": (a_qk, (latent, k_up)), "ov": ((latent, v_up), (W_O.mT,))},
+    )
