@@ -28,16 +28,16 @@ import math
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import heads as _heads
+from .attention_spec import _pos_int, cfg_get
 from .checkpoint import (
     FLOAT_DTYPES,
     CheckpointIndex,
@@ -45,7 +45,12 @@ from .checkpoint import (
     read_model_config,
 )
 from .errors import RankdecayError
-from .heads import LayerHeads, UnsupportedModelError
+from .heads import (
+    LayerHeads,
+    UnsupportedModelError,
+    layer_heads_from_tensors,
+    plan_from_checkpoint,
+)
 
 __all__ = ["StreamingFallbackWarning", "analyze_directory", "is_run_directory"]
 
@@ -60,164 +65,7 @@ class StreamingFallbackWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------------------------
-# Name-based plan: H14a's heads.plan_from_checkpoint / layer_heads_from_tensors when present,
-# else a stop-gap for the Llama, GPT-2 and BERT layouts.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _StopgapPlan:
-    """One attention module found from tensor names (stop-gap until heads.py provides plans)."""
-
-    layer: int
-    name: str
-    family: str  # "llama" | "gpt2" | "bert"
-    tensors: dict[str, str]  # role (q, k, v, o or qkv, o) → tensor name
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int | None
-    scale: float | None
-    rotary: bool = False
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-_PATTERNS: dict[str, tuple[re.Pattern[str], dict[str, str]]] = {
-    "llama": (
-        re.compile(r"^(?P<m>(?:.*\.)?(?P<i>\d+)\.self_attn)\.q_proj\.weight$"),
-        {"q": "q_proj.weight", "k": "k_proj.weight", "v": "v_proj.weight", "o": "o_proj.weight"},
-    ),
-    "gpt2": (
-        re.compile(r"^(?P<m>(?:.*\.)?h\.(?P<i>\d+)\.attn)\.c_attn\.weight$"),
-        {"qkv": "c_attn.weight", "o": "c_proj.weight"},
-    ),
-    "bert": (
-        re.compile(r"^(?P<m>(?:.*\.)?layer\.(?P<i>\d+)\.attention)\.self\.query\.weight$"),
-        {
-            "q": "self.query.weight",
-            "k": "self.key.weight",
-            "v": "self.value.weight",
-            "o": "output.dense.weight",
-        },
-    ),
-}
-
-
-def _cfg_int(config: Mapping[str, Any], *keys: str) -> int | None:
-    for key in keys:
-        value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def _stopgap_plan(config: Mapping[str, Any], tensor_names: Iterable[str]) -> list[_StopgapPlan]:
-    names = set(tensor_names)
-    found: list[tuple[str, int, str, str]] = []
-    for family, (pattern, roles) in _PATTERNS.items():
-        for n in names:
-            m = pattern.match(n)
-            if m and all(f"{m['m']}.{t}" in names for t in roles.values()):
-                found.append((n[: m.start("i")], int(m["i"]), family, m["m"]))
-    found.sort()
-    H = _cfg_int(config, "num_attention_heads", "n_head")
-    if H is None:
-        return []
-    plans = []
-    for prefix_, i, family, module in found:
-        del prefix_, i
-        _pattern, roles = _PATTERNS[family]
-        n_kv = _cfg_int(config, "num_key_value_heads") or H
-        r = _cfg_int(config, "head_dim")
-        scale = None if r is None else r**-0.5
-        notes: tuple[str, ...] = ()
-        rotary = False
-        if family == "llama":
-            rotary = any(
-                config.get(k) is not None for k in ("rope_parameters", "rope_theta", "rope_scaling")
-            )
-            if rotary:
-                notes += ("rotary embeddings: QK circuit at relative offset 0",)
-        if family == "gpt2" and config.get("scale_attn_by_inverse_layer_idx"):
-            notes += ("scale divided by the layer index + 1",)
-        plans.append(
-            _StopgapPlan(
-                layer=len(plans),
-                name=module,
-                family=family,
-                tensors={role: f"{module}.{t}" for role, t in roles.items()},
-                n_heads=H,
-                n_kv_heads=n_kv if family == "llama" else H,
-                head_dim=r,
-                scale=scale,
-                rotary=rotary,
-                notes=notes,
-            )
-        )
-    return plans
-
-
-def _stopgap_layer_heads(plan: _StopgapPlan, get: Callable[[str], Tensor]) -> LayerHeads:
-    H, n_kv = plan.n_heads, plan.n_kv_heads
-    t = {role: get(name) for role, name in plan.tensors.items()}
-    kv_index: tuple[int, ...] | None = None
-    notes = plan.notes
-    if plan.family == "gpt2":
-        d = t["qkv"].shape[0]
-        r = plan.head_dim or d // H
-        Wq, Wk, Wv = t["qkv"].split(H * r, dim=1)
-        W_Q, W_K, W_V = (_heads._heads_from_in_out(W, H, r) for W in (Wq, Wk, Wv))
-        W_O = _heads._out_heads_from_in_out(t["o"], H, r)
-        scale = r**-0.5
-        if "scale divided by the layer index + 1" in notes:
-            scale /= plan.layer + 1
-    else:
-        r = plan.head_dim or t["q"].shape[0] // H
-        W_Q = _heads._heads_from_linear(t["q"], H, r)
-        W_K = _heads._heads_from_linear(t["k"], n_kv, r)
-        W_V = _heads._heads_from_linear(t["v"], n_kv, r)
-        W_O = _heads._out_heads_from_linear(t["o"], H, r)
-        scale = plan.scale if plan.scale is not None else r**-0.5
-        if n_kv != H:
-            group = H // n_kv
-            kv_index = tuple(h // group for h in range(H))
-            idx = torch.tensor(kv_index, device=W_K.device)
-            W_K, W_V = W_K.index_select(0, idx), W_V.index_select(0, idx)
-            notes += (
-                f"grouped-query attention: {n_kv} key/value heads shared by {H} query heads ({group} each)",
-            )
-    names = list(plan.tensors.values())
-    return LayerHeads(
-        layer=plan.layer,
-        name=plan.name,
-        W_Q=W_Q,
-        W_K=W_K,
-        W_V=W_V,
-        W_O=W_O,
-        kv_head_index=kv_index,
-        rotary=plan.rotary,
-        scale=float(scale),
-        qk_params=tuple(names[:1] if plan.family == "gpt2" else names[:2]),
-        ov_params=tuple(names if plan.family == "gpt2" else names[2:]),
-        notes=notes,
-    )
-
-
-def _planner() -> tuple[Callable[..., list[Any]], Callable[..., LayerHeads], str]:
-    """heads.py's name-based plan if it has one (one code path with the live modules), else the
-    stop-gap above."""
-    plan = getattr(_heads, "plan_from_checkpoint", None)
-    build = getattr(_heads, "layer_heads_from_tensors", None)
-    if callable(plan) and callable(build):
-        return plan, build, "name-based attention plan (heads.plan_from_checkpoint)"
-    return (
-        _stopgap_plan,
-        _stopgap_layer_heads,
-        "name-based attention plan (Llama, GPT-2, BERT names)",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Dry run on meta tensors: every plan checked against the headers before any data is read
+# Dry run on phantom tensors: every plan checked against the headers before any data is read
 # ---------------------------------------------------------------------------------------------
 
 
@@ -225,12 +73,13 @@ def _planner() -> tuple[Callable[..., list[Any]], Callable[..., LayerHeads], str
 class _Planned:
     plan: Any
     names: tuple[str, ...]  # tensors the plan reads, in first-use order
-    meta: LayerHeads  # the plan's factors on the meta device (shapes, flags, notes)
+    meta: LayerHeads  # the plan's factors on phantom tensors (shapes, dtypes, flags, notes)
 
 
-def _dry_run(
-    plans: Sequence[Any], build: Callable[..., LayerHeads], index: CheckpointIndex
-) -> list[_Planned]:
+def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
+    """Each plan applied to phantom tensors of the header shapes: the names it reads, and its
+    factors' shapes; any tensor missing, non-float or of a width the plan cannot split ends here
+    in one sentence, before any tensor data is read."""
     out: list[_Planned] = []
     for plan in plans:
         used: list[str] = []
@@ -249,10 +98,10 @@ def _dry_run(
                     "float64 weights — analyse the unquantized model."
                 )
             used.append(name)
-            return spec.meta()
+            return spec.phantom()
 
         try:
-            meta = build(plan, get)
+            meta = layer_heads_from_tensors(plan, get)
         except RankdecayError as exc:
             if not isinstance(exc, UnsupportedModelError):
                 raise
@@ -272,8 +121,26 @@ def _dry_run(
                 f"and sizes of its config.json ({reason}); the config and weights belong to different "
                 "models — re-save them together with save_pretrained."
             ) from None
-        out.append(_Planned(plan, tuple(dict.fromkeys(used)), meta))
+        out.append(_Planned(plan, tuple(dict.fromkeys(used)), _shapes_only(meta)))
     return out
+
+
+def _shapes_only(lh: LayerHeads) -> LayerHeads:
+    """The same LayerHeads with its factors (and chains) replaced by meta tensors, so keeping one
+    per layer for the report's model info holds no memory."""
+
+    def meta(t: Tensor) -> Tensor:
+        return torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+    chains = None
+    if lh.chains:
+        chains = {
+            c: (tuple(meta(t) for t in a), tuple(meta(t) for t in b))
+            for c, (a, b) in lh.chains.items()
+        }
+    return dataclasses.replace(
+        lh, W_Q=meta(lh.W_Q), W_K=meta(lh.W_K), W_V=meta(lh.W_V), W_O=meta(lh.W_O), chains=chains
+    )
 
 
 def _check_config_fits(
@@ -281,14 +148,14 @@ def _check_config_fits(
 ) -> None:
     """A config declaring more layers than the files hold attention for, or a width no attention
     module has, is refused (the config and the weights do not belong together)."""
-    declared = _cfg_int(config, *LAYER_COUNT_KEYS)
+    declared = _pos_int(cfg_get(config, *LAYER_COUNT_KEYS))
     if declared is not None and declared > len(planned):
         raise CorruptCheckpointError(
             f"{directory / 'config.json'} declares {declared} layers but the weights hold attention "
             f"tensors for {len(planned)}; the config or the shards do not belong together — restore "
             "the missing shards or fix the config."
         )
-    width = _cfg_int(config, *WIDTH_KEYS)
+    width = _pos_int(cfg_get(config, *WIDTH_KEYS))
     widths = {int(p.meta.W_Q.shape[1]) for p in planned}
     if width is not None and widths and width not in widths:
         raise CorruptCheckpointError(
@@ -315,7 +182,6 @@ def _page_in(tensors: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
 
 def _stream_records(
     planned: Sequence[_Planned],
-    build: Callable[..., LayerHeads],
     index: CheckpointIndex,
     circuits: tuple[str, ...],
     rtol: float,
@@ -335,7 +201,7 @@ def _stream_records(
                 assert ahead is not None
                 tensors = ahead.result()
                 ahead = pool.submit(read, i + 1) if i + 1 < len(planned) else None
-                lh = build(item.plan, tensors.__getitem__)
+                lh = layer_heads_from_tensors(item.plan, tensors.__getitem__)
                 with torch.no_grad():
                     records.extend(_spectra_records([lh], circuits, rtol, False))
                 del lh, tensors
@@ -366,14 +232,14 @@ def analyze_directory(
         return analyze(model, rtol=rtol, circuits=circuits, fold_norm=fold_norm, progress=progress)
     config = read_model_config(directory)
     index = CheckpointIndex.open(directory)
-    plan_fn, build, how = _planner()
+    how = "name-based attention plan (heads.plan_from_checkpoint)"
     reason = None
     plans: list[Any] = []
     if fold_norm:
         reason = "fold_norm needs the norm layers, which the name-based plan does not read"
     else:
         try:
-            plans = list(plan_fn(config, list(index.specs)))
+            plans = list(plan_from_checkpoint(config, list(index.specs)))
         except UnsupportedModelError as exc:
             reason = str(exc)
         if not plans and reason is None:
@@ -390,10 +256,10 @@ def analyze_directory(
         model = load_model(directory, config=config, index=index)
         model._rankdecay_source = source  # type: ignore[assignment]
         return analyze(model, rtol=rtol, circuits=circuits, fold_norm=fold_norm, progress=progress)
-    planned = _dry_run(plans, build, index)
+    planned = _dry_run(plans, index)
     _check_config_fits(config, planned, directory)
     show = progress if progress is not None else (len(planned) >= 4 and sys.stderr.isatty())
-    records = _stream_records(planned, build, index, circuits, rtol, bool(show))
+    records = _stream_records(planned, index, circuits, rtol, bool(show))
     layers = [p.meta for p in planned]
     archs = config.get("architectures")
     model_class = (
