@@ -1,0 +1,530 @@
+"""Per-module extraction (rankdecay.heads + rankdecay.attention_spec) against the models' own forward.
+
+One harness for every architecture of ``attention_spec.ARCHITECTURES``: each model is built from
+its config class with tiny random weights (no download), biases zeroed, position-dependent
+score terms neutralised (rotary at position 0, T5/MPNet/DeBERTa relative embeddings zeroed,
+BLOOM's ALiBi added back from the model's own function), in float64. Forward hooks record, per
+attention module and per call, the inputs of its q, k and v projections and the input and output
+of its output projection. From the extracted factors alone the test then rebuilds, per head,
+
+    P_h = softmax(scale · (X_q W_Q^h)(X_k W_K^h)ᵀ + mask),   z_h = P_h X_v W_V^h,
+
+and requires: z_h equals head h's slice of the output projection's input; the model's own
+probabilities, recovered as z_h · pinv(X_v W_V^h) (exact: X_v W_V^h has full row rank, S ≤ r),
+equal P_h; and Σ_h z_h W_O^h equals the output projection's output. A wrong split, transpose,
+head order, GQA map or scale changes these at O(1); the negative control (heads rolled) must
+fail. Tolerances are float32-sized because several models compute softmax in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from rankdecay.attention_spec import ARCHITECTURES, architectures_table
+from rankdecay.heads import (
+    LayerHeads,
+    UnrecognizedAttentionWarning,
+    UnsupportedModelError,
+    attention_heads,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+t = transformers
+
+D, H, L, T, B = 32, 4, 2, 6, 2
+TOL = {"rtol": 1e-5, "atol": 1e-6}
+P_TOL = {"rtol": 1e-4, "atol": 1e-5}
+
+
+def _randomize(model: nn.Module, seed: int = 0, zero: tuple[str, ...] = ()) -> nn.Module:
+    """O(1) scores, zero biases (and the parameters matching ``zero``), gains in [0.5, 1.5]."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or any(re.search(z, name) for z in zero):
+                p.zero_()
+            elif p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (1.5 / math.sqrt(p.shape[-1])))
+            else:
+                p.copy_(0.5 + torch.rand(p.shape, generator=g, dtype=p.dtype))
+    return model.double().eval()
+
+
+def _ids(n: int = T, seed: int = 1) -> Tensor:
+    """Distinct tokens per row (equal tokens make equal rows, and X_v W_V rank-deficient)."""
+    g = torch.Generator().manual_seed(seed)
+    return 3 + torch.rand(B, 37, generator=g).argsort(-1)[:, :n]
+
+
+def _pos0(n: int = T) -> Tensor:
+    return torch.zeros(B, n, dtype=torch.long)
+
+
+def _pixels(size: int = 8) -> Tensor:
+    return torch.randn(B, 3, size, size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+
+def _decoder_self(lh: LayerHeads) -> bool:
+    return lh.kind == "self" and "decoder" in lh.name
+
+
+@dataclass
+class Case:
+    build: Callable[[], nn.Module]
+    inputs: Callable[[nn.Module], dict[str, Any]]
+    causal: Callable[[LayerHeads], bool]
+    n_layers: int
+    family: str
+    kinds: tuple[str, ...] = ("self",)
+    bias: Callable[[LayerHeads, int], Tensor] | None = None  # extra score term (B, H, T, S)
+    calls_per_layer: int = 1
+    flags: dict[str, object] = field(default_factory=dict)  # flags every layer must carry
+
+
+def _always(lh: LayerHeads) -> bool:
+    return True
+
+
+def _never(lh: LayerHeads) -> bool:
+    return False
+
+
+def _lm(config_cls: Any, model_cls: Any, **kw: Any) -> Callable[[], nn.Module]:
+    base = dict(vocab_size=50, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
+                intermediate_size=2 * D, attn_implementation="eager")
+    base.update(kw)
+    return lambda: model_cls(config_cls(**base))
+
+
+def _causal_lm_inputs(m: nn.Module) -> dict[str, Any]:
+    return {"input_ids": _ids(), "position_ids": _pos0()}
+
+
+def _bloom_alibi(lh: LayerHeads, n: int) -> Tensor:
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    alibi = build_alibi_tensor(torch.ones(B, n, dtype=torch.long), lh.n_heads, torch.float64)
+    return alibi.view(B, lh.n_heads, 1, n)
+
+
+class CausalSelfAttention(nn.Module):
+    """nanoGPT's CausalSelfAttention (model.py), faithfully: fused c_attn, c_proj, n_head."""
+
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=True)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=True)
+        self.n_head, self.n_embd = n_head, n_embd
+
+    def forward(self, x: Tensor) -> Tensor:
+        Bx, Tx, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(Bx, Tx, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(Bx, Tx, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(Bx, Tx, self.n_head, C // self.n_head).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(Bx, Tx, C)
+        return self.c_proj(y)
+
+
+class NanoBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(D)
+        self.attn = CausalSelfAttention(D, H)
+        self.ln_2 = nn.LayerNorm(D)
+        self.mlp = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class NanoGPT(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer = nn.ModuleDict(
+            dict(wte=nn.Embedding(50, D), wpe=nn.Embedding(16, D),
+                 h=nn.ModuleList([NanoBlock() for _ in range(L)]), ln_f=nn.LayerNorm(D))
+        )
+
+    def forward(self, idx: Tensor) -> Tensor:
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.shape[1]))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.transformer.ln_f(x)
+
+
+def _timm_vit() -> nn.Module:
+    from _timm_shim import import_timm
+
+    import_timm()
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=8, patch_size=4, embed_dim=D, depth=L, num_heads=H, num_classes=0)
+
+
+def _peft_llama() -> nn.Module:
+    peft = pytest.importorskip("peft")
+    base = _lm(t.LlamaConfig, t.LlamaModel, num_key_value_heads=2)()
+    cfg = peft.LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = peft.get_peft_model(base, cfg)
+    return model
+
+
+def _seq2seq_inputs(m: nn.Module) -> dict[str, Any]:
+    return {"input_ids": _ids(), "decoder_input_ids": _ids(seed=3)}
+
+
+def _whisper_inputs(m: nn.Module) -> dict[str, Any]:
+    feats = torch.randn(B, 8, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    return {"input_features": feats, "decoder_input_ids": _ids(seed=3)}
+
+
+def _ved() -> nn.Module:
+    enc = t.ViTConfig(image_size=8, patch_size=4, hidden_size=D, num_hidden_layers=L,
+                      num_attention_heads=H, intermediate_size=2 * D)
+    dec = t.GPT2Config(vocab_size=50, n_embd=D, n_layer=L, n_head=H, n_positions=16,
+                       add_cross_attention=True, is_decoder=True, bos_token_id=0, eos_token_id=0)
+    cfg = t.VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    cfg._attn_implementation = "eager"
+    model = t.VisionEncoderDecoderModel(cfg)
+    model.set_attn_implementation("eager")
+    return model
+
+
+CASES: dict[str, Case] = {
+    "llama_gqa": Case(_lm(t.LlamaConfig, t.LlamaModel, num_key_value_heads=2), _causal_lm_inputs, _always, L,
+                      "Llama", flags={"rotary": True}),
+    "mistral_mqa": Case(_lm(t.MistralConfig, t.MistralModel, num_key_value_heads=1), _causal_lm_inputs,
+                        _always, L, "Mistral", flags={"sliding_window": 4096}),
+    "qwen2_gqa": Case(_lm(t.Qwen2Config, t.Qwen2Model, num_key_value_heads=2), _causal_lm_inputs, _always, L,
+                      "Qwen2"),
+    "gemma2": Case(_lm(t.Gemma2Config, t.Gemma2Model, num_key_value_heads=2, head_dim=8,
+                       query_pre_attn_scalar=16, attn_logit_softcapping=None, final_logit_softcapping=None),
+                   _causal_lm_inputs, _always, L, "Gemma-2"),
+    "gpt2": Case(lambda: t.GPT2Model(t.GPT2Config(vocab_size=50, n_embd=D, n_layer=L, n_head=H, n_positions=16,
+                                                  scale_attn_by_inverse_layer_idx=True, attn_implementation="eager")),
+                 lambda m: {"input_ids": _ids()}, _always, L, "GPT-2"),
+    "gpt_bigcode": Case(lambda: t.GPTBigCodeModel(t.GPTBigCodeConfig(vocab_size=50, n_embd=D, n_layer=L, n_head=H,
+                                                                     n_positions=16, multi_query=True,
+                                                                     attn_implementation="eager")),
+                        lambda m: {"input_ids": _ids()}, _always, L, "GPT-BigCode"),
+    "nanogpt": Case(NanoGPT, lambda m: {"idx": _ids()}, _always, L, "nanoGPT"),
+    "gpt_neox": Case(_lm(t.GPTNeoXConfig, t.GPTNeoXModel, rotary_pct=0.5), _causal_lm_inputs, _always, L,
+                     "GPT-NeoX", flags={"partial_rotary": 0.5}),
+    "bloom": Case(lambda: t.BloomModel(t.BloomConfig(vocab_size=50, hidden_size=D, n_layer=L, n_head=H,
+                                                     attn_implementation="eager")),
+                  lambda m: {"input_ids": _ids()}, _always, L, "BLOOM", bias=_bloom_alibi, flags={"alibi": True}),
+    "falcon": Case(_lm(t.FalconConfig, t.FalconModel, num_kv_heads=2, new_decoder_architecture=True),
+                   _causal_lm_inputs, _always, L, "Falcon", flags={"rotary": True}),
+    "falcon_mq": Case(_lm(t.FalconConfig, t.FalconModel, multi_query=True, new_decoder_architecture=False),
+                      _causal_lm_inputs, _always, L, "Falcon"),
+    "codegen": Case(lambda: t.CodeGenModel(t.CodeGenConfig(vocab_size=50, n_embd=D, n_layer=L, n_head=H,
+                                                           rotary_dim=4, n_positions=16,
+                                                           attn_implementation="eager")),
+                    _causal_lm_inputs, _always, L, "CodeGen", flags={"partial_rotary": 0.5}),
+    "phi3": Case(_lm(t.Phi3Config, t.Phi3Model, num_key_value_heads=2, pad_token_id=0), _causal_lm_inputs,
+                 _always, L, "Phi-3"),
+    "phi": Case(_lm(t.PhiConfig, t.PhiModel, partial_rotary_factor=0.5), _causal_lm_inputs, _always, L, "Phi",
+                flags={"partial_rotary": 0.5}),
+    "gptj": Case(lambda: t.GPTJModel(t.GPTJConfig(vocab_size=50, n_embd=D, n_layer=L, n_head=H, rotary_dim=4,
+                                                  n_positions=16, attn_implementation="eager")),
+                 _causal_lm_inputs, _always, L, "GPT-J", flags={"partial_rotary": 0.5}),
+    "opt": Case(lambda: t.OPTModel(t.OPTConfig(vocab_size=50, hidden_size=D, num_hidden_layers=L,
+                                               num_attention_heads=H, ffn_dim=2 * D, word_embed_proj_dim=D,
+                                               max_position_embeddings=16, attn_implementation="eager")),
+                lambda m: {"input_ids": _ids()}, _always, L, "OPT"),
+    "bart": Case(lambda: t.BartModel(t.BartConfig(vocab_size=50, d_model=D, encoder_layers=L, decoder_layers=L,
+                                                  encoder_attention_heads=H, decoder_attention_heads=H,
+                                                  encoder_ffn_dim=2 * D, decoder_ffn_dim=2 * D,
+                                                  max_position_embeddings=16, attn_implementation="eager")),
+                 _seq2seq_inputs, _decoder_self, 3 * L, "BART", kinds=("self", "cross")),
+    "whisper": Case(lambda: t.WhisperModel(t.WhisperConfig(vocab_size=50, d_model=D, encoder_layers=L,
+                                                           decoder_layers=L, encoder_attention_heads=H,
+                                                           decoder_attention_heads=H, encoder_ffn_dim=2 * D,
+                                                           decoder_ffn_dim=2 * D, num_mel_bins=8,
+                                                           max_source_positions=8, max_target_positions=16,
+                                                           pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                                           decoder_start_token_id=1,
+                                                           attn_implementation="eager")),
+                    _whisper_inputs, _decoder_self, 3 * L, "Whisper", kinds=("self", "cross")),
+    "t5": Case(lambda: (t.T5Model(t.T5Config(vocab_size=50, d_model=D, d_kv=8, d_ff=2 * D,
+                                                             num_layers=L, num_heads=H,
+                                                             relative_attention_num_buckets=8,
+                                                             attn_implementation="eager"))),
+               _seq2seq_inputs, _decoder_self, 3 * L, "T5", kinds=("self", "cross"),
+               flags={"relative_position_bias": True}),
+    "clip": Case(lambda: t.CLIPModel(t.CLIPConfig(
+        text_config=dict(vocab_size=50, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
+                         intermediate_size=2 * D, max_position_embeddings=16),
+        vision_config=dict(hidden_size=D, num_hidden_layers=L, num_attention_heads=H, intermediate_size=2 * D,
+                           image_size=8, patch_size=4), attn_implementation="eager")),
+                 lambda m: {"input_ids": _ids(), "pixel_values": _pixels()},
+                 lambda lh: "text_model" in lh.name, 2 * L, "CLIP"),
+    "bert": Case(_lm(t.BertConfig, t.BertModel), lambda m: {"input_ids": _ids()}, _never, L, "BERT"),
+    "distilbert": Case(lambda: t.DistilBertModel(t.DistilBertConfig(vocab_size=50, dim=D, n_layers=L, n_heads=H,
+                                                                    hidden_dim=2 * D, attn_implementation="eager")),
+                       lambda m: {"input_ids": _ids()}, _never, L, "DistilBERT"),
+    "albert": Case(_lm(t.AlbertConfig, t.AlbertModel, embedding_size=16), lambda m: {"input_ids": _ids()},
+                   _never, 1, "ALBERT", calls_per_layer=L),
+    "deberta_v2": Case(_lm(t.DebertaV2Config, t.DebertaV2Model, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                           max_relative_positions=8, position_buckets=4, share_att_key=False),
+                       lambda m: {"input_ids": _ids()}, _never, L, "DeBERTa-v2",
+                       flags={"relative_position_bias": True}),
+    "modernbert": Case(_lm(t.ModernBertConfig, t.ModernBertModel, pad_token_id=0, global_attn_every_n_layers=2),
+                       lambda m: {"input_ids": _ids(), "position_ids": _pos0()}, _never, L, "ModernBERT",
+                       flags={"rotary": True}),
+    "mpnet": Case(_lm(t.MPNetConfig, t.MPNetModel),
+                  lambda m: {"input_ids": _ids()}, _never, L, "MPNet", flags={"relative_position_bias": True}),
+    "vit": Case(lambda: t.ViTModel(t.ViTConfig(image_size=8, patch_size=4, hidden_size=D, num_hidden_layers=L,
+                                               num_attention_heads=H, intermediate_size=2 * D,
+                                               attn_implementation="eager")),
+                lambda m: {"pixel_values": _pixels()}, _never, L, "ViT"),
+    "timm_vit": Case(_timm_vit, lambda m: {"x": _pixels()}, _never, L, "timm"),
+    "vision_encoder_decoder": Case(_ved, lambda m: {"pixel_values": _pixels(), "decoder_input_ids": _ids()},
+                                   _decoder_self, 3 * L, "ViT", kinds=("self", "cross")),
+    "peft_lora_llama": Case(_peft_llama, _causal_lm_inputs, _always, L, "Llama", flags={"lora": True}),
+}
+
+#: parameters zeroed so that position-dependent score terms vanish (their tables, not W_QK)
+ZERO = {
+    "t5": (r"relative_attention_bias",),
+    "mpnet": (r"relative_attention_bias",),
+    "deberta_v2": (r"rel_embeddings",),
+}
+
+
+def _build(name: str) -> nn.Module:
+    model = CASES[name].build()
+    model = _randomize(model, zero=ZERO.get(name, ()))
+    if name == "peft_lora_llama":  # LoRA's B starts at zero; make the update visible
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if "lora_B" in pname:
+                    p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / math.sqrt(p.shape[-1]))
+    return model
+
+
+def _module_of(param: str) -> str:
+    """The module applying a weight (a LoRA layer, not its base layer: its output has B·A·x)."""
+    module = param.rsplit(".", 1)[0]
+    return module.removesuffix(".base_layer")
+
+
+@dataclass
+class Recorded:
+    xq: list[Tensor] = field(default_factory=list)
+    xk: list[Tensor] = field(default_factory=list)
+    xv: list[Tensor] = field(default_factory=list)
+    z: list[Tensor] = field(default_factory=list)
+    out: list[Tensor] = field(default_factory=list)
+
+
+def _record(model: nn.Module, layers: list[LayerHeads]) -> tuple[list[Recorded], list[Any]]:
+    recs, handles = [], []
+
+    def store(into: list[Tensor]) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            into.append((args[0] if args else next(iter(kwargs.values()))).detach())
+
+        return hook
+
+    for lh in layers:
+        rec = Recorded()
+        qk = lh.qk_params if len(lh.qk_params) == 2 else lh.qk_params * 2
+        v_name, o_name = lh.ov_params
+        for param, into in ((qk[0], rec.xq), (qk[1], rec.xk), (v_name, rec.xv), (o_name, rec.z)):
+            handles.append(
+                model.get_submodule(_module_of(param)).register_forward_pre_hook(store(into), with_kwargs=True)
+            )
+        handles.append(
+            model.get_submodule(_module_of(o_name)).register_forward_hook(
+                lambda _m, _a, output, rec=rec: rec.out.append(output.detach())
+            )
+        )
+        recs.append(rec)
+    return recs, handles
+
+
+def _check(
+    lh: LayerHeads, xq: Tensor, xk: Tensor, xv: Tensor, z: Tensor, out: Tensor, causal: bool,
+    bias: Tensor | None,
+) -> None:
+    Hh, r = lh.n_heads, lh.W_Q.shape[-1]
+    assert lh.scale is not None
+    q = torch.einsum("btd,hdr->bhtr", xq, lh.W_Q)
+    k = torch.einsum("bsd,hdr->bhsr", xk, lh.W_K)
+    v = torch.einsum("bsd,hdr->bhsr", xv, lh.W_V)
+    scores = lh.scale * q @ k.mT
+    if bias is not None:
+        scores = scores + bias
+    if causal:
+        n, s = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(n, s, dtype=torch.bool).triu(1), float("-inf"))
+    P = scores.softmax(-1)
+    ctx = P @ v
+    z_heads = z.reshape(*z.shape[:-1], Hh, r).transpose(1, 2)
+    torch.testing.assert_close(ctx, z_heads, **TOL)
+    assert v.shape[-2] <= r and torch.linalg.matrix_rank(v).min() == v.shape[-2]
+    P_model = z_heads @ torch.linalg.pinv(v)
+    torch.testing.assert_close(P, P_model, **P_TOL)
+    torch.testing.assert_close(torch.einsum("bhtr,hre->bte", ctx, lh.W_O), out, **TOL)
+
+
+def _run(name: str) -> tuple[list[LayerHeads], list[Recorded]]:
+    case = CASES[name]
+    model = _build(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        with torch.no_grad():
+            layers = attention_heads(model, strict=True)
+    recs, handles = _record(model, layers)
+    try:
+        with torch.no_grad():
+            model(**case.inputs(model))
+    finally:
+        for h in handles:
+            h.remove()
+    return layers, recs
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_factors_reproduce_the_models_own_attention(name: str) -> None:
+    case = CASES[name]
+    layers, recs = _run(name)
+    assert len(layers) == case.n_layers, [lh.name for lh in layers]
+    assert {lh.kind for lh in layers} == set(case.kinds)
+    assert all(case.family in lh.family for lh in layers if lh.kind == "self" and "decoder" not in lh.name) or (
+        name == "vision_encoder_decoder"
+    ), {lh.family for lh in layers}
+    for key, value in case.flags.items():
+        assert all(lh.flags.get(key) == value for lh in layers if lh.kind == "self"), [lh.flags for lh in layers]
+    with torch.no_grad():
+        for lh, rec in zip(layers, recs):
+            assert len(rec.z) == case.calls_per_layer, (lh.name, len(rec.z))
+            for call in range(case.calls_per_layer):
+                bias = case.bias(lh, rec.xk[call].shape[1]) if case.bias else None
+                _check(lh, rec.xq[call], rec.xk[call], rec.xv[call], rec.z[call], rec.out[call],
+                       case.causal(lh), bias)
+            rolled = dataclasses.replace(
+                lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+            )
+            with pytest.raises(AssertionError):
+                bias = case.bias(lh, rec.xk[0].shape[1]) if case.bias else None
+                _check(rolled, rec.xq[0], rec.xk[0], rec.xv[0], rec.z[0], rec.out[0], case.causal(lh), bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# the docs table and the registry are the same thing, and every row is tested
+# ---------------------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+ELSEWHERE = {  # rows checked against their models' forward in other test files
+    "mha": "tests/test_heads.py::test_mha_factors_reproduce_forward",
+    "minilm_real": "tests/test_heads.py::test_hf_factors_reproduce_forward",
+    "roberta": "tests/test_heads.py::test_hf_factors_reproduce_forward",
+    "deepseek_v3": "tests/test_mla.py (H14b) + dispatch below",
+    "llava": "test_multi_tower_models_cover_every_tower",
+}
+
+
+def test_every_table_row_is_tested_and_the_docs_show_the_registry() -> None:
+    for arch in ARCHITECTURES:
+        assert arch.tested_by, arch.family
+        for case in arch.tested_by:
+            assert case in CASES or case in ELSEWHERE, (arch.family, case)
+    text = DOCS.read_text(encoding="utf-8")
+    assert architectures_table() in text, "docs/metrics.md: regenerate the table with architectures_table()"
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-tower models, MLA dispatch, flags
+# ---------------------------------------------------------------------------------------------
+
+
+def _llava() -> nn.Module:
+    vision = t.CLIPVisionConfig(hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
+                                intermediate_size=2 * D, image_size=8, patch_size=4)
+    text = t.LlamaConfig(vocab_size=50, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
+                         num_key_value_heads=2, intermediate_size=2 * D)
+    return t.LlavaModel(t.LlavaConfig(vision_config=vision, text_config=text, image_token_id=49,
+                                      vision_feature_layer=-1))
+
+
+def test_multi_tower_models_cover_every_tower() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        llava = _llava()
+        layers = attention_heads(llava, strict=True)
+        ved = _ved()
+        ved_layers = attention_heads(ved, strict=True)
+    towers = {lh.name.split(".")[0] for lh in layers}
+    assert towers == {"vision_tower", "language_model"} and len(layers) == 2 * L
+    by_tower = {tw: [lh for lh in layers if lh.name.startswith(tw)] for tw in towers}
+    assert all("CLIP" in lh.family and not lh.rotary for lh in by_tower["vision_tower"])
+    assert all("Llama" in lh.family and lh.rotary and lh.n_kv_heads == 2 for lh in by_tower["language_model"])
+    for tower in towers:  # the same factors as the tower analysed on its own
+        alone = attention_heads(llava.get_submodule(tower))
+        for a, b in zip(alone, by_tower[tower]):
+            assert b.name == f"{tower}.{a.name}"
+            torch.testing.assert_close(a.W_Q, b.W_Q)
+            torch.testing.assert_close(a.W_O, b.W_O)
+    assert [lh.kind for lh in ved_layers].count("cross") == L
+    assert {lh.name.split(".")[0] for lh in ved_layers} == {"encoder", "decoder"}
+
+
+def test_deepseek_v3_dispatches_to_mla() -> None:
+    mla = pytest.importorskip("rankdecay.mla")
+    cfg = t.DeepseekV3Config(vocab_size=50, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
+                             num_key_value_heads=H, intermediate_size=2 * D, moe_intermediate_size=16,
+                             q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8,
+                             v_head_dim=8, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1,
+                             n_group=1, topk_group=1)
+    model = t.DeepseekV3Model(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        layers = attention_heads(model, strict=True)
+    assert len(layers) == L and all(mla.is_mla_attention(model.get_submodule(lh.name)) for lh in layers)
+    assert all(lh.chains for lh in layers)
+
+
+def test_flags_partial_rotary_qk_norm_softcap_window() -> None:
+    gemma = _lm(t.Gemma2Config, t.Gemma2Model, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=16,
+                attn_logit_softcapping=50.0, sliding_window=64)()
+    layers = attention_heads(gemma)
+    assert all(lh.flags["softcap"] == 50.0 and lh.scale == pytest.approx(16**-0.5) for lh in layers)
+    assert layers[0].flags.get("sliding_window") == 64  # Gemma-2 alternates sliding / global layers
+    assert "sliding_window" not in layers[1].flags
+    qwen3 = _lm(t.Qwen3Config, t.Qwen3Model, num_key_value_heads=2, head_dim=8)()
+    assert all(lh.flags["qk_norm"] == "per_head" for lh in attention_heads(qwen3))
+    olmo2 = _lm(t.Olmo2Config, t.Olmo2Model, num_key_value_heads=4)()
+    assert all(lh.flags["qk_norm"] == "full" for lh in attention_heads(olmo2))
+    assert all("QK-norm" in " ".join(lh.notes) for lh in attention_heads(olmo2))
+    neox = attention_heads(_lm(t.GPTNeoXConfig, t.GPTNeoXModel, rotary_pct=0.25)())
+    assert all(lh.flags["partial_rotary"] == 0.25 and lh.rotary for lh in neox)
+    bert = attention_heads(_lm(t.BertConfig, t.BertModel)())
+    assert all(not lh.flags for lh in bert)
+
+
+def test_scale_rules() -> None:
+    t5 = [lh.scale for lh in attention_heads(CASES["t5"].build())]
+    assert t5 == [1.0] * (3 * L)
+    deberta = attention_heads(CASES["deberta_v2"].build())
+    assert all(lh.scale == pytest.approx((3 * (D // H)) ** -0.5) for lh in deberta)
+    gpt2 = attention_heads(CASES["gpt2"].build())
+    assert [lh.scale for lh in gpt2] == pytest.approx([(D // H) ** -0.5, (D // H) ** -0.5 / 2])
