@@ -475,6 +475,7 @@ def analyze(
     circuits: Sequence[str] | str = CIRCUITS,
     fold_norm: bool = False,
     progress: bool | None = None,
+    adapters: bool = False,
 ) -> SpectralReport:
     """Per-head spectra of the QK and/or OV circuits of every attention layer.
 
@@ -485,6 +486,9 @@ def analyze(
         circuits: ``("qk", "ov")`` or a subset (also accepted as "qk,ov").
         fold_norm: fold the preceding LayerNorm/RMSNorm gain into W_Q, W_K, W_V (see heads.py).
         progress: show a progress bar on stderr; ``None`` = only for large models on a terminal.
+        adapters: instead, one record per LoRA adapter and module: the spectrum of ΔW = s·B·A
+            from its factors, its rank, nuclear norm, balance ‖AAᵀ − BᵀB‖_F and norm gap
+            (:mod:`rankdecay.lora`), for a PEFT model or an adapter directory (no base model).
 
     Returns:
         a :class:`SpectralReport`. Singular values are computed in float64 from the factors, all
@@ -493,8 +497,11 @@ def analyze(
     if not isinstance(rtol, (int, float)) or not math.isfinite(rtol) or rtol < 0:
         raise RankdecayError(f"rtol must be a finite number ≥ 0, got {rtol!r}; e.g. --rtol 1e-2.")
     chosen = _check_circuits(circuits)
+    if adapters:
+        return _adapter_analysis(model_or_path, float(rtol))
     source: str | None = None
     if isinstance(model_or_path, (str, os.PathLike)):
+        _refuse_adapter_dir(model_or_path)
         from .stream import analyze_directory
 
         source = os.fspath(model_or_path)
@@ -618,6 +625,42 @@ def _chunk_rs(
             R_pair.append(R)
         out[item] = (R_pair[0], R_pair[1])
     return out
+
+
+def _adapter_analysis(
+    model_or_path: nn.Module | str | os.PathLike[str], rtol: float
+) -> SpectralReport:
+    """``analyze(..., adapters=True)``: the LoRA adapters of a PEFT model or adapter directory."""
+    from .lora import adapter_report, is_adapter_dir
+
+    if isinstance(model_or_path, nn.Module):
+        source = getattr(model_or_path, "_rankdecay_source", None)
+        records, info = adapter_report(model_or_path, rtol, source)
+        return SpectralReport(records=records, model=info)
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        raise RankdecayError(
+            f"analyze() takes an nn.Module or a directory, not {type(model_or_path).__name__}; pass one of those."
+        )
+    source = os.fspath(model_or_path)
+    path = Path(source).expanduser()
+    if not is_adapter_dir(path):
+        raise RankdecayError(
+            f"{source} is not a LoRA adapter directory (no adapter_config.json there); give the "
+            "directory PeftModel.save_pretrained wrote, or analyze without --lora."
+        )
+    records, info = adapter_report(path, rtol, source)
+    return SpectralReport(records=records, model=info)
+
+
+def _refuse_adapter_dir(path: str | os.PathLike[str]) -> None:
+    from .lora import is_adapter_dir
+
+    p = Path(os.fspath(path)).expanduser()
+    if is_adapter_dir(p) and not (p / "config.json").is_file():
+        raise RankdecayError(
+            f"{os.fspath(path)} is a LoRA adapter directory, not a model; analyze its adapters "
+            "with --lora (adapters=True)."
+        )
 
 
 def _spectra_records(
@@ -770,6 +813,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--html", metavar="FILE", help="write an HTML report (needs rankdecay.report)"
     )
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    parser.add_argument(
+        "--lora",
+        action="store_true",
+        help="report each LoRA adapter's ΔW = s·B·A (a PEFT adapter directory; no base model needed)",
+    )
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -902,9 +950,15 @@ def run_cli(args: argparse.Namespace) -> int:
             circuits=circuits,
             fold_norm=args.fold_norm,
             progress=progress,
+            adapters=getattr(args, "lora", False),
         )
     console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
-    console.print(render_table(report, per_head=args.heads))
+    if report.model.get("kind") == "lora_adapters":
+        from .lora import render_adapter_table
+
+        console.print(render_adapter_table(report.records, report.model))
+    else:
+        console.print(render_table(report, per_head=args.heads))
     notes = report.model.get("notes") or {}
     distinct = list(dict.fromkeys(n for ns in notes.values() for n in ns))
     for note in distinct[:6]:

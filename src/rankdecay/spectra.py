@@ -54,6 +54,7 @@ __all__ = [
     "nuclear_norm",
     "r_factor",
     "rank",
+    "require_finite",
     "spectral_metrics",
     "spectrum_from_r",
     "spectral_norm",
@@ -76,14 +77,22 @@ def _check_factors(A: Tensor, B: Tensor, dtype: torch.dtype | None) -> tuple[Ten
         )
     if dtype is not None:
         A, B = A.to(dtype), B.to(dtype)
-    # NaN/Inf propagate into a sum, so the cheap sum decides; the full elementwise check only runs
-    # to confirm when the sum is non-finite (it could also overflow on huge finite values).
-    if not all(bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all()) for t in (A, B)):
+    require_finite(A)
+    require_finite(B)
+    return A, B
+
+
+def require_finite(X: Tensor, what: str = "a factor") -> None:
+    """Raise :class:`NonFiniteInputError` if X holds NaN or Inf.
+
+    NaN/Inf propagate into a sum, so the cheap sum decides; the full elementwise check only runs
+    to confirm when the sum is non-finite (it could also overflow on huge finite values).
+    """
+    if not (bool(torch.isfinite(X.sum())) or bool(torch.isfinite(X).all())):
         raise NonFiniteInputError(
-            "a factor contains NaN or Inf, so its singular values are undefined; "
+            f"{what} contains NaN or Inf, so its singular values are undefined; "
             "check the weights (e.g. a diverged run) before analysing them."
         )
-    return A, B
 
 
 def _core(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -154,11 +163,7 @@ def chain_r(
             )
         if dtype is not None:
             F = F.to(dtype)
-        if not (bool(torch.isfinite(F.sum())) or bool(torch.isfinite(F).all())):
-            raise NonFiniteInputError(
-                f"factor {i} of the {side} chain contains NaN or Inf, so the singular values are "
-                "undefined; check the weights (e.g. a diverged run) before analysing them."
-            )
+        require_finite(F, f"factor {i} of the {side} chain")
         if R is not None and R.shape[-1] != F.shape[-2]:
             raise ValueError(
                 f"the {side} chain does not multiply: factor {i - 1} ends with {R.shape[-1]} "
