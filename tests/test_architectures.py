@@ -528,3 +528,28 @@ def test_scale_rules() -> None:
     assert all(lh.scale == pytest.approx((3 * (D // H)) ** -0.5) for lh in deberta)
     gpt2 = attention_heads(CASES["gpt2"].build())
     assert [lh.scale for lh in gpt2] == pytest.approx([(D // H) ** -0.5, (D // H) ** -0.5 / 2])
+
+
+def test_docs_worked_example_registers_a_new_module() -> None:
+    """The register_adapter example of docs/metrics.md runs and its factors reproduce the module."""
+    from rankdecay.heads import _ADAPTERS
+
+    text = DOCS.read_text(encoding="utf-8")
+    block = text.split("### Teaching rankdecay a new module", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {"__name__": "docs_example"}
+    n_adapters = len(_ADAPTERS)
+    try:
+        exec(compile(block, str(DOCS), "exec"), namespace)
+        model = _randomize(namespace["model"])
+        layers = attention_heads(model)
+        assert [lh.name for lh in layers] == ["0", "1"] and layers[0].family == "MyAttention"
+        x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        recs, handles = _record(model, layers)
+        with torch.no_grad():
+            model(x)
+        for h in handles:
+            h.remove()
+        for lh, rec in zip(layers, recs):
+            _check(lh, rec.xq[0], rec.xk[0], rec.xv[0], rec.z[0], rec.out[0], False, None)
+    finally:
+        del _ADAPTERS[: len(_ADAPTERS) - n_adapters]
