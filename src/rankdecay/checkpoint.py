@@ -56,6 +56,9 @@ __all__ = [
     "RemoteCodeError",
     "TensorSpec",
     "UnsafePathError",
+    "check_config_sizes",
+    "exception_reason",
+    "hub_id_error",
     "looks_like_hub_id",
     "open_regular",
     "read_json_file",
@@ -107,6 +110,13 @@ class MissingWeightsError(RankdecayError, FileNotFoundError):
 
 class ModelNotFoundError(RankdecayError, FileNotFoundError):
     """The path does not exist (a hub id included: only local directories are read)."""
+
+
+def exception_reason(exc: BaseException, limit: int = 160, last: bool = False) -> str:
+    """One line of an exception's message for a sentence (its first, or ``last``), cut to
+    ``limit`` characters; the exception's class name when the message is empty."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[-1] if last else lines[0])[:limit] if lines else type(exc).__name__
 
 
 def looks_like_hub_id(text: str) -> bool:
@@ -190,7 +200,7 @@ def read_json_file(path: Path, what: str, limit: int = MAX_JSON_BYTES) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = exception_reason(exc, 120)
         raise CorruptCheckpointError(
             f"{what} {path} is not valid JSON ({reason}); restore it or re-save the model with save_pretrained."
         ) from None
@@ -456,12 +466,7 @@ class CheckpointIndex:
                     for n in file_names:
                         out[n] = f.get_tensor(n)
             except Exception as exc:  # safetensors' own validation, IO errors
-                reason = (
-                    str(exc).strip().splitlines()[0][:160]
-                    if str(exc).strip()
-                    else type(exc).__name__
-                )
-                raise _bad_header(file, reason) from None
+                raise _bad_header(file, exception_reason(exc)) from None
         for n, t in out.items():
             spec = self.specs[n]
             if (
@@ -500,9 +505,8 @@ def _load_bin(path: Path) -> dict[str, Tensor]:
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and IO errors, and the weights_only refusal
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CorruptCheckpointError(
-            f"the weights in {path} cannot be read ({reason}); the file is corrupt or not a weights "
+            f"the weights in {path} cannot be read ({exception_reason(exc)}); the file is corrupt or not a weights "
             "file — re-save the model with save_pretrained(safe_serialization=True)."
         ) from None
     if not isinstance(state, dict) or not all(

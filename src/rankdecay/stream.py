@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import sys
 import warnings
@@ -42,6 +43,7 @@ from .checkpoint import (
     FLOAT_DTYPES,
     CheckpointIndex,
     CorruptCheckpointError,
+    exception_reason,
     read_model_config,
 )
 from .errors import RankdecayError
@@ -112,9 +114,7 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
                 "— re-save them together with save_pretrained."
             ) from None
         except (RuntimeError, ValueError, IndexError) as exc:
-            reason = (
-                str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            )
+            reason = exception_reason(exc)
             where = getattr(plan, "name", None) or getattr(plan, "prefix", "?")
             raise CorruptCheckpointError(
                 f"the attention tensors of {where} in {index.directory} do not fit the head counts "
@@ -313,8 +313,6 @@ def load_run_model(directory: Path) -> nn.Module:
             f"{directory} is a run of the {meta.get('experiment')!r} experiment, which trains no "
             "transformer; analyse a run of recall, grokking, lm or vit."
         )
-    import os
-
     if not os.path.lexists(weights):
         raise CorruptCheckpointError(
             f"{directory} has no checkpoint/model.safetensors yet; wait for the run's first "
@@ -366,7 +364,7 @@ def load_run_model(directory: Path) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1].strip()[:160]
+        reason = exception_reason(exc, last=True)
         raise CorruptCheckpointError(
             f"the checkpoint of {directory} does not fit its config.json ({reason}); the run "
             "directory is damaged — restore it or start a new run."
