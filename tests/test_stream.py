@@ -545,3 +545,41 @@ def test_hub_id_gets_one_sentence(
     assert "only local directories" in err and "\n" not in err
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         analyze(tmp_path / "no" / "such" / "dir")
+
+
+def test_progress_bar_and_hub_cache_symlinks(tmp_path: Path) -> None:
+    """The Hugging Face cache links snapshot files to its blob store: links are followed, while
+    the names in the index stay inside the directory."""
+    model = _llama()
+    model.save_pretrained(tmp_path / "m", max_shard_size="30KB")
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "abc"
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    for f in (tmp_path / "m").iterdir():
+        (f.rename(blobs / f.name))
+        (snap / f.name).symlink_to(Path("../..") / "blobs" / f.name)
+    _same(analyze(model), analyze(snap, progress=True))
+
+
+def test_sharded_bin_checkpoint(tmp_path: Path) -> None:
+    model = _llama()
+    path = tmp_path / "b"
+    model.save_pretrained(path)
+    (path / "model.safetensors").unlink()
+    state = model.state_dict()
+    names = sorted(state)
+    halves = {
+        "pytorch_model-00001-of-00002.bin": names[::2],
+        "pytorch_model-00002-of-00002.bin": names[1::2],
+    }
+    weight_map = {}
+    for fname, part in halves.items():
+        torch.save({k: state[k] for k in part}, path / fname)
+        weight_map.update({k: fname for k in part})
+    index = path / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    _same(analyze(model), analyze(path))
+    weight_map[names[0]] = "../escape.bin"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(UnsafePathError):
+        analyze(path)

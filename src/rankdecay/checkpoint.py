@@ -425,9 +425,13 @@ class CheckpointIndex:
                 else list(_index_shards(directory, bin_index))
             )
             state: dict[str, Tensor] = {}
+            specs = {}
             for file in files:
-                state.update(_load_bin(file))
-            specs = {k: TensorSpec(tuple(v.shape), v.dtype, bin_single) for k, v in state.items()}
+                part = _load_bin(file)
+                state.update(part)
+                specs.update(
+                    {k: TensorSpec(tuple(v.shape), v.dtype, file) for k, v in part.items()}
+                )
             return cls(directory, specs, "bin", state)
         raise MissingWeightsError(
             f"{directory} has no model.safetensors, model.safetensors.index.json or "
