@@ -104,22 +104,14 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
 
         try:
             meta = layer_heads_from_tensors(plan, get)
-        except RankdecayError as exc:
-            if not isinstance(exc, UnsupportedModelError):
-                raise
-            reason = str(exc).split(";")[0][:160]
+        except CorruptCheckpointError:
+            raise
+        except (UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
+            reason = exception_reason(exc).split("; register an adapter")[0]
             raise CorruptCheckpointError(
                 f"the attention tensors in {index.directory} do not fit the head counts and sizes "
                 f"of its config.json ({reason}); the config and weights belong to different models "
                 "— re-save them together with save_pretrained."
-            ) from None
-        except (RuntimeError, ValueError, IndexError) as exc:
-            reason = exception_reason(exc)
-            where = getattr(plan, "name", None) or getattr(plan, "prefix", "?")
-            raise CorruptCheckpointError(
-                f"the attention tensors of {where} in {index.directory} do not fit the head counts "
-                f"and sizes of its config.json ({reason}); the config and weights belong to different "
-                "models — re-save them together with save_pretrained."
             ) from None
         out.append(_Planned(plan, tuple(dict.fromkeys(used)), _shapes_only(meta)))
     return out
