@@ -129,7 +129,11 @@ def fused_rows(layout: str, n_heads: int, n_kv_heads: int, head_dim: int) -> dic
     if layout == "codegen":
         blocks = 4
         idx = torch.arange(3 * H * r).view(blocks, 3, H // blocks, r)
-        return {"q": idx[:, 0].reshape(H, r), "v": idx[:, 1].reshape(H, r), "k": idx[:, 2].reshape(H, r)}
+        return {
+            "q": idx[:, 0].reshape(H, r),
+            "v": idx[:, 1].reshape(H, r),
+            "k": idx[:, 2].reshape(H, r),
+        }
     raise ValueError(f"unknown fused layout {layout!r}; choose one of {', '.join(LAYOUTS)}.")
 
 
@@ -225,57 +229,204 @@ class Architecture:
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
-    Architecture("Llama / Mistral / Qwen2 (GQA, MQA)", ("LlamaAttention", "MistralAttention", "Qwen2Attention"),
-                 ("llama", "mistral", "qwen2"), flags="rotary, sliding window (Mistral)",
-                 tested_by=("llama_gqa", "mistral_mqa", "qwen2_gqa")),
-    Architecture("Gemma-2", ("Gemma2Attention",), ("gemma2",), scale="query_pre_attn",
-                 flags="rotary, logit soft-cap, sliding window", tested_by=("gemma2",)),
-    Architecture("GPT-2", ("GPT2Attention",), ("gpt2",), "qkv", "c_attn", in_out=True, scale="gpt2",
-                 flags="cross-attention (q_attn + fused [k | v] c_attn)", tested_by=("gpt2", "vision_encoder_decoder")),
-    Architecture("GPT-BigCode (MQA)", ("GPTBigCodeAttention",), ("gpt_bigcode",), "qkv", "c_attn",
-                 tested_by=("gpt_bigcode",)),
-    Architecture("nanoGPT CausalSelfAttention", ("CausalSelfAttention",), ("nanogpt",), "qkv", "c_attn",
-                 tested_by=("nanogpt",)),
-    Architecture("GPT-NeoX / Pythia", ("GPTNeoXAttention",), ("gpt_neox",), "head_qkv", "query_key_value",
-                 flags="rotary (partial: rotary_pct)", tested_by=("gpt_neox",)),
-    Architecture("BLOOM", ("BloomAttention",), ("bloom",), "head_qkv", "query_key_value",
-                 flags="ALiBi", tested_by=("bloom",)),
-    Architecture("Falcon (new decoder architecture)", ("FalconAttention",), ("falcon",), "grouped",
-                 "query_key_value", flags="rotary or ALiBi; [H, 3, r] without GQA, [q | k | v] with multi_query",
-                 tested_by=("falcon",)),
-    Architecture("CodeGen", ("CodeGenAttention",), ("codegen",), "codegen", "qkv_proj",
-                 flags="rotary (partial: rotary_dim)", tested_by=("codegen",)),
-    Architecture("Phi-3", ("Phi3Attention",), ("phi3",), "qkv", "qkv_proj", flags="rotary", tested_by=("phi3",)),
-    Architecture("Phi", ("PhiAttention",), ("phi",), flags="rotary (partial), QK-norm (qk_layernorm)",
-                 tested_by=("phi",)),
-    Architecture("GPT-J", ("GPTJAttention",), ("gptj",), flags="rotary (partial: rotary_dim)", tested_by=("gptj",)),
+    Architecture(
+        "Llama / Mistral / Qwen2 (GQA, MQA)",
+        ("LlamaAttention", "MistralAttention", "Qwen2Attention"),
+        ("llama", "mistral", "qwen2"),
+        flags="rotary, sliding window (Mistral)",
+        tested_by=("llama_gqa", "mistral_mqa", "qwen2_gqa"),
+    ),
+    Architecture(
+        "Gemma-2",
+        ("Gemma2Attention",),
+        ("gemma2",),
+        scale="query_pre_attn",
+        flags="rotary, logit soft-cap, sliding window",
+        tested_by=("gemma2",),
+    ),
+    Architecture(
+        "GPT-2",
+        ("GPT2Attention",),
+        ("gpt2",),
+        "qkv",
+        "c_attn",
+        in_out=True,
+        scale="gpt2",
+        flags="cross-attention (q_attn + fused [k | v] c_attn)",
+        tested_by=("gpt2", "vision_encoder_decoder"),
+    ),
+    Architecture(
+        "GPT-BigCode (MQA)",
+        ("GPTBigCodeAttention",),
+        ("gpt_bigcode",),
+        "qkv",
+        "c_attn",
+        tested_by=("gpt_bigcode",),
+    ),
+    Architecture(
+        "nanoGPT CausalSelfAttention",
+        ("CausalSelfAttention",),
+        ("nanogpt",),
+        "qkv",
+        "c_attn",
+        tested_by=("nanogpt",),
+    ),
+    Architecture(
+        "GPT-NeoX / Pythia",
+        ("GPTNeoXAttention",),
+        ("gpt_neox",),
+        "head_qkv",
+        "query_key_value",
+        flags="rotary (partial: rotary_pct)",
+        tested_by=("gpt_neox",),
+    ),
+    Architecture(
+        "BLOOM",
+        ("BloomAttention",),
+        ("bloom",),
+        "head_qkv",
+        "query_key_value",
+        flags="ALiBi",
+        tested_by=("bloom",),
+    ),
+    Architecture(
+        "Falcon (new decoder architecture)",
+        ("FalconAttention",),
+        ("falcon",),
+        "grouped",
+        "query_key_value",
+        flags="rotary or ALiBi; [H, 3, r] without GQA, [q | k | v] with multi_query",
+        tested_by=("falcon",),
+    ),
+    Architecture(
+        "CodeGen",
+        ("CodeGenAttention",),
+        ("codegen",),
+        "codegen",
+        "qkv_proj",
+        flags="rotary (partial: rotary_dim)",
+        tested_by=("codegen",),
+    ),
+    Architecture(
+        "Phi-3",
+        ("Phi3Attention",),
+        ("phi3",),
+        "qkv",
+        "qkv_proj",
+        flags="rotary",
+        tested_by=("phi3",),
+    ),
+    Architecture(
+        "Phi",
+        ("PhiAttention",),
+        ("phi",),
+        flags="rotary (partial), QK-norm (qk_layernorm)",
+        tested_by=("phi",),
+    ),
+    Architecture(
+        "GPT-J",
+        ("GPTJAttention",),
+        ("gptj",),
+        flags="rotary (partial: rotary_dim)",
+        tested_by=("gptj",),
+    ),
     Architecture("OPT", ("OPTAttention",), ("opt",), tested_by=("opt",)),
-    Architecture("BART", ("BartAttention",), ("bart",), flags="cross-attention (decoder)", tested_by=("bart",)),
-    Architecture("Whisper", ("WhisperAttention",), ("whisper",), flags="cross-attention (decoder)",
-                 tested_by=("whisper",)),
-    Architecture("T5", ("T5Attention",), ("t5", "mt5"), scale="one",
-                 flags="relative position bias, cross-attention (decoder)", tested_by=("t5",)),
-    Architecture("CLIP (text and vision)", ("CLIPAttention",), ("clip", "clip_text_model", "clip_vision_model"),
-                 tested_by=("clip", "llava")),
-    Architecture("BERT / RoBERTa / MiniLM / ELECTRA", ("BertAttention", "RobertaAttention"), ("bert", "roberta"),
-                 flags="relative position bias (position_embedding_type relative_key*)",
-                 tested_by=("bert", "roberta", "minilm_real")),
+    Architecture(
+        "BART",
+        ("BartAttention",),
+        ("bart",),
+        flags="cross-attention (decoder)",
+        tested_by=("bart",),
+    ),
+    Architecture(
+        "Whisper",
+        ("WhisperAttention",),
+        ("whisper",),
+        flags="cross-attention (decoder)",
+        tested_by=("whisper",),
+    ),
+    Architecture(
+        "T5",
+        ("T5Attention",),
+        ("t5", "mt5"),
+        scale="one",
+        flags="relative position bias, cross-attention (decoder)",
+        tested_by=("t5",),
+    ),
+    Architecture(
+        "CLIP (text and vision)",
+        ("CLIPAttention",),
+        ("clip", "clip_text_model", "clip_vision_model"),
+        tested_by=("clip", "llava"),
+    ),
+    Architecture(
+        "BERT / RoBERTa / MiniLM / ELECTRA",
+        ("BertAttention", "RobertaAttention"),
+        ("bert", "roberta"),
+        flags="relative position bias (position_embedding_type relative_key*)",
+        tested_by=("bert", "roberta", "minilm_real"),
+    ),
     Architecture("ViT", ("ViTAttention",), ("vit",), tested_by=("vit", "vision_encoder_decoder")),
-    Architecture("DistilBERT", ("DistilBertSelfAttention",), ("distilbert",), tested_by=("distilbert",)),
+    Architecture(
+        "DistilBERT", ("DistilBertSelfAttention",), ("distilbert",), tested_by=("distilbert",)
+    ),
     Architecture("ALBERT", ("AlbertAttention",), ("albert",), tested_by=("albert",)),
-    Architecture("DeBERTa-v2", ("DebertaV2Attention",), ("deberta-v2",), scale="deberta",
-                 flags="relative position bias (disentangled c2p/p2c)", tested_by=("deberta_v2",)),
-    Architecture("MPNet", ("MPNetSelfAttention",), ("mpnet",), flags="relative position bias", tested_by=("mpnet",)),
-    Architecture("ModernBERT", ("ModernBertAttention",), ("modernbert",), "qkv", "Wqkv",
-                 flags="rotary, sliding window (local layers)", tested_by=("modernbert",)),
-    Architecture("timm ViT", ("Attention",), (), "qkv", "qkv", flags="QK-norm (qk_norm=True)",
-                 tested_by=("timm_vit",)),
-    Architecture("DeepSeek-V2/V3 (MLA)", ("DeepseekV2Attention", "DeepseekV3Attention"), ("deepseek_v3",),
-                 "mla", flags="decoupled rotary part (reported, not in W_QK)", tested_by=("deepseek_v3",)),
-    Architecture("PEFT LoRA (any family above)", ("LoraLayer",), (), "separate",
-                 flags="effective weights W + s·B·A", tested_by=("peft_lora_llama",)),
-    Architecture("torch.nn.MultiheadAttention", ("MultiheadAttention",), (), "in_proj [3, H, r]",
-                 tested_by=("mha",)),
+    Architecture(
+        "DeBERTa-v2",
+        ("DebertaV2Attention",),
+        ("deberta-v2",),
+        scale="deberta",
+        flags="relative position bias (disentangled c2p/p2c)",
+        tested_by=("deberta_v2",),
+    ),
+    Architecture(
+        "MPNet",
+        ("MPNetSelfAttention",),
+        ("mpnet",),
+        flags="relative position bias",
+        tested_by=("mpnet",),
+    ),
+    Architecture(
+        "ModernBERT",
+        ("ModernBertAttention",),
+        ("modernbert",),
+        "qkv",
+        "Wqkv",
+        flags="rotary, sliding window (local layers)",
+        tested_by=("modernbert",),
+    ),
+    Architecture(
+        "timm ViT",
+        ("Attention",),
+        (),
+        "qkv",
+        "qkv",
+        flags="QK-norm (qk_norm=True)",
+        tested_by=("timm_vit",),
+    ),
+    Architecture(
+        "DeepSeek-V2/V3 (MLA)",
+        ("DeepseekV2Attention", "DeepseekV3Attention"),
+        ("deepseek_v3",),
+        "mla",
+        flags="decoupled rotary part (reported, not in W_QK)",
+        tested_by=("deepseek_v3",),
+    ),
+    Architecture(
+        "PEFT LoRA (any family above)",
+        ("LoraLayer",),
+        (),
+        "separate",
+        flags="effective weights W + s·B·A",
+        tested_by=("peft_lora_llama",),
+    ),
+    Architecture(
+        "torch.nn.MultiheadAttention",
+        ("MultiheadAttention",),
+        (),
+        "in_proj [3, H, r]",
+        tested_by=("mha",),
+    ),
 )
 
 _BY_CLASS = {cls: arch for arch in ARCHITECTURES for cls in arch.classes}
@@ -349,8 +500,31 @@ class PlanError(ValueError):
     """The tensors do not split as the plan says (widths, head counts)."""
 
 
+def _affine(rows: Tensor) -> tuple[int, int, int] | None:
+    """(a, s_h, s_j) if rows[h, j] = a + h·s_h + j·s_j for all h, j, else None."""
+    Hp, r = rows.shape
+    a = int(rows[0, 0])
+    s_h = int(rows[1, 0]) - a if Hp > 1 else 0
+    s_j = int(rows[0, 1]) - a if r > 1 else 1
+    expected = a + torch.arange(Hp)[:, None] * s_h + torch.arange(r)[None, :] * s_j
+    return (a, s_h, s_j) if torch.equal(rows, expected) else None
+
+
 def _rows_of(weight: Tensor, rows: Tensor, in_out: bool) -> Tensor:
-    """Per-head W (H, d_in, r) from the output rows ``rows`` (H, r) of a projection weight."""
+    """Per-head W (H, d_in, r) from the output rows ``rows`` (H, r) of a projection weight.
+
+    A strided view of ``weight`` when the rows are an affine pattern (every split spec but the
+    grouped and CodeGen ones), else a gather; differentiable either way.
+    """
+    Hp, r = rows.shape
+    affine = _affine(rows)
+    if affine is not None:
+        a, s_h, s_j = affine
+        st_out, st_in = (weight.stride(1), weight.stride(0)) if in_out else weight.stride()
+        d_in = weight.shape[0] if in_out else weight.shape[1]
+        return weight.as_strided(
+            (Hp, d_in, r), (s_h * st_out, st_in, s_j * st_out), weight.storage_offset() + a * st_out
+        )
     if in_out:  # (d_in, d_out): columns are outputs
         return weight[:, rows].permute(1, 0, 2)
     return weight[rows].mT  # (H, r, d_in) -> (H, d_in, r)
@@ -376,7 +550,11 @@ def split_heads(
         Wq, Wk, Wv = get(plan.q), get(plan.k), get(plan.v)
         k_width = _out_dim(Wk, plan.in_out)
         Hkv = plan.n_kv_heads or k_width // r
-        if _out_dim(Wq, plan.in_out) != H * r or k_width != Hkv * r or _out_dim(Wv, plan.in_out) != Hkv * r:
+        if (
+            _out_dim(Wq, plan.in_out) != H * r
+            or k_width != Hkv * r
+            or _out_dim(Wv, plan.in_out) != Hkv * r
+        ):
             raise PlanError(
                 f"{plan.name}: q/k/v widths {_out_dim(Wq, plan.in_out)}/{k_width}/{_out_dim(Wv, plan.in_out)} "
                 f"do not split into {H} query heads of size {r}"
@@ -438,8 +616,15 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
     alibi = bool(cfg_get(config, "alibi")) or cfg_get(config, "model_type") == "bloom"
     rotary = not alibi and any(
         cfg_get(config, key) is not None
-        for key in ("rope_parameters", "rope_theta", "rope_scaling", "rotary_dim", "rotary_pct",
-                    "rotary_emb_base", "global_rope_theta")
+        for key in (
+            "rope_parameters",
+            "rope_theta",
+            "rope_scaling",
+            "rotary_dim",
+            "rotary_pct",
+            "rotary_emb_base",
+            "global_rope_theta",
+        )
     )
     if alibi:
         flags["alibi"] = True
@@ -475,7 +660,9 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
     return rotary, flags
 
 
-def _notes_for(plan_flags: Mapping[str, object], kind: str, H: int, Hkv: int | None) -> tuple[str, ...]:
+def _notes_for(
+    plan_flags: Mapping[str, object], kind: str, H: int, Hkv: int | None
+) -> tuple[str, ...]:
     notes: list[str] = []
     if kind == "cross":
         notes.append("cross-attention: keys/values read the encoder's hidden states")
@@ -486,7 +673,9 @@ def _notes_for(plan_flags: Mapping[str, object], kind: str, H: int, Hkv: int | N
     if plan_flags.get("rotary"):
         notes.append("rotary embeddings: QK circuit at relative offset 0")
         if "partial_rotary" in plan_flags:
-            notes.append(f"rotary applies to a fraction {plan_flags['partial_rotary']} of each head")
+            notes.append(
+                f"rotary applies to a fraction {plan_flags['partial_rotary']} of each head"
+            )
     if plan_flags.get("alibi"):
         notes.append("ALiBi: a per-head linear position bias is added to the QK scores")
     if "qk_norm" in plan_flags:
@@ -579,7 +768,14 @@ def tower_config(model: nn.Module, name: str) -> object:
 
 
 _H_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "nhead")
-_R_ATTRS = ("head_dim", "head_size", "attention_head_size", "key_value_proj_dim", "d_kv", "dim_per_head")
+_R_ATTRS = (
+    "head_dim",
+    "head_size",
+    "attention_head_size",
+    "key_value_proj_dim",
+    "d_kv",
+    "dim_per_head",
+)
 _KV_ATTRS = ("num_key_value_heads", "num_kv_heads", "kv_heads", "n_head_kv", "n_kv_heads")
 
 
@@ -609,8 +805,14 @@ def _module_flags(module: nn.Module, H: int, r: int) -> dict[str, object]:
         if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
             weight = getattr(norm, "weight", None)
             shape = getattr(norm, "normalized_shape", None)
-            width = weight.numel() if isinstance(weight, Tensor) else (
-                math.prod(shape) if isinstance(shape, tuple) else (shape if isinstance(shape, int) else 0)
+            width = (
+                weight.numel()
+                if isinstance(weight, Tensor)
+                else (
+                    math.prod(shape)
+                    if isinstance(shape, tuple)
+                    else (shape if isinstance(shape, int) else 0)
+                )
             )
             flags["qk_norm"] = "full" if width == H * r and H > 1 else "per_head"
             break
@@ -620,10 +822,14 @@ def _module_flags(module: nn.Module, H: int, r: int) -> dict[str, object]:
     window = _pos_int(getattr(module, "sliding_window", None))
     if window:
         flags["sliding_window"] = window
-    if getattr(module, "has_relative_attention_bias", None) is not None or any(
-        n in ("relative_position_bias_table", "relative_attention_bias")
-        for n, _ in module.named_parameters()
-    ) or any(n.endswith("relative_attention_bias") for n, _ in module.named_modules()):
+    if (
+        getattr(module, "has_relative_attention_bias", None) is not None
+        or any(
+            n in ("relative_position_bias_table", "relative_attention_bias")
+            for n, _ in module.named_parameters()
+        )
+        or any(n.endswith("relative_attention_bias") for n, _ in module.named_modules())
+    ):
         flags["relative_position_bias"] = True
     return flags
 
@@ -642,7 +848,9 @@ def _block_index(name: str) -> int:
     return int(numbers[-1]) if numbers else 0
 
 
-def plan_from_module(model: nn.Module, name: str, module: nn.Module, layer: int) -> AttentionPlan | None:
+def plan_from_module(
+    model: nn.Module, name: str, module: nn.Module, layer: int
+) -> AttentionPlan | None:
     """The plan of ``module`` (at ``name`` in ``model``) if it is an attention module with q, k,
     v, o projections the name table knows (or a fused one with a known split), else None.
 
@@ -660,7 +868,11 @@ def plan_from_module(model: nn.Module, name: str, module: nn.Module, layer: int)
     inner: nn.Module | None = None
     if not (q and k and v) and fused is None:
         self_name = _bert_self(module)
-        if self_name is None or o[0] != "output.dense.weight" and not o[0].startswith("output.dense."):
+        if (
+            self_name is None
+            or o[0] != "output.dense.weight"
+            and not o[0].startswith("output.dense.")
+        ):
             return None
         inner = module.get_submodule(self_name)
         q, k, v = (_find(inner, names) for names in (Q_NAMES, K_NAMES, V_NAMES))
@@ -690,8 +902,17 @@ def plan_from_module(model: nn.Module, name: str, module: nn.Module, layer: int)
     block = block if block is not None else _block_index(name)
     kind = "cross" if _is_cross(module, name, inner) else "self"
     in_out = _is_in_out((fused or q)[1])  # type: ignore[index]
-    plan = AttentionPlan(name=name, layer=layer, family=arch.family, o=_join(name, o[0]), n_heads=H,
-                         head_dim=r, scale=0.0, in_out=in_out, kind=kind)
+    plan = AttentionPlan(
+        name=name,
+        layer=layer,
+        family=arch.family,
+        o=_join(name, o[0]),
+        n_heads=H,
+        head_dim=r,
+        scale=0.0,
+        in_out=in_out,
+        kind=kind,
+    )
     if fused is not None and not (q and k and v):
         layout = arch.layout if arch.fused else FUSED_NAMES.get(fused[0].split(".")[0])
         Hkv = _first_int(objs, _KV_ATTRS)
@@ -740,7 +961,12 @@ def _falcon_layout(module: nn.Module, H: int, Hkv: int | None) -> tuple[str, int
 
 
 def _live_scale(
-    module: nn.Module, inner: nn.Module | None, arch: Architecture, config: object, r: int, block: int
+    module: nn.Module,
+    inner: nn.Module | None,
+    arch: Architecture,
+    config: object,
+    r: int,
+    block: int,
 ) -> float:
     if arch.scale == "inv_sqrt":
         for mod in (module, inner):
@@ -786,7 +1012,9 @@ def _sub_config(config: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
     return config
 
 
-def plan_from_checkpoint(config: Mapping[str, Any], tensor_names: Iterable[str]) -> list[AttentionPlan]:
+def plan_from_checkpoint(
+    config: Mapping[str, Any], tensor_names: Iterable[str]
+) -> list[AttentionPlan]:
     """Plans of every attention module whose tensors are named in a checkpoint (no model built).
 
     ``config``: the parsed ``config.json``; ``tensor_names``: every tensor name in the checkpoint.
@@ -832,7 +1060,9 @@ def plan_from_checkpoint(config: Mapping[str, Any], tensor_names: Iterable[str])
                 continue
         elif o.endswith("output.dense.weight") and o != _join(prefix, "output.dense.weight"):
             continue
-        H = _first_int((cfg,), ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads"))
+        H = _first_int(
+            (cfg,), ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
+        )
         hidden = _first_int((cfg,), ("hidden_size", "n_embd", "d_model", "dim"))
         r = _first_int((cfg,), ("head_dim", "d_kv"))
         if H is None or (r is None and hidden is None):
@@ -840,9 +1070,17 @@ def plan_from_checkpoint(config: Mapping[str, Any], tensor_names: Iterable[str])
         r = r or hidden // H  # type: ignore[operator]
         block = _block_index(prefix)
         kind = "cross" if prefix.rsplit(".", 1)[-1] in CROSS_NAMES else "self"
-        plan = AttentionPlan(name=prefix, layer=len(plans), family=arch.family, o=o, n_heads=H,
-                             head_dim=r, scale=SCALE_RULES[arch.scale][1](cfg, r, block),
-                             in_out=arch.in_out, kind=kind)
+        plan = AttentionPlan(
+            name=prefix,
+            layer=len(plans),
+            family=arch.family,
+            o=o,
+            n_heads=H,
+            head_dim=r,
+            scale=SCALE_RULES[arch.scale][1](cfg, r, block),
+            in_out=arch.in_out,
+            kind=kind,
+        )
         if q and k and v:
             plan.q, plan.k, plan.v = q, k, v
             Hkv = _first_int((cfg,), ("num_key_value_heads",))

@@ -20,7 +20,15 @@ Parameter roles
   embed / cls_token / mask_token.
 - ``mlp``: the remaining matrices (≥ 2-D) of a transformer block, i.e. of the module that contains
   an attention layer (the feed-forward weights).
+- ``lora_a`` / ``lora_b``: the factors A (r×d_in) and B (d_out×r) of PEFT LoRA adapters
+  (``…lora_A.<adapter>.weight``, ``…lora_B.…``, and the embedding variants) — weight decay on
+  them is exactly the L2-on-factors setting of the theory; the frozen base weights keep their
+  attention / mlp roles. Alias ``"lora"`` names both in a weight-decay mapping.
 - ``other``: everything else (readout / classifier heads, poolers, …).
+
+Attention modules that look like attention but that no adapter extracts are named in an
+:class:`~rankdecay.heads.UnrecognizedAttentionWarning` (their weights would otherwise fall to
+``mlp``/``other`` without a word); ``strict=True`` raises instead.
 
 A model (or a submodule) can define ``rankdecay_param_roles() -> dict[str, str]`` to name its own
 roles (rankdecay's TinyTransformer does); those win, and parameters it leaves out fall back to the
@@ -67,6 +75,7 @@ the shared key head's update is the sum over its query heads — the exact gradi
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -76,7 +85,14 @@ import torch
 from torch import Tensor, nn
 
 from .errors import RankdecayError
-from .heads import LayerHeads, UnsupportedModelError, attention_heads, find_adapter
+from .heads import (
+    LayerHeads,
+    UnsupportedModelError,
+    attention_heads,
+    check_coverage,
+    collect_attention,
+    find_adapter,
+)
 from .polar import polar as polar_factor
 from .spectra import factored_svd
 
@@ -89,8 +105,19 @@ __all__ = [
     "param_roles",
 ]
 
-ROLES: tuple[str, ...] = ("attn_qk", "attn_ov", "mlp", "embedding", "norm", "bias", "other")
-_ALIASES = {"attention": ("attn_qk", "attn_ov")}
+ROLES: tuple[str, ...] = (
+    "attn_qk",
+    "attn_ov",
+    "mlp",
+    "embedding",
+    "norm",
+    "bias",
+    "lora_a",
+    "lora_b",
+    "other",
+)
+_ALIASES = {"attention": ("attn_qk", "attn_ov"), "lora": ("lora_a", "lora_b")}
+_LORA = re.compile(r"(?:^|\.)lora_(?:embedding_)?(?P<side>[AB])(?:\.|$)")
 
 # --------------------------------------------------------------------------------------- roles
 
@@ -146,20 +173,27 @@ def _protocol_roles(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def _attention_layers(model: nn.Module) -> list[LayerHeads]:
+def _attention_layers(model: nn.Module, *, strict: bool = False) -> list[LayerHeads]:
+    """The model's attention layers (empty if it has none), warning about — or with
+    ``strict=True`` raising on — attention-like modules that are not extracted."""
     try:
         with torch.no_grad():
-            return attention_heads(model)
+            found = collect_attention(model)
     except UnsupportedModelError:
         return []
+    check_coverage(model, found.unrecognized, strict=strict, stacklevel=4)
+    return found.layers
 
 
-def param_roles(model: nn.Module) -> dict[str, str]:
+def param_roles(model: nn.Module, *, strict: bool = False) -> dict[str, str]:
     """Role of every parameter of ``model`` (names as in ``model.named_parameters()``).
 
     Returns:
-        dict name → one of ``ROLES`` (attn_qk, attn_ov, mlp, embedding, norm, bias, other), in
-        ``named_parameters`` order; see the module docstring for the rules (fused qkv → attn_qk).
+        dict name → one of ``ROLES`` (attn_qk, attn_ov, mlp, embedding, norm, bias, lora_a,
+        lora_b, other), in ``named_parameters`` order; see the module docstring for the rules
+        (fused qkv → attn_qk). A module that looks like attention but is not extracted gives an
+        :class:`~rankdecay.heads.UnrecognizedAttentionWarning` (``strict=True``: an
+        :class:`~rankdecay.heads.UnsupportedModelError`).
     """
     if not isinstance(model, nn.Module):
         raise RankdecayError(
@@ -168,8 +202,12 @@ def param_roles(model: nn.Module) -> dict[str, str]:
     names = [n for n, _ in model.named_parameters()]
     known = set(names)
     roles: dict[str, str] = {n: r for n, r in _protocol_roles(model).items() if n in known}
+    for n in names:
+        m = _LORA.search(n)
+        if m is not None and n not in roles:
+            roles[n] = "lora_a" if m["side"] == "A" else "lora_b"
     attn_blocks: set[str] = set()
-    for layer in _attention_layers(model):
+    for layer in _attention_layers(model, strict=strict):
         for n in layer.qk_params:
             if n in known:
                 roles.setdefault(n, "attn_qk")
@@ -221,7 +259,8 @@ def _decay_by_role(
         if unknown:
             raise RankdecayError(
                 f"unknown weight-decay key(s) {', '.join(map(repr, unknown))}; use roles "
-                f"{', '.join(ROLES)}, 'attention' (both attention roles) or 'default'."
+                f"{', '.join(ROLES)}, 'attention' (both attention roles), 'lora' (both LoRA factors) "
+                "or 'default'."
             )
         values: dict[str, float] = {}
         for role in present:
@@ -254,6 +293,7 @@ def param_groups(
     weight_decay: float | Mapping[str, float] = 0.0,
     *,
     roles: Mapping[str, str] | None = None,
+    strict: bool = False,
 ) -> list[dict[str, Any]]:
     """Torch optimizer param groups, one per role present, with a per-role weight decay.
 
@@ -264,13 +304,16 @@ def param_groups(
             ``"attention"`` (both attention roles) and ``"default"`` (all roles not named);
             e.g. ``{"attn_qk": 0.0, "norm": 0.0, "bias": 0.0, "default": 0.1}``.
         roles: name → role to use instead of :func:`param_roles` (missing names fall back to it).
+        strict: raise :class:`~rankdecay.heads.UnsupportedModelError` instead of warning when a
+            module looks like attention but is not extracted (its weights would get no
+            attention role).
 
     Returns:
         list of dicts ``{"params": [...], "weight_decay": float, "role": str, "names": [...]}``
         in ``ROLES`` order (torch optimizers keep the extra keys). The meaning of weight_decay
         is the optimizer's: coupled L2 for SGD/Adam, decoupled for AdamW (module docstring).
     """
-    auto = param_roles(model)
+    auto = param_roles(model, strict=strict)
     if roles is not None:
         bad = {n: r for n, r in roles.items() if r not in ROLES}
         if bad:
@@ -440,6 +483,9 @@ class LowRankDecay:
         mode: "subtract" (W − c·polar(W)) or "svt" (soft-threshold the singular values by c;
             needs polar="svd"; not for product).
         scale_by_lr: c = strength·lr (default) or c = strength.
+        strict: at construction, a module that looks like attention but is not extracted gives
+            an :class:`~rankdecay.heads.UnrecognizedAttentionWarning`; ``strict=True`` raises
+            :class:`~rankdecay.heads.UnsupportedModelError` instead.
 
     ``attach(optimizer)`` registers a step post-hook (the decay runs after every
     ``optimizer.step()``, with each parameter's current group lr); ``detach()`` removes it;
@@ -459,6 +505,7 @@ class LowRankDecay:
         scale_by_lr: bool = True,
         tol: float = 1e-3,
         max_iter: int | None = None,
+        strict: bool = False,
     ) -> None:
         if (
             isinstance(strength, bool)
@@ -511,6 +558,7 @@ class LowRankDecay:
         self.scale_by_lr = bool(scale_by_lr)
         self.tol = float(tol)
         self.max_iter = max_iter
+        self.strict = bool(strict)
         self.last_info: dict[str, Any] = {}
         self._handle: Any = None
         self._adapter: Any = None
@@ -577,7 +625,7 @@ class LowRankDecay:
                 if n in trainable and p.dim() >= 2:
                     self._views.append(self._param_view(n))
             return
-        layers = _attention_layers(self.model)
+        layers = _attention_layers(self.model, strict=self.strict)
         attn_params: set[str] = set()
         for layer in layers:
             attn_params.update(layer.qk_params)

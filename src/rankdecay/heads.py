@@ -73,6 +73,7 @@ __all__ = [
     "UnsupportedModelError",
     "attention_heads",
     "check_coverage",
+    "collect_attention",
     "find_adapter",
     "layer_heads_from_tensors",
     "lora_effective_weight",
@@ -471,7 +472,9 @@ def lora_effective_weight(layer: nn.Module) -> tuple[Tensor, tuple[str, ...]]:
         A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
         delta = float(layer.scaling[name]) * (B @ A)
         W = W + (delta.mT if getattr(layer, "fan_in_fan_out", False) else delta)
-        notes.append(f"LoRA adapter {name!r} (rank {A.shape[0]}, scale {float(layer.scaling[name]):g}) added: W + s·B·A")
+        notes.append(
+            f"LoRA adapter {name!r} (rank {A.shape[0]}, scale {float(layer.scaling[name]):g}) added: W + s·B·A"
+        )
     return W, tuple(notes)
 
 
@@ -724,7 +727,23 @@ def find_adapter(model: nn.Module) -> AttentionAdapter:
     )
 
 
-def attention_heads(model: nn.Module, *, strict: bool = False, **options: object) -> list[LayerHeads]:
+def collect_attention(model: nn.Module, **options: object) -> Scan:
+    """The layers of ``model`` and the attention-like modules they miss, without warning or
+    raising: by the latest registered adapter that accepts the model, else the per-module scan."""
+    for adapter in _ADAPTERS:
+        if adapter.predicate(model):
+            layers = adapter.extractor(model, **options)
+            missed = {
+                n: "not returned by the registered adapter"
+                for n in unrecognized_attention(model, layers)
+            }
+            return Scan(layers, [adapter.name], missed)
+    return scan_attention(model, **options)
+
+
+def attention_heads(
+    model: nn.Module, *, strict: bool = False, **options: object
+) -> list[LayerHeads]:
     """Per-layer attention factors of ``model`` (see :class:`LayerHeads`), raw weights by default.
 
     Every attention module is extracted (several towers included); a module that looks like
@@ -733,17 +752,10 @@ def attention_heads(model: nn.Module, *, strict: bool = False, **options: object
     (e.g. ``fold_norm=True``). A registered adapter (:func:`register_adapter`) that accepts the
     model replaces the built-in scan.
     """
-    for adapter in _ADAPTERS:
-        if adapter.predicate(model):
-            layers = adapter.extractor(model, **options)
-            unrecognized = {n: "not returned by the registered adapter" for n in unrecognized_attention(model, layers)}
-            break
-    else:
-        found = scan_attention(model, **options)
-        layers, unrecognized = found.layers, found.unrecognized
-    if not layers:
-        if unrecognized:
-            raise UnsupportedModelError(_unrecognized_message(model, unrecognized))
+    found = collect_attention(model, **options)
+    if not found.layers:
+        if found.unrecognized:
+            raise UnsupportedModelError(_unrecognized_message(model, found.unrecognized))
         find_adapter(model)  # raises the one-sentence "no adapter" error
-    check_coverage(model, unrecognized, strict=strict)
-    return layers
+    check_coverage(model, found.unrecognized, strict=strict)
+    return found.layers

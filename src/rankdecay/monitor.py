@@ -174,6 +174,11 @@ class SpectralMonitor:
         writer: path of a ``spectra.jsonl`` the records are appended to.
         keep_records: keep every record in :attr:`records` (disable for very long runs).
         heads_options: forwarded to :func:`rankdecay.attention_heads`.
+        strict: the model is checked at construction (when ``every > 0``): no attention at all
+            raises :class:`~rankdecay.heads.UnsupportedModelError`, and a module that looks like
+            attention but is not extracted gives an
+            :class:`~rankdecay.heads.UnrecognizedAttentionWarning` — or, with ``strict=True``,
+            raises too.
 
     ``step(step)`` returns the records of that step, or None when nothing was recorded.
     ``force_step(step)`` records whatever the step.
@@ -191,6 +196,7 @@ class SpectralMonitor:
         writer: str | Path | None = None,
         keep_records: bool = True,
         heads_options: dict[str, Any] | None = None,
+        strict: bool = False,
     ) -> None:
         bad = [c for c in circuits if c not in _CIRCUITS]
         if bad:
@@ -209,6 +215,9 @@ class SpectralMonitor:
         self.heads_options = dict(heads_options or {})
         self.records: list[dict[str, Any]] = []
         self._latest: list[dict[str, Any]] = []
+        if self.every > 0:  # fail (or warn) now, not at the first recording
+            with torch.no_grad():
+                attention_heads(self.model, strict=strict, **self.heads_options)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
