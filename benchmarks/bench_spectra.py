@@ -15,7 +15,14 @@ Measured (medians over repeats, wall clock, this machine's torch thread count):
      ``factored_svd`` (U, S, V as well) for a like-for-like ratio.
 Every method's singular values are checked against the dense ones (max relative error printed).
 
-Run:  python benchmarks/bench_spectra.py [--repeats 7] [--dense-repeats 3] [--json FILE]
+Hardware bound (printed first, interleaved repeats, medians): the work of the factored SVD counted
+as Householder QR of every factor, Σ (2·d·r² − 2r³/3), plus per product the r×r core 2r³ and
+its singular values (8/3)r³ — 3.9 GFLOP for the 288 products — timed against one float64 GEMM
+of the same FLOPs (n×n with 2n³ equal to it) in the same run: ratio = time / GEMM time. The
+previous kernel (``torch.linalg.qr(mode="r")`` + ``torch.cat(...).to(float64)``) is timed beside it.
+
+Run:  python benchmarks/bench_spectra.py [--threads 1] [--repeats 7] [--dense-repeats 3] [--json FILE]
+      python benchmarks/bench_spectra.py --bound-only     # just the kernel/analyze vs GEMM section
 """
 
 from __future__ import annotations
@@ -70,6 +77,70 @@ def _rel_err(s: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((s - ref).abs().amax(-1) / ref[..., 0]).max())
 
 
+def _kernel_flops(n_products: int, d: int, r: int) -> float:
+    """Householder QR of both factors + r×r core product + its singular values, per product."""
+    qr = 2 * d * r * r - 2 * r**3 / 3
+    return n_products * (2 * qr + 2 * r**3 + 8 * r**3 / 3)
+
+
+def _old_kernel(pieces_a: list[torch.Tensor], pieces_b: list[torch.Tensor]) -> torch.Tensor:
+    """The kernel before issue 14: cat + cast, then torch.linalg.qr(mode="r") and svdvals."""
+    A = torch.cat(pieces_a).to(torch.float64)
+    B = torch.cat(pieces_b).to(torch.float64)
+    R_A = torch.linalg.qr(A, mode="r")[1]
+    R_B = torch.linalg.qr(B, mode="r")[1]
+    return torch.linalg.svdvals(R_A @ R_B.mT)
+
+
+def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
+    """factored_svdvals, analyze and the old kernel vs a GEMM of the same FLOPs, interleaved."""
+    with torch.no_grad():
+        layers = attention_heads(model)
+        pieces = [lh.factors(c) for lh in layers for c in ("qk", "ov")]  # model dtype, views
+        A = torch.cat([a for a, _ in pieces]).double().contiguous()
+        B = torch.cat([b for _, b in pieces]).double().contiguous()
+    n, d, r = A.shape
+    flops = _kernel_flops(n, d, r)
+    g = round((flops / 2) ** (1 / 3))
+    X = torch.randn(g, g, dtype=torch.float64)
+    Y = torch.randn(g, g, dtype=torch.float64)
+    fns: dict[str, Callable[[], Any]] = {
+        "gemm": lambda: X @ Y,
+        "factored_svdvals": lambda: factored_svdvals(A, B, dtype=None),
+        "old_kernel": lambda: _old_kernel([a for a, _ in pieces], [b for _, b in pieces]),
+        "analyze": lambda: analyze(model),
+    }
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.no_grad():
+        for fn in fns.values():  # warm-up
+            fn()
+        for _ in range(repeats):  # interleaved: load changes hit every method alike
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out: dict[str, Any] = {
+        "flops": flops,
+        "gemm_n": g,
+        "gemm_gflops_per_s": 2 * g**3 / med["gemm"] / 1e9,
+        **{f"{k}_s": v for k, v in med.items()},
+        **{f"{k}_all_s": v for k, v in times.items()},
+        "ratio_factored_svdvals": med["factored_svdvals"] / med["gemm"],
+        "ratio_old_kernel": med["old_kernel"] / med["gemm"],
+        "ratio_analyze": med["analyze"] / med["gemm"],
+    }
+    print(
+        f"bound: {flops / 1e9:.2f} GFLOP (Householder QR of {2 * n} factors {d}×{r} + cores); "
+        f"GEMM {g}×{g} of the same FLOPs: {med['gemm'] * 1e3:.1f} ms = {out['gemm_gflops_per_s']:.1f} GFLOP/s"
+    )
+    for k in ("factored_svdvals", "old_kernel", "analyze"):
+        print(
+            f"  {k:17s}: {med[k] * 1e3:8.1f} ms = {med[k] / med['gemm']:.2f}× the GEMM bound  (median of {repeats}, interleaved)"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,7 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         "--tl-repeats", type=int, default=5, help="timed repeats of TransformerLens"
     )
     parser.add_argument("--json", help="also write the figures as JSON")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: the per-core bound)"
+    )
+    parser.add_argument(
+        "--bound-only", action="store_true", help="only the kernel/analyze vs GEMM-bound section"
+    )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     print(
@@ -100,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     model = _gpt2_small()
     print(f"# model: {type(model).__name__}, random init")
+    bound = bound_section(model, args.repeats)
+    if args.bound_only:
+        print("RESULT " + json.dumps({k: v for k, v in bound.items() if not k.endswith("all_s")}))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(bound, f, indent=2)
+        return 0
     with torch.no_grad():
         layers = attention_heads(model)
         A = (
@@ -119,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "products": n,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "bound": bound,
     }
 
     with torch.no_grad():

@@ -102,3 +102,30 @@ def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyP
         s = torch.tensor(rec["singular_values"], dtype=torch.float64)
         assert (s - dense).abs().max() <= 1e-12 * dense[0]
         assert rec["kv_head"] == h // 4
+
+
+def test_analyze_qr_batches_split_factor_stacks_without_changing_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A QR batch budget of 3 factors splits every (H=4)-head stack across batches; the records
+    still equal a dense float64 SVD of each head's product."""
+    import importlib
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    analyze_mod = importlib.import_module("rankdecay.analyze")
+    from rankdecay.heads import attention_heads
+
+    torch.manual_seed(0)
+    model = transformers.GPT2Model(transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4)).eval()
+    monkeypatch.setattr(analyze_mod, "_QR_BATCH_ELEMENTS", 3 * 64 * 16)
+    report = analyze_mod.analyze(model)
+    with torch.no_grad():
+        layers = attention_heads(model)
+    for rec in report.records:
+        A, B = layers[rec["layer"]].factors(rec["circuit"])
+        h = rec["head"]
+        dense = torch.linalg.svdvals(A[h].double() @ B[h].double().mT)[:16]
+        s = torch.tensor(rec["singular_values"], dtype=torch.float64)
+        assert (s - dense).abs().max() <= 1e-12 * dense[0]

@@ -103,6 +103,8 @@ MODEL_ALIASES: dict[str, tuple[str, str]] = {
 }
 #: elements of A and B (together) per batched SVD call; bounds the float64 working memory
 _CHUNK_ELEMENTS = 1 << 25
+#: float64 elements per batched QR call (8 MiB): the cast copy stays in cache for the QR
+_QR_BATCH_ELEMENTS = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,6 +585,39 @@ def _stack_float64(pieces: list[Tensor]) -> Tensor:
     return out.mT
 
 
+def _batched_r(pieces: list[tuple[Any, Tensor | None]], matrix_elements: int) -> dict[Any, Tensor]:
+    """R factors (n, k, r) of equal-shape factor stacks (n, d, r), keyed like ``pieces``.
+
+    QR in cache-sized batches (:data:`_QR_BATCH_ELEMENTS`): cast and stack a few MiB of factors
+    in float64, decompose them in one batched call, keep only the small R; the float64 copy of
+    the whole model is never held, and the copy stays in cache for the QR.
+    """
+    per_batch = max(1, _QR_BATCH_ELEMENTS // max(1, matrix_elements))
+    parts: dict[Any, list[Tensor]] = {key: [] for key, _ in pieces}
+    batch: list[tuple[Any, Tensor]] = []
+
+    def flush() -> None:
+        X = _stack_float64([t for _, t in batch])
+        require_finite(X)
+        R_all = r_factor(X)
+        start = 0
+        for key, t in batch:
+            parts[key].append(R_all[start : start + t.shape[0]])
+            start += t.shape[0]
+        batch.clear()
+
+    for key, factor in pieces:
+        assert factor is not None
+        for h in range(0, factor.shape[0], per_batch):
+            part = factor[h : h + per_batch]
+            if sum(t.shape[0] for _, t in batch) + part.shape[0] > per_batch:
+                flush()
+            batch.append((key, part))
+    if batch:
+        flush()
+    return {key: p[0] if len(p) == 1 else torch.cat(p) for key, p in parts.items()}
+
+
 def _side_elements(side: _Side) -> int:
     if side.factor is not None:
         return side.factor.numel()
@@ -605,16 +640,8 @@ def _chunk_rs(
                 R = chain_r(side.chain or (), side="A" if j == 0 else "B")
                 H = layers[item[0]].n_heads
                 rs[(item, j)] = R.expand(H, *R.shape[-2:]) if R.dim() == 2 else R
-    for members in groups.values():
-        pieces = [sides[item][j].factor for item, j in members]
-        X = _stack_float64([p for p in pieces if p is not None])
-        require_finite(X)
-        R_all = r_factor(X)
-        start = 0
-        for (item, j), p in zip(members, pieces):
-            assert p is not None
-            rs[(item, j)] = R_all[start : start + p.shape[0]]
-            start += p.shape[0]
+    for (d, r), members in groups.items():
+        rs.update(_batched_r([(key, sides[key[0]][key[1]].factor) for key in members], d * r))
     out: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
     for item, pair in sides.items():
         R_pair = []
