@@ -57,7 +57,10 @@ def _randomize(model: nn.Module, seed: int = 0, zero: tuple[str, ...] = ()) -> n
             if name.endswith("bias") or any(re.search(z, name) for z in zero):
                 p.zero_()
             elif p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (1.5 / math.sqrt(p.shape[-1])))
+                p.copy_(
+                    torch.randn(p.shape, generator=g, dtype=p.dtype)
+                    * (1.5 / math.sqrt(p.shape[-1]))
+                )
             else:
                 p.copy_(0.5 + torch.rand(p.shape, generator=g, dtype=p.dtype))
     return model.double().eval()
@@ -74,7 +77,9 @@ def _pos0(n: int = T) -> Tensor:
 
 
 def _pixels(size: int = 8) -> Tensor:
-    return torch.randn(B, 3, size, size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    return torch.randn(
+        B, 3, size, size, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
 
 
 def _decoder_self(lh: LayerHeads) -> bool:
@@ -103,8 +108,14 @@ def _never(lh: LayerHeads) -> bool:
 
 
 def _lm(config_cls: Any, model_cls: Any, **kw: Any) -> Callable[[], nn.Module]:
-    base = dict(vocab_size=50, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
-                intermediate_size=2 * D, attn_implementation="eager")
+    base = dict(
+        vocab_size=50,
+        hidden_size=D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        intermediate_size=2 * D,
+        attn_implementation="eager",
+    )
     base.update(kw)
     return lambda: model_cls(config_cls(**base))
 
@@ -157,8 +168,12 @@ class NanoGPT(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.transformer = nn.ModuleDict(
-            dict(wte=nn.Embedding(50, D), wpe=nn.Embedding(16, D),
-                 h=nn.ModuleList([NanoBlock() for _ in range(L)]), ln_f=nn.LayerNorm(D))
+            dict(
+                wte=nn.Embedding(50, D),
+                wpe=nn.Embedding(16, D),
+                h=nn.ModuleList([NanoBlock() for _ in range(L)]),
+                ln_f=nn.LayerNorm(D),
+            )
         )
 
     def forward(self, idx: Tensor) -> Tensor:
@@ -174,13 +189,17 @@ def _timm_vit() -> nn.Module:
     import_timm()
     from timm.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(img_size=8, patch_size=4, embed_dim=D, depth=L, num_heads=H, num_classes=0)
+    return VisionTransformer(
+        img_size=8, patch_size=4, embed_dim=D, depth=L, num_heads=H, num_classes=0
+    )
 
 
 def _peft_llama() -> nn.Module:
     peft = pytest.importorskip("peft")
     base = _lm(t.LlamaConfig, t.LlamaModel, num_key_value_heads=2)()
-    cfg = peft.LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    cfg = peft.LoraConfig(
+        r=2, lora_alpha=6, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
     model = peft.get_peft_model(base, cfg)
     return model
 
@@ -195,10 +214,25 @@ def _whisper_inputs(m: nn.Module) -> dict[str, Any]:
 
 
 def _ved() -> nn.Module:
-    enc = t.ViTConfig(image_size=8, patch_size=4, hidden_size=D, num_hidden_layers=L,
-                      num_attention_heads=H, intermediate_size=2 * D)
-    dec = t.GPT2Config(vocab_size=50, n_embd=D, n_layer=L, n_head=H, n_positions=16,
-                       add_cross_attention=True, is_decoder=True, bos_token_id=0, eos_token_id=0)
+    enc = t.ViTConfig(
+        image_size=8,
+        patch_size=4,
+        hidden_size=D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        intermediate_size=2 * D,
+    )
+    dec = t.GPT2Config(
+        vocab_size=50,
+        n_embd=D,
+        n_layer=L,
+        n_head=H,
+        n_positions=16,
+        add_cross_attention=True,
+        is_decoder=True,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     cfg = t.VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
     cfg._attn_implementation = "eager"
     model = t.VisionEncoderDecoderModel(cfg)
@@ -207,97 +241,367 @@ def _ved() -> nn.Module:
 
 
 CASES: dict[str, Case] = {
-    "llama_gqa": Case(_lm(t.LlamaConfig, t.LlamaModel, num_key_value_heads=2), _causal_lm_inputs, _always, L,
-                      "Llama", flags={"rotary": True}),
-    "mistral_mqa": Case(_lm(t.MistralConfig, t.MistralModel, num_key_value_heads=1), _causal_lm_inputs,
-                        _always, L, "Mistral", flags={"sliding_window": 4096}),
-    "qwen2_gqa": Case(_lm(t.Qwen2Config, t.Qwen2Model, num_key_value_heads=2), _causal_lm_inputs, _always, L,
-                      "Qwen2"),
-    "gemma2": Case(_lm(t.Gemma2Config, t.Gemma2Model, num_key_value_heads=2, head_dim=8,
-                       query_pre_attn_scalar=16, attn_logit_softcapping=None, final_logit_softcapping=None),
-                   _causal_lm_inputs, _always, L, "Gemma-2"),
-    "gpt2": Case(lambda: t.GPT2Model(t.GPT2Config(vocab_size=50, n_embd=D, n_layer=L, n_head=H, n_positions=16,
-                                                  scale_attn_by_inverse_layer_idx=True, attn_implementation="eager")),
-                 lambda m: {"input_ids": _ids()}, _always, L, "GPT-2"),
-    "gpt_bigcode": Case(lambda: t.GPTBigCodeModel(t.GPTBigCodeConfig(vocab_size=50, n_embd=D, n_layer=L, n_head=H,
-                                                                     n_positions=16, multi_query=True,
-                                                                     attn_implementation="eager")),
-                        lambda m: {"input_ids": _ids()}, _always, L, "GPT-BigCode"),
+    "llama_gqa": Case(
+        _lm(t.LlamaConfig, t.LlamaModel, num_key_value_heads=2),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Llama",
+        flags={"rotary": True},
+    ),
+    "mistral_mqa": Case(
+        _lm(t.MistralConfig, t.MistralModel, num_key_value_heads=1),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Mistral",
+        flags={"sliding_window": 4096},
+    ),
+    "qwen2_gqa": Case(
+        _lm(t.Qwen2Config, t.Qwen2Model, num_key_value_heads=2),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Qwen2",
+    ),
+    "gemma2": Case(
+        _lm(
+            t.Gemma2Config,
+            t.Gemma2Model,
+            num_key_value_heads=2,
+            head_dim=8,
+            query_pre_attn_scalar=16,
+            attn_logit_softcapping=None,
+            final_logit_softcapping=None,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Gemma-2",
+    ),
+    "gpt2": Case(
+        lambda: t.GPT2Model(
+            t.GPT2Config(
+                vocab_size=50,
+                n_embd=D,
+                n_layer=L,
+                n_head=H,
+                n_positions=16,
+                scale_attn_by_inverse_layer_idx=True,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _always,
+        L,
+        "GPT-2",
+    ),
+    "gpt_bigcode": Case(
+        lambda: t.GPTBigCodeModel(
+            t.GPTBigCodeConfig(
+                vocab_size=50,
+                n_embd=D,
+                n_layer=L,
+                n_head=H,
+                n_positions=16,
+                multi_query=True,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _always,
+        L,
+        "GPT-BigCode",
+    ),
     "nanogpt": Case(NanoGPT, lambda m: {"idx": _ids()}, _always, L, "nanoGPT"),
-    "gpt_neox": Case(_lm(t.GPTNeoXConfig, t.GPTNeoXModel, rotary_pct=0.5), _causal_lm_inputs, _always, L,
-                     "GPT-NeoX", flags={"partial_rotary": 0.5}),
-    "bloom": Case(lambda: t.BloomModel(t.BloomConfig(vocab_size=50, hidden_size=D, n_layer=L, n_head=H,
-                                                     attn_implementation="eager")),
-                  lambda m: {"input_ids": _ids()}, _always, L, "BLOOM", bias=_bloom_alibi, flags={"alibi": True}),
-    "falcon": Case(_lm(t.FalconConfig, t.FalconModel, num_kv_heads=2, new_decoder_architecture=True),
-                   _causal_lm_inputs, _always, L, "Falcon", flags={"rotary": True}),
-    "falcon_mq": Case(_lm(t.FalconConfig, t.FalconModel, multi_query=True, new_decoder_architecture=False),
-                      _causal_lm_inputs, _always, L, "Falcon"),
-    "codegen": Case(lambda: t.CodeGenModel(t.CodeGenConfig(vocab_size=50, n_embd=D, n_layer=L, n_head=H,
-                                                           rotary_dim=4, n_positions=16,
-                                                           attn_implementation="eager")),
-                    _causal_lm_inputs, _always, L, "CodeGen", flags={"partial_rotary": 0.5}),
-    "phi3": Case(_lm(t.Phi3Config, t.Phi3Model, num_key_value_heads=2, pad_token_id=0), _causal_lm_inputs,
-                 _always, L, "Phi-3"),
-    "phi": Case(_lm(t.PhiConfig, t.PhiModel, partial_rotary_factor=0.5), _causal_lm_inputs, _always, L, "Phi",
-                flags={"partial_rotary": 0.5}),
-    "gptj": Case(lambda: t.GPTJModel(t.GPTJConfig(vocab_size=50, n_embd=D, n_layer=L, n_head=H, rotary_dim=4,
-                                                  n_positions=16, attn_implementation="eager")),
-                 _causal_lm_inputs, _always, L, "GPT-J", flags={"partial_rotary": 0.5}),
-    "opt": Case(lambda: t.OPTModel(t.OPTConfig(vocab_size=50, hidden_size=D, num_hidden_layers=L,
-                                               num_attention_heads=H, ffn_dim=2 * D, word_embed_proj_dim=D,
-                                               max_position_embeddings=16, attn_implementation="eager")),
-                lambda m: {"input_ids": _ids()}, _always, L, "OPT"),
-    "bart": Case(lambda: t.BartModel(t.BartConfig(vocab_size=50, d_model=D, encoder_layers=L, decoder_layers=L,
-                                                  encoder_attention_heads=H, decoder_attention_heads=H,
-                                                  encoder_ffn_dim=2 * D, decoder_ffn_dim=2 * D,
-                                                  max_position_embeddings=16, attn_implementation="eager")),
-                 _seq2seq_inputs, _decoder_self, 3 * L, "BART", kinds=("self", "cross")),
-    "whisper": Case(lambda: t.WhisperModel(t.WhisperConfig(vocab_size=50, d_model=D, encoder_layers=L,
-                                                           decoder_layers=L, encoder_attention_heads=H,
-                                                           decoder_attention_heads=H, encoder_ffn_dim=2 * D,
-                                                           decoder_ffn_dim=2 * D, num_mel_bins=8,
-                                                           max_source_positions=8, max_target_positions=16,
-                                                           pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                                                           decoder_start_token_id=1,
-                                                           attn_implementation="eager")),
-                    _whisper_inputs, _decoder_self, 3 * L, "Whisper", kinds=("self", "cross")),
-    "t5": Case(lambda: (t.T5Model(t.T5Config(vocab_size=50, d_model=D, d_kv=8, d_ff=2 * D,
-                                                             num_layers=L, num_heads=H,
-                                                             relative_attention_num_buckets=8,
-                                                             attn_implementation="eager"))),
-               _seq2seq_inputs, _decoder_self, 3 * L, "T5", kinds=("self", "cross"),
-               flags={"relative_position_bias": True}),
-    "clip": Case(lambda: t.CLIPModel(t.CLIPConfig(
-        text_config=dict(vocab_size=50, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
-                         intermediate_size=2 * D, max_position_embeddings=16),
-        vision_config=dict(hidden_size=D, num_hidden_layers=L, num_attention_heads=H, intermediate_size=2 * D,
-                           image_size=8, patch_size=4), attn_implementation="eager")),
-                 lambda m: {"input_ids": _ids(), "pixel_values": _pixels()},
-                 lambda lh: "text_model" in lh.name, 2 * L, "CLIP"),
-    "bert": Case(_lm(t.BertConfig, t.BertModel), lambda m: {"input_ids": _ids()}, _never, L, "BERT"),
-    "distilbert": Case(lambda: t.DistilBertModel(t.DistilBertConfig(vocab_size=50, dim=D, n_layers=L, n_heads=H,
-                                                                    hidden_dim=2 * D, attn_implementation="eager")),
-                       lambda m: {"input_ids": _ids()}, _never, L, "DistilBERT"),
-    "albert": Case(_lm(t.AlbertConfig, t.AlbertModel, embedding_size=16), lambda m: {"input_ids": _ids()},
-                   _never, 1, "ALBERT", calls_per_layer=L),
-    "deberta_v2": Case(_lm(t.DebertaV2Config, t.DebertaV2Model, relative_attention=True, pos_att_type=["p2c", "c2p"],
-                           max_relative_positions=8, position_buckets=4, share_att_key=False),
-                       lambda m: {"input_ids": _ids()}, _never, L, "DeBERTa-v2",
-                       flags={"relative_position_bias": True}),
-    "modernbert": Case(_lm(t.ModernBertConfig, t.ModernBertModel, pad_token_id=0, global_attn_every_n_layers=2),
-                       lambda m: {"input_ids": _ids(), "position_ids": _pos0()}, _never, L, "ModernBERT",
-                       flags={"rotary": True}),
-    "mpnet": Case(_lm(t.MPNetConfig, t.MPNetModel),
-                  lambda m: {"input_ids": _ids()}, _never, L, "MPNet", flags={"relative_position_bias": True}),
-    "vit": Case(lambda: t.ViTModel(t.ViTConfig(image_size=8, patch_size=4, hidden_size=D, num_hidden_layers=L,
-                                               num_attention_heads=H, intermediate_size=2 * D,
-                                               attn_implementation="eager")),
-                lambda m: {"pixel_values": _pixels()}, _never, L, "ViT"),
+    "gpt_neox": Case(
+        _lm(t.GPTNeoXConfig, t.GPTNeoXModel, rotary_pct=0.5),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "GPT-NeoX",
+        flags={"partial_rotary": 0.5},
+    ),
+    "bloom": Case(
+        lambda: t.BloomModel(
+            t.BloomConfig(
+                vocab_size=50, hidden_size=D, n_layer=L, n_head=H, attn_implementation="eager"
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _always,
+        L,
+        "BLOOM",
+        bias=_bloom_alibi,
+        flags={"alibi": True},
+    ),
+    "falcon": Case(
+        _lm(t.FalconConfig, t.FalconModel, num_kv_heads=2, new_decoder_architecture=True),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Falcon",
+        flags={"rotary": True},
+    ),
+    "falcon_mq": Case(
+        _lm(t.FalconConfig, t.FalconModel, multi_query=True, new_decoder_architecture=False),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Falcon",
+    ),
+    "codegen": Case(
+        lambda: t.CodeGenModel(
+            t.CodeGenConfig(
+                vocab_size=50,
+                n_embd=D,
+                n_layer=L,
+                n_head=H,
+                rotary_dim=4,
+                n_positions=16,
+                attn_implementation="eager",
+            )
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "CodeGen",
+        flags={"partial_rotary": 0.5},
+    ),
+    "phi3": Case(
+        _lm(t.Phi3Config, t.Phi3Model, num_key_value_heads=2, pad_token_id=0),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Phi-3",
+    ),
+    "phi": Case(
+        _lm(t.PhiConfig, t.PhiModel, partial_rotary_factor=0.5),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Phi",
+        flags={"partial_rotary": 0.5},
+    ),
+    "gptj": Case(
+        lambda: t.GPTJModel(
+            t.GPTJConfig(
+                vocab_size=50,
+                n_embd=D,
+                n_layer=L,
+                n_head=H,
+                rotary_dim=4,
+                n_positions=16,
+                attn_implementation="eager",
+            )
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "GPT-J",
+        flags={"partial_rotary": 0.5},
+    ),
+    "opt": Case(
+        lambda: t.OPTModel(
+            t.OPTConfig(
+                vocab_size=50,
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                ffn_dim=2 * D,
+                word_embed_proj_dim=D,
+                max_position_embeddings=16,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _always,
+        L,
+        "OPT",
+    ),
+    "bart": Case(
+        lambda: t.BartModel(
+            t.BartConfig(
+                vocab_size=50,
+                d_model=D,
+                encoder_layers=L,
+                decoder_layers=L,
+                encoder_attention_heads=H,
+                decoder_attention_heads=H,
+                encoder_ffn_dim=2 * D,
+                decoder_ffn_dim=2 * D,
+                max_position_embeddings=16,
+                attn_implementation="eager",
+            )
+        ),
+        _seq2seq_inputs,
+        _decoder_self,
+        3 * L,
+        "BART",
+        kinds=("self", "cross"),
+    ),
+    "whisper": Case(
+        lambda: t.WhisperModel(
+            t.WhisperConfig(
+                vocab_size=50,
+                d_model=D,
+                encoder_layers=L,
+                decoder_layers=L,
+                encoder_attention_heads=H,
+                decoder_attention_heads=H,
+                encoder_ffn_dim=2 * D,
+                decoder_ffn_dim=2 * D,
+                num_mel_bins=8,
+                max_source_positions=8,
+                max_target_positions=16,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                decoder_start_token_id=1,
+                attn_implementation="eager",
+            )
+        ),
+        _whisper_inputs,
+        _decoder_self,
+        3 * L,
+        "Whisper",
+        kinds=("self", "cross"),
+    ),
+    "t5": Case(
+        lambda: t.T5Model(
+            t.T5Config(
+                vocab_size=50,
+                d_model=D,
+                d_kv=8,
+                d_ff=2 * D,
+                num_layers=L,
+                num_heads=H,
+                relative_attention_num_buckets=8,
+                attn_implementation="eager",
+            )
+        ),
+        _seq2seq_inputs,
+        _decoder_self,
+        3 * L,
+        "T5",
+        kinds=("self", "cross"),
+        flags={"relative_position_bias": True},
+    ),
+    "clip": Case(
+        lambda: t.CLIPModel(
+            t.CLIPConfig(
+                text_config=dict(
+                    vocab_size=50,
+                    hidden_size=D,
+                    num_hidden_layers=L,
+                    num_attention_heads=H,
+                    intermediate_size=2 * D,
+                    max_position_embeddings=16,
+                ),
+                vision_config=dict(
+                    hidden_size=D,
+                    num_hidden_layers=L,
+                    num_attention_heads=H,
+                    intermediate_size=2 * D,
+                    image_size=8,
+                    patch_size=4,
+                ),
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"input_ids": _ids(), "pixel_values": _pixels()},
+        lambda lh: "text_model" in lh.name,
+        2 * L,
+        "CLIP",
+    ),
+    "bert": Case(
+        _lm(t.BertConfig, t.BertModel), lambda m: {"input_ids": _ids()}, _never, L, "BERT"
+    ),
+    "distilbert": Case(
+        lambda: t.DistilBertModel(
+            t.DistilBertConfig(
+                vocab_size=50,
+                dim=D,
+                n_layers=L,
+                n_heads=H,
+                hidden_dim=2 * D,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "DistilBERT",
+    ),
+    "albert": Case(
+        _lm(t.AlbertConfig, t.AlbertModel, embedding_size=16),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        1,
+        "ALBERT",
+        calls_per_layer=L,
+    ),
+    "deberta_v2": Case(
+        _lm(
+            t.DebertaV2Config,
+            t.DebertaV2Model,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            max_relative_positions=8,
+            position_buckets=4,
+            share_att_key=False,
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "DeBERTa-v2",
+        flags={"relative_position_bias": True},
+    ),
+    "modernbert": Case(
+        _lm(t.ModernBertConfig, t.ModernBertModel, pad_token_id=0, global_attn_every_n_layers=2),
+        lambda m: {"input_ids": _ids(), "position_ids": _pos0()},
+        _never,
+        L,
+        "ModernBERT",
+        flags={"rotary": True},
+    ),
+    "mpnet": Case(
+        _lm(t.MPNetConfig, t.MPNetModel),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "MPNet",
+        flags={"relative_position_bias": True},
+    ),
+    "vit": Case(
+        lambda: t.ViTModel(
+            t.ViTConfig(
+                image_size=8,
+                patch_size=4,
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                intermediate_size=2 * D,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"pixel_values": _pixels()},
+        _never,
+        L,
+        "ViT",
+    ),
     "timm_vit": Case(_timm_vit, lambda m: {"x": _pixels()}, _never, L, "timm"),
-    "vision_encoder_decoder": Case(_ved, lambda m: {"pixel_values": _pixels(), "decoder_input_ids": _ids()},
-                                   _decoder_self, 3 * L, "ViT", kinds=("self", "cross")),
-    "peft_lora_llama": Case(_peft_llama, _causal_lm_inputs, _always, L, "Llama", flags={"lora": True}),
+    "vision_encoder_decoder": Case(
+        _ved,
+        lambda m: {"pixel_values": _pixels(), "decoder_input_ids": _ids()},
+        _decoder_self,
+        3 * L,
+        "ViT",
+        kinds=("self", "cross"),
+    ),
+    "peft_lora_llama": Case(
+        _peft_llama, _causal_lm_inputs, _always, L, "Llama", flags={"lora": True}
+    ),
 }
 
 #: parameters zeroed so that position-dependent score terms vanish (their tables, not W_QK)
@@ -316,7 +620,9 @@ def _build(name: str) -> nn.Module:
         with torch.no_grad():
             for pname, p in model.named_parameters():
                 if "lora_B" in pname:
-                    p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / math.sqrt(p.shape[-1]))
+                    p.copy_(
+                        torch.randn(p.shape, generator=g, dtype=p.dtype) / math.sqrt(p.shape[-1])
+                    )
     return model
 
 
@@ -350,7 +656,9 @@ def _record(model: nn.Module, layers: list[LayerHeads]) -> tuple[list[Recorded],
         v_name, o_name = lh.ov_params
         for param, into in ((qk[0], rec.xq), (qk[1], rec.xk), (v_name, rec.xv), (o_name, rec.z)):
             handles.append(
-                model.get_submodule(_module_of(param)).register_forward_pre_hook(store(into), with_kwargs=True)
+                model.get_submodule(_module_of(param)).register_forward_pre_hook(
+                    store(into), with_kwargs=True
+                )
             )
         handles.append(
             model.get_submodule(_module_of(o_name)).register_forward_hook(
@@ -362,7 +670,13 @@ def _record(model: nn.Module, layers: list[LayerHeads]) -> tuple[list[Recorded],
 
 
 def _check(
-    lh: LayerHeads, xq: Tensor, xk: Tensor, xv: Tensor, z: Tensor, out: Tensor, causal: bool,
+    lh: LayerHeads,
+    xq: Tensor,
+    xk: Tensor,
+    xv: Tensor,
+    z: Tensor,
+    out: Tensor,
+    causal: bool,
     bias: Tensor | None,
 ) -> None:
     Hh, r = lh.n_heads, lh.W_Q.shape[-1]
@@ -409,24 +723,43 @@ def test_factors_reproduce_the_models_own_attention(name: str) -> None:
     layers, recs = _run(name)
     assert len(layers) == case.n_layers, [lh.name for lh in layers]
     assert {lh.kind for lh in layers} == set(case.kinds)
-    assert all(case.family in lh.family for lh in layers if lh.kind == "self" and "decoder" not in lh.name) or (
-        name == "vision_encoder_decoder"
-    ), {lh.family for lh in layers}
+    assert all(
+        case.family in lh.family for lh in layers if lh.kind == "self" and "decoder" not in lh.name
+    ) or (name == "vision_encoder_decoder"), {lh.family for lh in layers}
     for key, value in case.flags.items():
-        assert all(lh.flags.get(key) == value for lh in layers if lh.kind == "self"), [lh.flags for lh in layers]
+        assert all(lh.flags.get(key) == value for lh in layers if lh.kind == "self"), [
+            lh.flags for lh in layers
+        ]
     with torch.no_grad():
         for lh, rec in zip(layers, recs):
             assert len(rec.z) == case.calls_per_layer, (lh.name, len(rec.z))
             for call in range(case.calls_per_layer):
                 bias = case.bias(lh, rec.xk[call].shape[1]) if case.bias else None
-                _check(lh, rec.xq[call], rec.xk[call], rec.xv[call], rec.z[call], rec.out[call],
-                       case.causal(lh), bias)
+                _check(
+                    lh,
+                    rec.xq[call],
+                    rec.xk[call],
+                    rec.xv[call],
+                    rec.z[call],
+                    rec.out[call],
+                    case.causal(lh),
+                    bias,
+                )
             rolled = dataclasses.replace(
                 lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
             )
             with pytest.raises(AssertionError):
                 bias = case.bias(lh, rec.xk[0].shape[1]) if case.bias else None
-                _check(rolled, rec.xq[0], rec.xk[0], rec.xv[0], rec.z[0], rec.out[0], case.causal(lh), bias)
+                _check(
+                    rolled,
+                    rec.xq[0],
+                    rec.xk[0],
+                    rec.xv[0],
+                    rec.z[0],
+                    rec.out[0],
+                    case.causal(lh),
+                    bias,
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +782,9 @@ def test_every_table_row_is_tested_and_the_docs_show_the_registry() -> None:
         for case in arch.tested_by:
             assert case in CASES or case in ELSEWHERE, (arch.family, case)
     text = DOCS.read_text(encoding="utf-8")
-    assert architectures_table() in text, "docs/metrics.md: regenerate the table with architectures_table()"
+    assert architectures_table() in text, (
+        "docs/metrics.md: regenerate the table with architectures_table()"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,12 +793,27 @@ def test_every_table_row_is_tested_and_the_docs_show_the_registry() -> None:
 
 
 def _llava() -> nn.Module:
-    vision = t.CLIPVisionConfig(hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
-                                intermediate_size=2 * D, image_size=8, patch_size=4)
-    text = t.LlamaConfig(vocab_size=50, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
-                         num_key_value_heads=2, intermediate_size=2 * D)
-    return t.LlavaModel(t.LlavaConfig(vision_config=vision, text_config=text, image_token_id=49,
-                                      vision_feature_layer=-1))
+    vision = t.CLIPVisionConfig(
+        hidden_size=D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        intermediate_size=2 * D,
+        image_size=8,
+        patch_size=4,
+    )
+    text = t.LlamaConfig(
+        vocab_size=50,
+        hidden_size=D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        num_key_value_heads=2,
+        intermediate_size=2 * D,
+    )
+    return t.LlavaModel(
+        t.LlavaConfig(
+            vision_config=vision, text_config=text, image_token_id=49, vision_feature_layer=-1
+        )
+    )
 
 
 def test_multi_tower_models_cover_every_tower() -> None:
@@ -477,7 +827,10 @@ def test_multi_tower_models_cover_every_tower() -> None:
     assert towers == {"vision_tower", "language_model"} and len(layers) == 2 * L
     by_tower = {tw: [lh for lh in layers if lh.name.startswith(tw)] for tw in towers}
     assert all("CLIP" in lh.family and not lh.rotary for lh in by_tower["vision_tower"])
-    assert all("Llama" in lh.family and lh.rotary and lh.n_kv_heads == 2 for lh in by_tower["language_model"])
+    assert all(
+        "Llama" in lh.family and lh.rotary and lh.n_kv_heads == 2
+        for lh in by_tower["language_model"]
+    )
     for tower in towers:  # the same factors as the tower analysed on its own
         alone = attention_heads(llava.get_submodule(tower))
         for a, b in zip(alone, by_tower[tower]):
@@ -490,22 +843,45 @@ def test_multi_tower_models_cover_every_tower() -> None:
 
 def test_deepseek_v3_dispatches_to_mla() -> None:
     mla = pytest.importorskip("rankdecay.mla")
-    cfg = t.DeepseekV3Config(vocab_size=50, hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
-                             num_key_value_heads=H, intermediate_size=2 * D, moe_intermediate_size=16,
-                             q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8,
-                             v_head_dim=8, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1,
-                             n_group=1, topk_group=1)
+    cfg = t.DeepseekV3Config(
+        vocab_size=50,
+        hidden_size=D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        num_key_value_heads=H,
+        intermediate_size=2 * D,
+        moe_intermediate_size=16,
+        q_lora_rank=16,
+        kv_lora_rank=16,
+        qk_rope_head_dim=4,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+        n_group=1,
+        topk_group=1,
+    )
     model = t.DeepseekV3Model(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnrecognizedAttentionWarning)
         layers = attention_heads(model, strict=True)
-    assert len(layers) == L and all(mla.is_mla_attention(model.get_submodule(lh.name)) for lh in layers)
+    assert len(layers) == L and all(
+        mla.is_mla_attention(model.get_submodule(lh.name)) for lh in layers
+    )
     assert all(lh.chains for lh in layers)
 
 
 def test_flags_partial_rotary_qk_norm_softcap_window() -> None:
-    gemma = _lm(t.Gemma2Config, t.Gemma2Model, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=16,
-                attn_logit_softcapping=50.0, sliding_window=64)()
+    gemma = _lm(
+        t.Gemma2Config,
+        t.Gemma2Model,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=16,
+        attn_logit_softcapping=50.0,
+        sliding_window=64,
+    )()
     layers = attention_heads(gemma)
     assert all(lh.flags["softcap"] == 50.0 and lh.scale == pytest.approx(16**-0.5) for lh in layers)
     assert layers[0].flags.get("sliding_window") == 64  # Gemma-2 alternates sliding / global layers
@@ -535,7 +911,11 @@ def test_docs_worked_example_registers_a_new_module() -> None:
     from rankdecay.heads import _ADAPTERS
 
     text = DOCS.read_text(encoding="utf-8")
-    block = text.split("### Teaching rankdecay a new module", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    block = (
+        text.split("### Teaching rankdecay a new module", 1)[1]
+        .split("```python\n", 1)[1]
+        .split("```", 1)[0]
+    )
     namespace: dict[str, Any] = {"__name__": "docs_example"}
     n_adapters = len(_ADAPTERS)
     try:
@@ -553,3 +933,119 @@ def test_docs_worked_example_registers_a_new_module() -> None:
             _check(lh, rec.xq[0], rec.xk[0], rec.xv[0], rec.z[0], rec.out[0], False, None)
     finally:
         del _ADAPTERS[: len(_ADAPTERS) - n_adapters]
+
+
+# ---------------------------------------------------------------------------------------------
+# nothing silent: unrecognised attention warns in every entry point; strict=True raises
+# ---------------------------------------------------------------------------------------------
+
+
+class OddAttention(nn.Module):
+    """Attention rankdecay cannot read: one packed parameter, no projection modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packed = nn.Parameter(torch.randn(4, D, D) * 0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v, o = (x @ w for w in self.packed)
+        return ((q @ k.mT).softmax(-1) @ v) @ o
+
+
+def _two_towers() -> nn.Module:
+    """A recognised BERT tower and an unrecognised one."""
+    return nn.ModuleDict(
+        {"text": _lm(t.BertConfig, t.BertModel)(), "odd": nn.Sequential(OddAttention())}
+    )
+
+
+def test_unrecognized_attention_warns_everywhere_and_strict_raises() -> None:
+    from rankdecay.analyze import analyze
+    from rankdecay.decay import LowRankDecay, param_groups, param_roles
+    from rankdecay.monitor import SpectralMonitor
+
+    model = _two_towers()
+    entry_points: dict[str, Callable[..., object]] = {
+        "attention_heads": lambda **kw: attention_heads(model, **kw),
+        "param_roles": lambda **kw: param_roles(model, **kw),
+        "param_groups": lambda **kw: param_groups(model, {"attention": 0.0, "default": 0.1}, **kw),
+        "SpectralMonitor": lambda **kw: SpectralMonitor(model, every=10, **kw),
+        "LowRankDecay": lambda **kw: LowRankDecay(model, 1e-3, **kw),
+        "analyze": lambda **kw: analyze(model, **kw),
+    }
+    for where, call in entry_points.items():
+        with pytest.warns(UnrecognizedAttentionWarning, match=r"odd\.0 \(OddAttention") as record:
+            call()
+        assert "register_adapter" in str(record[0].message), where
+        if where == "analyze" and "strict" not in analyze.__code__.co_varnames:
+            continue  # analyze(strict=...) belongs to analyze.py (H14b)
+        with pytest.raises(UnsupportedModelError, match="odd.0") as info:
+            call(strict=True)
+        assert isinstance(info.value, ValueError), where
+    roles = param_roles(model)
+    assert roles["odd.0.packed"] == "other"  # what the warning is about
+    assert roles["text.encoder.layer.0.attention.self.query.weight"] == "attn_qk"
+
+
+def test_no_false_positives_on_containers_and_recognised_models() -> None:
+    """Parent containers (BertAttention around BertSelfAttention, T5LayerSelfAttention, MPNet's
+    MPNetAttention, Siglip's pooling head around nn.MultiheadAttention) do not warn."""
+    models = [
+        CASES["bert"].build(),
+        CASES["t5"].build(),
+        CASES["mpnet"].build(),
+        CASES["deberta_v2"].build(),
+        t.SiglipVisionModel(
+            t.SiglipVisionConfig(
+                hidden_size=D,
+                num_hidden_layers=1,
+                num_attention_heads=H,
+                intermediate_size=2 * D,
+                image_size=8,
+                patch_size=4,
+            )
+        ),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        for model in models:
+            attention_heads(model, strict=True)
+
+
+def test_only_unrecognised_attention_is_an_error() -> None:
+    with pytest.raises(UnsupportedModelError, match="OddAttention"):
+        attention_heads(nn.Sequential(OddAttention()))
+
+
+def test_lora_factors_get_their_own_roles() -> None:
+    from rankdecay.decay import ROLES, param_groups, param_roles
+
+    model = _build("peft_lora_llama")
+    roles = param_roles(model)
+    lora = {n: r for n, r in roles.items() if "lora_" in n}
+    assert lora and all(r == ("lora_a" if ".lora_A." in n else "lora_b") for n, r in lora.items())
+    assert {"lora_a", "lora_b"} <= set(ROLES)
+    base_q = next(n for n in roles if n.endswith("q_proj.base_layer.weight"))
+    assert roles[base_q] == "attn_qk"
+    groups = param_groups(model, {"lora": 0.1, "default": 0.0})  # PEFT freezes the base weights
+    by_role = {g["role"]: g for g in groups}
+    assert set(by_role) == {"lora_a", "lora_b"} and by_role["lora_a"]["weight_decay"] == 0.1
+
+
+def test_lora_effective_weight_is_w_plus_s_ba() -> None:
+    model = _build("peft_lora_llama")
+    layers = attention_heads(model)
+    q_layer = model.get_submodule(_module_of(layers[0].qk_params[0]))
+    s = q_layer.scaling["default"]
+    W = (
+        q_layer.base_layer.weight
+        + s * q_layer.lora_B["default"].weight @ q_layer.lora_A["default"].weight
+    )
+    r = D // H
+    torch.testing.assert_close(layers[0].W_Q, W.reshape(H, r, D).mT)
+    assert layers[0].flags.get("lora") and any(
+        "LoRA adapter 'default'" in n for n in layers[0].notes
+    )
+    with model.disable_adapter():
+        plain = attention_heads(model)[0].W_Q
+    torch.testing.assert_close(plain, q_layer.base_layer.weight.reshape(H, r, D).mT)

@@ -548,9 +548,31 @@ def _norm_plan(model: nn.Module, lh: LayerHeads, module: nn.Module) -> _NormPlan
     return _NormPlan(query=entry, key_value=entry)
 
 
+def _fold_rows(X: Tensor, gain: Tensor) -> Tensor:
+    """diag(γ)·X for a chain's first factor: 2-D (d, k) or batched over heads (H, d, k)."""
+    g = gain.to(X.dtype)
+    return X * (g[:, None] if X.dim() == 2 else g[None, :, None])
+
+
 def _fold_layer(model: nn.Module, lh: LayerHeads, module: nn.Module) -> LayerHeads:
-    W_Q, W_K, W_V, notes = _apply_fold(_norm_plan(model, lh, module), lh.W_Q, lh.W_K, lh.W_V)
-    return dataclasses.replace(lh, W_Q=W_Q, W_K=W_K, W_V=W_V, notes=lh.notes + notes)
+    """``fold_norm``: the preceding norm's gain into W_Q (query side) and W_K, W_V (key/value
+    side), and into the first factor of each chain side that reads the residual stream
+    (qk: A₁ ← diag(γ_q)A₁, B₁ ← diag(γ_kv)B₁; ov: A₁ ← diag(γ_kv)A₁, B = W_Oᵀ untouched)."""
+    plan = _norm_plan(model, lh, module)
+    W_Q, W_K, W_V, notes = _apply_fold(plan, lh.W_Q, lh.W_K, lh.W_V)
+    chains = lh.chains
+    if chains:
+        g_q = _norm_gain(plan.query[1]) if plan.query is not None else None
+        g_kv = _norm_gain(plan.key_value[1]) if plan.key_value is not None else None
+        chains = dict(chains)
+        for circuit, (a_side, b_side) in chains.items():
+            g_a, g_b = (g_q, g_kv) if circuit == "qk" else (g_kv, None)
+            if g_a is not None:
+                a_side = (_fold_rows(a_side[0], g_a), *a_side[1:])
+            if g_b is not None:
+                b_side = (_fold_rows(b_side[0], g_b), *b_side[1:])
+            chains[circuit] = (a_side, b_side)
+    return dataclasses.replace(lh, W_Q=W_Q, W_K=W_K, W_V=W_V, chains=chains, notes=lh.notes + notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,7 +666,9 @@ def scan_attention(model: nn.Module, *, fold_norm: bool = False, **options: obje
                 add(layer_heads_from_tensors(plan, model.get_parameter), module, plan.family)
                 return
             if mla is not None and mla[0](module):
-                lh = mla[1](name, module, tower_config(model, name), len(layers))
+                lh = mla[1](
+                    name, module, tower_config(model, name), len(layers), fold_norm=fold_norm
+                )
                 add(lh, module, "DeepSeek-V2/V3 (MLA)")
                 return
             plan = plan_from_module(model, name, module, len(layers))
