@@ -92,6 +92,18 @@ def _old_kernel(pieces_a: list[torch.Tensor], pieces_b: list[torch.Tensor]) -> t
     return torch.linalg.svdvals(R_A @ R_B.mT)
 
 
+def _cholesky_qr2_svdvals(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """CholeskyQR2 R factors (R₁ = chol(AᵀA)ᵀ, Q₁ = A R₁⁻¹, R = chol(Q₁ᵀQ₁)ᵀ R₁), timed as the
+    alternative to Householder QR (not used by rankdecay: slower here, see docs/benchmarks.md)."""
+
+    def r2(X: torch.Tensor) -> torch.Tensor:
+        R1 = torch.linalg.cholesky(X.mT @ X).mT
+        Q1 = torch.linalg.solve_triangular(R1, X, upper=True, left=False)
+        return torch.linalg.cholesky(Q1.mT @ Q1).mT @ R1
+
+    return torch.linalg.svdvals(r2(A) @ r2(B).mT)
+
+
 def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
     """factored_svdvals, analyze and the old kernel vs a GEMM of the same FLOPs, interleaved."""
     with torch.no_grad():
@@ -109,6 +121,7 @@ def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
         "factored_svdvals": lambda: factored_svdvals(A, B, dtype=None),
         "old_kernel": lambda: _old_kernel([a for a, _ in pieces], [b for _, b in pieces]),
         "analyze": lambda: analyze(model),
+        "cholesky_qr2": lambda: _cholesky_qr2_svdvals(A, B),
     }
     times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.no_grad():
@@ -129,12 +142,13 @@ def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
         "ratio_factored_svdvals": med["factored_svdvals"] / med["gemm"],
         "ratio_old_kernel": med["old_kernel"] / med["gemm"],
         "ratio_analyze": med["analyze"] / med["gemm"],
+        "ratio_cholesky_qr2": med["cholesky_qr2"] / med["gemm"],
     }
     print(
         f"bound: {flops / 1e9:.2f} GFLOP (Householder QR of {2 * n} factors {d}×{r} + cores); "
         f"GEMM {g}×{g} of the same FLOPs: {med['gemm'] * 1e3:.1f} ms = {out['gemm_gflops_per_s']:.1f} GFLOP/s"
     )
-    for k in ("factored_svdvals", "old_kernel", "analyze"):
+    for k in ("factored_svdvals", "old_kernel", "analyze", "cholesky_qr2"):
         print(
             f"  {k:17s}: {med[k] * 1e3:8.1f} ms = {med[k] / med['gemm']:.2f}× the GEMM bound  (median of {repeats}, interleaved)"
         )
