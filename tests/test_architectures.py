@@ -1049,3 +1049,46 @@ def test_lora_effective_weight_is_w_plus_s_ba() -> None:
     with model.disable_adapter():
         plain = attention_heads(model)[0].W_Q
     torch.testing.assert_close(plain, q_layer.base_layer.weight.reshape(H, r, D).mT)
+
+
+# ---------------------------------------------------------------------------------------------
+# the name-based plan (checkpoints on disk) gives exactly the live factors
+# ---------------------------------------------------------------------------------------------
+
+CHECKPOINT_CASES = [
+    "llama_gqa", "mistral_mqa", "qwen2_gqa", "gemma2", "gpt2", "gpt_bigcode", "gpt_neox", "bloom",
+    "falcon", "falcon_mq", "codegen", "phi3", "phi", "gptj", "opt", "bart", "whisper", "t5", "clip",
+    "bert", "distilbert", "albert", "deberta_v2", "modernbert", "mpnet", "vit",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_CASES)
+def test_checkpoint_plan_equals_live_extraction(name: str) -> None:
+    """plan_from_checkpoint(config.json, tensor names) + layer_heads_from_tensors(state_dict)
+    equals the live per-module extraction: same modules, factors bit for bit, scale, kind."""
+    from rankdecay.heads import layer_heads_from_tensors, plan_from_checkpoint
+
+    model = _build(name)
+    with torch.no_grad():
+        live = {lh.name: lh for lh in attention_heads(model)}
+    state = model.state_dict()
+    plans = plan_from_checkpoint(model.config.to_dict(), list(state))
+    assert sorted(p.name for p in plans) == sorted(live)
+    for plan in plans:
+        disk = layer_heads_from_tensors(plan, state.__getitem__)
+        ref = live[plan.name]
+        for field_name in ("W_Q", "W_K", "W_V", "W_O"):
+            torch.testing.assert_close(
+                getattr(disk, field_name), getattr(ref, field_name), rtol=0, atol=0
+            )
+        assert disk.scale == pytest.approx(ref.scale, rel=1e-12), plan.name
+        assert (disk.kind, disk.rotary, disk.kv_head_index) == (
+            ref.kind,
+            ref.rotary,
+            ref.kv_head_index,
+        )
+        assert disk.qk_params == ref.qk_params and disk.ov_params == ref.ov_params
+        shared = {k for k in ref.flags if k not in ("qk_norm", "lora")}
+        assert {k: disk.flags.get(k) for k in shared} == {k: ref.flags[k] for k in shared}, (
+            plan.name
+        )

@@ -631,6 +631,8 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
     if rotary:
         flags["rotary"] = True
         fraction = cfg_get(config, "partial_rotary_factor", "rotary_pct")
+        if fraction is None:  # transformers ≥ 5 keeps it inside rope_parameters
+            fraction = cfg_get(cfg_get(config, "rope_parameters"), "partial_rotary_factor")
         rdim = _pos_int(cfg_get(config, "rotary_dim"))
         if fraction is None and rdim is not None:
             fraction = rdim / head_dim
@@ -797,7 +799,7 @@ def _is_cross(module: nn.Module, name: str, inner: nn.Module | None) -> bool:
     return any("Cross" in type(m).__name__ for m in (module, inner) if m is not None)
 
 
-def _module_flags(module: nn.Module, H: int, r: int) -> dict[str, object]:
+def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dict[str, object]:
     """Flags only a live module tells: QK-norm width, its own soft-cap / window / rotary dims."""
     flags: dict[str, object] = {}
     for qn in ("q_norm", "q_layernorm", "query_norm"):
@@ -820,7 +822,7 @@ def _module_flags(module: nn.Module, H: int, r: int) -> dict[str, object]:
     if isinstance(softcap, (int, float)) and softcap > 0:
         flags["softcap"] = float(softcap)
     window = _pos_int(getattr(module, "sliding_window", None))
-    if window:
+    if window and not config_window:  # the config's window wins (ModernBERT keeps window/2 + 1)
         flags["sliding_window"] = window
     if (
         getattr(module, "has_relative_attention_bias", None) is not None
@@ -939,7 +941,7 @@ def plan_from_module(
     for mod in (module, inner):
         if mod is None:
             continue
-        flags.update(_module_flags(mod, H, r))
+        flags.update(_module_flags(mod, H, r, "sliding_window" in flags))
         rdim = _pos_int(getattr(mod, "rotary_ndims", None) or getattr(mod, "rotary_dim", None))
         if rotary and rdim and rdim < r:
             flags["partial_rotary"] = rdim / r
@@ -1061,7 +1063,8 @@ def plan_from_checkpoint(
         elif o.endswith("output.dense.weight") and o != _join(prefix, "output.dense.weight"):
             continue
         H = _first_int(
-            (cfg,), ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")
+            (cfg,),
+            ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads"),
         )
         hidden = _first_int((cfg,), ("hidden_size", "n_embd", "d_model", "dim"))
         r = _first_int((cfg,), ("head_dim", "d_kv"))
