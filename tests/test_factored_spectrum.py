@@ -59,6 +59,20 @@ def test_huge_finite_values_are_not_mistaken_for_inf() -> None:
     assert checked is A
 
 
+def _assert_records_match_dense(report, model: torch.nn.Module, k: int) -> None:  # type: ignore[no-untyped-def]
+    """Every record's σ equals a dense float64 SVD of its head's own product, to 1e-12·σ₁."""
+    from rankdecay.heads import attention_heads
+
+    with torch.no_grad():
+        layers = attention_heads(model)
+    for rec in report.records:
+        A, B = layers[rec["layer"]].factors(rec["circuit"])
+        h = rec["head"]
+        dense = torch.linalg.svdvals(A[h].double() @ B[h].double().mT)[:k]
+        s = torch.tensor(rec["singular_values"], dtype=torch.float64)
+        assert (s - dense).abs().max() <= 1e-12 * dense[0]
+
+
 def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """GQA: 8 query heads share 2 key/value heads; the QR runs on 2 K (and 2 V) factors per
     layer, not 8, and every head's σ still equals a dense float64 SVD of its own W_Q W_Kᵀ."""
@@ -69,8 +83,6 @@ def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyP
     import importlib
 
     analyze_mod = importlib.import_module("rankdecay.analyze")
-    from rankdecay.heads import attention_heads
-
     cfg = transformers.LlamaConfig(
         hidden_size=64,
         num_attention_heads=8,
@@ -93,15 +105,8 @@ def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyP
     report = analyze_mod.analyze(model)
     # per layer: qk → 8 W_Q + 2 W_K; ov → 2 W_V + 8 W_O
     assert sum(rows) == 2 * (8 + 2 + 2 + 8)
-    with torch.no_grad():
-        layers = attention_heads(model)
-    for rec in report.records:
-        A, B = layers[rec["layer"]].factors(rec["circuit"])
-        h = rec["head"]
-        dense = torch.linalg.svdvals(A[h].double() @ B[h].double().mT)[:8]
-        s = torch.tensor(rec["singular_values"], dtype=torch.float64)
-        assert (s - dense).abs().max() <= 1e-12 * dense[0]
-        assert rec["kv_head"] == h // 4
+    _assert_records_match_dense(report, model, 8)
+    assert all(rec["kv_head"] == rec["head"] // 4 for rec in report.records)
 
 
 def test_analyze_qr_batches_split_factor_stacks_without_changing_results(
@@ -115,17 +120,8 @@ def test_analyze_qr_batches_split_factor_stacks_without_changing_results(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = pytest.importorskip("transformers")
     analyze_mod = importlib.import_module("rankdecay.analyze")
-    from rankdecay.heads import attention_heads
-
     torch.manual_seed(0)
     model = transformers.GPT2Model(transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4)).eval()
     monkeypatch.setattr(analyze_mod, "_QR_BATCH_ELEMENTS", 3 * 64 * 16)
     report = analyze_mod.analyze(model)
-    with torch.no_grad():
-        layers = attention_heads(model)
-    for rec in report.records:
-        A, B = layers[rec["layer"]].factors(rec["circuit"])
-        h = rec["head"]
-        dense = torch.linalg.svdvals(A[h].double() @ B[h].double().mT)[:16]
-        s = torch.tensor(rec["singular_values"], dtype=torch.float64)
-        assert (s - dense).abs().max() <= 1e-12 * dense[0]
+    _assert_records_match_dense(report, model, 16)

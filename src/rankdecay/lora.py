@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .analyze import METRICS
 from .errors import RankdecayError
 from .spectra import factored_spectrum, spectral_metrics
 
@@ -315,15 +316,7 @@ def adapter_report(
     return records, info
 
 
-_FLOAT_METRICS = (
-    "effective_rank",
-    "stable_rank",
-    "nuclear_norm",
-    "frobenius_norm",
-    "spectral_norm",
-    "balance",
-    "norm_gap",
-)
+_FLOAT_METRICS = tuple(m for m in METRICS if m != "rank")
 
 
 def render_adapter_table(records: Iterable[dict[str, Any]], info: Mapping[str, Any]) -> Any:
