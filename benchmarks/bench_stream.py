@@ -7,9 +7,10 @@ It is written tensor by tensor (the safetensors layout: u64 header length, JSON 
 little-endian data; each tensor generated in row chunks), so writing needs ~100 MB, and every
 shard is then opened with ``safetensors.safe_open`` as a check.
 
-Measured in the same run, each in its own subprocess (peak RSS = ``ru_maxrss`` of that process;
-the RSS after ``import rankdecay`` is printed too), wall time of the call only (imports excluded),
-best of ``--repeats``, runs interleaved:
+Measured in the same run, each in its own subprocess (peak RSS = the process's own high-water
+mark ``VmHWM``; ``ru_maxrss`` is recorded too but on Linux it carries the parent's peak across
+``execve``; the RSS after ``import rankdecay`` is printed too), wall time of the call only
+(imports excluded), best of ``--repeats``, runs interleaved:
 
   (a) ``stream``:  ``rankdecay.analyze(DIR)`` — reads config.json + only the attention tensors,
       layer by layer (memory-mapped, one layer prefetched), float64 spectra;
@@ -171,6 +172,19 @@ def write_checkpoint(
 
 
 def _maxrss_mb() -> float:
+    """Peak RSS of this process in MB: ``ru_maxrss``, and ``VmHWM`` where /proc has it.
+
+    On Linux ``ru_maxrss`` survives ``execve`` (the kernel keeps the larger of the pre-exec
+    image's peak and the new one), so a child spawned by a parent holding 400 MB reports ≥ 400 MB
+    whatever it does itself; ``VmHWM`` is the high-water mark of the process's own address space.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -216,6 +230,7 @@ def _child(mode: str, path: str) -> dict[str, Any]:
         report = _R()
         report.records = records  # type: ignore[attr-defined]
     out["maxrss_mb"] = _maxrss_mb()
+    out["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["n_records"] = len(report.records)
     out["nuclear_sum"] = float(sum(r["nuclear_norm"] for r in report.records))
     return out
@@ -241,9 +256,14 @@ def _measure(
     for _ in range(repeats):
         for mode in modes:
             r = _run_child(mode, path, threads)
+            extra = (
+                f"   [per layer {r['per_layer_s']:.2f} s, all layers at once {r['all_layers_s']:.2f} s]"
+                if mode == "spectra"
+                else ""
+            )
             print(
                 f"  {mode:8s} wall {r['wall_s']:7.2f} s   peak RSS {r['maxrss_mb']:7.0f} MB   "
-                f"(after import {r['rss_after_import_mb']:.0f} MB)",
+                f"(after import {r['rss_after_import_mb']:.0f} MB){extra}",
                 flush=True,
             )
             prev = best.get(mode)

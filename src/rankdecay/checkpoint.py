@@ -257,15 +257,6 @@ class TensorSpec:
         """A tensor of this shape and dtype on the meta device (allocates nothing)."""
         return torch.empty(self.shape, dtype=self.dtype, device="meta")
 
-    def phantom(self) -> Tensor:
-        """A CPU tensor of this shape and dtype whose every element is one stored zero (stride 0).
-
-        Views of it (reshape, transpose, split) allocate nothing; an operation that copies
-        allocates what it would on the real tensor. Dry runs use it instead of :meth:`meta`
-        because indexing a meta tensor imports torch's symbolic-shape machinery (seconds).
-        """
-        return torch.zeros((), dtype=self.dtype).expand(self.shape)
-
 
 def _bad_header(path: Path, detail: str) -> CorruptCheckpointError:
     return CorruptCheckpointError(

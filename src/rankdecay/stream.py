@@ -67,7 +67,7 @@ class StreamingFallbackWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------------------------
-# Dry run on phantom tensors: every plan checked against the headers before any data is read
+# Dry run on meta tensors: every plan checked against the headers before any data is read
 # ---------------------------------------------------------------------------------------------
 
 
@@ -75,11 +75,11 @@ class StreamingFallbackWarning(UserWarning):
 class _Planned:
     plan: Any
     names: tuple[str, ...]  # tensors the plan reads, in first-use order
-    meta: LayerHeads  # the plan's factors on phantom tensors (shapes, dtypes, flags, notes)
+    meta: LayerHeads  # the plan's factors as meta tensors (shapes, dtypes, flags, notes)
 
 
 def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
-    """Each plan applied to phantom tensors of the header shapes: the names it reads, and its
+    """Each plan applied to meta tensors of the header shapes: the names it reads, and its
     factors' shapes; any tensor missing, non-float or of a width the plan cannot split ends here
     in one sentence, before any tensor data is read."""
     out: list[_Planned] = []
@@ -100,7 +100,7 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
                     "float64 weights — analyse the unquantized model."
                 )
             used.append(name)
-            return spec.phantom()
+            return spec.meta()
 
         try:
             meta = layer_heads_from_tensors(plan, get)
@@ -113,26 +113,8 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
                 f"of its config.json ({reason}); the config and weights belong to different models "
                 "— re-save them together with save_pretrained."
             ) from None
-        out.append(_Planned(plan, tuple(dict.fromkeys(used)), _shapes_only(meta)))
+        out.append(_Planned(plan, tuple(dict.fromkeys(used)), meta))
     return out
-
-
-def _shapes_only(lh: LayerHeads) -> LayerHeads:
-    """The same LayerHeads with its factors (and chains) replaced by meta tensors, so keeping one
-    per layer for the report's model info holds no memory."""
-
-    def meta(t: Tensor) -> Tensor:
-        return torch.empty(t.shape, dtype=t.dtype, device="meta")
-
-    chains = None
-    if lh.chains:
-        chains = {
-            c: (tuple(meta(t) for t in a), tuple(meta(t) for t in b))
-            for c, (a, b) in lh.chains.items()
-        }
-    return dataclasses.replace(
-        lh, W_Q=meta(lh.W_Q), W_K=meta(lh.W_K), W_V=meta(lh.W_V), W_O=meta(lh.W_O), chains=chains
-    )
 
 
 def _check_config_fits(
