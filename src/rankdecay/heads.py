@@ -1,4 +1,4 @@
-"""Per-head attention factors of a model, one adapter per architecture family.
+"""Per-head attention factors of a model, extracted per attention module.
 
 Conventions (see docs/metrics.md): for head h, W_Q^h, W_K^h, W_V^h ∈ ℝ^{d_model×d_head} map the
 residual stream into the head (x ↦ xᵀW) and W_O^h ∈ ℝ^{d_head×d_model} maps it back.
@@ -10,20 +10,21 @@ Biases are not part of the circuits. Weights are raw by default; every transform
 norm's gain) is opt-in and named.
 
 Extractors must build the per-head tensors from the parameters with differentiable reshapes,
-slices and transposes only (no ``.detach()``/``.data``), so that autograd can map a per-head
-quantity back onto the parameters (``LowRankDecay(granularity="product")`` relies on this).
-Callers that only read spectra wrap the call in ``torch.no_grad()``.
+slices, gathers and transposes only (no ``.detach()``/``.data``), so that autograd can map a
+per-head quantity back onto the parameters (``LowRankDecay(granularity="product")`` relies on
+this). Callers that only read spectra wrap the call in ``torch.no_grad()``.
 
-Built-in adapters (each finds its attention modules anywhere inside the model, so wrapped models
-such as a classifier around a ``BertModel`` or a sentence-embedding ``nn.Sequential`` work; all
-names are fully qualified relative to the model passed in):
-
-- models defining ``rankdecay_attention_heads(**options)`` (the protocol; highest priority),
-- Hugging Face GPT-2 (fused ``c_attn`` Conv1D stored in×out),
-- Hugging Face BERT family (``query``/``key``/``value`` + ``output.dense``: BERT, RoBERTa, MiniLM),
-- Hugging Face Llama family (``q_proj``/``k_proj``/``v_proj``/``o_proj``: Llama, Mistral, Qwen2,
-  ViT in transformers ≥ 5) with grouped-query attention (``kv_head_index``) and the rotary flag,
-- ``torch.nn.MultiheadAttention`` (fused ``in_proj_weight`` or separate q/k/v weights).
+:func:`attention_heads` walks the model (wrappers and several towers included; all names fully
+qualified relative to the model passed in) and takes each module by the first rule that knows it
+(:func:`scan_attention`): a ``rankdecay_attention_heads(**options)`` method (the protocol),
+``torch.nn.MultiheadAttention``, multi-head latent attention (:mod:`rankdecay.mla`), or an
+:class:`~rankdecay.attention_spec.AttentionPlan` built from the module by the name table and
+split specs of :mod:`rankdecay.attention_spec` — the same plans :func:`plan_from_checkpoint`
+builds from a checkpoint's tensor names, cut by the one :func:`layer_heads_from_tensors`.
+PEFT LoRA layers resolve to their effective weights W + s·B·A. A registered adapter
+(:func:`register_adapter`) that accepts the model replaces the scan. Modules that look like
+attention and are not extracted are named in an :class:`UnrecognizedAttentionWarning`
+(``strict=True``: :class:`UnsupportedModelError`).
 
 ``fold_norm=True`` (off by default): if the attention input is x̃ = γ ⊙ x̂ + β (the output of a
 LayerNorm/RMSNorm with gain γ), then x̃ᵀW = x̂ᵀ diag(γ) W + βᵀW, so the adapter replaces
@@ -40,7 +41,7 @@ import dataclasses
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -191,50 +192,11 @@ def _parent_name(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
 
 
-def _outermost(
-    module: nn.Module, match: Callable[[nn.Module], bool], prefix: str = ""
-) -> Iterator[tuple[str, nn.Module]]:
-    """Submodules of ``module`` (pre-order, registration order) that ``match``; a match's
-    descendants are not searched. Names are fully qualified relative to ``module``."""
-    if match(module):
-        yield prefix, module
-        return
-    for child_name, child in module.named_children():
-        yield from _outermost(child, match, _join(prefix, child_name))
-
-
-def _any(module: nn.Module, match: Callable[[nn.Module], bool]) -> bool:
-    return next(iter(_outermost(module, match)), None) is not None
-
-
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:
     try:
         return model.get_submodule(name)
     except AttributeError:
         return None
-
-
-def _heads_from_linear(weight: Tensor, n_heads: int, head_dim: int) -> Tensor:
-    """An ``nn.Linear`` weight (H·r, d_in) (out×in, y = x Wᵀ) → per-head W (H, d_in, r).
-
-    Row block h·r:(h+1)·r of the weight is head h, so W^h = weight[h·r:(h+1)·r]ᵀ.
-    """
-    return weight.reshape(n_heads, head_dim, weight.shape[-1]).mT
-
-
-def _heads_from_in_out(weight: Tensor, n_heads: int, head_dim: int) -> Tensor:
-    """An in×out weight (d_in, H·r) (y = x W, e.g. GPT-2's Conv1D) → per-head W (H, d_in, r)."""
-    return weight.reshape(weight.shape[0], n_heads, head_dim).permute(1, 0, 2)
-
-
-def _out_heads_from_linear(weight: Tensor, n_heads: int, head_dim: int) -> Tensor:
-    """An ``nn.Linear`` output weight (d_out, H·r) → per-head W_O (H, r, d_out)."""
-    return weight.reshape(weight.shape[0], n_heads, head_dim).permute(1, 2, 0)
-
-
-def _out_heads_from_in_out(weight: Tensor, n_heads: int, head_dim: int) -> Tensor:
-    """An in×out output weight (H·r, d_out) → per-head W_O (H, r, d_out)."""
-    return weight.reshape(n_heads, head_dim, weight.shape[-1])
 
 
 def _norm_gain(norm: nn.Module | None) -> Tensor | None:
@@ -302,17 +264,6 @@ def _pre_norm(
     return None
 
 
-def _first_attr(objs: tuple[object, ...], names: tuple[str, ...]) -> int | None:
-    for obj in objs:
-        if obj is None:
-            continue
-        for attr in names:
-            value = getattr(obj, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Protocol: models that describe their own heads (e.g. rankdecay's TinyTransformer)
 # ---------------------------------------------------------------------------------------------
@@ -332,31 +283,9 @@ def _prefixed(layer: LayerHeads, prefix: str, offset: int) -> LayerHeads:
     )
 
 
-def _protocol_predicate(model: nn.Module) -> bool:
-    return _any(model, _has_protocol)
-
-
-def _protocol_extractor(model: nn.Module, **options: object) -> list[LayerHeads]:
-    """Call ``rankdecay_attention_heads`` on the model, or on the outermost submodules defining
-    it (a wrapped model), prefixing names so they stay relative to ``model``."""
-    if _has_protocol(model):
-        return model.rankdecay_attention_heads(**options)  # type: ignore[operator]
-    layers: list[LayerHeads] = []
-    for prefix, module in _outermost(model, _has_protocol):
-        offset = len(layers)
-        layers.extend(
-            _prefixed(lh, prefix, offset) for lh in module.rankdecay_attention_heads(**options)
-        )  # type: ignore[operator]
-    return layers
-
-
 # ---------------------------------------------------------------------------------------------
 # torch.nn.MultiheadAttention (nn.TransformerEncoder / Decoder, and any model containing it)
 # ---------------------------------------------------------------------------------------------
-
-
-def _is_mha(module: nn.Module) -> bool:
-    return isinstance(module, nn.MultiheadAttention)
 
 
 def _mha_norm_plan(model: nn.Module, name: str) -> _NormPlan:
