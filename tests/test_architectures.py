@@ -1092,3 +1092,13 @@ def test_checkpoint_plan_equals_live_extraction(name: str) -> None:
         assert {k: disk.flags.get(k) for k in shared} == {k: ref.flags[k] for k in shared}, (
             plan.name
         )
+
+
+def test_analyze_reports_flags_and_cross_attention() -> None:
+    from rankdecay.analyze import analyze
+
+    report = analyze(CASES["t5"].build())
+    flags, kinds = report.model["flags"], report.model["attention_kinds"]
+    assert all(f.get("relative_position_bias") for f in flags.values()) and len(flags) == 3 * L
+    assert sorted(kinds) == [f"decoder.block.{i}.layer.1.EncDecAttention" for i in range(L)]
+    assert set(kinds.values()) == {"cross"}

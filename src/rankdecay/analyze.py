@@ -806,6 +806,8 @@ def _model_info(
         "circuits": list(circuits),
         "fold_norm": bool(fold_norm),
         "notes": {lh.name: list(lh.notes) for lh in layers if lh.notes},
+        "flags": {lh.name: dict(lh.flags) for lh in layers if lh.flags},
+        "attention_kinds": {lh.name: lh.kind for lh in layers if lh.kind != "self"},
     }
 
 
@@ -872,6 +874,15 @@ def _header(report: SpectralReport) -> str:
         flags.append("rotary (QK at offset 0)")
     if m.get("fold_norm"):
         flags.append("norm gains folded")
+    seen = dict.fromkeys(
+        k
+        for f in (m.get("flags") or {}).values()
+        for k in f
+        if k not in ("rotary", "cross_attention")
+    )
+    flags += [k.replace("_", " ") for k in seen]
+    if m.get("attention_kinds"):
+        flags.append(f"{len(m['attention_kinds'])} cross-attention layers")
     lines = [" · ".join(parts + flags)]
     lines.append(
         f"rank = #{{σ > rtol·σ₁}} at rtol = {report.rtol:g} · singular values in float64 from the factors · "
