@@ -264,3 +264,27 @@ def test_r_factor_accuracy_up_to_condition_1e8_and_beyond(cond: float, which: st
             R_B = torch.linalg.qr(B, mode="r")[1]
             s_gram = torch.linalg.svdvals(L.mT @ R_B.mT)
             assert (s_gram - ref).abs().max() > 1e-10 * ref[0]
+
+
+def test_r_factor_in_batches_equals_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack larger than QR_BATCH_ELEMENTS is decomposed in batches (leading dims kept)."""
+    import rankdecay.spectra as spectra_mod
+
+    g = torch.Generator().manual_seed(11)
+    A = torch.randn(3, 5, 40, 6, generator=g, dtype=torch.float64)
+    B = torch.randn(3, 5, 30, 6, generator=g, dtype=torch.float64)
+    whole = spectra_mod.factored_svdvals(A, B)
+    monkeypatch.setattr(spectra_mod, "QR_BATCH_ELEMENTS", 2 * 40 * 6)  # 2 matrices per call
+    calls: list[int] = []
+    geqrf = torch.geqrf
+
+    def spy(x: torch.Tensor):  # type: ignore[no-untyped-def]
+        calls.append(x.shape[0])
+        return geqrf(x)
+
+    monkeypatch.setattr(torch, "geqrf", spy)
+    split = spectra_mod.factored_svdvals(A, B)
+    assert max(calls) <= 3 and len(calls) > 2
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-13)
+    ref = _dense_svdvals(A[2, 4], B[2, 4])[:6]
+    assert (split[2, 4] - ref).abs().max() <= 1e-12 * ref[0]

@@ -53,6 +53,7 @@ from .heads import LayerHeads, UnsupportedModelError, attention_heads, find_adap
 from .runio import atomic_write_json, atomic_write_text, read_json
 from .spectra import (
     DEFAULT_RTOL,
+    QR_BATCH_ELEMENTS,
     chain_r,
     r_factor,
     require_finite,
@@ -104,7 +105,7 @@ MODEL_ALIASES: dict[str, tuple[str, str]] = {
 #: elements of A and B (together) per batched SVD call; bounds the float64 working memory
 _CHUNK_ELEMENTS = 1 << 25
 #: float64 elements per batched QR call (8 MiB): the cast copy stays in cache for the QR
-_QR_BATCH_ELEMENTS = 1 << 20
+_QR_BATCH_ELEMENTS = QR_BATCH_ELEMENTS
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ Metrics (on singular values σ₁ ≥ σ₂ ≥ … ≥ 0, shape (..., k))
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -37,10 +38,13 @@ from torch import Tensor
 from .errors import RankdecayError
 
 DEFAULT_RTOL = 1e-2
+#: elements per batched QR call (8 MiB of float64): keeps geqrf's working copy in cache
+QR_BATCH_ELEMENTS = 1 << 20
 
 __all__ = [
     "DEFAULT_RTOL",
     "NonFiniteInputError",
+    "QR_BATCH_ELEMENTS",
     "balance",
     "chain_r",
     "effective_rank",
@@ -123,11 +127,22 @@ def r_factor(X: Tensor) -> Tensor:
     Householder QR (LAPACK ``geqrf``, backward stable for any condition number, rank-deficient
     X included): X (..., d, r) → R (..., k, r), k = min(d, r), with XᵀX = RᵀR and ‖X‖_F = ‖R‖_F.
     ``geqrf`` works on a column-major copy, so X laid out column-major per matrix (X = Y.mT of a
-    contiguous Y) saves a transpose inside the copy.
+    contiguous Y) saves a transpose inside the copy. A large stack is decomposed in batches of
+    :data:`QR_BATCH_ELEMENTS` elements, so that copy stays in cache (measured faster than one
+    call on the whole stack: docs/benchmarks.md, "spectra kernel").
     """
-    packed, _ = torch.geqrf(X)  # R in the upper triangle, Householder vectors below
     k = min(X.shape[-2], X.shape[-1])
-    return packed[..., :k, :].triu()
+    per_call = max(1, QR_BATCH_ELEMENTS // max(1, X.shape[-2] * X.shape[-1]))
+    if X.dim() == 2 or math.prod(X.shape[:-2]) <= per_call:
+        packed, _ = torch.geqrf(X)  # R in the upper triangle, Householder vectors below
+        return packed[..., :k, :].triu()
+    # a large stack: cache-sized batches (geqrf copies its input; that copy then stays in cache)
+    flat = X.flatten(0, -3)
+    parts = [
+        torch.geqrf(flat[i : i + per_call])[0][..., :k, :].triu()
+        for i in range(0, flat.shape[0], per_call)
+    ]
+    return torch.cat(parts).reshape(*X.shape[:-2], k, X.shape[-1])
 
 
 def spectrum_from_r(R_A: Tensor, R_B: Tensor) -> FactoredSpectrum:
