@@ -350,6 +350,13 @@ CASES: dict[str, Case] = {
         L,
         "Falcon",
     ),
+    "falcon_head_qkv": Case(
+        _lm(t.FalconConfig, t.FalconModel, multi_query=False, new_decoder_architecture=False),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Falcon",
+    ),
     "codegen": Case(
         lambda: t.CodeGenModel(
             t.CodeGenConfig(
@@ -893,6 +900,12 @@ def test_flags_partial_rotary_qk_norm_softcap_window() -> None:
     assert all("QK-norm" in " ".join(lh.notes) for lh in attention_heads(olmo2))
     neox = attention_heads(_lm(t.GPTNeoXConfig, t.GPTNeoXModel, rotary_pct=0.25)())
     assert all(lh.flags["partial_rotary"] == 0.25 and lh.rotary for lh in neox)
+    swin = t.SwinModel(
+        t.SwinConfig(
+            image_size=8, patch_size=2, embed_dim=16, depths=[1], num_heads=[2], window_size=2
+        )
+    )
+    assert all(lh.flags["relative_position_bias"] for lh in attention_heads(swin, strict=True))
     bert = attention_heads(_lm(t.BertConfig, t.BertModel)())
     assert all(not lh.flags for lh in bert)
 
@@ -1057,7 +1070,7 @@ def test_lora_effective_weight_is_w_plus_s_ba() -> None:
 
 CHECKPOINT_CASES = [
     "llama_gqa", "mistral_mqa", "qwen2_gqa", "gemma2", "gpt2", "gpt_bigcode", "gpt_neox", "bloom",
-    "falcon", "falcon_mq", "codegen", "phi3", "phi", "gptj", "opt", "bart", "whisper", "t5", "clip",
+    "falcon", "falcon_mq", "falcon_head_qkv", "codegen", "phi3", "phi", "gptj", "opt", "bart", "whisper", "t5", "clip",
     "bert", "distilbert", "albert", "deberta_v2", "modernbert", "mpnet", "vit",
 ]  # fmt: skip
 

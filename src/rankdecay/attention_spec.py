@@ -296,7 +296,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "grouped",
         "query_key_value",
         flags="rotary or ALiBi; [H, 3, r] without GQA, [q | k | v] with multi_query",
-        tested_by=("falcon",),
+        tested_by=("falcon", "falcon_mq", "falcon_head_qkv"),
     ),
     Architecture(
         "CodeGen",
@@ -824,13 +824,9 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
     window = _pos_int(getattr(module, "sliding_window", None))
     if window and not config_window:  # the config's window wins (ModernBERT keeps window/2 + 1)
         flags["sliding_window"] = window
-    if (
-        getattr(module, "has_relative_attention_bias", None) is not None
-        or any(
-            n in ("relative_position_bias_table", "relative_attention_bias")
-            for n, _ in module.named_parameters()
-        )
-        or any(n.endswith("relative_attention_bias") for n, _ in module.named_modules())
+    if getattr(module, "has_relative_attention_bias", None) is not None or any(
+        "relative_position_bias" in n or "relative_attention_bias" in n
+        for n, _ in module.named_parameters()
     ):
         flags["relative_position_bias"] = True
     return flags
