@@ -1115,3 +1115,53 @@ def test_analyze_reports_flags_and_cross_attention() -> None:
     assert all(f.get("relative_position_bias") for f in flags.values()) and len(flags) == 3 * L
     assert sorted(kinds) == [f"decoder.block.{i}.layer.1.EncDecAttention" for i in range(L)]
     assert set(kinds.values()) == {"cross"}
+
+
+# ---------------------------------------------------------------------------------------------
+# roles, parameter names and LowRankDecay for every architecture
+# ---------------------------------------------------------------------------------------------
+
+ROLE_CASES = [n for n in CASES if n not in ("peft_lora_llama", "timm_vit")] + ["timm_vit"]
+
+
+@pytest.mark.parametrize("name", ROLE_CASES)
+def test_attention_roles_and_parameter_names(name: str) -> None:
+    """Every attention weight gets attn_qk/attn_ov (fused → attn_qk), and qk_params/ov_params
+    are exactly the parameters the factors depend on (autograd)."""
+    from rankdecay.decay import param_roles
+
+    model = CASES[name].build()
+    roles = param_roles(model, strict=True)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for lh in attention_heads(model):
+        for circuit, listed in (("qk", lh.qk_params), ("ov", lh.ov_params)):
+            A, B_ = lh.factors(circuit)
+            grads = torch.autograd.grad(
+                A.sum() + B_.sum(), list(params.values()), allow_unused=True
+            )
+            touched = {n for n, g in zip(params, grads) if g is not None and g.abs().sum() > 0}
+            assert touched == set(listed), (circuit, touched, listed)
+        for n in lh.qk_params:
+            assert roles[n] == "attn_qk", n
+        for n in lh.ov_params:
+            assert roles[n] == ("attn_qk" if n in lh.qk_params else "attn_ov"), n
+
+
+@pytest.mark.parametrize("name", ["gpt_neox", "falcon", "codegen", "gpt_bigcode", "gpt2"])
+def test_low_rank_decay_through_split_specs(name: str) -> None:
+    """LowRankDecay(granularity="head") moves each head's σ(W_Q^h), σ(W_K^h) by exactly −c,
+    whether the head is a strided view (GPT-NeoX, GPT-2) or a gather (Falcon, CodeGen)."""
+    from rankdecay.decay import LowRankDecay
+
+    model = CASES[name].build().double()
+    c = 1e-3
+    with torch.no_grad():
+        before = attention_heads(model)
+        sv = [(torch.linalg.svdvals(lh.W_Q), torch.linalg.svdvals(lh.W_K)) for lh in before]
+    LowRankDecay(model, c, target="qk", granularity="head", scale_by_lr=False).step()
+    with torch.no_grad():
+        after = attention_heads(model)
+        for (sq, sk), lh in zip(sv, after):
+            torch.testing.assert_close(torch.linalg.svdvals(lh.W_Q), sq - c, rtol=0, atol=1e-10)
+            if lh.kv_head_index is None:
+                torch.testing.assert_close(torch.linalg.svdvals(lh.W_K), sk - c, rtol=0, atol=1e-10)
