@@ -1071,7 +1071,7 @@ def test_lora_effective_weight_is_w_plus_s_ba() -> None:
 CHECKPOINT_CASES = [
     "llama_gqa", "mistral_mqa", "qwen2_gqa", "gemma2", "gpt2", "gpt_bigcode", "gpt_neox", "bloom",
     "falcon", "falcon_mq", "falcon_head_qkv", "codegen", "phi3", "phi", "gptj", "opt", "bart", "whisper", "t5", "clip",
-    "bert", "distilbert", "albert", "deberta_v2", "modernbert", "mpnet", "vit",
+    "bert", "distilbert", "albert", "deberta_v2", "modernbert", "mpnet", "vit", "vision_encoder_decoder",
 ]  # fmt: skip
 
 
