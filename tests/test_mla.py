@@ -150,3 +150,31 @@ def test_analyze_uses_the_chain_svd_and_matches_dense() -> None:
             )
             s = torch.tensor([r["singular_values"] for r in recs], dtype=torch.float64)
             assert ((s - dense).abs().amax(-1) <= 1e-12 * dense[:, 0]).all()
+
+
+def test_analyze_fold_norm_folds_pre_norm_and_latent_gains() -> None:
+    """analyze(fold_norm=True): σ of diag(γ_in)·W_qaᵀ·diag(γ_q)·W_qb^hᵀ · (diag(γ_in)·W_kvaᵀ·
+    diag(γ_kv)·W_kvb^hᵀ)ᵀ, written here from the raw module weights."""
+    model = _model(layers=1)
+    attn = model.layers[0].self_attn
+    g_in = model.layers[0].input_layernorm.weight.detach().double()
+    g_q = attn.q_a_layernorm.weight.detach().double()
+    g_kv = attn.kv_a_layernorm.weight.detach().double()
+    W = {n: getattr(attn, n).weight.detach().double() for n in ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")}  # fmt: skip
+    q_up = W["q_b_proj"].view(H, NOPE + ROPE, Q_LORA)[:, :NOPE]  # (H, n, q_lora)
+    kv_up = W["kv_b_proj"].view(H, NOPE + V, KV_LORA)
+    Q = (g_in[:, None] * W["q_a_proj"].T * g_q) @ q_up.mT  # (H, d, n)
+    K = (g_in[:, None] * W["kv_a_proj_with_mqa"][:KV_LORA].T * g_kv) @ kv_up[:, :NOPE].mT
+    Vh = (g_in[:, None] * W["kv_a_proj_with_mqa"][:KV_LORA].T * g_kv) @ kv_up[:, NOPE:].mT
+    O = W["o_proj"].view(D, H, V).permute(1, 0, 2)  # (H, d, v) = W_O^hᵀ
+    report = analyze(model, fold_norm=True)
+    for c, (A, B), k in (("qk", (Q, K), NOPE), ("ov", (Vh, O), V)):
+        dense = torch.linalg.svdvals(A @ B.mT)[:, :k]
+        recs = sorted((r for r in report.records if r["circuit"] == c), key=lambda r: r["head"])
+        s = torch.tensor([r["singular_values"] for r in recs], dtype=torch.float64)
+        # the fold happens in the weights' float32 before the float64 cast: float32 tolerance
+        assert ((s - dense).abs().amax(-1) <= 1e-6 * dense[:, 0]).all()
+    raw = analyze(model)
+    s_raw = torch.tensor([r["singular_values"] for r in raw.records if r["circuit"] == "qk"])
+    s_fold = torch.tensor([r["singular_values"] for r in report.records if r["circuit"] == "qk"])
+    assert (s_raw - s_fold).abs().max() > 1e-3 * s_fold.max()  # the gains matter
