@@ -348,6 +348,17 @@ def _build_hf_model(config: Any, directory: Path) -> nn.Module:
         ) from None
 
 
+def _meta_numel(config: Any, directory: Path) -> int | None:
+    """Elements (parameters + buffers) of the model built on the meta device — allocates nothing;
+    None when the architecture cannot be built there (e.g. it calls ``.item()`` in ``__init__``)."""
+    try:
+        with torch.device("meta"):
+            shell = _build_hf_model(config, directory)
+    except Exception:
+        return None
+    return sum(t.numel() for t in (*shell.parameters(), *shell.buffers()))
+
+
 def load_model(
     source: str | os.PathLike[str],
     *,
@@ -400,11 +411,8 @@ def load_model(
                 f"{directory / 'config.json'} is not a usable Hugging Face config ({reason[:160]}); "
                 "check the file or re-save the model with save_pretrained."
             ) from None
-        with torch.device("meta"):
-            shell = _build_hf_model(hf_config, directory)
-        need = sum(t.numel() for t in (*shell.parameters(), *shell.buffers()))
-        del shell
-        if need > 2 * index.total_numel + (1 << 24):
+        need = _meta_numel(hf_config, directory)
+        if need is not None and need > 2 * index.total_numel + (1 << 24):
             raise CorruptCheckpointError(
                 f"{directory / 'config.json'} describes a model of {need:,} elements but the weights "
                 f"hold {index.total_numel:,}; the config does not belong to these weights — fix it or "
