@@ -524,6 +524,19 @@ CASES: dict[str, Case] = {
     "bert": Case(
         _lm(t.BertConfig, t.BertModel), lambda m: {"input_ids": _ids()}, _never, L, "BERT"
     ),
+    "bert_decoder": Case(
+        _lm(t.BertConfig, t.BertModel, is_decoder=True, add_cross_attention=True),
+        lambda m: {
+            "input_ids": _ids(),
+            "encoder_hidden_states": torch.randn(
+                B, T, D, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+            ),
+        },
+        lambda lh: lh.kind == "self",
+        2 * L,
+        "BERT",
+        kinds=("self", "cross"),
+    ),
     "distilbert": Case(
         lambda: t.DistilBertModel(
             t.DistilBertConfig(

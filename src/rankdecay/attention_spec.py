@@ -364,7 +364,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("BertAttention", "RobertaAttention"),
         ("bert", "roberta"),
         flags="relative position bias (position_embedding_type relative_key*)",
-        tested_by=("bert", "roberta", "minilm_real"),
+        tested_by=("bert", "bert_decoder", "roberta", "minilm_real"),
     ),
     Architecture("ViT", ("ViTAttention",), ("vit",), tested_by=("vit", "vision_encoder_decoder")),
     Architecture(
