@@ -146,5 +146,12 @@ def test_model_without_lora_and_corrupt_adapter_file(tmp_path: Path) -> None:
     d.mkdir()
     (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
     (d / "adapter_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
-    with pytest.raises(RankdecayError, match="cannot be read"):
+    with pytest.raises(RankdecayError, match="damaged|cannot be read"):
         analyze(d, adapters=True)
+    # a real adapter file cut short: its header now lies about the offsets
+    model = _peft_model()
+    model.save_pretrained(tmp_path / "cut")
+    weights = tmp_path / "cut" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    with pytest.raises(RankdecayError, match="damaged|cannot be read"):
+        analyze(tmp_path / "cut", adapters=True)

@@ -146,9 +146,12 @@ def _read_adapter_tensors(directory: Path) -> dict[str, Tensor]:
         if single.is_file():
             from safetensors import safe_open
 
+            from .checkpoint import read_safetensors_header
+
+            specs = read_safetensors_header(single)  # header vs file size, offsets, dtypes
             out: dict[str, Tensor] = {}
             with safe_open(str(single), framework="pt") as f:  # type: ignore[no-untyped-call]
-                for key in f.keys():
+                for key in specs:
                     if ".lora_" in key:
                         out[key] = f.get_tensor(key)
             return out
@@ -174,9 +177,9 @@ def _read_adapter_tensors(directory: Path) -> dict[str, Tensor]:
 
 
 def _read_adapter_config(directory: Path) -> dict[str, Any]:
-    from .runio import read_json
+    from .checkpoint import read_json_file
 
-    config = read_json(directory / ADAPTER_CONFIG, "adapter config")
+    config = read_json_file(directory / ADAPTER_CONFIG, "adapter config")
     if not isinstance(config, dict):
         raise RankdecayError(
             f"{directory / ADAPTER_CONFIG} is not a JSON object; re-save the adapter with save_pretrained."
