@@ -583,3 +583,19 @@ def test_sharded_bin_checkpoint(tmp_path: Path) -> None:
     index.write_text(json.dumps({"weight_map": weight_map}))
     with pytest.raises(UnsafePathError):
         analyze(path)
+
+
+def test_attention_the_plan_misses_is_named_in_a_warning(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from rankdecay.heads import UnrecognizedAttentionWarning
+
+    model = _llama()
+    path = tmp_path / "m"
+    model.save_pretrained(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    state["adapter_tower.blocks.0.attn.qkv.weight"] = torch.zeros(3 * 64, 64)  # no output proj
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.warns(UnrecognizedAttentionWarning, match="adapter_tower.blocks.0.attn"):
+        report = analyze(path)
+    assert report.model["n_layers"] == 3  # the covered layers are still reported

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attention_spec import _pos_int, cfg_get
+from .attention_spec import FUSED_NAMES, Q_NAMES, _pos_int, cfg_get
 from .checkpoint import (
     FLOAT_DTYPES,
     CheckpointIndex,
@@ -49,6 +49,7 @@ from .checkpoint import (
 from .errors import RankdecayError
 from .heads import (
     LayerHeads,
+    UnrecognizedAttentionWarning,
     UnsupportedModelError,
     layer_heads_from_tensors,
     plan_from_checkpoint,
@@ -115,6 +116,19 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
             ) from None
         out.append(_Planned(plan, tuple(dict.fromkeys(used)), meta))
     return out
+
+
+def _unplanned_attention(index: CheckpointIndex, planned: Sequence[_Planned]) -> list[str]:
+    """Modules with a query-like or fused-qkv tensor (``P.<q_proj|query|qkv|c_attn|…>.weight``)
+    that no plan reads: attention the name-based plan missed."""
+    used = {n for p in planned for n in p.names}
+    q_like = set(Q_NAMES) | set(FUSED_NAMES)
+    modules = set()
+    for name in index.specs:
+        parts = name.split(".")
+        if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in q_like and name not in used:
+            modules.add(".".join(parts[:-2]))
+    return sorted(modules)
 
 
 def _check_config_fits(
@@ -231,6 +245,15 @@ def analyze_directory(
         model._rankdecay_source = source  # type: ignore[assignment]
         return analyze(model, rtol=rtol, circuits=circuits, fold_norm=fold_norm, progress=progress)
     planned = _dry_run(plans, index)
+    missed = _unplanned_attention(index, planned)
+    if missed:
+        warnings.warn(
+            f"{directory}: {len(missed)} attention-like module(s) are not covered by the streaming "
+            f"plan and are missing from the report (e.g. {missed[0]}); to see them, analyse the "
+            "model in memory with rankdecay.analyze(rankdecay.load_model(DIR)) or register an adapter.",
+            UnrecognizedAttentionWarning,
+            stacklevel=3,
+        )
     _check_config_fits(config, planned, directory)
     show = progress if progress is not None else (len(planned) >= 4 and sys.stderr.isatty())
     records = _stream_records(planned, index, circuits, rtol, bool(show))
