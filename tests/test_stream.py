@@ -599,3 +599,84 @@ def test_attention_the_plan_misses_is_named_in_a_warning(tmp_path: Path) -> None
     with pytest.warns(UnrecognizedAttentionWarning, match="adapter_tower.blocks.0.attn"):
         report = analyze(path)
     assert report.model["n_layers"] == 3  # the covered layers are still reported
+
+
+_FAMILIES: dict[str, Callable[[], nn.Module]] = {
+    "gpt_neox": lambda: transformers.GPTNeoXModel(
+        transformers.GPTNeoXConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=50,
+        )
+    ),
+    "falcon": lambda: transformers.FalconModel(
+        transformers.FalconConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_kv_heads=2,
+            new_decoder_architecture=True,
+            vocab_size=50,
+        )
+    ),
+    "t5": lambda: transformers.T5Model(
+        transformers.T5Config(d_model=32, d_ff=64, num_layers=2, num_heads=4, d_kv=8, vocab_size=50)
+    ),
+    "bart": lambda: transformers.BartModel(
+        transformers.BartConfig(
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            vocab_size=50,
+        )
+    ),
+    "clip": lambda: transformers.CLIPModel(
+        transformers.CLIPConfig(
+            text_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "vocab_size": 50,
+            },
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "image_size": 32,
+                "patch_size": 8,
+            },
+        )
+    ),
+    "phi3": lambda: transformers.Phi3Model(
+        transformers.Phi3Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=50,
+            pad_token_id=0,
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("family", sorted(_FAMILIES))
+def test_streaming_equals_in_memory_across_layouts(family: str, tmp_path: Path) -> None:
+    """Fused [H,3,r] / grouped / [3,H,r] splits, cross-attention and two towers, sharded."""
+    torch.manual_seed(4)
+    model = _FAMILIES[family]().eval()
+    model.save_pretrained(tmp_path / family, max_shard_size="40KB")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StreamingFallbackWarning)
+        streamed = analyze(tmp_path / family)
+    assert streamed.model["streamed"] is True
+    _same(analyze(model), streamed)  # same order, names, heads and values

@@ -118,6 +118,34 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
     return out
 
 
+#: sibling modules that Hugging Face models register in this order (encoder before decoder)
+_TOWER_ORDER = {"encoder": 0, "decoder": 1}
+
+
+def _module_order(plans: Sequence[Any]) -> list[Any]:
+    """Plans in the order a model registers its modules, as far as names tell: path components
+    compared with numbers as numbers, ``encoder`` before ``decoder``, and within one block the
+    self-attention before the cross-attention (BART's ``self_attn`` before ``encoder_attn``);
+    ``layer`` renumbered to match, so a streamed report lists layers as the in-memory one does."""
+
+    def token(part: str) -> tuple[int, int, str]:
+        if part.isdigit():
+            return (1, int(part), "")
+        if part in _TOWER_ORDER:
+            return (0, _TOWER_ORDER[part], "")
+        return (2, 0, part)
+
+    def key(plan: Any) -> tuple[Any, ...]:
+        parts = str(plan.name).split(".")
+        cross = 1 if getattr(plan, "kind", "self") == "cross" else 0
+        return (*[token(p) for p in parts[:-1]], (cross, 0, parts[-1]))
+
+    ordered = sorted(plans, key=key)
+    if all(hasattr(p, "layer") and dataclasses.is_dataclass(p) for p in ordered):
+        ordered = [dataclasses.replace(p, layer=i) for i, p in enumerate(ordered)]
+    return ordered
+
+
 def _unplanned_attention(index: CheckpointIndex, planned: Sequence[_Planned]) -> list[str]:
     """Modules with a query-like or fused-qkv tensor (``P.<q_proj|query|qkv|c_attn|…>.weight``)
     that no plan reads: attention the name-based plan missed."""
@@ -227,7 +255,7 @@ def analyze_directory(
         reason = "fold_norm needs the norm layers, which the name-based plan does not read"
     else:
         try:
-            plans = list(plan_from_checkpoint(config, list(index.specs)))
+            plans = _module_order(plan_from_checkpoint(config, list(index.specs)))
         except UnsupportedModelError as exc:
             reason = str(exc)
         if not plans and reason is None:
