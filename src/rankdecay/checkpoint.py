@@ -66,10 +66,11 @@ __all__ = [
     "read_safetensors_header",
 ]
 
-#: largest safetensors header accepted (safetensors' own limit)
-MAX_HEADER_BYTES = 100_000_000
-#: largest config.json / index JSON accepted
-MAX_JSON_BYTES = 64 << 20
+#: largest safetensors header accepted (safetensors allows 100 MB; real headers are kilobytes to a
+#: few MB, and parsing 100 MB of JSON into Python objects could take ~1 GB)
+MAX_HEADER_BYTES = 32 << 20
+#: largest config.json / index JSON accepted (real ones: kilobytes; a 1000-shard index ~ 3 MB)
+MAX_JSON_BYTES = 16 << 20
 
 #: safetensors dtype → (torch dtype, bytes per element)
 SAFETENSORS_DTYPES: dict[str, tuple[torch.dtype, int]] = {
