@@ -194,8 +194,8 @@ def test_resume_refusals(tmp_path: Path) -> None:
     exp.run(cfg, run, progress=False)
     with pytest.raises(RankdecayError, match="already holds a run"):
         exp.run(cfg, run, progress=False)
-    other = apply_overrides(cfg, {"optim.lr": 1e-2})
-    with pytest.raises(RankdecayError, match="config differs in optim.lr"):
+    other = apply_overrides(cfg, {"model.d_model": 32, "optim.lr": 1e-2})
+    with pytest.raises(RankdecayError, match="config differs in model.d_model, which would"):
         exp.run(other, run, resume=True, progress=False)
     with pytest.raises(RankdecayError, match="not a rankdecay run"):
         exp.run(cfg, tmp_path / "empty", resume=True, progress=False)

@@ -43,13 +43,15 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from .config import apply_overrides, get_key, parse_assignment
 from .errors import RankdecayError
+from .runfiles import needs_resume
 from .runio import atomic_write_json, read_json
+from .runlock import DirLock
 
 __all__ = [
     "EXECUTORS",
@@ -69,6 +71,7 @@ __all__ = [
 ]
 
 SWEEP_FILE = "sweep.json"
+SWEEP_LOCK = ".sweep.lock"
 FORMAT = 1
 MAX_EXIT = 100
 
@@ -145,11 +148,6 @@ class RunEvent:
     result: dict[str, Any] | None = None
 
 
-def _checkpoint_exists(run_dir: Path) -> bool:
-    """A checkpoint to resume from (``.checkpoint.old`` is the one being replaced mid-swap)."""
-    return any((run_dir / d / "state.json").exists() for d in ("checkpoint", ".checkpoint.old"))
-
-
 def run_status(run_dir: str | Path) -> str:
     """Status recorded in ``run_dir/summary.json``: ``missing`` when there is none (or it is torn)."""
     path = Path(run_dir) / "summary.json"
@@ -186,9 +184,10 @@ def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]
         if set_thread_count:
             set_threads(task.threads)
         exp, cfg = task.build()
-        resume = _checkpoint_exists(run_dir)
+        resume = needs_resume(run_dir)  # a checkpoint (intact or not) or a history
         if not resume and run_dir.exists():
-            shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
+            with DirLock(run_dir):  # refused while another process writes the run
+                shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
         (run_dir / "error.txt").unlink(missing_ok=True)
         kwargs: dict[str, Any] = {"resume": resume, "progress": False}
         with contextlib.suppress(TypeError, ValueError):
@@ -770,7 +769,7 @@ class SweepIndex:
                     f"--out {out} holds a different sweep (its {', '.join(diff)} differ); "
                     "choose another --out or repeat the original command."
                 )
-        elif out.exists() and any(p.name != ".sweep.lock" for p in out.iterdir()):
+        elif out.exists() and any(p.name != SWEEP_LOCK for p in out.iterdir()):
             if (out / "config.json").exists():
                 raise RankdecayError(
                     f"--out {out} is a run directory, not a sweep; choose another --out."
@@ -829,26 +828,11 @@ class SweepIndex:
         atomic_write_json(self.path, self.data)
 
 
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the sweep directory (released automatically if we die)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".sweep.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RankdecayError(
-                f"another `rankdecay sweep` is running in {out}; wait for it or choose another --out."
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _lock(out: Path) -> DirLock:
+    """An exclusive lock on the sweep directory (:mod:`rankdecay.runlock`; released if we die)."""
+    return DirLock(
+        out, SWEEP_LOCK, "sweep", "wait for that sweep to finish (or stop it) or choose another --out"
+    )
 
 
 # --------------------------------------------------------------------------------------------
