@@ -144,12 +144,12 @@ def train_distributed(
         resolve_device,
         resume_from_checkpoint,
         save_run_checkpoint,
-        validate_train_config,
     )
+    from .validation import validate_run_config
 
     info = dist_info()
     tc: TrainConfig = cfg.train
-    validate_train_config(tc)
+    validate_run_config(cfg)
     shard = shard_rows(tc.batch_size, info.rank, info.world_size)
     device = resolve_device(tc.device)
     if device.type == "cuda":

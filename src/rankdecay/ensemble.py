@@ -841,9 +841,10 @@ class _Ensemble:
         )
 
         tc = members[0].cfg.train
-        from .train import validate_train_config
+        from .validation import validate_run_config
 
-        validate_train_config(tc)
+        for m in members:
+            validate_run_config(m.cfg)
         device = resolve_device(tc.device)
         dtype = param_dtype(tc.dtype, tc.amp)
         tasks, models, settings = [], [], []

@@ -54,6 +54,7 @@ from .device import autocast, loss_precision, maybe_compile, param_dtype, spectr
 from .errors import NonFiniteLossError, RankdecayError
 from .runfiles import RunWriter, checkpoint_step
 from .runio import _jsonable
+from .validation import check_memory, validate_run_config
 
 __all__ = [
     "LRDConfig",
@@ -551,24 +552,6 @@ def _params_finite(model: nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def validate_train_config(tc: TrainConfig) -> None:
-    """Raise :class:`RankdecayError` for a non-positive length, batch or cadence, or a dtype that
-    cannot be combined with the amp mode — before anything is written to the run directory."""
-    param_dtype(tc.dtype, tc.amp)
-    for key in (
-        "steps",
-        "batch_size",
-        "eval_every",
-        "log_every",
-        "checkpoint_every",
-        "eval_batch_size",
-    ):
-        if getattr(tc, key) <= 0:
-            raise RankdecayError(
-                f"train.{key} must be positive, got {getattr(tc, key)}; fix it with --set train.{key}=…."
-            )
-
-
 def initial_summary(
     cfg: Any,
     experiment: str,
@@ -741,7 +724,7 @@ def train(
             verdict=verdict,
         )
     tc: TrainConfig = cfg.train
-    validate_train_config(tc)
+    validate_run_config(cfg)  # every value, before the run directory exists
     writer = RunWriter(run_dir, getattr(tc, "keep_checkpoints", 1))
     meta = {"experiment": experiment, "preset": preset, "seed": cfg.seed, "config": to_dict(cfg)}
     writer.start(meta, resume)  # locks the directory: one writer per run
@@ -783,6 +766,7 @@ def _train_locked(
 
     _seed_everything(cfg.seed)
     task = cfg.task.build(cfg.seed)
+    check_memory(cfg, task, device)  # refuses an absurd model/batch before allocating it
     model = build_model(cfg.model, task).to(device=device, dtype=param_dtype(tc.dtype, tc.amp))
     model.train()
     optim_cfg, lrd_cfg = optimizer_settings(cfg)
