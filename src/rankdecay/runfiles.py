@@ -99,6 +99,15 @@ def _note(message: str) -> None:
     print(f"rankdecay: note: {message}", file=sys.stderr)
 
 
+_NOTED: set[str] = set()
+
+
+def _note_once(message: str) -> None:
+    if message not in _NOTED:
+        _NOTED.add(message)
+        _note(message)
+
+
 def _sha256(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     n = 0
@@ -347,7 +356,7 @@ class RunWriter:
                         f"{self.dir} is not a rankdecay run directory (it has no {self.CONFIG}); {fix}."
                     ) from None
                 raise
-            _note(f"{exc} — using the copy of the config kept in the checkpoint instead.")
+            _note_once(f"{exc} — using the copy of the config kept in the checkpoint instead.")
             self._meta = copy
             return copy
 
@@ -771,7 +780,8 @@ class RunWriter:
         if len(damage) == 1:
             raise RankdecayError(
                 f"cannot resume {self.dir}: its checkpoint is damaged ({damage[0].split(': ', 1)[1]}) "
-                f"and no earlier checkpoint is kept (train.keep_checkpoints={self.keep}); restore "
+                f"and no earlier checkpoint exists (train.keep_checkpoints={self.keep} keeps "
+                f"{'only the newest' if self.keep == 1 else 'older ones once written'}); restore "
                 "it from a backup, or start the run again into a new directory with --out."
             )
         raise RankdecayError(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import math
 import os
 import random
@@ -53,7 +54,7 @@ from .config import flatten, from_dict, to_dict
 from .device import autocast, loss_precision, maybe_compile, param_dtype, spectra_monitor
 from .errors import NonFiniteLossError, RankdecayError
 from .runfiles import RunWriter, checkpoint_step
-from .runio import _jsonable
+from .runio import FileWriteError, _jsonable
 from .validation import check_memory, validate_run_config
 
 __all__ = [
@@ -591,22 +592,22 @@ def nonfinite_fix(writer: RunWriter) -> str:
     )
 
 
-def write_failure(writer: RunWriter, exc: BaseException, step: int) -> RankdecayError | None:
+def write_failure(writer: RunWriter, exc: BaseException, step: int | None) -> RankdecayError | None:
     """After an OS error while writing (disk full), the one-sentence error to raise instead
     (None for other errors); the summary is updated only if that write still succeeds."""
-    if not isinstance(exc, OSError):
+    if not isinstance(exc, FileWriteError):
         return None
-    reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
-    path = getattr(exc, "path", None) or exc.filename or writer.dir
+    fix = "free some space" if exc.os_errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
     ck = checkpoint_step(writer.dir)
     where = (
-        f"its checkpoint at step {ck} is intact, so free some space and continue with "
+        f"its checkpoint at step {ck} is intact, so {fix} and continue with "
         f"`rankdecay run --resume {writer.dir}`"
         if ck is not None
-        else "no checkpoint was written yet, so free some space and start the run again"
+        else f"no checkpoint was written yet, so {fix} and start the run again"
     )
+    at = f" at step {step}" if step is not None else ""
     return RankdecayError(
-        f"the run stopped at step {step}: could not write {path} ({reason}); {where} "
+        f"the run stopped{at}: could not write {exc.path} ({exc.reason}); {where} "
         "(no half-written file was left behind)."
     )
 
@@ -738,9 +739,12 @@ def train(
             preset=preset,
             verdict=verdict,
         )
-    except BaseException:
+    except BaseException as exc:
         if not resume and not writer.summary_written:
             writer.abandon()  # failed before the loop: nothing may block the same --out
+        err = write_failure(writer, exc, None)
+        if err is not None:
+            raise err from None
         raise
     finally:
         writer.release()
