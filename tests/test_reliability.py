@@ -532,3 +532,29 @@ def test_files_follow_the_umask(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert {"report.html", "summary.csv", "a.json", "a.csv", "a.html"} <= names
     modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
     assert set(modes.values()) == {"0o644"}, modes
+
+
+SWEEP_DAMAGE = {
+    "garbled": "{not json",
+    "wrong_type": "[1, 2, 3]",
+    "runs_wrong_type": json.dumps({"format": 1, "experiment": "recall", "runs": [1, 2]}),
+    "invalid_utf8": None,
+}
+
+
+@pytest.mark.parametrize("how", list(SWEEP_DAMAGE))
+def test_damaged_sweep_index_is_one_sentence(
+    how: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged sweep.json: `rankdecay report` and `rankdecay sweep` (dry run) end in exit 2
+    with one sentence naming sweep.json."""
+    out = tmp_path / "sweep"
+    out.mkdir()
+    text = SWEEP_DAMAGE[how]
+    (out / "sweep.json").write_bytes(b'{"runs": "\xff\xfe"}' if text is None else text.encode())
+    for argv in (
+        ["report", str(out), "--out", str(tmp_path / "rep")],
+        ["sweep", "recall", "--grid", "optim.lr=0.001,0.002", "--out", str(out), "--dry-run"],
+    ):
+        code, err = _cli(argv, capsys)
+        assert code == 2 and "sweep.json" in _one_error_line(err), (argv[0], err)

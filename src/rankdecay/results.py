@@ -231,11 +231,20 @@ def final_spectra(records: list[dict[str, Any]], step: int | None = None) -> dic
 
 def _index_rows(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     index = read_json(path / "sweep.json", "sweep index")
-    if not isinstance(index, dict) or not isinstance(index.get("runs"), list):
+    if not isinstance(index, dict) or not sweep_rows_valid(index.get("runs")):
         raise RankdecayError(
-            f"{path / 'sweep.json'} is not a rankdecay sweep index; check the path."
+            f"{path / 'sweep.json'} is not a rankdecay sweep index (or it is damaged); check the "
+            "path or restore the file from a backup."
         )
     return index["runs"], index
+
+
+def sweep_rows_valid(runs: Any) -> bool:
+    """``sweep.json["runs"]`` is a list of objects, each with a string ``name`` and ``run_dir``."""
+    return isinstance(runs, list) and all(
+        isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("run_dir"), str)
+        for r in runs
+    )
 
 
 def load_sweep(path: str | Path) -> pd.DataFrame:

@@ -155,7 +155,7 @@ def run_status(run_dir: str | Path) -> str:
         return "missing"
     try:
         return str(json.loads(path.read_text(encoding="utf-8")).get("status", "missing"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # torn, damaged, or not an object
         return "missing"
 
 
@@ -758,10 +758,15 @@ class SweepIndex:
         self.path = out / SWEEP_FILE
         previous: dict[str, Any] | None = None
         if self.path.exists():
-            previous = read_json(self.path, "sweep index")
-            if not isinstance(previous, dict) or "runs" not in previous:
+            from .results import sweep_rows_valid
+
+            previous = read_json(
+                self.path, "sweep index", dict, "restore it from a backup or choose another --out"
+            )
+            if not sweep_rows_valid(previous.get("runs")):
                 raise RankdecayError(
-                    f"{self.path} is not a rankdecay sweep index; choose another --out."
+                    f"{self.path} is not a rankdecay sweep index (or it is damaged); restore it "
+                    "from a backup or choose another --out."
                 )
             diff = _differences(previous, spec.identity())
             if diff:
