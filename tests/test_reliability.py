@@ -273,8 +273,7 @@ def test_report_of_a_damaged_run_marks_or_refuses(
         for f in LOGS
     )
     html = (tmp_path / "rep" / "report.html").read_text()
-    if lost:
-        assert "history has gaps" in html and "has gaps" in err, (name, how)
+    assert ("history has gaps" in html and "has gaps" in err) == lost, (name, how, err)
 
 
 def test_report_draws_a_run_with_gaps(
@@ -503,6 +502,9 @@ def test_failed_starts_leave_no_blocking_directory(tmp_path: Path, capsys: pytes
     line = _one_error_line(err)
     assert code == 2 and "no checkpoint was written yet" in line and "last good" not in line
     assert not (out / "checkpoint").exists()
+    from rankdecay.runfiles import history_gaps
+
+    assert history_gaps(out) == []  # the rows up to the failing step are all there
     code, err = _cli(["run", "recall", "--out", str(out), "--no-progress", *_sets(TINY)], capsys)
     assert code == 0 and "ended before its first checkpoint" in err
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"

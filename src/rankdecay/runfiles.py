@@ -239,6 +239,8 @@ def history_gaps(run_dir: str | Path, upto: int | None = None, tc: Any = None) -
         upto = checkpoint_step(run_dir)
     if upto is None:
         upto = _summary_step(run_dir)
+        if upto is not None and _summary_status(run_dir) != "finished":
+            upto -= 1  # a run that stopped at this step (NaN, disk full) may lack its rows
     if upto is None or tc is None:
         problems = []
         for name in ("metrics.jsonl", "spectra.jsonl"):
@@ -290,6 +292,14 @@ def needs_resume(run_dir: str | Path) -> bool:
     checkpoint (intact or damaged — resuming says which) or a history past step 0."""
     w = RunWriter(run_dir)
     return w.dir.is_dir() and (w.has_checkpoint() or w.has_history() > 0)
+
+
+def _summary_status(run_dir: Path) -> str | None:
+    try:
+        status = json.loads((run_dir / "summary.json").read_bytes().decode("utf-8"))["status"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return status if isinstance(status, str) else None
 
 
 def _summary_step(run_dir: Path) -> int | None:
