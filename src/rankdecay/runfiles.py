@@ -48,7 +48,6 @@ from .runio import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    file_mode,
     read_json,
     read_jsonl,
     remove_temp_files,
@@ -116,6 +115,20 @@ def _sha256(path: Path) -> tuple[str, int]:
             h.update(chunk)
             n += len(chunk)
     return h.hexdigest(), n
+
+
+def _model_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
+    """``safetensors.torch.save_model`` into bytes: tied tensors are stored once (the dropped
+    names recorded in the metadata, as save_model does), every tensor contiguous."""
+    from safetensors.torch import _remove_duplicate_names, save
+
+    state = model.state_dict()
+    meta = dict(metadata)
+    for kept, dropped in _remove_duplicate_names(state).items():
+        for name in dropped:
+            meta.setdefault(name, kept)
+            del state[name]
+    return save({k: v.contiguous() for k, v in state.items()}, metadata=meta)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -614,7 +627,7 @@ class RunWriter:
         An OS error (disk full) removes the partial checkpoint and raises
         :class:`~rankdecay.runio.FileWriteError`; the previous checkpoint stays intact.
         """
-        from safetensors.torch import save, save_model
+        from safetensors.torch import save
 
         step = int(state["step"])
         tag = {"step": str(step), "format": str(CHECKPOINT_FORMAT)}
@@ -623,19 +636,14 @@ class RunWriter:
             if self._tmp.exists():
                 shutil.rmtree(self._tmp)
             self._tmp.mkdir(parents=True)
-            model_path = self._tmp / "model.safetensors"
-            current = model_path
-            save_model(model, str(model_path), metadata=tag)
-            with open(model_path, "rb+") as f:
-                os.fchmod(f.fileno(), file_mode())
-                os.fsync(f.fileno())
-            current = self._tmp / "optim.safetensors"
-            data = save(dict(tensors), metadata=tag)
-            atomic_write_bytes(current, data)
-            files = {
-                "model.safetensors": dict(zip(("sha256", "bytes"), _sha256(model_path))),
-                "optim.safetensors": {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
-            }
+            files = {}
+            for name, data in (
+                ("model.safetensors", _model_bytes(model, tag)),
+                ("optim.safetensors", save(dict(tensors), metadata=tag)),
+            ):
+                current = self._tmp / name
+                atomic_write_bytes(current, data)  # umask permissions; OS errors → FileWriteError
+                files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             full = {**state, "format": CHECKPOINT_FORMAT, "files": files}
             if self._meta is not None or self._config_intact():
                 full["run"] = self._meta if self._meta is not None else json.loads(
