@@ -84,8 +84,14 @@ class DirLock:
         except ImportError:  # pragma: no cover - Windows: no advisory locks
             self._depth = 1
             return self
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise RankdecayError(
+                f"cannot lock the {self.what} directory {self.dir} ({exc.strerror or exc}); "
+                "check that it is a directory you may write to."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
