@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 from .config import apply_overrides, get_key, parse_assignment
 from .errors import RankdecayError
 from .runfiles import needs_resume
-from .runio import atomic_write_json, read_json
+from .runio import atomic_write_json, read_json, remove_temp_files
 from .runlock import DirLock
 
 __all__ = [
@@ -946,6 +946,7 @@ def run_sweep(
         return SweepResult(out_path, rows, {}, [])
     SweepIndex(out_path, spec, engine.describe())  # validate --out before touching it
     with _lock(out_path):
+        remove_temp_files(out_path)  # left by a sweep killed mid-write of sweep.json
         index = SweepIndex(out_path, spec, engine.describe())
         index.save()
         todo = [i for i, row in enumerate(index.rows) if row["status"] != "finished"]
