@@ -594,28 +594,14 @@ def _param_bytes(cfg: Any, task: Any) -> tuple[int, Any]:
 
 
 def member_bytes(cfg: Any, task: Any) -> int:
-    """Estimated bytes one member needs: 4× its parameters (weights, gradients, two optimizer
-    states) + training activations (kept for backward) + one evaluation chunk's activations.
+    """Estimated bytes one member needs (:func:`rankdecay.validation.training_bytes` of its exact
+    parameter count)."""
+    from .validation import training_bytes
 
-    Activations per token and layer ≈ 10·d_model + 6·H·d_head + 3·d_mlp floats (norms, q/k/v and
-    their norms, attention output, residuals, MLP hidden + activation) + H·T attention scores;
-    logits B·(T or 1)·n_out × 3. A 1.5× safety factor covers temporaries.
-    """
     pbytes, mcfg = _param_bytes(cfg, task)
-    T = mcfg.seq_len
-    per_tok = (
-        10 * mcfg.d_model + 6 * mcfg.n_heads * mcfg.head_dim + 3 * mcfg.d_mlp + mcfg.n_heads * T
-    )
-    out_pos = T if mcfg.readout == "all" else 1
-
     tc = cfg.train
     width = param_dtype(tc.dtype, tc.amp).itemsize  # bytes per float of weights and activations
-
-    def acts(batch: int) -> int:
-        return width * batch * (T * per_tok * max(1, mcfg.n_layers) + 3 * out_pos * mcfg.out_dim)
-
-    params = pbytes // 4 * width  # _param_bytes counts float32
-    return int(1.5 * (4 * params + acts(tc.batch_size) + acts(tc.eval_batch_size) // 3))
+    return training_bytes(mcfg, pbytes // 4, tc.batch_size, tc.eval_batch_size, width)
 
 
 #: CPU ensembles: the members' widest training activation together stays under this many bytes

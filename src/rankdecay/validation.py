@@ -11,8 +11,8 @@ turns it into exit code 2.
 Checks across fields (β count, min_lr ≤ lr, recall's n_pairs ≤ n_keys) follow the per-field
 rules. :func:`check_memory` estimates a transformer run's memory from its model and batch —
 4× the parameters (weights, gradients, two optimizer states) plus the activations kept for
-backward (:func:`rankdecay.ensemble.member_bytes`) — and refuses a run that needs more than the
-device has free, saying how much, before the model is built.
+backward (:func:`training_bytes`, also the ensemble's per-member estimate) — and refuses a run
+that needs more than the device has free, saying how much, before the model is built.
 """
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ __all__ = [
     "ConfigValueError",
     "Rule",
     "check_memory",
+    "filled_model_config",
     "format_bytes",
+    "training_bytes",
     "validate_run_config",
     "validate_train_config",
     "validate_values",
+    "weight_count",
 ]
 
 #: the longest run accepted (a run of 10⁹ steps takes years at the sizes rankdecay trains)
@@ -169,6 +172,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "monitor_every": number(0, integer=True, example="100", note=" (0 turns it off)"),
         "eval_batch_size": POSITIVE_INT,
         "monitor_rtol": number(0, 1, hi_open=True, example="1e-2"),
+        "keep_checkpoints": number(1, integer=True, example="1"),
     },
     "ModelConfig": {
         "n_layers": number(0, integer=True, example="2"),
@@ -386,33 +390,69 @@ def format_bytes(n: float) -> str:
     raise AssertionError  # pragma: no cover
 
 
-def check_memory(cfg: Any, task: Any, device: Any, fraction: float = 0.9) -> int:
+def filled_model_config(model_cfg: Any, task: Any) -> Any:
+    """The model config with the fields the task's data fixes (as :func:`rankdecay.train.build_model`)."""
+    names = {f.name for f in dataclasses.fields(model_cfg)}
+    fill = {k: v for k, v in task.model_fields().items() if k in names}
+    return dataclasses.replace(model_cfg, **fill)
+
+
+def weight_count(m: Any) -> int:
+    """Entries of a TinyTransformer's weight matrices and embeddings for ModelConfig ``m``:
+    per layer 4·d·H·d_head (q, k, v, o) + (2 or 3 for SwiGLU)·d·d_mlp, plus token or patch
+    embedding, learned positions and the untied readout. Norm gains, biases and the class token
+    (O(d) each) are left out, so this is within a few percent of the parameter count for any
+    model whose size matters, and needs no model to be built."""
+    d, inner = m.d_model, m.n_heads * m.head_dim
+    per_layer = 4 * d * inner + (3 if m.mlp == "swiglu" else 2) * d * m.d_mlp
+    embed = m.in_channels * m.patch_size**2 * d if m.images else m.vocab_size * d
+    pos = m.seq_len * d if m.pos == "learned" else 0
+    readout = 0 if m.tie_embeddings else d * m.out_dim
+    return m.n_layers * per_layer + embed + pos + readout
+
+
+def training_bytes(m: Any, n_params: int, batch: int, eval_batch: int, width: int) -> int:
+    """Estimated bytes of one training run: 4× its parameters (weights, gradients, two optimizer
+    states) + training activations (kept for backward) + one evaluation chunk's activations, at
+    ``width`` bytes per float; ``m`` is the (task-filled) ModelConfig.
+
+    Activations per token and layer ≈ 10·d_model + 6·H·d_head + 3·d_mlp floats (norms, q/k/v and
+    their norms, attention output, residuals, MLP hidden + activation) + H·T attention scores;
+    logits B·(T or 1)·n_out × 3. A 1.5× safety factor covers temporaries.
+    """
+    T = m.seq_len
+    per_tok = 10 * m.d_model + 6 * m.n_heads * m.head_dim + 3 * m.d_mlp + m.n_heads * T
+    out_pos = T if m.readout == "all" else 1
+
+    def acts(b: int) -> int:
+        return width * b * (T * per_tok * max(1, m.n_layers) + 3 * out_pos * m.out_dim)
+
+    return int(1.5 * (4 * n_params * width + acts(batch) + acts(eval_batch) // 3))
+
+
+def check_memory(cfg: Any, task: Any, device: Any, fraction: float = _HOST_FRACTION) -> int:
     """Refuse (``ConfigValueError``) a transformer run whose estimated memory exceeds ``fraction``
     of what ``device`` has free; return the estimate in bytes.
 
-    The estimate is :func:`rankdecay.ensemble.member_bytes` (4× parameters + activations) with
-    the batches the run really uses: a finite training set caps the training batch at its size
-    (larger batches mean the full set), evaluation chunks at the largest evaluation set. The
-    model is sized on the meta device, so nothing is allocated, and its config is checked there.
+    The estimate is :func:`training_bytes` of :func:`weight_count` parameters with the batches
+    the run really uses: a finite training set caps the training batch at its size (larger
+    batches mean the full set), evaluation chunks at the largest evaluation set. Nothing is
+    allocated and no model is built; the model config is checked on the way.
     """
-    from .device import available_memory
-    from .ensemble import member_bytes
+    from .device import available_memory, param_dtype
 
     tc = cfg.train
+    m = filled_model_config(cfg.model, task)
+    m.validate()
     batch = tc.batch_size
     if getattr(task, "n_train", None):
         batch = min(batch, int(task.n_train))
     largest_eval = max((len(y) for _x, y in task.eval_sets().values()), default=1)
-    sized = dataclasses.replace(
-        cfg,
-        train=dataclasses.replace(
-            tc, batch_size=batch, eval_batch_size=min(tc.eval_batch_size, largest_eval)
-        ),
-    )
-    need = member_bytes(sized, task)
+    width = param_dtype(tc.dtype, tc.amp).itemsize
+    eval_batch = min(tc.eval_batch_size, largest_eval)
+    need = training_bytes(m, weight_count(m), batch, eval_batch, width)
     free = available_memory(device)
     if need > fraction * free:
-        m = cfg.model
         raise ConfigValueError(
             f"this run needs about {format_bytes(need)} (model.d_model={m.d_model}, "
             f"model.n_layers={m.n_layers}, model.d_mlp={m.d_mlp}, train.batch_size={tc.batch_size}) "
