@@ -304,7 +304,7 @@ def needs_resume(run_dir: str | Path) -> bool:
     """Whether a sweep must resume ``run_dir`` rather than clear it and start afresh: it holds a
     checkpoint (intact or damaged — resuming says which) or a history past step 0."""
     w = RunWriter(run_dir)
-    return w.dir.is_dir() and (w.has_checkpoint() or w.has_history() > 0)
+    return w.dir.is_dir() and (w.has_checkpoint() or w.reached_step() > 0)
 
 
 def _summary_status(run_dir: Path) -> str | None:
@@ -581,7 +581,7 @@ class RunWriter:
     def start_over(self) -> None:
         """Resume without a checkpoint: empty the logs and start at step 0 — refused when the
         logs or summary show the run had got past step 0 (its checkpoint was lost)."""
-        reached = self.has_history()
+        reached = self.reached_step()
         if reached > 0:
             raise RankdecayError(
                 f"cannot resume {self.dir}: it has no checkpoint but its history reaches step "
@@ -590,7 +590,7 @@ class RunWriter:
             )
         self.truncate_after(-1)
 
-    def has_history(self) -> int:
+    def reached_step(self) -> int:
         """The last step the logs or summary of this directory reach (0 when none)."""
         steps = [r["step"] for r in read_jsonl(self.metrics_path, need_step=True)]
         steps += [r["step"] for r in read_jsonl(self.spectra_path, need_step=True)]
