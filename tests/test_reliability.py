@@ -385,6 +385,14 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _files(run: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in run.rglob("*")
+        if p.is_file() and p.name != ".rankdecay.lock"
+    }
+
+
 def test_second_writer_is_refused_with_the_holders_pid(
     _runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -405,15 +413,22 @@ def test_second_writer_is_refused_with_the_holders_pid(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        before = _files(run)
         code, err = _cli(["run", "--resume", str(run), "--no-progress"], capsys)
         assert code == 2
         assert f"pid {holder.pid}" in _one_error_line(err)
-        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".rankdecay.lock"}
+        # a sweep worker reaching a member someone else is writing records it as failed, naming
+        # the pid, and leaves it alone
+        from rankdecay.sweep import RunTask, execute_task
+
+        overrides = dict(s.split("=", 1) for s in TINY)
+        task = RunTask(0, "run", "rankdecay.experiments.recall", "quick", overrides, 0, str(run))
+        result = execute_task(task, set_thread_count=False)
+        assert result["status"] == "failed" and f"pid {holder.pid}" in result["error"]
+        assert _files(run) == before  # the refused writers wrote nothing
     finally:
         holder.kill()
         holder.wait()
-    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".rankdecay.lock"}
-    assert before == after  # the refused writer wrote nothing
     code, err = _cli(["run", "--resume", str(run), "--no-progress"], capsys)  # holder gone
     assert code == 0, err
     assert "stale lock" in err and str(holder.pid) in err

@@ -51,7 +51,7 @@ from .config import apply_overrides, get_key, parse_assignment
 from .errors import RankdecayError
 from .runfiles import needs_resume
 from .runio import atomic_write_json, read_json, remove_temp_files
-from .runlock import DirLock
+from .runlock import DirectoryLockedError, DirLock
 
 __all__ = [
     "EXECUTORS",
@@ -207,9 +207,10 @@ def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]
     except BaseException as exc:  # noqa: BLE001 - a failing run must not stop the sweep
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-        with contextlib.suppress(OSError):
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        if not isinstance(exc, DirectoryLockedError):  # another process's directory: hands off
+            with contextlib.suppress(OSError):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         return {"status": "failed", "error": error, "wall_s": time.perf_counter() - t0}
 
 
