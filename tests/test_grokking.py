@@ -19,6 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from statistics import mean
 
+import pytest
+
 from rankdecay.experiments import get_experiment
 from rankdecay.runio import read_jsonl
 
@@ -45,6 +47,7 @@ def _stable_rank(run: Path) -> dict[int, float]:
     }
 
 
+@pytest.mark.rounding
 def test_lrd_collapses_qk_stable_rank_well_below_the_l2_arm(tmp_path: Path) -> None:
     """Both arms at their published strengths (L2: AdamW weight decay 0.1 on everything; LRD:
     W ← W − 5e-3·polar(W) per step on W_Q, W_K), same seed and data. With QK-norm the loss is
