@@ -295,9 +295,9 @@ def test_ensemble_matches_solo_runs_and_resumes_exactly(tmp_path: Path) -> None:
     """Three members (both arms, other fraction, strength, lr) trained 10 steps, stopped, resumed
     to 20, against three solo runs: every logged number and weight agrees to 1e-9. In float64,
     because exactness is the point: in float32 the two differ by the order of floating-point
-    sums, which Adam amplifies differently on each CPU kernel set (1.2e-4 relative in the train
-    loss by step 20 under ATEN_CPU_CAPABILITY=avx2 on an AMD EPYC, 3e-5 under avx512), so no
-    float32 tolerance is both tight enough to catch a bug and safe on every CPU."""
+    sums, which Adam amplifies differently on each CPU kernel set (1.16e-4 relative in the train
+    loss by step 20 under ATEN_CPU_CAPABILITY=avx2 on an AMD EPYC, above the old 1e-4 bound),
+    so no float32 tolerance is both tight enough to catch a bug and safe on every CPU."""
     exp = get_experiment("grokking")
     verdict = exp.run.verdict
     cfgs = _cfgs(20, "float64")
