@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .decay import GRANULARITIES, MODES, POLARS, ROLES, TARGETS
+from .decay import _ALIASES, GRANULARITIES, MODES, POLARS, ROLES, TARGETS
 from .errors import RankdecayError
 
 __all__ = [
@@ -126,7 +126,7 @@ def _betas(x: Any) -> bool:
 
 
 def _role_decays(x: Any) -> bool:
-    known = (*ROLES, "attention", "default")
+    known = (*ROLES, *_ALIASES, "default")
     return isinstance(x, Mapping) and all(k in known and _real(v) and v >= 0 for k, v in x.items())
 
 
