@@ -237,6 +237,8 @@ def test_resume_of_a_damaged_run_recovers_or_refuses(
         return
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     _same_history(run, _runs["ref"])
+    ref_meta = json.loads((_runs["ref"] / "config.json").read_text())
+    assert json.loads((run / "config.json").read_text()) == ref_meta  # rebuilt if damaged
     assert not list(run.rglob("*.tmp"))
 
 
