@@ -303,6 +303,8 @@ def test_sigterm_ends_with_interrupted_and_resume_continues_to_the_same_files(
 
     exp = get_experiment("attention-svm")
     cfg = exp.config("quick", SMALL)
+    with pytest.raises(RankdecayError, match="already holds an attention-svm run .*--resume"):
+        exp.run(cfg, run, progress=False)  # a new run does not overwrite it
     with pytest.raises(RankdecayError, match="differs in steps"):  # a changed config is refused
         exp.run(exp.config("quick", {**SMALL, "steps": 500}), run, resume=True, progress=False)
     resumed = exp.run(cfg, run, resume=True, progress=False)

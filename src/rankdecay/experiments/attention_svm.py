@@ -213,6 +213,19 @@ def _finished_blocks(run_dir: Path, cfg: AttentionSVMConfig) -> dict[str, dict[s
     return done
 
 
+def _refuse_to_overwrite(run_dir: Path) -> None:
+    """A new run may reuse a directory only if the run there failed (nothing to lose)."""
+    status = None
+    if (run_dir / "summary.json").exists():
+        with contextlib.suppress(RankdecayError):
+            status = read_json(run_dir / "summary.json", "summary", expect=dict).get("status")
+    if status not in (None, "failed") or _done_tags(run_dir):
+        raise RankdecayError(
+            f"{run_dir} already holds an attention-svm run (status {status or 'unfinished'}); "
+            f"continue it with `rankdecay run --resume {run_dir}` or choose another --out."
+        )
+
+
 def run(
     cfg: AttentionSVMConfig,
     run_dir: str | Path,
@@ -227,7 +240,8 @@ def run(
     appended to ``blocks.jsonl``. SIGINT / SIGTERM stop it at the next iteration, write
     ``status: "interrupted"`` and return; ``resume=True`` (``rankdecay run --resume DIR``)
     keeps the finished blocks and computes the rest, which gives the same files as an
-    uninterrupted run. Resuming a finished run returns its summary.
+    uninterrupted run. Resuming a finished run returns its summary; a new run refuses a
+    directory that holds a run which did not fail.
     """
     from ..runlock import DirLock
     from ..train import _StopFlag
@@ -248,6 +262,7 @@ def run(
                 return old
             done = _finished_blocks(run_dir, cfg)
         else:
+            _refuse_to_overwrite(run_dir)
             for name in ("metrics.jsonl", "seeds.jsonl", BLOCKS):
                 (run_dir / name).unlink(missing_ok=True)
             atomic_write_json(
