@@ -222,3 +222,21 @@ def test_weight_count_is_within_5_percent_of_the_built_model(exp: str) -> None:
         m = dataclasses.replace(filled_model_config(cfg.model, cfg.task.build(0)), **extra)
         true = sum(p.numel() for p in TinyTransformer(m).parameters())
         assert weight_count(m) <= true <= 1.05 * weight_count(m), (exp, extra)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--grid", "optim.lr=1e-3,-1"],
+        ["--set", "optim.eps=-1"],
+        ["--grid", "arm=lrd,l2", "--set", "lrd.strength=nan"],
+    ],
+)
+def test_a_sweep_with_a_bad_value_starts_no_run(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    code = main(["sweep", "grokking", *args, "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "config key '" in err, err
+    assert not out.exists()

@@ -722,6 +722,12 @@ def plan_sweep(
             if v not in unique:
                 unique.append(v)
         typed_grid[key] = unique
+    from .validation import validate_values
+
+    validate_values(cfg)  # every value of every point, before any run starts
+    for key, values in typed_grid.items():
+        for v in values:
+            validate_values(apply_overrides(cfg, {key: v}))
     default_seeds = int(getattr(exp, "seeds", {}).get(preset, 1))
     spec = SweepSpec(
         experiment=experiment,
