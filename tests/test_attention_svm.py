@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +252,64 @@ def test_bad_config_is_a_rankdecay_error(tmp_path) -> None:
         exp.run(cfg, tmp_path, progress=False)
     with pytest.raises(RankdecayError):
         train(make_data([0]), "W", "hinge")
+
+
+#: a 3-block run (3 parameterizations × 1 loss) of a few seconds
+SMALL = {
+    "n_seeds": 2,
+    "steps": 400,
+    "log_every": 100,
+    "check_step": 200,
+    "losses": "exponential",
+    "conservation_steps": 50,
+}
+
+
+def test_sigterm_ends_with_interrupted_and_resume_continues_to_the_same_files(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM a CLI run once its first block is done: exit 130, summary "interrupted" naming
+    `--resume`; resuming computes only the missing blocks and leaves exactly the files of an
+    uninterrupted run (blocks depend on the config only; cvxpy problems are compiled before
+    their first real solve)."""
+    pytest.importorskip("cvxpy")
+    run = tmp_path / "run"
+    sets = [a for k, v in SMALL.items() for a in ("--set", f"{k}={v}")]
+    cmd = [sys.executable, "-m", "rankdecay.cli", "run", "attention-svm", "--no-progress", *sets]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ,
+    )
+    blocks = run / "blocks.jsonl"
+    deadline = time.monotonic() + 300
+    while not (blocks.exists() and blocks.read_text().endswith("\n")):
+        assert proc.poll() is None, proc.communicate()
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no block finished within 300 s")
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted", summary
+    assert f"rankdecay run --resume {run}" in summary["error"]
+    assert err.strip().splitlines()[-1] == f"rankdecay: {summary['error']}"
+    n_done = len(blocks.read_text().splitlines())
+    assert 1 <= n_done < 3
+
+    exp = get_experiment("attention-svm")
+    cfg = exp.config("quick", SMALL)
+    with pytest.raises(RankdecayError, match="already holds an attention-svm run .*--resume"):
+        exp.run(cfg, run, progress=False)  # a new run does not overwrite it
+    with pytest.raises(RankdecayError, match="differs in steps"):  # a changed config is refused
+        exp.run(exp.config("quick", {**SMALL, "steps": 500}), run, resume=True, progress=False)
+    resumed = exp.run(cfg, run, resume=True, progress=False)
+    assert resumed["status"] == "finished" and resumed["resumed_blocks"] == n_done
+    ref = exp.run(cfg, tmp_path / "ref", progress=False, preset="quick")
+    for name in ("metrics.jsonl", "seeds.jsonl", "blocks.jsonl"):
+        assert (run / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    assert resumed["final"] == ref["final"] and resumed["verdict"] == ref["verdict"]

@@ -145,11 +145,11 @@ def test_resume_bad_directories(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "--resume",
         str(run),
         "--no-progress",
-        *_sets([*TINY_RECALL, "train.steps=10", "optim.lr=0.5"]),
+        *_sets([*TINY_RECALL, "train.steps=10", "model.d_model=32"]),
     ]
     assert main(differs) == 2
     err = capsys.readouterr().err
-    assert "config differs in optim.lr" in err and len(err.strip().splitlines()) == 1
+    assert "config differs in model.d_model" in err and len(err.strip().splitlines()) == 1
     assert main(base) == 2
     assert "already holds a run" in capsys.readouterr().err
     # the same settings (or none) resume fine; a finished run is left as it is

@@ -248,9 +248,10 @@ POINTS = [  # seed, overrides: both arms, another fraction, strength and learnin
 ]
 
 
-def _cfgs(steps: int) -> list:
+def _cfgs(steps: int, dtype: str = "float32") -> list:
     exp = get_experiment("grokking")
-    return [exp.config("quick", [*TINY, f"train.steps={steps}", *o], seed=s) for s, o in POINTS]
+    extra = [f"train.steps={steps}", f"train.dtype={dtype}"]
+    return [exp.config("quick", [*TINY, *extra, *o], seed=s) for s, o in POINTS]
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -264,7 +265,7 @@ def _assert_same_run(solo: Path, ens: Path) -> None:
         assert set(ra) == set(rb)
         for k in ("loss", "train_loss", "val_loss", "lr", "qk_nuclear_norm", "w_q_frobenius_norm"):
             if k in ra:
-                assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+                assert rb[k] == pytest.approx(ra[k], rel=1e-9, abs=1e-12), (ra["step"], k)
     sa, sb = list(read_jsonl(solo / "spectra.jsonl")), list(read_jsonl(ens / "spectra.jsonl"))
     assert [(r["step"], r["kind"], r["layer"], r["head"]) for r in sa] == [
         (r["step"], r["kind"], r["layer"], r["head"]) for r in sb
@@ -274,8 +275,9 @@ def _assert_same_run(solo: Path, ens: Path) -> None:
     wa = load_file(str(solo / "checkpoint" / "model.safetensors"))
     wb = load_file(str(ens / "checkpoint" / "model.safetensors"))
     assert wa.keys() == wb.keys()
-    for k in wa:  # Adam turns rounding-level differences of near-zero gradients into ~lr steps
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=3e-4)
+    assert all(w.dtype == torch.float64 for w in wa.values())
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-9, atol=1e-11)
     oa = load_file(str(solo / "checkpoint" / "optim.safetensors"))
     ob = load_file(str(ens / "checkpoint" / "optim.safetensors"))
     assert oa.keys() == ob.keys()  # the solo optimizer's state layout
@@ -288,10 +290,17 @@ def _assert_same_run(solo: Path, ens: Path) -> None:
     assert sorted(p.name for p in solo.iterdir()) == sorted(p.name for p in ens.iterdir())
 
 
+@pytest.mark.rounding
 def test_ensemble_matches_solo_runs_and_resumes_exactly(tmp_path: Path) -> None:
+    """Three members (both arms, other fraction, strength, lr) trained 10 steps, stopped, resumed
+    to 20, against three solo runs: every logged number and weight agrees to 1e-9. In float64,
+    because exactness is the point: in float32 the two differ by the order of floating-point
+    sums, which Adam amplifies differently on each CPU kernel set (1.16e-4 relative in the train
+    loss by step 20 under ATEN_CPU_CAPABILITY=avx2 on an AMD EPYC, above the old 1e-4 bound),
+    so no float32 tolerance is both tight enough to catch a bug and safe on every CPU."""
     exp = get_experiment("grokking")
     verdict = exp.run.verdict
-    cfgs = _cfgs(20)
+    cfgs = _cfgs(20, "float64")
     assert len({ensemble_key(c) for c in cfgs}) == 1 and unsupported_reason(cfgs[0]) is None
     for i, c in enumerate(cfgs):
         train(
@@ -303,7 +312,7 @@ def test_ensemble_matches_solo_runs_and_resumes_exactly(tmp_path: Path) -> None:
             verdict=verdict,
         )
     # the ensemble trains 10 steps, stops (checkpoint at 10), then resumes to 20
-    half = _cfgs(10)
+    half = _cfgs(10, "float64")
     members = [
         EnsembleMember(c, tmp_path / f"ens{i}", "grokking", "quick", verdict)
         for i, c in enumerate(half)
@@ -327,6 +336,7 @@ def test_ensemble_matches_solo_runs_and_resumes_exactly(tmp_path: Path) -> None:
         _assert_same_run(tmp_path / f"solo{i}", tmp_path / f"ens{i}")
 
 
+@pytest.mark.rounding
 def test_a_diverging_member_fails_alone(tmp_path: Path) -> None:
     cfgs = _cfgs(10)
     exp = get_experiment("grokking")
@@ -472,6 +482,7 @@ def test_sweep_with_the_ensemble_executor(tmp_path: Path) -> None:
     assert again.executed == []
 
 
+@pytest.mark.rounding
 def test_float64_ensemble_equals_solo_runs_to_rounding(tmp_path: Path) -> None:
     """In float64 the only difference between an ensemble member and its solo run is the order of
     floating-point sums, so every logged number and every weight agrees to ~1e-13 after 30 steps

@@ -188,14 +188,43 @@ def test_nonfinite_injected_inf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         exp.run(cfg, tmp_path / "inf", progress=False)
 
 
+def test_resume_after_nan_with_a_lower_learning_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The way out the NaN message names: resume from the checkpoint it names with a lower
+    optim.lr; the change is applied and recorded."""
+    import rankdecay.train as T
+
+    real = T.loss_and_accuracy
+    calls = {"n": 0}
+
+    def poisoned(logits, y):
+        calls["n"] += 1
+        loss, acc = real(logits, y)
+        return (loss * float("inf") if calls["n"] == 13 else loss), acc
+
+    monkeypatch.setattr(T, "loss_and_accuracy", poisoned)
+    exp, cfg = _tiny_cfg("train.steps=20", "train.checkpoint_every=10")
+    run = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match="intact checkpoint at step 10 .*--resume"):
+        exp.run(cfg, run, progress=False)
+    monkeypatch.undo()
+    lower = apply_overrides(cfg, {"optim.lr": cfg.optim.lr / 2})
+    summary = exp.run(lower, run, resume=True, progress=False)
+    assert summary["status"] == "finished" and summary["resumed_from"] == 10
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["resume_overrides"][0]["changed"]["optim.lr"] == [cfg.optim.lr, cfg.optim.lr / 2]
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [0, 5, 10, 15, 20]
+
+
 def test_resume_refusals(tmp_path: Path) -> None:
     exp, cfg = _tiny_cfg("train.steps=10")
     run = tmp_path / "r"
     exp.run(cfg, run, progress=False)
     with pytest.raises(RankdecayError, match="already holds a run"):
         exp.run(cfg, run, progress=False)
-    other = apply_overrides(cfg, {"optim.lr": 1e-2})
-    with pytest.raises(RankdecayError, match="config differs in optim.lr"):
+    other = apply_overrides(cfg, {"model.d_model": 32, "optim.lr": 1e-2})
+    with pytest.raises(RankdecayError, match="config differs in model.d_model, which would"):
         exp.run(other, run, resume=True, progress=False)
     with pytest.raises(RankdecayError, match="not a rankdecay run"):
         exp.run(cfg, tmp_path / "empty", resume=True, progress=False)

@@ -142,13 +142,14 @@ def train_distributed(
         lr_at,
         optimizer_settings,
         resolve_device,
+        resume_from_checkpoint,
         save_run_checkpoint,
-        validate_train_config,
     )
+    from .validation import validate_run_config
 
     info = dist_info()
     tc: TrainConfig = cfg.train
-    validate_train_config(tc)
+    validate_run_config(cfg)
     shard = shard_rows(tc.batch_size, info.rank, info.world_size)
     device = resolve_device(tc.device)
     if device.type == "cuda":
@@ -165,7 +166,7 @@ def train_distributed(
         )
         created = True
     try:
-        writer = RunWriter(run_dir)
+        writer = RunWriter(run_dir, getattr(tc, "keep_checkpoints", 1))
         meta = {
             "experiment": experiment,
             "preset": preset,
@@ -192,15 +193,28 @@ def train_distributed(
         optimizer, _lrd = build_optimizer(model, optim_cfg, lrd_cfg)
         state = RunState(device=device)
         resumed_from: int | None = None
-        if resume and writer.has_checkpoint():
-            tensors, ck = writer.load_checkpoint(model)
-            _optimizer_from_parts(optimizer, tensors, ck["optimizer"])
-            state.load(tensors, ck)
-            _set_rng(ck["rng"], tensors)
-            resumed_from = state.step
-        dist.barrier()  # every rank has read the checkpoint before rank 0 touches the logs
-        if info.is_main:
-            writer.truncate_after(state.step if resumed_from is not None else -1)
+        if resume:
+            # rank 0 verifies (and, if the newest is damaged, falls back to an older one and
+            # checks the logs against it); then the other ranks load the checkpoint it chose
+            error = None
+            if info.is_main:
+                try:
+                    resumed_from = resume_from_checkpoint(writer, model, optimizer, state, tc)
+                except RankdecayError as exc:
+                    error = str(exc)
+            _broadcast_error(error, info)
+            box = [resumed_from]
+            dist.broadcast_object_list(box, src=0)
+            resumed_from = box[0]
+            if not info.is_main and resumed_from is not None:
+
+                def restore(tensors: dict[str, Any], ck: dict[str, Any]) -> None:
+                    _optimizer_from_parts(optimizer, tensors, ck["optimizer"])
+                    state.load(tensors, ck)
+                    _set_rng(ck["rng"], tensors)
+
+                writer.load_checkpoint(model, restore, max_step=tc.steps)
+        dist.barrier()  # every rank has read the checkpoint before rank 0 writes the logs
 
         ddp = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -352,5 +366,7 @@ def train_distributed(
         dist.barrier()
         return summary
     finally:
+        if "writer" in locals():
+            writer.release()
         if created and dist.is_initialized():
             dist.destroy_process_group()

@@ -594,28 +594,14 @@ def _param_bytes(cfg: Any, task: Any) -> tuple[int, Any]:
 
 
 def member_bytes(cfg: Any, task: Any) -> int:
-    """Estimated bytes one member needs: 4× its parameters (weights, gradients, two optimizer
-    states) + training activations (kept for backward) + one evaluation chunk's activations.
+    """Estimated bytes one member needs (:func:`rankdecay.validation.training_bytes` of its exact
+    parameter count)."""
+    from .validation import training_bytes
 
-    Activations per token and layer ≈ 10·d_model + 6·H·d_head + 3·d_mlp floats (norms, q/k/v and
-    their norms, attention output, residuals, MLP hidden + activation) + H·T attention scores;
-    logits B·(T or 1)·n_out × 3. A 1.5× safety factor covers temporaries.
-    """
     pbytes, mcfg = _param_bytes(cfg, task)
-    T = mcfg.seq_len
-    per_tok = (
-        10 * mcfg.d_model + 6 * mcfg.n_heads * mcfg.head_dim + 3 * mcfg.d_mlp + mcfg.n_heads * T
-    )
-    out_pos = T if mcfg.readout == "all" else 1
-
     tc = cfg.train
     width = param_dtype(tc.dtype, tc.amp).itemsize  # bytes per float of weights and activations
-
-    def acts(batch: int) -> int:
-        return width * batch * (T * per_tok * max(1, mcfg.n_layers) + 3 * out_pos * mcfg.out_dim)
-
-    params = pbytes // 4 * width  # _param_bytes counts float32
-    return int(1.5 * (4 * params + acts(tc.batch_size) + acts(tc.eval_batch_size) // 3))
+    return training_bytes(mcfg, pbytes // 4, tc.batch_size, tc.eval_batch_size, width)
 
 
 #: CPU ensembles: the members' widest training activation together stays under this many bytes
@@ -797,23 +783,29 @@ class _Ensemble:
         from .train import RunWriter
 
         todo: list[int] = []
-        for i, m in enumerate(self.members):
-            writer = RunWriter(m.run_dir)
-            meta = {
-                "experiment": m.experiment,
-                "preset": m.preset,
-                "seed": m.cfg.seed,
-                "config": to_dict(m.cfg),
-            }
-            writer.start(meta, m.resume)
-            if m.resume:
-                prev = writer.read_summary()
-                if prev is not None and prev.get("status") == "finished":
-                    self._finish(i, prev)
-                    continue
-            todo.append(i)
-        if todo:
-            self._train([self.members[i] for i in todo], todo)
+        started: list[RunWriter] = []  # each holds its run directory's lock until the end
+        try:
+            for i, m in enumerate(self.members):
+                writer = RunWriter(m.run_dir, getattr(m.cfg.train, "keep_checkpoints", 1))
+                meta = {
+                    "experiment": m.experiment,
+                    "preset": m.preset,
+                    "seed": m.cfg.seed,
+                    "config": to_dict(m.cfg),
+                }
+                writer.start(meta, m.resume)
+                started.append(writer)
+                if m.resume:
+                    prev = writer.read_summary()
+                    if prev is not None and prev.get("status") == "finished":
+                        self._finish(i, prev)
+                        continue
+                todo.append(i)
+            if todo:
+                self._train([self.members[i] for i in todo], todo)
+        finally:
+            for writer in started:
+                writer.release()
         return [
             s if s is not None else {"status": "failed", "error": "not run"} for s in self.summaries
         ]
@@ -835,9 +827,10 @@ class _Ensemble:
         )
 
         tc = members[0].cfg.train
-        from .train import validate_train_config
+        from .validation import validate_run_config
 
-        validate_train_config(tc)
+        for m in members:
+            validate_run_config(m.cfg)
         device = resolve_device(tc.device)
         dtype = param_dtype(tc.dtype, tc.amp)
         tasks, models, settings = [], [], []
@@ -857,7 +850,7 @@ class _Ensemble:
                 self._train([members[j] for j in js], [index[j] for j in js])
             return
         # resume: every member from its own checkpoint, all at the same step
-        writers = [RunWriter(m.run_dir) for m in members]
+        writers = [RunWriter(m.run_dir, getattr(tc, "keep_checkpoints", 1)) for m in members]
         pre_opts = []  # the members' solo optimizers over their own (not yet stacked) parameters
         for model, (optim, _lrd) in zip(models, settings):
             model.train()
@@ -866,13 +859,18 @@ class _Ensemble:
         loaded: list[tuple[dict[str, Tensor], dict[str, Any]] | None] = []
         for m, w, model, opt, st in zip(members, writers, models, pre_opts, states):
             if m.resume and w.has_checkpoint():
-                tensors, ck = w.load_checkpoint(model)
                 from .train import _optimizer_from_parts
 
-                _optimizer_from_parts(opt, tensors, ck["optimizer"])
-                st.load(tensors, ck)
+                def restore(tensors: dict[str, Tensor], ck: dict[str, Any]) -> None:
+                    _optimizer_from_parts(opt, tensors, ck["optimizer"])  # noqa: B023
+                    st.load(tensors, ck)  # noqa: B023
+
+                tensors, ck = w.load_checkpoint(model, restore, max_step=tc.steps)
+                w.check_history(st.step, tc)
                 loaded.append((tensors, ck))
             else:
+                if m.resume:
+                    w.start_over()  # refused when its logs show the run had progressed
                 loaded.append(None)
         steps = {st.step for st in states}
         if len(steps) > 1:
@@ -1192,16 +1190,9 @@ class _Ensemble:
 
 
 def _checkpoint_step(run_dir: Path) -> int | None:
-    import json
+    from .runfiles import checkpoint_step
 
-    for d in ("checkpoint", ".checkpoint.old"):
-        p = run_dir / d / "state.json"
-        if p.exists():
-            try:
-                return int(json.loads(p.read_text())["step"])
-            except (OSError, ValueError, KeyError):
-                return None
-    return None
+    return checkpoint_step(run_dir)
 
 
 def _result(summary: Mapping[str, Any], wall: float) -> dict[str, Any]:
@@ -1226,9 +1217,14 @@ def _prepare(task: RunTask) -> tuple[EnsembleMember | None, Any]:
     if reason is not None:
         return None, reason
     run_dir = Path(task.run_dir)
-    resume = _checkpoint_step(run_dir) is not None
+    from .runfiles import needs_resume
+
+    resume = needs_resume(run_dir)  # a checkpoint (intact or not) or a history
     if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
+        from .runlock import DirLock
+
+        with DirLock(run_dir):  # refused while another process writes the run
+            shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
     return (
         EnsembleMember(
             cfg=cfg,

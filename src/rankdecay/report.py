@@ -34,6 +34,7 @@ import io
 import math
 import re
 import statistics
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1029,6 +1030,8 @@ def _run_page(run: Run, df: Any, page: _Page, steps: Sequence[int] | None) -> st
         chips.append(f"step {run.summary['step']}")
     if run.summary.get("error"):
         chips.append("error: " + str(run.summary["error"])[:120])
+    if run.gaps:
+        chips.append("history has gaps: " + "; ".join(run.gaps)[:200])
     sections = [
         ("Verdict", _verdict_table(verdict)),
         ("Figures", _figures_html(page, "__FIGDIR__")),
@@ -1080,7 +1083,7 @@ def _sweep_page(
             }
         )
     per_run = "".join(
-        f"<details><summary>{_e(name)} — {_e(run.status)}</summary>{_verdict_table(run.verdict)}</details>"
+        f"<details><summary>{_e(name)} — {_e(run.status)}{' — history has gaps' if run.gaps else ''}</summary>{_verdict_table(run.verdict)}</details>"
         for name, run in runs.items()
     )
     verdict_html = (
@@ -1295,8 +1298,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _warn_gaps(directory: Path) -> None:
+    """One warning line per run whose history has gaps (the report marks them too)."""
+    from .runfiles import history_gaps
+
+    dirs = [directory] if not (directory / "sweep.json").exists() else sorted(
+        p for p in directory.iterdir() if p.is_dir() and is_run_dir(p)
+    )
+    for d in dirs:
+        gaps = history_gaps(d)
+        if gaps:
+            print(
+                f"rankdecay: warning: the history of {d} has gaps ({'; '.join(gaps)}); the report "
+                "marks it and draws what is left.",
+                file=sys.stderr,
+            )
+
+
 def run_cli(args: argparse.Namespace) -> int:
     path = build_report(args.directory, args.out, args.steps)
+    _warn_gaps(Path(args.directory))
     print(
         f"wrote {path} (figures in {path.parent / 'figures'}, table {path.parent / 'summary.csv'})"
     )

@@ -83,6 +83,8 @@ class Run:
     summary: dict[str, Any]
     metrics: list[dict[str, Any]]
     spectra: list[dict[str, Any]]
+    #: what is missing from the history (damaged lines, steps without rows); empty when whole
+    gaps: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -157,17 +159,42 @@ def load_run(path: str | Path) -> Run:
             f"{path} is not a run directory (no config.json or summary.json); point to a directory "
             "written by `rankdecay run` or `rankdecay sweep`."
         )
-    meta = read_json(path / "config.json", "run config") if (path / "config.json").exists() else {}
-    summary = (
-        read_json(path / "summary.json", "run summary") if (path / "summary.json").exists() else {}
+    fix = "restore it from a backup or remove the run from the report"
+    meta = (
+        read_json(path / "config.json", "run config", dict, fix)
+        if (path / "config.json").exists()
+        else {}
     )
+    summary = (
+        read_json(path / "summary.json", "run summary", dict, fix)
+        if (path / "summary.json").exists()
+        else {}
+    )
+    for name, data, keys in (
+        ("config.json", meta, (("config", dict), ("experiment", str), ("preset", str))),
+        ("summary.json", summary, _SUMMARY_TYPES),
+    ):
+        for key, kind in keys:
+            if data.get(key) is not None and not isinstance(data[key], kind):
+                raise RankdecayError(
+                    f"{path / name} has a {key!r} of the wrong type ({type(data[key]).__name__}); "
+                    f"it is damaged — {fix}."
+                )
+    if not all(isinstance(v, dict) for v in summary.get("verdict") or []):
+        raise RankdecayError(f"{path / 'summary.json'} has a damaged verdict; {fix}.")
+    from .runfiles import history_gaps
+
     return Run(
         path=path,
-        meta=meta if isinstance(meta, dict) else {},
-        summary=summary if isinstance(summary, dict) else {},
-        metrics=list(read_jsonl(path / "metrics.jsonl")),
-        spectra=list(read_jsonl(path / "spectra.jsonl")),
+        meta=meta,
+        summary=summary,
+        metrics=list(read_jsonl(path / "metrics.jsonl", need_step=True)),
+        spectra=list(read_jsonl(path / "spectra.jsonl", need_step=True)),
+        gaps=history_gaps(path),
     )
+
+
+_SUMMARY_TYPES = (("status", str), ("final", dict), ("verdict", list), ("step", int), ("error", str))
 
 
 def _record_group(rec: Mapping[str, Any]) -> str | None:
@@ -204,11 +231,20 @@ def final_spectra(records: list[dict[str, Any]], step: int | None = None) -> dic
 
 def _index_rows(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     index = read_json(path / "sweep.json", "sweep index")
-    if not isinstance(index, dict) or not isinstance(index.get("runs"), list):
+    if not isinstance(index, dict) or not sweep_rows_valid(index.get("runs")):
         raise RankdecayError(
-            f"{path / 'sweep.json'} is not a rankdecay sweep index; check the path."
+            f"{path / 'sweep.json'} is not a rankdecay sweep index (or it is damaged); check the "
+            "path or restore the file from a backup."
         )
     return index["runs"], index
+
+
+def sweep_rows_valid(runs: Any) -> bool:
+    """``sweep.json["runs"]`` is a list of objects, each with a string ``name`` and ``run_dir``."""
+    return isinstance(runs, list) and all(
+        isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("run_dir"), str)
+        for r in runs
+    )
 
 
 def load_sweep(path: str | Path) -> pd.DataFrame:

@@ -43,13 +43,15 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from .config import apply_overrides, get_key, parse_assignment
 from .errors import RankdecayError
-from .runio import atomic_write_json, read_json
+from .runfiles import needs_resume
+from .runio import atomic_write_json, read_json, remove_temp_files
+from .runlock import DirectoryLockedError, DirLock
 
 __all__ = [
     "EXECUTORS",
@@ -69,6 +71,7 @@ __all__ = [
 ]
 
 SWEEP_FILE = "sweep.json"
+SWEEP_LOCK = ".sweep.lock"
 FORMAT = 1
 MAX_EXIT = 100
 
@@ -145,11 +148,6 @@ class RunEvent:
     result: dict[str, Any] | None = None
 
 
-def _checkpoint_exists(run_dir: Path) -> bool:
-    """A checkpoint to resume from (``.checkpoint.old`` is the one being replaced mid-swap)."""
-    return any((run_dir / d / "state.json").exists() for d in ("checkpoint", ".checkpoint.old"))
-
-
 def run_status(run_dir: str | Path) -> str:
     """Status recorded in ``run_dir/summary.json``: ``missing`` when there is none (or it is torn)."""
     path = Path(run_dir) / "summary.json"
@@ -157,7 +155,7 @@ def run_status(run_dir: str | Path) -> str:
         return "missing"
     try:
         return str(json.loads(path.read_text(encoding="utf-8")).get("status", "missing"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # torn, damaged, or not an object
         return "missing"
 
 
@@ -186,9 +184,10 @@ def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]
         if set_thread_count:
             set_threads(task.threads)
         exp, cfg = task.build()
-        resume = _checkpoint_exists(run_dir)
+        resume = needs_resume(run_dir)  # a checkpoint (intact or not) or a history
         if not resume and run_dir.exists():
-            shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
+            with DirLock(run_dir):  # refused while another process writes the run
+                shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
         (run_dir / "error.txt").unlink(missing_ok=True)
         kwargs: dict[str, Any] = {"resume": resume, "progress": False}
         with contextlib.suppress(TypeError, ValueError):
@@ -208,9 +207,10 @@ def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]
     except BaseException as exc:  # noqa: BLE001 - a failing run must not stop the sweep
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-        with contextlib.suppress(OSError):
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        if not isinstance(exc, DirectoryLockedError):  # another process's directory: hands off
+            with contextlib.suppress(OSError):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         return {"status": "failed", "error": error, "wall_s": time.perf_counter() - t0}
 
 
@@ -722,6 +722,12 @@ def plan_sweep(
             if v not in unique:
                 unique.append(v)
         typed_grid[key] = unique
+    from .validation import validate_values
+
+    validate_values(cfg)  # every value of every point, before any run starts
+    for key, values in typed_grid.items():
+        for v in values:
+            validate_values(apply_overrides(cfg, {key: v}))
     default_seeds = int(getattr(exp, "seeds", {}).get(preset, 1))
     spec = SweepSpec(
         experiment=experiment,
@@ -759,10 +765,15 @@ class SweepIndex:
         self.path = out / SWEEP_FILE
         previous: dict[str, Any] | None = None
         if self.path.exists():
-            previous = read_json(self.path, "sweep index")
-            if not isinstance(previous, dict) or "runs" not in previous:
+            from .results import sweep_rows_valid
+
+            previous = read_json(
+                self.path, "sweep index", dict, "restore it from a backup or choose another --out"
+            )
+            if not sweep_rows_valid(previous.get("runs")):
                 raise RankdecayError(
-                    f"{self.path} is not a rankdecay sweep index; choose another --out."
+                    f"{self.path} is not a rankdecay sweep index (or it is damaged); restore it "
+                    "from a backup or choose another --out."
                 )
             diff = _differences(previous, spec.identity())
             if diff:
@@ -770,7 +781,7 @@ class SweepIndex:
                     f"--out {out} holds a different sweep (its {', '.join(diff)} differ); "
                     "choose another --out or repeat the original command."
                 )
-        elif out.exists() and any(p.name != ".sweep.lock" for p in out.iterdir()):
+        elif out.exists() and any(p.name != SWEEP_LOCK for p in out.iterdir()):
             if (out / "config.json").exists():
                 raise RankdecayError(
                     f"--out {out} is a run directory, not a sweep; choose another --out."
@@ -829,26 +840,11 @@ class SweepIndex:
         atomic_write_json(self.path, self.data)
 
 
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the sweep directory (released automatically if we die)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".sweep.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RankdecayError(
-                f"another `rankdecay sweep` is running in {out}; wait for it or choose another --out."
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _lock(out: Path) -> DirLock:
+    """An exclusive lock on the sweep directory (:mod:`rankdecay.runlock`; released if we die)."""
+    return DirLock(
+        out, SWEEP_LOCK, "sweep", "wait for that sweep to finish (or stop it) or choose another --out"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -957,6 +953,7 @@ def run_sweep(
         return SweepResult(out_path, rows, {}, [])
     SweepIndex(out_path, spec, engine.describe())  # validate --out before touching it
     with _lock(out_path):
+        remove_temp_files(out_path)  # left by a sweep killed mid-write of sweep.json
         index = SweepIndex(out_path, spec, engine.describe())
         index.save()
         todo = [i for i, row in enumerate(index.rows) if row["status"] != "finished"]

@@ -29,12 +29,12 @@ lr·(t+1)/W for t < W, then lr (constant) or min_lr + (lr − min_lr)·½(1 + co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
+import errno
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import threading
@@ -50,19 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import flatten, from_dict, to_dict, to_toml
+from .config import flatten, from_dict, to_dict
 from .device import autocast, loss_precision, maybe_compile, param_dtype, spectra_monitor
 from .errors import NonFiniteLossError, RankdecayError
-from .runio import (
-    _jsonable,
-    append_jsonl,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    read_json,
-    read_jsonl,
-    truncate_jsonl,
-)
+from .runfiles import RunWriter, checkpoint_step
+from .runio import FileWriteError, _jsonable
+from .validation import check_memory, validate_run_config
 
 __all__ = [
     "LRDConfig",
@@ -140,6 +133,9 @@ class TrainConfig:
     compile: bool = False
     #: where the monitor's float64 spectra are computed: "model" (the weights' device) or "cpu"
     spectra_device: Literal["model", "cpu"] = "model"
+    #: how many checkpoints to keep (the newest in checkpoint/, older ones in checkpoint-<step>/);
+    #: resume falls back to the previous one when the newest is damaged
+    keep_checkpoints: int = 1
 
 
 # ----------------------------------------------------------------------------- model / optimizer
@@ -455,191 +451,6 @@ def _optimizer_from_parts(
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-class RunWriter:
-    """The run directory of one run (format in :mod:`rankdecay.runio`).
-
-    Checkpoints are written into ``.checkpoint.tmp/`` and swapped in with two renames
-    (``checkpoint`` → ``.checkpoint.old``, ``.checkpoint.tmp`` → ``checkpoint``), so at every
-    instant one complete checkpoint exists; :meth:`load_checkpoint` recovers from a kill between
-    the renames.
-    """
-
-    CONFIG = "config.json"
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.dir = Path(run_dir)
-        self.metrics_path = self.dir / "metrics.jsonl"
-        self.spectra_path = self.dir / "spectra.jsonl"
-        self.summary_path = self.dir / "summary.json"
-        self.ckpt = self.dir / "checkpoint"
-        self._tmp = self.dir / ".checkpoint.tmp"
-        self._old = self.dir / ".checkpoint.old"
-
-    # -- run identity -----------------------------------------------------------------------
-
-    def is_run(self) -> bool:
-        return (self.dir / self.CONFIG).is_file()
-
-    def read_meta(self) -> dict[str, Any]:
-        if not self.is_run():
-            raise RankdecayError(
-                f"{self.dir} is not a rankdecay run directory (it has no {self.CONFIG}); "
-                "point --resume to a directory written by `rankdecay run`."
-            )
-        meta = read_json(self.dir / self.CONFIG, "run config")
-        if not isinstance(meta, dict) or "config" not in meta or "experiment" not in meta:
-            raise RankdecayError(
-                f"{self.dir / self.CONFIG} is not a rankdecay run config; "
-                "point --resume to a directory written by `rankdecay run`."
-            )
-        return meta
-
-    def start(self, meta: dict[str, Any], resume: bool) -> None:
-        """Create (or, on resume, validate) the run directory and write its config files."""
-        meta = json.loads(json.dumps(_jsonable(meta)))
-        if resume:
-            stored = self.read_meta()
-            diff = _config_diff(stored, meta)
-            if diff:
-                raise RankdecayError(
-                    f"cannot resume {self.dir}: its config differs in {', '.join(diff[:5])}"
-                    f"{' …' if len(diff) > 5 else ''}; resume with the same settings "
-                    "(or just `rankdecay run --resume DIR`) or start a new run with --out."
-                )
-            return
-        if self.is_run():
-            raise RankdecayError(
-                f"{self.dir} already holds a run; continue it with --resume {self.dir} "
-                "or choose another directory with --out."
-            )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.dir / self.CONFIG, meta)
-        atomic_write_text(self.dir / "config.toml", to_toml(meta))
-        for p in (self.metrics_path, self.spectra_path):
-            atomic_write_text(p, "")
-
-    # -- logs -------------------------------------------------------------------------------
-
-    def log_metrics(self, row: dict[str, Any]) -> None:
-        append_jsonl(self.metrics_path, [row])
-
-    def log_spectra(self, records: list[dict[str, Any]]) -> None:
-        append_jsonl(self.spectra_path, records)
-
-    def truncate_after(self, step: int) -> None:
-        """Drop every metrics/spectra row logged after ``step`` (rows past the checkpoint)."""
-        for p in (self.metrics_path, self.spectra_path):
-            truncate_jsonl(p, lambda r: int(r.get("step", -1)) <= step)
-
-    def metrics(self) -> list[dict[str, Any]]:
-        return list(read_jsonl(self.metrics_path))
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_json(self.summary_path, summary)
-
-    def read_summary(self) -> dict[str, Any] | None:
-        if not self.summary_path.exists():
-            return None
-        try:
-            return read_json(self.summary_path, "run summary")
-        except RankdecayError:
-            return None
-
-    # -- checkpoints ------------------------------------------------------------------------
-
-    def save_checkpoint(
-        self,
-        model: nn.Module,
-        tensors: Mapping[str, Tensor],
-        state: Mapping[str, Any],
-    ) -> None:
-        """Write model weights, the extra tensors (optimizer, RNG, running sums) and JSON state."""
-        from safetensors.torch import save, save_model
-
-        if self._tmp.exists():
-            shutil.rmtree(self._tmp)
-        self._tmp.mkdir(parents=True)
-        model_path = self._tmp / "model.safetensors"
-        save_model(model, str(model_path))
-        with open(model_path, "rb+") as f:
-            os.fsync(f.fileno())
-        atomic_write_bytes(self._tmp / "optim.safetensors", save(dict(tensors)))
-        atomic_write_json(self._tmp / "state.json", dict(state))
-        _fsync_dir(self._tmp)
-        if self.ckpt.exists():
-            if self._old.exists():
-                shutil.rmtree(self._old)
-            os.replace(self.ckpt, self._old)
-        os.replace(self._tmp, self.ckpt)
-        _fsync_dir(self.dir)
-        if self._old.exists():
-            shutil.rmtree(self._old)
-
-    def has_checkpoint(self) -> bool:
-        self._recover()
-        return (self.ckpt / "state.json").is_file()
-
-    def _recover(self) -> None:
-        if not self.ckpt.exists() and (self._old / "state.json").is_file():
-            os.replace(self._old, self.ckpt)
-
-    def load_checkpoint(self, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """Load weights into ``model``; return (extra tensors, JSON state)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, load_model
-
-        self._recover()
-        state = read_json(self.ckpt / "state.json", "checkpoint state")
-        try:
-            missing, unexpected = load_model(
-                model, str(self.ckpt / "model.safetensors"), strict=False
-            )
-            if unexpected:
-                raise RankdecayError(
-                    f"checkpoint {self.ckpt} has weights the model lacks ({', '.join(sorted(unexpected)[:3])}); "
-                    "it belongs to another model — start a new run with --out."
-                )
-            tensors = load_file(str(self.ckpt / "optim.safetensors"))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise RankdecayError(
-                f"checkpoint {self.ckpt} cannot be read ({exc}); it is corrupt — delete it to restart the run."
-            ) from None
-        return tensors, state
-
-
-def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    fa = _flat_dict({"experiment": a.get("experiment"), **a.get("config", {})})
-    fb = _flat_dict({"experiment": b.get("experiment"), **b.get("config", {})})
-    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
-
-
-def _flat_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if (
-            isinstance(v, Mapping)
-            and v
-            and not all(isinstance(x, (int, float)) for x in v.values())
-        ):
-            out.update(_flat_dict(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 # ----------------------------------------------------------------------------- signals / progress
 
 
@@ -742,24 +553,6 @@ def _params_finite(model: nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def validate_train_config(tc: TrainConfig) -> None:
-    """Raise :class:`RankdecayError` for a non-positive length, batch or cadence, or a dtype that
-    cannot be combined with the amp mode — before anything is written to the run directory."""
-    param_dtype(tc.dtype, tc.amp)
-    for key in (
-        "steps",
-        "batch_size",
-        "eval_every",
-        "log_every",
-        "checkpoint_every",
-        "eval_batch_size",
-    ):
-        if getattr(tc, key) <= 0:
-            raise RankdecayError(
-                f"train.{key} must be positive, got {getattr(tc, key)}; fix it with --set train.{key}=…."
-            )
-
-
 def initial_summary(
     cfg: Any,
     experiment: str,
@@ -785,14 +578,73 @@ def initial_summary(
     }
 
 
+def nonfinite_fix(writer: RunWriter) -> str:
+    """How to continue after a NaN/Inf, stating only what is on disk."""
+    step = checkpoint_step(writer.dir)
+    if step is None:
+        return (
+            "no checkpoint was written yet, so lower optim.lr or set optim.grad_clip and start "
+            "the run again (the same --out is accepted)"
+        )
+    return (
+        f"lower optim.lr or set optim.grad_clip and continue from the intact checkpoint at step "
+        f"{step} with `rankdecay run --resume {writer.dir} --set optim.lr=<lower>`"
+    )
+
+
+def write_failure(writer: RunWriter, exc: BaseException, step: int | None) -> RankdecayError | None:
+    """After an OS error while writing (disk full), the one-sentence error to raise instead
+    (None for other errors); the summary is updated only if that write still succeeds."""
+    if not isinstance(exc, FileWriteError):
+        return None
+    fix = "free some space" if exc.os_errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+    ck = checkpoint_step(writer.dir)
+    where = (
+        f"its checkpoint at step {ck} is intact, so {fix} and continue with "
+        f"`rankdecay run --resume {writer.dir}`"
+        if ck is not None
+        else f"no checkpoint was written yet, so {fix} and start the run again"
+    )
+    at = f" at step {step}" if step is not None else ""
+    return RankdecayError(
+        f"the run stopped{at}: could not write {exc.path} ({exc.reason}); {where} "
+        "(no half-written file was left behind)."
+    )
+
+
+def resume_from_checkpoint(
+    writer: RunWriter,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: RunState,
+    tc: TrainConfig,
+) -> int | None:
+    """Restore model, optimizer, running sums and RNG from the run's newest intact checkpoint,
+    check the logs against it and drop rows past it; return its step (None: no checkpoint, the
+    run starts over — refused when its logs show it had run).
+    """
+
+    def restore(tensors: dict[str, Tensor], ck: dict[str, Any]) -> None:
+        _optimizer_from_parts(optimizer, tensors, ck["optimizer"])
+        state.load(tensors, ck)
+        _set_rng(ck["rng"], tensors)
+
+    if writer.has_checkpoint():
+        writer.load_checkpoint(model, restore, max_step=tc.steps)
+        writer.check_history(state.step, tc)
+        writer.truncate_after(state.step)
+        return state.step
+    writer.start_over()  # killed before its first checkpoint (refused if its logs say otherwise)
+    return None
+
+
 def save_run_checkpoint(
     writer: RunWriter, model: nn.Module, optimizer: torch.optim.Optimizer, state: RunState
 ) -> None:
     """Checkpoint weights, optimizer state, running sums and RNG (refuses NaN/Inf weights)."""
     if not _params_finite(model):
         raise NonFiniteLossError(
-            f"the weights became NaN/Inf by step {state.step}; lower optim.lr or set "
-            f"optim.grad_clip, then resume from the last good checkpoint with --resume {writer.dir}."
+            f"the weights became NaN/Inf by step {state.step}; {nonfinite_fix(writer)}."
         )
     opt_tensors, opt_meta = _optimizer_to_parts(optimizer)
     tensors = {**opt_tensors, **state.tensors(), **_rng_tensors()}
@@ -827,8 +679,7 @@ def log_event(
             first = step - state.count + 1
             where = f"at step {step}" if first == step else f"between steps {first} and {step}"
             raise NonFiniteLossError(
-                f"the training loss became NaN/Inf {where}; lower optim.lr or set "
-                f"optim.grad_clip and start again (the last good checkpoint in {writer.ckpt} is intact)."
+                f"the training loss became NaN/Inf {where}; {nonfinite_fix(writer)}."
             )
         row.update(state.pop())
         row["lr"] = lr
@@ -874,10 +725,43 @@ def train(
             verdict=verdict,
         )
     tc: TrainConfig = cfg.train
-    validate_train_config(tc)
-    writer = RunWriter(run_dir)
+    validate_run_config(cfg)  # every value, before the run directory exists
+    writer = RunWriter(run_dir, getattr(tc, "keep_checkpoints", 1))
     meta = {"experiment": experiment, "preset": preset, "seed": cfg.seed, "config": to_dict(cfg)}
-    writer.start(meta, resume)
+    writer.start(meta, resume)  # locks the directory: one writer per run
+    try:
+        return _train_locked(
+            cfg,
+            writer,
+            resume=resume,
+            progress=progress,
+            experiment=experiment,
+            preset=preset,
+            verdict=verdict,
+        )
+    except BaseException as exc:
+        if not resume and not writer.summary_written:
+            writer.abandon()  # failed before the loop: nothing may block the same --out
+        err = write_failure(writer, exc, None)
+        if err is not None:
+            raise err from None
+        raise
+    finally:
+        writer.release()
+
+
+def _train_locked(
+    cfg: Any,
+    writer: RunWriter,
+    *,
+    resume: bool,
+    progress: bool,
+    experiment: str,
+    preset: str | None,
+    verdict: Verdict | None,
+) -> dict[str, Any]:
+    """:func:`train` once its run directory is started and locked."""
+    tc: TrainConfig = cfg.train
     if resume:
         prev = writer.read_summary()
         if prev is not None and prev.get("status") == "finished":
@@ -886,6 +770,7 @@ def train(
 
     _seed_everything(cfg.seed)
     task = cfg.task.build(cfg.seed)
+    check_memory(cfg, task, device)  # refuses an absurd model/batch before allocating it
     model = build_model(cfg.model, task).to(device=device, dtype=param_dtype(tc.dtype, tc.amp))
     model.train()
     optim_cfg, lrd_cfg = optimizer_settings(cfg)
@@ -902,15 +787,8 @@ def train(
     state = RunState(device=device)
 
     resumed_from: int | None = None
-    if resume and writer.has_checkpoint():
-        tensors, ck = writer.load_checkpoint(model)
-        _optimizer_from_parts(optimizer, tensors, ck["optimizer"])
-        state.load(tensors, ck)
-        _set_rng(ck["rng"], tensors)
-        writer.truncate_after(state.step)
-        resumed_from = state.step
-    elif resume:
-        writer.truncate_after(-1)  # no checkpoint yet: start over
+    if resume:
+        resumed_from = resume_from_checkpoint(writer, model, optimizer, state, tc)
 
     summary = initial_summary(cfg, experiment, preset, state.step, resumed_from, device)
     writer.write_summary(summary)
@@ -989,12 +867,18 @@ def train(
         summary.update(
             status="failed", error=str(exc), step=state.step, final=_final_values(writer.metrics())
         )
-        writer.write_summary(summary)
+        with contextlib.suppress(OSError):
+            writer.write_summary(summary)
         raise
     except BaseException as exc:
         bar.close()
-        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", step=state.step)
-        writer.write_summary(summary)
+        err = write_failure(writer, exc, state.step)
+        message = str(err) if err is not None else f"{type(exc).__name__}: {exc}"
+        summary.update(status="failed", error=message, step=state.step)
+        with contextlib.suppress(OSError):
+            writer.write_summary(summary)
+        if err is not None:
+            raise err from None
         raise
     bar.close()
     elapsed = time.perf_counter() - t0
@@ -1080,25 +964,29 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.resume:
         writer = RunWriter(args.resume)
         stored = writer.read_meta()
-        name = args.experiment or stored["experiment"]
-        exp = get_experiment(name)
-        stored_cfg = from_dict(exp.config_cls, stored["config"])
-        if (
-            args.experiment is None
-            and args.preset is None
-            and not args.overrides
-            and args.seed is None
-            and not args.config
-        ):
-            cfg = stored_cfg
-        else:
-            cfg = exp.config(args.preset or stored.get("preset") or "quick", (), args.seed)
-            from .config import apply_overrides
+        for given, key in ((args.experiment, "experiment"), (args.preset, "preset")):
+            if given is not None and given != stored.get(key):
+                raise RankdecayError(
+                    f"cannot resume {args.resume}: it is a run of {key} {stored.get(key)!r}, not "
+                    f"{given!r}; drop the {key} from the command or start a new run with --out."
+                )
+        exp = get_experiment(stored["experiment"])
+        try:
+            cfg = from_dict(exp.config_cls, stored["config"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise RankdecayError(
+                f"the config in {writer.dir / writer.CONFIG} does not fit experiment "
+                f"{stored['experiment']!r} ({str(exc)[:80]}); it is damaged — restore it from a "
+                "backup or start a new run with --out."
+            ) from None
+        # changes on top of the stored config; RunWriter.start accepts those that leave the
+        # checkpoint's meaning intact (RESUMABLE_KEYS) and refuses the others
+        from .config import apply_overrides
 
-            cfg = apply_overrides(cfg, overrides)
-            cfg = apply_overrides(cfg, args.overrides)
-            if args.seed is not None:
-                cfg = apply_overrides(cfg, {"seed": args.seed})
+        cfg = apply_overrides(cfg, overrides)
+        cfg = apply_overrides(cfg, args.overrides)
+        if args.seed is not None:
+            cfg = apply_overrides(cfg, {"seed": args.seed})
         preset = stored.get("preset")
         run_dir = Path(args.resume)
     else:

@@ -19,11 +19,16 @@ Run directory (see :mod:`rankdecay.runio`):
   exponential; svm ∈ fro, nuc for W and KQ, diag_l1, diag_l2 for diag);
 - ``seeds.jsonl``: one row per (param, loss, problem): selected tokens, SVM statuses, norms and
   margins, the correlations at ``check_step`` and at the end;
+- ``blocks.jsonl``: one line per finished param × loss block (its metrics, final values and
+  verdict rows) — the checkpoint of the run: SIGINT / SIGTERM end the run with
+  ``status: "interrupted"`` and ``--resume`` recomputes only the blocks not in it;
 - ``summary.json``: ``final`` (per param × loss means/stds, conservation drift) and ``verdict``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -35,7 +40,13 @@ import torch
 
 from ..config import to_dict
 from ..errors import RankdecayError
-from ..runio import append_jsonl, atomic_write_json, read_json, read_jsonl
+from ..runio import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+)
 from ..tasks import derive_seed
 from ..tasks.attention_svm import (
     LOSSES,
@@ -50,7 +61,10 @@ from ..tasks.attention_svm import (
 )
 from . import Experiment
 
-__all__ = ["EXPERIMENT", "AttentionSVMConfig", "plot", "run"]
+__all__ = ["BLOCKS", "EXPERIMENT", "AttentionSVMConfig", "plot", "run"]
+
+#: one line per finished block (parameterization × loss): what resume keeps
+BLOCKS = "blocks.jsonl"
 
 
 @dataclass
@@ -89,6 +103,9 @@ class AttentionSVMConfig:
 
 
 def _validate(cfg: AttentionSVMConfig) -> None:
+    from ..validation import validate_values
+
+    validate_values(cfg)
     for p in cfg.parameterizations:
         if p not in PARAMETERIZATIONS:
             raise RankdecayError(
@@ -100,9 +117,9 @@ def _validate(cfg: AttentionSVMConfig) -> None:
             raise RankdecayError(
                 f"unknown loss {loss!r}; choose among {', '.join(LOSSES)} (e.g. --set losses=logistic)."
             )
-    if cfg.n_seeds < 1 or cfg.steps < 1 or cfg.log_every < 1:
+    if not cfg.parameterizations or not cfg.losses:
         raise RankdecayError(
-            f"n_seeds, steps and log_every must be ≥ 1 (got {cfg.n_seeds}, {cfg.steps}, {cfg.log_every}); fix them with --set."
+            "parameterizations and losses need at least one entry each; e.g. --set losses=logistic."
         )
 
 
@@ -143,6 +160,72 @@ class _Bar:
             self.progress.stop()
 
 
+class _Stopped(Exception):
+    """Raised at the next safe point after SIGINT / SIGTERM."""
+
+
+def _stored_config(run_dir: Path) -> dict[str, Any]:
+    meta = read_json(
+        run_dir / "config.json",
+        "run config",
+        expect=dict,
+        fix="start the run again with `rankdecay run attention-svm --out DIR`",
+    )
+    stored = meta.get("config")
+    if meta.get("experiment") != "attention-svm" or not isinstance(stored, dict):
+        raise RankdecayError(
+            f"{run_dir / 'config.json'} is not the config of an attention-svm run; resume a run "
+            "of this experiment or start a new one with --out."
+        )
+    return stored
+
+
+def _check_same_config(cfg: AttentionSVMConfig, run_dir: Path) -> None:
+    stored = _stored_config(run_dir)
+    now = json.loads(json.dumps(to_dict(cfg)))
+    differ = sorted(k for k in set(now) | set(stored) if now.get(k) != stored.get(k))
+    if differ:
+        raise RankdecayError(
+            f"cannot resume {run_dir}: its config differs in {', '.join(differ[:3])}; resume "
+            "without --set, or start a new run with --out."
+        )
+
+
+def _finished_blocks(run_dir: Path, cfg: AttentionSVMConfig) -> dict[str, dict[str, Any]]:
+    """Blocks (parameterization × loss) a previous, interrupted attempt finished, by tag.
+
+    ``blocks.jsonl`` is the truth: a block is done when its line is there, complete. Rows of
+    ``seeds.jsonl`` from blocks without a line (killed between the two writes) are dropped, so
+    those blocks are recomputed — deterministically, as each block depends only on the config.
+    """
+    wanted = {f"{p}_{loss}" for p in cfg.parameterizations for loss in cfg.losses}
+    done = {
+        r["tag"]: r
+        for r in read_jsonl(run_dir / BLOCKS)
+        if r.get("tag") in wanted and {"metrics", "final", "verdict"} <= set(r)
+    }
+    for name, keep in (
+        (BLOCKS, lambda r: r.get("tag") in done),
+        ("seeds.jsonl", lambda r: f"{r.get('param')}_{r.get('loss')}" in done),
+    ):
+        rows = [r for r in read_jsonl(run_dir / name) if keep(r)]
+        atomic_write_text(run_dir / name, "".join(json.dumps(r) + "\n" for r in rows))
+    return done
+
+
+def _refuse_to_overwrite(run_dir: Path) -> None:
+    """A new run may reuse a directory only if the run there failed (nothing to lose)."""
+    status = None
+    if (run_dir / "summary.json").exists():
+        with contextlib.suppress(RankdecayError):
+            status = read_json(run_dir / "summary.json", "summary", expect=dict).get("status")
+    if status not in (None, "failed") or _done_tags(run_dir):
+        raise RankdecayError(
+            f"{run_dir} already holds an attention-svm run (status {status or 'unfinished'}); "
+            f"continue it with `rankdecay run --resume {run_dir}` or choose another --out."
+        )
+
+
 def run(
     cfg: AttentionSVMConfig,
     run_dir: str | Path,
@@ -153,82 +236,142 @@ def run(
 ) -> dict[str, Any]:
     """One R2 run (all parameterizations × losses over ``n_seeds`` problems) into ``run_dir``.
 
-    The whole run takes about a minute for 100 problems, so ``resume`` returns an existing
-    finished summary and otherwise reruns from scratch.
+    The run is cut into blocks, one per parameterization × loss; each finished block is
+    appended to ``blocks.jsonl``. SIGINT / SIGTERM stop it at the next iteration, write
+    ``status: "interrupted"`` and return; ``resume=True`` (``rankdecay run --resume DIR``)
+    keeps the finished blocks and computes the rest, which gives the same files as an
+    uninterrupted run. Resuming a finished run returns its summary; a new run refuses a
+    directory that holds a run which did not fail.
     """
+    from ..runlock import DirLock
+    from ..train import _StopFlag
+
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if resume and summary_path.exists():
-        old = read_json(summary_path, "summary")
-        if isinstance(old, dict) and old.get("status") == "finished":
-            return old
     _validate(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.json").exists() or not resume:
-        atomic_write_json(
-            run_dir / "config.json",
-            {
-                "experiment": "attention-svm",
-                "preset": preset,
-                "seed": cfg.seed,
-                "config": to_dict(cfg),
-            },
-        )
-    for name in ("metrics.jsonl", "seeds.jsonl"):
-        (run_dir / name).unlink(missing_ok=True)
-    base = {"experiment": "attention-svm", "preset": preset, "seed": cfg.seed}
-    atomic_write_json(
-        summary_path, {**base, "status": "running", "error": None, "final": {}, "verdict": []}
-    )
-    t0 = time.perf_counter()
-    blocks = len(cfg.parameterizations) * len(cfg.losses)
-    bar = _Bar(progress, blocks * (cfg.steps + cfg.n_seeds) + 1)
-    try:
-        summary = _run(cfg, run_dir, bar)
-    except KeyboardInterrupt:
-        bar.close()
+    summary_path = run_dir / "summary.json"
+    if resume:
+        _check_same_config(cfg, run_dir)
+    with DirLock(run_dir):
+        done: dict[str, dict[str, Any]] = {}
+        if resume:
+            old = None
+            if summary_path.exists():
+                with contextlib.suppress(RankdecayError):
+                    old = read_json(summary_path, "summary", expect=dict)
+            if old is not None and old.get("status") == "finished":
+                return old
+            done = _finished_blocks(run_dir, cfg)
+        else:
+            _refuse_to_overwrite(run_dir)
+            for name in ("metrics.jsonl", "seeds.jsonl", BLOCKS):
+                (run_dir / name).unlink(missing_ok=True)
+            atomic_write_json(
+                run_dir / "config.json",
+                {
+                    "experiment": "attention-svm",
+                    "preset": preset,
+                    "seed": cfg.seed,
+                    "config": to_dict(cfg),
+                },
+            )
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # written once, at the end
+        base = {"experiment": "attention-svm", "preset": preset, "seed": cfg.seed}
+        n_blocks = len(cfg.parameterizations) * len(cfg.losses)
+        resumed = {"resumed_blocks": len(done)} if resume else {}
         atomic_write_json(
             summary_path,
-            {
+            {**base, "status": "running", "error": None, **resumed, "final": {}, "verdict": []},
+        )
+        t0 = time.perf_counter()
+        todo = n_blocks - len(done)
+        bar = _Bar(progress, todo * (cfg.steps + cfg.n_seeds) + 1)
+        stop = _StopFlag()
+        try:
+            with stop.installed():
+                summary = _run(cfg, run_dir, bar, done, stop)
+        except _Stopped:
+            bar.close()
+            n_done = len(_done_tags(run_dir))
+            summary = {
                 **base,
                 "status": "interrupted",
-                "error": "interrupted; the run takes about a minute — start it again.",
+                "error": f"interrupted by signal {stop.signal} with {n_done} of {n_blocks} blocks "
+                f"finished; continue with `rankdecay run --resume {run_dir}`.",
+                **resumed,
                 "final": {},
                 "verdict": [],
-            },
-        )
-        raise
-    except BaseException as exc:
+            }
+            atomic_write_json(summary_path, summary)
+            return summary
+        except KeyboardInterrupt:  # a second Ctrl-C
+            bar.close()
+            atomic_write_json(
+                summary_path,
+                {
+                    **base,
+                    "status": "interrupted",
+                    "error": "interrupted; continue with "
+                    f"`rankdecay run --resume {run_dir}` (finished blocks are kept).",
+                    **resumed,
+                    "final": {},
+                    "verdict": [],
+                },
+            )
+            raise
+        except BaseException as exc:
+            bar.close()
+            atomic_write_json(
+                summary_path,
+                {
+                    **base,
+                    "status": "failed",
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "final": {},
+                    "verdict": [],
+                },
+            )
+            raise
         bar.close()
-        atomic_write_json(
-            summary_path,
-            {
-                **base,
-                "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-                "final": {},
-                "verdict": [],
-            },
-        )
-        raise
-    bar.close()
-    summary = {**base, "status": "finished", "error": None, **summary}
-    summary["elapsed_s"] = time.perf_counter() - t0
-    atomic_write_json(summary_path, summary)
-    return summary
+        summary = {**base, "status": "finished", "error": None, **resumed, **summary}
+        summary["elapsed_s"] = time.perf_counter() - t0
+        atomic_write_json(summary_path, summary)
+        return summary
 
 
-def _run(cfg: AttentionSVMConfig, run_dir: Path, bar: _Bar) -> dict[str, Any]:
+def _done_tags(run_dir: Path) -> list[str]:
+    """Tags of the finished blocks recorded in ``run_dir``."""
+    return [str(r.get("tag")) for r in read_jsonl(run_dir / BLOCKS)]
+
+
+def _run(
+    cfg: AttentionSVMConfig,
+    run_dir: Path,
+    bar: _Bar,
+    done: dict[str, dict[str, Any]],
+    stop: Any,
+) -> dict[str, Any]:
     seeds = problem_seeds(cfg)
     data = make_data(seeds, n=cfg.n, T=cfg.T, d=cfg.d)
     optimal = data.optimal_tokens()
     metric_rows: dict[int, dict[str, Any]] = {}
     final: dict[str, Any] = {}
     verdict: list[dict[str, Any]] = []
-    per_block: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def tick(k: int = 1, description: str | None = None) -> None:
+        if stop.signal is not None:
+            raise _Stopped
+        bar.advance(k, description)
+
     for param in cfg.parameterizations:
         for loss in cfg.losses:
             tag = f"{param}_{loss}"
+            if tag in done:  # finished by an earlier, interrupted attempt
+                block = done[tag]
+                for s, row in block["metrics"].items():
+                    metric_rows.setdefault(int(s), {"step": int(s)}).update(row)
+                final[tag] = block["final"]
+                verdict.extend(block["verdict"])
+                continue
             res = train(
                 data,
                 param,
@@ -239,7 +382,7 @@ def _run(cfg: AttentionSVMConfig, run_dir: Path, bar: _Bar) -> dict[str, Any]:
                 kq_width=cfg.kq_width,
                 log_every=cfg.log_every,
                 gradient=cfg.gradient,
-                callback=lambda _it, tag=tag: bar.advance(1, f"train {tag}"),
+                callback=lambda _it, tag=tag: tick(1, f"train {tag}"),
             )
             alpha = selected_tokens(res.probs)
             steps = res.steps
@@ -271,17 +414,18 @@ def _run(cfg: AttentionSVMConfig, run_dir: Path, bar: _Bar) -> dict[str, Any]:
                         row[f"corr_{svm}_check"] = float(c[check_idx])
                         row[f"corr_{svm}_final"] = float(c[-1])
                 seed_rows.append(row)
-                bar.advance(1, f"SVMs {tag}")
-            append_jsonl(run_dir / "seeds.jsonl", seed_rows)
+                tick(1, f"SVMs {tag}")
+            block_rows: dict[int, dict[str, Any]] = {}
             for i, s in enumerate(steps):
-                r = metric_rows.setdefault(s, {"step": s})
+                r = block_rows.setdefault(s, {})
                 r[f"{tag}_loss_mean"] = float(res.loss[i].mean())
                 for svm, c in corr.items():
                     ok = np.isfinite(c[i])
                     r[f"{tag}_corr_{svm}_mean"] = float(c[i][ok].mean()) if ok.any() else None
                     r[f"{tag}_corr_{svm}_std"] = float(c[i][ok].std()) if ok.any() else None
                     r[f"{tag}_corr_{svm}_n"] = int(ok.sum())
-            per_block[(param, loss)] = {
+                metric_rows.setdefault(s, {"step": s}).update(r)
+            per_block = {
                 **{f"{svm}_check": corr[svm][check_idx] for svm in corr},
                 **{f"{svm}_final": corr[svm][-1] for svm in corr},
                 "globally_optimal": np.array([r["globally_optimal"] for r in seed_rows]),
@@ -302,22 +446,34 @@ def _run(cfg: AttentionSVMConfig, run_dir: Path, bar: _Bar) -> dict[str, Any]:
                     blk[f"corr_{svm}_{when}_std"] = float(v.std()) if v.size else None
                 blk[f"svm_{svm}_solved"] = int(np.isfinite(c[-1]).sum())
             final[tag] = blk
-            verdict.extend(
-                _block_verdict(
-                    cfg, param, loss, per_block[(param, loss)], steps[check_idx], steps[-1]
-                )
+            rows = _block_verdict(cfg, param, loss, per_block, steps[check_idx], steps[-1])
+            verdict.extend(rows)
+            # the block is done once its line is in blocks.jsonl (seeds.jsonl first)
+            append_jsonl(run_dir / "seeds.jsonl", seed_rows)
+            append_jsonl(
+                run_dir / BLOCKS,
+                [{"tag": tag, "metrics": block_rows, "final": blk, "verdict": rows}],
             )
     append_jsonl(run_dir / "metrics.jsonl", [metric_rows[s] for s in sorted(metric_rows)])
 
     # conservation of KᵀK − QᵀQ (no regularization, small-step plain GD), and the step-size check
     cons: dict[str, Any] = {}
+
+    def tick0(_it: int) -> None:
+        tick(0)
+
     for loss in cfg.losses:
         kw = dict(init_scale=cfg.conservation_init_scale, kq_width=cfg.kq_width)
         full = conservation_drift(
-            data, loss, steps=cfg.conservation_steps, lr=cfg.conservation_lr, **kw
+            data, loss, steps=cfg.conservation_steps, lr=cfg.conservation_lr, callback=tick0, **kw
         )
         half = conservation_drift(
-            data, loss, steps=2 * cfg.conservation_steps, lr=cfg.conservation_lr / 2, **kw
+            data,
+            loss,
+            steps=2 * cfg.conservation_steps,
+            lr=cfg.conservation_lr / 2,
+            callback=tick0,
+            **kw,
         )
         drift = full["drift"].numpy()
         cons[loss] = {

@@ -121,13 +121,13 @@ def run(
     otherwise simply reruns from scratch.
     """
     run_dir = Path(run_dir)
+    _validate(cfg)  # before anything is written: a refused config leaves no directory
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "summary.json"
     if resume and summary_path.exists():
         old = read_json(summary_path, "summary")
         if isinstance(old, dict) and old.get("status") == "finished":
             return old
-    _validate(cfg)
     if not (run_dir / "config.json").exists() or not resume:
         atomic_write_json(
             run_dir / "config.json",
@@ -164,6 +164,9 @@ def run(
 
 
 def _validate(cfg: FactorizationConfig) -> None:
+    from ..validation import validate_values
+
+    validate_values(cfg)
     if not cfg.weight_decay > 0:
         raise RankdecayError(
             f"the factorization experiment needs weight_decay > 0 (got {cfg.weight_decay}); "

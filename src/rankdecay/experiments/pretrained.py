@@ -173,6 +173,9 @@ def run(
         old = read_json(summary_path, "summary")
         if isinstance(old, dict) and old.get("status") == "finished":
             return old
+    from ..validation import validate_values
+
+    validate_values(cfg)
     bad = [c for c in cfg.circuits if c not in ("qk", "ov")]
     if bad or not cfg.circuits:
         raise RankdecayError(

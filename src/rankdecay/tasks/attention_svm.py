@@ -46,6 +46,7 @@ own generators, so a seed's problem does not depend on which other seeds share i
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -447,13 +448,14 @@ def conservation_drift(
     init_scale: float = 0.5,
     kq_width: int | None = None,
     normalized: bool = False,
+    callback: Callable[[int], None] | None = None,
 ) -> dict[str, Tensor]:
     """Relative drift of C = KᵀK − QᵀQ under GD on L(K Qᵀ) without regularization.
 
     Gradient flow conserves C exactly (∇_K L = G Q, ∇_Q L = Gᵀ K give d/dt C = 0); a GD step
     changes it by lr²(∇_Kᵀ∇_K − ∇_Qᵀ∇_Q). Returns per problem (S,): ``drift`` =
     maxₜ ‖C_t − C_0‖_F / ‖C_0‖_F over about 200 logged steps and ``moved`` = ‖W_T − W_0‖_F / ‖W_0‖_F (how far W travelled,
-    so a small drift is not just a frozen run).
+    so a small drift is not just a frozen run). ``callback(iteration)`` as in :func:`train`.
     """
     res = train(
         data,
@@ -465,6 +467,7 @@ def conservation_drift(
         init_scale=init_scale,
         kq_width=kq_width,
         log_every=max(1, steps // 200),
+        callback=callback,
     )
     C0 = res.balance[0]
     drift = _fro((res.balance - C0[None]).flatten(0, 1)).view(len(res.steps), -1).max(0).values
@@ -548,7 +551,16 @@ def _problem(norm: str, m: int, d: int, solver: str) -> tuple[Any, Any, Any, Any
             w = cp.Variable((d, d))
             obj = cp.normNuc(w) if norm == "nuc" else 0.5 * cp.sum_squares(w)
             con = A @ cp.vec(w, order="C") >= 1
-        _PROBLEMS[key] = (cp.Problem(cp.Minimize(obj), [con]), A, w, con)
+        prob = cp.Problem(cp.Minimize(obj), [con])
+        # The first solve of a parameterized problem compiles it and rounds differently (~1e-13)
+        # from every later solve, which reuses the compiled form. Compile it here, on a dummy
+        # (infeasible) instance, so that every real solve takes the same path and a problem's
+        # solution never depends on which problems this process solved before (a resumed run
+        # then writes the same numbers as an uninterrupted one).
+        A.value = np.zeros(A.shape)
+        with contextlib.suppress(cp.error.SolverError):
+            prob.solve(solver=solver)
+        _PROBLEMS[key] = (prob, A, w, con)
     return _PROBLEMS[key]
 
 
