@@ -63,6 +63,7 @@ from .runio import (
     read_jsonl,
     truncate_jsonl,
 )
+from .stopping import EarlyStop
 
 __all__ = [
     "LRDConfig",
@@ -115,6 +116,8 @@ class LRDConfig:
     polar: str = "svd"
     mode: str = "subtract"
     scale_by_lr: bool = True
+    #: polar="newton_schulz_fixed" only: the number of cubic Newton–Schulz steps (public code: 5)
+    polar_steps: int = 5
 
 
 @dataclass
@@ -140,6 +143,11 @@ class TrainConfig:
     compile: bool = False
     #: where the monitor's float64 spectra are computed: "model" (the weights' device) or "cpu"
     spectra_device: Literal["model", "cpu"] = "model"
+    #: early stop (rankdecay.stopping): end the run once ``early_stop_patience`` consecutive
+    #: evaluations have ``early_stop_key`` > ``early_stop_above``; None = off
+    early_stop_above: float | None = None
+    early_stop_key: str = "val_acc"
+    early_stop_patience: int = 2
 
 
 # ----------------------------------------------------------------------------- model / optimizer
@@ -234,6 +242,7 @@ def build_optimizer(
             polar=lrd.polar,
             mode=lrd.mode,
             scale_by_lr=lrd.scale_by_lr,
+            polar_steps=lrd.polar_steps,
         )
         decay.attach(opt)
     return opt, decay
@@ -749,6 +758,7 @@ def validate_train_config(tc: TrainConfig) -> None:
     for key in (
         "steps",
         "batch_size",
+        "early_stop_patience",
         "eval_every",
         "log_every",
         "checkpoint_every",
@@ -911,6 +921,7 @@ def train(
         resumed_from = state.step
     elif resume:
         writer.truncate_after(-1)  # no checkpoint yet: start over
+    early = EarlyStop.from_config(tc, writer.metrics())
 
     summary = initial_summary(cfg, experiment, preset, state.step, resumed_from, device)
     writer.write_summary(summary)
@@ -947,6 +958,9 @@ def train(
             while state.step < tc.steps:
                 if stop.signal is not None:
                     break
+                if early.due:  # also after a resume whose replayed evaluations are already due
+                    summary["stopped_early"] = early.describe(state.step)
+                    break
                 t = state.step
                 lr = lr_at(t, optim_cfg, tc.steps)
                 for g in optimizer.param_groups:
@@ -969,7 +983,8 @@ def train(
                 if s % tc.log_every == 0 or s % tc.eval_every == 0 or monitor.due(s) or last:
                     row = bookkeeping(s, force_eval=last)
                     bar.update(s, row)
-                if s % tc.checkpoint_every == 0 or last:
+                    early.update(row)
+                if s % tc.checkpoint_every == 0 or last or early.due:
                     checkpoint()
             if stop.signal is not None and state.step < tc.steps:
                 checkpoint()
