@@ -954,7 +954,9 @@ def train(
     try:
         with stop.installed():
             if state.step == 0:
-                bar.update(0, bookkeeping(0))
+                row0 = bookkeeping(0)
+                bar.update(0, row0)
+                early.update(row0)
             while state.step < tc.steps:
                 if stop.signal is not None:
                     break
