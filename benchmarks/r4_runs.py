@@ -3,6 +3,7 @@ published read-out steps, grokking step, where a run stopped, best validation ac
 
     python benchmarks/r4_runs.py results/r4/a_paper results/r4/c_ablation
     python benchmarks/r4_runs.py results/r4/d_phase --phase      # best val acc per (arm, f, strength)
+    python benchmarks/r4_runs.py results/r4/a_paper --plot docs/figures/r4_public_f05.png
 
 Reads every run directory below the given paths (``metrics.jsonl`` + ``config.json``), also
 unfinished ones (their last logged step is shown). A value at step s is the last evaluation at or
@@ -17,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 ACC_STEPS = (400, 1000, 1600, 2000, 2200, 2400, 3000, 4000)
+#: the published mechanism figure (read from its pixels; R4 issue): LRD val acc, LRD stable rank
+PUBLISHED_LRD_VAL = {400: 0.47, 1600: 0.60, 2200: 0.85, 2400: 0.94, 3000: 1.00}
+PUBLISHED_LRD_RANK = {200: 11.2, 400: 5.2, 600: 3.2, 1000: 2.3, 1400: 1.2}
+PUBLISHED_L2 = {"val": ((400, 0.50), (3800, 0.50)), "rank": ((400, 25.7), (3800, 25.0))}
 RANK_STEPS = (0, 200, 400, 600, 1000, 1400, 4000)
 
 
@@ -62,6 +67,34 @@ def summarize(run: Path) -> dict[str, Any]:
     }
 
 
+def plot(runs: list[Path], out: str) -> None:
+    """Validation accuracy and mean W_Q/W_K stable rank of each run, the published values as
+    black markers (LRD: circles; L2: the flat segment)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        rows, s = _rows(run), summarize(run)
+        color = "tab:red" if s["arm"] == "lrd" else "tab:blue"
+        label = f"{s['arm']} seed {s['seed']}"
+        ev = [(r["step"], r["val_acc"]) for r in rows if "val_acc" in r]
+        sr = [(r["step"], r["wqk_stable_rank"]) for r in rows if "wqk_stable_rank" in r]
+        ax1.plot(*zip(*ev), color=color, alpha=0.8, label=label)
+        ax2.plot(*zip(*sr), color=color, alpha=0.8, label=label)
+    ax1.plot(*zip(*PUBLISHED_LRD_VAL.items()), "ko", label="published LRD")
+    ax1.plot(*zip(*PUBLISHED_L2["val"]), "k--", label="published L2")
+    ax2.plot(*zip(*PUBLISHED_LRD_RANK.items()), "ko", label="published LRD")
+    ax2.plot(*zip(*PUBLISHED_L2["rank"]), "k--", label="published L2")
+    ax1.set(xlabel="step", ylabel="validation accuracy", ylim=(0, 1.02))
+    ax2.set(xlabel="step", ylabel="mean stable rank of W_Q, W_K", yscale="log")
+    ax1.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "—"
@@ -72,12 +105,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+")
     p.add_argument("--phase", action="store_true", help="phase-diagram table (best val acc)")
+    p.add_argument("--plot", default=None, help="write the accuracy / stable-rank figure here")
     args = p.parse_args(argv)
     runs = sorted(
         {m.parent for path in args.paths for m in Path(path).rglob("metrics.jsonl")},
         key=lambda r: str(r),
     )
     stats = [summarize(r) for r in runs]
+    if args.plot:
+        plot(runs, args.plot)
     if args.phase:
         print("| arm | f | strength | best val acc | grokking step | stopped at | status |")
         print("|---|---|---|---|---|---|---|")
