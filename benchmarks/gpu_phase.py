@@ -146,7 +146,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from rankdecay.experiments import get_experiment
     from rankdecay.sweep import plan_sweep, run_sweep
 
-    fixed = {"train.steps": args.steps, "train.device": args.device}
+    # the ensemble needs members that end together and batches of one size: the public early stop
+    # and partial last batch of the phase preset would send every run solo, so they are off here
+    # (pass --set train.early_stop_above=0.99 --set task.last_batch=partial to measure them solo)
+    fixed: dict[str, Any] = {
+        "train.steps": args.steps,
+        "train.device": args.device,
+        "train.early_stop_above": None,
+        "task.last_batch": "wrap",
+    }
     fixed.update(dict(kv.split("=", 1) for kv in args.set))
     grid: dict[str, list[Any]] = {}
     if args.fractions:

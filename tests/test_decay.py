@@ -524,3 +524,28 @@ def test_in_place_and_autograd_paths_agree() -> None:
     lrd2.step()
     for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
         assert torch.allclose(p1, p2, atol=1e-13), n
+
+
+def test_lrd_fixed_newton_schulz_is_the_public_step() -> None:
+    """polar="newton_schulz_fixed": W ← W − c·U φ₅(σ/(‖W‖_F + 1e-8)) Vᵀ on each stored W_Q, W_K
+    (φ(s) = 1.5s − 0.5s³), after the optimizer step, not lr-scaled — against a float64 SVD."""
+    from rankdecay.experiments import get_experiment
+    from rankdecay.train import build_model
+
+    cfg = get_experiment("grokking").config("paper")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.task.build(0))
+    names = [f"blocks.{i}.attn.{w}.weight" for i in range(2) for w in ("q", "k")]
+    before = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+    lrd = LowRankDecay(model, 5e-3, polar="newton_schulz_fixed", polar_steps=5, scale_by_lr=False)
+    lrd.step(lr=123.0)  # not lr-scaled: the lr must not matter
+    for n, p in model.named_parameters():
+        if n not in names:
+            assert torch.equal(p.detach().double(), before[n])
+            continue
+        U, S, Vh = torch.linalg.svd(before[n], full_matrices=False)
+        s = S / (S.square().sum().sqrt() + 1e-8)
+        for _ in range(5):
+            s = 1.5 * s - 0.5 * s**3
+        want = before[n] - 5e-3 * (U * s) @ Vh
+        assert (p.detach().double() - want).abs().max() < 1e-6

@@ -537,7 +537,7 @@ def test_gpu_phase_benchmark_runs_at_tiny_scale_and_counts_flops(tmp_path: Path)
     cfg = get_experiment("grokking").config("phase", ["train.batch_size=8"], seed=0)
     step, per_example = gpu_phase.member_flops(cfg)
     m, B = cfg.model, 8
-    T, d, f, V = 3, m.d_model, m.d_mlp, 113
+    T, d, f, V = 3, m.d_model, m.d_mlp, 114  # the public readout: 113 answers + "="
     full = T * (4 * d * d + 2 * d * f)  # block 1: q, k, v, o and the MLP at every position
     last = T * 2 * d * d + (2 * d * d + 2 * d * f)  # block 2: k, v everywhere; the rest once
     matmuls = 2 * B * (full + last + d * V)

@@ -395,3 +395,29 @@ def test_config_nests_and_overrides() -> None:
     )
     with pytest.raises(RankdecayError):
         apply_overrides(Outer(), ["model.qk_norm=banana"])
+
+
+def test_init_per_role_public_and_default_unchanged() -> None:
+    """init_embed / init_pos / init_linear override init_std per role; all None = the old init."""
+    cfg = small(d_model=64, n_heads=4, init_std=0.02)
+    torch.manual_seed(5)
+    old = TinyTransformer(cfg)
+    torch.manual_seed(5)
+    same = TinyTransformer(dataclasses.replace(cfg, init_embed=0.02, init_pos=0.02, init_linear=0.02))
+    assert all(torch.equal(a, b) for a, b in zip(old.parameters(), same.parameters()))
+    # the public LRD code: PyTorch defaults, positions N(0, 0.02²)
+    pub = TinyTransformer(
+        dataclasses.replace(cfg, vocab_size=500, init_std=None, init_pos=0.02)
+    )
+    assert abs(float(pub.embed.weight.std()) - 1.0) < 0.05  # nn.Embedding: N(0, 1)
+    assert abs(float(pub.pos_embed.weight.std()) - 0.02) < 0.01
+    bound = 1 / math.sqrt(64)  # Linear: U(±1/√fan_in)
+    for w in (pub.blocks[0].attn.q.weight, pub.blocks[1].mlp.fc_in.weight, pub.unembed.weight):
+        assert float(w.abs().max()) <= bound and float(w.std()) > 0.8 * bound / math.sqrt(3)
+    mixed = TinyTransformer(dataclasses.replace(cfg, init_embed="torch", init_linear=0.5))
+    assert abs(float(mixed.blocks[0].attn.k.weight.std()) - 0.5) < 0.05
+    assert float(mixed.embed.weight.std()) > 0.5 and float(mixed.pos_embed.weight.std()) < 0.05
+    with pytest.raises(RankdecayError, match="init_pos"):
+        TinyTransformer(dataclasses.replace(cfg, init_pos=-1.0))
+    over = apply_overrides(cfg, {"init_pos": "torch", "init_linear": "0.1", "init_embed": "none"})
+    assert (over.init_pos, over.init_linear, over.init_embed) == ("torch", 0.1, None)

@@ -132,3 +132,48 @@ def test_bad_input() -> None:
         polar(torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), "svd")
     with pytest.raises(RankdecayError):
         polar(torch.ones(3, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (48, 20), (20, 48)])
+@pytest.mark.parametrize("steps", [0, 1, 5, 12])
+def test_fixed_newton_schulz_is_the_cubic_map_on_normalised_singular_values(
+    shape: tuple[int, int], steps: int
+) -> None:
+    """polar(W, "newton_schulz_fixed", steps=K) = U φ_K(σ/(‖W‖_F + 1e-8)) Vᵀ with
+    φ(s) = 1.5s − 0.5s³ iterated K times (the public LRD code), against a float64 SVD."""
+    torch.manual_seed(steps)
+    m, n = shape
+    k = min(m, n)
+    s = torch.logspace(0, -3, k, dtype=torch.float64) * 2.3
+    W, _ = _with_spectrum(m, n, s)
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    x = S / (S.square().sum().sqrt() + 1e-8)
+    for _ in range(steps):
+        x = 1.5 * x - 0.5 * x**3
+    want = (U * x) @ Vh
+    got64 = polar(W, "newton_schulz_fixed", steps=steps)
+    assert (got64 - want).abs().max() < 1e-12
+    got32 = polar(W.float(), "newton_schulz_fixed", steps=steps)
+    assert got32.dtype == torch.float32 and (got32.double() - want).abs().max() < 1e-5
+    # 5 steps from the Frobenius prescale leave small singular values far below 1 (not polar)
+    if steps == 5:
+        assert torch.linalg.svdvals(got64).min() < 0.1
+
+
+def test_fixed_newton_schulz_batched_and_diagnostics() -> None:
+    torch.manual_seed(0)
+    W = torch.randn(3, 2, 16, 10, dtype=torch.float64)
+    out = polar(W, "newton_schulz_fixed", steps=4)
+    for idx in [(0, 0), (2, 1)]:
+        assert torch.allclose(out[idx], polar(W[idx], "newton_schulz_fixed", steps=4), atol=1e-14)
+    # many steps converge (no check is made: the result is whatever K steps give)
+    P, info = polar(W, "newton_schulz_fixed", steps=60, return_info=True)
+    assert info.iterations == 60 and info.converged
+    assert (P - _dense_polar(W)).abs().max() < 1e-9
+    _, info5 = polar(W, "newton_schulz_fixed", steps=5, return_info=True)
+    assert not info5.converged and info5.residual > 1e-3
+    assert torch.equal(polar(torch.zeros(4, 3), "newton_schulz_fixed"), torch.zeros(4, 3))
+    with pytest.raises(RankdecayError, match="steps must be an integer"):
+        polar(W, "newton_schulz_fixed", steps=-1)
+    with pytest.raises(RankdecayError, match="newton_schulz_fixed"):
+        polar(W, "newton_schulz_fast")

@@ -296,3 +296,57 @@ def test_make_task_errors() -> None:
         make_task("modular", q=3)
     with pytest.raises(RankdecayError):
         make_task("images", dataset="cifar")
+
+
+@pytest.mark.parametrize("f", [0.3, 0.5, 0.77])
+def test_python_split_is_the_public_codes_random_shuffle(f: float) -> None:
+    """split="python" = the public LRD code: random.Random(42).shuffle of the row-major list of
+    (a, b, =, (a+b) mod p), train = the first int(f·N); the same whatever the run seed."""
+    import random
+
+    p = 113
+    data = [(i, j, p, (i + j) % p) for i in range(p) for j in range(p)]
+    random.Random(42).shuffle(data)
+    cut = int(len(data) * f)
+    for seed in (0, 7):
+        task = ModularConfig(p=p, train_fraction=f, split="python").build(seed)
+        got_tr = [(*x, y) for x, y in zip(task.train_x.tolist(), task.train_y.tolist())]
+        got_va = [(*x, y) for x, y in zip(task.val_x.tolist(), task.val_y.tolist())]
+        assert got_tr == data[:cut] and got_va == data[cut:]
+    other = ModularConfig(p=p, train_fraction=f, split="python", split_seed=43).build(0)
+    assert other.n_train == cut and not torch.equal(other.train_x, task.train_x)
+
+
+@pytest.mark.parametrize("n_train_frac", [0.5, 0.3])
+def test_partial_last_batch_epochs_cover_every_example_once(n_train_frac: float) -> None:
+    """last_batch="partial": each epoch is ⌈n/B⌉ batches covering every training example exactly
+    once, all of size B but the last (n − (k−1)B), as a shuffled DataLoader with drop_last=False."""
+    B = 64
+    task = ModularConfig(
+        p=31, train_fraction=n_train_frac, split="python", last_batch="partial"
+    ).build(3)
+    n = task.n_train
+    k = -(-n // B)
+    codes = (task.train_x[:, 0] * 31 + task.train_x[:, 1]).tolist()
+    orders = []
+    for epoch in range(3):
+        seen: list[int] = []
+        for j in range(k):
+            x, y = task.train_batch(epoch * k + j, B)
+            assert x.shape[0] == (B if j < k - 1 else n - (k - 1) * B)
+            seen += (x[:, 0] * 31 + x[:, 1]).tolist()
+            assert torch.equal(y, (x[:, 0] + x[:, 1]) % 31)
+        assert sorted(seen) == sorted(codes)  # once each
+        orders.append(seen)
+    assert orders[0] != orders[1]  # reshuffled every epoch
+    assert torch.equal(task.train_batch(k + 2, B)[0], task.train_batch(k + 2, B)[0])  # pure
+    wrap = ModularConfig(p=31, train_fraction=n_train_frac, split="python").build(3)
+    assert all(wrap.train_batch(t, B)[0].shape[0] == B for t in range(2 * k))
+
+
+def test_out_classes_vocab_adds_the_equals_class() -> None:
+    task = ModularConfig(p=13, out_classes="vocab").build(0)
+    assert task.n_out == 14 == task.vocab_size and int(task.train_y.max()) < 13
+    assert ModularConfig(p=13).build(0).n_out == 13
+    with pytest.raises(RankdecayError, match="last_batch"):
+        ModularConfig(p=13, last_batch="drop").build(0)  # type: ignore[arg-type]

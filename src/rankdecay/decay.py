@@ -411,7 +411,7 @@ def describe_groups(groups: Iterable[Mapping[str, Any]]) -> str:
 TARGETS = ("qk", "attention", "matrices")
 GRANULARITIES = ("matrix", "head", "product")
 MODES = ("subtract", "svt")
-POLARS = ("svd", "newton_schulz")
+POLARS = ("svd", "newton_schulz", "newton_schulz_fixed")
 
 
 @dataclass
@@ -478,14 +478,17 @@ class LowRankDecay:
             "matrices" (the attention matrices and every mlp-role matrix), or a callable
             ``(name, param) -> bool`` choosing stored ≥2-D parameters (matrix granularity).
         granularity: "matrix", "head" or "product" (see the module docstring).
-        polar: "svd" (exact) or "newton_schulz" (subtract mode only; ``tol``/``max_iter`` passed to
-            :func:`rankdecay.polar.polar`). Product granularity always uses the exact factored SVD.
+        polar: "svd" (exact), "newton_schulz" (subtract mode only; ``tol``/``max_iter`` passed to
+            :func:`rankdecay.polar.polar`) or "newton_schulz_fixed" (``polar_steps`` cubic steps
+            from W/‖W‖_F, unconverged, as the public LRD code; subtract mode only). Product
+            granularity always uses the exact factored SVD.
         mode: "subtract" (W − c·polar(W)) or "svt" (soft-threshold the singular values by c;
             needs polar="svd"; not for product).
         scale_by_lr: c = strength·lr (default) or c = strength.
         strict: at construction, a module that looks like attention but is not extracted gives
             an :class:`~rankdecay.heads.UnrecognizedAttentionWarning`; ``strict=True`` raises
             :class:`~rankdecay.heads.UnsupportedModelError` instead.
+        polar_steps: the K of ``polar="newton_schulz_fixed"`` (default 5).
 
     ``attach(optimizer)`` registers a step post-hook (the decay runs after every
     ``optimizer.step()``, with each parameter's current group lr); ``detach()`` removes it;
@@ -506,6 +509,7 @@ class LowRankDecay:
         tol: float = 1e-3,
         max_iter: int | None = None,
         strict: bool = False,
+        polar_steps: int = 5,
     ) -> None:
         if (
             isinstance(strength, bool)
@@ -559,6 +563,11 @@ class LowRankDecay:
         self.tol = float(tol)
         self.max_iter = max_iter
         self.strict = bool(strict)
+        if isinstance(polar_steps, bool) or not isinstance(polar_steps, int) or polar_steps < 0:
+            raise RankdecayError(
+                f"LowRankDecay polar_steps must be an integer ≥ 0, got {polar_steps!r}; e.g. polar_steps=5."
+            )
+        self.polar_steps = polar_steps
         self.last_info: dict[str, Any] = {}
         self._handle: Any = None
         self._adapter: Any = None
@@ -830,6 +839,8 @@ class LowRankDecay:
                 delta = Xd - (U * S_new.unsqueeze(-2)) @ Vh
             elif self.polar == "svd":
                 delta = c * polar_factor(Xd, "svd")
+            elif self.polar == "newton_schulz_fixed":
+                delta = c * polar_factor(Xd, "newton_schulz_fixed", steps=self.polar_steps)
             else:
                 P, pinfo = polar_factor(
                     Xd, "newton_schulz", tol=self.tol, max_iter=self.max_iter, return_info=True

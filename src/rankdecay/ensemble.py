@@ -432,6 +432,7 @@ class BatchedLowRankDecay:
         mode: str,
         strengths: Sequence[float],
         scale_by_lr: Sequence[bool],
+        polar_steps: int = 5,
     ) -> None:
         from .decay import GRANULARITIES, MODES, POLARS, TARGETS
 
@@ -447,6 +448,7 @@ class BatchedLowRankDecay:
         self.cfg = cfg
         self.params = dict(params)
         self.granularity, self.polar, self.mode = granularity, polar, mode
+        self.polar_steps = polar_steps  # polar="newton_schulz_fixed" only
         self.strengths = list(map(float, strengths))
         self.scale_by_lr = list(map(bool, scale_by_lr))
         which = ("q", "k") if target == "qk" else ("q", "k", "v", "o")
@@ -501,7 +503,7 @@ class BatchedLowRankDecay:
                 S_new = torch.clamp(S - c.squeeze(-1), min=0.0)
                 delta = X - (U * S_new.unsqueeze(-2)) @ Vh
             else:
-                delta = c * polar_factor(X, self.polar)
+                delta = c * polar_factor(X, self.polar, steps=self.polar_steps)
             start = 0
             for n, x in items:
                 k = x.shape[1]
@@ -557,6 +559,10 @@ def unsupported_reason(cfg: Any) -> str | None:
         return f"optimizer {optim.name!r}"
     if lrd.strength > 0 and lrd.granularity not in ("matrix", "head"):
         return f"LRD granularity {lrd.granularity!r}"
+    if getattr(cfg.train, "early_stop_above", None) is not None:
+        return "early stopping (train.early_stop_above) ends members at different steps"
+    if getattr(cfg.task, "last_batch", "wrap") == "partial":
+        return "partial last batches (task.last_batch='partial') differ in size between members"
     return None
 
 
@@ -567,7 +573,7 @@ def ensemble_key(cfg: Any) -> str:
 
     optim, lrd = optimizer_settings(cfg)
     tc = dataclasses.asdict(cfg.train)
-    lrd_form = (lrd.target, lrd.granularity, lrd.polar, lrd.mode)  # strength 0 → c = 0
+    lrd_form = (lrd.target, lrd.granularity, lrd.polar, lrd.mode, getattr(lrd, "polar_steps", 5))
     task_shape = {
         k: v
         for k, v in dataclasses.asdict(cfg.task).items()
@@ -945,6 +951,7 @@ class _Ensemble:
                 on[0].mode,
                 [lr.strength for lr in lrds],
                 [lr.scale_by_lr for lr in lrds],
+                polar_steps=on[0].polar_steps,
             )
             if on
             else None

@@ -45,7 +45,11 @@ patches instead. The sequence length is then (image_size/p)² (+1), ``max_len`` 
 Initialisation (``init_std``): GPT-2-like — every Linear/Embedding weight, the learned positions and
 the class token ~ N(0, init_std²), biases 0, norm gains 1 (default init_std = 0.02, no residual
 rescaling). ``init_std=None`` keeps PyTorch's defaults (Linear: U(±1/√fan_in); Embedding and learned
-positions N(0, 1); class token 0).
+positions N(0, 1); class token 0). Per role, ``init_embed`` (token embedding, patch embedding,
+class token), ``init_pos`` (learned positions) and ``init_linear`` (every other Linear: q, k, v,
+o, MLP, readout) override it: a number s → N(0, s²) (biases 0), ``"torch"`` → PyTorch's default
+for that module, None → as ``init_std`` says. The public LRD code's init is ``init_std=None,
+init_pos=0.02`` (token embedding N(0, 1), Linear Kaiming-uniform, positions N(0, 0.02²)).
 
 The MLP is fc_out(act(fc_in(x))) with act ∈ gelu/relu/silu, or for ``"swiglu"``
 fc_out(silu(fc_gate(x)) ⊙ fc_in(x)); d_mlp is the hidden width as given (no 2/3 rescaling).
@@ -113,6 +117,10 @@ class ModelConfig:
     bias: bool = False
     #: N(0, init_std²) weights (GPT-2-like); None → PyTorch default init
     init_std: float | None = 0.02
+    #: per-role init (see the module docstring): a std, "torch" (PyTorch default) or None (init_std)
+    init_embed: float | Literal["torch"] | None = None
+    init_pos: float | Literal["torch"] | None = None
+    init_linear: float | Literal["torch"] | None = None
 
     # ------------------------------------------------------------------ derived
     @property
@@ -185,6 +193,24 @@ class ModelConfig:
             bad("qk_temperature must be positive or None (learnable); fix model.qk_temperature")
         if self.init_std is not None and self.init_std < 0:
             bad("init_std must be ≥ 0 or None (PyTorch default); fix model.init_std")
+        for role in ("init_embed", "init_pos", "init_linear"):
+            v = getattr(self, role)
+            if v is not None and v != "torch" and not (isinstance(v, (int, float)) and v >= 0):
+                bad(f"{role} must be a std ≥ 0, 'torch' or None (init_std); fix model.{role}")
+
+    def init_stds(self) -> dict[str, float | None]:
+        """Std of the normal init per role (embed, pos, linear); None = PyTorch's default."""
+
+        def std(v: float | str | None) -> float | None:
+            if v is None:
+                return self.init_std
+            return None if v == "torch" else float(v)
+
+        return {
+            "embed": std(self.init_embed),
+            "pos": std(self.init_pos),
+            "linear": std(self.init_linear),
+        }
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -389,16 +415,24 @@ class TinyTransformer(nn.Module):
 
     # ------------------------------------------------------------------ init
     def _init_weights(self) -> None:
-        std = self.cfg.init_std
-        if std is None:
-            return  # PyTorch defaults (class token stays 0)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, 0.0, std)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-        if self.cfg.images and self.cfg.pool == "cls":
-            nn.init.normal_(self.cls_token, 0.0, std)
+        stds = self.cfg.init_stds()
+        embeds = {id(getattr(self, n, None)) for n in ("embed", "patch_embed")}
+        for m in self.modules():  # module order: the RNG stream of the all-N(0, init_std²) init
+            if not isinstance(m, (nn.Linear, nn.Embedding)):
+                continue
+            role = (
+                "pos" if m is getattr(self, "pos_embed", None)
+                else "embed" if id(m) in embeds
+                else "linear"
+            )
+            std = stds[role]
+            if std is None:
+                continue  # PyTorch's default, drawn when the module was built
+            nn.init.normal_(m.weight, 0.0, std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        if self.cfg.images and self.cfg.pool == "cls" and stds["embed"] is not None:
+            nn.init.normal_(self.cls_token, 0.0, stds["embed"])
 
     # ------------------------------------------------------------------ forward
     def embed_input(self, x: Tensor) -> Tensor:

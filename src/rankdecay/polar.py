@@ -39,6 +39,15 @@ over the leading dimensions; m < n, m = n and m > n all work.
     reached). If ``max_iter`` is hit first, a :class:`PolarConvergenceWarning` names the
     residual, and the non-polar iterate is returned (diagnostics say ``converged=False``).
     Low-precision inputs (float16/bfloat16) are iterated in float32 and cast back.
+``method="newton_schulz_fixed"``
+    The fixed-step form of the LRD public code (``Chunjiang-Intelligence/low-rank-decay``):
+    X₀ = W / (‖W‖_F + 1e-8), then ``steps`` (K, default 5) cubic Newton–Schulz steps
+        X ← 1.5·X − 0.5·X (XᵀX),
+    which act on each singular value of X₀ (σᵢ/‖W‖_F ∈ [0, 1]) as s ↦ 1.5s − 0.5s³, iterated K
+    times. No convergence check: the Frobenius prescale puts small singular values far below 1
+    (σᵢ/‖W‖_F ≤ 1/√rank for a flat spectrum), and K = 5 steps lift them only by ≤ 1.5⁵ ≈ 7.6×,
+    so the result is **not** the polar factor but U·diag(φ_K(σᵢ/‖W‖_F))·Vᵀ with φ_K the K-fold
+    map — a step that weights large singular values more than small ones.
 """
 
 from __future__ import annotations
@@ -53,9 +62,21 @@ from torch import Tensor
 
 from .errors import RankdecayError
 
-__all__ = ["PolarConvergenceWarning", "PolarInfo", "newton_schulz_min_iterations", "polar"]
+__all__ = [
+    "DEFAULT_FIXED_STEPS",
+    "METHODS",
+    "PolarConvergenceWarning",
+    "PolarInfo",
+    "newton_schulz_min_iterations",
+    "polar",
+]
 
-Method = Literal["svd", "newton_schulz"]
+Method = Literal["svd", "newton_schulz", "newton_schulz_fixed"]
+METHODS: tuple[str, ...] = ("svd", "newton_schulz", "newton_schulz_fixed")
+#: steps of the fixed-step cubic Newton–Schulz (the public LRD code's value)
+DEFAULT_FIXED_STEPS = 5
+#: added to ‖W‖_F in the fixed-step prescale (as in the public LRD code)
+FIXED_PRESCALE_EPS = 1e-8
 DEFAULT_NS_RCOND = 1e-3
 
 
@@ -125,8 +146,10 @@ def _range_residual(G: Tensor, G2: Tensor, tol: float, exact: bool = False) -> T
 
 
 def _check(W: Tensor, method: str, tol: float) -> None:
-    if method not in ("svd", "newton_schulz"):
-        raise RankdecayError(f"unknown polar method {method!r}; choose 'svd' or 'newton_schulz'.")
+    if method not in METHODS:
+        raise RankdecayError(
+            f"unknown polar method {method!r}; choose {', '.join(map(repr, METHODS))}."
+        )
     if W.dim() < 2:
         raise RankdecayError(
             f"polar needs a matrix (..., m, n); got shape {tuple(W.shape)} — pass a 2-D weight."
@@ -155,6 +178,7 @@ def polar(
     max_iter: int | None = ...,
     *,
     rcond: float | None = ...,
+    steps: int = ...,
     return_info: Literal[False] = ...,
 ) -> Tensor: ...
 @overload
@@ -165,6 +189,7 @@ def polar(
     max_iter: int | None = ...,
     *,
     rcond: float | None = ...,
+    steps: int = ...,
     return_info: Literal[True],
 ) -> tuple[Tensor, PolarInfo]: ...
 
@@ -176,13 +201,15 @@ def polar(
     max_iter: int | None = None,
     *,
     rcond: float | None = None,
+    steps: int = DEFAULT_FIXED_STEPS,
     return_info: bool = False,
 ) -> Tensor | tuple[Tensor, PolarInfo]:
     """Polar factor U Vᵀ of W (..., m, n) → (..., m, n), same dtype and device.
 
     Args:
         W: matrix or batch of matrices (any m, n).
-        method: "svd" (exact) or "newton_schulz" (matmul-only; see the module docstring).
+        method: "svd" (exact), "newton_schulz" (matmul-only, certified; see the module
+            docstring) or "newton_schulz_fixed" (``steps`` cubic steps from W/‖W‖_F, no check).
         tol: Newton–Schulz stops once the certified residual ‖XᵀX − I‖₂ on the range is ≤ tol.
         max_iter: Newton–Schulz step cap (default k_min + 30); hitting it with the residual above
             tol emits a :class:`PolarConvergenceWarning` naming the residual.
@@ -211,6 +238,8 @@ def polar(
     X = work.mT if wide else work  # tall: (..., m, k), k ≤ m
     if method == "svd":
         out, info = _polar_svd(X, tol, rcond, diagnose=return_info)
+    elif method == "newton_schulz_fixed":
+        out, info = _polar_ns_fixed(X, steps, tol, diagnose=return_info)
     else:
         out, info = _polar_ns(X, tol, max_iter, rcond)
     if wide:
@@ -281,3 +310,32 @@ def _polar_ns(
             stacklevel=3,
         )
     return X, PolarInfo("newton_schulz", it, worst, res, rank, ok, tol)
+
+
+def _polar_ns_fixed(
+    X: Tensor, steps: int, tol: float, diagnose: bool = True
+) -> tuple[Tensor, PolarInfo]:
+    """K cubic Newton–Schulz steps X ← 1.5X − 0.5X(XᵀX) from X/(‖X‖_F + 1e-8), X (..., m, k).
+
+    Diagnostics (on request): the certified residual of XᵀX against the projector onto its
+    eigenvalues > ½ (``rank`` counts those), ``converged`` = residual ≤ tol — reported, never
+    acted on.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise RankdecayError(
+            f"polar: steps must be an integer ≥ 0, got {steps!r}; pass e.g. steps=5."
+        )
+    norm = torch.linalg.matrix_norm(X)  # Frobenius, (...,)
+    _finite_or_raise(norm)
+    Y = X / (norm + FIXED_PRESCALE_EPS)[..., None, None]
+    for _ in range(steps):
+        Y = 1.5 * Y - 0.5 * (Y @ (Y.mT @ Y))
+    if not diagnose:
+        res = torch.full(X.shape[:-2], float("nan"), dtype=torch.float64, device=X.device)
+        rank = torch.zeros(X.shape[:-2], dtype=torch.int64, device=X.device)
+        return Y, PolarInfo("newton_schulz_fixed", steps, float("nan"), res, rank, False, tol)
+    G = Y.mT @ Y
+    res = _range_residual(G, G @ G, tol, exact=True)
+    rank = (torch.linalg.eigvalsh(G.double()) > 0.5).sum(-1)
+    worst = float(res.max())
+    return Y, PolarInfo("newton_schulz_fixed", steps, worst, res, rank, worst <= tol, tol)

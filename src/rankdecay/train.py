@@ -55,6 +55,7 @@ from .device import autocast, loss_precision, maybe_compile, param_dtype, spectr
 from .errors import NonFiniteLossError, RankdecayError
 from .runfiles import RunWriter, checkpoint_step
 from .runio import FileWriteError, _jsonable
+from .stopping import EarlyStop
 from .validation import check_memory, validate_run_config
 
 __all__ = [
@@ -108,6 +109,8 @@ class LRDConfig:
     polar: str = "svd"
     mode: str = "subtract"
     scale_by_lr: bool = True
+    #: polar="newton_schulz_fixed" only: the number of cubic Newton–Schulz steps (public code: 5)
+    polar_steps: int = 5
 
 
 @dataclass
@@ -136,6 +139,11 @@ class TrainConfig:
     #: how many checkpoints to keep (the newest in checkpoint/, older ones in checkpoint-<step>/);
     #: resume falls back to the previous one when the newest is damaged
     keep_checkpoints: int = 1
+    #: early stop (rankdecay.stopping): end the run once ``early_stop_patience`` consecutive
+    #: evaluations have ``early_stop_key`` > ``early_stop_above``; None = off
+    early_stop_above: float | None = None
+    early_stop_key: str = "val_acc"
+    early_stop_patience: int = 2
 
 
 # ----------------------------------------------------------------------------- model / optimizer
@@ -230,6 +238,7 @@ def build_optimizer(
             polar=lrd.polar,
             mode=lrd.mode,
             scale_by_lr=lrd.scale_by_lr,
+            polar_steps=lrd.polar_steps,
         )
         decay.attach(opt)
     return opt, decay
@@ -789,6 +798,7 @@ def _train_locked(
     resumed_from: int | None = None
     if resume:
         resumed_from = resume_from_checkpoint(writer, model, optimizer, state, tc)
+    early = EarlyStop.from_config(tc, writer.metrics())
 
     summary = initial_summary(cfg, experiment, preset, state.step, resumed_from, device)
     writer.write_summary(summary)
@@ -821,9 +831,14 @@ def _train_locked(
     try:
         with stop.installed():
             if state.step == 0:
-                bar.update(0, bookkeeping(0))
+                row0 = bookkeeping(0)
+                bar.update(0, row0)
+                early.update(row0)
             while state.step < tc.steps:
                 if stop.signal is not None:
+                    break
+                if early.due:  # also after a resume whose replayed evaluations are already due
+                    summary["stopped_early"] = early.describe(state.step)
                     break
                 t = state.step
                 lr = lr_at(t, optim_cfg, tc.steps)
@@ -847,7 +862,8 @@ def _train_locked(
                 if s % tc.log_every == 0 or s % tc.eval_every == 0 or monitor.due(s) or last:
                     row = bookkeeping(s, force_eval=last)
                     bar.update(s, row)
-                if s % tc.checkpoint_every == 0 or last:
+                    early.update(row)
+                if s % tc.checkpoint_every == 0 or last or early.due:
                     checkpoint()
             if stop.signal is not None and state.step < tc.steps:
                 checkpoint()

@@ -173,6 +173,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "eval_batch_size": POSITIVE_INT,
         "monitor_rtol": number(0, 1, hi_open=True, example="1e-2"),
         "keep_checkpoints": number(1, integer=True, example="1"),
+        "early_stop_patience": POSITIVE_INT,
+        "early_stop_above": number(optional=True, example="0.99"),
     },
     "ModelConfig": {
         "n_layers": number(0, integer=True, example="2"),

@@ -15,7 +15,25 @@ batch 512. Two arms (``arm``):
 
 Grokking step = first evaluation with validation accuracy ≥ 0.99. The memorization baseline is
 the validation accuracy of a model that memorizes the training pairs and uses commutativity
-(≈ f). Our choices: AdamW betas (0.9, 0.98), no warm-up, GELU MLP, learned positions.
+(≈ f).
+
+Presets. ``paper`` (and ``phase``, its 6 × 6 × 2 grid over 2500 steps) is the public code
+``Chunjiang-Intelligence/low-rank-decay`` (``experiment.py``, whose figures are the published
+numbers), row by row (:data:`PUBLIC`): split by Python's ``random.Random(42).shuffle`` (the same
+for every run), train = first int(f·N); 114 output classes ("=" included); PyTorch default init
+(token embedding N(0, 1), Linear Kaiming-uniform) with positions N(0, 0.02²); no attention mask;
+SiLU MLP without bias; RMSNorm eps 1e-12 (also the QK-norm); AdamW betas (0.9, 0.999);
+shuffled epochs of 512 with a partial last batch; evaluation every 200 steps and an early stop
+after two consecutive validation accuracies > 0.99; LRD polar = 5 cubic Newton–Schulz steps from
+W/‖W‖_F. In ``phase`` the L2 arm's weight decay is ``l2_scale`` = 10 × the strength column, as
+in the public phase diagram. Ours there (see docs/reproductions.md): the torch seed is set from
+the run seed (the public code never sets it); batches are drawn by our seeded epoch permutations;
+evaluation at steps 0, 200, … after that many updates (public: after 1, 201, … updates);
+RMSNorm x/√(mean x² + ε)·g instead of x/max(‖x‖, ε)·√d·g (equal unless ‖x‖ < 1e-6).
+``paper-v1`` keeps our earlier setting (the config defaults): our ordered split (round(f·N),
+seeded by the run), 113 classes, GPT-2-like N(0, 0.02²) init everywhere, causal mask, GELU,
+eps 1e-5 (QK-norm 1e-8), betas (0.9, 0.98), equal batches across epochs, evaluation every 100
+steps, no early stop, LRD by the exact SVD polar.
 """
 
 from __future__ import annotations
@@ -29,7 +47,7 @@ from ..train import LRDConfig, OptimConfig, RunResult, TrainConfig
 from . import Experiment
 from ._transformer import first_step, make_run, verdict_row
 
-__all__ = ["EXPERIMENT", "GrokkingConfig", "arm_defaults"]
+__all__ = ["EXPERIMENT", "PUBLIC", "GrokkingConfig", "arm_defaults"]
 
 #: published strength of each arm: l2 → AdamW weight decay of all parameters; lrd → LRD step
 ARM_DEFAULT_STRENGTH = {"l2": 0.1, "lrd": 5e-3}
@@ -61,6 +79,9 @@ class GrokkingConfig:
     strength: float | None = None
     #: lrd arm: AdamW weight decay of every parameter except W_Q, W_K
     weight_decay: float = 0.1
+    #: l2 arm with an explicit strength: AdamW weight decay = l2_scale·strength (the public phase
+    #: diagram uses 10: its L2 column value c means weight decay 10·c)
+    l2_scale: float = 1.0
     task: ModularConfig = field(
         default_factory=lambda: ModularConfig(p=113, op="+", train_fraction=0.5)
     )
@@ -86,7 +107,10 @@ class GrokkingConfig:
     )
 
     def arm_strength(self) -> float:
-        return ARM_DEFAULT_STRENGTH[self.arm] if self.strength is None else self.strength
+        """l2: the AdamW weight decay of every parameter; lrd: the LRD step c."""
+        if self.strength is None:
+            return ARM_DEFAULT_STRENGTH[self.arm]
+        return self.strength * self.l2_scale if self.arm == "l2" else self.strength
 
     def optimizer_settings(self) -> tuple[OptimConfig, LRDConfig]:
         s = self.arm_strength()
@@ -183,6 +207,33 @@ def _verdict(result: RunResult) -> list[dict[str, Any]]:
     return rows
 
 
+#: the public code's setup (Chunjiang-Intelligence/low-rank-decay, experiment.py) as overrides of
+#: the defaults (which are our earlier setting, preset ``paper-v1``)
+PUBLIC: dict[str, Any] = {
+    "task.split": "python",
+    "task.split_seed": 42,
+    "task.last_batch": "partial",
+    "task.out_classes": "vocab",
+    "model.init_std": None,
+    "model.init_pos": 0.02,
+    "model.causal": False,
+    "model.mlp": "silu",
+    "model.bias": False,
+    "model.norm_eps": 1e-12,
+    "model.qk_norm_eps": 1e-12,
+    "optim.betas": (0.9, 0.999),
+    "optim.eps": 1e-8,
+    "lrd.polar": "newton_schulz_fixed",
+    "lrd.polar_steps": 5,
+    "train.steps": 4000,
+    "train.batch_size": 512,
+    "train.eval_every": 200,
+    "train.monitor_every": 200,
+    "train.early_stop_above": 0.99,
+    "train.early_stop_key": "val_acc",
+    "train.early_stop_patience": 2,
+}
+
 _FRACTIONS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 _STRENGTHS = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]
 
@@ -194,16 +245,19 @@ EXPERIMENT = Experiment(
     run=make_run("grokking", _verdict),
     presets={
         "quick": {"train.steps": 2000, "train.checkpoint_every": 500},
-        # the published setting; its grid (f = 0.5, both arms, 3 seeds) finishes on a 2-core CPU
-        "paper": {},
-        # the published setting over the whole phase diagram: 216 runs, a GPU job (docs/scaling.md)
-        "phase": {},
+        # the public code's setup (PUBLIC); its grid (f = 0.5, both arms, 3 seeds) fits a CPU
+        "paper": PUBLIC,
+        # our earlier setting (the config defaults; see the module docstring)
+        "paper-v1": {},
+        # the public phase diagram: 6 f × 6 strengths × 2 arms, 2500 steps, L2 decay 10× the column
+        "phase": {**PUBLIC, "train.steps": 2500, "train.checkpoint_every": 500, "l2_scale": 10.0},
     },
     grids={
         "quick": {"task.train_fraction": [0.3, 0.5], "arm": ["l2", "lrd"]},
         "paper": {"task.train_fraction": [0.5], "arm": ["l2", "lrd"]},
+        "paper-v1": {"task.train_fraction": [0.5], "arm": ["l2", "lrd"]},
         "phase": {"task.train_fraction": _FRACTIONS, "strength": _STRENGTHS, "arm": ["l2", "lrd"]},
     },
-    seeds={"quick": 1, "paper": 3, "phase": 3},
+    seeds={"quick": 1, "paper": 3, "paper-v1": 3, "phase": 1},
     reproduces="R4",
 )

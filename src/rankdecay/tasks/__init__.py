@@ -52,6 +52,7 @@ __all__ = [
     "Task",
     "TaskBase",
     "derive_seed",
+    "epoch_batch_indices",
     "epoch_indices",
     "make_task",
     "step_generator",
@@ -126,6 +127,26 @@ def epoch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
         parts.append(_epoch_permutation(n, seed, epoch)[off : off + take])
         pos += take
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def epoch_batch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
+    """Indices of step ``step`` when every epoch is its own sequence of batches, the last one
+    partial (PyTorch's ``DataLoader(shuffle=True, drop_last=False)``).
+
+    With k = ⌈n / batch_size⌉ batches per epoch, step t is batch j = t mod k of epoch
+    e = ⌊t / k⌋: positions [j·batch_size, min((j+1)·batch_size, n)) of the epoch's permutation
+    (seeded by (seed, e), as :func:`epoch_indices`). Sizes: batch_size, except n − (k−1)·batch_size
+    for the last batch of each epoch. ``batch_size <= 0`` or ``>= n`` returns ``arange(n)``.
+    """
+    if n <= 0:
+        raise RankdecayError(
+            "the training set is empty; raise the task's training fraction or size."
+        )
+    if batch_size <= 0 or batch_size >= n:
+        return torch.arange(n)
+    per_epoch = -(-n // batch_size)
+    epoch, j = divmod(step, per_epoch)
+    return _epoch_permutation(n, seed, epoch)[j * batch_size : (j + 1) * batch_size]
 
 
 # ------------------------------------------------------------------------------------ base

@@ -8,18 +8,26 @@ Split (seeded by the data seed):
 
 - ``"ordered"`` (default): the N ordered pairs (N = p², or p(p−1) for ÷) are shuffled and the
   first round(f·N) go to training, the rest to validation.
+- ``"python"``: the public LRD code's convention — the row-major list of ordered pairs
+  [(0,0), (0,1), …] is shuffled by ``random.Random(split_seed).shuffle`` (split_seed 42, the
+  same for every run whatever the run seed) and the first int(f·N) (floor) go to training.
 - ``"unordered"``: pairs are grouped by {a, b}; the G groups are shuffled and the first
   round(f·G) go to training with **both** orders, so (a, b) and (b, a) are always on the same side.
 
 Train and validation never overlap and together cover every valid pair. ``train_batch`` samples
 minibatches by seeded epochs, or returns the whole training set when ``full_batch`` is set or
-``batch_size <= 0`` or ``>= n_train``. :func:`memorization_baseline` gives the validation
+``batch_size <= 0`` or ``>= n_train``. ``last_batch="wrap"`` (default) cuts the concatenated
+epochs into equal batches (:func:`~rankdecay.tasks.epoch_indices`); ``"partial"`` gives each epoch
+⌈n/B⌉ batches, the last one smaller (:func:`~rankdecay.tasks.epoch_batch_indices`, as a PyTorch
+``DataLoader(shuffle=True)``). ``out_classes``: ``"answers"`` → p logits; ``"vocab"`` → p + 1
+logits, "=" included as a (never correct) class, as in the public LRD code. :func:`memorization_baseline` gives the validation
 accuracy of a model that memorizes the training pairs and, for a commutative operation, answers
 (a, b) by the memorized (b, a): R4's reference line (≈ f for the ordered split).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,9 +35,16 @@ import torch
 from torch import Tensor
 
 from ..errors import RankdecayError
-from . import TaskBase, epoch_indices, step_generator
+from . import TaskBase, epoch_batch_indices, epoch_indices, step_generator
 
-__all__ = ["ModularConfig", "ModularTask", "all_pairs", "memorization_baseline", "modular_op"]
+__all__ = [
+    "ModularConfig",
+    "ModularTask",
+    "all_pairs",
+    "memorization_baseline",
+    "modular_op",
+    "python_split",
+]
 
 OPS = ("+", "-", "*", "/")
 COMMUTATIVE = ("+", "*")
@@ -42,9 +57,15 @@ class ModularConfig:
     p: int = 113
     op: Literal["+", "-", "*", "/"] = "+"
     train_fraction: float = 0.5
-    split: Literal["ordered", "unordered"] = "ordered"
+    split: Literal["ordered", "unordered", "python"] = "ordered"
+    #: split="python" only: the seed of random.Random(split_seed).shuffle (public code: 42)
+    split_seed: int = 42
     #: always train on the whole training set (else the trainer's batch_size decides)
     full_batch: bool = False
+    #: "wrap": equal batches across epoch boundaries; "partial": per-epoch batches, last one smaller
+    last_batch: Literal["wrap", "partial"] = "wrap"
+    #: readout width: "answers" → p classes; "vocab" → p + 1 (the "=" token included)
+    out_classes: Literal["answers", "vocab"] = "answers"
     #: None → the run seed
     data_seed: int | None = None
 
@@ -106,7 +127,15 @@ class ModularTask(TaskBase):
         self.seed = seed
         self.p = p
         self.vocab_size = p + 1
-        self.n_out = p
+        if cfg.out_classes not in ("answers", "vocab"):
+            raise RankdecayError(
+                f"unknown out_classes {cfg.out_classes!r}; set task.out_classes to 'answers' or 'vocab'."
+            )
+        if cfg.last_batch not in ("wrap", "partial"):
+            raise RankdecayError(
+                f"unknown last_batch {cfg.last_batch!r}; set task.last_batch to 'wrap' or 'partial'."
+            )
+        self.n_out = p if cfg.out_classes == "answers" else p + 1
         self.seq_len = 3
 
         a, b = all_pairs(p, op)
@@ -115,6 +144,8 @@ class ModularTask(TaskBase):
             order = torch.randperm(a.numel(), generator=gen)
             n_train = round(cfg.train_fraction * a.numel())
             train_idx, val_idx = order[:n_train], order[n_train:]
+        elif cfg.split == "python":
+            train_idx, val_idx = python_split(a.numel(), cfg.train_fraction, cfg.split_seed)
         elif cfg.split == "unordered":
             group = torch.minimum(a, b) * p + torch.maximum(a, b)
             groups = torch.unique(group)
@@ -127,7 +158,7 @@ class ModularTask(TaskBase):
             val_idx = (~in_train).nonzero().squeeze(1)
         else:
             raise RankdecayError(
-                f"unknown split {cfg.split!r}; set task.split to 'ordered' or 'unordered'."
+                f"unknown split {cfg.split!r}; set task.split to 'ordered', 'unordered' or 'python'."
             )
         if train_idx.numel() == 0 or val_idx.numel() == 0:
             raise RankdecayError(
@@ -147,7 +178,8 @@ class ModularTask(TaskBase):
         assert self.n_train is not None
         if self.cfg.full_batch or batch_size <= 0 or batch_size >= self.n_train:
             return self.train_x, self.train_y
-        idx = epoch_indices(self.n_train, batch_size, step, self.seed)
+        batches = epoch_batch_indices if self.cfg.last_batch == "partial" else epoch_indices
+        idx = batches(self.n_train, batch_size, step, self.seed)
         idx = idx.to(self.device)
         return self.train_x[idx], self.train_y[idx]
 
@@ -156,6 +188,16 @@ class ModularTask(TaskBase):
 
     def memorization_baseline(self) -> float:
         return memorization_baseline(self)
+
+
+def python_split(n: int, fraction: float, seed: int = 42) -> tuple[Tensor, Tensor]:
+    """(train, val) indices into the row-major pair list: ``random.Random(seed).shuffle`` of
+    range(n), train = the first int(fraction·n) (the public LRD code's split)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    cut = int(n * fraction)
+    t = torch.tensor(order, dtype=torch.int64)
+    return t[:cut], t[cut:]
 
 
 def memorization_baseline(task: ModularTask) -> float:

@@ -1,0 +1,141 @@
+"""R4 run tables for docs/reproductions.md: validation accuracy and W_Q/W_K stable rank at the
+published read-out steps, grokking step, where a run stopped, best validation accuracy.
+
+    python benchmarks/r4_runs.py results/r4/a_paper results/r4/c_ablation
+    python benchmarks/r4_runs.py results/r4/d_phase --phase      # best val acc per (arm, f, strength)
+    python benchmarks/r4_runs.py results/r4/a_paper --plot docs/figures/r4_public_f05.png
+
+Reads every run directory below the given paths (``metrics.jsonl`` + ``config.json``), also
+unfinished ones (their last logged step is shown). A value at step s is the last evaluation at or
+before s; "—" where the run had not reached s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ACC_STEPS = (400, 1000, 1600, 2000, 2200, 2400, 3000, 4000)
+#: the published mechanism figure (read from its pixels; R4 issue): LRD val acc, LRD stable rank
+PUBLISHED_LRD_VAL = {400: 0.47, 1600: 0.60, 2200: 0.85, 2400: 0.94, 3000: 1.00}
+PUBLISHED_LRD_RANK = {200: 11.2, 400: 5.2, 600: 3.2, 1000: 2.3, 1400: 1.2}
+PUBLISHED_L2 = {"val": ((400, 0.50), (3800, 0.50)), "rank": ((400, 25.7), (3800, 25.0))}
+RANK_STEPS = (0, 200, 400, 600, 1000, 1400, 4000)
+
+
+def _rows(run: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line of a running run
+    return out
+
+
+def _at(rows: list[dict[str, Any]], key: str, step: int) -> float | None:
+    vals = [(r["step"], r[key]) for r in rows if r.get(key) is not None and r["step"] <= step]
+    last = max((r["step"] for r in rows), default=-1)
+    if not vals or last < step:
+        return None
+    return vals[-1][1]
+
+
+def summarize(run: Path) -> dict[str, Any]:
+    """One run's numbers (see the module docstring)."""
+    rows = _rows(run)
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    evals = [(r["step"], r["val_acc"]) for r in rows if "val_acc" in r]
+    grok = next((s for s, v in evals if v >= 0.99), None)
+    return {
+        "run": run.name,
+        "arm": cfg["arm"],
+        "f": cfg["task"]["train_fraction"],
+        "strength": cfg["strength"],
+        "seed": cfg["seed"],
+        "status": summary.get("status", "?"),
+        "last_step": max((r["step"] for r in rows), default=0),
+        "stopped_early": (summary.get("stopped_early") or {}).get("step"),
+        "grok": grok,
+        "best_val": max((v for _, v in evals), default=None),
+        "val": [_at(rows, "val_acc", s) for s in ACC_STEPS],
+        "train": [_at(rows, "train_acc", s) for s in ACC_STEPS],
+        "rank": [_at(rows, "wqk_stable_rank", s) for s in RANK_STEPS],
+    }
+
+
+def plot(runs: list[Path], out: str) -> None:
+    """Validation accuracy and mean W_Q/W_K stable rank of each run, the published values as
+    black markers (LRD: circles; L2: the flat segment)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        rows, s = _rows(run), summarize(run)
+        color = "tab:red" if s["arm"] == "lrd" else "tab:blue"
+        label = f"{s['arm']} seed {s['seed']}"
+        ev = [(r["step"], r["val_acc"]) for r in rows if "val_acc" in r]
+        sr = [(r["step"], r["wqk_stable_rank"]) for r in rows if "wqk_stable_rank" in r]
+        ax1.plot(*zip(*ev), color=color, alpha=0.8, label=label)
+        ax2.plot(*zip(*sr), color=color, alpha=0.8, label=label)
+    ax1.plot(*zip(*PUBLISHED_LRD_VAL.items()), "ko", label="published LRD")
+    ax1.plot(*zip(*PUBLISHED_L2["val"]), "k--", label="published L2")
+    ax2.plot(*zip(*PUBLISHED_LRD_RANK.items()), "ko", label="published LRD")
+    ax2.plot(*zip(*PUBLISHED_L2["rank"]), "k--", label="published L2")
+    ax1.set(xlabel="step", ylabel="validation accuracy", ylim=(0, 1.02))
+    ax2.set(xlabel="step", ylabel="mean stable rank of W_Q, W_K", yscale="log")
+    ax1.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--phase", action="store_true", help="phase-diagram table (best val acc)")
+    p.add_argument("--plot", default=None, help="write the accuracy / stable-rank figure here")
+    args = p.parse_args(argv)
+    runs = sorted(
+        {m.parent for path in args.paths for m in Path(path).rglob("metrics.jsonl")},
+        key=lambda r: str(r),
+    )
+    stats = [summarize(r) for r in runs]
+    if args.plot:
+        plot(runs, args.plot)
+    if args.phase:
+        print("| arm | f | strength | best val acc | grokking step | stopped at | status |")
+        print("|---|---|---|---|---|---|---|")
+        for s in sorted(stats, key=lambda s: (s["arm"], s["f"], s["strength"] or 0)):
+            print(
+                f"| {s['arm']} | {s['f']} | {_fmt(s['strength'])} | {_fmt(s['best_val'])} | "
+                f"{_fmt(s['grok'])} | {s['last_step']} | {s['status']} |"
+            )
+        return
+    head = " / ".join(map(str, ACC_STEPS))
+    rk = " / ".join(map(str, RANK_STEPS))
+    print(f"| run | arm | seed | status, last step | val acc @{head} | grok | stable rank @{rk} |")
+    print("|---|---|---|---|---|---|---|")
+    for s in stats:
+        print(
+            f"| {s['run'][:40]} | {s['arm']} | {s['seed']} | {s['status']}, {s['last_step']} | "
+            + " / ".join(_fmt(v) for v in s["val"])
+            + f" | {_fmt(s['grok'])} | "
+            + " / ".join(_fmt(v) for v in s["rank"])
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
