@@ -998,6 +998,9 @@ class _Ensemble:
             s["ensemble_size"] = M
             summaries.append(s)
             w.write_summary(s)
+        from .integrations.loggers import close_sinks, open_run_sinks
+
+        sinks = [open_run_sinks(m.cfg, w.dir, m.experiment) for m, w in zip(members, writers)]
         alive = [True] * M
         clips = [o.grad_clip for o in optims]
         eval_cache: dict[int, list[dict[str, float]]] = {}
@@ -1051,6 +1054,7 @@ class _Ensemble:
                         evaluate_fn=evaluate_member(i, step),
                         monitor=monitors[i],
                         force_eval=force,
+                        sinks=sinks[i],
                     )
                 except NonFiniteLossError as exc:
                     fail(i, exc)
@@ -1143,6 +1147,8 @@ class _Ensemble:
             if stop.signal is not None and step < tc.steps:
                 checkpoint()
                 bar.close()
+                for member_sinks in sinks:
+                    close_sinks(member_sinks)
                 for i in range(M):
                     if alive[i]:
                         summaries[i].update(
@@ -1158,6 +1164,8 @@ class _Ensemble:
                 return
         except BaseException as exc:
             bar.close()
+            for member_sinks in sinks:
+                close_sinks(member_sinks, quiet=True)
             for i in range(M):
                 if alive[i]:
                     summaries[i].update(
@@ -1167,6 +1175,8 @@ class _Ensemble:
                     self._finish(index[i], summaries[i])
             raise
         bar.close()
+        for member_sinks in sinks:
+            close_sinks(member_sinks)
         elapsed = time.perf_counter() - t0
         from .train import RunResult
 

@@ -174,6 +174,12 @@ class SpectralMonitor:
         writer: path of a ``spectra.jsonl`` the records are appended to.
         keep_records: keep every record in :attr:`records` (disable for very long runs).
         heads_options: forwarded to :func:`rankdecay.attention_heads`.
+        loggers: experiment trackers that get the tags of
+            :func:`rankdecay.integrations.loggers.spectral_scalars` at every recording: the
+            names "tensorboard" / "wandb" (files under ``log_dir``), an open ``SummaryWriter``,
+            a ``wandb`` run, or any object with ``log(step, scalars)`` and ``close()``.
+        log_dir: directory for loggers given by name.
+        log_per_head: also log one tag per head (``…/layer3/head1``), not only layer means.
 
     ``step(step)`` returns the records of that step, or None when nothing was recorded.
     ``force_step(step)`` records whatever the step.
@@ -191,6 +197,9 @@ class SpectralMonitor:
         writer: str | Path | None = None,
         keep_records: bool = True,
         heads_options: dict[str, Any] | None = None,
+        loggers: Sequence[Any] = (),
+        log_dir: str | Path | None = None,
+        log_per_head: bool = False,
     ) -> None:
         bad = [c for c in circuits if c not in _CIRCUITS]
         if bad:
@@ -209,6 +218,12 @@ class SpectralMonitor:
         self.heads_options = dict(heads_options or {})
         self.records: list[dict[str, Any]] = []
         self._latest: list[dict[str, Any]] = []
+        self.log_per_head = bool(log_per_head)
+        self.sinks: list[Any] = []
+        if loggers:
+            from .integrations.loggers import as_sink
+
+            self.sinks = [as_sink(obj, log_dir) for obj in loggers]
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -239,7 +254,18 @@ class SpectralMonitor:
             append_jsonl(self.writer, records)
         if self.callback is not None:
             self.callback(records)
+        if self.sinks:
+            from .integrations.loggers import log_to_sinks, spectral_scalars
+
+            tags = spectral_scalars(records, per_head=self.log_per_head)
+            log_to_sinks(self.sinks, step, tags)
         return records
+
+    def close(self) -> None:
+        """Close the loggers (flush an open ``SummaryWriter`` / wandb run that was passed in)."""
+        from .integrations.loggers import close_sinks
+
+        close_sinks(self.sinks)
 
     def latest(self) -> list[dict[str, Any]]:
         """Records of the most recent recording (empty before the first)."""

@@ -933,14 +933,21 @@ def run_sweep(
     executor: str = "local",
     progress: bool = False,
     dry_run: bool = False,
+    loggers: str | Sequence[str] = (),
     **executor_options: Any,
 ) -> SweepResult:
     """Run (or resume) a sweep and return its rows; the Python face of ``rankdecay sweep``.
 
     ``executor_options`` go to the executor class (``workers``, ``threads_per_worker``,
-    ``ray_address``, ``gpus_per_run``, ...).
+    ``ray_address``, ``gpus_per_run``, ...). ``loggers`` (``--log-to``) sets every run's
+    ``train.loggers`` without changing the sweep's identity.
     """
     _exp, module_spec, spec = plan_sweep(experiment, preset, grid, fixed, seeds)
+    log_to: dict[str, Any] = {}
+    if loggers:
+        from .train import with_loggers
+
+        log_to = {"train.loggers": with_loggers(_exp.config(preset), loggers, _exp.name).train.loggers}
     executor_cls = get_executor(executor)
     engine = executor_cls(**executor_options)
     out_path = Path(out) if out is not None else default_out(spec)
@@ -970,7 +977,7 @@ def run_sweep(
                     name=row["name"],
                     experiment=module_spec,
                     preset=preset,
-                    overrides={**spec.fixed, **row["point"]},
+                    overrides={**spec.fixed, **row["point"], **log_to},
                     seed=row["seed"],
                     run_dir=str(out_path / row["run_dir"]),
                     threads=threads,
@@ -1075,6 +1082,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="list the runs and their status, run nothing"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .train import add_log_to_argument
+
+    add_log_to_argument(parser)
     seen: set[str] = set()
     for name in list(EXECUTORS):
         try:
@@ -1111,6 +1121,7 @@ def run_cli(args: argparse.Namespace) -> int:
             "no_progress",
             "command",
             "debug",
+            "log_to",
         }
     }
     if options.get("workers") is None:
@@ -1127,6 +1138,7 @@ def run_cli(args: argparse.Namespace) -> int:
         executor=args.executor,
         progress=not args.no_progress and not args.dry_run,
         dry_run=args.dry_run,
+        loggers=args.log_to or (),
         **options,
     )
     rows = result.rows

@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from .config import flatten, from_dict, to_dict, to_toml
 from .device import autocast, loss_precision, maybe_compile, param_dtype, spectra_monitor
 from .errors import NonFiniteLossError, RankdecayError
+from .integrations.loggers import check_loggers, close_sinks, open_run_sinks
 from .runio import (
     _jsonable,
     append_jsonl,
@@ -140,6 +141,11 @@ class TrainConfig:
     compile: bool = False
     #: where the monitor's float64 spectra are computed: "model" (the weights' device) or "cpu"
     spectra_device: Literal["model", "cpu"] = "model"
+    #: experiment trackers that also get the metrics and spectra: "tensorboard" (events in
+    #: <run>/tensorboard), "wandb" (<run>/wandb); tag names in rankdecay.integrations.loggers
+    loggers: tuple[str, ...] = ()
+    #: with loggers: one tag per head as well as the per-layer means
+    log_per_head: bool = False
 
 
 # ----------------------------------------------------------------------------- model / optimizer
@@ -620,10 +626,15 @@ class RunWriter:
         return tensors, state
 
 
+#: config keys a run may change when it is resumed (where it reports, not what it computes)
+_RESUMABLE_KEYS = frozenset({"train.loggers", "train.log_per_head"})
+
+
 def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     fa = _flat_dict({"experiment": a.get("experiment"), **a.get("config", {})})
     fb = _flat_dict({"experiment": b.get("experiment"), **b.get("config", {})})
-    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+    keys = (set(fa) | set(fb)) - _RESUMABLE_KEYS
+    return sorted(k for k in keys if fa.get(k) != fb.get(k))
 
 
 def _flat_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -758,6 +769,7 @@ def validate_train_config(tc: TrainConfig) -> None:
             raise RankdecayError(
                 f"train.{key} must be positive, got {getattr(tc, key)}; fix it with --set train.{key}=…."
             )
+    check_loggers(tc.loggers)  # unknown name or missing package: before anything is written
 
 
 def initial_summary(
@@ -813,9 +825,11 @@ def log_event(
     evaluate_fn: Callable[[], dict[str, float]],
     monitor: Any,
     force_eval: bool = False,
+    sinks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """One metrics row at ``step``: running loss/acc + lr (log steps), evaluation (eval steps),
-    monitor summary (monitor steps; its records go to spectra.jsonl); appended to metrics.jsonl.
+    monitor summary (monitor steps; its records go to spectra.jsonl); appended to metrics.jsonl
+    and, as tags (:func:`rankdecay.integrations.loggers.run_scalars`), sent to ``sinks``.
 
     Raises :class:`NonFiniteLossError` when the pending training loss is NaN/Inf.
     """
@@ -834,12 +848,17 @@ def log_event(
         row["lr"] = lr
     if step % tc.eval_every == 0 or force_eval:
         row.update(evaluate_fn())
+    records: list[dict[str, Any]] = []
     if monitor.every > 0 and (monitor.due(step) or force_eval):
         records = monitor.force_step(step)
         writer.log_spectra(records)
         row.update(summarize_records(records))
     if len(row) > 1:
         writer.log_metrics(row)
+        if sinks:
+            from .integrations.loggers import log_to_sinks, run_scalars
+
+            log_to_sinks(sinks, step, run_scalars(row, records, per_head=tc.log_per_head))
     return row
 
 
@@ -914,6 +933,7 @@ def train(
 
     summary = initial_summary(cfg, experiment, preset, state.step, resumed_from, device)
     writer.write_summary(summary)
+    sinks = open_run_sinks(cfg, writer.dir, experiment)
 
     def checkpoint() -> None:
         save_run_checkpoint(writer, model, optimizer, state)
@@ -932,6 +952,7 @@ def train(
             evaluate_fn=evaluate_now,
             monitor=monitor,
             force_eval=force_eval,
+            sinks=sinks,
         )
 
     bar = _Progress(progress, tc.steps, state.step, f"{experiment}")
@@ -983,9 +1004,11 @@ def train(
                     elapsed_s=time.perf_counter() - t0,
                 )
                 writer.write_summary(summary)
+                close_sinks(sinks)
                 return summary
     except NonFiniteLossError as exc:
         bar.close()
+        close_sinks(sinks, quiet=True)
         summary.update(
             status="failed", error=str(exc), step=state.step, final=_final_values(writer.metrics())
         )
@@ -993,10 +1016,12 @@ def train(
         raise
     except BaseException as exc:
         bar.close()
+        close_sinks(sinks, quiet=True)
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", step=state.step)
         writer.write_summary(summary)
         raise
     bar.close()
+    close_sinks(sinks)
     elapsed = time.perf_counter() - t0
     rows = writer.metrics()
     final = _final_values(rows)
@@ -1036,6 +1061,33 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoint"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_log_to_argument(p)
+
+
+def add_log_to_argument(p: argparse.ArgumentParser) -> None:
+    """``--log-to tensorboard,wandb`` (``rankdecay run`` and ``rankdecay sweep``)."""
+    p.add_argument(
+        "--log-to",
+        default=None,
+        metavar="LOGGERS",
+        help="also log metrics and spectra to these trackers: tensorboard, wandb (comma-separated; "
+        "sets train.loggers; TensorBoard events in <run>/tensorboard, W&B files in <run>/wandb)",
+    )
+
+
+def with_loggers(cfg: Any, value: str | Sequence[str], experiment: str) -> Any:
+    """``cfg`` with ``train.loggers`` set from ``--log-to`` (validated; packages checked)."""
+    from .config import apply_overrides
+    from .integrations.loggers import parse_loggers
+
+    names = parse_loggers(value)
+    if not hasattr(getattr(cfg, "train", None), "loggers"):
+        raise RankdecayError(
+            f"experiment '{experiment}' does not train a transformer with the rankdecay loop, so "
+            "it cannot log to TensorBoard/W&B; drop --log-to (its results are in the run directory)."
+        )
+    check_loggers(names)
+    return apply_overrides(cfg, {"train.loggers": names})
 
 
 def _print_verdict(summary: Mapping[str, Any], run_dir: Path) -> None:
@@ -1126,6 +1178,8 @@ def run_cli(args: argparse.Namespace) -> int:
                 )
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path("runs") / f"{exp.name}-{preset}-s{cfg.seed}-{stamp}"
+    if args.log_to is not None:
+        cfg = with_loggers(cfg, args.log_to, exp.name)
     summary = exp.run(
         cfg,
         run_dir,
