@@ -1288,22 +1288,22 @@ class EnsembleExecutor(Executor):
         **options: Any,
     ) -> None:
         super().__init__(**options)
-        from .sweep import available_cpus
+        from .threads import available_cpus, check_budget, default_threads
 
         cpus = available_cpus()
         self.members = members
         if members is not None and members < 1:
             raise RankdecayError(
-                f"--members must be at least 1, got {members}; pass --members 1 or more."
+                f"members must be at least 1, got {members}; use 1 or more.", param="members"
             )
         self.workers = int(workers or 1)
-        if self.workers < 1 or self.workers > cpus:
+        if self.workers > cpus:
             raise RankdecayError(
-                f"--workers {self.workers} must be between 1 and the {cpus} CPUs available here; fix --workers."
+                f"workers={self.workers} exceeds the {cpus} CPUs available here; use {cpus} or fewer.",
+                param="workers",
             )
-        self.threads = int(threads_per_worker or max(1, cpus // self.workers))
-        if self.threads < 1:
-            raise RankdecayError("--threads-per-worker must be at least 1; pass a positive count.")
+        self.threads = int(threads_per_worker or default_threads(self.workers))
+        check_budget(self.workers, self.threads)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

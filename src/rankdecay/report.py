@@ -1293,6 +1293,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="STEP",
         help="steps at which to plot singular-value spectra (nearest logged; default first/middle/last)",
     )
+    from .threads import add_threads_argument
+
+    add_threads_argument(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:

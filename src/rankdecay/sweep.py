@@ -50,6 +50,14 @@ from typing import Any, ClassVar
 from .config import apply_overrides, get_key, parse_assignment
 from .errors import RankdecayError
 from .runio import atomic_write_json, read_json
+from .threads import (
+    THREAD_ENV_VARS,
+    ThreadCountError,
+    available_cpus,
+    check_budget,
+    default_threads,
+    set_threads,
+)
 
 __all__ = [
     "EXECUTORS",
@@ -161,17 +169,6 @@ def run_status(run_dir: str | Path) -> str:
         return "missing"
 
 
-def set_threads(threads: int) -> None:
-    """Limit this process's intra-op parallelism (torch, OpenMP, MKL) to ``threads``."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-    with contextlib.suppress(RuntimeError):  # only settable before any inter-op work
-        torch.set_num_interop_threads(1)
-
-
 def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]:
     """Run one task in this process and return ``{"status", "error", "wall_s", "final", "verdict"}``.
 
@@ -251,13 +248,6 @@ class Executor(abc.ABC):
         return self.name
 
 
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _watch_parent(parent_pid: int) -> None:
     """Exit this worker at once when the sweep process dies (so no orphan keeps writing)."""
     while True:
@@ -268,7 +258,7 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _worker_main(conn: Any, threads: int, parent_pid: int) -> None:
     """Local worker process: receive tasks on ``conn`` until ``None``, send back results."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in THREAD_ENV_VARS:
         os.environ[var] = str(threads)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     set_threads(threads)
@@ -289,8 +279,10 @@ def _worker_main(conn: Any, threads: int, parent_pid: int) -> None:
 class LocalExecutor(Executor):
     """A pool of ``workers`` spawned processes, each limited to ``threads_per_worker`` threads.
 
-    ``workers × threads_per_worker`` may not exceed the CPUs available to this process. A worker
-    that dies (segfault, out of memory) fails only the run it held and is replaced.
+    ``workers × threads_per_worker`` may not exceed the CPUs available to this process
+    (:func:`rankdecay.threads.check_budget`); the default ``threads_per_worker`` is
+    ``physical cores // workers``. A worker that dies (segfault, out of memory) fails only the run
+    it held and is replaced.
     """
 
     name = "local"
@@ -298,22 +290,15 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int = 1, threads_per_worker: int | None = None, **options: Any):
         super().__init__(**options)
         cpus = available_cpus()
-        if workers < 1:
-            raise RankdecayError(
-                f"--workers must be at least 1, got {workers}; pass --workers 1 or more."
-            )
         if workers > cpus:
-            raise RankdecayError(
-                f"--workers {workers} exceeds the {cpus} CPUs available here; pass --workers {cpus} "
-                "or fewer (or use --executor ray for more machines)."
+            raise ThreadCountError(
+                f"workers={workers} exceeds the {cpus} CPUs available here; use {cpus} or fewer "
+                "(or the ray executor for more machines).",
+                param="workers",
             )
         if threads_per_worker is None:
-            threads_per_worker = max(1, cpus // workers)
-        if threads_per_worker < 1 or workers * threads_per_worker > cpus:
-            raise RankdecayError(
-                f"--workers {workers} × --threads-per-worker {threads_per_worker} would oversubscribe "
-                f"the {cpus} CPUs available here; lower one of them."
-            )
+            threads_per_worker = default_threads(workers)
+        check_budget(workers, threads_per_worker)
         self.workers = workers
         self.threads = threads_per_worker
 
@@ -435,7 +420,10 @@ class RayExecutor(Executor):
         self.gpus = float(gpus_per_run or 0.0)
         self.max_in_flight = workers  # None: as many as the cluster's CPUs (GPUs) can hold
         if self.threads < 1:
-            raise RankdecayError("--threads-per-worker must be at least 1; pass a positive count.")
+            raise ThreadCountError(
+                f"threads_per_worker must be at least 1, got {self.threads}; use 1 or more.",
+                param="threads_per_worker",
+            )
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -1070,10 +1058,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="parallel runs (local: processes, default 1; ray: at most this many in flight)",
     )
     parser.add_argument(
+        "--threads",
         "--threads-per-worker",
+        dest="threads_per_worker",
         type=int,
         default=None,
-        help="torch threads per run (local default: CPUs // workers; ray default 1)",
+        metavar="N",
+        help="torch threads per run; workers × threads may not exceed the CPUs "
+        "(local default: physical cores // workers; ray default 1)",
     )
     parser.add_argument(
         "--out", default=None, help="sweep directory (default sweeps/<experiment>-<preset>-<hash>)"

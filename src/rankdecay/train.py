@@ -1062,6 +1062,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_log_to_argument(p)
+    from .threads import add_threads_argument
+
+    add_threads_argument(p)
 
 
 def add_log_to_argument(p: argparse.ArgumentParser) -> None:
