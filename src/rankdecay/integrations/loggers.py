@@ -43,6 +43,7 @@ __all__ = [
     "LOGGERS",
     "LoggerSink",
     "MissingExtraError",
+    "NotASinkError",
     "TensorBoardSink",
     "UnknownLoggerError",
     "WandbSink",
@@ -82,7 +83,11 @@ class MissingExtraError(RankdecayError, ImportError):
 
 
 class UnknownLoggerError(RankdecayError, ValueError):
-    """A logger name that is not one of :data:`LOGGERS`, or an object that is not a sink."""
+    """A logger name that is not one of :data:`LOGGERS` (or one given without a directory)."""
+
+
+class NotASinkError(RankdecayError, TypeError):
+    """An object passed as a logger that is neither a name, a known writer/run, nor a sink."""
 
 
 @runtime_checkable
@@ -312,7 +317,7 @@ class WandbSink:
             return
         if log_dir is None:
             raise UnknownLoggerError("WandbSink needs log_dir or an active wandb run; pass one.")
-        wandb = _import_wandb()
+        wandb = _import_wandb()  # before anything is written
         root = Path(log_dir)
         (root / "wandb").mkdir(parents=True, exist_ok=True)
         id_file = root / "wandb" / "rankdecay_run_id"
@@ -371,7 +376,7 @@ def as_sink(obj: Any, log_dir: str | Path | None = None) -> LoggerSink:
         return WandbSink(run=obj)
     if callable(getattr(obj, "log", None)) and callable(getattr(obj, "close", None)):
         return obj  # type: ignore[no-any-return]
-    raise UnknownLoggerError(
+    raise NotASinkError(
         f"cannot log to a {type(obj).__name__}; pass 'tensorboard', 'wandb', a SummaryWriter, "
         "a wandb run, or an object with log(step, scalars) and close()."
     )
