@@ -8,16 +8,20 @@ network here (WANDB_MODE=offline, WANDB_DIR in a temporary folder).
 
 from __future__ import annotations
 
-import json
-import struct
+import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from tracker_files import (  # noqa: F401 - offline_trackers is a fixture
+    offline_trackers,
+    read_tensorboard,
+    read_wandb_history,
+    wandb_files,
+)
 
 import rankdecay as rd
 from rankdecay.cli import main
@@ -47,91 +51,7 @@ TINY_RECALL = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def wandb_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """W&B offline, silent, its default files in a temporary folder (no network, no login)."""
-    root = tmp_path_factory.mktemp("wandb")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.setenv("WANDB_DIR", str(root))
-        mp.setenv("WANDB_DISABLE_GIT", "true")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield root
-
-
-# ----------------------------------------------------------------------------- readers
-
-
-def read_tensorboard(root: Path) -> dict[str, dict[int, float]]:
-    """tag → {step: value} of every event file under ``root``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, dict[int, float]] = {}
-    dirs = sorted({p.parent for p in Path(root).rglob("events.out.tfevents.*")})
-    assert dirs, f"no TensorBoard event file under {root}"
-    for d in dirs:
-        acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
-    return out
-
-
-def _leveldb_records(path: Path) -> Iterator[bytes]:
-    """Records of W&B's transaction log (a LevelDB-style log: 7-byte file header, 32 KiB blocks,
-    each record chunk ``crc32 u32 | length u16 | type u8`` with type full=1, first=2, middle=3,
-    last=4)."""
-    data = path.read_bytes()
-    ident, _magic, _version = struct.unpack("<4sHB", data[:7])
-    assert ident == b":W&B"
-    pos, block, buf = 7, 32768, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:
-            pos += left
-            continue
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:
-            yield chunk
-        elif kind == 2:
-            buf = chunk
-        elif kind == 3:
-            buf += chunk
-        elif kind == 4:
-            yield buf + chunk
-
-
-def wandb_files(root: Path) -> set[Path]:
-    return set(Path(root).rglob("offline-run-*/run-*.wandb"))
-
-
-def read_wandb_history(root: Path, skip: set[Path] = frozenset()) -> list[dict[str, Any]]:
-    """The history rows (``run.log`` calls, with ``_step``) of the offline runs under ``root``
-    (leaving out the run files in ``skip``)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    files = sorted(wandb_files(root) - set(skip))
-    assert files, f"no offline W&B run under {root}"
-    rows = []
-    for f in files:
-        for data in _leveldb_records(f):
-            rec = pb.Record()
-            rec.ParseFromString(data)
-            if rec.WhichOneof("record_type") == "history":
-                rows.append(
-                    {
-                        (i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                        for i in rec.history.item
-                    }
-                )
-    return rows
+pytestmark = pytest.mark.usefixtures("offline_trackers")
 
 
 def _layer_means(records: list[dict[str, Any]], step: int, circuit: str, metric: str) -> dict:
@@ -381,9 +301,8 @@ def _bert_trainer(hf: Any, out: Path, report_to: list[str], position: str, **cb:
 
 
 @pytest.mark.parametrize("position", ["end", "front", "added"])
-def test_hf_trainer_tags_reach_tensorboard(
-    hf: Any, tmp_path: Path, position: str, wandb_dir: Path
-) -> None:
+def test_hf_trainer_tags_reach_tensorboard(hf: Any, tmp_path: Path, position: str) -> None:
+    wandb_dir = Path(os.environ["WANDB_DIR"])  # the Trainer's W&B run lands there
     before = wandb_files(wandb_dir)
     report_to = ["tensorboard", "wandb"] if position == "end" else ["tensorboard"]
     trainer, callback = _bert_trainer(hf, tmp_path, report_to, position)
