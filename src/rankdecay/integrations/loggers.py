@@ -267,8 +267,16 @@ class TensorBoardSink:
         return str(self.writer.log_dir)
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, int(step))
+        file_writer = getattr(self.writer, "_get_file_writer", None)
+        if file_writer is None:  # another SummaryWriter flavour (tensorboardX): one call per tag
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, int(step))
+            return
+        # one event holding every value (what add_scalar writes, per tag): ~100× fewer writes
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=t, simple_value=float(v)) for t, v in scalars.items()]
+        file_writer().add_summary(Summary(value=values), int(step))
 
     def close(self) -> None:
         if self._owned:
@@ -333,17 +341,20 @@ class WandbSink:
                 "upload later with `wandb sync`, or set WANDB_MODE to choose.",
                 stacklevel=2,
             )
-        self.run = wandb.init(
-            project=project or os.environ.get("WANDB_PROJECT") or "rankdecay",
-            name=name,
-            group=group,
-            config=dict(config) if config is not None else None,
-            dir=str(root),
-            id=run_id,
-            resume="allow",
-            mode=mode,
-            reinit="create_new",
-        )
+        options: dict[str, Any] = {
+            "project": project or os.environ.get("WANDB_PROJECT") or "rankdecay",
+            "name": name,
+            "group": group,
+            "config": dict(config) if config is not None else None,
+            "dir": str(root),
+            "id": run_id,
+            "resume": "allow",
+            "mode": mode,
+        }
+        try:  # several runs at once (an ensemble of runs in one process): wandb >= 0.19.10
+            self.run = wandb.init(**options, reinit="create_new")
+        except (TypeError, ValueError, wandb.errors.UsageError):
+            self.run = wandb.init(**options, reinit=True)
         self._owned = True
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
