@@ -8,7 +8,6 @@ network here (WANDB_MODE=offline, WANDB_DIR in a temporary folder).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_cli_run import TINY_RECALL as CLI_TINY_RECALL
 from tracker_files import (  # noqa: F401 - offline_trackers is a fixture
     offline_trackers,
     read_tensorboard,
     read_wandb_history,
-    wandb_files,
 )
 
 import rankdecay as rd
@@ -35,20 +34,7 @@ from rankdecay.integrations.loggers import (
 from rankdecay.models import ModelConfig, TinyTransformer
 from rankdecay.runio import read_jsonl
 
-TINY_RECALL = [
-    "task.n_keys=4",
-    "task.n_values=4",
-    "task.n_pairs=2",
-    "task.n_eval=64",
-    "model.d_model=16",
-    "model.n_heads=2",
-    "train.batch_size=16",
-    "train.log_every=5",
-    "train.eval_every=10",
-    "train.monitor_every=10",
-    "train.checkpoint_every=20",
-    "train.steps=20",
-]
+TINY_RECALL = [*CLI_TINY_RECALL, "train.steps=20"]
 
 
 pytestmark = pytest.mark.usefixtures("offline_trackers")
@@ -189,6 +175,37 @@ def test_monitor_logs_to_summary_writer_and_custom_sink(tmp_path: Path) -> None:
             assert events[tag][step] == pytest.approx(tags[tag], rel=1e-6)
 
 
+def test_wandb_mode_offline_without_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rankdecay.integrations.loggers import wandb_mode
+
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert wandb_mode() == "offline"
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    with pytest.warns(UserWarning, match="no W&B API key is configured, so W&B logs offline"):
+        assert wandb_mode() == "offline"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password k" + "0" * 39 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_API_KEY", "x")
+    (tmp_path / ".netrc").unlink()
+    assert wandb_mode() == "online"
+
+
+def test_wandb_sink_keeps_its_run_id(tmp_path: Path) -> None:
+    from rankdecay.integrations.loggers import WandbSink
+
+    sink = WandbSink(tmp_path / "run", name="demo", config={"optim.lr": 0.1})
+    sink.log(3, {"rankdecay/qk/rank/mean": 2.5})
+    sink.close()
+    rows = read_wandb_history(tmp_path / "run")
+    assert [(r["_step"], r["rankdecay/qk/rank/mean"]) for r in rows] == [(3, 2.5)]
+    again = WandbSink(tmp_path / "run", name="demo")  # a resumed run: the same W&B run id
+    assert again.run.id == sink.run.id
+    again.close()
+
+
 # ----------------------------------------------------------------------------- rankdecay run / sweep
 
 
@@ -224,25 +241,17 @@ def test_sweep_log_to_reaches_every_run(tmp_path: Path) -> None:
     from rankdecay.sweep import run_sweep
 
     fixed = [s for s in TINY_RECALL if not s.startswith("train.steps")] + ["train.steps=10"]
-    result = run_sweep(
-        "recall",
-        grid=["weight_decay_attn=0,0.1"],
-        fixed=fixed,
-        seeds=1,
-        out=tmp_path / "sweep",
-        executor="ensemble",  # in-process: both runs trained as one stacked ensemble
-        loggers="tensorboard",
-    )
+    # the ensemble executor trains both runs in this process, as one stacked ensemble
+    sweep = {
+        "grid": ["weight_decay_attn=0,0.1"],
+        "fixed": fixed,
+        "seeds": 1,
+        "executor": "ensemble",
+    }
+    result = run_sweep("recall", out=tmp_path / "sweep", loggers="tensorboard", **sweep)
     assert result.counts.get("finished") == 2
     # --log-to is not part of the sweep's identity: the same sweep without it is complete
-    again = run_sweep(
-        "recall",
-        grid=["weight_decay_attn=0,0.1"],
-        fixed=fixed,
-        seeds=1,
-        out=tmp_path / "sweep",
-        executor="ensemble",
-    )
+    again = run_sweep("recall", out=tmp_path / "sweep", **sweep)
     assert again.counts.get("finished") == 2 and again.executed == []
     for row in result.rows:
         events = read_tensorboard(result.out / row["run_dir"] / "tensorboard")
@@ -302,14 +311,14 @@ def _bert_trainer(hf: Any, out: Path, report_to: list[str], position: str, **cb:
 
 @pytest.mark.parametrize("position", ["end", "front", "added"])
 def test_hf_trainer_tags_reach_tensorboard(hf: Any, tmp_path: Path, position: str) -> None:
-    wandb_dir = Path(os.environ["WANDB_DIR"])  # the Trainer's W&B run lands there
-    before = wandb_files(wandb_dir)
     report_to = ["tensorboard", "wandb"] if position == "end" else ["tensorboard"]
     trainer, callback = _bert_trainer(hf, tmp_path, report_to, position)
     trainer.train()
+    wandb_run = None
     if "wandb" in report_to:
         import wandb
 
+        wandb_run = Path(wandb.run.dir).parent  # …/offline-run-<time>-<id>
         wandb.finish()  # the Trainer leaves its W&B run open
     records = list(read_jsonl(tmp_path / "spectra.jsonl"))
     events = read_tensorboard(tmp_path / "runs")
@@ -320,8 +329,8 @@ def test_hf_trainer_tags_reach_tensorboard(hf: Any, tmp_path: Path, position: st
     assert set(events["train/rankdecay/qk/effective_rank/mean"]) == {10, 20}
     logged = [h for h in trainer.state.log_history if "rankdecay/qk/rank/mean" in h]
     assert [h["step"] for h in logged] == [10, 20]
-    if "wandb" in report_to:
-        history = read_wandb_history(wandb_dir, skip=before)
+    if wandb_run is not None:
+        history = read_wandb_history(wandb_run)
         rows = [r for r in history if "train/rankdecay/qk/rank/mean" in r]
         assert [r["train/global_step"] for r in rows] == [10, 20]
         means = _layer_means(records, 20, "qk", "rank")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ def _leveldb_records(path: Path) -> Iterator[bytes]:
         if kind == 0 and length == 0:
             pos += left
             continue
+        if pos + 7 + length > len(data):
+            break  # being written
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 1:
@@ -75,25 +78,26 @@ def _leveldb_records(path: Path) -> Iterator[bytes]:
             yield buf + chunk
 
 
-def wandb_files(root: Path) -> set[Path]:
-    return set(Path(root).rglob("offline-run-*/run-*.wandb"))
-
-
-def read_wandb_history(
-    root: Path, skip: set[Path] | frozenset[Path] = frozenset()
-) -> list[dict[str, Any]]:
-    """The history rows (``run.log`` calls, with ``_step``) of the offline runs under ``root``
-    (leaving out the run files in ``skip``)."""
+def read_wandb_history(root: Path) -> list[dict[str, Any]]:
+    """The history rows (``run.log`` calls, with ``_step``) of the offline runs under ``root``."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    files = sorted(wandb_files(root) - set(skip))
+    files = sorted(Path(root).rglob("run-*.wandb"))
     assert files, f"no offline W&B run under {root}"
     rows = []
     for f in files:
-        for data in _leveldb_records(f):
-            rec = pb.Record()
-            rec.ParseFromString(data)
-            if rec.WhichOneof("record_type") == "history":
+        # run.finish() can return before W&B's service has written the run out: wait for its
+        # final "exit" record
+        deadline = time.monotonic() + 60
+        while True:
+            records = [pb.Record.FromString(data) for data in _leveldb_records(f)]
+            kinds = [rec.WhichOneof("record_type") for rec in records]
+            if "exit" in kinds or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert "exit" in kinds, f"the W&B run {f} was not finished"
+        for rec, kind in zip(records, kinds):
+            if kind == "history":
                 rows.append(
                     {
                         (i.key or "/".join(i.nested_key)): json.loads(i.value_json)

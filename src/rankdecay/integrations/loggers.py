@@ -57,6 +57,7 @@ __all__ = [
     "parse_loggers",
     "run_scalars",
     "spectral_scalars",
+    "wandb_mode",
 ]
 
 #: logger names accepted by ``train.loggers`` / ``--log-to`` → the extra that provides them
@@ -296,6 +297,27 @@ def _has_wandb_key() -> bool:
         return False
 
 
+_WANDB_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline"}
+
+
+def wandb_mode(where: str | Path = "the run directory") -> str:
+    """The W&B mode to pass to ``wandb.init`` (explicitly: wandb reads its environment only once
+    per process): ``$WANDB_MODE`` ("disabled", or online/offline and their old spellings); else
+    "online" when an API key is configured and "offline" (with a warning naming ``where``)
+    when none is, so a run never stops to ask for a login."""
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env:
+        return _WANDB_MODES.get(env, env)
+    if _has_wandb_key():
+        return "online"
+    warnings.warn(
+        f"no W&B API key is configured, so W&B logs offline to {where}; upload later with "
+        "`wandb sync`, or set WANDB_MODE to choose.",
+        stacklevel=3,
+    )
+    return "offline"
+
+
 class WandbSink:
     """Scalars as Weights & Biases history: ``run.log(scalars, step=step)``.
 
@@ -306,8 +328,8 @@ class WandbSink:
             ``$WANDB_PROJECT`` or "rankdecay").
         run: an active ``wandb`` run to log to instead (not finished by :meth:`close`).
 
-    Mode: ``$WANDB_MODE`` when set; else online when an API key is configured, otherwise offline
-    (with a warning naming ``wandb sync``), so it never asks for a login.
+    Mode: :func:`wandb_mode` — ``$WANDB_MODE`` when set; else online when an API key is
+    configured, otherwise offline (with a warning naming ``wandb sync``): it never asks for a login.
     """
 
     def __init__(
@@ -326,21 +348,14 @@ class WandbSink:
         if log_dir is None:
             raise UnknownLoggerError("WandbSink needs log_dir or an active wandb run; pass one.")
         wandb = _import_wandb()  # before anything is written
-        root = Path(log_dir)
+        root = Path(log_dir).resolve()  # its service process has its own working directory
         (root / "wandb").mkdir(parents=True, exist_ok=True)
         id_file = root / "wandb" / "rankdecay_run_id"
         run_id = id_file.read_text().strip() if id_file.exists() else ""
         if not run_id:
             run_id = secrets.token_hex(4)
             id_file.write_text(run_id + "\n")
-        mode = None
-        if not os.environ.get("WANDB_MODE") and not _has_wandb_key():
-            mode = "offline"
-            warnings.warn(
-                f"no W&B API key is configured, so W&B logs offline to {root / 'wandb'}; "
-                "upload later with `wandb sync`, or set WANDB_MODE to choose.",
-                stacklevel=2,
-            )
+        mode = wandb_mode(root / "wandb")
         options: dict[str, Any] = {
             "project": project or os.environ.get("WANDB_PROJECT") or "rankdecay",
             "name": name,

@@ -41,8 +41,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -50,60 +49,27 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler
 
-from ..monitor import SpectralMonitor
-from ..spectra import DEFAULT_RTOL
-from .loggers import DEFAULT_METRICS, spectral_scalars
+from .common import SpectralCallbackBase
 
 __all__ = ["SpectralMonitorCallback", "trainer_optimizer"]
 
 
-class SpectralMonitorCallback(TrainerCallback):
+class SpectralMonitorCallback(SpectralCallbackBase, TrainerCallback):
     """A ``TrainerCallback`` that runs :class:`rankdecay.SpectralMonitor` every ``every`` steps.
 
-    Args:
-        every: record when ``state.global_step % every == 0`` (and at the start of training).
-        circuits, rtol, matrices, keep_singular_values: as for :class:`SpectralMonitor`.
-        output_file: JSONL file under ``args.output_dir`` for the records; None → no file.
-        metrics: which metrics become log tags (None → all); per_layer / per_head: tags per
-            layer (``…/layer3``) / per head (``…/layer3/head1``) besides the ``…/mean`` tags.
-        prefix: first component of the tags ("rankdecay").
-        heads_options: forwarded to :func:`rankdecay.attention_heads` (e.g. ``fold_norm=True``).
+    Args: those of :class:`rankdecay.integrations.common.SpectralCallbackBase` — ``every``
+    (``state.global_step % every == 0``, and at the start of training), ``circuits``, ``rtol``,
+    ``matrices``, ``keep_singular_values``, ``output_file`` (under ``args.output_dir``),
+    ``metrics``, ``per_layer``, ``per_head``, ``prefix``, ``heads_options`` — and
+
         move_first: move this callback to the front of the Trainer's callback list (see the
             module docstring), so the reporting integrations receive the tags.
     """
 
-    def __init__(
-        self,
-        every: int = 100,
-        circuits: Sequence[str] = ("qk", "ov"),
-        rtol: float = DEFAULT_RTOL,
-        matrices: bool = True,
-        keep_singular_values: bool = True,
-        output_file: str | None = "spectra.jsonl",
-        metrics: Sequence[str] | None = DEFAULT_METRICS,
-        per_layer: bool = True,
-        per_head: bool = False,
-        prefix: str = "rankdecay",
-        heads_options: dict[str, Any] | None = None,
-        move_first: bool = True,
-    ) -> None:
-        if every <= 0:
-            raise ValueError(f"every must be positive, got {every}.")
-        self.every = int(every)
-        self.circuits = tuple(circuits)
-        self.rtol = float(rtol)
-        self.matrices = matrices
-        self.keep_singular_values = keep_singular_values
-        self.output_file = output_file
-        self.metrics = None if metrics is None else tuple(metrics)
-        self.per_layer = per_layer
-        self.per_head = per_head
-        self.prefix = prefix
-        self.heads_options = heads_options
+    def __init__(self, every: int = 100, *, move_first: bool = True, **options: Any) -> None:
+        super().__init__(every, **options)
         self.move_first = move_first
-        self.monitor: SpectralMonitor | None = None
         self._pending: dict[str, float] = {}
-        self._last_step: int | None = None
         self._placed = False
 
     # -- helpers -----------------------------------------------------------------------------
@@ -137,38 +103,11 @@ class SpectralMonitorCallback(TrainerCallback):
             # safe while call_event iterates: the callback that follows keeps its index
             callbacks.insert(0, callbacks.pop(index))
 
-    def _ensure_monitor(self, args: Any, state: Any, model: Any) -> SpectralMonitor:
-        if self.monitor is None or self.monitor.model is not model:
-            writer = None
-            if self.output_file and getattr(state, "is_world_process_zero", True):
-                writer = Path(args.output_dir) / self.output_file
-                writer.parent.mkdir(parents=True, exist_ok=True)
-            self.monitor = SpectralMonitor(
-                model,
-                every=self.every,
-                circuits=self.circuits,
-                rtol=self.rtol,
-                matrices=self.matrices,
-                keep_singular_values=self.keep_singular_values,
-                writer=writer,
-                heads_options=self.heads_options,
-            )
-        return self.monitor
-
     def _record(self, args: Any, state: Any, model: Any) -> dict[str, float]:
-        step = int(state.global_step)
-        if model is None or self._last_step == step:
+        if model is None:
             return {}
-        monitor = self._ensure_monitor(args, state, model)
-        records = monitor.force_step(step)
-        self._last_step = step
-        return spectral_scalars(
-            records,
-            per_layer=self.per_layer,
-            per_head=self.per_head,
-            metrics=self.metrics,
-            prefix=self.prefix,
-        )
+        main = getattr(state, "is_world_process_zero", True)
+        return self.record(model, int(state.global_step), args.output_dir if main else None)
 
     # -- Trainer events ----------------------------------------------------------------------
 
