@@ -103,8 +103,20 @@ class SpectralReport:
     GQA flags, scales, notes, rtol, circuits, fold_norm).
     """
 
-    records: list[dict[str, Any]]
-    model: dict[str, Any] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(repr=False)
+    model: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        """One line: the model, its size, circuits, rtol and the record count (not the records)."""
+        m = self.model
+        layers = len({r.get("layer") for r in self.records})
+        pairs = {(r.get("layer"), r.get("head")) for r in self.records}
+        heads = m.get("n_heads", len(pairs) // max(1, layers))
+        what = m.get("source") or m.get("model_class") or "model"
+        return (
+            f"SpectralReport({what!r}: {layers} layers × {heads} heads, "
+            f"circuits={','.join(self.circuits)}, rtol={self.rtol:g}, {len(self.records)} records)"
+        )
 
     @property
     def rtol(self) -> float:
@@ -412,7 +424,8 @@ def _check_circuits(circuits: Iterable[str] | str) -> tuple[str, ...]:
     bad = [c for c in chosen if c not in CIRCUITS]
     if bad or not chosen:
         raise RankdecayError(
-            f"unknown circuit {(bad or [''])[0]!r}; choose from qk, ov (e.g. --circuits qk,ov)."
+            f"unknown circuit {(bad or [''])[0]!r}; choose from qk, ov (e.g. circuits=('qk', 'ov')).",
+            param="circuits",
         )
     return chosen
 
@@ -458,7 +471,9 @@ def analyze(
         products of equal shape in one batched call (chunked to bound memory).
     """
     if not isinstance(rtol, (int, float)) or not math.isfinite(rtol) or rtol < 0:
-        raise RankdecayError(f"rtol must be a finite number ≥ 0, got {rtol!r}; e.g. --rtol 1e-2.")
+        raise RankdecayError(
+            f"rtol must be a finite number ≥ 0, got {rtol!r}; e.g. rtol=1e-2.", param="rtol"
+        )
     chosen = _check_circuits(circuits)
     source: str | None = None
     if isinstance(model_or_path, (str, os.PathLike)):
@@ -479,7 +494,8 @@ def analyze(
         except TypeError as exc:
             if fold_norm and "fold_norm" in str(exc):
                 raise RankdecayError(
-                    f"the {adapter.name} adapter does not support fold_norm; analyze without --fold-norm."
+                    f"the {adapter.name} adapter does not support fold_norm; analyze without it.",
+                    param="fold_norm",
                 ) from None
             raise
         for lh in layers:
@@ -827,10 +843,6 @@ def _write_html(report: SpectralReport, path: str) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    if not math.isfinite(args.rtol) or args.rtol < 0:
-        raise RankdecayError(
-            f"--rtol must be a finite number ≥ 0, got {args.rtol}; e.g. --rtol 1e-2."
-        )
     circuits = _check_circuits(args.circuits)
     progress = False if args.no_progress else None
     report = analyze(

@@ -438,7 +438,8 @@ class BatchedLowRankDecay:
         if target not in TARGETS or granularity not in ("matrix", "head"):
             raise RankdecayError(
                 f"the ensemble supports LRD targets {', '.join(TARGETS)} with granularity matrix or "
-                f"head, got target={target!r}, granularity={granularity!r}; run it with --executor local."
+                f"head, got target={target!r}, granularity={granularity!r}; run it with the local executor.",
+                param="executor",
             )
         if granularity not in GRANULARITIES or mode not in MODES or polar not in POLARS:
             raise RankdecayError(f"unknown LRD settings {granularity!r}/{mode!r}/{polar!r}.")
@@ -673,7 +674,8 @@ def _eval_stream(sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]]) -> _EvalSt
     if len(shapes) > 1:
         raise RankdecayError(
             f"the ensemble evaluates all evaluation sets ({', '.join(names)}) as one stream, but "
-            f"their example shapes differ ({sorted(shapes)}); run these with --executor local."
+            f"their example shapes differ ({sorted(shapes)}); run these with the local executor.",
+            param="executor",
         )
     xs, ys, ids = [], [], []
     for s in sets:
@@ -766,7 +768,8 @@ def train_ensemble(
         reason = unsupported_reason(m.cfg)
         if reason is not None:
             raise RankdecayError(
-                f"{m.run_dir} cannot join an ensemble ({reason}); run it with --executor local."
+                f"{m.run_dir} cannot join an ensemble ({reason}); run it with the local executor.",
+                param="executor",
             )
     keys = {ensemble_key(m.cfg) for m in members}
     if len(keys) > 1:

@@ -460,7 +460,8 @@ class RayExecutor(Executor):
             import ray
         except ImportError:
             raise RankdecayError(
-                "--executor ray needs Ray; install it with `pip install 'rankdecay[ray]'`."
+                "the ray executor needs Ray; install it with `pip install 'rankdecay[ray]'`.",
+                param="executor",
             ) from None
         started_here = False
         if not ray.is_initialized():
@@ -474,7 +475,8 @@ class RayExecutor(Executor):
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise RankdecayError(
                     f"cannot connect to Ray at {self.address or 'a local instance'} ({exc}); start "
-                    "a cluster with `ray start --head` or check --ray-address."
+                    "a cluster with `ray start --head` or check the address.",
+                    param="ray_address",
                 ) from None
             started_here = True
         if self.gpus > 0 and not self.address:
@@ -486,8 +488,9 @@ class RayExecutor(Executor):
                 if started_here:
                     ray.shutdown()
                 raise RankdecayError(
-                    f"--gpus-per-run {self.gpus:g} but this Ray instance has no GPUs; drop "
-                    "--gpus-per-run or connect to a cluster with GPU nodes (--ray-address)."
+                    f"gpus_per_run={self.gpus:g} but this Ray instance has no GPUs; use 0 or "
+                    "connect to a cluster with GPU nodes (ray_address).",
+                    param=("gpus_per_run", "ray_address"),
                 )
         remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=0)(_ray_execute)
         pending = list(tasks)
@@ -626,19 +629,25 @@ def _parse_seeds(text: str | int | None, default: int) -> list[int]:
                 seeds = [int(s) for s in text.split(",") if s.strip()]
             except ValueError:
                 raise RankdecayError(
-                    f"--seeds expects a count N or a list like 0,1,2, got {text!r}; fix it."
+                    f"seeds expects a count N or a list like 0,1,2, got {text!r}; fix it.",
+                    param="seeds",
                 ) from None
             if not seeds or len(set(seeds)) != len(seeds):
-                raise RankdecayError(f"--seeds {text!r} must list distinct integers; fix it.")
+                raise RankdecayError(
+                    f"seeds {text!r} must list distinct integers; fix it.", param="seeds"
+                )
             return seeds
         try:
             count = int(text)
         except ValueError:
             raise RankdecayError(
-                f"--seeds expects a count N or a list like 0,1,2, got {text!r}; fix it."
+                f"seeds expects a count N or a list like 0,1,2, got {text!r}; fix it.",
+                param="seeds",
             ) from None
     if count < 1:
-        raise RankdecayError(f"--seeds must be at least 1, got {count}; pass --seeds 1 or more.")
+        raise RankdecayError(
+            f"seeds must be at least 1, got {count}; give 1 or more.", param="seeds"
+        )
     return list(range(count))
 
 
@@ -662,7 +671,8 @@ def plan_sweep(
     fixed_items = dict(fixed) if isinstance(fixed, Mapping) else dict(map(parse_assignment, fixed))
     if "seed" in fixed_items:
         raise RankdecayError(
-            "a sweep sets each run's seed itself; use --seeds instead of --set seed=…."
+            "a sweep sets each run's seed itself; choose them with seeds instead of fixing seed.",
+            param=("seeds", "fixed"),
         )
     base = exp.config(preset)
     fixed_typed = {k: _typed(base, k, v) for k, v in fixed_items.items()}
@@ -678,7 +688,8 @@ def plan_sweep(
         for item in grid:
             if "=" not in item:
                 raise RankdecayError(
-                    f"--grid expects key=v1,v2,…, got {item!r}; write e.g. --grid optim.lr=1e-3,1e-2."
+                    f"a grid entry is key=v1,v2,…, got {item!r}; write e.g. optim.lr=1e-3,1e-2.",
+                    param="grid",
                 )
             key, _, values = item.partition("=")
             given[key.strip()] = [v.strip() for v in values.split(",") if v.strip() != ""]
@@ -687,20 +698,26 @@ def plan_sweep(
             raw_grid.pop(key, None)
     raw_grid.update(given)
     if "seed" in raw_grid:
-        raise RankdecayError("the grid may not contain 'seed'; choose seeds with --seeds N.")
+        raise RankdecayError(
+            "the grid may not contain 'seed'; choose the seeds with seeds=N.",
+            param=("grid", "seeds"),
+        )
     for key, values in raw_grid.items():
         if not values:
             raise RankdecayError(
-                f"grid key '{key}' has no values; give at least one, e.g. --grid {key}=v1,v2."
+                f"grid key '{key}' has no values; give at least one, e.g. {key}=v1,v2.",
+                param="grid",
             )
         if key in fixed_typed:
             raise RankdecayError(
-                f"'{key}' is both swept (--grid) and fixed (--set); keep only one of them."
+                f"'{key}' is both swept (grid) and fixed; keep only one of them.",
+                param=("grid", "fixed"),
             )
     if not raw_grid:
         raise RankdecayError(
             f"the grid is empty: preset '{preset}' of '{exp.name}' defines no default grid; give one "
-            "with --grid key=v1,v2,…."
+            "as key=v1,v2,….",
+            param="grid",
         )
     typed_grid: dict[str, list[Any]] = {}
     for key, values in raw_grid.items():
@@ -750,21 +767,25 @@ class SweepIndex:
             previous = read_json(self.path, "sweep index")
             if not isinstance(previous, dict) or "runs" not in previous:
                 raise RankdecayError(
-                    f"{self.path} is not a rankdecay sweep index; choose another --out."
+                    f"{self.path} is not a rankdecay sweep index; choose another directory.",
+                    param="out",
                 )
             diff = _differences(previous, spec.identity())
             if diff:
                 raise RankdecayError(
-                    f"--out {out} holds a different sweep (its {', '.join(diff)} differ); "
-                    "choose another --out or repeat the original command."
+                    f"{out} holds a different sweep (its {', '.join(diff)} differ); "
+                    "choose another directory or repeat the original sweep.",
+                    param="out",
                 )
         elif out.exists() and any(p.name != ".sweep.lock" for p in out.iterdir()):
             if (out / "config.json").exists():
                 raise RankdecayError(
-                    f"--out {out} is a run directory, not a sweep; choose another --out."
+                    f"{out} is a run directory, not a sweep; choose another directory.",
+                    param="out",
                 )
             raise RankdecayError(
-                f"--out {out} is not empty and holds no {SWEEP_FILE}; choose an empty or new directory."
+                f"{out} is not empty and holds no {SWEEP_FILE}; choose an empty or new directory.",
+                param="out",
             )
         old_rows = {r["name"]: r for r in (previous or {}).get("runs", [])}
         self.data: dict[str, Any] = {
@@ -831,7 +852,8 @@ def _lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise RankdecayError(
-                f"another `rankdecay sweep` is running in {out}; wait for it or choose another --out."
+                f"another sweep is running in {out}; wait for it or choose another directory.",
+                param="out",
             ) from None
         try:
             yield
@@ -935,7 +957,9 @@ def run_sweep(
     if loggers:
         from .train import with_loggers
 
-        log_to = {"train.loggers": with_loggers(_exp.config(preset), loggers, _exp.name).train.loggers}
+        log_to = {
+            "train.loggers": with_loggers(_exp.config(preset), loggers, _exp.name).train.loggers
+        }
     executor_cls = get_executor(executor)
     engine = executor_cls(**executor_options)
     out_path = Path(out) if out is not None else default_out(spec)
