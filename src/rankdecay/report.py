@@ -21,8 +21,17 @@ and CSV go beside it. Figures (whichever the data allow):
   annotated with the median grokking step (first evaluation with validation accuracy ≥ 0.99).
 
 :func:`analysis_html` writes the same kind of page for a :class:`rankdecay.analyze.SpectralReport`
-(``rankdecay analyze --html``): per-head heatmaps of rank / effective rank / stable rank for QK
-and OV, the balance of the factors per head, and a per-layer table.
+(``rankdecay analyze --html``): every head's singular-value spectrum, per-head heatmaps of rank /
+effective rank / stable rank for QK and OV ("all N heads: v" where constant), the balance of the
+factors per head, and a per-layer table with every metric. Its figures are embedded only (no
+folder beside the page) unless ``figures_dir`` is given.
+
+Figures are drawn so that they do not mislead: a linear axis spans at least
+:data:`MIN_RELATIVE_SPAN` of its largest value (noise of 0.1 % does not look like a cliff; ranks get
+whole-number ticks), tick labels are plain numbers, series of few points are marked at each
+point, multi-panel figures share one legend, and a few lines get clearly distinct colours. Tables
+wrap rather than scroll sideways. ``rankdecay report`` refuses a saved model's directory (use
+``rankdecay analyze DIR --html FILE`` for that).
 """
 
 from __future__ import annotations
