@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rankdecay.analyze import SpectralReport
+from rankdecay.analyze import METRICS, SpectralReport
 from rankdecay.cli import main
 
 transformers = pytest.importorskip("transformers")
@@ -225,17 +225,7 @@ def _extreme_report(gqa: bool) -> SpectralReport:
                     "rank": 100 + head % 29,
                     "singular_values": [1.0],
                 }
-                for i, m in enumerate(
-                    (
-                        "effective_rank",
-                        "stable_rank",
-                        "nuclear_norm",
-                        "frobenius_norm",
-                        "spectral_norm",
-                        "balance",
-                        "norm_gap",
-                    )
-                ):
+                for i, m in enumerate(METRICS[1:]):  # every metric but the rank
                     rec[m] = values[(i + head) % len(values)] * (
                         -1 if m == "norm_gap" and head % 5 == 0 else 1
                     )
