@@ -430,3 +430,25 @@ def test_lightning_callback_logs_through_tensorboard_logger(tmp_path: Path) -> N
     for step in (0, 3, 6):
         for layer, value in _layer_means(records, step, "qk", "stable_rank").items():
             assert events[f"rankdecay/qk/stable_rank/layer{layer}"][step] == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("module", "blocked", "extra"),
+    [
+        ("rankdecay.integrations.transformers", ["transformers"], "hf"),
+        ("rankdecay.integrations.lightning", ["lightning", "pytorch_lightning"], "lightning"),
+    ],
+)
+def test_framework_integrations_name_their_extra(
+    module: str, blocked: list[str], extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    for name in [m for m in sys.modules if m.split(".")[0] in blocked]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in blocked:
+        monkeypatch.setitem(sys.modules, name, None)  # import → ImportError
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    with pytest.raises(ImportError, match=rf"pip install 'rankdecay\[{extra}\]'"):
+        importlib.import_module(module)
+    monkeypatch.delitem(sys.modules, module, raising=False)  # no half-imported module left

@@ -29,9 +29,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback
-
 from .common import SpectralCallbackBase
+from .loggers import MissingExtraError
+
+try:
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # the package's older name
+    try:
+        from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef]
+    except ImportError:
+        raise MissingExtraError(
+            "rankdecay.integrations.lightning needs Lightning, which is not installed; install "
+            "it with `pip install 'rankdecay[lightning]'`."
+        ) from None
 
 __all__ = ["SpectralMonitorCallback"]
 

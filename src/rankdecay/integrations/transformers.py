@@ -46,10 +46,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
-from transformers.trainer_callback import CallbackHandler
 
 from .common import SpectralCallbackBase
+from .loggers import MissingExtraError
+
+try:
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import CallbackHandler
+except ImportError:
+    raise MissingExtraError(
+        "rankdecay.integrations.transformers needs Hugging Face transformers, which is not "
+        "installed; install it with `pip install 'rankdecay[hf]'`."
+    ) from None
 
 __all__ = ["SpectralMonitorCallback", "trainer_optimizer"]
 
