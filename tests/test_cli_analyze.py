@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rankdecay.analyze import SpectralReport
+from rankdecay.analyze import METRICS, SpectralReport
 from rankdecay.cli import main
 
 transformers = pytest.importorskip("transformers")
@@ -30,12 +32,23 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _table_rows(text: str) -> list[list[str]]:
-    """Body rows of a rich table: lines framed by │, split into stripped cells."""
-    rows = []
-    for line in text.splitlines():
-        if line.startswith("│") and line.rstrip().endswith("│"):
-            rows.append([cell.strip() for cell in line.strip().strip("│").split("│")])
-    return rows
+    """Body rows of a rich table, split into stripped cells: lines framed by │ (``--wide``), or
+    the non-blank lines under the header rule of the narrow layout (cells apart by ≥ 2 spaces)."""
+    framed = [
+        line for line in text.splitlines() if line.startswith("│") and line.rstrip().endswith("│")
+    ]
+    if framed:
+        return [[cell.strip() for cell in line.strip().strip("│").split("│")] for line in framed]
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("──"))
+    assert start > 0
+    body = []
+    for line in lines[start + 1 :]:
+        if line.startswith(("wrote ", "note: ")):
+            break
+        if line.strip():
+            body.append(re.split(r"\s{2,}", line.strip()))
+    return body
 
 
 def test_default_table_is_per_layer_with_rtol_in_header(
@@ -46,7 +59,16 @@ def test_default_table_is_per_layer_with_rtol_in_header(
     assert "rtol = 0.01" in out and "GPT2Model" in out and f"{L} layers × {H} heads" in out
     rows = _table_rows(out)
     assert [(r[0], r[1]) for r in rows] == [(str(i), c) for i in range(L) for c in ("QK", "OV")]
-    assert all(r[2] == str(H) for r in rows)
+    assert all(len(r) == 7 for r in rows)  # layer, circuit, rank, eff., stable, σ₁, norm gap
+
+
+def test_wide_table_has_every_column(gpt2_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", str(gpt2_dir), "--wide"]) == 0
+    out = capsys.readouterr().out
+    assert all(col in out for col in ("nuclear", "frobenius", "balance", "norm gap"))
+    rows = _table_rows(out)
+    assert [(r[0], r[1]) for r in rows] == [(str(i), c) for i in range(L) for c in ("QK", "OV")]
+    assert all(r[2] == str(H) and len(r) == 11 for r in rows)
 
 
 def test_heads_table_has_one_row_per_head(
@@ -54,7 +76,7 @@ def test_heads_table_has_one_row_per_head(
 ) -> None:
     assert main(["analyze", str(gpt2_dir), "--heads", "--circuits", "qk", "--rtol", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "rtol = 0.5" in out and "rank@0.5" in out
+    assert "rtol = 0.5" in out and "@0.5" in out  # the rank column: rank@0.5 (narrow: 2 lines)
     rows = _table_rows(out)
     assert [(r[0], r[1], r[2]) for r in rows] == [
         (str(i), str(h), "QK") for i in range(L) for h in range(H)
@@ -175,3 +197,74 @@ def test_readme_main_command_on_real_minilm() -> None:
         and "rtol = 0.01" in proc.stdout
     )
     assert len(_table_rows(proc.stdout)) == 12
+
+
+def _extreme_report(gqa: bool) -> SpectralReport:
+    """Records whose numbers take the most characters _fmt writes (8) and many layers/heads."""
+    values = [1.0234e5, 3.7129e-5, 123.45, 0.0012345, 9.87e-4, 5.5e4, 12.5]
+    records = []
+    for layer in (0, 47):
+        for circuit in ("qk", "ov"):
+            for head in range(64):
+                rec = {
+                    "layer": layer,
+                    "name": f"model.layers.{layer}.self_attn",
+                    "head": head,
+                    "circuit": circuit,
+                    "kv_head": head // 8 if gqa else head,
+                    "rtol": 1e-3,
+                    "rank": 100 + head % 29,
+                    "singular_values": [1.0],
+                }
+                for i, m in enumerate(METRICS[1:]):  # every metric but the rank
+                    rec[m] = values[(i + head) % len(values)] * (
+                        -1 if m == "norm_gap" and head % 5 == 0 else 1
+                    )
+                records.append(rec)
+    model = {
+        "source": "/some/rather/long/path/to/a/checkpoint",
+        "model_class": "LlamaModel",
+        "n_layers": 48,
+        "n_heads": 64,
+        "n_kv_heads": 8 if gqa else 64,
+        "gqa": gqa,
+        "d_model": 8192,
+        "d_head": 128,
+        "rotary": True,
+        "fold_norm": True,
+        "rtol": 1e-3,
+        "circuits": ["qk", "ov"],
+    }
+    return SpectralReport(records=records, model=model)
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+@pytest.mark.parametrize("gqa", [False, True])
+def test_narrow_table_fits_80_columns_uncut(per_head: bool, gqa: bool) -> None:
+    from rich.console import Console
+
+    from rankdecay.analyze import NARROW_METRICS, _fmt, render_table
+
+    report = _extreme_report(gqa)
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(render_table(report, per_head=per_head))
+    text = console.export_text()
+    assert "…" not in text
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    rows = _table_rows(text)
+    if per_head:
+        assert len(rows) == len(report.records)
+        by_key = {(r["layer"], r["circuit"].upper(), r["head"]): r for r in report.records}
+        for row in rows:
+            rec = by_key[(int(row[0]), row[3 if gqa else 2], int(row[1]))]
+            assert row[-5:] == [str(rec["rank"]), *(_fmt(rec[m]) for m in NARROW_METRICS)]
+            if gqa:
+                assert row[2] == str(rec["kv_head"])
+    else:
+        summary = report.summary()
+        assert len(rows) == len(summary)
+        for row, s in zip(rows, summary):
+            assert row[0] == str(s["layer"]) and row[1] == s["circuit"].upper()
+            assert row[2] == f"{s['rank']:.1f} [{s['rank_min']}–{s['rank_max']}]"
+            assert row[3:] == [_fmt(s[m]) for m in NARROW_METRICS]
+            assert math.isfinite(float(row[3]))

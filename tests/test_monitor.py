@@ -188,7 +188,7 @@ def test_hf_trainer_callback(tmp_path) -> None:
     trainer = transformers.Trainer(model=model, args=args, train_dataset=DS(), callbacks=[cb])
     trainer.train()
 
-    logged = [h for h in trainer.state.log_history if "rankdecay/qk_rank" in h]
+    logged = [h for h in trainer.state.log_history if "rankdecay/qk/rank/mean" in h]
     assert [h["step"] for h in logged] == [2]
     assert "loss" in logged[0]  # the callback made the Trainer log at that step
     rows = list(read_jsonl(tmp_path / "spectra.jsonl"))
@@ -213,4 +213,4 @@ def test_hf_trainer_callback(tmp_path) -> None:
             if r["step"] == 2 and r["kind"] == "circuit" and r["circuit"] == "qk"
         ]
     )
-    assert logged[0]["rankdecay/qk_rank"] == pytest.approx(mean_rank)
+    assert logged[0]["rankdecay/qk/rank/mean"] == pytest.approx(mean_rank)

@@ -8,6 +8,7 @@ best validation accuracy and first step ≥ 0.99 from metrics.jsonl).
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
 import statistics
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from rankdecay.cli import main
-from rankdecay.report import analysis_html, build_report, phase_data
+from rankdecay.report import analysis_html, build_report, phase_data, verdict_summary
 from rankdecay.results import load_run, load_sweep
 from rankdecay.runio import read_json, read_jsonl
 from rankdecay.sweep import run_sweep
@@ -132,6 +133,89 @@ def test_report_cli_bad_input(tmp_path: Path, capsys) -> None:
     assert len(err) == 2 and all(e.startswith("rankdecay: error: ") for e in err)
 
 
+def test_sweep_verdicts_carry_their_values(sweep_dir: Path, sweep_report: Path) -> None:
+    """Each claim's measured values per grid point, recomputed from the runs' summary.json."""
+    df = load_sweep(sweep_dir)
+    runs = {name: load_run(d) for name, d in zip(df["run"], df["run_dir"])}
+    rows = verdict_summary(df, runs, ["fraction", "weight_decay"])
+    assert rows
+    for row in rows:
+        expected: dict[str, list[float]] = {}
+        met = judged = 0
+        for d in df["run_dir"]:
+            summary = read_json(Path(d) / "summary.json")
+            config = read_json(Path(d) / "config.json")["config"]
+            point = f"fraction={config['fraction']:g}, weight_decay={config['weight_decay']:g}"
+            for v in summary["verdict"]:
+                if v["claim"] == row["claim"]:
+                    expected.setdefault(point, []).append(float(v["measured"]))
+                    if v.get("met") is not None:
+                        judged += 1
+                        met += bool(v["met"])
+        assert (row["met"], row["judged"]) == (met, judged)
+        assert [label for label, _ in row["measured"]] == sorted(expected)
+        for label, text in row["measured"]:
+            vals = expected[label]
+            mean = statistics.fmean(vals)
+            shown = float(text.split()[0])
+            assert shown == pytest.approx(mean, rel=1e-3, abs=1e-9), (label, text, vals)
+            if len(set(vals)) > 1:
+                assert "±" in text and f"{len(vals)} runs" in text
+    text = sweep_report.read_text()
+    assert "reported" not in re.sub(r"reported \(\d+ runs\)", "", text.split("<h2>Figures")[0])
+
+
+def test_axes_do_not_magnify_noise_and_ticks_are_plain() -> None:
+    from matplotlib.figure import Figure
+
+    from rankdecay.report import MIN_RELATIVE_SPAN, _tame_axis
+
+    def axis(values: list[float], integer: bool = False, log: bool = False):
+        ax = Figure().subplots()
+        ax.plot(range(len(values)), values)
+        if log:
+            ax.set_yscale("log")
+        _tame_axis(ax, values, integer=integer)
+        ax.figure.canvas.draw()
+        return ax
+
+    ax = axis([16.0, 16.0, 16.0], integer=True)  # a constant rank
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= MIN_RELATIVE_SPAN * 16 - 1e-9 and lo < 16 < hi
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    ax = axis([13.405, 13.395, 13.385])  # noise must not look like a cliff
+    lo, hi = ax.get_ylim()
+    assert (13.405 - 13.385) / (hi - lo) < 0.01
+    ax = axis([1.0, 5.0, 30.0])  # a real change keeps matplotlib's own limits
+    lo, hi = ax.get_ylim()
+    assert hi - lo < 1.2 * 29
+    ax = axis([2.5675, 2.56, 2.55], log=True)  # log axes too, and plain labels
+    lo, hi = ax.get_ylim()
+    assert hi / lo >= 1 + MIN_RELATIVE_SPAN - 1e-9
+    for ax in (axis([1e-3, 0.5, 2.0], log=True), axis([1.01, 1.02, 1.03], log=True)):
+        labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)]
+        assert labels and not any("$" in s or "×" in s or "10^" in s for s in labels), labels
+        assert any(s for s in labels)
+
+
+def test_report_refuses_a_model_directory(tmp_path: Path, capsys) -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(
+        vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32,
+    )  # fmt: skip
+    model_dir = tmp_path / "bert"
+    transformers.BertModel(cfg).save_pretrained(model_dir)
+    before = sorted(p.name for p in model_dir.iterdir())
+    capsys.readouterr()
+    assert main(["report", str(model_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rankdecay: error: ") and "\n" not in err
+    assert "Hugging Face model directory" in err and "rankdecay analyze" in err
+    assert sorted(p.name for p in model_dir.iterdir()) == before  # nothing written into it
+
+
 def _browser():
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip("chromium / chromedriver are not installed (Debian: chromium chromium-driver)")
@@ -157,6 +241,9 @@ def _browser():
 
 
 def _check_page(driver, page: Path, shot: Path) -> int:
+    """Load ``page``; every image decodes, nothing logs an error, nothing scrolls sideways (the
+    page, and each table inside its box), and a full-page screenshot is saved to ``shot``."""
+    driver.set_window_size(1280, 1000)
     driver.get(page.resolve().as_uri())
     widths = driver.execute_script(
         "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)"
@@ -164,6 +251,21 @@ def _check_page(driver, page: Path, shot: Path) -> int:
     assert widths and all(w > 0 for w in widths), widths
     severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     assert not severe, severe
+    page_w = driver.execute_script(
+        "const s = document.scrollingElement; return [s.scrollWidth, s.clientWidth]"
+    )
+    assert page_w[0] <= page_w[1], f"{page.name} scrolls sideways: {page_w}"
+    tables = driver.execute_script(
+        "return Array.from(document.querySelectorAll('main table')).map(t => {"
+        " const box = t.closest('.scroll') || t.parentElement;"
+        " return [box.scrollWidth, box.clientWidth, t.getBoundingClientRect().width,"
+        " box.getBoundingClientRect().width]; })"
+    )
+    assert tables
+    for scroll_w, client_w, table_w, box_w in tables:
+        assert scroll_w <= client_w + 1 and table_w <= box_w + 1, (page.name, tables)
+    height = driver.execute_script("return document.body.scrollHeight")
+    driver.set_window_size(1280, min(height + 100, 16000))
     assert driver.save_screenshot(str(shot))
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000
     return len(widths)
@@ -182,12 +284,21 @@ def test_reports_render_in_headless_chromium(
     layer = nn.TransformerEncoderLayer(d_model=16, nhead=4, dim_feedforward=32, batch_first=True)
     report = analyze(nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False))
     model_html = analysis_html(report, tmp_path / "model" / "analysis.html")
-    assert (tmp_path / "model" / "analysis_figures" / "heads_rank.svg").exists()
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["analysis.html"]
+    figures = re.findall(r'<figure id="fig-([^"]+)"', model_html.read_text())
+    assert figures[0] == "heads_spectra" and "heads_rank" in figures
+    shots = Path(os.environ.get("RANKDECAY_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
     driver, profile = _browser()
     try:
-        assert _check_page(driver, sweep_html, tmp_path / "sweep.png") >= 4
-        assert _check_page(driver, run_html, tmp_path / "run.png") >= 4
-        assert _check_page(driver, model_html, tmp_path / "model.png") >= 1
+        assert _check_page(driver, sweep_html, shots / "sweep.png") >= 4
+        assert _check_page(driver, run_html, shots / "run.png") >= 4
+        assert _check_page(driver, model_html, shots / "model.png") >= 3
+        spectrum = driver.execute_script(
+            "const f = document.getElementById('fig-heads_spectra');"
+            " return f ? f.querySelector('img').naturalWidth : 0"
+        )
+        assert spectrum > 300  # the per-head spectrum figure is on the model page
         # the run page puts the verdict first, with the run's own claim
         driver.get(run_html.resolve().as_uri())
         first = driver.execute_script(

@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .threads import cli_environment as _cli_environment
+
+_cli_environment()  # the `rankdecay` command: OMP_WAIT_POLICY=PASSIVE before torch is imported
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it

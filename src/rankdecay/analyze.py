@@ -129,8 +129,20 @@ class SpectralReport:
     GQA flags, scales, notes, rtol, circuits, fold_norm).
     """
 
-    records: list[dict[str, Any]]
-    model: dict[str, Any] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(repr=False)
+    model: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        """One line: the model, its size, circuits, rtol and the record count (not the records)."""
+        m = self.model
+        layers = len({r.get("layer") for r in self.records})
+        pairs = {(r.get("layer"), r.get("head")) for r in self.records}
+        heads = m.get("n_heads", len(pairs) // max(1, layers))
+        what = m.get("source") or m.get("model_class") or "model"
+        return (
+            f"SpectralReport({what!r}: {layers} layers × {heads} heads, "
+            f"circuits={','.join(self.circuits)}, rtol={self.rtol:g}, {len(self.records)} records)"
+        )
 
     @property
     def rtol(self) -> float:
@@ -461,7 +473,8 @@ def _check_circuits(circuits: Iterable[str] | str) -> tuple[str, ...]:
     bad = [c for c in chosen if c not in CIRCUITS]
     if bad or not chosen:
         raise RankdecayError(
-            f"unknown circuit {(bad or [''])[0]!r}; choose from qk, ov (e.g. --circuits qk,ov)."
+            f"unknown circuit {(bad or [''])[0]!r}; choose from qk, ov (e.g. circuits=('qk', 'ov')).",
+            param="circuits",
         )
     return chosen
 
@@ -512,7 +525,9 @@ def analyze(
         products of equal shape in one batched call (chunked to bound memory).
     """
     if not isinstance(rtol, (int, float)) or not math.isfinite(rtol) or rtol < 0:
-        raise RankdecayError(f"rtol must be a finite number ≥ 0, got {rtol!r}; e.g. --rtol 1e-2.")
+        raise RankdecayError(
+            f"rtol must be a finite number ≥ 0, got {rtol!r}; e.g. rtol=1e-2.", param="rtol"
+        )
     chosen = _check_circuits(circuits)
     if adapters:
         return _adapter_analysis(model_or_path, float(rtol))
@@ -539,7 +554,8 @@ def analyze(
         except TypeError as exc:
             if fold_norm and "fold_norm" in str(exc):
                 raise RankdecayError(
-                    f"the {adapter.name} adapter does not support fold_norm; analyze without --fold-norm."
+                    f"the {adapter.name} adapter does not support fold_norm; analyze without it.",
+                    param="fold_norm",
                 ) from None
             raise
         for lh in layers:
@@ -856,12 +872,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--html", metavar="FILE", help="write an HTML report (needs rankdecay.report)"
     )
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="all columns (adds heads, nuclear, Frobenius, balance; ~120 columns wide)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     parser.add_argument(
         "--lora",
         action="store_true",
         help="report each LoRA adapter's ΔW = s·B·A (a PEFT adapter directory; no base model needed)",
     )
+    from .threads import add_threads_argument
+
+    add_threads_argument(parser)
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -872,7 +896,7 @@ def _fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{digits + 1}g}"
 
 
-def _header(report: SpectralReport) -> str:
+def _header(report: SpectralReport, wide: bool = True) -> str:
     from rich.markup import escape
 
     m = report.model
@@ -898,18 +922,90 @@ def _header(report: SpectralReport) -> str:
     flags += [k.replace("_", " ") for k in seen]
     if m.get("attention_kinds"):
         flags.append(f"{len(m['attention_kinds'])} cross-attention layers")
-    lines = [" · ".join(parts + flags)]
-    lines.append(
-        f"rank = #{{σ > rtol·σ₁}} at rtol = {report.rtol:g} · singular values in float64 from the factors · "
-        "QK = W_Q W_Kᵀ, OV = W_V W_O"
-    )
+    lines = [" · ".join(parts + flags)] if wide else [parts[0], " · ".join(parts[1:] + flags)]
+    if wide:
+        lines.append(
+            f"rank = #{{σ > rtol·σ₁}} at rtol = {report.rtol:g} · singular values in float64 from the factors · "
+            "QK = W_Q W_Kᵀ, OV = W_V W_O"
+        )
+    else:
+        lines.append(
+            f"rank = #{{σ > rtol·σ₁}} at rtol = {report.rtol:g} · σ in float64 from the factors"
+        )
+        lines.append("QK = W_Q W_Kᵀ, OV = W_V W_O · more columns: --wide")
     return escape("\n".join(lines))
 
 
-def render_table(report: SpectralReport, per_head: bool = False) -> Any:
-    """A rich Table of the report: per layer × circuit means (default) or per head."""
+#: metrics of the narrow (80-column) table; ``--wide`` shows all of :data:`METRICS`
+NARROW_METRICS: tuple[str, ...] = ("effective_rank", "stable_rank", "spectral_norm", "norm_gap")
+_LABELS = {
+    "effective_rank": "eff. rank",
+    "stable_rank": "stable rank",
+    "nuclear_norm": "nuclear",
+    "frobenius_norm": "frobenius",
+    "spectral_norm": "σ₁",
+    "balance": "balance",
+    "norm_gap": "norm gap",
+}
+
+
+def _narrow_table(report: SpectralReport, per_head: bool) -> Any:
+    """The default table: at most 9 columns of at most 12 characters, so any report fits 80
+    columns uncut (numbers are at most 9 characters, see :func:`_fmt`). The header lines go above
+    the table (a rich Group), wrapped at the console's width rather than the table's."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    gqa = bool(report.model.get("gqa"))
+    cols = ["layer", "head", *(["kv"] if gqa else [])] if per_head else ["layer"]
+    rank_col = f"rank\n@{report.rtol:g}" if per_head else f"rank@{report.rtol:g}"
+    cols += ["circuit", rank_col, *(_LABELS[m] for m in NARROW_METRICS)]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "circuit" else "right", no_wrap=False)
+    if per_head:
+        for rec in sorted(
+            report.records, key=lambda r: (r["layer"], CIRCUITS.index(r["circuit"]), r["head"])
+        ):
+            row = [str(rec["layer"]), str(rec["head"]), *([str(rec["kv_head"])] if gqa else [])]
+            row += [rec["circuit"].upper(), str(rec["rank"])]
+            table.add_row(*row, *(_fmt(rec[m]) for m in NARROW_METRICS))
+        return Group(Text.from_markup(_header(report, wide=False)), table)
+    last_layer = None
+    for row in report.summary():
+        if last_layer is not None and row["layer"] != last_layer and len(report.circuits) > 1:
+            table.add_section()
+        last_layer = row["layer"]
+        lo, hi = row["rank_min"], row["rank_max"]
+        rank = str(lo) if lo == hi else f"{row['rank']:.1f} \\[{lo}–{hi}]"
+        table.add_row(
+            str(row["layer"]),
+            row["circuit"].upper(),
+            rank,
+            *(_fmt(row[m]) for m in NARROW_METRICS),
+        )
+    return Group(Text.from_markup(_header(report, wide=False)), table)
+
+
+def render_table(report: SpectralReport, per_head: bool = False, wide: bool = False) -> Any:
+    """A rich renderable of the report: per layer × circuit means (default) or per head.
+
+    The default (narrow) layout fits 80 columns: rank, effective rank, stable rank, σ₁ and norm
+    gap; a layer's rank shows as one number when every head has it, else ``mean [min–max]``.
+    ``wide=True`` adds the head count, nuclear and Frobenius norms and balance (~120 columns).
+    """
     from rich.table import Table
 
+    if not wide:
+        return _narrow_table(report, per_head)
     table = Table(title=_header(report), title_justify="left", header_style="bold")
     if per_head:
         cols = ["layer", "head"]
@@ -989,10 +1085,6 @@ def _show_warning(
 def run_cli(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    if not math.isfinite(args.rtol) or args.rtol < 0:
-        raise RankdecayError(
-            f"--rtol must be a finite number ≥ 0, got {args.rtol}; e.g. --rtol 1e-2."
-        )
     circuits = _check_circuits(args.circuits)
     progress = False if args.no_progress else None
     with warnings.catch_warnings():
@@ -1011,7 +1103,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
         console.print(render_adapter_table(report.records, report.model))
     else:
-        console.print(render_table(report, per_head=args.heads))
+        console.print(render_table(report, per_head=args.heads, wide=args.wide))
     notes = report.model.get("notes") or {}
     distinct = list(dict.fromkeys(n for ns in notes.values() for n in ns))
     for note in distinct[:6]:

@@ -2,7 +2,12 @@
 
 Each command's module owns its arguments: it defines ``configure_parser(parser)`` and
 ``run_cli(args) -> int``. This file only dispatches, and turns the errors a user can cause
-(:class:`~rankdecay.errors.RankdecayError`) into one sentence on stderr and exit code 2.
+(:class:`~rankdecay.errors.RankdecayError`) into one sentence on stderr and exit code 2; when the
+error names the library parameter it is about (``exc.param``), the flag that sets it is appended.
+
+Threads: a command whose parser has ``--threads`` runs with that many torch threads (default
+:func:`rankdecay.threads.default_threads`); the OpenMP wait policy is set before torch is imported
+(:func:`rankdecay.threads.cli_environment`, called by ``rankdecay/__init__.py``).
 """
 
 from __future__ import annotations
@@ -39,26 +44,63 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
                 continue  # command not built in this version
             raise
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        p.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
         module.configure_parser(p)  # type: ignore[attr-defined]
         modules[name] = module
     return parser, modules
 
 
+def flag_for(parser: argparse.ArgumentParser, param: str) -> str | None:
+    """The option string of ``parser`` that sets the library parameter ``param`` (or None).
+
+    Matches an option whose ``dest`` is ``param`` or whose spelling is ``--param-with-dashes``;
+    returns the first (longest-lived) spelling, e.g. ``--threads`` for ``threads``.
+    """
+    spelled = "--" + param.replace("_", "-")
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public accessor
+        if not action.option_strings:
+            continue
+        if action.dest == param or spelled in action.option_strings:
+            return spelled if spelled in action.option_strings else action.option_strings[0]
+    return None
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:  # noqa: SLF001
+            return action.choices[command]  # type: ignore[no-any-return]
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    parser: argparse.ArgumentParser | None = None
+    args: argparse.Namespace | None = None
     try:
         parser, modules = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
+        if hasattr(args, "threads"):
+            from .threads import default_threads, set_threads
+
+            set_threads(args.threads or default_threads())
         return int(modules[args.command].run_cli(args) or 0)  # type: ignore[attr-defined]
     except RankdecayError as exc:
         if debug:
             raise
-        print(f"rankdecay: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if exc.param and parser is not None:
+            sub = _subparser(parser, getattr(args, "command", None))
+            params = (exc.param,) if isinstance(exc.param, str) else exc.param
+            flags = [f for f in (flag_for(sub, p) for p in params) if f and f not in message]
+            if flags:
+                message = f"{message} [{', '.join(flags)}]"
+        print(f"rankdecay: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("rankdecay: interrupted.", file=sys.stderr)

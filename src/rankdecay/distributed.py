@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ def train_distributed(
     from torch.nn.parallel import DistributedDataParallel
 
     from .device import autocast, maybe_compile, param_dtype, spectra_monitor
+    from .integrations.loggers import close_sinks, open_run_sinks
     from .train import (
         RunResult,
         RunState,
@@ -165,6 +167,7 @@ def train_distributed(
             timeout=datetime.timedelta(minutes=30),
         )
         created = True
+    sinks: list[Any] = []
     try:
         writer = RunWriter(run_dir, getattr(tc, "keep_checkpoints", 1))
         meta = {
@@ -243,6 +246,7 @@ def train_distributed(
         summary["local_batch_size"] = shard.stop - shard.start
         if info.is_main:
             writer.write_summary(summary)
+            sinks = open_run_sinks(cfg, writer.dir, experiment)
 
         def evaluate_now() -> dict[str, float]:
             with amp:
@@ -259,6 +263,7 @@ def train_distributed(
                     evaluate_fn=evaluate_now,
                     monitor=monitor,
                     force_eval=force_eval,
+                    sinks=sinks,
                 )
             if state.count and (step % tc.log_every == 0 or force_eval):
                 if not state.pending_finite():  # same global sums as rank 0: same decision
@@ -366,6 +371,7 @@ def train_distributed(
         dist.barrier()
         return summary
     finally:
+        close_sinks(sinks, quiet=sys.exc_info()[0] is not None)
         if "writer" in locals():
             writer.release()
         if created and dist.is_initialized():

@@ -439,7 +439,8 @@ class BatchedLowRankDecay:
         if target not in TARGETS or granularity not in ("matrix", "head"):
             raise RankdecayError(
                 f"the ensemble supports LRD targets {', '.join(TARGETS)} with granularity matrix or "
-                f"head, got target={target!r}, granularity={granularity!r}; run it with --executor local."
+                f"head, got target={target!r}, granularity={granularity!r}; run it with the local executor.",
+                param="executor",
             )
         if granularity not in GRANULARITIES or mode not in MODES or polar not in POLARS:
             raise RankdecayError(f"unknown LRD settings {granularity!r}/{mode!r}/{polar!r}.")
@@ -665,7 +666,8 @@ def _eval_stream(sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]]) -> _EvalSt
     if len(shapes) > 1:
         raise RankdecayError(
             f"the ensemble evaluates all evaluation sets ({', '.join(names)}) as one stream, but "
-            f"their example shapes differ ({sorted(shapes)}); run these with --executor local."
+            f"their example shapes differ ({sorted(shapes)}); run these with the local executor.",
+            param="executor",
         )
     xs, ys, ids = [], [], []
     for s in sets:
@@ -758,7 +760,8 @@ def train_ensemble(
         reason = unsupported_reason(m.cfg)
         if reason is not None:
             raise RankdecayError(
-                f"{m.run_dir} cannot join an ensemble ({reason}); run it with --executor local."
+                f"{m.run_dir} cannot join an ensemble ({reason}); run it with the local executor.",
+                param="executor",
             )
     keys = {ensemble_key(m.cfg) for m in members}
     if len(keys) > 1:
@@ -1003,6 +1006,9 @@ class _Ensemble:
             s["ensemble_size"] = M
             summaries.append(s)
             w.write_summary(s)
+        from .integrations.loggers import close_sinks, open_run_sinks
+
+        sinks = [open_run_sinks(m.cfg, w.dir, m.experiment) for m, w in zip(members, writers)]
         alive = [True] * M
         clips = [o.grad_clip for o in optims]
         eval_cache: dict[int, list[dict[str, float]]] = {}
@@ -1056,6 +1062,7 @@ class _Ensemble:
                         evaluate_fn=evaluate_member(i, step),
                         monitor=monitors[i],
                         force_eval=force,
+                        sinks=sinks[i],
                     )
                 except NonFiniteLossError as exc:
                     fail(i, exc)
@@ -1148,6 +1155,8 @@ class _Ensemble:
             if stop.signal is not None and step < tc.steps:
                 checkpoint()
                 bar.close()
+                for member_sinks in sinks:
+                    close_sinks(member_sinks)
                 for i in range(M):
                     if alive[i]:
                         summaries[i].update(
@@ -1163,6 +1172,8 @@ class _Ensemble:
                 return
         except BaseException as exc:
             bar.close()
+            for member_sinks in sinks:
+                close_sinks(member_sinks, quiet=True)
             for i in range(M):
                 if alive[i]:
                     summaries[i].update(
@@ -1172,6 +1183,8 @@ class _Ensemble:
                     self._finish(index[i], summaries[i])
             raise
         bar.close()
+        for member_sinks in sinks:
+            close_sinks(member_sinks)
         elapsed = time.perf_counter() - t0
         from .train import RunResult
 
@@ -1281,22 +1294,22 @@ class EnsembleExecutor(Executor):
         **options: Any,
     ) -> None:
         super().__init__(**options)
-        from .sweep import available_cpus
+        from .threads import available_cpus, check_budget, default_threads
 
         cpus = available_cpus()
         self.members = members
         if members is not None and members < 1:
             raise RankdecayError(
-                f"--members must be at least 1, got {members}; pass --members 1 or more."
+                f"members must be at least 1, got {members}; use 1 or more.", param="members"
             )
         self.workers = int(workers or 1)
-        if self.workers < 1 or self.workers > cpus:
+        if self.workers > cpus:
             raise RankdecayError(
-                f"--workers {self.workers} must be between 1 and the {cpus} CPUs available here; fix --workers."
+                f"workers={self.workers} exceeds the {cpus} CPUs available here; use {cpus} or fewer.",
+                param="workers",
             )
-        self.threads = int(threads_per_worker or max(1, cpus // self.workers))
-        if self.threads < 1:
-            raise RankdecayError("--threads-per-worker must be at least 1; pass a positive count.")
+        self.threads = int(threads_per_worker or default_threads(self.workers))
+        check_budget(self.workers, self.threads)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

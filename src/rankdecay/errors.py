@@ -4,6 +4,11 @@ Anything a user can cause (a bad path, an unknown experiment, a bad ``--set``, a
 architecture, a corrupt checkpoint, a NaN loss) raises :class:`RankdecayError` with one sentence
 naming the cause and the fix. The CLI prints that sentence and exits with code 2; no traceback
 unless ``--debug``.
+
+Messages raised by the library name the *Python* parameter (``workers``, ``rtol``), not a command
+line flag: the same sentence reaches a notebook user. An error may say which parameter it is about
+(``RankdecayError(message, param="workers")``); the CLI then adds the flag that sets it
+(``[--workers]``), found from the command's parser.
 """
 
 from __future__ import annotations
@@ -13,6 +18,13 @@ class RankdecayError(Exception):
     """An error the user can fix; its message is one sentence naming cause and fix."""
 
     exit_code: int = 2
+    #: the library parameter(s) the error is about (the CLI names the flags that set them), or None
+    param: str | tuple[str, ...] | None = None
+
+    def __init__(self, *args: object, param: str | tuple[str, ...] | None = None) -> None:
+        super().__init__(*args)
+        if param is not None:
+            self.param = param
 
 
 class NonFiniteLossError(RankdecayError):

@@ -21,16 +21,24 @@ With ``matrices=True`` it also records, per layer, the same spectrum-only metric
 query and key weights W_Q = [W_Q^1 … W_Q^H] ∈ ℝ^{d_model×(H·d_head)} (likewise W_K), whose
 stable rank is the quantity Low-Rank Decay compresses (REPRODUCTIONS.md R4).
 
-Records are plain dicts in the ``spectra.jsonl`` format of :mod:`rankdecay.runio`:
-``{"step", "kind": "circuit", "layer", "head", "circuit", <metrics>, "singular_values"}`` and
-``{"step", "kind": "matrix", "layer", "head": None, "matrix": "W_Q"|"W_K", <metrics>, ...}``.
+Records are plain dicts in the ``spectra.jsonl`` format of :mod:`rankdecay.runio`, with the
+vocabulary of :func:`rankdecay.analyze` records (``layer``, ``name`` = the attention module's
+path, ``head``, ``circuit``, ``kv_head`` = the key/value head the query head reads, ``rtol``, the
+metrics, ``singular_values``) plus ``step`` and ``kind``:
+``{"step", "kind": "circuit", "layer", "name", "head", "circuit", "kv_head", "rtol", <metrics>,
+"singular_values"}`` and
+``{"step", "kind": "matrix", "layer", "name", "head": None, "matrix": "W_Q"|"W_K", <metrics>, ...}``.
+A circuit record without ``step`` and ``kind`` is an analyze record (:meth:`SpectralMonitor.report`).
+Files written before 0.1.1 lack ``name`` and ``kv_head``; every reader in rankdecay treats both as
+optional.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +46,9 @@ from torch import Tensor, nn
 from .heads import LayerHeads, attention_heads
 from .runio import append_jsonl
 from .spectra import DEFAULT_RTOL, spectral_metrics
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .analyze import SpectralReport
 
 __all__ = ["SpectralMonitor", "circuit_records", "matrix_records", "summarize_records"]
 
@@ -83,14 +94,16 @@ def circuit_records(
                     "step": step,
                     "kind": "circuit",
                     "layer": lh.layer,
+                    "name": lh.name,
                     "head": h,
                     "circuit": circuit,
+                    "kv_head": lh.kv_head_index[h] if lh.kv_head_index is not None else h,
+                    "rtol": rtol,
                 }
                 for name, values in metrics.items():
                     rec[name] = values[h]
                 rec["balance"] = bal[h]
                 rec["norm_gap"] = gap[h]
-                rec["rtol"] = rtol
                 if sv is not None:
                     rec["singular_values"] = sv[h]
                 records.append(rec)
@@ -124,6 +137,7 @@ def matrix_records(
                 "step": step,
                 "kind": "matrix",
                 "layer": lh.layer,
+                "name": lh.name,
                 "head": None,
                 "matrix": name,
             }
@@ -144,7 +158,10 @@ def summarize_records(records: Iterable[dict[str, Any]]) -> dict[str, float]:
     """
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    skip = {"step", "kind", "layer", "head", "circuit", "matrix", "singular_values", "rtol"}
+    skip = {
+        "step", "kind", "layer", "name", "head", "circuit", "kv_head", "matrix",
+        "singular_values", "rtol",
+    }  # fmt: skip
     for rec in records:
         prefix = rec["circuit"] if rec["kind"] == "circuit" else rec["matrix"].lower()
         groups = [prefix]
@@ -173,7 +190,16 @@ class SpectralMonitor:
         callback: called with the list of records after each recording.
         writer: path of a ``spectra.jsonl`` the records are appended to.
         keep_records: keep every record in :attr:`records` (disable for very long runs).
-        heads_options: forwarded to :func:`rankdecay.attention_heads`.
+        heads_options: deprecated; other options for :func:`rankdecay.attention_heads`
+            (``heads_options={"fold_norm": True}`` is ``fold_norm=True``).
+        loggers: experiment trackers that get the tags of
+            :func:`rankdecay.integrations.loggers.spectral_scalars` at every recording: the
+            names "tensorboard" / "wandb" (files under ``log_dir``), an open ``SummaryWriter``,
+            a ``wandb`` run, or any object with ``log(step, scalars)`` and ``close()``.
+        log_dir: directory for loggers given by name.
+        log_per_head: also log one tag per head (``…/layer3/head1``), not only layer means.
+        fold_norm: fold the preceding norm's gain into W_Q, W_K, W_V, as
+            ``rankdecay.analyze(model, fold_norm=True)`` does.
         strict: the model is checked at construction (when ``every > 0``): no attention at all
             raises :class:`~rankdecay.heads.UnsupportedModelError`, and a module that looks like
             attention but is not extracted gives an
@@ -197,6 +223,10 @@ class SpectralMonitor:
         keep_records: bool = True,
         heads_options: dict[str, Any] | None = None,
         strict: bool = False,
+        loggers: Sequence[Any] = (),
+        log_dir: str | Path | None = None,
+        log_per_head: bool = False,
+        fold_norm: bool = False,
     ) -> None:
         bad = [c for c in circuits if c not in _CIRCUITS]
         if bad:
@@ -212,9 +242,25 @@ class SpectralMonitor:
         self.callback = callback
         self.writer = Path(writer) if writer is not None else None
         self.keep_records = keep_records
-        self.heads_options = dict(heads_options or {})
+        options = dict(heads_options or {})
+        if options:
+            warnings.warn(
+                "SpectralMonitor(heads_options=...) is deprecated; pass fold_norm=True "
+                "as rankdecay.analyze does (other options are still forwarded).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        self.fold_norm = bool(fold_norm or options.pop("fold_norm", False))
+        #: keyword options of :func:`rankdecay.attention_heads` (``fold_norm`` included)
+        self.heads_options = {**options, **({"fold_norm": True} if self.fold_norm else {})}
         self.records: list[dict[str, Any]] = []
         self._latest: list[dict[str, Any]] = []
+        self.log_per_head = bool(log_per_head)
+        self.sinks: list[Any] = []
+        if loggers:
+            from .integrations.loggers import as_sink
+
+            self.sinks = [as_sink(obj, log_dir) for obj in loggers]
         if self.every > 0:  # fail (or warn) now, not at the first recording
             with torch.no_grad():
                 attention_heads(self.model, strict=strict, **self.heads_options)
@@ -248,7 +294,18 @@ class SpectralMonitor:
             append_jsonl(self.writer, records)
         if self.callback is not None:
             self.callback(records)
+        if self.sinks:
+            from .integrations.loggers import log_to_sinks, spectral_scalars
+
+            tags = spectral_scalars(records, per_head=self.log_per_head)
+            log_to_sinks(self.sinks, step, tags)
         return records
+
+    def close(self) -> None:
+        """Close the loggers (flush an open ``SummaryWriter`` / wandb run that was passed in)."""
+        from .integrations.loggers import close_sinks
+
+        close_sinks(self.sinks)
 
     def latest(self) -> list[dict[str, Any]]:
         """Records of the most recent recording (empty before the first)."""
@@ -257,3 +314,25 @@ class SpectralMonitor:
     def summary(self) -> dict[str, float]:
         """Means of the most recent recording (see :func:`summarize_records`)."""
         return summarize_records(self._latest)
+
+    def report(self) -> SpectralReport:
+        """The most recent recording as a :class:`rankdecay.analyze.SpectralReport` (its circuit
+        records without ``step`` and ``kind``), e.g. for ``.summary()`` or an HTML page.
+
+        ``report.model`` holds the model class, ``rtol``, ``circuits``, ``fold_norm`` and ``step``.
+        """
+        from .analyze import SpectralReport
+
+        circuits = [r for r in self._latest if r.get("kind") == "circuit"]
+        records = [
+            {"singular_values": [], **{k: v for k, v in r.items() if k not in ("step", "kind")}}
+            for r in circuits
+        ]
+        model = {
+            "model_class": type(self.model).__name__,
+            "rtol": self.rtol,
+            "circuits": list(self.circuits),
+            "fold_norm": self.fold_norm,
+            "step": circuits[0]["step"] if circuits else None,
+        }
+        return SpectralReport(records=records, model=model)

@@ -21,8 +21,17 @@ and CSV go beside it. Figures (whichever the data allow):
   annotated with the median grokking step (first evaluation with validation accuracy ≥ 0.99).
 
 :func:`analysis_html` writes the same kind of page for a :class:`rankdecay.analyze.SpectralReport`
-(``rankdecay analyze --html``): per-head heatmaps of rank / effective rank / stable rank for QK
-and OV, the balance of the factors per head, and a per-layer table.
+(``rankdecay analyze --html``): every head's singular-value spectrum, per-head heatmaps of rank /
+effective rank / stable rank for QK and OV ("all N heads: v" where constant), the balance of the
+factors per head, and a per-layer table with every metric. Its figures are embedded only (no
+folder beside the page) unless ``figures_dir`` is given.
+
+Figures are drawn so that they do not mislead: a linear axis spans at least
+:data:`MIN_RELATIVE_SPAN` of its largest value (noise of 0.1 % does not look like a cliff; ranks get
+whole-number ticks), tick labels are plain numbers, series of few points are marked at each
+point, multi-panel figures share one legend, and a few lines get clearly distinct colours. Tables
+wrap rather than scroll sideways. ``rankdecay report`` refuses a saved model's directory (use
+``rankdecay analyze DIR --html FILE`` for that).
 """
 
 from __future__ import annotations
@@ -105,6 +114,111 @@ class _Page:
 
 def _label(group: str) -> str:
     return _GROUP_LABEL.get(group, group)
+
+
+#: distinct colours for a few lines (matplotlib's tab10 without its red, which marks rtol lines)
+_PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+    "#17becf",
+)  # fmt: skip
+#: a linear y axis spans at least this fraction of the largest |value| it shows (see _tame_axis)
+MIN_RELATIVE_SPAN = 0.2
+#: series with at most this many points get a marker at each point
+MARKER_POINTS = 25
+
+
+def _colors(n: int) -> list[Any]:
+    """``n`` colours that are easy to tell apart: the palette for ≤ 9, else viridis steps."""
+    if n <= len(_PALETTE):
+        return list(_PALETTE[:n])
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(0.9 * i / max(1, n - 1)) for i in range(n)]
+
+
+def _marker(n_points: int) -> dict[str, Any]:
+    """Plot keywords marking every point of a short series (two points must not look like data)."""
+    return {"marker": "o", "ms": 3.5} if n_points <= MARKER_POINTS else {}
+
+
+def _plain(value: float, _pos: Any = None) -> str:
+    """A tick label without scientific notation's ×10ⁿ: 0.001, 2.5, 1.2e+05."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e5 or abs(value) < 1e-4:
+        return f"{value:.3g}"
+    return f"{value:.6g}"
+
+
+def _tame_axis(ax: Any, values: Iterable[float], integer: bool = False) -> None:
+    """Axis ticks and limits that neither magnify noise nor hide a change.
+
+    Linear axis: when the values vary by less than :data:`MIN_RELATIVE_SPAN` of their largest
+    magnitude (a constant, or 13.405 → 13.385), the axis is widened to that span around the data
+    so a flat series looks flat. Log axis: likewise when max/min < 1 + MIN_RELATIVE_SPAN; labels
+    are plain numbers (0.01, 2, 50), minor ticks are labelled only inside one decade. ``integer``: ticks at whole numbers only (ranks). Every axis:
+    no offset ("+1.34e1") and no ×10ⁿ multiplier.
+    """
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if ax.get_yscale() == "log":
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+        positive = [v for v in vals if v > 0]
+        one_decade = bool(positive) and max(positive) / min(positive) < 10
+        ax.yaxis.set_minor_formatter(FuncFormatter(_plain) if one_decade else NullFormatter())
+        if positive and max(positive) < (1 + MIN_RELATIVE_SPAN) * min(positive):
+            mid = math.sqrt(max(positive) * min(positive))
+            factor = math.sqrt(1 + MIN_RELATIVE_SPAN)
+            ax.set_ylim(mid / factor, mid * factor)
+        return
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+    if integer:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if not vals:
+        return
+    lo, hi = min(vals), max(vals)
+    scale = max(abs(lo), abs(hi))
+    if scale == 0 or hi - lo >= MIN_RELATIVE_SPAN * scale:
+        return
+    mid, half = (lo + hi) / 2, MIN_RELATIVE_SPAN * scale / 2
+    if integer:
+        half = max(half, 1.0)  # at least two whole-number ticks
+    ax.set_ylim(mid - half, mid + half)
+
+
+def _x_plain(ax: Any, integer: bool = False) -> None:
+    """Plain x tick labels (steps: 5000, not 5×10³) on linear and log x axes; ``integer``: ticks
+    at whole numbers only (singular-value indices)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+    if integer:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ax.get_xscale() == "log":
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _figure_legend(fig: Any, axes: Sequence[Any], title: str | None = None) -> None:
+    """One legend for the whole figure, under it, with each label once (from every panel)."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label and not label.startswith("_") and label not in seen:
+                seen[label] = handle
+    if not seen:
+        return
+    fig.legend(
+        list(seen.values()),
+        list(seen),
+        loc="outside lower center",
+        ncol=min(len(seen), 4),
+        fontsize=8,
+        title=title,
+        title_fontsize=8,
+        frameon=False,
+    )
 
 
 def _log_ok(values: Iterable[float]) -> bool:
@@ -201,11 +315,17 @@ def _fig_curves(page: _Page, run: Run, prefix: str = "") -> None:
     fig = Figure(figsize=(5.2 * len(panels), 3.6))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (keys, what) in zip(axes, panels):
-        for k in keys:
+        for k, color in zip(keys, _colors(len(keys))):
             pts = run.series(k)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, lw=1.4)
-        if what == "loss" and _log_ok(v for k in keys for _, v in run.series(k)):
+            ax.plot(
+                [p[0] for p in pts], [p[1] for p in pts], label=k, lw=1.4, color=color,
+                **_marker(len(pts)),
+            )  # fmt: skip
+        values = [v for k in keys for _, v in run.series(k)]
+        if what == "loss" and _log_ok(values):
             ax.set_yscale("log")
+        _tame_axis(ax, values)
+        _x_plain(ax)
         ax.set_xlabel("step")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
@@ -225,20 +345,26 @@ def _fig_ranks(page: _Page, run: Run, prefix: str = "") -> None:
     if not groups:
         return
     Figure = _mpl()
-    fig = Figure(figsize=(13, 2.9 * len(groups)))
+    fig = Figure(figsize=(13, 2.9 * len(groups) + 0.5), layout="constrained")
     axes = fig.subplots(len(groups), 3, squeeze=False)
+    n_layers = max(len(series[g].get(m, {})) for g in groups for m in _RANK_METRICS)
+    colors = _colors(n_layers)
     for r, group in enumerate(groups):
         for c, metric in enumerate(_RANK_METRICS):
             ax = axes[r][c]
-            for layer, pts in sorted(series[group].get(metric, {}).items()):
+            values: list[float] = []
+            for color, (layer, pts) in zip(colors, sorted(series[group].get(metric, {}).items())):
                 ax.plot(
-                    [p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"layer {layer}"
-                )
+                    [p[0] for p in pts], [p[1] for p in pts], color=color,
+                    label=f"layer {layer}", **_marker(len(pts)),
+                )  # fmt: skip
+                values += [p[1] for p in pts]
+            _tame_axis(ax, values, integer=metric == "rank")
+            _x_plain(ax)
             ax.set_title(f"{_label(group)} — {_METRIC_LABEL[metric]}", fontsize=10)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-            if r == 0 and c == 0:
-                ax.legend(fontsize=8)
+    _figure_legend(fig, axes.ravel())
     rtol = next((rec.get("rtol") for rec in run.spectra if rec.get("rtol") is not None), None)
     page.add(
         fig,
@@ -257,24 +383,30 @@ def _fig_balance(page: _Page, run: Run, prefix: str = "") -> None:
     groups = [g for g in series if "balance" in series[g] or "norm_gap" in series[g]]
     Figure = _mpl()
     if groups:
-        fig = Figure(figsize=(10, 2.9 * len(groups)))
+        fig = Figure(figsize=(10, 2.9 * len(groups) + 0.5), layout="constrained")
         axes = fig.subplots(len(groups), 2, squeeze=False)
+        n_layers = max(len(series[g].get(m, {})) for g in groups for m in ("balance", "norm_gap"))
+        colors = _colors(n_layers)
         for r, group in enumerate(groups):
             for c, metric in enumerate(("balance", "norm_gap")):
                 ax = axes[r][c]
                 values: list[float] = []
-                for layer, pts in sorted(series[group].get(metric, {}).items()):
+                for color, (layer, pts) in zip(
+                    colors, sorted(series[group].get(metric, {}).items())
+                ):
                     ax.plot(
-                        [p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"layer {layer}"
-                    )
+                        [p[0] for p in pts], [p[1] for p in pts], color=color,
+                        label=f"layer {layer}", **_marker(len(pts)),
+                    )  # fmt: skip
                     values += [p[1] for p in pts]
                 if _log_ok(values):
                     ax.set_yscale("log")
+                _tame_axis(ax, values)
+                _x_plain(ax)
                 ax.set_title(f"{_label(group)} — {_METRIC_LABEL[metric]}", fontsize=10)
                 ax.set_xlabel("step")
                 ax.grid(alpha=0.3)
-                if r == 0 and c == 0:
-                    ax.legend(fontsize=8)
+        _figure_legend(fig, axes.ravel())
     else:  # a factorization run logs them as plain metrics
         keys = [k for k in ("balance", "norm_gap") if run.series(k)]
         if not keys:
@@ -283,9 +415,11 @@ def _fig_balance(page: _Page, run: Run, prefix: str = "") -> None:
         axes = fig.subplots(1, len(keys), squeeze=False)[0]
         for ax, k in zip(axes, keys):
             pts = run.series(k)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], **_marker(len(pts)))
             if _log_ok(p[1] for p in pts):
                 ax.set_yscale("log")
+            _tame_axis(ax, [p[1] for p in pts])
+            _x_plain(ax)
             ax.set_title(_METRIC_LABEL[k], fontsize=10)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
@@ -317,6 +451,8 @@ def _fig_singular_trajectories(page: _Page, run: Run, prefix: str = "") -> None:
     if isinstance(predicted, list):
         for v in predicted:
             ax.axhline(float(v), color="0.5", ls=":", lw=0.9)
+    _tame_axis(ax, [v for k in keys for _, v in run.series(k)])
+    _x_plain(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("singular value")
     ax.grid(alpha=0.3)
@@ -341,12 +477,10 @@ def _fig_spectra(page: _Page, run: Run, steps: Sequence[int] | None, prefix: str
         if g and g not in groups:
             groups.append(g)
     Figure = _mpl()
-    import matplotlib
-
-    cmap = matplotlib.colormaps["viridis"]
+    colors = _colors(len(chosen))
     ncol = min(len(groups), 2 if len(groups) == 4 else 3)
     nrow = math.ceil(len(groups) / ncol)
-    fig = Figure(figsize=(5.2 * ncol, 3.6 * nrow))
+    fig = Figure(figsize=(5.2 * ncol, 3.6 * nrow + 0.4), layout="constrained")
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
     for ax in axes[len(groups) :]:
         ax.set_visible(False)
@@ -368,21 +502,22 @@ def _fig_spectra(page: _Page, run: Run, steps: Sequence[int] | None, prefix: str
                 xs += [*range(1, len(s) + 1), math.nan]
                 ys += [max(x / s[0], 1e-12) for x in s] + [math.nan]
             if xs:
-                color = cmap(0.85 * i / max(1, len(chosen) - 1))
-                ax.plot(xs, ys, color=color, alpha=0.55, lw=1, label=f"step {step}")
+                ax.plot(xs, ys, color=colors[i], alpha=0.8, lw=1, label=f"step {step}")
         ax.axhline(float(rtol), color="crimson", ls="--", lw=0.9, label=f"rtol {float(rtol):g}")
         ax.set_yscale("log")
+        _tame_axis(ax, [1.0, float(rtol)])
+        _x_plain(ax, integer=True)
         ax.set_xlabel("index i")
         ax.set_ylabel("σᵢ / σ₁")
         ax.set_title(_label(group), fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _figure_legend(fig, axes[: len(groups)])
     page.add(
         fig,
         f"{prefix}spectra",
         "Singular-value spectra at chosen steps",
         f"Normalized singular values σᵢ/σ₁ of every head's circuit at steps {', '.join(map(str, chosen))} "
-        "(one line per layer × head, colour = step). Values below the dashed rtol line do not count "
+        "(one line per layer × head, one colour per step). Values below the dashed rtol line do not count "
         "towards the rank.",
     )
 
@@ -475,15 +610,17 @@ def _fig_final_vs_param(page: _Page, df: Any, grid: Sequence[str]) -> None:
             values = sorted(values)
         ncol = min(3, len(metrics))
         nrow = math.ceil(len(metrics) / ncol)
-        fig = Figure(figsize=(4.6 * ncol, 3.3 * nrow))
+        fig = Figure(figsize=(4.6 * ncol, 3.3 * nrow + 0.4), layout="constrained")
         axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
         combos = (
             list(dict.fromkeys(tuple(r) for r in finished[others].itertuples(index=False)))
             if others
             else [()]
         )
+        colors = _colors(len(combos))
         for ax, (col, label) in zip(axes, metrics):
-            for combo in combos:
+            shown: list[float] = []
+            for combo, color in zip(combos, colors):
                 sub = finished
                 for k, v in zip(others, combo):
                     sub = sub[sub[k] == v]
@@ -501,19 +638,26 @@ def _fig_final_vs_param(page: _Page, df: Any, grid: Sequence[str]) -> None:
                         means,
                         yerr=stds,
                         marker="o",
+                        ms=4,
                         capsize=3,
                         lw=1.4,
+                        color=color,
                         label=_point_label(dict(zip(others, combo))) if others else None,
                     )
+                    shown += [m - s for m, s in zip(means, stds)] + [
+                        m + s for m, s in zip(means, stds)
+                    ]
             if numeric:
                 _set_xscale(ax, values)
+                _x_plain(ax)
             else:
                 ax.set_xticks(range(len(values)), [str(v) for v in values])
+            _tame_axis(ax, shown, integer=col.endswith(".rank"))
             ax.set_xlabel(key)
             ax.set_title(label, fontsize=10)
             ax.grid(alpha=0.3)
-            if others and len(combos) <= 8:
-                ax.legend(fontsize=7)
+        if others and len(combos) <= 12:
+            _figure_legend(fig, axes[: len(metrics)])
         for ax in axes[len(metrics) :]:
             ax.set_visible(False)
         page.add(
@@ -557,11 +701,9 @@ def _fig_sweep_curves(page: _Page, df: Any, runs: Mapping[str, Run], grid: Seque
     points = _grid_points(df, grid)
     if len(points) > 24 or not runs:
         return
-    import matplotlib
 
     Figure = _mpl()
-    cmap = matplotlib.colormaps["viridis"]
-    colors = [cmap(0.85 * i / max(1, len(points) - 1)) for i in range(len(points))]
+    colors = _colors(len(points))
     sample = next(iter(runs.values()))
     # rank and balance over steps per grid point
     groups = [
@@ -580,7 +722,7 @@ def _fig_sweep_curves(page: _Page, df: Any, runs: Mapping[str, Run], grid: Seque
     if panels:
         ncol = 4 if len(panels) % 4 == 0 else 3
         nrow = math.ceil(len(panels) / ncol)
-        fig = Figure(figsize=(4.2 * ncol, 3.0 * nrow))
+        fig = Figure(figsize=(4.2 * ncol, 3.0 * nrow + 0.4), layout="constrained")
         axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
         for ax, (group, metric) in zip(axes, panels):
             values: list[float] = []
@@ -597,16 +739,19 @@ def _fig_sweep_curves(page: _Page, df: Any, runs: Mapping[str, Run], grid: Seque
                         color=color,
                         lw=1.4,
                         label=_point_label(point),
+                        **_marker(len(mean)),
                     )
                     values += [p[1] for p in mean]
             if metric in ("balance", "norm_gap") and _log_ok(values):
                 ax.set_yscale("log")
+            _tame_axis(ax, values, integer=metric == "rank")
+            _x_plain(ax)
             ax.set_title(
                 f"{_label(group) + ' — ' if group else ''}{_METRIC_LABEL[metric]}", fontsize=10
             )
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
+        _figure_legend(fig, axes[: len(panels)])
         for ax in axes[len(panels) :]:
             ax.set_visible(False)
         page.add(
@@ -619,7 +764,7 @@ def _fig_sweep_curves(page: _Page, df: Any, runs: Mapping[str, Run], grid: Seque
     loss, acc = _curve_keys(sample)
     keys = [k for k in (loss[-1:] + acc[-1:]) if k]
     if keys:
-        fig = Figure(figsize=(5.2 * len(keys), 3.5))
+        fig = Figure(figsize=(5.2 * len(keys), 3.9), layout="constrained")
         axes = fig.subplots(1, len(keys), squeeze=False)[0]
         for ax, key in zip(axes, keys):
             values = []
@@ -632,14 +777,17 @@ def _fig_sweep_curves(page: _Page, df: Any, runs: Mapping[str, Run], grid: Seque
                         color=color,
                         lw=1.4,
                         label=_point_label(point),
+                        **_marker(len(mean)),
                     )
                     values += [p[1] for p in mean]
             if "loss" in key and _log_ok(values):
                 ax.set_yscale("log")
+            _tame_axis(ax, values)
+            _x_plain(ax)
             ax.set_title(key, fontsize=10)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
+        _figure_legend(fig, axes)
         page.add(
             fig,
             "sweep_curves",
@@ -652,10 +800,9 @@ def _fig_sweep_spectra(page: _Page, df: Any, runs: Mapping[str, Run], grid: Sequ
     points = _grid_points(df, grid)
     if len(points) > 24:
         return
-    import matplotlib
 
     Figure = _mpl()
-    cmap = matplotlib.colormaps["viridis"]
+    colors = _colors(len(points))
     by_group: dict[str, list[tuple[int, list[float]]]] = {}
     for i, point in enumerate(points):
         prs = _runs_of(df, runs, point)
@@ -682,30 +829,124 @@ def _fig_sweep_spectra(page: _Page, df: Any, runs: Mapping[str, Run], grid: Sequ
             )
     if not by_group:
         return
-    fig = Figure(figsize=(5 * len(by_group), 3.6))
+    fig = Figure(figsize=(5 * len(by_group), 4.0), layout="constrained")
     axes = fig.subplots(1, len(by_group), squeeze=False)[0]
     for ax, (group, lines) in zip(axes, by_group.items()):
         for i, y in lines:
             ax.plot(
                 range(1, len(y) + 1),
                 [max(v, 1e-12) for v in y],
-                marker=".",
-                color=cmap(0.85 * i / max(1, len(points) - 1)),
+                color=colors[i],
                 label=_point_label(points[i]),
+                **_marker(len(y)),
             )
         ax.axhline(1e-2, color="crimson", ls="--", lw=0.9)
         ax.set_yscale("log")
+        _tame_axis(ax, [1.0, 1e-2])
+        _x_plain(ax, integer=True)
         ax.set_xlabel("index i")
         ax.set_ylabel("mean σᵢ / σ₁")
         ax.set_title(_label(group), fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    _figure_legend(fig, axes)
     page.add(
         fig,
         "sweep_final_spectra",
         "Final spectra per grid point",
         "Normalized singular values σᵢ/σ₁ at the last logged step, averaged over layers and heads, "
         "for the first seed of each grid point; dashed: rtol = 1e-2.",
+    )
+
+
+def _measured_text(values: Sequence[Any]) -> str:
+    """The measured values of one claim at one grid point: a number, a mean ± std [min–max] over
+    seeds, or the distinct texts."""
+    nums: list[float] = []
+    for v in values:
+        try:
+            nums.append(float(v))
+        except (TypeError, ValueError):
+            break
+    else:
+        if len(nums) == 1:
+            return _fmt(nums[0])
+        if nums:
+            lo, hi = min(nums), max(nums)
+            if lo == hi:
+                return f"{_fmt(lo)} (all {len(nums)})"
+            return (
+                f"{_fmt(statistics.fmean(nums))} ± {_fmt(statistics.stdev(nums))} "
+                f"[{_fmt(lo)}–{_fmt(hi)}, {len(nums)} runs]"
+            )
+    texts = list(dict.fromkeys(str(v) for v in values))
+    shown = "; ".join(texts[:3])
+    return shown + (f"; … {len(texts) - 3} more" if len(texts) > 3 else "")
+
+
+def verdict_summary(df: Any, runs: Mapping[str, Run], grid: Sequence[str]) -> list[dict[str, Any]]:
+    """The sweep's verdicts per claim, with their values.
+
+    One dict per claim (in first-seen order): ``claim``; ``target`` (the distinct targets, joined);
+    ``measured``: a list of ``(grid point label, text)`` — the measured value of each grid point
+    whose runs report the claim (a mean ± std [min–max] over seeds when numeric); ``met`` and
+    ``judged`` (counts of runs meeting a target, of runs with a target); ``runs``.
+    """
+    claims: dict[str, dict[str, Any]] = {}
+    varying = [k for k in grid if df[k].nunique(dropna=False) > 1]
+    for point in _grid_points(df, grid):
+        label = _point_label({k: point[k] for k in varying}) if varying else ""
+        for run in _runs_of(df, runs, point):
+            for v in run.verdict:
+                entry = claims.setdefault(
+                    str(v.get("claim", "")),
+                    {"targets": [], "points": {}, "met": 0, "judged": 0, "runs": 0},
+                )
+                target = str(v.get("target", ""))
+                if target and target not in entry["targets"]:
+                    entry["targets"].append(target)
+                entry["points"].setdefault(label, []).append(v.get("measured"))
+                entry["runs"] += 1
+                if v.get("met") is not None:
+                    entry["judged"] += 1
+                    entry["met"] += bool(v.get("met"))
+    out = []
+    for claim, e in claims.items():
+        targets = e["targets"]
+        out.append(
+            {
+                "claim": claim,
+                "target": targets[0]
+                if len(targets) == 1
+                else f"{targets[0]} (varies by run)"
+                if targets
+                else "",
+                "measured": [(label, _measured_text(vals)) for label, vals in e["points"].items()],
+                "met": e["met"],
+                "judged": e["judged"],
+                "runs": e["runs"],
+            }
+        )
+    return out
+
+
+def _verdict_summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    body = []
+    for r in rows:
+        measured = "<br>".join(
+            (f'<span class="pt">{_e(label)}:</span> ' if label else "") + _e(text)
+            for label, text in r["measured"]
+        )
+        if r["judged"]:
+            ok = r["met"] == r["judged"]
+            verdict = f'<td class="{"met" if ok else "missed"}">{r["met"]}/{r["judged"]} met</td>'
+        else:
+            verdict = f'<td class="na">reported ({r["runs"]} runs)</td>'
+        body.append(
+            f"<tr><td>{_e(r['claim'])}</td><td>{_e(r['target'])}</td><td>{measured}</td>{verdict}</tr>"
+        )
+    return (
+        '<table class="fit"><thead><tr><th>claim</th><th>target</th><th>measured</th>'
+        f"<th>verdict</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
     )
 
 
@@ -847,9 +1088,14 @@ section { background:#fff; border:1px solid var(--line); border-radius:10px; pad
 h2 { font-size:19px; margin:0 0 12px; }
 h3 { font-size:15px; margin:14px 0 8px; }
 table { border-collapse:collapse; width:100%; font-size:13.5px; }
-th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); vertical-align:top; }
-th { background:#f1f3f8; font-weight:600; position:sticky; top:0; }
-td.num { text-align:right; font-variant-numeric:tabular-nums; }
+th, td { text-align:left; padding:6px 8px; border-bottom:1px solid var(--line); vertical-align:top;
+         overflow-wrap:anywhere; }
+th { background:#f1f3f8; font-weight:600; position:sticky; top:0; overflow-wrap:normal; }
+.nowrap { white-space:nowrap; overflow-wrap:normal; }
+.nowrap-ish { overflow-wrap:normal; font-size:12.5px; }
+td.num { text-align:right; font-variant-numeric:tabular-nums; overflow-wrap:normal;
+         white-space:nowrap; }
+.pt { color:var(--muted); }
 .met { color:var(--ok); font-weight:600; } .missed { color:var(--bad); font-weight:600; }
 .na { color:var(--na); }
 .status-finished { color:var(--ok); } .status-failed { color:var(--bad); font-weight:600; }
@@ -858,7 +1104,7 @@ figure { margin:0 0 26px; } figure img { max-width:100%; height:auto; border:1px
          border-radius:6px; background:#fff; }
 figcaption { color:var(--muted); font-size:13.5px; margin-top:6px; }
 figcaption b { color:var(--fg); }
-.scroll { max-height:520px; overflow:auto; border:1px solid var(--line); border-radius:6px; }
+.scroll { max-height:520px; overflow-y:auto; border:1px solid var(--line); border-radius:6px; }
 details { margin:6px 0; } summary { cursor:pointer; color:var(--accent); }
 .files a { color:var(--accent); margin-right:10px; font-size:13px; }
 footer { color:var(--muted); font-size:12.5px; text-align:center; padding:10px; }
@@ -889,17 +1135,39 @@ def _verdict_table(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _column_label(column: str) -> str:
+    """A short header for a summary column: ``spectra.qk.effective_rank`` → ``W_QK eff. rank``,
+    ``final.val_acc`` → ``val_acc``, ``verdict.met`` → ``targets met``."""
+    m = re.fullmatch(r"spectra\.(\w+)\.(\w+)", column)
+    if m:
+        short = {"effective_rank": "eff. rank", "stable_rank": "stable rank"}
+        return f"{_label(m.group(1))} {short.get(m.group(2), m.group(2))}"
+    special = {"verdict.met": "targets met", "verdict.total": "claims", "wall_s": "wall s"}
+    return special.get(column, column.removeprefix("final."))
+
+
+def _header_html(label: str) -> str:
+    """A header cell's text that may break after '.', '_' and '=' (and nowhere else)."""
+    return re.sub(r"([._=])", r"\1<wbr>", _e(label))
+
+
 def _table(
-    records: Sequence[Mapping[str, Any]], columns: Sequence[str], scroll: bool = False
+    records: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    scroll: bool = False,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    labels = labels or {}
+    head = "".join(f"<th>{_header_html(labels.get(c, c))}</th>" for c in columns)
     rows = []
     for rec in records:
         cells = []
         for c in columns:
             v = rec.get(c)
             if c == "status":
-                cells.append(f'<td class="status-{_e(v)}">{_e(v)}</td>')
+                cells.append(f'<td class="status-{_e(v)} nowrap">{_e(v)}</td>')
+            elif c == "run":
+                cells.append(f'<td class="nowrap-ish">{_header_html(str(v))}</td>')
             elif _is_num(v):
                 cells.append(
                     f'<td class="num">{_e(_fmt(float(v)) if isinstance(v, float) else v)}</td>'
@@ -963,7 +1231,9 @@ def _summary_columns(df: Any, grid: Sequence[str]) -> list[str]:
     cols = ["run", "status", "seed", *grid]
     cols += [c for c, _ in _sweep_metrics(df)]
     cols += [c for c in ("verdict.met", "verdict.total", "wall_s", "error") if c in df.columns]
-    return list(dict.fromkeys(c for c in cols if c in df.columns))
+    present = [c for c in cols if c in df.columns]
+    # a column with nothing in it (e.g. no run has an error) only takes room
+    return list(dict.fromkeys(c for c in present if df[c].notna().any() or c in ("run", "status")))
 
 
 def _write_csv(df: Any, path: Path) -> None:
@@ -985,6 +1255,11 @@ def build_report(
             f"{directory} does not exist; point `rankdecay report` to a run or sweep directory."
         )
     is_sweep = (directory / "sweep.json").exists()
+    if not is_sweep and _is_model_dir(directory):
+        raise RankdecayError(
+            f"{directory} is a Hugging Face model directory, not a run or sweep; for its per-head "
+            f"spectra run `rankdecay analyze {directory} --html FILE`."
+        )
     if not is_sweep and not is_run_dir(directory):
         if not any(is_run_dir(p) for p in directory.iterdir() if p.is_dir()):
             raise RankdecayError(
@@ -1004,6 +1279,31 @@ def build_report(
     text = text.replace("__FIGDIR__", str(rel))
     atomic_write_text(html_path, text)
     return html_path
+
+
+#: files that mark a directory as a saved model (Hugging Face ``save_pretrained`` and friends)
+_MODEL_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "flax_model.msgpack",
+)
+
+
+def _is_model_dir(directory: Path) -> bool:
+    """A saved model rather than a run: weights files, or a ``config.json`` of a model
+    (``model_type`` / ``architectures``) without the ``summary.json`` or ``metrics.jsonl`` of a run."""
+    if (directory / "summary.json").exists() or (directory / "metrics.jsonl").exists():
+        return False
+    if any((directory / name).exists() for name in _MODEL_FILES):
+        return True
+    try:
+        config = read_json(directory / "config.json", "config")
+    except (RankdecayError, OSError, ValueError):
+        return False
+    return isinstance(config, dict) and ("model_type" in config or "architectures" in config)
 
 
 def _relpath(target: Path, start: Path) -> str:
@@ -1067,29 +1367,13 @@ def _sweep_page(
     _fig_final_vs_param(page, df, grid)
     _fig_sweep_curves(page, df, runs, grid)
     _fig_sweep_spectra(page, df, runs, grid)
-    # verdicts: aggregated per claim, then per run
-    claims: dict[str, list[Any]] = {}
-    for run in runs.values():
-        for v in run.verdict:
-            claims.setdefault(str(v.get("claim", "")), []).append(v.get("met"))
-    agg_rows = []
-    for claim, mets in claims.items():
-        judged = [m for m in mets if m is not None]
-        agg_rows.append(
-            {
-                "claim": claim,
-                "runs": len(mets),
-                "met": f"{sum(bool(m) for m in judged)}/{len(judged)}" if judged else "reported",
-            }
-        )
+    agg_rows = verdict_summary(df, runs, grid)
     per_run = "".join(
         f"<details><summary>{_e(name)} — {_e(run.status)}{' — history has gaps' if run.gaps else ''}</summary>{_verdict_table(run.verdict)}</details>"
         for name, run in runs.items()
     )
     verdict_html = (
-        _table(agg_rows, ["claim", "runs", "met"])
-        if agg_rows
-        else "<p>No run recorded a verdict.</p>"
+        _verdict_summary_table(agg_rows) if agg_rows else "<p>No run recorded a verdict.</p>"
     ) + (
         f"<details><summary>Verdict of each run ({len(runs)})</summary>{per_run}</details>"
         if per_run
@@ -1127,7 +1411,7 @@ def _sweep_page(
         ("Figures", _figures_html(page, "__FIGDIR__")),
         (
             "Runs",
-            _table(records, columns, scroll=True)
+            _table(records, columns, scroll=True, labels={c: _column_label(c) for c in columns})
             + f'<p class="files"><a href="{_e(rel.parent / "summary.csv")}">summary.csv</a></p>',
         ),
         ("Sweep", _table(spec_rows, ["key", "value"]) if spec_rows else ""),
@@ -1143,13 +1427,105 @@ def _sweep_page(
 # ---------------------------------------------------------------------------------------------
 
 
-def analysis_html(report: Any, path: str | Path) -> Path:
+def _heatmap(ax: Any, fig: Any, grid: list[list[float]], metric: str, title: str) -> None:
+    """One layer × head heatmap; a constant grid is said in words ("all 32") instead.
+
+    Cell labels (when the cells are big enough) are black on light and white on dark colours.
+    """
+    values = [v for row in grid for v in row if v == v]
+    ax.set_title(title, fontsize=10)
+    if values and max(values) - min(values) <= 1e-9 * max(1.0, abs(max(values))):
+        text = f"{values[0]:.0f}" if metric == "rank" else f"{values[0]:.3g}"
+        ax.text(0.5, 0.5, f"all {len(values)} heads:\n{text}", ha="center", va="center",
+                fontsize=13, transform=ax.transAxes)  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_alpha(0.3)
+        return
+    n_rows, n_cols = len(grid), len(grid[0]) if grid else 0
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="upper")
+    fig.colorbar(im, ax=ax, shrink=0.85)
+    if n_rows * n_cols <= 400 and n_cols <= 24:
+        lo, hi = min(values), max(values)
+        size = 7 if n_cols <= 16 else 6
+        for i in range(n_rows):
+            for j in range(n_cols):
+                v = grid[i][j]
+                if v != v:
+                    continue
+                dark = (v - lo) / (hi - lo) < 0.6  # viridis is dark below ~60 %
+                ax.text(j, i, f"{v:.0f}" if metric == "rank" else f"{v:.1f}", ha="center",
+                        va="center", fontsize=size, color="white" if dark else "black")  # fmt: skip
+    step = max(1, math.ceil(n_cols / 16))
+    ax.set_xticks(range(0, n_cols, step), [str(h) for h in range(0, n_cols, step)], fontsize=7)
+    ax.set_yticks(range(n_rows), [str(r) for r in range(n_rows)], fontsize=7)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+
+
+def _fig_head_spectra(page: _Page, records: Sequence[Mapping[str, Any]], rtol: float) -> None:
+    """Per circuit: every head's singular values σᵢ (log scale) and σᵢ/σ₁, colour = layer."""
+    circuits = [c for c in ("qk", "ov") if any(r["circuit"] == c for r in records)]
+    recs = [r for r in records if isinstance(r.get("singular_values"), list)]
+    if not circuits or not recs:
+        return
+    import matplotlib
+
+    Figure = _mpl()
+    layers = sorted({int(r["layer"]) for r in recs})
+    cmap = matplotlib.colormaps["viridis"]
+    norm = matplotlib.colors.Normalize(vmin=min(layers), vmax=max(max(layers), min(layers) + 1))
+    fig = Figure(figsize=(11, 3.7 * len(circuits)), layout="constrained")
+    axes = fig.subplots(len(circuits), 2, squeeze=False)
+    for row, circuit in enumerate(circuits):
+        for col, normalized in enumerate((False, True)):
+            ax = axes[row][col]
+            for layer in layers:
+                xs: list[float] = []
+                ys: list[float] = []
+                for r in recs:
+                    if r["circuit"] != circuit or int(r["layer"]) != layer:
+                        continue
+                    s = [float(x) for x in r["singular_values"]]
+                    if not s or s[0] <= 0:
+                        continue
+                    scale = s[0] if normalized else 1.0
+                    xs += [*range(1, len(s) + 1), math.nan]
+                    ys += [max(x / scale, 1e-300) for x in s] + [math.nan]
+                ax.plot(xs, ys, color=cmap(norm(layer)), lw=0.9, alpha=0.75)
+            if normalized:
+                ax.axhline(rtol, color="crimson", ls="--", lw=0.9, label=f"rtol {rtol:g}")
+                ax.legend(fontsize=8, loc="lower left")
+            ax.set_yscale("log")
+            _tame_axis(ax, [y for line in ax.get_lines() for y in line.get_ydata() if y == y])
+            _x_plain(ax, integer=True)
+            ax.set_xlabel("index i")
+            ax.set_ylabel("σᵢ / σ₁" if normalized else "σᵢ")
+            what = "normalized σᵢ / σ₁" if normalized else "singular values σᵢ"
+            ax.set_title(f"{_label(circuit)} — {what}", fontsize=10)
+            ax.grid(alpha=0.3)
+        mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(mappable, ax=list(axes[row]), label="layer", shrink=0.9)
+    page.add(
+        fig,
+        "heads_spectra",
+        "Singular-value spectrum of every head",
+        "One line per head: the singular values σ₁ ≥ σ₂ ≥ … of its W_QK = W_Q W_Kᵀ and "
+        "W_OV = W_V W_O (left, log scale) and the same divided by σ₁ (right), coloured by layer. "
+        f"Values under the dashed line (rtol = {rtol:g}) do not count towards the rank.",
+    )
+
+
+def analysis_html(report: Any, path: str | Path, figures_dir: str | Path | None = None) -> Path:
     """Write a self-contained HTML page for a :class:`rankdecay.analyze.SpectralReport`.
 
-    Per circuit (QK, OV) and metric (rank, effective rank, stable rank): a layer × head heatmap;
-    ½(‖A‖²+‖B‖²) against ‖ABᵀ‖_* per head (points on the diagonal are balanced factorizations);
-    the per-layer table of means over heads. Figures are also written beside the page
-    (``<stem>_figures/``).
+    Figures (embedded as PNG; nothing is written beside the page unless ``figures_dir`` is given,
+    then each figure also goes there as PNG and SVG): every head's singular-value spectrum, raw
+    and normalized by σ₁; per circuit (QK, OV) and metric (rank, effective rank, stable rank) a
+    layer × head heatmap, or the words "all N heads: v" when every head has the same value;
+    ½(‖A‖²+‖B‖²) against ‖ABᵀ‖_* per head (points on the diagonal are balanced factorizations).
+    Then the per-layer table of means over heads with every metric.
     """
     path = Path(path)
     Figure = _mpl()
@@ -1159,15 +1535,17 @@ def analysis_html(report: Any, path: str | Path) -> Path:
             "the spectral report has no records; analyze a model with attention layers."
         )
     model = dict(getattr(report, "model", {}) or {})
-    rtol = model.get("rtol", records[0].get("rtol", 1e-2))
+    rtol = float(model.get("rtol", records[0].get("rtol", 1e-2)))
     circuits = [c for c in ("qk", "ov") if any(r["circuit"] == c for r in records)]
     layers = sorted({int(r["layer"]) for r in records})
     heads = sorted({int(r["head"]) for r in records})
-    fig_dir = path.parent / f"{path.stem}_figures"
-    page = _Page(fig_dir)
-    fig = Figure(figsize=(4.4 * 3, 0.32 * len(layers) * len(circuits) + 2.4 * len(circuits)))
+    page = _Page(Path(figures_dir) if figures_dir is not None else None)
+    _fig_head_spectra(page, records, rtol)
+    fig = Figure(
+        figsize=(4.4 * 3, 0.32 * len(layers) * len(circuits) + 2.4 * len(circuits)),
+        layout="constrained",
+    )
     axes = fig.subplots(len(circuits), 3, squeeze=False)
-    annotate = len(layers) * len(heads) <= 400
     for r, circuit in enumerate(circuits):
         for c, metric in enumerate(_RANK_METRICS):
             grid = [[math.nan] * len(heads) for _ in layers]
@@ -1176,37 +1554,17 @@ def analysis_html(report: Any, path: str | Path) -> Path:
                     grid[layers.index(int(rec["layer"]))][heads.index(int(rec["head"]))] = float(
                         rec[metric]
                     )
-            ax = axes[r][c]
-            im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="upper")
-            fig.colorbar(im, ax=ax, shrink=0.85)
-            if annotate:
-                for i in range(len(layers)):
-                    for j in range(len(heads)):
-                        v = grid[i][j]
-                        if v == v:
-                            ax.text(
-                                j,
-                                i,
-                                f"{v:.0f}" if metric == "rank" else f"{v:.1f}",
-                                ha="center",
-                                va="center",
-                                fontsize=6,
-                                color="white",
-                            )
-            ax.set_title(f"{_label(circuit)} — {_METRIC_LABEL[metric]}", fontsize=10)
-            ax.set_xlabel("head")
-            ax.set_ylabel("layer")
-            ax.set_xticks(range(len(heads)), [str(h) for h in heads], fontsize=7)
-            ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
+            _heatmap(axes[r][c], fig, grid, metric, f"{_label(circuit)} — {_METRIC_LABEL[metric]}")
     page.add(
         fig,
         "heads_rank",
         "Rank per head",
         f"Per layer (rows) and head (columns): numerical rank #{{σᵢ > {rtol:g}·σ₁}}, effective rank "
-        "exp(−Σ pᵢ log pᵢ) and stable rank Σσᵢ²/σ₁² of W_QK = W_Q W_Kᵀ and W_OV = W_V W_O.",
+        "exp(−Σ pᵢ log pᵢ) and stable rank Σσᵢ²/σ₁² of W_QK = W_Q W_Kᵀ and W_OV = W_V W_O. "
+        "A panel whose value is the same for every head says so instead of drawing a heatmap.",
     )
     if all("norm_gap" in r and "nuclear_norm" in r for r in records):
-        fig = Figure(figsize=(5.2 * len(circuits), 4.2))
+        fig = Figure(figsize=(5.2 * len(circuits), 4.2), layout="constrained")
         axes = fig.subplots(1, len(circuits), squeeze=False)[0]
         for ax, circuit in zip(axes, circuits):
             recs = [r for r in records if r["circuit"] == circuit]
@@ -1215,6 +1573,8 @@ def analysis_html(report: Any, path: str | Path) -> Path:
             sc = ax.scatter(x, y, c=[int(r["layer"]) for r in recs], cmap="viridis", s=18)
             hi = max(x + y) if x else 1.0
             ax.plot([0, hi], [0, hi], color="0.4", ls="--", lw=1, label="balanced: equal")
+            _x_plain(ax)
+            _tame_axis(ax, [0.0, *y])
             ax.set_xlabel("‖A·Bᵀ‖_* (nuclear norm)")
             ax.set_ylabel("½(‖A‖_F² + ‖B‖_F²)")
             ax.set_title(_label(circuit), fontsize=10)
@@ -1230,23 +1590,24 @@ def analysis_html(report: Any, path: str | Path) -> Path:
             "where weight decay on the factors drives training.",
         )
     summary_rows = report.summary() if hasattr(report, "summary") else []
-    cols = [
-        c
-        for c in (
-            "layer",
-            "name",
-            "circuit",
-            "n_heads",
-            "rank_min",
-            "rank_max",
-            "rank",
-            "effective_rank",
-            "stable_rank",
-            "nuclear_norm",
-            "balance",
-            "norm_gap",
-        )
-        if summary_rows and c in summary_rows[0]
+    table_rows = [
+        {
+            "layer": s["layer"],
+            "name": s.get("name", ""),
+            "circuit": str(s["circuit"]).upper(),
+            "heads": s.get("n_heads"),
+            f"rank@{rtol:g} mean [min–max]": (
+                f"{s['rank']:.1f} [{s['rank_min']}–{s['rank_max']}]"
+                if s["rank_min"] != s["rank_max"]
+                else str(s["rank_min"])
+            ),
+            **{
+                _SUMMARY_LABEL[m]: s[m]
+                for m in _SUMMARY_LABEL
+                if m in s and isinstance(s[m], (int, float))
+            },
+        }
+        for s in summary_rows
     ]
     chips = [
         str(model.get("model_class") or "model"),
@@ -1257,12 +1618,22 @@ def analysis_html(report: Any, path: str | Path) -> Path:
         chips.append(f"GQA: {model.get('n_kv_heads')} kv heads")
     if model.get("rotary"):
         chips.append("rotary (QK at offset 0)")
+    if model.get("fold_norm"):
+        chips.append("norm gains folded")
     notes = model.get("notes") or []
+    if isinstance(notes, Mapping):
+        notes = list(dict.fromkeys(n for ns in notes.values() for n in ns))
     note_html = "".join(f"<li>{_e(n)}</li>" for n in notes) if isinstance(notes, list) else ""
-    rel = _relpath(fig_dir, path.parent)
+    columns = list(table_rows[0]) if table_rows else []
     sections = [
-        ("Per layer (mean over heads)", _table(summary_rows, cols, scroll=True) if cols else ""),
-        ("Figures", _figures_html(page, rel)),
+        (
+            "Per layer (mean over heads)",
+            _table(table_rows, columns, scroll=True) if columns else "",
+        ),
+        (
+            "Figures",
+            _figures_html(page, _relpath(Path(figures_dir), path.parent) if figures_dir else None),
+        ),
         ("Notes", f"<ul>{note_html}</ul>" if note_html else ""),
     ]
     text = _page_html(
@@ -1273,6 +1644,18 @@ def analysis_html(report: Any, path: str | Path) -> Path:
     )
     atomic_write_text(path, text)
     return path
+
+
+#: per-layer table columns of the model report: summary key → header
+_SUMMARY_LABEL = {
+    "effective_rank": "eff. rank",
+    "stable_rank": "stable rank",
+    "nuclear_norm": "nuclear",
+    "frobenius_norm": "Frobenius",
+    "spectral_norm": "σ₁",
+    "balance": "balance",
+    "norm_gap": "norm gap",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1296,6 +1679,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="STEP",
         help="steps at which to plot singular-value spectra (nearest logged; default first/middle/last)",
     )
+    from .threads import add_threads_argument
+
+    add_threads_argument(parser)
 
 
 def _warn_gaps(directory: Path) -> None:

@@ -36,7 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Run", "final_spectra", "flatten_dict", "is_run_dir", "load_run", "load_sweep"]
 
 #: spectral metrics summarized per circuit (anything numeric in a record is kept)
-_ID_KEYS = {"step", "kind", "layer", "head", "circuit", "matrix", "singular_values", "rtol"}
+_ID_KEYS = {
+    "step", "kind", "layer", "name", "head", "kv_head", "circuit", "matrix", "singular_values",
+    "rtol",
+}  # fmt: skip
 
 
 def _pandas() -> Any:

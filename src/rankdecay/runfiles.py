@@ -83,6 +83,8 @@ RESUMABLE_KEYS = frozenset(
         "optim.schedule",
         "optim.grad_clip",
         "train.keep_checkpoints",
+        "train.loggers",
+        "train.log_per_head",
     }
 )
 

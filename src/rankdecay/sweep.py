@@ -52,6 +52,14 @@ from .errors import RankdecayError
 from .runfiles import needs_resume
 from .runio import atomic_write_json, read_json, remove_temp_files
 from .runlock import DirectoryLockedError, DirLock
+from .threads import (
+    THREAD_ENV_VARS,
+    ThreadCountError,
+    available_cpus,
+    check_budget,
+    default_threads,
+    set_threads,
+)
 
 __all__ = [
     "EXECUTORS",
@@ -159,17 +167,6 @@ def run_status(run_dir: str | Path) -> str:
         return "missing"
 
 
-def set_threads(threads: int) -> None:
-    """Limit this process's intra-op parallelism (torch, OpenMP, MKL) to ``threads``."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-    with contextlib.suppress(RuntimeError):  # only settable before any inter-op work
-        torch.set_num_interop_threads(1)
-
-
 def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]:
     """Run one task in this process and return ``{"status", "error", "wall_s", "final", "verdict"}``.
 
@@ -251,13 +248,6 @@ class Executor(abc.ABC):
         return self.name
 
 
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _watch_parent(parent_pid: int) -> None:
     """Exit this worker at once when the sweep process dies (so no orphan keeps writing)."""
     while True:
@@ -268,7 +258,7 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _worker_main(conn: Any, threads: int, parent_pid: int) -> None:
     """Local worker process: receive tasks on ``conn`` until ``None``, send back results."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in THREAD_ENV_VARS:
         os.environ[var] = str(threads)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     set_threads(threads)
@@ -289,8 +279,10 @@ def _worker_main(conn: Any, threads: int, parent_pid: int) -> None:
 class LocalExecutor(Executor):
     """A pool of ``workers`` spawned processes, each limited to ``threads_per_worker`` threads.
 
-    ``workers × threads_per_worker`` may not exceed the CPUs available to this process. A worker
-    that dies (segfault, out of memory) fails only the run it held and is replaced.
+    ``workers × threads_per_worker`` may not exceed the CPUs available to this process
+    (:func:`rankdecay.threads.check_budget`); the default ``threads_per_worker`` is
+    ``physical cores // workers``. A worker that dies (segfault, out of memory) fails only the run
+    it held and is replaced.
     """
 
     name = "local"
@@ -298,22 +290,15 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int = 1, threads_per_worker: int | None = None, **options: Any):
         super().__init__(**options)
         cpus = available_cpus()
-        if workers < 1:
-            raise RankdecayError(
-                f"--workers must be at least 1, got {workers}; pass --workers 1 or more."
-            )
         if workers > cpus:
-            raise RankdecayError(
-                f"--workers {workers} exceeds the {cpus} CPUs available here; pass --workers {cpus} "
-                "or fewer (or use --executor ray for more machines)."
+            raise ThreadCountError(
+                f"workers={workers} exceeds the {cpus} CPUs available here; use {cpus} or fewer "
+                "(or the ray executor for more machines).",
+                param="workers",
             )
         if threads_per_worker is None:
-            threads_per_worker = max(1, cpus // workers)
-        if threads_per_worker < 1 or workers * threads_per_worker > cpus:
-            raise RankdecayError(
-                f"--workers {workers} × --threads-per-worker {threads_per_worker} would oversubscribe "
-                f"the {cpus} CPUs available here; lower one of them."
-            )
+            threads_per_worker = default_threads(workers)
+        check_budget(workers, threads_per_worker)
         self.workers = workers
         self.threads = threads_per_worker
 
@@ -435,7 +420,10 @@ class RayExecutor(Executor):
         self.gpus = float(gpus_per_run or 0.0)
         self.max_in_flight = workers  # None: as many as the cluster's CPUs (GPUs) can hold
         if self.threads < 1:
-            raise RankdecayError("--threads-per-worker must be at least 1; pass a positive count.")
+            raise ThreadCountError(
+                f"threads_per_worker must be at least 1, got {self.threads}; use 1 or more.",
+                param="threads_per_worker",
+            )
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -472,7 +460,8 @@ class RayExecutor(Executor):
             import ray
         except ImportError:
             raise RankdecayError(
-                "--executor ray needs Ray; install it with `pip install 'rankdecay[ray]'`."
+                "the ray executor needs Ray; install it with `pip install 'rankdecay[ray]'`.",
+                param="executor",
             ) from None
         started_here = False
         if not ray.is_initialized():
@@ -486,7 +475,8 @@ class RayExecutor(Executor):
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise RankdecayError(
                     f"cannot connect to Ray at {self.address or 'a local instance'} ({exc}); start "
-                    "a cluster with `ray start --head` or check --ray-address."
+                    "a cluster with `ray start --head` or check the address.",
+                    param="ray_address",
                 ) from None
             started_here = True
         if self.gpus > 0 and not self.address:
@@ -498,8 +488,9 @@ class RayExecutor(Executor):
                 if started_here:
                     ray.shutdown()
                 raise RankdecayError(
-                    f"--gpus-per-run {self.gpus:g} but this Ray instance has no GPUs; drop "
-                    "--gpus-per-run or connect to a cluster with GPU nodes (--ray-address)."
+                    f"gpus_per_run={self.gpus:g} but this Ray instance has no GPUs; use 0 or "
+                    "connect to a cluster with GPU nodes (ray_address).",
+                    param=("gpus_per_run", "ray_address"),
                 )
         remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=0)(_ray_execute)
         pending = list(tasks)
@@ -638,19 +629,25 @@ def _parse_seeds(text: str | int | None, default: int) -> list[int]:
                 seeds = [int(s) for s in text.split(",") if s.strip()]
             except ValueError:
                 raise RankdecayError(
-                    f"--seeds expects a count N or a list like 0,1,2, got {text!r}; fix it."
+                    f"seeds expects a count N or a list like 0,1,2, got {text!r}; fix it.",
+                    param="seeds",
                 ) from None
             if not seeds or len(set(seeds)) != len(seeds):
-                raise RankdecayError(f"--seeds {text!r} must list distinct integers; fix it.")
+                raise RankdecayError(
+                    f"seeds {text!r} must list distinct integers; fix it.", param="seeds"
+                )
             return seeds
         try:
             count = int(text)
         except ValueError:
             raise RankdecayError(
-                f"--seeds expects a count N or a list like 0,1,2, got {text!r}; fix it."
+                f"seeds expects a count N or a list like 0,1,2, got {text!r}; fix it.",
+                param="seeds",
             ) from None
     if count < 1:
-        raise RankdecayError(f"--seeds must be at least 1, got {count}; pass --seeds 1 or more.")
+        raise RankdecayError(
+            f"seeds must be at least 1, got {count}; give 1 or more.", param="seeds"
+        )
     return list(range(count))
 
 
@@ -674,7 +671,8 @@ def plan_sweep(
     fixed_items = dict(fixed) if isinstance(fixed, Mapping) else dict(map(parse_assignment, fixed))
     if "seed" in fixed_items:
         raise RankdecayError(
-            "a sweep sets each run's seed itself; use --seeds instead of --set seed=…."
+            "a sweep sets each run's seed itself; choose them with seeds instead of fixing seed.",
+            param=("seeds", "fixed"),
         )
     base = exp.config(preset)
     fixed_typed = {k: _typed(base, k, v) for k, v in fixed_items.items()}
@@ -690,7 +688,8 @@ def plan_sweep(
         for item in grid:
             if "=" not in item:
                 raise RankdecayError(
-                    f"--grid expects key=v1,v2,…, got {item!r}; write e.g. --grid optim.lr=1e-3,1e-2."
+                    f"a grid entry is key=v1,v2,…, got {item!r}; write e.g. optim.lr=1e-3,1e-2.",
+                    param="grid",
                 )
             key, _, values = item.partition("=")
             given[key.strip()] = [v.strip() for v in values.split(",") if v.strip() != ""]
@@ -699,20 +698,26 @@ def plan_sweep(
             raw_grid.pop(key, None)
     raw_grid.update(given)
     if "seed" in raw_grid:
-        raise RankdecayError("the grid may not contain 'seed'; choose seeds with --seeds N.")
+        raise RankdecayError(
+            "the grid may not contain 'seed'; choose the seeds with seeds=N.",
+            param=("grid", "seeds"),
+        )
     for key, values in raw_grid.items():
         if not values:
             raise RankdecayError(
-                f"grid key '{key}' has no values; give at least one, e.g. --grid {key}=v1,v2."
+                f"grid key '{key}' has no values; give at least one, e.g. {key}=v1,v2.",
+                param="grid",
             )
         if key in fixed_typed:
             raise RankdecayError(
-                f"'{key}' is both swept (--grid) and fixed (--set); keep only one of them."
+                f"'{key}' is both swept (grid) and fixed; keep only one of them.",
+                param=("grid", "fixed"),
             )
     if not raw_grid:
         raise RankdecayError(
             f"the grid is empty: preset '{preset}' of '{exp.name}' defines no default grid; give one "
-            "with --grid key=v1,v2,…."
+            "as key=v1,v2,….",
+            param="grid",
         )
     typed_grid: dict[str, list[Any]] = {}
     for key, values in raw_grid.items():
@@ -773,21 +778,25 @@ class SweepIndex:
             if not sweep_rows_valid(previous.get("runs")):
                 raise RankdecayError(
                     f"{self.path} is not a rankdecay sweep index (or it is damaged); restore it "
-                    "from a backup or choose another --out."
+                    "from a backup or choose another directory.",
+                    param="out",
                 )
             diff = _differences(previous, spec.identity())
             if diff:
                 raise RankdecayError(
-                    f"--out {out} holds a different sweep (its {', '.join(diff)} differ); "
-                    "choose another --out or repeat the original command."
+                    f"{out} holds a different sweep (its {', '.join(diff)} differ); "
+                    "choose another directory or repeat the original sweep.",
+                    param="out",
                 )
         elif out.exists() and any(p.name != SWEEP_LOCK for p in out.iterdir()):
             if (out / "config.json").exists():
                 raise RankdecayError(
-                    f"--out {out} is a run directory, not a sweep; choose another --out."
+                    f"{out} is a run directory, not a sweep; choose another directory.",
+                    param="out",
                 )
             raise RankdecayError(
-                f"--out {out} is not empty and holds no {SWEEP_FILE}; choose an empty or new directory."
+                f"{out} is not empty and holds no {SWEEP_FILE}; choose an empty or new directory.",
+                param="out",
             )
         old_rows = {r["name"]: r for r in (previous or {}).get("runs", [])}
         self.data: dict[str, Any] = {
@@ -929,14 +938,23 @@ def run_sweep(
     executor: str = "local",
     progress: bool = False,
     dry_run: bool = False,
+    loggers: str | Sequence[str] = (),
     **executor_options: Any,
 ) -> SweepResult:
     """Run (or resume) a sweep and return its rows; the Python face of ``rankdecay sweep``.
 
     ``executor_options`` go to the executor class (``workers``, ``threads_per_worker``,
-    ``ray_address``, ``gpus_per_run``, ...).
+    ``ray_address``, ``gpus_per_run``, ...). ``loggers`` (``--log-to``) sets every run's
+    ``train.loggers`` without changing the sweep's identity.
     """
     _exp, module_spec, spec = plan_sweep(experiment, preset, grid, fixed, seeds)
+    log_to: dict[str, Any] = {}
+    if loggers:
+        from .train import with_loggers
+
+        log_to = {
+            "train.loggers": with_loggers(_exp.config(preset), loggers, _exp.name).train.loggers
+        }
     executor_cls = get_executor(executor)
     engine = executor_cls(**executor_options)
     out_path = Path(out) if out is not None else default_out(spec)
@@ -967,7 +985,7 @@ def run_sweep(
                     name=row["name"],
                     experiment=module_spec,
                     preset=preset,
-                    overrides={**spec.fixed, **row["point"]},
+                    overrides={**spec.fixed, **row["point"], **log_to},
                     seed=row["seed"],
                     run_dir=str(out_path / row["run_dir"]),
                     threads=threads,
@@ -1060,10 +1078,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="parallel runs (local: processes, default 1; ray: at most this many in flight)",
     )
     parser.add_argument(
+        "--threads",
         "--threads-per-worker",
+        dest="threads_per_worker",
         type=int,
         default=None,
-        help="torch threads per run (local default: CPUs // workers; ray default 1)",
+        metavar="N",
+        help="torch threads per run; workers × threads may not exceed the CPUs "
+        "(local default: physical cores // workers; ray default 1)",
     )
     parser.add_argument(
         "--out", default=None, help="sweep directory (default sweeps/<experiment>-<preset>-<hash>)"
@@ -1072,6 +1094,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="list the runs and their status, run nothing"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .train import add_log_to_argument
+
+    add_log_to_argument(parser)
     seen: set[str] = set()
     for name in list(EXECUTORS):
         try:
@@ -1108,6 +1133,7 @@ def run_cli(args: argparse.Namespace) -> int:
             "no_progress",
             "command",
             "debug",
+            "log_to",
         }
     }
     if options.get("workers") is None:
@@ -1124,6 +1150,7 @@ def run_cli(args: argparse.Namespace) -> int:
         executor=args.executor,
         progress=not args.no_progress and not args.dry_run,
         dry_run=args.dry_run,
+        loggers=args.log_to or (),
         **options,
     )
     rows = result.rows

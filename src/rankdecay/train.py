@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from .config import flatten, from_dict, to_dict
 from .device import autocast, loss_precision, maybe_compile, param_dtype, spectra_monitor
 from .errors import NonFiniteLossError, RankdecayError
+from .integrations.loggers import check_loggers, close_sinks, open_run_sinks
 from .runfiles import RunWriter, checkpoint_step
 from .runio import FileWriteError, _jsonable
 from .stopping import EarlyStop
@@ -144,6 +145,11 @@ class TrainConfig:
     early_stop_above: float | None = None
     early_stop_key: str = "val_acc"
     early_stop_patience: int = 2
+    #: experiment trackers that also get the metrics and spectra: "tensorboard" (events in
+    #: <run>/tensorboard), "wandb" (<run>/wandb); tag names in rankdecay.integrations.loggers
+    loggers: tuple[str, ...] = ()
+    #: with loggers: one tag per head as well as the per-layer means
+    log_per_head: bool = False
 
 
 # ----------------------------------------------------------------------------- model / optimizer
@@ -674,9 +680,11 @@ def log_event(
     evaluate_fn: Callable[[], dict[str, float]],
     monitor: Any,
     force_eval: bool = False,
+    sinks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """One metrics row at ``step``: running loss/acc + lr (log steps), evaluation (eval steps),
-    monitor summary (monitor steps; its records go to spectra.jsonl); appended to metrics.jsonl.
+    monitor summary (monitor steps; its records go to spectra.jsonl); appended to metrics.jsonl
+    and, as tags (:func:`rankdecay.integrations.loggers.run_scalars`), sent to ``sinks``.
 
     Raises :class:`NonFiniteLossError` when the pending training loss is NaN/Inf.
     """
@@ -694,12 +702,17 @@ def log_event(
         row["lr"] = lr
     if step % tc.eval_every == 0 or force_eval:
         row.update(evaluate_fn())
+    records: list[dict[str, Any]] = []
     if monitor.every > 0 and (monitor.due(step) or force_eval):
         records = monitor.force_step(step)
         writer.log_spectra(records)
         row.update(summarize_records(records))
     if len(row) > 1:
         writer.log_metrics(row)
+        if sinks:
+            from .integrations.loggers import log_to_sinks, run_scalars
+
+            log_to_sinks(sinks, step, run_scalars(row, records, per_head=tc.log_per_head))
     return row
 
 
@@ -802,6 +815,7 @@ def _train_locked(
 
     summary = initial_summary(cfg, experiment, preset, state.step, resumed_from, device)
     writer.write_summary(summary)
+    sinks = open_run_sinks(cfg, writer.dir, experiment)
 
     def checkpoint() -> None:
         save_run_checkpoint(writer, model, optimizer, state)
@@ -820,6 +834,7 @@ def _train_locked(
             evaluate_fn=evaluate_now,
             monitor=monitor,
             force_eval=force_eval,
+            sinks=sinks,
         )
 
     bar = _Progress(progress, tc.steps, state.step, f"{experiment}")
@@ -877,9 +892,11 @@ def _train_locked(
                     elapsed_s=time.perf_counter() - t0,
                 )
                 writer.write_summary(summary)
+                close_sinks(sinks)
                 return summary
     except NonFiniteLossError as exc:
         bar.close()
+        close_sinks(sinks, quiet=True)
         summary.update(
             status="failed", error=str(exc), step=state.step, final=_final_values(writer.metrics())
         )
@@ -888,6 +905,7 @@ def _train_locked(
         raise
     except BaseException as exc:
         bar.close()
+        close_sinks(sinks, quiet=True)
         err = write_failure(writer, exc, state.step)
         message = str(err) if err is not None else f"{type(exc).__name__}: {exc}"
         summary.update(status="failed", error=message, step=state.step)
@@ -897,6 +915,7 @@ def _train_locked(
             raise err from None
         raise
     bar.close()
+    close_sinks(sinks)
     elapsed = time.perf_counter() - t0
     rows = writer.metrics()
     final = _final_values(rows)
@@ -936,6 +955,36 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--resume", default=None, metavar="DIR", help="continue the run in DIR from its checkpoint"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_log_to_argument(p)
+    from .threads import add_threads_argument
+
+    add_threads_argument(p)
+
+
+def add_log_to_argument(p: argparse.ArgumentParser) -> None:
+    """``--log-to tensorboard,wandb`` (``rankdecay run`` and ``rankdecay sweep``)."""
+    p.add_argument(
+        "--log-to",
+        default=None,
+        metavar="LOGGERS",
+        help="also log metrics and spectra to these trackers: tensorboard, wandb (comma-separated; "
+        "sets train.loggers; TensorBoard events in <run>/tensorboard, W&B files in <run>/wandb)",
+    )
+
+
+def with_loggers(cfg: Any, value: str | Sequence[str], experiment: str) -> Any:
+    """``cfg`` with ``train.loggers`` set from ``--log-to`` (validated; packages checked)."""
+    from .config import apply_overrides
+    from .integrations.loggers import parse_loggers
+
+    names = parse_loggers(value)
+    if not hasattr(getattr(cfg, "train", None), "loggers"):
+        raise RankdecayError(
+            f"experiment '{experiment}' does not train a transformer with the rankdecay loop, so "
+            "it cannot log to TensorBoard/W&B; drop --log-to (its results are in the run directory)."
+        )
+    check_loggers(names)
+    return apply_overrides(cfg, {"train.loggers": names})
 
 
 def _print_verdict(summary: Mapping[str, Any], run_dir: Path) -> None:
@@ -1030,6 +1079,8 @@ def run_cli(args: argparse.Namespace) -> int:
                 )
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path("runs") / f"{exp.name}-{preset}-s{cfg.seed}-{stamp}"
+    if args.log_to is not None:
+        cfg = with_loggers(cfg, args.log_to, exp.name)
     summary = exp.run(
         cfg,
         run_dir,

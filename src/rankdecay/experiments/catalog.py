@@ -1,8 +1,10 @@
 """`rankdecay list`: the experiments, their presets, and every config key with type and default.
 
 ``rankdecay list`` prints one row per experiment (name, reproduced result, presets, description);
-``rankdecay list EXPERIMENT [--preset P]`` prints every dotted config key with its type, its default
-and, with ``--preset``, the value under that preset (the keys ``--set KEY=VALUE`` accepts).
+``rankdecay list EXPERIMENT [--preset P]`` prints every dotted config key (the keys
+``--set KEY=VALUE`` accepts) with its type, its value under preset P — by default ``quick``, the
+preset ``rankdecay run EXPERIMENT`` uses — and, where that differs, the base default of the config
+class.
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ def config_table(exp: Experiment, preset: str | None = None) -> list[tuple[str, 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", nargs="?", help="show this experiment's config keys")
-    p.add_argument("--preset", default=None, help="also show the values under this preset")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="show the values under this preset (default quick, the one `rankdecay run` uses)",
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -76,23 +82,32 @@ def run_cli(args: argparse.Namespace) -> int:
         )
         return 0
     exp = get_experiment(args.experiment)
-    if args.preset is not None:
-        exp.config(args.preset)  # validates the preset name
-    table = Table(title=f"{exp.name} — config keys (--set KEY=VALUE)")
+    preset = args.preset
+    if preset is None and "quick" in exp.presets:
+        preset = "quick"  # what `rankdecay run EXPERIMENT` runs
+    if preset is not None:
+        exp.config(preset)  # validates the preset name
+    title = f"{exp.name} — config keys (--set KEY=VALUE)"
+    if preset is not None:
+        title += f"\nvalues under preset {preset}" + (
+            f", the one `rankdecay run {exp.name}` uses" if preset == "quick" else ""
+        )
+    table = Table(title=title)
     table.add_column("key")
     table.add_column("type")
-    table.add_column("default")
-    if args.preset:
-        table.add_column(f"preset {args.preset}")
-    for key, tp, default, value in config_table(exp, args.preset):
-        row = [key, tp, repr(default)]
-        if args.preset:
-            row.append("" if value == default else repr(value))
-        table.add_row(*row)
+    if preset is not None:
+        table.add_column(f"preset {preset}")
+        table.add_column("base default", style="dim")
+        for key, tp, default, value in config_table(exp, preset):
+            table.add_row(key, tp, repr(value), "" if value == default else repr(default))
+    else:
+        table.add_column("default")
+        for key, tp, default, _ in config_table(exp, None):
+            table.add_row(key, tp, repr(default))
     console.print(table)
     presets = ", ".join(f"{name} ({len(ov)} overrides)" for name, ov in exp.presets.items())
     console.print(f"presets: {presets}")
-    grids = exp.grids.get(args.preset or "quick") or {}
+    grids = exp.grids.get(preset or "quick") or {}
     if grids:
         console.print(
             "default sweep grid: " + "; ".join(f"{k} ∈ {list(v)}" for k, v in grids.items())

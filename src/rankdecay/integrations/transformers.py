@@ -1,148 +1,156 @@
-"""Hugging Face ``Trainer`` integration: attention spectra while training.
+"""Hugging Face ``Trainer`` integration: attention spectra while training, and a role-aware optimizer.
 
 Usage::
 
-    from rankdecay.integrations.transformers import SpectralMonitorCallback
+    from rankdecay.integrations.transformers import SpectralMonitorCallback, trainer_optimizer
 
     trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      callbacks=[SpectralMonitorCallback(every=100)])
+                      callbacks=[SpectralMonitorCallback(every=100)],
+                      optimizers=(trainer_optimizer(model, args, weight_decay={"attn_qk": 0.0,
+                                                    "default": 0.1}, low_rank_decay=1e-3), None))
     trainer.train()
 
-Every ``every`` optimizer steps (``state.global_step % every == 0``, and once before the first
-step) the callback runs a :class:`rankdecay.SpectralMonitor` on the model — per (layer, head,
-circuit) singular values, rank at ``rtol``, effective and stable rank, norms, balance
-‖AᵀA − BᵀB‖_F and norm gap, plus the full W_Q, W_K of each layer — and
+**The callback.** Every ``every`` optimizer steps (``state.global_step % every == 0``, and once
+before the first step) it runs a :class:`rankdecay.SpectralMonitor` on the model — per (layer,
+head, circuit) singular values of A·Bᵀ (QK: A, B = W_Q^h, W_K^h; OV: W_V^h, W_O^hᵀ, each
+(d_model, d_head)), rank at ``rtol``, effective and stable rank, norms, balance ‖AᵀA − BᵀB‖_F and
+norm gap, plus the full W_Q, W_K of each layer — and
 
 - appends the records to ``<output_dir>/<output_file>`` (the ``spectra.jsonl`` format of
-  :mod:`rankdecay.runio`) on the main process,
-- asks the Trainer to log at that step and adds the means over heads (``rankdecay/qk_rank``,
-  ``rankdecay/ov_effective_rank``, ``rankdecay/wqk_stable_rank``, …) to that log entry, so they
-  appear in ``trainer.state.log_history`` and in every callback placed after this one (put it
-  first in ``trainer.callback_handler.callbacks`` to reach reporting integrations such as
-  TensorBoard or W&B).
+  :mod:`rankdecay.runio`) on the main process;
+- asks the Trainer to log at that step and adds the tags of
+  :func:`rankdecay.integrations.loggers.spectral_scalars` (``rankdecay/qk/effective_rank/layer3``,
+  ``rankdecay/qk/rank/mean``, …) to that log entry, so they reach ``trainer.state.log_history`` and
+  every ``report_to`` integration (TensorBoard, W&B, MLflow, …), which show them as
+  ``train/rankdecay/…`` (the Trainer's integrations prefix every training-time key with ``train/``).
 
-The records of every recording are also kept in ``callback.monitor.records``.
+Reaching the integrations whatever the callback order: the Trainer calls every callback's
+``on_log`` in list order with the same ``logs`` dict, and puts the reporting integrations before
+user callbacks. So when the Trainer first calls it (``on_init_end`` for ``callbacks=[…]``,
+``on_train_begin`` for ``trainer.add_callback``) the callback moves itself to the front of the
+Trainer's callback list; its ``on_log`` then adds the tags before any integration reads ``logs``.
+If it cannot find that list (a custom handler), it warns and says how to put it first by hand.
+
+**The optimizer.** :func:`trainer_optimizer` builds the optimizer over
+:func:`rankdecay.param_groups` (one group per parameter role, each with its weight decay) with the
+Trainer's learning rate and Adam settings, and attaches :class:`rankdecay.LowRankDecay` when
+asked; pass it as ``optimizers=(optimizer, None)`` and the Trainer adds its usual scheduler.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+import sys
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
-from transformers import TrainerCallback
+import torch
+from torch import nn
 
-from ..monitor import SpectralMonitor, summarize_records
-from ..spectra import DEFAULT_RTOL
+from .common import SpectralCallbackBase
+from .loggers import MissingExtraError
 
-__all__ = ["DEFAULT_LOG_KEYS", "SpectralMonitorCallback"]
+try:
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import CallbackHandler
+except ImportError:
+    raise MissingExtraError(
+        "rankdecay.integrations.transformers needs Hugging Face transformers, which is not "
+        "installed; install it with `pip install 'rankdecay[hf]'`."
+    ) from None
 
-#: summary means logged into the Trainer's logs by default
-DEFAULT_LOG_KEYS: tuple[str, ...] = (
-    "qk_rank",
-    "qk_effective_rank",
-    "qk_stable_rank",
-    "qk_balance",
-    "qk_norm_gap",
-    "ov_rank",
-    "ov_effective_rank",
-    "ov_stable_rank",
-    "ov_balance",
-    "ov_norm_gap",
-    "wqk_stable_rank",
-)
+__all__ = ["SpectralMonitorCallback", "trainer_optimizer"]
 
 
-class SpectralMonitorCallback(TrainerCallback):
+class SpectralMonitorCallback(SpectralCallbackBase, TrainerCallback):
     """A ``TrainerCallback`` that runs :class:`rankdecay.SpectralMonitor` every ``every`` steps.
 
-    Args:
-        every: record when ``state.global_step % every == 0`` (and at the start of training).
-        circuits, rtol, matrices, keep_singular_values: as for :class:`SpectralMonitor`.
-        output_file: JSONL file under ``args.output_dir`` for the records; None → no file.
-        log_keys: summary keys (see :func:`rankdecay.monitor.summarize_records`) added to the
-            Trainer's logs; None → every key.
-        prefix: prepended to the logged keys.
-        heads_options: forwarded to :func:`rankdecay.attention_heads` (e.g. ``fold_norm=True``).
+    Args: those of :class:`rankdecay.integrations.common.SpectralCallbackBase` — ``every``
+    (``state.global_step % every == 0``, and at the start of training), ``circuits``, ``rtol``,
+    ``matrices``, ``keep_singular_values``, ``output_file`` (under ``args.output_dir``),
+    ``metrics``, ``per_layer``, ``per_head``, ``prefix``, ``heads_options`` — and
+
+        move_first: move this callback to the front of the Trainer's callback list (see the
+            module docstring), so the reporting integrations receive the tags.
     """
 
-    def __init__(
-        self,
-        every: int = 100,
-        circuits: Sequence[str] = ("qk", "ov"),
-        rtol: float = DEFAULT_RTOL,
-        matrices: bool = True,
-        keep_singular_values: bool = True,
-        output_file: str | None = "spectra.jsonl",
-        log_keys: Sequence[str] | None = DEFAULT_LOG_KEYS,
-        prefix: str = "rankdecay/",
-        heads_options: dict[str, Any] | None = None,
-    ) -> None:
-        if every <= 0:
-            raise ValueError(f"every must be positive, got {every}.")
-        self.every = int(every)
-        self.circuits = tuple(circuits)
-        self.rtol = float(rtol)
-        self.matrices = matrices
-        self.keep_singular_values = keep_singular_values
-        self.output_file = output_file
-        self.log_keys = None if log_keys is None else tuple(log_keys)
-        self.prefix = prefix
-        self.heads_options = heads_options
-        self.monitor: SpectralMonitor | None = None
+    def __init__(self, every: int = 100, *, move_first: bool = True, **options: Any) -> None:
+        super().__init__(every, **options)
+        self.move_first = move_first
         self._pending: dict[str, float] = {}
-        self._last_step: int | None = None
+        self._placed = False
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _ensure_monitor(self, args: Any, state: Any, model: Any) -> SpectralMonitor:
-        if self.monitor is None or self.monitor.model is not model:
-            writer = None
-            if self.output_file and getattr(state, "is_world_process_zero", True):
-                writer = Path(args.output_dir) / self.output_file
-                writer.parent.mkdir(parents=True, exist_ok=True)
-            self.monitor = SpectralMonitor(
-                model,
-                every=self.every,
-                circuits=self.circuits,
-                rtol=self.rtol,
-                matrices=self.matrices,
-                keep_singular_values=self.keep_singular_values,
-                writer=writer,
-                heads_options=self.heads_options,
+    def _put_first(self) -> None:
+        """Move this callback to index 0 of the calling Trainer's ``CallbackHandler``."""
+        if not self.move_first or self._placed:
+            return
+        frame = sys._getframe(1)
+        handler = None
+        for _ in range(10):  # call_event → (a subclass's super() calls) → this method
+            if frame is None:
+                break
+            obj = frame.f_locals.get("self")
+            if isinstance(obj, CallbackHandler) and any(cb is self for cb in obj.callbacks):
+                handler = obj
+                break
+            frame = frame.f_back
+        self._placed = True
+        if handler is None:
+            warnings.warn(
+                "SpectralMonitorCallback could not find the Trainer's callback list, so report_to "
+                "integrations called before it will miss the rankdecay tags; put it first with "
+                "trainer.callback_handler.callbacks.insert(0, callback).",
+                stacklevel=3,
             )
-        return self.monitor
+            return
+        callbacks = handler.callbacks
+        index = next(i for i, cb in enumerate(callbacks) if cb is self)
+        if index:
+            # safe while call_event iterates: the callback that follows keeps its index
+            callbacks.insert(0, callbacks.pop(index))
 
     def _record(self, args: Any, state: Any, model: Any) -> dict[str, float]:
-        step = int(state.global_step)
-        if model is None or self._last_step == step:
+        if model is None:
             return {}
-        monitor = self._ensure_monitor(args, state, model)
-        records = monitor.force_step(step)
-        self._last_step = step
-        means = summarize_records(records)
-        keys = means.keys() if self.log_keys is None else [k for k in self.log_keys if k in means]
-        return {f"{self.prefix}{k}": float(means[k]) for k in keys}
+        main = getattr(state, "is_world_process_zero", True)
+        return self.record(model, int(state.global_step), args.output_dir if main else None)
 
     # -- Trainer events ----------------------------------------------------------------------
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._put_first()
+
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
+        self._put_first()  # added with trainer.add_callback after __init__
         self._record(args, state, model)  # the spectra before the first step (file + records only)
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
+    def on_step_end(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> Any:
         if state.global_step % self.every != 0:
             return control
-        means = self._record(args, state, model)
-        if means:
-            self._pending = means
+        tags = self._record(args, state, model)
+        if tags:
+            self._pending = tags
             control.should_log = True
         return control
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not self._pending:
             return
         if logs is not None:
-            logs.update(self._pending)
+            logs.update(self._pending)  # read by every callback after this one (integrations)
         history = state.log_history
         if history and history[-1].get("step") == state.global_step:
             history[-1].update(self._pending)
@@ -154,3 +162,52 @@ class SpectralMonitorCallback(TrainerCallback):
         if self._pending:
             state.log_history.append({**self._pending, "step": state.global_step})
             self._pending = {}
+
+
+def trainer_optimizer(
+    model: nn.Module,
+    args: Any = None,
+    *,
+    weight_decay: float | Mapping[str, float] | None = None,
+    low_rank_decay: float = 0.0,
+    lrd_options: Mapping[str, Any] | None = None,
+    optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+    **optimizer_kwargs: Any,
+) -> torch.optim.Optimizer:
+    """An optimizer for ``Trainer(optimizers=(optimizer, None))``: role-aware weight decay + LRD.
+
+    Args:
+        model: the model the Trainer trains (build the optimizer before ``Trainer(...)``).
+        args: the ``TrainingArguments``; supplies ``lr`` (``learning_rate``) and, for Adam-type
+            optimizers, ``betas`` (``adam_beta1``, ``adam_beta2``) and ``eps`` (``adam_epsilon``)
+            unless given in ``optimizer_kwargs``.
+        weight_decay: per-role decay for :func:`rankdecay.param_groups` (roles attn_qk, attn_ov,
+            mlp, embedding, norm, bias, other; ``"attention"`` and ``"default"`` shorthands), or
+            one number for all. None → the Trainer's rule: ``args.weight_decay`` everywhere except
+            norms and biases (0).
+        low_rank_decay: strength of :class:`rankdecay.LowRankDecay` (0 = off), applied after each
+            optimizer step with each group's current lr (so it follows the Trainer's schedule).
+        lrd_options: more ``LowRankDecay`` arguments (``target``, ``granularity``, ``polar``, …).
+        optimizer_cls: a torch optimizer class taking param groups (default AdamW).
+
+    Returns:
+        the optimizer; its ``low_rank_decay`` attribute holds the attached LowRankDecay or None.
+    """
+    from ..decay import LowRankDecay, param_groups
+
+    kwargs = dict(optimizer_kwargs)
+    if args is not None:
+        kwargs.setdefault("lr", args.learning_rate)
+        if issubclass(optimizer_cls, (torch.optim.Adam, torch.optim.AdamW)):
+            kwargs.setdefault("betas", (args.adam_beta1, args.adam_beta2))
+            kwargs.setdefault("eps", args.adam_epsilon)
+    if weight_decay is None:
+        base = float(args.weight_decay) if args is not None else 0.0
+        weight_decay = {"default": base, "norm": 0.0, "bias": 0.0}
+    optimizer = optimizer_cls(param_groups(model, weight_decay), **kwargs)  # type: ignore[arg-type]
+    decay = None
+    if low_rank_decay > 0:
+        decay = LowRankDecay(model, strength=low_rank_decay, **dict(lrd_options or {}))
+        decay.attach(optimizer)
+    optimizer.low_rank_decay = decay  # type: ignore[attr-defined]
+    return optimizer

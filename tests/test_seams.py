@@ -1,0 +1,139 @@
+"""Seams between the parts: one record vocabulary (monitor = analyze), ``fold_norm`` everywhere,
+a short repr, library errors in the library's words (the CLI adds the flag), ``rankdecay list``
+showing the preset ``run`` uses."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from rankdecay.analyze import RECORD_FIELDS, SpectralReport, analyze
+from rankdecay.cli import main
+from rankdecay.config import flatten
+from rankdecay.errors import RankdecayError
+from rankdecay.experiments import get_experiment
+from rankdecay.monitor import SpectralMonitor, summarize_records
+
+SCALARS = ("rank", "effective_rank", "stable_rank", "nuclear_norm", "spectral_norm", "norm_gap")
+
+
+def _encoder() -> nn.Module:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(
+        d_model=16, nhead=4, dim_feedforward=32, batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+
+
+def _gqa_model() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+    )  # fmt: skip
+    return transformers.LlamaModel(cfg)
+
+
+def _key(rec: dict) -> tuple:
+    return (rec["layer"], rec["circuit"], rec["head"])
+
+
+@pytest.mark.parametrize("build", [_encoder, _gqa_model])
+def test_monitor_records_speak_the_analyze_vocabulary(build) -> None:
+    model = build()
+    monitor = SpectralMonitor(model, every=1, matrices=True)
+    records = monitor.force_step(7)
+    circuits = [r for r in records if r["kind"] == "circuit"]
+    reference = {_key(r): r for r in analyze(model).records}
+    assert len(circuits) == len(reference)
+    for rec in circuits:
+        assert set(RECORD_FIELDS) <= set(rec) and rec["step"] == 7
+        ref = reference[_key(rec)]
+        assert (rec["name"], rec["kv_head"], rec["rtol"]) == (
+            ref["name"],
+            ref["kv_head"],
+            ref["rtol"],
+        )
+        for m in SCALARS:
+            assert rec[m] == pytest.approx(ref[m], rel=1e-9, abs=1e-9), m
+    if build is _gqa_model:  # 4 query heads read 2 key/value heads
+        assert {r["kv_head"] for r in circuits} == {0, 1}
+    matrices = [r for r in records if r["kind"] == "matrix"]
+    assert matrices and all(r["name"] == reference[(r["layer"], "qk", 0)]["name"] for r in matrices)
+    # summaries skip the identifying fields, whatever their type
+    summary = summarize_records(records)
+    assert "qk_kv_head" not in summary and "qk_rank" in summary
+    # the latest recording is an analyze report
+    report = monitor.report()
+    assert isinstance(report, SpectralReport) and report.model["step"] == 7
+    assert [r["rank"] for r in report.summary()] == pytest.approx(
+        [r["rank"] for r in analyze(model).summary()]
+    )
+
+
+def test_monitor_takes_fold_norm_like_analyze() -> None:
+    model = _encoder()
+    with torch.no_grad():  # a norm gain far from 1, so folding changes the spectra
+        for mod in model.modules():
+            if isinstance(mod, nn.LayerNorm):
+                mod.weight.uniform_(0.2, 3.0)
+    folded = {_key(r): r for r in analyze(model, fold_norm=True).records}
+    raw = {_key(r): r for r in analyze(model).records}
+    assert any(abs(folded[k]["nuclear_norm"] - raw[k]["nuclear_norm"]) > 1e-3 for k in raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new spelling warns about nothing
+        new = SpectralMonitor(model, matrices=False, fold_norm=True).force_step(0)
+    with pytest.warns(DeprecationWarning, match="fold_norm"):
+        old = SpectralMonitor(model, matrices=False, heads_options={"fold_norm": True})
+    assert old.fold_norm and old.force_step(0) == new
+    for rec in new:
+        assert rec["nuclear_norm"] == pytest.approx(folded[_key(rec)]["nuclear_norm"], rel=1e-9)
+
+
+def test_spectral_report_repr_is_one_short_line() -> None:
+    report = analyze(_encoder())
+    text = repr(report)
+    assert "\n" not in text and len(text) < 160 and "singular_values" not in text
+    assert "2 layers × 4 heads" in text and f"{len(report.records)} records" in text
+
+
+def test_library_errors_name_parameters_and_cli_adds_the_flag(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _encoder()
+    for kwargs, param in (({"rtol": -1.0}, "rtol"), ({"circuits": ("qk", "xy")}, "circuits")):
+        with pytest.raises(RankdecayError) as info:
+            analyze(model, **kwargs)
+        assert "--" not in str(info.value) and info.value.param == param
+    from rankdecay.sweep import run_sweep
+
+    for kwargs in ({"seeds": "0,0"}, {"grid": ["weight_decay"]}, {"seeds": 0}):
+        with pytest.raises(RankdecayError) as info:
+            run_sweep("sweep_toy:EXPERIMENT", out=tmp_path / "sw", **kwargs)
+        assert not re.search(r"--\w", str(info.value)), str(info.value)
+    assert main(["sweep", "sweep_toy:EXPERIMENT", "--seeds", "0,0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("[--seeds]")
+
+
+def test_list_shows_the_values_run_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    exp = get_experiment("recall")
+    quick, base = flatten(exp.config("quick")), flatten(exp.config_cls())
+    assert quick["train.steps"] != base["train.steps"]  # the case the table must make plain
+    assert main(["list", "recall"]) == 0
+    out = capsys.readouterr().out
+    assert "preset quick" in out and "rankdecay run recall" in out
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 4:
+            rows[cells[0]] = cells
+    for key in ("train.steps", "model.d_model", "seed"):
+        _, _, value, default = rows[key]
+        assert value == repr(quick[key])
+        assert default == ("" if quick[key] == base[key] else repr(base[key]))
