@@ -138,6 +138,13 @@ STEPS = number(1, MAX_STEPS, integer=True, example="1000")
 FRACTION = number(0, 1, lo_open=True, hi_open=True, example="0.5")
 
 
+#: a per-role init (models.ModelConfig.init_embed / init_pos / init_linear)
+INIT_STD = Rule(
+    lambda x: x is None or x == "torch" or (_real(x) and x >= 0),
+    "a standard deviation ≥ 0, 'torch' (PyTorch's default init) or none (init_std)",
+    "torch",
+)
+
 #: config class name → field → rule (what each field accepts)
 RULES: dict[str, dict[str, Rule]] = {
     "OptimConfig": {
@@ -162,6 +169,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "granularity": choice(*GRANULARITIES),
         "polar": choice(*POLARS),
         "mode": choice(*MODES),
+        "polar_steps": number(0, integer=True, example="5", note=' (polar="newton_schulz_fixed")'),
     },
     "TrainConfig": {
         "steps": STEPS,
@@ -193,6 +201,9 @@ RULES: dict[str, dict[str, Rule]] = {
         "image_size": number(0, integer=True, example="28"),
         "in_channels": number(1, integer=True, example="1"),
         "init_std": number(0, optional=True, example="0.02"),
+        "init_embed": INIT_STD,
+        "init_pos": INIT_STD,
+        "init_linear": INIT_STD,
     },
     "ModularConfig": {
         "p": Rule(
@@ -202,6 +213,7 @@ RULES: dict[str, dict[str, Rule]] = {
         ),
         "train_fraction": FRACTION,
         "data_seed": DATA_SEED,
+        "split_seed": number(0, integer=True, example="42"),
     },
     "RecallConfig": {
         "n_keys": POSITIVE_INT,
@@ -228,6 +240,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "seed": SEED,
         "strength": number(0, optional=True, example="none", note=" (none: the arm's default)"),
         "weight_decay": NONNEG,
+        "l2_scale": NONNEG,
     },
     "RecallExperimentConfig": {"seed": SEED, "weight_decay_attn": NONNEG},
     "LMConfig": {"seed": SEED, "weight_decay_attn": NONNEG, "weight_decay_mlp": NONNEG},
