@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "LayerHeads": "heads",
     "attention_heads": "heads",
     "register_adapter": "heads",
+    "UnrecognizedAttentionWarning": "heads",
+    "UnsupportedModelError": "heads",
     # analyze
     "analyze": "analyze",
     "SpectralReport": "analyze",
@@ -81,7 +83,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .analyze import SpectralReport, analyze, load_model  # noqa: F401
     from .decay import LowRankDecay, describe_groups, param_groups, param_roles  # noqa: F401
     from .errors import RankdecayError  # noqa: F401
-    from .heads import LayerHeads, attention_heads, register_adapter  # noqa: F401
+    from .heads import (  # noqa: F401
+        LayerHeads,
+        UnrecognizedAttentionWarning,
+        UnsupportedModelError,
+        attention_heads,
+        register_adapter,
+    )
     from .models import ModelConfig, TinyTransformer  # noqa: F401
     from .monitor import SpectralMonitor  # noqa: F401
     from .polar import polar  # noqa: F401

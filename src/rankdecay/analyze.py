@@ -505,6 +505,7 @@ def analyze(
     fold_norm: bool = False,
     progress: bool | None = None,
     adapters: bool = False,
+    strict: bool = False,
 ) -> SpectralReport:
     """Per-head spectra of the QK and/or OV circuits of every attention layer.
 
@@ -519,6 +520,9 @@ def analyze(
         adapters: instead, one record per LoRA adapter and module: the spectrum of ΔW = s·B·A
             from its factors, its rank, nuclear norm, balance ‖AAᵀ − BᵀB‖_F and norm gap
             (:mod:`rankdecay.lora`), for a PEFT model or an adapter directory (no base model).
+        strict: a module that looks like attention but is not extracted raises
+            :class:`~rankdecay.heads.UnsupportedModelError` instead of the
+            :class:`~rankdecay.heads.UnrecognizedAttentionWarning` naming it (in-memory models).
 
     Returns:
         a :class:`SpectralReport`. Singular values are computed in float64 from the factors, all
@@ -550,7 +554,7 @@ def analyze(
     options: dict[str, Any] = {"fold_norm": True} if fold_norm else {}
     with torch.no_grad():
         try:
-            layers = attention_heads(model, **options)
+            layers = attention_heads(model, strict=strict, **options)
         except TypeError as exc:
             if fold_norm and "fold_norm" in str(exc):
                 raise RankdecayError(
