@@ -170,8 +170,8 @@ def test_nonfinite_loss_stops_with_clear_error(tmp_path: Path) -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_nonfinite_injected_inf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An inf in one batch's loss (injected through the objective) is caught at the next log."""
+def _poison_step_13(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the training loss of the 13th step infinite (through the objective)."""
     import rankdecay.train as T
 
     real = T.loss_and_accuracy
@@ -183,6 +183,11 @@ def test_nonfinite_injected_inf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         return (loss * float("inf") if calls["n"] == 13 else loss), acc
 
     monkeypatch.setattr(T, "loss_and_accuracy", poisoned)
+
+
+def test_nonfinite_injected_inf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inf in one batch's loss (injected through the objective) is caught at the next log."""
+    _poison_step_13(monkeypatch)
     exp, cfg = _tiny_cfg("train.steps=40")
     with pytest.raises(NonFiniteLossError, match="between steps 11 and 15"):
         exp.run(cfg, tmp_path / "inf", progress=False)
@@ -193,17 +198,7 @@ def test_resume_after_nan_with_a_lower_learning_rate(
 ) -> None:
     """The way out the NaN message names: resume from the checkpoint it names with a lower
     optim.lr; the change is applied and recorded."""
-    import rankdecay.train as T
-
-    real = T.loss_and_accuracy
-    calls = {"n": 0}
-
-    def poisoned(logits, y):
-        calls["n"] += 1
-        loss, acc = real(logits, y)
-        return (loss * float("inf") if calls["n"] == 13 else loss), acc
-
-    monkeypatch.setattr(T, "loss_and_accuracy", poisoned)
+    _poison_step_13(monkeypatch)
     exp, cfg = _tiny_cfg("train.steps=20", "train.checkpoint_every=10")
     run = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match="intact checkpoint at step 10 .*--resume"):

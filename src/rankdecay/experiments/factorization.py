@@ -164,19 +164,10 @@ def run(
 
 
 def _validate(cfg: FactorizationConfig) -> None:
+    """Every value (rankdecay.validation: λ > 0, steps, log_every, lr, sizes, …)."""
     from ..validation import validate_values
 
     validate_values(cfg)
-    if not cfg.weight_decay > 0:
-        raise RankdecayError(
-            f"the factorization experiment needs weight_decay > 0 (got {cfg.weight_decay}); "
-            "use --set weight_decay=0.1 (λ = 0 has no soft-threshold or contraction to check)."
-        )
-    if cfg.steps < 1 or cfg.log_every < 1 or _lr(cfg) <= 0:
-        raise RankdecayError(
-            f"factorization needs steps ≥ 1, log_every ≥ 1 and lr > 0 (got steps={cfg.steps}, "
-            f"log_every={cfg.log_every}, lr={cfg.lr}); fix them with --set."
-        )
 
 
 def _run(cfg: FactorizationConfig, metrics_path: Path) -> dict[str, Any]:
