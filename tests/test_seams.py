@@ -137,3 +137,17 @@ def test_list_shows_the_values_run_uses(capsys: pytest.CaptureFixture[str]) -> N
         _, _, value, default = rows[key]
         assert value == repr(quick[key])
         assert default == ("" if quick[key] == base[key] else repr(base[key]))
+
+
+def test_config_key_errors_get_the_set_hint(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rankdecay.device import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(RankdecayError) as info:
+        resolve_device("cuda")
+    assert "--" not in str(info.value) and info.value.param == "train.device"
+    argv = ["run", "recall", "--set", "train.device=cuda", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("[--set train.device=…]")

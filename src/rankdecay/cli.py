@@ -56,8 +56,12 @@ def flag_for(parser: argparse.ArgumentParser, param: str) -> str | None:
     """The option string of ``parser`` that sets the library parameter ``param`` (or None).
 
     Matches an option whose ``dest`` is ``param`` or whose spelling is ``--param-with-dashes``;
-    returns the first (longest-lived) spelling, e.g. ``--threads`` for ``threads``.
+    returns the first (longest-lived) spelling, e.g. ``--threads`` for ``threads``. A dotted config
+    key (``train.device``) is set with ``--set KEY=VALUE`` where the command has ``--set``.
     """
+    if "." in param:
+        has_set = any("--set" in a.option_strings for a in parser._actions)  # noqa: SLF001
+        return f"--set {param}=…" if has_set else None
     spelled = "--" + param.replace("_", "-")
     for action in parser._actions:  # noqa: SLF001 - argparse has no public accessor
         if not action.option_strings:

@@ -75,23 +75,26 @@ def resolve_device(name: str | torch.device) -> torch.device:
         device = torch.device(text)
     except RuntimeError:
         raise RankdecayError(
-            f"unknown device {name!r}; use --set train.device=auto, cpu, cuda or cuda:N."
+            f"unknown device {name!r}; set train.device to auto, cpu, cuda or cuda:N.",
+            param="train.device",
         ) from None
     if device.type == "cpu":
         return device
     if device.type != "cuda":
         raise RankdecayError(
-            f"device {name!r} is not supported; use --set train.device=auto, cpu, cuda or cuda:N."
+            f"device {name!r} is not supported; set train.device to auto, cpu, cuda or cuda:N.",
+            param="train.device",
         )
     if not torch.cuda.is_available():
         raise RankdecayError(
-            f"train.device is {text!r} but no CUDA device is available; use --set train.device=cpu "
-            "(or auto)."
+            f"train.device is {text!r} but no CUDA device is available; set it to cpu (or auto).",
+            param="train.device",
         )
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise RankdecayError(
             f"train.device is {text!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
-            "choose cuda:0 … or auto."
+            "choose cuda:0 … or auto.",
+            param="train.device",
         )
     return device
 
