@@ -286,8 +286,18 @@ def run(
         todo = n_blocks - len(done)
         bar = _Bar(progress, todo * (cfg.steps + cfg.n_seeds) + 1)
         stop = _StopFlag()
+        threads = torch.get_num_threads()
+        # one thread: the tensors hold a few thousand entries, and on a busy machine extra
+        # OpenMP / BLAS threads only spin (a shortened quick preset under load: 12 s of CPU with
+        # OMP_NUM_THREADS=1, 143 s with 2)
+        torch.set_num_threads(1)
+        limits = contextlib.ExitStack()
+        with contextlib.suppress(ImportError):  # numpy's BLAS pool too, where threadpoolctl is
+            from threadpoolctl import threadpool_limits
+
+            limits.enter_context(threadpool_limits(1))
         try:
-            with stop.installed():
+            with stop.installed(), limits:
                 summary = _run(cfg, run_dir, bar, done, stop)
         except _Stopped:
             bar.close()
@@ -331,6 +341,8 @@ def run(
                 },
             )
             raise
+        finally:
+            torch.set_num_threads(threads)
         bar.close()
         summary = {**base, "status": "finished", "error": None, **resumed, **summary}
         summary["elapsed_s"] = time.perf_counter() - t0
