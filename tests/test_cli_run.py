@@ -101,7 +101,7 @@ def test_run_grokking_quick_memorizes(tmp_path: Path) -> None:
         (["run", "recall", "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
         (["run", "recall", "--set", "train.steps=many"], "config key 'train.steps' expects int"),
         (["run", "recall", "--set", "optim.name=lion"], "must be one of"),
-        (["run", "recall", "--set", "train.steps"], "--set expects key=value"),
+        (["run", "recall", "--set", "train.steps"], "must read key=value, got 'train.steps'"),
         (["run"], "name an experiment"),
         (["list", "nope"], "unknown experiment 'nope'"),
     ],

@@ -103,23 +103,27 @@ class AttentionSVMConfig:
 
 
 def _validate(cfg: AttentionSVMConfig) -> None:
-    from ..validation import validate_values
+    from ..validation import ConfigValueError, validate_values
 
     validate_values(cfg)
     for p in cfg.parameterizations:
         if p not in PARAMETERIZATIONS:
-            raise RankdecayError(
-                f"unknown parameterization {p!r}; choose among {', '.join(PARAMETERIZATIONS)} "
-                "(e.g. --set parameterizations=W,KQ)."
+            raise ConfigValueError(
+                f"unknown parameterization {p!r} in parameterizations; choose among "
+                f"{', '.join(PARAMETERIZATIONS)} (e.g. parameterizations=W,KQ).",
+                param="parameterizations",
             )
     for loss in cfg.losses:
         if loss not in LOSSES:
-            raise RankdecayError(
-                f"unknown loss {loss!r}; choose among {', '.join(LOSSES)} (e.g. --set losses=logistic)."
+            raise ConfigValueError(
+                f"unknown loss {loss!r} in losses; choose among {', '.join(LOSSES)} "
+                "(e.g. losses=logistic).",
+                param="losses",
             )
     if not cfg.parameterizations or not cfg.losses:
-        raise RankdecayError(
-            "parameterizations and losses need at least one entry each; e.g. --set losses=logistic."
+        raise ConfigValueError(
+            "parameterizations and losses need at least one entry each; e.g. losses=logistic.",
+            param=("parameterizations", "losses"),
         )
 
 
