@@ -96,7 +96,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     bad = RankdecayError(
         f"config key '{key}' expects {_type_name(tp)} but got {value!r}; "
-        f"give {key} a {_type_name(tp)} value (in the overrides or the config file).",
+        f"give {key} a value of type {_type_name(tp)} (in the overrides or the config file).",
         param=key,
     )
     if tp is Any:
