@@ -982,7 +982,9 @@ def with_loggers(cfg: Any, value: str | Sequence[str], experiment: str) -> Any:
     if not hasattr(getattr(cfg, "train", None), "loggers"):
         raise RankdecayError(
             f"experiment '{experiment}' does not train a transformer with the rankdecay loop, so "
-            "it cannot log to TensorBoard/W&B; drop --log-to (its results are in the run directory)."
+            "it cannot log to TensorBoard/W&B; drop the loggers (its results are in the run "
+            "directory).",
+            param="log_to",
         )
     check_loggers(names)
     return apply_overrides(cfg, {"train.loggers": names})
