@@ -201,7 +201,8 @@ class SpectralReport:
         data = read_json(path, "spectral report")
         if not isinstance(data, dict) or data.get("format") != "rankdecay.spectral_report":
             raise RankdecayError(
-                f"{path} is not a rankdecay spectral report; write one with `rankdecay analyze SOURCE --json FILE`."
+                f"{path} is not a rankdecay spectral report; write one with "
+                "rankdecay.analyze(...).to_json(path)."
             )
         return cls(records=list(data["records"]), model=dict(data.get("model", {})))
 
