@@ -296,15 +296,16 @@ def test_sigterm_ends_with_interrupted_and_resume_continues_to_the_same_files(
     assert proc.returncode == 130, err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted", summary
-    assert f"rankdecay run --resume {run}" in summary["error"]
+    assert f"resume {run} to continue" in summary["error"] and "--" not in summary["error"]
     assert err.strip().splitlines()[-1] == f"rankdecay: {summary['error']}"
     n_done = len(blocks.read_text().splitlines())
     assert 1 <= n_done < 3
 
     exp = get_experiment("attention-svm")
     cfg = exp.config("quick", SMALL)
-    with pytest.raises(RankdecayError, match="already holds an attention-svm run .*--resume"):
+    with pytest.raises(RankdecayError, match="already holds an attention-svm run .*resume it") as e:
         exp.run(cfg, run, progress=False)  # a new run does not overwrite it
+    assert "--" not in str(e.value) and e.value.param == ("resume", "out")
     with pytest.raises(RankdecayError, match="differs in steps"):  # a changed config is refused
         exp.run(exp.config("quick", {**SMALL, "steps": 500}), run, resume=True, progress=False)
     resumed = exp.run(cfg, run, resume=True, progress=False)

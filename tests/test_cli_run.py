@@ -101,7 +101,7 @@ def test_run_grokking_quick_memorizes(tmp_path: Path) -> None:
         (["run", "recall", "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
         (["run", "recall", "--set", "train.steps=many"], "config key 'train.steps' expects int"),
         (["run", "recall", "--set", "optim.name=lion"], "must be one of"),
-        (["run", "recall", "--set", "train.steps"], "--set expects key=value"),
+        (["run", "recall", "--set", "train.steps"], "must read key=value, got 'train.steps'"),
         (["run"], "name an experiment"),
         (["list", "nope"], "unknown experiment 'nope'"),
     ],
@@ -123,7 +123,8 @@ def test_resume_bad_directories(tmp_path: Path, capsys: pytest.CaptureFixture[st
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["run", "--resume", str(empty)]) == 2
-    assert "not a rankdecay run directory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a rankdecay run directory" in err and err.rstrip().endswith("[--resume]"), err
     (empty / "config.json").write_text("{broken")
     assert main(["run", "--resume", str(empty)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
@@ -150,8 +151,10 @@ def test_resume_bad_directories(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(differs) == 2
     err = capsys.readouterr().err
     assert "config differs in model.d_model" in err and len(err.strip().splitlines()) == 1
+    assert err.rstrip().endswith("[--out]"), err
     assert main(base) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and err.rstrip().endswith("[--resume, --out]"), err
     # the same settings (or none) resume fine; a finished run is left as it is
     assert main(["run", "--resume", str(run), "--no-progress"]) == 0
     assert (

@@ -123,9 +123,11 @@ def test_cli_log_to_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], m
     """Bad --log-to: one sentence, exit 2, nothing written."""
     out = tmp_path / "r"
     assert main(["run", "recall", "--out", str(out), "--log-to", "tensorbord"]) == 2
-    assert "unknown logger 'tensorbord'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown logger 'tensorbord'" in err and err.rstrip().endswith("[--log-to]"), err
     assert main(["run", "attention-svm", "--out", str(out), "--log-to", "tensorboard"]) == 2
-    assert "cannot log to TensorBoard/W&B" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot log to TensorBoard/W&B" in err and err.rstrip().endswith("[--log-to]"), err
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     assert main(["run", "recall", "--out", str(out), "--log-to", "tensorboard"]) == 2
     err = capsys.readouterr().err

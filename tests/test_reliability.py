@@ -518,6 +518,7 @@ def test_failed_starts_leave_no_blocking_directory(tmp_path: Path, capsys: pytes
     code, err = _cli(["run", "recall", "--out", str(out), "--no-progress", *_sets(bad)], capsys)
     line = _one_error_line(err)
     assert code == 2 and "no checkpoint was written yet" in line and "last good" not in line
+    assert line.endswith("[--set optim.lr=…, --set optim.grad_clip=…]"), line
     assert not (out / "checkpoint").exists()
     from rankdecay.runfiles import history_gaps
 

@@ -93,6 +93,17 @@ def test_monitor_takes_fold_norm_like_analyze() -> None:
     assert old.fold_norm and old.force_step(0) == new
     for rec in new:
         assert rec["nuclear_norm"] == pytest.approx(folded[_key(rec)]["nuclear_norm"], rel=1e-9)
+    # the HF / Lightning callbacks take the same fold_norm= (and still forward heads_options)
+    from rankdecay.integrations.common import SpectralCallbackBase
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        callback = SpectralCallbackBase(every=1, matrices=False, fold_norm=True)
+        monitor = callback.ensure_monitor(model, None)
+    assert monitor.fold_norm and monitor.force_step(0) == new
+    with pytest.warns(DeprecationWarning, match="fold_norm"):
+        old_cb = SpectralCallbackBase(matrices=False, heads_options={"fold_norm": True})
+        assert old_cb.ensure_monitor(model, None).force_step(0) == new
 
 
 def test_spectral_report_repr_is_one_short_line() -> None:
@@ -119,6 +130,53 @@ def test_library_errors_name_parameters_and_cli_adds_the_flag(
     assert main(["sweep", "sweep_toy:EXPERIMENT", "--seeds", "0,0", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.endswith("[--seeds]")
+
+
+def test_config_run_and_sweep_errors_cite_no_flags(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Representative library errors (bad config values, a resume of a non-run directory, a
+    sweep into a run directory) name keys and parameters, never a flag; the CLI adds the flag."""
+    from rankdecay.config import apply_overrides
+    from rankdecay.sweep import run_sweep
+
+    exp = get_experiment("recall")
+    cfg = exp.config("quick")
+    svm = get_experiment("attention-svm")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a_run = tmp_path / "a_run"
+    a_run.mkdir()
+    (a_run / "config.json").write_text("{}")
+    cases = [
+        (lambda: exp.run(apply_overrides(cfg, {"optim.eps": -1}), tmp_path / "a", progress=False),
+         "optim.eps", "set optim.eps to"),
+        (lambda: apply_overrides(cfg, {"train.steps": "many"}), "train.steps", "train.steps"),
+        (lambda: apply_overrides(cfg, ["train.steps"]), "set", "key=value"),
+        (lambda: exp.run(cfg, empty, resume=True, progress=False), "resume", "not a rankdecay run"),
+        (lambda: run_sweep("sweep_toy:EXPERIMENT", out=a_run), "out", "choose another directory"),
+        (lambda: svm.run(svm.config("quick", {"losses": ["nope"]}), tmp_path / "s", progress=False),
+         "losses", "unknown loss 'nope'"),
+    ]  # fmt: skip
+    for call, param, words in cases:
+        with pytest.raises(RankdecayError) as info:
+            call()
+        message = str(info.value)
+        assert not re.search(r"--\w", message) and words in message, message
+        assert info.value.param == param, (param, info.value.param)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "s").exists()
+    # the same through the CLI: one line, the flag that sets the parameter appended
+    for argv, hint in (
+        (["run", "recall", "--set", "optim.eps=-1", "--out", str(tmp_path / "a")],
+         "[--set optim.eps=…]"),
+        (["run", "--resume", str(empty)], "[--resume]"),
+        (["run", "attention-svm", "--set", "losses=nope", "--out", str(tmp_path / "s")],
+         "[--set losses=…]"),
+        (["sweep", "sweep_toy:EXPERIMENT", "--out", str(a_run)], "[--out]"),
+    ):  # fmt: skip
+        assert main([*argv, "--threads", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.endswith(hint), (argv, err)
 
 
 def test_list_shows_the_values_run_uses(capsys: pytest.CaptureFixture[str]) -> None:

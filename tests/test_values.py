@@ -142,7 +142,7 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "rankdecay: error: config key 'optim.betas' must be two numbers in [0, 1), got 2.0,3.0; "
-        "fix it with --set optim.betas=0.9,0.98."
+        "set optim.betas to e.g. 0.9,0.98. [--set optim.betas=…]"
     ]
     assert not out.exists()
 

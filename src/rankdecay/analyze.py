@@ -201,7 +201,8 @@ class SpectralReport:
         data = read_json(path, "spectral report")
         if not isinstance(data, dict) or data.get("format") != "rankdecay.spectral_report":
             raise RankdecayError(
-                f"{path} is not a rankdecay spectral report; write one with `rankdecay analyze SOURCE --json FILE`."
+                f"{path} is not a rankdecay spectral report; write one with "
+                "rankdecay.analyze(...).to_json(path)."
             )
         return cls(records=list(data["records"]), model=dict(data.get("model", {})))
 
@@ -708,7 +709,8 @@ def _adapter_analysis(
     if not is_adapter_dir(path):
         raise RankdecayError(
             f"{source} is not a LoRA adapter directory (no adapter_config.json there); give the "
-            "directory PeftModel.save_pretrained wrote, or analyze without --lora."
+            "directory PeftModel.save_pretrained wrote, or analyze without adapters=True.",
+            param="adapters",
         )
     records, info = adapter_report(path, rtol, source)
     return SpectralReport(records=records, model=info)
@@ -721,7 +723,8 @@ def _refuse_adapter_dir(path: str | os.PathLike[str]) -> None:
     if is_adapter_dir(p) and not (p / "config.json").is_file():
         raise RankdecayError(
             f"{os.fspath(path)} is a LoRA adapter directory, not a model; analyze its adapters "
-            "with --lora (adapters=True)."
+            "with adapters=True.",
+            param="adapters",
         )
 
 
@@ -884,6 +887,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     parser.add_argument(
         "--lora",
+        dest="adapters",
         action="store_true",
         help="report each LoRA adapter's ΔW = s·B·A (a PEFT adapter directory; no base model needed)",
     )
@@ -1099,7 +1103,7 @@ def run_cli(args: argparse.Namespace) -> int:
             circuits=circuits,
             fold_norm=args.fold_norm,
             progress=progress,
-            adapters=getattr(args, "lora", False),
+            adapters=getattr(args, "adapters", False),
         )
     console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
     if report.model.get("kind") == "lora_adapters":

@@ -52,14 +52,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     return parser, modules
 
 
-def flag_for(parser: argparse.ArgumentParser, param: str) -> str | None:
+def flag_for(parser: argparse.ArgumentParser, param: str, config_key: bool = False) -> str | None:
     """The option string of ``parser`` that sets the library parameter ``param`` (or None).
 
     Matches an option whose ``dest`` is ``param`` or whose spelling is ``--param-with-dashes``;
     returns the first (longest-lived) spelling, e.g. ``--threads`` for ``threads``. A dotted config
-    key (``train.device``) is set with ``--set KEY=VALUE`` where the command has ``--set``.
+    key (``train.device``), or any key when ``config_key`` (an experiment's top-level key such as
+    ``losses``), is set with ``--set KEY=VALUE`` where the command has ``--set``.
     """
-    if "." in param:
+    if "." in param or config_key:
         has_set = any("--set" in a.option_strings for a in parser._actions)  # noqa: SLF001
         return f"--set {param}=…" if has_set else None
     spelled = "--" + param.replace("_", "-")
@@ -101,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         if exc.param and parser is not None:
             sub = _subparser(parser, getattr(args, "command", None))
             params = (exc.param,) if isinstance(exc.param, str) else exc.param
-            flags = [f for f in (flag_for(sub, p) for p in params) if f and f not in message]
+            from .validation import ConfigValueError
+
+            key = isinstance(exc, ConfigValueError)
+            found = (flag_for(sub, p, config_key=key) for p in params)
+            flags = [f for f in found if f and f not in message]
             if flags:
                 message = f"{message} [{', '.join(flags)}]"
         print(f"rankdecay: error: {message}", file=sys.stderr)

@@ -96,7 +96,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     bad = RankdecayError(
         f"config key '{key}' expects {_type_name(tp)} but got {value!r}; "
-        "fix the value given with --set or in the config file."
+        f"give {key} a value of type {_type_name(tp)} (in the overrides or the config file).",
+        param=key,
     )
     if tp is Any:
         return value
@@ -118,7 +119,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return choice
         raise RankdecayError(
             f"config key '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}; "
-            "fix the value given with --set."
+            f"set {key} to one of them.",
+            param=key,
         )
     if origin in (tuple, list):
         items = value
@@ -183,7 +185,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def parse_assignment(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise RankdecayError(
-            f"--set expects key=value, got {text!r}; write e.g. --set optim.lr=1e-3."
+            f"a config override must read key=value, got {text!r}; write e.g. optim.lr=1e-3.",
+            param="set",
         )
     key, value = text.split("=", 1)
     return key.strip(), value.strip()

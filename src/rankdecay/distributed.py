@@ -327,8 +327,8 @@ def train_distributed(
                     summary.update(
                         status="interrupted",
                         step=state.step,
-                        error=f"interrupted by a signal at step {state.step}; continue with the "
-                        f"same torchrun command and `rankdecay run --resume {writer.dir}`.",
+                        error=f"interrupted by a signal at step {state.step}; resume {writer.dir} "
+                        "with the same torchrun command to continue.",
                         final=_final_values(writer.metrics()) if info.is_main else {},
                         elapsed_s=time.perf_counter() - t0,
                     )

@@ -1163,7 +1163,7 @@ class _Ensemble:
                             status="interrupted",
                             step=step,
                             error=f"interrupted by signal {stop.signal} at step {step}; repeat the "
-                            "sweep command (or `rankdecay run --resume DIR`) to continue.",
+                            "sweep (or resume this run directory) to continue.",
                             final=_final_values(writers[i].metrics()),
                             elapsed_s=time.perf_counter() - t0,
                         )

@@ -1,6 +1,6 @@
 """User-facing errors.
 
-Anything a user can cause (a bad path, an unknown experiment, a bad ``--set``, an unsupported
+Anything a user can cause (a bad path, an unknown experiment, a bad config value, an unsupported
 architecture, a corrupt checkpoint, a NaN loss) raises :class:`RankdecayError` with one sentence
 naming the cause and the fix. The CLI prints that sentence and exits with code 2; no traceback
 unless ``--debug``.
@@ -8,7 +8,9 @@ unless ``--debug``.
 Messages raised by the library name the *Python* parameter (``workers``, ``rtol``), not a command
 line flag: the same sentence reaches a notebook user. An error may say which parameter it is about
 (``RankdecayError(message, param="workers")``); the CLI then adds the flag that sets it
-(``[--workers]``), found from the command's parser.
+(``[--workers]``), found from the command's parser. A dotted config key (``train.steps``), or
+any param of a ``ConfigValueError`` (an experiment's top-level key such as ``losses``), is shown
+as ``[--set KEY=…]``; ``resume`` and ``out`` map to ``--resume`` and ``--out`` of ``rankdecay run``.
 """
 
 from __future__ import annotations

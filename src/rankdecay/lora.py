@@ -263,7 +263,8 @@ def adapter_report(
         if not factors:
             raise RankdecayError(
                 f"{type(source).__name__} has no PEFT LoRA layers; wrap it with peft.get_peft_model "
-                "or analyze it without adapters=True (--lora)."
+                "or analyze it without adapters=True.",
+                param="adapters",
             )
     else:
         factors, config = lora_factors_from_dir(source)

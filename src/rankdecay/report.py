@@ -1252,13 +1252,14 @@ def build_report(
     directory = Path(directory)
     if not directory.is_dir():
         raise RankdecayError(
-            f"{directory} does not exist; point `rankdecay report` to a run or sweep directory."
+            f"{directory} does not exist; give the directory of a run or a sweep."
         )
     is_sweep = (directory / "sweep.json").exists()
     if not is_sweep and _is_model_dir(directory):
         raise RankdecayError(
             f"{directory} is a Hugging Face model directory, not a run or sweep; for its per-head "
-            f"spectra run `rankdecay analyze {directory} --html FILE`."
+            f"spectra analyze it instead (rankdecay.analyze({str(directory)!r}) or "
+            f"`rankdecay analyze {directory}`)."
         )
     if not is_sweep and not is_run_dir(directory):
         if not any(is_run_dir(p) for p in directory.iterdir() if p.is_dir()):

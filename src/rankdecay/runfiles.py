@@ -342,14 +342,15 @@ class RunWriter:
         if not _is_int(keep_checkpoints, 1):
             raise RankdecayError(
                 f"train.keep_checkpoints must be a positive integer, got {keep_checkpoints!r}; "
-                "fix it with --set train.keep_checkpoints=1 (or more)."
+                "set train.keep_checkpoints to 1 or more.",
+                param="train.keep_checkpoints",
             )
         self.keep = int(keep_checkpoints)
         self.lock = DirLock(
             self.dir,
             RUN_LOCK,
             "run",
-            "wait for it to finish or stop it, then try again (or write a new run with --out)",
+            "wait for it to finish or stop it, then try again (or write a new run into another directory)",
         )
         self.summary_written = False
         self._meta: dict[str, Any] | None = None
@@ -362,23 +363,26 @@ class RunWriter:
     def read_meta(self) -> dict[str, Any]:
         """The run's config.json, validated; a damaged one is replaced by the checkpoint's copy
         (in memory; :meth:`start` writes it back under the lock)."""
-        fix = "point --resume to a directory written by `rankdecay run`"
+        fix = "give a run directory that rankdecay wrote"
         path = self.dir / self.CONFIG
         if not self.dir.is_dir():
             what = "it is not a directory" if self.dir.exists() else "it does not exist"
-            raise RankdecayError(f"{self.dir} is not a rankdecay run directory ({what}); {fix}.")
+            raise RankdecayError(
+                f"{self.dir} is not a rankdecay run directory ({what}); {fix}.", param="resume"
+            )
         try:
             meta = read_json(path, "run config", dict, fix)
             why = self._meta_problem(meta)
             if why:
-                raise RankdecayError(f"run config {path} {why}; {fix}.")
+                raise RankdecayError(f"run config {path} {why}; {fix}.", param="resume")
             return meta
         except RankdecayError as exc:
             copy = self._checkpoint_meta()
             if copy is None:
                 if not path.exists():
                     raise RankdecayError(
-                        f"{self.dir} is not a rankdecay run directory (it has no {self.CONFIG}); {fix}."
+                        f"{self.dir} is not a rankdecay run directory (it has no {self.CONFIG}); {fix}.",
+                        param="resume",
                     ) from None
                 raise
             _note_once(f"{exc} — using the copy of the config kept in the checkpoint instead.")
@@ -422,15 +426,19 @@ class RunWriter:
             return
         if self.is_run() and not self._failed_start():
             raise RankdecayError(
-                f"{self.dir} already holds a run; continue it with --resume {self.dir} "
-                "or choose another directory with --out."
+                f"{self.dir} already holds a run; resume it to continue "
+                "or choose another output directory.",
+                param=("resume", "out"),
             )
         self._created = not self.dir.exists()
         self.lock.acquire()
         try:
             if self.is_run():
                 if not self._failed_start():  # pragma: no cover - raced with another start
-                    raise RankdecayError(f"{self.dir} already holds a run; choose another --out.")
+                    raise RankdecayError(
+                        f"{self.dir} already holds a run; choose another output directory.",
+                        param="out",
+                    )
                 status = (self.read_summary() or {}).get("status", "unknown")
                 _note(
                     f"{self.dir} held a run that ended before its first checkpoint (status "
@@ -466,7 +474,9 @@ class RunWriter:
                 f"cannot resume {self.dir}: its config differs in {', '.join(refused[:5])}"
                 f"{' …' if len(refused) > 5 else ''}, which would change what its checkpoint "
                 "means; resume with the same settings (only "
-                f"{', '.join(sorted(RESUMABLE_KEYS))} may change) or start a new run with --out."
+                f"{', '.join(sorted(RESUMABLE_KEYS))} may change) or start a new run in another "
+                "directory.",
+                param="out",
             )
         new = {k: v for k, v in meta.items() if k != "resume_overrides"}
         history = list(stored.get("resume_overrides") or [])
@@ -572,7 +582,8 @@ class RunWriter:
             raise RankdecayError(
                 f"cannot resume {self.dir}: its checkpoint is at step {step} but "
                 f"{'; '.join(problems)}, so its history cannot be rebuilt; restore the damaged "
-                "file(s) from a backup, or start the run again into a new directory with --out."
+                "file(s) from a backup, or start the run again into a new directory.",
+                param="out",
             )
         if extra1 + extra2:
             _note(
@@ -588,7 +599,8 @@ class RunWriter:
             raise RankdecayError(
                 f"cannot resume {self.dir}: it has no checkpoint but its history reaches step "
                 f"{reached}; restore {self.ckpt} from a backup, or start the run again into a new "
-                "directory with --out."
+                "directory.",
+                param="out",
             )
         self.truncate_after(-1)
 
@@ -802,11 +814,13 @@ class RunWriter:
                 f"cannot resume {self.dir}: its checkpoint is damaged ({damage[0].split(': ', 1)[1]}) "
                 f"and no earlier checkpoint exists (train.keep_checkpoints={self.keep} keeps "
                 f"{'only the newest' if self.keep == 1 else 'older ones once written'}); restore "
-                "it from a backup, or start the run again into a new directory with --out."
+                "it from a backup, or start the run again into a new directory.",
+                param="out",
             )
         raise RankdecayError(
             f"cannot resume {self.dir}: every checkpoint is damaged ({'; '.join(damage)}); "
-            "restore one from a backup, or start the run again into a new directory with --out."
+            "restore one from a backup, or start the run again into a new directory.",
+            param="out",
         )
 
     def _set_aside(self, damage: list[str], good: Path) -> None:

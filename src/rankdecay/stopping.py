@@ -34,12 +34,14 @@ class EarlyStop:
         if self.above is not None and not math.isfinite(self.above):
             raise RankdecayError(
                 f"train.early_stop_above must be a finite number or none, got {self.above}; "
-                "fix it with --set train.early_stop_above=0.99."
+                "set train.early_stop_above to e.g. 0.99.",
+                param="train.early_stop_above",
             )
         if self.patience <= 0:
             raise RankdecayError(
                 f"train.early_stop_patience must be positive, got {self.patience}; "
-                "fix it with --set train.early_stop_patience=2."
+                "set train.early_stop_patience to e.g. 2.",
+                param="train.early_stop_patience",
             )
 
     @classmethod

@@ -341,7 +341,8 @@ def load_run_model(directory: Path) -> nn.Module:
     if not os.path.lexists(weights):
         raise CorruptCheckpointError(
             f"{directory} has no checkpoint/model.safetensors yet; wait for the run's first "
-            "checkpoint (train.checkpoint_every) or resume it with `rankdecay run --resume`."
+            "checkpoint (train.checkpoint_every) or resume the run.",
+            param="resume",
         )
     specs = read_safetensors_header(weights)
     names = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -773,7 +773,7 @@ class SweepIndex:
             from .results import sweep_rows_valid
 
             previous = read_json(
-                self.path, "sweep index", dict, "restore it from a backup or choose another --out"
+                self.path, "sweep index", dict, "restore it from a backup or choose another output directory"
             )
             if not sweep_rows_valid(previous.get("runs")):
                 raise RankdecayError(
@@ -852,7 +852,7 @@ class SweepIndex:
 def _lock(out: Path) -> DirLock:
     """An exclusive lock on the sweep directory (:mod:`rankdecay.runlock`; released if we die)."""
     return DirLock(
-        out, SWEEP_LOCK, "sweep", "wait for that sweep to finish (or stop it) or choose another --out"
+        out, SWEEP_LOCK, "sweep", "wait for that sweep to finish (or stop it) or choose another output directory"
     )
 
 

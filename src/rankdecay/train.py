@@ -211,14 +211,16 @@ def build_optimizer(
 
     if optim.lr <= 0 or not math.isfinite(optim.lr):
         raise RankdecayError(
-            f"optim.lr must be a positive number, got {optim.lr}; fix it with --set optim.lr=…."
+            f"optim.lr must be a positive number, got {optim.lr}; set optim.lr to e.g. 1e-3.",
+            param="optim.lr",
         )
     groups = param_groups(model, _weight_decay_spec(optim))
     if optim.name == "adamw":
         betas = tuple(optim.betas)
         if len(betas) != 2:
             raise RankdecayError(
-                f"optim.betas needs two values, got {list(betas)}; write e.g. --set optim.betas=0.9,0.98."
+                f"optim.betas needs two values, got {list(betas)}; set optim.betas to e.g. 0.9,0.98.",
+                param="optim.betas",
             )
         opt: torch.optim.Optimizer = torch.optim.AdamW(
             groups, lr=optim.lr, betas=betas, eps=optim.eps
@@ -227,7 +229,8 @@ def build_optimizer(
         betas = tuple(optim.betas)
         if len(betas) != 2:
             raise RankdecayError(
-                f"optim.betas needs two values, got {list(betas)}; write e.g. --set optim.betas=0.9,0.98."
+                f"optim.betas needs two values, got {list(betas)}; set optim.betas to e.g. 0.9,0.98.",
+                param="optim.betas",
             )
         opt = torch.optim.Adam(groups, lr=optim.lr, betas=betas, eps=optim.eps)  # type: ignore[arg-type]
     else:
@@ -593,17 +596,19 @@ def initial_summary(
     }
 
 
-def nonfinite_fix(writer: RunWriter) -> str:
-    """How to continue after a NaN/Inf, stating only what is on disk."""
+def nonfinite_error(cause: str, writer: RunWriter) -> NonFiniteLossError:
+    """The error for a NaN/Inf: ``cause`` and how to continue, stating only what is on disk."""
     step = checkpoint_step(writer.dir)
     if step is None:
-        return (
-            "no checkpoint was written yet, so lower optim.lr or set optim.grad_clip and start "
-            "the run again (the same --out is accepted)"
+        return NonFiniteLossError(
+            f"{cause}; no checkpoint was written yet, so lower optim.lr or set optim.grad_clip and "
+            f"start the run again (into the same directory {writer.dir} if you like).",
+            param=("optim.lr", "optim.grad_clip"),
         )
-    return (
-        f"lower optim.lr or set optim.grad_clip and continue from the intact checkpoint at step "
-        f"{step} with `rankdecay run --resume {writer.dir} --set optim.lr=<lower>`"
+    return NonFiniteLossError(
+        f"{cause}; lower optim.lr or set optim.grad_clip and resume {writer.dir}, which continues "
+        f"from its intact checkpoint at step {step}.",
+        param=("resume", "optim.lr", "optim.grad_clip"),
     )
 
 
@@ -615,15 +620,15 @@ def write_failure(writer: RunWriter, exc: BaseException, step: int | None) -> Ra
     fix = "free some space" if exc.os_errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
     ck = checkpoint_step(writer.dir)
     where = (
-        f"its checkpoint at step {ck} is intact, so {fix} and continue with "
-        f"`rankdecay run --resume {writer.dir}`"
+        f"its checkpoint at step {ck} is intact, so {fix} and resume {writer.dir}"
         if ck is not None
         else f"no checkpoint was written yet, so {fix} and start the run again"
     )
     at = f" at step {step}" if step is not None else ""
     return RankdecayError(
         f"the run stopped{at}: could not write {exc.path} ({exc.reason}); {where} "
-        "(no half-written file was left behind)."
+        "(no half-written file was left behind).",
+        param="resume" if ck is not None else None,
     )
 
 
@@ -658,9 +663,7 @@ def save_run_checkpoint(
 ) -> None:
     """Checkpoint weights, optimizer state, running sums and RNG (refuses NaN/Inf weights)."""
     if not _params_finite(model):
-        raise NonFiniteLossError(
-            f"the weights became NaN/Inf by step {state.step}; {nonfinite_fix(writer)}."
-        )
+        raise nonfinite_error(f"the weights became NaN/Inf by step {state.step}", writer)
     opt_tensors, opt_meta = _optimizer_to_parts(optimizer)
     tensors = {**opt_tensors, **state.tensors(), **_rng_tensors()}
     writer.save_checkpoint(
@@ -695,9 +698,7 @@ def log_event(
         if not state.pending_finite():
             first = step - state.count + 1
             where = f"at step {step}" if first == step else f"between steps {first} and {step}"
-            raise NonFiniteLossError(
-                f"the training loss became NaN/Inf {where}; {nonfinite_fix(writer)}."
-            )
+            raise nonfinite_error(f"the training loss became NaN/Inf {where}", writer)
         row.update(state.pop())
         row["lr"] = lr
     if step % tc.eval_every == 0 or force_eval:
@@ -887,7 +888,7 @@ def _train_locked(
                     status="interrupted",
                     step=state.step,
                     error=f"interrupted by signal {stop.signal} at step {state.step}; "
-                    f"continue with `rankdecay run --resume {writer.dir}`.",
+                    f"resume {writer.dir} to continue.",
                     final=_final_values(writer.metrics()),
                     elapsed_s=time.perf_counter() - t0,
                 )
@@ -981,7 +982,9 @@ def with_loggers(cfg: Any, value: str | Sequence[str], experiment: str) -> Any:
     if not hasattr(getattr(cfg, "train", None), "loggers"):
         raise RankdecayError(
             f"experiment '{experiment}' does not train a transformer with the rankdecay loop, so "
-            "it cannot log to TensorBoard/W&B; drop --log-to (its results are in the run directory)."
+            "it cannot log to TensorBoard/W&B; drop the loggers (its results are in the run "
+            "directory).",
+            param="log_to",
         )
     check_loggers(names)
     return apply_overrides(cfg, {"train.loggers": names})

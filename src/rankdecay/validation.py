@@ -5,7 +5,7 @@ it must be ("a finite number ≥ 0") and an example. Rules are looked up by the 
 that owns the field (``OptimConfig.eps``, ``ModularConfig.p``, ``GrokkingConfig.strength``), so
 they apply wherever that section is nested and every experiment sharing ``optim``, ``lrd``,
 ``train``, ``model`` or a task gets them. A violation raises :class:`ConfigValueError` with one
-sentence: the dotted key, the value, what it must be and the ``--set`` that fixes it; the CLI
+sentence: the dotted key, the value, what it must be and a value that fixes it; the CLI
 turns it into exit code 2.
 
 Checks across fields (β count, min_lr ≤ lr, recall's n_pairs ≤ n_keys) follow the per-field
@@ -306,7 +306,8 @@ def _refuse(key: str, value: Any, must: str, example: str) -> ConfigValueError:
     else:
         shown = repr(value)
     return ConfigValueError(
-        f"config key '{key}' must be {must}, got {shown}; fix it with --set {key}={example}."
+        f"config key '{key}' must be {must}, got {shown}; set {key} to e.g. {example}.",
+        param=key,
     )
 
 
@@ -330,12 +331,14 @@ def _across(cfg: Any, prefix: str) -> None:
     if name == "OptimConfig" and cfg.schedule == "cosine" and cfg.min_lr > cfg.lr:
         raise ConfigValueError(
             f"config key '{prefix}min_lr' ({cfg.min_lr:g}) is above {prefix}lr ({cfg.lr:g}), but "
-            f"the cosine schedule decays from lr down to min_lr; fix it with --set {prefix}min_lr=0."
+            f"the cosine schedule decays from lr down to min_lr; set {prefix}min_lr to 0.",
+            param=f"{prefix}min_lr",
         )
     if name == "RecallConfig" and cfg.n_pairs > cfg.n_keys:
         raise ConfigValueError(
             f"config key '{prefix}n_pairs' ({cfg.n_pairs}) exceeds {prefix}n_keys ({cfg.n_keys}), "
-            f"but each sequence has distinct keys; lower it with --set {prefix}n_pairs={cfg.n_keys}."
+            f"but each sequence has distinct keys; lower {prefix}n_pairs to {cfg.n_keys}.",
+            param=f"{prefix}n_pairs",
         )
 
     data = _data_bytes(cfg, prefix)
@@ -343,7 +346,8 @@ def _across(cfg: Any, prefix: str) -> None:
         need, keys = data
         raise ConfigValueError(
             f"the data of this config need about {format_bytes(need)} ({keys}) but this machine "
-            f"has {format_bytes(_host_free())} free; lower {keys.split('=')[0]} with --set."
+            f"has {format_bytes(_host_free())} free; lower {keys.split('=')[0]}.",
+            param=keys.split("=")[0],
         )
 
 
@@ -473,6 +477,7 @@ def check_memory(cfg: Any, task: Any, device: Any, fraction: float = _HOST_FRACT
         raise ConfigValueError(
             f"this run needs about {format_bytes(need)} (model.d_model={m.d_model}, "
             f"model.n_layers={m.n_layers}, model.d_mlp={m.d_mlp}, train.batch_size={tc.batch_size}) "
-            f"but {device} has {format_bytes(free)} free; lower the model size or the batch with --set."
+            f"but {device} has {format_bytes(free)} free; lower the model size or train.batch_size.",
+            param=("model.d_model", "train.batch_size"),
         )
     return need

@@ -103,23 +103,27 @@ class AttentionSVMConfig:
 
 
 def _validate(cfg: AttentionSVMConfig) -> None:
-    from ..validation import validate_values
+    from ..validation import ConfigValueError, validate_values
 
     validate_values(cfg)
     for p in cfg.parameterizations:
         if p not in PARAMETERIZATIONS:
-            raise RankdecayError(
-                f"unknown parameterization {p!r}; choose among {', '.join(PARAMETERIZATIONS)} "
-                "(e.g. --set parameterizations=W,KQ)."
+            raise ConfigValueError(
+                f"unknown parameterization {p!r} in parameterizations; choose among "
+                f"{', '.join(PARAMETERIZATIONS)} (e.g. parameterizations=W,KQ).",
+                param="parameterizations",
             )
     for loss in cfg.losses:
         if loss not in LOSSES:
-            raise RankdecayError(
-                f"unknown loss {loss!r}; choose among {', '.join(LOSSES)} (e.g. --set losses=logistic)."
+            raise ConfigValueError(
+                f"unknown loss {loss!r} in losses; choose among {', '.join(LOSSES)} "
+                "(e.g. losses=logistic).",
+                param="losses",
             )
     if not cfg.parameterizations or not cfg.losses:
-        raise RankdecayError(
-            "parameterizations and losses need at least one entry each; e.g. --set losses=logistic."
+        raise ConfigValueError(
+            "parameterizations and losses need at least one entry each; e.g. losses=logistic.",
+            param=("parameterizations", "losses"),
         )
 
 
@@ -169,13 +173,14 @@ def _stored_config(run_dir: Path) -> dict[str, Any]:
         run_dir / "config.json",
         "run config",
         expect=dict,
-        fix="start the run again with `rankdecay run attention-svm --out DIR`",
+        fix="start the run again into a new directory",
     )
     stored = meta.get("config")
     if meta.get("experiment") != "attention-svm" or not isinstance(stored, dict):
         raise RankdecayError(
             f"{run_dir / 'config.json'} is not the config of an attention-svm run; resume a run "
-            "of this experiment or start a new one with --out."
+            "of this experiment or start a new one in another directory.",
+            param=("resume", "out"),
         )
     return stored
 
@@ -187,7 +192,8 @@ def _check_same_config(cfg: AttentionSVMConfig, run_dir: Path) -> None:
     if differ:
         raise RankdecayError(
             f"cannot resume {run_dir}: its config differs in {', '.join(differ[:3])}; resume "
-            "without --set, or start a new run with --out."
+            "without config overrides, or start a new run in another directory.",
+            param="out",
         )
 
 
@@ -222,7 +228,8 @@ def _refuse_to_overwrite(run_dir: Path) -> None:
     if status not in (None, "failed") or _done_tags(run_dir):
         raise RankdecayError(
             f"{run_dir} already holds an attention-svm run (status {status or 'unfinished'}); "
-            f"continue it with `rankdecay run --resume {run_dir}` or choose another --out."
+            "resume it to continue or choose another output directory.",
+            param=("resume", "out"),
         )
 
 
@@ -306,7 +313,7 @@ def run(
                 **base,
                 "status": "interrupted",
                 "error": f"interrupted by signal {stop.signal} with {n_done} of {n_blocks} blocks "
-                f"finished; continue with `rankdecay run --resume {run_dir}`.",
+                f"finished; resume {run_dir} to continue.",
                 **resumed,
                 "final": {},
                 "verdict": [],
@@ -320,8 +327,8 @@ def run(
                 {
                     **base,
                     "status": "interrupted",
-                    "error": "interrupted; continue with "
-                    f"`rankdecay run --resume {run_dir}` (finished blocks are kept).",
+                    "error": f"interrupted; resume {run_dir} to continue (finished blocks are "
+                    "kept).",
                     **resumed,
                     "final": {},
                     "verdict": [],

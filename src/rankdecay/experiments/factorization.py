@@ -42,6 +42,7 @@ from ..tasks.factorization import (
     sensing_problem,
     train_factorization,
 )
+from ..validation import ConfigValueError
 from . import Experiment
 
 __all__ = ["EXPERIMENT", "FactorizationConfig", "SensingConfig", "run"]
@@ -91,8 +92,9 @@ def _lr(cfg: FactorizationConfig) -> float:
 def _problem(cfg: FactorizationConfig) -> FactorizationProblem:
     if cfg.problem == "diagonal":
         if len(cfg.diagonal) == 0:
-            raise RankdecayError(
-                "factorization.diagonal is empty; give at least one value, e.g. --set diagonal=0.2,1."
+            raise ConfigValueError(
+                "factorization.diagonal is empty; give diagonal at least one value, e.g. 0.2,1.",
+                param="diagonal",
             )
         return diagonal_problem(cfg.diagonal)
     s = cfg.sensing

@@ -173,13 +173,15 @@ def run(
         old = read_json(summary_path, "summary")
         if isinstance(old, dict) and old.get("status") == "finished":
             return old
-    from ..validation import validate_values
+    from ..validation import ConfigValueError, validate_values
 
     validate_values(cfg)
     bad = [c for c in cfg.circuits if c not in ("qk", "ov")]
     if bad or not cfg.circuits:
-        raise RankdecayError(
-            f"unknown circuit {(bad or [''])[0]!r}; choose from qk, ov (e.g. --set circuits=qk,ov)."
+        raise ConfigValueError(
+            f"unknown circuit {(bad or [''])[0]!r} in circuits; choose from qk, ov "
+            "(e.g. circuits=qk,ov).",
+            param="circuits",
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     base = {"experiment": "pretrained", "preset": preset, "seed": cfg.seed}

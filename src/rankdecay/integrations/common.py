@@ -28,7 +28,10 @@ class SpectralCallbackBase:
             file.
         metrics, per_layer, per_head, prefix: which tags are logged (see
             :func:`rankdecay.integrations.loggers.spectral_scalars`).
-        heads_options: forwarded to :func:`rankdecay.attention_heads` (e.g. ``fold_norm=True``).
+        fold_norm: fold the preceding norm's gain into W_Q, W_K, W_V before the spectra, as
+            ``rankdecay.analyze(model, fold_norm=True)`` and ``SpectralMonitor(fold_norm=True)`` do.
+        heads_options: deprecated (as in :class:`SpectralMonitor`); other options of
+            :func:`rankdecay.attention_heads`, forwarded only when given.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class SpectralCallbackBase:
         per_head: bool = False,
         prefix: str = "rankdecay",
         heads_options: dict[str, Any] | None = None,
+        fold_norm: bool = False,
     ) -> None:
         if every <= 0:
             raise ValueError(f"every must be positive, got {every}.")
@@ -58,6 +62,7 @@ class SpectralCallbackBase:
         self.per_head = per_head
         self.prefix = prefix
         self.heads_options = heads_options
+        self.fold_norm = bool(fold_norm)
         self.monitor: SpectralMonitor | None = None
         self._last_step: int | None = None
 
@@ -78,6 +83,7 @@ class SpectralCallbackBase:
                 keep_singular_values=self.keep_singular_values,
                 writer=writer,
                 heads_options=self.heads_options,
+                fold_norm=self.fold_norm,
             )
         return self.monitor
 

@@ -51,7 +51,7 @@ class SpectralMonitorCallback(SpectralCallbackBase, Callback):
 
     Args: those of :class:`rankdecay.integrations.common.SpectralCallbackBase` — ``every``,
     ``circuits``, ``rtol``, ``matrices``, ``keep_singular_values``, ``output_file`` (under
-    ``trainer.log_dir``), ``metrics``, ``per_layer``, ``per_head``, ``prefix``, ``heads_options``.
+    ``trainer.log_dir``), ``metrics``, ``per_layer``, ``per_head``, ``prefix``, ``fold_norm``, ``heads_options``.
     """
 
     def _record(self, trainer: Any, pl_module: Any) -> None:

@@ -200,7 +200,8 @@ def parse_loggers(value: str | Iterable[str] | None) -> tuple[str, ...]:
         if name not in LOGGERS:
             raise UnknownLoggerError(
                 f"unknown logger {item!r}; choose from {', '.join(LOGGERS)} "
-                "(e.g. --log-to tensorboard,wandb)."
+                "(e.g. tensorboard,wandb).",
+                param="log_to",
             )
         if name not in names:
             names.append(name)

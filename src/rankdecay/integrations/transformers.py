@@ -68,7 +68,7 @@ class SpectralMonitorCallback(SpectralCallbackBase, TrainerCallback):
     Args: those of :class:`rankdecay.integrations.common.SpectralCallbackBase` — ``every``
     (``state.global_step % every == 0``, and at the start of training), ``circuits``, ``rtol``,
     ``matrices``, ``keep_singular_values``, ``output_file`` (under ``args.output_dir``),
-    ``metrics``, ``per_layer``, ``per_head``, ``prefix``, ``heads_options`` — and
+    ``metrics``, ``per_layer``, ``per_head``, ``prefix``, ``fold_norm``, ``heads_options`` — and
 
         move_first: move this callback to the front of the Trainer's callback list (see the
             module docstring), so the reporting integrations receive the tags.
