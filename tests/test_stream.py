@@ -600,6 +600,14 @@ def test_attention_the_plan_misses_is_named_in_a_warning(tmp_path: Path) -> None
         report = analyze(path)
     assert report.model["n_layers"] == 3  # the covered layers are still reported
 
+    # strict=True (CLI --strict): the same miss is an error, in the library and on the CLI
+    from rankdecay.cli import main
+    from rankdecay.heads import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="adapter_tower.blocks.0.attn"):
+        analyze(path, strict=True)
+    assert main(["analyze", str(path), "--strict", "--no-progress"]) == 2
+
 
 _FAMILIES: dict[str, Callable[[], nn.Module]] = {
     "gpt_neox": lambda: transformers.GPTNeoXModel(

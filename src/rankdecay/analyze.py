@@ -54,7 +54,13 @@ from .checkpoint import (
     read_model_config,
 )
 from .errors import RankdecayError
-from .heads import LayerHeads, UnsupportedModelError, attention_heads, find_adapter
+from .heads import (
+    LayerHeads,
+    UnrecognizedAttentionWarning,
+    UnsupportedModelError,
+    attention_heads,
+    find_adapter,
+)
 from .runio import atomic_write_json, atomic_write_text, read_json
 from .spectra import (
     DEFAULT_RTOL,
@@ -523,7 +529,8 @@ def analyze(
             (:mod:`rankdecay.lora`), for a PEFT model or an adapter directory (no base model).
         strict: a module that looks like attention but is not extracted raises
             :class:`~rankdecay.heads.UnsupportedModelError` instead of the
-            :class:`~rankdecay.heads.UnrecognizedAttentionWarning` naming it (in-memory models).
+            :class:`~rankdecay.heads.UnrecognizedAttentionWarning` naming it (in-memory models
+            and model directories alike).
 
     Returns:
         a :class:`SpectralReport`. Singular values are computed in float64 from the factors, all
@@ -543,7 +550,16 @@ def analyze(
 
         source = os.fspath(model_or_path)
         directory = resolve_source(model_or_path)
-        return analyze_directory(directory, source, float(rtol), chosen, fold_norm, progress)
+        if not strict:
+            return analyze_directory(directory, source, float(rtol), chosen, fold_norm, progress)
+        with warnings.catch_warnings():  # strict: what the streaming plan misses is an error
+            warnings.simplefilter("error", UnrecognizedAttentionWarning)
+            try:
+                return analyze_directory(
+                    directory, source, float(rtol), chosen, fold_norm, progress
+                )
+            except UnrecognizedAttentionWarning as exc:
+                raise UnsupportedModelError(str(exc), param="strict") from None
     if isinstance(model_or_path, nn.Module):
         model = model_or_path
         source = getattr(model, "_rankdecay_source", None)
@@ -886,6 +902,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="an attention-like module that is not extracted is an error (default: a warning)",
+    )
+    parser.add_argument(
         "--lora",
         dest="adapters",
         action="store_true",
@@ -1104,6 +1125,7 @@ def run_cli(args: argparse.Namespace) -> int:
             fold_norm=args.fold_norm,
             progress=progress,
             adapters=getattr(args, "adapters", False),
+            strict=getattr(args, "strict", False),
         )
     console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
     if report.model.get("kind") == "lora_adapters":
