@@ -31,3 +31,25 @@ class RankdecayError(Exception):
 
 class NonFiniteLossError(RankdecayError):
     """The training loss became NaN or Inf."""
+
+
+# ------------------------------------------------------------------------------ errors by kind
+# A bad argument is also the built-in error its nature says, so ``except ValueError`` (TypeError,
+# FileNotFoundError, FileExistsError) catches it as it would catch numpy's or torch's; it stays a
+# RankdecayError, so the CLI's one-sentence, exit-code-2 rule holds.
+
+
+class RankdecayValueError(RankdecayError, ValueError):
+    """An argument or config value out of range, inconsistent with another, or not one of the choices."""
+
+
+class RankdecayTypeError(RankdecayError, TypeError):
+    """An argument of the wrong type (a module where a tensor is expected, a str for a number)."""
+
+
+class RankdecayFileNotFoundError(RankdecayError, FileNotFoundError):
+    """A path the user named does not exist."""
+
+
+class RankdecayFileExistsError(RankdecayError, FileExistsError):
+    """An output path exists and rankdecay will not overwrite it."""

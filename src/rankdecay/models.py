@@ -61,8 +61,6 @@ The forward pass has no data-dependent control flow and no in-place updates, so 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -70,152 +68,12 @@ from torch import Tensor, nn
 
 from .errors import RankdecayError
 from .heads import LayerHeads
+from .run_config import ModelConfig
 
 __all__ = ["ModelConfig", "TinyTransformer", "patchify", "rotary_tables", "apply_rotary"]
 
 
-@dataclass
-class ModelConfig:
-    """Shape and options of a :class:`TinyTransformer` (usable as a nested config section)."""
-
-    n_layers: int = 2
-    d_model: int = 128
-    n_heads: int = 4
-    #: per-head width; None → d_model // n_heads
-    d_head: int | None = None
-    #: MLP hidden width; 0 = attention-only model
-    d_mlp: int = 512
-    mlp: Literal["gelu", "relu", "silu", "swiglu"] = "gelu"
-    #: pre-norm placement: h + f(N(h))
-    norm: Literal["none", "layer", "rms"] = "layer"
-    #: norm of the same kind before the readout (no effect when norm = "none")
-    final_norm: bool = True
-    norm_eps: float = 1e-5
-    qk_norm: Literal["none", "rms", "l2"] = "none"
-    qk_norm_eps: float = 1e-8
-    #: "l2" QK-norm only: None → learnable per-head temperature (init √d_head); a number → fixed
-    qk_temperature: float | None = None
-    pos: Literal["learned", "none", "rotary"] = "learned"
-    rope_base: float = 10000.0
-    #: longest token sequence (learned positions / rotary tables); ignored for images
-    max_len: int = 128
-    #: token vocabulary (token input); unused for images
-    vocab_size: int = 0
-    #: number of output logits; None → vocab_size
-    n_out: int | None = None
-    #: readout = embedding matrixᵀ (token input with n_out = vocab_size only)
-    tie_embeddings: bool = False
-    readout: Literal["last", "all"] = "last"
-    causal: bool = True
-    #: > 0: image input (B, C, H, W) cut into patch_size² patches (ViT)
-    patch_size: int = 0
-    image_size: int = 0
-    in_channels: int = 1
-    #: images, readout "last": "cls" = class token appended after the patches, "mean" = mean pool
-    pool: Literal["cls", "mean"] = "cls"
-    #: biases in every Linear (q, k, v, o, MLP, patch embedding, readout) and in LayerNorm
-    bias: bool = False
-    #: N(0, init_std²) weights (GPT-2-like); None → PyTorch default init
-    init_std: float | None = 0.02
-    #: per-role init (see the module docstring): a std, "torch" (PyTorch default) or None (init_std)
-    init_embed: float | Literal["torch"] | None = None
-    init_pos: float | Literal["torch"] | None = None
-    init_linear: float | Literal["torch"] | None = None
-
-    # ------------------------------------------------------------------ derived
-    @property
-    def head_dim(self) -> int:
-        return self.d_head if self.d_head is not None else self.d_model // self.n_heads
-
-    @property
-    def out_dim(self) -> int:
-        return self.n_out if self.n_out is not None else self.vocab_size
-
-    @property
-    def images(self) -> bool:
-        return self.patch_size > 0
-
-    @property
-    def n_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2 if self.images else 0
-
-    @property
-    def seq_len(self) -> int:
-        """Longest sequence the blocks see (tokens: max_len; images: patches + class token)."""
-        if self.images:
-            return self.n_patches + (1 if self.pool == "cls" else 0)
-        return self.max_len
-
-    def validate(self) -> None:
-        """Raise :class:`RankdecayError` naming the first inconsistent option."""
-
-        def bad(msg: str) -> None:
-            raise RankdecayError(f"invalid model config: {msg}.")
-
-        if self.n_layers < 0 or self.d_model <= 0 or self.n_heads <= 0:
-            bad("n_layers must be ≥ 0 and d_model, n_heads > 0; fix model.n_layers/d_model/n_heads")
-        if self.d_head is None and self.d_model % self.n_heads:
-            bad(
-                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set model.d_head explicitly"
-            )
-        if self.head_dim <= 0:
-            bad("d_head must be positive; fix model.d_head")
-        if self.d_mlp < 0:
-            bad("d_mlp must be ≥ 0 (0 = attention-only); fix model.d_mlp")
-        if self.pos == "rotary" and self.head_dim % 2:
-            bad(f"rotary positions need an even d_head, got {self.head_dim}; change model.d_head")
-        if self.images:
-            if self.image_size <= 0 or self.image_size % self.patch_size:
-                bad(
-                    f"image_size={self.image_size} must be a positive multiple of patch_size={self.patch_size}; "
-                    "fix model.image_size or model.patch_size"
-                )
-            if self.in_channels <= 0:
-                bad("in_channels must be positive; fix model.in_channels")
-            if self.n_out is None:
-                bad("image models need n_out (the number of classes); set model.n_out")
-            if self.tie_embeddings:
-                bad("tie_embeddings needs token input; set model.tie_embeddings=false for images")
-        else:
-            if self.vocab_size <= 0:
-                bad(
-                    "token models need vocab_size > 0; set model.vocab_size (the task usually fills it)"
-                )
-            if self.max_len <= 0:
-                bad("max_len must be positive; fix model.max_len")
-        if self.out_dim <= 0:
-            bad("n_out must be positive; fix model.n_out")
-        if self.tie_embeddings and self.out_dim != self.vocab_size:
-            bad(
-                f"tied embeddings need n_out == vocab_size ({self.out_dim} != {self.vocab_size}); untie or fix n_out"
-            )
-        if self.qk_temperature is not None and self.qk_temperature <= 0:
-            bad("qk_temperature must be positive or None (learnable); fix model.qk_temperature")
-        if self.init_std is not None and self.init_std < 0:
-            bad("init_std must be ≥ 0 or None (PyTorch default); fix model.init_std")
-        for role in ("init_embed", "init_pos", "init_linear"):
-            v = getattr(self, role)
-            if v is not None and v != "torch" and not (isinstance(v, (int, float)) and v >= 0):
-                bad(f"{role} must be a std ≥ 0, 'torch' or None (init_std); fix model.{role}")
-
-    def init_stds(self) -> dict[str, float | None]:
-        """Std of the normal init per role (embed, pos, linear); None = PyTorch's default."""
-
-        def std(v: float | str | None) -> float | None:
-            if v is None:
-                return self.init_std
-            return None if v == "torch" else float(v)
-
-        return {
-            "embed": std(self.init_embed),
-            "pos": std(self.init_pos),
-            "linear": std(self.init_linear),
-        }
-
-
 # ---------------------------------------------------------------------------------- helpers
-
-
 def patchify(images: Tensor, patch_size: int) -> Tensor:
     """Cut (B, C, H, W) images into non-overlapping patches → (B, (H/p)·(W/p), C·p·p).
 
@@ -421,8 +279,10 @@ class TinyTransformer(nn.Module):
             if not isinstance(m, (nn.Linear, nn.Embedding)):
                 continue
             role = (
-                "pos" if m is getattr(self, "pos_embed", None)
-                else "embed" if id(m) in embeds
+                "pos"
+                if m is getattr(self, "pos_embed", None)
+                else "embed"
+                if id(m) in embeds
                 else "linear"
             )
             std = stds[role]

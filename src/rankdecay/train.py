@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +54,7 @@ from .config import flatten, from_dict, to_dict
 from .device import autocast, loss_precision, maybe_compile, param_dtype, spectra_monitor
 from .errors import NonFiniteLossError, RankdecayError
 from .integrations.loggers import check_loggers, close_sinks, open_run_sinks
+from .run_config import LRDConfig, OptimConfig, TrainConfig
 from .runfiles import RunWriter, checkpoint_step
 from .runio import FileWriteError, _jsonable
 from .stopping import EarlyStop
@@ -78,78 +79,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- configs
-
-
-@dataclass
-class OptimConfig:
-    """Optimizer and learning-rate schedule."""
-
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 1e-3
-    betas: tuple[float, ...] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.9  # sgd only
-    warmup_steps: int = 0
-    schedule: Literal["constant", "cosine"] = "constant"
-    min_lr: float = 0.0  # floor of the cosine schedule
-    grad_clip: float = 0.0  # max global gradient norm; 0 = off
-    #: weight decay of every parameter (decoupled for adamw, L2 in the gradient for adam/sgd)
-    weight_decay: float = 0.0
-    #: per-role overrides (roles of rankdecay.param_roles: attn_qk, attn_ov, mlp, embedding,
-    #: norm, bias, other), e.g. {"attn_qk": 0.0}
-    weight_decay_by_role: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class LRDConfig:
-    """Low-Rank Decay (rankdecay.LowRankDecay); strength 0 turns it off."""
-
-    strength: float = 0.0
-    target: str = "qk"
-    granularity: str = "matrix"
-    polar: str = "svd"
-    mode: str = "subtract"
-    scale_by_lr: bool = True
-    #: polar="newton_schulz_fixed" only: the number of cubic Newton–Schulz steps (public code: 5)
-    polar_steps: int = 5
-
-
-@dataclass
-class TrainConfig:
-    """The loop: length, batch, and how often to log, evaluate, checkpoint and monitor."""
-
-    steps: int = 1000
-    batch_size: int = 64
-    eval_every: int = 100
-    log_every: int = 10
-    checkpoint_every: int = 500
-    monitor_every: int = 100
-    eval_batch_size: int = 2048
-    monitor_rtol: float = 1e-2
-    #: "auto" (cuda when available), "cpu" or "cuda" (rankdecay.device.resolve_device)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: forward-pass precision: "none" (float32) or "bf16" autocast (rankdecay.device.autocast)
-    amp: Literal["none", "bf16"] = "none"
-    #: weights, optimizer states and activations: "float32" or "float64" (exactness checks;
-    #: rankdecay.device.param_dtype)
-    dtype: Literal["float32", "float64"] = "float32"
-    #: run the forward pass through torch.compile
-    compile: bool = False
-    #: where the monitor's float64 spectra are computed: "model" (the weights' device) or "cpu"
-    spectra_device: Literal["model", "cpu"] = "model"
-    #: how many checkpoints to keep (the newest in checkpoint/, older ones in checkpoint-<step>/);
-    #: resume falls back to the previous one when the newest is damaged
-    keep_checkpoints: int = 1
-    #: early stop (rankdecay.stopping): end the run once ``early_stop_patience`` consecutive
-    #: evaluations have ``early_stop_key`` > ``early_stop_above``; None = off
-    early_stop_above: float | None = None
-    early_stop_key: str = "val_acc"
-    early_stop_patience: int = 2
-    #: experiment trackers that also get the metrics and spectra: "tensorboard" (events in
-    #: <run>/tensorboard), "wandb" (<run>/wandb); tag names in rankdecay.integrations.loggers
-    loggers: tuple[str, ...] = ()
-    #: with loggers: one tag per head as well as the per-layer means
-    log_per_head: bool = False
 
 
 # ----------------------------------------------------------------------------- model / optimizer
