@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import rankdecay.spectra as spectra_mod
 from rankdecay.analyze import analyze
 from rankdecay.heads import attention_heads
 from rankdecay.spectra import factored_svd, factored_svdvals, r_factor
@@ -104,6 +105,16 @@ def _cholesky_qr2_svdvals(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(r2(A) @ r2(B).mT)
 
 
+def _householder_only(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """factored_svdvals with every R by Householder QR (the kernel before the Gram route)."""
+    saved = spectra_mod.CHOLESKY_MAX_COND
+    spectra_mod.CHOLESKY_MAX_COND = 0.0
+    try:
+        return factored_svdvals(A, B, dtype=None)
+    finally:
+        spectra_mod.CHOLESKY_MAX_COND = saved
+
+
 def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
     """factored_svdvals, analyze and the old kernel vs a GEMM of the same FLOPs, interleaved."""
     with torch.no_grad():
@@ -120,6 +131,7 @@ def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
     fns: dict[str, Callable[[], Any]] = {
         "gemm": lambda: X @ Y,
         "factored_svdvals": lambda: factored_svdvals(A, B, dtype=None),
+        "householder_only": lambda: _householder_only(A, B),
         "old_kernel": lambda: _old_kernel([a for a, _ in pieces], [b for _, b in pieces]),
         "analyze": lambda: analyze(model),
         "cholesky_qr2": lambda: _cholesky_qr2_svdvals(A, B),
@@ -144,6 +156,7 @@ def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
         **{f"{k}_all_s": v for k, v in times.items()},
         "ratio_factored_svdvals": med["factored_svdvals"] / med["gemm"],
         "ratio_old_kernel": med["old_kernel"] / med["gemm"],
+        "ratio_householder_only": med["householder_only"] / med["gemm"],
         "ratio_analyze": med["analyze"] / med["gemm"],
         "ratio_cholesky_qr2": med["cholesky_qr2"] / med["gemm"],
         "ratio_qr_only": med["qr_only"] / med["gemm"],
@@ -155,6 +168,7 @@ def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
     )
     for k in (
         "factored_svdvals",
+        "householder_only",
         "old_kernel",
         "analyze",
         "cholesky_qr2",

@@ -276,15 +276,77 @@ def test_r_factor_in_batches_equals_one_call(monkeypatch: pytest.MonkeyPatch) ->
     whole = spectra_mod.factored_svdvals(A, B)
     monkeypatch.setattr(spectra_mod, "QR_BATCH_ELEMENTS", 2 * 40 * 6)  # 2 matrices per call
     calls: list[int] = []
-    geqrf = torch.geqrf
+    one_call = spectra_mod._r_one_call  # every R factor is computed by one call of this
 
-    def spy(x: torch.Tensor):  # type: ignore[no-untyped-def]
+    def spy(x: torch.Tensor) -> torch.Tensor:
         calls.append(x.shape[0])
-        return geqrf(x)
+        return one_call(x)
 
-    monkeypatch.setattr(torch, "geqrf", spy)
+    monkeypatch.setattr(spectra_mod, "_r_one_call", spy)
     split = spectra_mod.factored_svdvals(A, B)
     assert max(calls) <= 3 and len(calls) > 2
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-13)
     ref = _dense_svdvals(A[2, 4], B[2, 4])[:6]
     assert (split[2, 4] - ref).abs().max() <= 1e-12 * ref[0]
+
+
+@pytest.mark.parametrize("cond", [1e0, 1e2, 1e3, 3e3])
+def test_r_factor_gram_route_taken_and_accurate_below_threshold(
+    cond: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Well-conditioned float64 factors take the Gram + Cholesky route (no Householder call) and
+    still give every σ of A·Bᵀ within 1e-10·σ₁ of a dense float64 SVD, up to the κ threshold."""
+    import rankdecay.spectra as spectra_mod
+
+    g = torch.Generator().manual_seed(int(cond) % 97)
+    A = torch.stack([_with_cond(200, 16, cond, g) for _ in range(3)])
+    B = torch.stack([_with_cond(150, 16, cond, g) for _ in range(3)])
+    householder: list[int] = []
+    real = spectra_mod._r_householder
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        householder.append(x.shape[0])
+        return real(x)
+
+    monkeypatch.setattr(spectra_mod, "_r_householder", spy)
+    s = factored_svdvals(A, B)
+    # κ_F(R) ≤ √r·κ₂ ≤ 4·3e3 < CHOLESKY_MAX_COND: every matrix stayed on the Gram route
+    assert householder == []
+    for i in range(3):
+        ref = _dense_svdvals(A[i], B[i])[:16]
+        assert ((s[i] - ref).abs() <= 1e-10 * ref[0]).all()
+
+
+def test_r_factor_falls_back_per_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one stack, only the ill-conditioned (κ = 1e8) and the rank-deficient matrices go to
+    Householder; the result matches an all-Householder run to 1e-12·σ₁ and the dense SVD to
+    1e-10·σ₁. (Why the threshold exists: the Gram route's own miss at κ = 1e8 is the negative
+    control of test_r_factor_accuracy_up_to_condition_1e8_and_beyond.)"""
+    import rankdecay.spectra as spectra_mod
+
+    g = torch.Generator().manual_seed(5)
+    A = torch.stack(
+        [
+            _with_cond(120, 12, 1.0, g),
+            _with_cond(120, 12, 1e8, g),
+            _with_cond(120, 12, 10.0, g)
+            @ torch.diag(torch.tensor([1.0] * 11 + [0.0], dtype=torch.float64)),
+        ]
+    ).double()
+    B = torch.stack([_with_cond(90, 12, 10.0, g) for _ in range(3)])
+    refs = [_dense_svdvals(A[i], B[i])[:12] for i in range(3)]
+    sent: list[int] = []
+    real = spectra_mod._r_householder
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        sent.append(x.shape[0])
+        return real(x)
+
+    monkeypatch.setattr(spectra_mod, "_r_householder", spy)
+    s = factored_svdvals(A, B)
+    assert sent == [2]  # A's two bad matrices, in one call; B and A[0] on the Gram route
+    for i in range(3):
+        assert ((s[i] - refs[i]).abs() <= 1e-10 * refs[i][0]).all(), i
+    monkeypatch.setattr(spectra_mod, "CHOLESKY_MAX_COND", 0.0)  # all Householder
+    s_qr = factored_svdvals(A, B)
+    assert ((s - s_qr).abs() <= 1e-12 * s_qr[..., :1]).all()
