@@ -12,22 +12,17 @@ Exactness. Member i's computation is that of a solo run of its config, batched:
 - init: each member's model is built exactly as in :func:`rankdecay.train.train` (global RNG
   seeded with the member's seed, then its task, then its model), then stacked.
 - data: x = stack_i task_i.train_batch(step, B) → (M, B, …) (tasks are pure in (seed, step)).
-- forward (:func:`batched_forward`): the TinyTransformer forward with per-member weights as
-  batched matmuls: y = x Wᵀ becomes (M, N, d_in) @ (M, d_in, d_out). For ``readout="last"`` the
-  final block computes queries, attention output and MLP at the last position only (the other
-  positions' final states are never read: the same function, fewer FLOPs).
+- forward (:func:`batched_forward`): :func:`rankdecay.models.functional_forward` with
+  ``members=True`` — the model's own forward, every linear map a batched matmul over members;
+  for ``readout="last"`` the final block works at the last position only.
 - loss: L = Σ_i mean-CE_i, so ∂L/∂θ_i = ∂(mean-CE_i)/∂θ_i — member i's solo gradient.
-- optimizer (:class:`BatchedOptimizer`): AdamW / Adam / SGD written out with per-member
-  hyperparameters as (M, 1, …) tensors — lr_i(t) from member i's schedule, betas, eps, and a
-  weight decay per (member, parameter) from member i's ``param_groups`` (so a member's Q/K decay
-  can differ from its other decays); the update formulas are torch's (e.g. AdamW:
-  θ ← θ(1 − lr·λ); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
-  θ ← θ − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)); gradient clipping by each member's global norm.
-- Low-Rank Decay (:class:`BatchedLowRankDecay`): after the step, W ← W − c_i·polar(W) (or the
-  SVT form) on each targeted matrix, batched over the members with c_i ≠ 0 (one batched SVD /
-  Newton–Schulz), c_i = strength_i·lr_i (``scale_by_lr``) or strength_i. The polar factor of a
-  stored weight is the transpose of that of the adapter's view (polar(Wᵀ) = polar(W)ᵀ), so this
-  is :class:`rankdecay.decay.LowRankDecay` with matrix or head granularity.
+- optimizer (:class:`BatchedOptimizer`) and Low-Rank Decay (:class:`BatchedLowRankDecay`): the
+  update rules of :mod:`rankdecay.update` (torch's AdamW / Adam / SGD formulas, per-member
+  clipping, the LRD step of :class:`rankdecay.decay.LowRankDecay`) with per-member
+  hyperparameters as (M, 1, …) columns — lr_i(t) from member i's schedule, betas, eps, a weight
+  decay per (member, parameter) from member i's ``param_groups``, LRD c_i = strength_i·lr_i (or
+  strength_i), batched over the members with c_i ≠ 0. The polar factor of a stored weight is
+  the transpose of that of the adapter's view (polar(Wᵀ) = polar(W)ᵀ).
 
 Members therefore match solo runs to float rounding (tested; with ``polar="newton_schulz"`` to
 the Newton–Schulz tolerance, since the batch's iteration count is that of its slowest member).

@@ -2,7 +2,7 @@
 
 One pre-norm block (``norm`` ∈ none / layer / rms)::
 
-    h ← h + Attn(N₁(h))          Attn = multi-head softmax attention (scaled_dot_product_attention)
+    h ← h + Attn(N₁(h))          Attn = multi-head softmax attention (torch's fused SDPA kernel)
     h ← h + MLP(N₂(h))           omitted when d_mlp = 0 (attention-only)
 
 followed by an optional final norm and a linear readout at the last position (``readout="last"``,
@@ -232,7 +232,7 @@ def _attention(
     """Multi-head attention h (…, T, d) → (…, T_q, d): concat_h softmax(s·q_h k_hᵀ + mask) v_h · W_oᵀ.
 
     s = :func:`sdpa_scale`; the causal mask hides keys after the query (the single last query of
-    ``last_only`` sees every key either way). The one ``scaled_dot_product_attention`` call of
+    ``last_only`` sees every key either way). The one SDPA call site of
     rankdecay: the member and batch dims are folded into SDPA's batch dim.
     """
     q, k, v = _qkv(cfg, P, prefix, h, rope, members, last_only)
