@@ -80,13 +80,13 @@ __all__ = [
     "TinyTransformer",
     "apply_rotary",
     "functional_forward",
-    "functional_hidden_states",
     "patchify",
     "rotary_tables",
     "sdpa_scale",
 ]
 
 Params = Mapping[str, Tensor]
+_Rope = tuple[Tensor, Tensor] | None  # rotary (cos, sin) tables, (max_len, d_head) each
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -187,7 +187,7 @@ def _qkv(
     P: Params,
     prefix: str,
     h: Tensor,
-    rope: tuple[Tensor, Tensor] | None,
+    rope: _Rope,
     members: bool,
     last_only: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -225,7 +225,7 @@ def _attention(
     P: Params,
     prefix: str,
     h: Tensor,
-    rope: tuple[Tensor, Tensor] | None,
+    rope: _Rope,
     members: bool,
     last_only: bool = False,
 ) -> Tensor:
@@ -264,7 +264,7 @@ def _block(
     P: Params,
     prefix: str,
     h: Tensor,
-    rope: tuple[Tensor, Tensor] | None,
+    rope: _Rope,
     members: bool,
     last_only: bool = False,
 ) -> Tensor:
@@ -317,33 +317,24 @@ def _embed(cfg: ModelConfig, P: Params, x: Tensor, members: bool) -> Tensor:
     return h
 
 
-def functional_hidden_states(
-    cfg: ModelConfig,
-    params: Params,
-    x: Tensor,
-    rope: tuple[Tensor, Tensor] | None = None,
-    *,
-    members: bool = False,
-    last_trick: bool = False,
+def _hidden(
+    cfg: ModelConfig, P: Params, x: Tensor, rope: _Rope, members: bool, last_only: bool
 ) -> Tensor:
-    """Residual stream after the final norm: (B, T, d_model), or (M, B, T, d_model) with members.
-
-    ``last_trick``: the final block computes queries, attention output and MLP at the last
-    position only (T = 1 on return) — what readout "last" reads, for fewer FLOPs.
-    """
-    h = _embed(cfg, params, x, members)
+    """Residual stream after the final norm (…, T, d); ``last_only``: the final block at the last
+    position only (T = 1 on return) — all that readout "last" reads."""
+    h = _embed(cfg, P, x, members)
     L = cfg.n_layers
     for i in range(L):
-        h = _block(cfg, params, f"blocks.{i}.", h, rope, members, last_trick and i == L - 1)
+        h = _block(cfg, P, f"blocks.{i}.", h, rope, members, last_only and i == L - 1)
     final = cfg.norm if cfg.final_norm else "none"
-    return _norm(final, h, params, "ln_f.", cfg.norm_eps, members)
+    return _norm(final, h, P, "ln_f.", cfg.norm_eps, members)
 
 
 def functional_forward(
     cfg: ModelConfig,
     params: Params,
     x: Tensor,
-    rope: tuple[Tensor, Tensor] | None = None,
+    rope: _Rope = None,
     *,
     members: bool = False,
     last_trick: bool = False,
@@ -365,7 +356,7 @@ def functional_forward(
     """
     pool_mean = cfg.images and cfg.pool == "mean"
     trick = last_trick and cfg.readout == "last" and not pool_mean
-    h = functional_hidden_states(cfg, params, x, rope, members=members, last_trick=trick)
+    h = _hidden(cfg, params, x, rope, members, trick)
     if cfg.readout == "last":
         h = h.mean(dim=-2) if pool_mean else h[..., -1, :]
     return _linear(h, params, "embed." if cfg.tie_embeddings else "unembed.", members)
@@ -542,8 +533,7 @@ class TinyTransformer(nn.Module):
 
     def hidden_states(self, x: Tensor) -> Tensor:
         """Residual stream after the final norm, (B, T, d_model)."""
-        P = dict(self.named_parameters())
-        return functional_hidden_states(self.cfg, P, x, self.rope())
+        return _hidden(self.cfg, dict(self.named_parameters()), x, self.rope(), False, False)
 
     def forward(self, x: Tensor) -> Tensor:
         """:func:`functional_forward` with this module's parameters (and rotary tables)."""
