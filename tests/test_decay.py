@@ -509,6 +509,28 @@ def test_lrd_bad_input() -> None:
         LowRankDecay(m, 0.1).attach(opt)
 
 
+def test_bad_arguments_are_value_or_type_errors() -> None:
+    """Each bad argument is also the built-in error its nature says (and still a RankdecayError)."""
+    m = encoder()
+    p = nn.Parameter(torch.randn(3, 3))
+    cases = [
+        (ValueError, lambda: LowRankDecay(m, -0.1)),
+        (TypeError, lambda: LowRankDecay(m, "strong")),
+        (ValueError, lambda: LowRankDecay(m, 0.1, mode="hard")),
+        (TypeError, lambda: LowRankDecay(m, 0.1, polar_steps=2.5)),
+        (TypeError, lambda: LowRankDecay([("a", 3.0)], 0.1, target="matrices")),
+        (ValueError, lambda: LowRankDecay([("a", p), ("b", p)], 0.1, target="matrices")),
+        (TypeError, lambda: param_roles("model")),
+        (ValueError, lambda: param_groups(m, {"nonsense": 0.1})),
+        (ValueError, lambda: param_groups(m, -1.0)),
+        (TypeError, lambda: param_groups(m, "0.1")),
+    ]
+    for kind, call in cases:
+        with pytest.raises(kind) as err:
+            call()
+        assert isinstance(err.value, RankdecayError)
+
+
 def test_in_place_and_autograd_paths_agree() -> None:
     """A view that is a plain strided view is updated in place; if the parameter is re-laid out
     after construction, LowRankDecay falls back to the autograd path with the same result."""

@@ -403,12 +403,12 @@ def test_init_per_role_public_and_default_unchanged() -> None:
     torch.manual_seed(5)
     old = TinyTransformer(cfg)
     torch.manual_seed(5)
-    same = TinyTransformer(dataclasses.replace(cfg, init_embed=0.02, init_pos=0.02, init_linear=0.02))
+    same = TinyTransformer(
+        dataclasses.replace(cfg, init_embed=0.02, init_pos=0.02, init_linear=0.02)
+    )
     assert all(torch.equal(a, b) for a, b in zip(old.parameters(), same.parameters()))
     # the public LRD code: PyTorch defaults, positions N(0, 0.02²)
-    pub = TinyTransformer(
-        dataclasses.replace(cfg, vocab_size=500, init_std=None, init_pos=0.02)
-    )
+    pub = TinyTransformer(dataclasses.replace(cfg, vocab_size=500, init_std=None, init_pos=0.02))
     assert abs(float(pub.embed.weight.std()) - 1.0) < 0.05  # nn.Embedding: N(0, 1)
     assert abs(float(pub.pos_embed.weight.std()) - 0.02) < 0.01
     bound = 1 / math.sqrt(64)  # Linear: U(±1/√fan_in)
@@ -421,3 +421,86 @@ def test_init_per_role_public_and_default_unchanged() -> None:
         TinyTransformer(dataclasses.replace(cfg, init_pos=-1.0))
     over = apply_overrides(cfg, {"init_pos": "torch", "init_linear": "0.1", "init_embed": "none"})
     assert (over.init_pos, over.init_linear, over.init_embed) == ("torch", 0.1, None)
+
+
+MEMBER_GRID = [
+    *COMBOS,
+    dict(norm="layer", bias=True, qk_norm="l2", pos="rotary", mlp="swiglu", readout="all"),
+    dict(norm="rms", qk_norm="rms", pos="learned", mlp="gelu", causal=False),
+    dict(patch_size=4, image_size=8, n_out=10, vocab_size=0, pool="cls", bias=True),
+    dict(patch_size=4, image_size=8, n_out=10, vocab_size=0, pool="mean", qk_norm="l2"),
+    dict(
+        patch_size=4, image_size=8, n_out=10, vocab_size=0, pool="cls", readout="all", pos="rotary"
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "kw", MEMBER_GRID, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default"
+)
+def test_functional_forward_with_members_equals_each_members_module(kw: dict) -> None:
+    """functional_forward(members=True) on stacked weights == every member's own forward (float64),
+    with and without the last-position trick, and its gradients == the members' gradients."""
+    from rankdecay.models import functional_forward
+
+    cfg = small(**kw)
+    M = 3
+    models = []
+    for i in range(M):
+        torch.manual_seed(10 + i)
+        m = TinyTransformer(cfg).double()
+        with torch.no_grad():  # non-trivial gains, biases and temperatures
+            for p in m.parameters():
+                if p.dim() == 1:
+                    p.add_(0.3 * torch.randn_like(p))
+        models.append(m)
+    g = torch.Generator().manual_seed(0)
+    if cfg.images:
+        x = torch.randn(M, 2, cfg.in_channels, 8, 8, generator=g, dtype=torch.float64)
+    else:
+        x = torch.randint(0, V, (M, 2, 7), generator=g)
+    P = {
+        n: torch.stack([m.get_parameter(n).detach() for m in models]).requires_grad_(True)
+        for n, _ in models[0].named_parameters()
+    }
+    refs = [m(x[i]) for i, m in enumerate(models)]
+    for trick in (False, True):
+        out = functional_forward(cfg, P, x, models[0].rope(), members=True, last_trick=trick)
+        for i, ref in enumerate(refs):
+            torch.testing.assert_close(out[i], ref, rtol=1e-10, atol=1e-10)
+    grads = torch.autograd.grad(out.square().sum(), list(P.values()))
+    for i, m in enumerate(models):
+        ref_grads = torch.autograd.grad(refs[i].square().sum(), list(m.parameters()))
+        for gs, gr in zip(grads, ref_grads):
+            torch.testing.assert_close(gs[i], gr, rtol=1e-9, atol=1e-10)
+    # negative control: member 1's weights given to member 0 change member 0's output
+    swapped = {n: p.detach()[[1, 1, 2]] for n, p in P.items()}
+    assert (functional_forward(cfg, swapped, x, members=True)[0] - refs[0]).abs().max() > 1e-6
+
+
+def test_functional_forward_with_members_compiles_without_graph_breaks() -> None:
+    """No data-dependent control flow: torch.compile(fullgraph=True) traces the members mode
+    (the module's own forward is compiled in tests/test_device.py)."""
+    from rankdecay.models import functional_forward
+
+    cfg = small(n_layers=1, norm="rms", qk_norm="l2", pos="rotary", mlp="swiglu")
+    model = TinyTransformer(cfg)
+    P = {n: torch.stack([p.detach(), 2 * p.detach()]) for n, p in model.named_parameters()}
+    x = tokens()
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return functional_forward(cfg, P, x, members=True, last_trick=True)
+
+    torch._dynamo.reset()
+    out = torch.compile(f, backend="eager", fullgraph=True)(torch.stack([x, x]))
+    torch.testing.assert_close(out[0], model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_input_errors_are_value_errors() -> None:
+    model = TinyTransformer(small())
+    with pytest.raises(ValueError, match="max_len"):
+        model(tokens(1, 13))
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        model(torch.zeros(2, 3, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="fold_norm"):
+        model.rankdecay_attention_heads(nonsense=True)

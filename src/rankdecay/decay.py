@@ -84,7 +84,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import RankdecayError
+from .errors import RankdecayError, RankdecayTypeError, RankdecayValueError
 from .heads import (
     LayerHeads,
     UnsupportedModelError,
@@ -93,13 +93,14 @@ from .heads import (
     collect_attention,
     find_adapter,
 )
-from .polar import polar as polar_factor
 from .spectra import factored_svd
+from .update import low_rank_decay_delta
 
 __all__ = [
     "ROLES",
     "LowRankDecay",
     "check_groups",
+    "check_lrd_options",
     "describe_groups",
     "param_groups",
     "param_roles",
@@ -118,6 +119,12 @@ ROLES: tuple[str, ...] = (
 )
 _ALIASES = {"attention": ("attn_qk", "attn_ov"), "lora": ("lora_a", "lora_b")}
 _LORA = re.compile(r"(?:^|\.)lora_(?:embedding_)?(?P<side>[AB])(?:\.|$)")
+
+
+def _kind(ok_type: bool) -> type[RankdecayError]:
+    """The error kind of a bad value: wrong type → TypeError, out of range → ValueError."""
+    return RankdecayValueError if ok_type else RankdecayTypeError
+
 
 # --------------------------------------------------------------------------------------- roles
 
@@ -154,13 +161,13 @@ def _protocol_roles(model: nn.Module) -> dict[str, str]:
         if callable(fn):
             roles = fn()
             if not isinstance(roles, Mapping):
-                raise RankdecayError(
+                raise RankdecayTypeError(
                     f"{type(module).__name__}.rankdecay_param_roles() must return a dict name → role; "
                     "fix the model's method."
                 )
             for name, role in roles.items():
                 if role not in ROLES:
-                    raise RankdecayError(
+                    raise RankdecayValueError(
                         f"{type(module).__name__}.rankdecay_param_roles() gives {name!r} the unknown role "
                         f"{role!r}; use one of {', '.join(ROLES)}."
                     )
@@ -196,7 +203,7 @@ def param_roles(model: nn.Module, *, strict: bool = False) -> dict[str, str]:
         :class:`~rankdecay.heads.UnsupportedModelError`).
     """
     if not isinstance(model, nn.Module):
-        raise RankdecayError(
+        raise RankdecayTypeError(
             f"param_roles needs an nn.Module, got {type(model).__name__}; pass the model itself."
         )
     names = [n for n, _ in model.named_parameters()]
@@ -257,7 +264,7 @@ def _decay_by_role(
     if isinstance(weight_decay, Mapping):
         unknown = [k for k in weight_decay if k not in (*ROLES, *_ALIASES, "default")]
         if unknown:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"unknown weight-decay key(s) {', '.join(map(repr, unknown))}; use roles "
                 f"{', '.join(ROLES)}, 'attention' (both attention roles), 'lora' (both LoRA factors) "
                 "or 'default'."
@@ -274,15 +281,16 @@ def _decay_by_role(
             elif "default" in weight_decay:
                 values[role] = weight_decay["default"]
             else:
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"no weight decay given for role {role!r} and no 'default'; add "
                     f"{role!r} or 'default' to the mapping."
                 )
     else:
         values = {role: weight_decay for role in present}
     for role, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise RankdecayError(
+        number = not isinstance(v, bool) and isinstance(v, (int, float))
+        if not number or not math.isfinite(v) or v < 0:
+            raise _kind(number)(
                 f"weight decay for role {role!r} must be a finite number ≥ 0, got {v!r}; fix the value."
             )
     return {r: float(v) for r, v in values.items()}
@@ -317,10 +325,10 @@ def param_groups(
     if roles is not None:
         bad = {n: r for n, r in roles.items() if r not in ROLES}
         if bad:
-            raise RankdecayError(f"unknown role(s) {bad}; use one of {', '.join(ROLES)}.")
+            raise RankdecayValueError(f"unknown role(s) {bad}; use one of {', '.join(ROLES)}.")
         missing = [n for n in roles if n not in auto]
         if missing:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"roles name parameter(s) the model does not have: {', '.join(missing[:3])}; "
                 "use names from model.named_parameters()."
             )
@@ -330,7 +338,7 @@ def param_groups(
         if p.requires_grad:
             by_role.setdefault(auto[name], []).append((name, p))
     if not by_role:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{type(model).__name__} has no trainable parameters; unfreeze some before building an optimizer."
         )
     decay = _decay_by_role(weight_decay, by_role)
@@ -349,7 +357,7 @@ def param_groups(
 
 
 def check_groups(groups: Iterable[Mapping[str, Any]]) -> None:
-    """Raise :class:`RankdecayError` if a parameter (the same tensor) appears in two groups or twice in one."""
+    """Raise :class:`RankdecayValueError` if a parameter (the same tensor) appears in two groups or twice in one."""
     seen: dict[int, str] = {}
     for i, g in enumerate(groups):
         params = g.get("params", [])
@@ -360,7 +368,7 @@ def check_groups(groups: Iterable[Mapping[str, Any]]) -> None:
             pname = names[j] if j < len(names) else f"#{j}"
             where = f"{pname} of {label}"
             if id(p) in seen:
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"parameter {where} is also in {seen[id(p)]}; every parameter must be in exactly "
                     "one group — remove the duplicate."
                 )
@@ -467,6 +475,62 @@ def _attn_view(layer: LayerHeads, which: str, granularity: str) -> Tensor:
     return W.permute(1, 0, 2).reshape(W.shape[1], W.shape[0] * W.shape[2])
 
 
+def check_lrd_options(
+    strength: float,
+    target: str | Callable[..., bool],
+    granularity: str,
+    mode: str,
+    polar: str,
+    polar_steps: int = 5,
+) -> None:
+    """Raise a :class:`RankdecayValueError` (or :class:`RankdecayTypeError`) naming the first bad
+    Low-Rank Decay option: the checks of :class:`LowRankDecay`, which the ensemble runs per member."""
+    number = not isinstance(strength, bool) and isinstance(strength, (int, float))
+    if not number or not math.isfinite(strength) or strength < 0:
+        raise _kind(number)(
+            f"LowRankDecay strength must be a finite number ≥ 0, got {strength!r}; e.g. strength=5e-3."
+        )
+    if not callable(target) and target not in TARGETS:
+        raise RankdecayValueError(
+            f"unknown LowRankDecay target {target!r}; choose {', '.join(map(repr, TARGETS))} or a callable (name, param) -> bool."
+        )
+    if granularity not in GRANULARITIES:
+        raise RankdecayValueError(
+            f"unknown LowRankDecay granularity {granularity!r}; choose {', '.join(map(repr, GRANULARITIES))}."
+        )
+    if mode not in MODES:
+        raise RankdecayValueError(
+            f"unknown LowRankDecay mode {mode!r}; choose {', '.join(map(repr, MODES))}."
+        )
+    if polar not in POLARS:
+        raise RankdecayValueError(
+            f"unknown polar method {polar!r}; choose {', '.join(map(repr, POLARS))}."
+        )
+    if mode == "svt" and polar != "svd" and granularity != "product":
+        raise RankdecayValueError(
+            "mode='svt' needs the singular values, which Newton–Schulz does not give; use polar='svd'."
+        )
+    if granularity == "product" and mode != "subtract":
+        raise RankdecayValueError(
+            "granularity='product' is a gradient step on the circuits' nuclear norm (mode='subtract'); "
+            "use mode='subtract' or another granularity for 'svt'."
+        )
+    if granularity == "product" and target not in ("qk", "attention"):
+        raise RankdecayValueError(
+            "granularity='product' acts on the QK (and OV) circuits; use target='qk' or 'attention'."
+        )
+    if callable(target) and granularity != "matrix":
+        raise RankdecayValueError(
+            "a callable target selects stored tensors, which have no heads; use granularity='matrix' "
+            "or target='qk'/'attention'."
+        )
+    integer = not isinstance(polar_steps, bool) and isinstance(polar_steps, int)
+    if not integer or polar_steps < 0:
+        raise _kind(integer)(
+            f"LowRankDecay polar_steps must be an integer ≥ 0, got {polar_steps!r}; e.g. polar_steps=5."
+        )
+
+
 class LowRankDecay:
     """Low-Rank Decay: a decoupled step that shrinks the singular values of chosen weights.
 
@@ -511,49 +575,7 @@ class LowRankDecay:
         strict: bool = False,
         polar_steps: int = 5,
     ) -> None:
-        if (
-            isinstance(strength, bool)
-            or not isinstance(strength, (int, float))
-            or not math.isfinite(strength)
-            or strength < 0
-        ):
-            raise RankdecayError(
-                f"LowRankDecay strength must be a finite number ≥ 0, got {strength!r}; e.g. strength=5e-3."
-            )
-        if not callable(target) and target not in TARGETS:
-            raise RankdecayError(
-                f"unknown LowRankDecay target {target!r}; choose {', '.join(map(repr, TARGETS))} or a callable (name, param) -> bool."
-            )
-        if granularity not in GRANULARITIES:
-            raise RankdecayError(
-                f"unknown LowRankDecay granularity {granularity!r}; choose {', '.join(map(repr, GRANULARITIES))}."
-            )
-        if mode not in MODES:
-            raise RankdecayError(
-                f"unknown LowRankDecay mode {mode!r}; choose {', '.join(map(repr, MODES))}."
-            )
-        if polar not in POLARS:
-            raise RankdecayError(
-                f"unknown polar method {polar!r}; choose {', '.join(map(repr, POLARS))}."
-            )
-        if mode == "svt" and polar != "svd" and granularity != "product":
-            raise RankdecayError(
-                "mode='svt' needs the singular values, which Newton–Schulz does not give; use polar='svd'."
-            )
-        if granularity == "product" and mode != "subtract":
-            raise RankdecayError(
-                "granularity='product' is a gradient step on the circuits' nuclear norm (mode='subtract'); "
-                "use mode='subtract' or another granularity for 'svt'."
-            )
-        if granularity == "product" and target not in ("qk", "attention"):
-            raise RankdecayError(
-                "granularity='product' acts on the QK (and OV) circuits; use target='qk' or 'attention'."
-            )
-        if callable(target) and granularity != "matrix":
-            raise RankdecayError(
-                "a callable target selects stored tensors, which have no heads; use granularity='matrix' "
-                "or target='qk'/'attention'."
-            )
+        check_lrd_options(strength, target, granularity, mode, polar, polar_steps)
         self.strength = float(strength)
         self.target = target
         self.granularity = granularity
@@ -563,10 +585,6 @@ class LowRankDecay:
         self.tol = float(tol)
         self.max_iter = max_iter
         self.strict = bool(strict)
-        if isinstance(polar_steps, bool) or not isinstance(polar_steps, int) or polar_steps < 0:
-            raise RankdecayError(
-                f"LowRankDecay polar_steps must be an integer ≥ 0, got {polar_steps!r}; e.g. polar_steps=5."
-            )
         self.polar_steps = polar_steps
         self.last_info: dict[str, Any] = {}
         self._handle: Any = None
@@ -587,21 +605,21 @@ class LowRankDecay:
             ids: dict[int, str] = {}
             for name, p in items:
                 if not isinstance(p, Tensor):
-                    raise RankdecayError(
+                    raise RankdecayTypeError(
                         f"{name!r} is not a tensor; pass (name, parameter) pairs or a model."
                     )
                 if id(p) in ids:
-                    raise RankdecayError(
+                    raise RankdecayValueError(
                         f"the same parameter is given twice ({ids[id(p)]!r} and {name!r}); pass each once."
                     )
                 ids[id(p)] = name
                 named[name] = p
             if not callable(target) and target != "matrices":
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"target {target!r} needs the model's attention layout; pass the model instead of named parameters."
                 )
             if granularity != "matrix":
-                raise RankdecayError(
+                raise RankdecayValueError(
                     "head/product granularity needs the model's attention layout; pass the model instead of named parameters."
                 )
         self._params = named
@@ -610,7 +628,7 @@ class LowRankDecay:
         self._circuits: tuple[str, ...] = ()
         self._build()
         if not self._views:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"LowRankDecay(target={target!r}) selects no trainable matrix in this model; "
                 "check the target (or the model's attention adapter)."
             )
@@ -623,7 +641,7 @@ class LowRankDecay:
             for n, p in self._params.items():
                 if n in trainable and target(n, p):
                     if p.dim() < 2:
-                        raise RankdecayError(
+                        raise RankdecayValueError(
                             f"LowRankDecay acts on matrices but the target selects {n!r} of shape "
                             f"{tuple(p.shape)}; exclude vectors from the callable."
                         )
@@ -699,7 +717,7 @@ class LowRankDecay:
         grads = torch.autograd.grad(X.sum(), [self._params[n] for n in names], allow_unused=True)
         owners = [n for n, g in zip(names, grads) if g is not None]
         if len(owners) != 1:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"{what} is built from {len(owners)} parameters ({', '.join(owners[:3])}); LowRankDecay "
                 "needs each attention matrix to live in one tensor — use a callable target instead."
             )
@@ -719,7 +737,7 @@ class LowRankDecay:
         in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = [n for n in self.parameter_names if id(self._params[n]) not in in_opt]
         if missing:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"LowRankDecay modifies {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}, which "
                 "the optimizer does not train; add them to the optimizer or narrow the target."
             )
@@ -833,21 +851,18 @@ class LowRankDecay:
             Xd = torch.stack([x.detach() for _, x, _ in items])  # (n, [H,] m, k), a copy
             c = torch.tensor([c_of[v.owner] for v, _, _ in items], dtype=Xd.dtype, device=Xd.device)
             c = c.view(-1, *([1] * (Xd.dim() - 1)))
-            if self.mode == "svt":
-                U, S, Vh = torch.linalg.svd(Xd, full_matrices=False)
-                S_new = torch.clamp(S - c.squeeze(-1), min=0.0)
-                delta = Xd - (U * S_new.unsqueeze(-2)) @ Vh
-            elif self.polar == "svd":
-                delta = c * polar_factor(Xd, "svd")
-            elif self.polar == "newton_schulz_fixed":
-                delta = c * polar_factor(Xd, "newton_schulz_fixed", steps=self.polar_steps)
-            else:
-                P, pinfo = polar_factor(
-                    Xd, "newton_schulz", tol=self.tol, max_iter=self.max_iter, return_info=True
-                )
+            delta, pinfo = low_rank_decay_delta(
+                Xd,
+                c,
+                mode=self.mode,
+                polar=self.polar,
+                polar_steps=self.polar_steps,
+                tol=self.tol,
+                max_iter=self.max_iter,
+            )
+            if pinfo is not None:
                 worst = max(worst, pinfo.residual)
                 iters = max(iters, pinfo.iterations)
-                delta = c * P
             for i, (_, X, live) in enumerate(items):
                 if live:
                     direct.append((X, delta[i]))

@@ -12,22 +12,17 @@ Exactness. Member i's computation is that of a solo run of its config, batched:
 - init: each member's model is built exactly as in :func:`rankdecay.train.train` (global RNG
   seeded with the member's seed, then its task, then its model), then stacked.
 - data: x = stack_i task_i.train_batch(step, B) → (M, B, …) (tasks are pure in (seed, step)).
-- forward (:func:`batched_forward`): the TinyTransformer forward with per-member weights as
-  batched matmuls: y = x Wᵀ becomes (M, N, d_in) @ (M, d_in, d_out). For ``readout="last"`` the
-  final block computes queries, attention output and MLP at the last position only (the other
-  positions' final states are never read: the same function, fewer FLOPs).
+- forward (:func:`batched_forward`): :func:`rankdecay.models.functional_forward` with
+  ``members=True`` — the model's own forward, every linear map a batched matmul over members;
+  for ``readout="last"`` the final block works at the last position only.
 - loss: L = Σ_i mean-CE_i, so ∂L/∂θ_i = ∂(mean-CE_i)/∂θ_i — member i's solo gradient.
-- optimizer (:class:`BatchedOptimizer`): AdamW / Adam / SGD written out with per-member
-  hyperparameters as (M, 1, …) tensors — lr_i(t) from member i's schedule, betas, eps, and a
-  weight decay per (member, parameter) from member i's ``param_groups`` (so a member's Q/K decay
-  can differ from its other decays); the update formulas are torch's (e.g. AdamW:
-  θ ← θ(1 − lr·λ); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
-  θ ← θ − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)); gradient clipping by each member's global norm.
-- Low-Rank Decay (:class:`BatchedLowRankDecay`): after the step, W ← W − c_i·polar(W) (or the
-  SVT form) on each targeted matrix, batched over the members with c_i ≠ 0 (one batched SVD /
-  Newton–Schulz), c_i = strength_i·lr_i (``scale_by_lr``) or strength_i. The polar factor of a
-  stored weight is the transpose of that of the adapter's view (polar(Wᵀ) = polar(W)ᵀ), so this
-  is :class:`rankdecay.decay.LowRankDecay` with matrix or head granularity.
+- optimizer (:class:`BatchedOptimizer`) and Low-Rank Decay (:class:`BatchedLowRankDecay`): the
+  update rules of :mod:`rankdecay.update` (torch's AdamW / Adam / SGD formulas, per-member
+  clipping, the LRD step of :class:`rankdecay.decay.LowRankDecay`) with per-member
+  hyperparameters as (M, 1, …) columns — lr_i(t) from member i's schedule, betas, eps, a weight
+  decay per (member, parameter) from member i's ``param_groups``, LRD c_i = strength_i·lr_i (or
+  strength_i), batched over the members with c_i ≠ 0. The polar factor of a stored weight is
+  the transpose of that of the adapter's view (polar(Wᵀ) = polar(W)ᵀ).
 
 Members therefore match solo runs to float rounding (tested; with ``polar="newton_schulz"`` to
 the Newton–Schulz tolerance, since the batch's iteration count is that of its slowest member).
@@ -67,9 +62,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .decay import check_lrd_options
 from .device import loss_precision, param_dtype
-from .errors import NonFiniteLossError, RankdecayError
+from .errors import NonFiniteLossError, RankdecayError, RankdecayValueError
+from .models import ModelConfig, functional_forward
 from .sweep import Executor, RunEvent, RunTask, execute_task, load_experiment, set_threads
+from .update import adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
 
 __all__ = [
     "BatchedLowRankDecay",
@@ -109,125 +107,15 @@ def stack_models(models: Sequence[nn.Module]) -> dict[str, Tensor]:
     return stacked
 
 
-def _bmm(h: Tensor, P: Mapping[str, Tensor], name: str) -> Tensor:
-    """Per-member linear map: h (M, …, d_in) → (M, …, d_out) with W = P[name.weight] (M, d_out, d_in)."""
-    W = P[f"{name}.weight"]
-    shape = h.shape
-    y = torch.bmm(h.reshape(shape[0], -1, shape[-1]), W.transpose(1, 2))
-    b = P.get(f"{name}.bias")
-    if b is not None:
-        y = y + b.unsqueeze(1)
-    return y.reshape(*shape[:-1], W.shape[1])
-
-
-def _member_vec(v: Tensor, ndim: int) -> Tensor:
-    """(M, d) → (M, 1, …, 1, d) broadcasting against an ``ndim``-dim activation."""
-    return v.reshape(v.shape[0], *([1] * (ndim - 2)), v.shape[-1])
-
-
-def _norm(kind: str, h: Tensor, P: Mapping[str, Tensor], name: str, eps: float) -> Tensor:
-    if kind == "none":
-        return h
-    d = h.shape[-1]
-    w = _member_vec(P[f"{name}.weight"], h.dim())
-    if kind == "rms":
-        return F.rms_norm(h, (d,), None, eps) * w
-    out = F.layer_norm(h, (d,), None, None, eps) * w
-    b = P.get(f"{name}.bias")
-    return out if b is None else out + _member_vec(b, h.dim())
-
-
-def _attention(
-    cfg: Any,
-    h: Tensor,
-    P: Mapping[str, Tensor],
-    prefix: str,
-    rope: tuple[Tensor, Tensor] | None,
-    last_only: bool,
-) -> Tensor:
-    """Batched Attention.forward: h (M, B, T, d) → (M, B, T', d), T' = 1 if ``last_only``."""
-    M, B, T, _ = h.shape
-    H, dh = cfg.n_heads, cfg.head_dim
-    q_in = h[:, :, -1:] if last_only else h
-    q = _bmm(q_in, P, f"{prefix}.q")
-    k = _bmm(h, P, f"{prefix}.k")
-    v = _bmm(h, P, f"{prefix}.v")
-    if cfg.qk_norm == "rms":
-        q = F.rms_norm(q, (H * dh,), None, cfg.qk_norm_eps) * _member_vec(
-            P[f"{prefix}.q_norm.weight"], q.dim()
-        )
-        k = F.rms_norm(k, (H * dh,), None, cfg.qk_norm_eps) * _member_vec(
-            P[f"{prefix}.k_norm.weight"], k.dim()
-        )
-    Tq = q.shape[2]
-    q = q.reshape(M, B, Tq, H, dh).transpose(2, 3)  # (M, B, H, Tq, dh)
-    k = k.reshape(M, B, T, H, dh).transpose(2, 3)
-    v = v.reshape(M, B, T, H, dh).transpose(2, 3)
-    if cfg.qk_norm == "l2":
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        if cfg.qk_temperature is None:
-            q = q * P[f"{prefix}.qk_temperature"].reshape(M, 1, H, 1, 1).to(q.dtype)
-    if rope is not None:
-        from .models import apply_rotary
-
-        cos, sin = rope
-        q = apply_rotary(q, cos[T - Tq : T], sin[T - Tq : T])
-        k = apply_rotary(k, cos[:T], sin[:T])
-    if cfg.qk_norm == "l2":
-        scale = 1.0 if cfg.qk_temperature is None else float(cfg.qk_temperature)
-    else:
-        scale = 1.0 / math.sqrt(dh)
-    out = F.scaled_dot_product_attention(
-        q.reshape(M * B, H, Tq, dh),
-        k.reshape(M * B, H, T, dh),
-        v.reshape(M * B, H, T, dh),
-        is_causal=cfg.causal and not last_only,  # the last query sees every key either way
-        scale=scale,
-    )
-    out = out.reshape(M, B, H, Tq, dh).transpose(2, 3).reshape(M, B, Tq, H * dh)
-    return _bmm(out, P, f"{prefix}.o")
-
-
-def _mlp(cfg: Any, h: Tensor, P: Mapping[str, Tensor], prefix: str) -> Tensor:
-    if cfg.mlp == "swiglu":
-        a = F.silu(_bmm(h, P, f"{prefix}.fc_gate")) * _bmm(h, P, f"{prefix}.fc_in")
-    else:
-        a = _bmm(h, P, f"{prefix}.fc_in")
-        a = F.gelu(a) if cfg.mlp == "gelu" else F.relu(a) if cfg.mlp == "relu" else F.silu(a)
-    return _bmm(a, P, f"{prefix}.fc_out")
-
-
-def _embed(cfg: Any, P: Mapping[str, Tensor], x: Tensor) -> Tensor:
-    """Batched TinyTransformer.embed_input: x (M, B, T) tokens or (M, B, C, H, W) images."""
-    from .models import patchify
-
-    M = x.shape[0]
-    if cfg.images:
-        B = x.shape[1]
-        images = x.reshape(M * B, *x.shape[2:]).to(P["patch_embed.weight"].dtype)
-        patches = patchify(images, cfg.patch_size)
-        h = _bmm(patches.reshape(M, B, *patches.shape[1:]), P, "patch_embed")
-        if cfg.pool == "cls":
-            cls = P["cls_token"].to(h.dtype).reshape(M, 1, 1, -1).expand(M, B, 1, h.shape[-1])
-            h = torch.cat([h, cls], dim=2)
-    else:
-        E = P["embed.weight"]  # (M, V, d)
-        idx = torch.arange(M, device=x.device).view(M, 1, 1)
-        h = E[idx, x]
-    if cfg.pos == "learned":
-        h = h + P["pos_embed.weight"][:, None, : h.shape[2]].to(h.dtype)
-    return h
-
-
 def batched_forward(
-    cfg: Any,
+    cfg: ModelConfig,
     P: Mapping[str, Tensor],
     x: Tensor,
     rope: tuple[Tensor, Tensor] | None = None,
     last_trick: bool = True,
 ) -> Tensor:
-    """TinyTransformer forward of M members at once.
+    """TinyTransformer forward of M members at once: :func:`rankdecay.models.functional_forward`
+    with ``members=True``.
 
     Args:
         cfg: the members' common ModelConfig; P: parameter name → (M, *shape) tensor;
@@ -239,34 +127,7 @@ def batched_forward(
         logits (M, B, n_out) for readout "last", (M, B, T, n_out) for "all" — member i's equal
         ``model_i(x[i])``.
     """
-    h = _embed(cfg, P, x)
-    L = cfg.n_layers
-    pool_mean = cfg.images and cfg.pool == "mean"
-    trick = last_trick and cfg.readout == "last" and not pool_mean and L > 0
-    for i in range(L):
-        last_only = trick and i == L - 1
-        prefix = f"blocks.{i}"
-        a = _attention(
-            cfg,
-            _norm(cfg.norm, h, P, f"{prefix}.ln1", cfg.norm_eps),
-            P,
-            f"{prefix}.attn",
-            rope,
-            last_only,
-        )
-        h = (h[:, :, -1:] if last_only else h) + a
-        if cfg.d_mlp > 0:
-            h = h + _mlp(
-                cfg, _norm(cfg.norm, h, P, f"{prefix}.ln2", cfg.norm_eps), P, f"{prefix}.mlp"
-            )
-    h = _norm(cfg.norm if cfg.final_norm else "none", h, P, "ln_f", cfg.norm_eps)
-    if cfg.readout == "last":
-        h = h.mean(dim=2) if pool_mean else h[:, :, -1]
-    if cfg.tie_embeddings:
-        shape = h.shape
-        out = torch.bmm(h.reshape(shape[0], -1, shape[-1]), P["embed.weight"].transpose(1, 2))
-        return out.reshape(*shape[:-1], -1)
-    return _bmm(h, P, "unembed")
+    return functional_forward(cfg, P, x, rope, members=True, last_trick=last_trick)
 
 
 def vmap_forward(base: nn.Module, P: Mapping[str, Tensor], x: Tensor) -> Tensor:
@@ -282,20 +143,12 @@ def vmap_forward(base: nn.Module, P: Mapping[str, Tensor], x: Tensor) -> Tensor:
 
 
 def _rope_tables(model: nn.Module) -> tuple[Tensor, Tensor] | None:
-    for m in model.modules():
-        cos = getattr(m, "rope_cos", None)
-        if isinstance(cos, Tensor):
-            return cos, m.rope_sin  # type: ignore[return-value]
-    return None
+    """The rotary (cos, sin) tables of a TinyTransformer, or None."""
+    rope = getattr(model, "rope", None)
+    return rope() if callable(rope) else None
 
 
 # ============================================================================ optimizer
-
-
-def _col(values: Sequence[float], like: Tensor) -> Tensor:
-    """(M,) per-member numbers → (M, 1, …, 1) broadcasting against ``like``."""
-    t = torch.tensor(list(values), dtype=like.dtype, device=like.device)
-    return t.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 class BatchedOptimizer:
@@ -305,10 +158,11 @@ class BatchedOptimizer:
         params: name → stacked leaf (M, *shape); name: "adamw" | "adam" | "sgd";
         weight_decay: name → per-member weight decays (M,); betas, eps, momentum: per member.
 
-    ``step(lrs)`` applies one update with per-member learning rates (the formulas of
-    ``torch.optim``'s single-tensor implementations; decoupled decay for AdamW, L2 added to the
-    gradient for Adam and SGD). ``state[name]`` holds "exp_avg", "exp_avg_sq" (Adam*) or
-    "momentum_buffer" (SGD) as (M, *shape) tensors; ``t`` is the step count.
+    ``step(lrs)`` applies one update with per-member learning rates: :func:`rankdecay.update.adam_`
+    / :func:`~rankdecay.update.sgd_` with every hyperparameter an (M, 1, …) column (decoupled
+    decay for AdamW, L2 added to the gradient for Adam and SGD). ``state[name]`` holds
+    "exp_avg", "exp_avg_sq" (Adam*) or "momentum_buffer" (SGD) as (M, *shape) tensors; ``t``
+    is the step count.
     """
 
     def __init__(
@@ -323,87 +177,79 @@ class BatchedOptimizer:
         self.params = dict(params)
         self.name = name
         self.t = 0
+        # a parameter no member decays gets the number 0 (the update skips the decay)
+        self._wd: dict[str, Tensor | float] = {
+            n: member_column(weight_decay[n], p) if any(weight_decay[n]) else 0.0
+            for n, p in self.params.items()
+        }
+        self._values = {
+            "beta1": [float(b[0]) for b in betas],
+            "beta2": [float(b[1]) for b in betas],
+            "eps": list(map(float, eps)),
+            "momentum": list(map(float, momentum)),
+        }
         self.state: dict[str, dict[str, Tensor]] = {}
-        self._wd = {n: _col(weight_decay[n], p) for n, p in self.params.items()}
-        self._any_wd = {n: any(w != 0 for w in weight_decay[n]) for n in self.params}
-        self.beta1 = [float(b[0]) for b in betas]
-        self.beta2 = [float(b[1]) for b in betas]
-        self.eps = list(map(float, eps))
-        self.momentum = list(map(float, momentum))
         for n, p in self.params.items():
             if name in ("adamw", "adam"):
                 self.state[n] = {
-                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format).detach(),
+                    "exp_avg": torch.zeros_like(p).detach(),
                     "exp_avg_sq": torch.zeros_like(p).detach(),
                 }
-            elif any(self.momentum):
+            elif any(self._values["momentum"]):
                 self.state[n] = {"momentum_buffer": torch.zeros_like(p).detach()}
             else:
                 self.state[n] = {}
-        self._cols: dict[tuple[str, int], Tensor] = {}
+        self._cols: dict[tuple[int, torch.dtype], dict[str, Tensor]] = {}
 
-    def _c(self, key: str, values: Sequence[float], like: Tensor) -> Tensor:
-        k = (key, like.dim())
-        if k not in self._cols:
-            self._cols[k] = _col(values, like)
-        return self._cols[k]
+    def _hyper(self, p: Tensor) -> dict[str, Tensor]:
+        """The per-member hyperparameters as columns against p, cached by (ndim, dtype)."""
+        key = (p.dim(), p.dtype)
+        if key not in self._cols:
+            self._cols[key] = {k: member_column(v, p) for k, v in self._values.items()}
+        return self._cols[key]
 
     @torch.no_grad()
     def clip_(self, max_norms: Sequence[float]) -> None:
-        """Per member: g ← g·min(1, c/(‖g‖ + 1e-6)), ‖g‖ the member's global gradient norm
-        (``torch.nn.utils.clip_grad_norm_``); members with c ≤ 0 are not clipped."""
+        """Per member: :func:`rankdecay.update.clip_grad_norm_` by the member's global gradient
+        norm (``torch.nn.utils.clip_grad_norm_``); members with c ≤ 0 are not clipped."""
         grads = [p.grad for p in self.params.values() if p.grad is not None]
-        if not grads:
-            return
-        M = grads[0].shape[0]
-        norms = torch.stack(
-            [torch.linalg.vector_norm(g.reshape(M, -1), 2, dim=1) for g in grads], 1
-        )
-        total = torch.linalg.vector_norm(norms, 2, dim=1)  # (M,)
-        limit = torch.tensor(
-            [c if c > 0 else math.inf for c in max_norms], dtype=total.dtype, device=total.device
-        )
-        coef = torch.clamp(limit / (total + 1e-6), max=1.0)
-        for g in grads:
-            g.mul_(coef.reshape(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+        if grads:
+            limits = [c if c > 0 else math.inf for c in max_norms]
+            limit = torch.tensor(limits, dtype=grads[0].dtype, device=grads[0].device)
+            clip_grad_norm_(grads, limit, members=True)
 
     @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
         self.t += 1
-        t = self.t
         for n, p in self.params.items():
-            g = p.grad
-            if g is None:
+            if p.grad is None:
                 continue
-            lr = _col(lrs, p)
-            wd = self._wd[n]
-            st = self.state[n]
-            if self.name == "adamw":
-                if self._any_wd[n]:
-                    p.mul_(1 - lr * wd)
-            elif self._any_wd[n]:
-                g = g.add(p * wd)
+            h, st, lr = self._hyper(p), self.state[n], member_column(lrs, p)
             if self.name in ("adamw", "adam"):
-                b1 = self._c("b1", self.beta1, p)
-                b2 = self._c("b2", self.beta2, p)
-                eps = self._c("eps", self.eps, p)
-                m, v = st["exp_avg"], st["exp_avg_sq"]
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g * (1 - b2))
-                bc1 = 1 - _col([b**t for b in self.beta1], p)
-                bc2_sqrt = (1 - _col([b**t for b in self.beta2], p)).sqrt()
-                denom = (v.sqrt() / bc2_sqrt).add_(eps)
-                p.addcdiv_(m * (lr / bc1), denom, value=-1.0)
+                adam_(
+                    p,
+                    p.grad,
+                    st["exp_avg"],
+                    st["exp_avg_sq"],
+                    step=self.t,
+                    lr=lr,
+                    beta1=h["beta1"],
+                    beta2=h["beta2"],
+                    eps=h["eps"],
+                    weight_decay=self._wd[n],
+                    decoupled=self.name == "adamw",
+                )
             else:
-                if "momentum_buffer" in st:
-                    mom = self._c("mom", self.momentum, p)
-                    buf = st["momentum_buffer"]
-                    if t == 1:
-                        buf.copy_(g)
-                    else:
-                        buf.mul_(mom).add_(g)
-                    g = buf
-                p.sub_(g * lr)
+                buf = st.get("momentum_buffer")
+                sgd_(
+                    p,
+                    p.grad,
+                    buf,
+                    step=self.t,
+                    lr=lr,
+                    momentum=h["momentum"],
+                    weight_decay=self._wd[n],
+                )
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -419,11 +265,15 @@ class BatchedLowRankDecay:
     Args:
         cfg: the members' ModelConfig; params: name → stacked leaf; target, granularity,
         polar, mode: shared by the members; strengths, scale_by_lr: per member.
+
+    ``step(lrs)``: W ← W − Δ per member i, Δ = :func:`rankdecay.update.low_rank_decay_delta` of
+    its matrices (or heads) with c_i = strength_i·lr_i (``scale_by_lr``) or strength_i. The
+    options are checked by :func:`rankdecay.decay.check_lrd_options` (every member's strength).
     """
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: ModelConfig,
         params: Mapping[str, Tensor],
         roles: Mapping[str, str],
         target: str,
@@ -434,18 +284,14 @@ class BatchedLowRankDecay:
         scale_by_lr: Sequence[bool],
         polar_steps: int = 5,
     ) -> None:
-        from .decay import GRANULARITIES, MODES, POLARS, TARGETS
-
-        if target not in TARGETS or granularity not in ("matrix", "head"):
-            raise RankdecayError(
-                f"the ensemble supports LRD targets {', '.join(TARGETS)} with granularity matrix or "
-                f"head, got target={target!r}, granularity={granularity!r}; run it with the local executor.",
+        for s in strengths:
+            check_lrd_options(s, target, granularity, mode, polar, polar_steps)
+        if granularity not in ("matrix", "head"):
+            raise RankdecayValueError(
+                f"the ensemble supports LRD granularity matrix or head, got {granularity!r}; "
+                "run it with the local executor.",
                 param="executor",
             )
-        if granularity not in GRANULARITIES or mode not in MODES or polar not in POLARS:
-            raise RankdecayError(f"unknown LRD settings {granularity!r}/{mode!r}/{polar!r}.")
-        if mode == "svt" and polar != "svd":
-            raise RankdecayError("mode='svt' needs polar='svd'; fix lrd.polar.")
         self.cfg = cfg
         self.params = dict(params)
         self.granularity, self.polar, self.mode = granularity, polar, mode
@@ -481,8 +327,6 @@ class BatchedLowRankDecay:
         """W ← W − Δ with Δ = c_i·polar(W) (subtract) or W − U max(Σ − c_i, 0)Vᵀ (svt), per member i."""
         if not self.active:
             return
-        from .polar import polar as polar_factor
-
         cs = [s * lr if sb else s for s, lr, sb in zip(self.strengths, lrs, self.scale_by_lr)]
         # only members with c ≠ 0 pay for the decomposition (an L2-arm member has c = 0)
         on = [i for i, c in enumerate(cs) if c != 0.0]
@@ -499,12 +343,9 @@ class BatchedLowRankDecay:
             X = torch.cat([x for _, x in items], dim=1)  # (M_on, n_total, a, b)
             X = torch.nan_to_num(X)  # a failed (NaN) member must not break the batched SVD
             c = torch.tensor([cs[i] for i in on], dtype=X.dtype, device=X.device).view(-1, 1, 1, 1)
-            if self.mode == "svt":
-                U, S, Vh = torch.linalg.svd(X, full_matrices=False)
-                S_new = torch.clamp(S - c.squeeze(-1), min=0.0)
-                delta = X - (U * S_new.unsqueeze(-2)) @ Vh
-            else:
-                delta = c * polar_factor(X, self.polar, steps=self.polar_steps)
+            delta, _ = low_rank_decay_delta(
+                X, c, mode=self.mode, polar=self.polar, polar_steps=self.polar_steps
+            )
             start = 0
             for n, x in items:
                 k = x.shape[1]

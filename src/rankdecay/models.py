@@ -2,7 +2,7 @@
 
 One pre-norm block (``norm`` ∈ none / layer / rms)::
 
-    h ← h + Attn(N₁(h))          Attn = multi-head softmax attention (scaled_dot_product_attention)
+    h ← h + Attn(N₁(h))          Attn = multi-head softmax attention (torch's fused SDPA kernel)
     h ← h + MLP(N₂(h))           omitted when d_mlp = 0 (attention-only)
 
 followed by an optional final norm and a linear readout at the last position (``readout="last"``,
@@ -54,23 +54,39 @@ init_pos=0.02`` (token embedding N(0, 1), Linear Kaiming-uniform, positions N(0,
 The MLP is fc_out(act(fc_in(x))) with act ∈ gelu/relu/silu, or for ``"swiglu"``
 fc_out(silu(fc_gate(x)) ⊙ fc_in(x)); d_mlp is the hidden width as given (no 2/3 rescaling).
 
-The forward pass has no data-dependent control flow and no in-place updates, so it works under
-``torch.func.functional_call`` + ``vmap`` (ensembles) and ``torch.compile``.
+The forward is written once, as :func:`functional_forward` (cfg, parameter dict, input): the
+module's ``forward`` calls it with its own parameters, and the batched ensemble
+(:mod:`rankdecay.ensemble`) calls it with ``members=True`` on parameters stacked to (M, *shape),
+where every linear map y = x Wᵀ becomes a batched matmul (M, N, d_in) @ (M, d_in, d_out) and
+activations carry a leading member dim (M, B, T, d). It has no data-dependent control flow and no
+in-place updates, so it works under ``torch.func.functional_call`` + ``vmap`` and ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import RankdecayError
+from .errors import RankdecayTypeError, RankdecayValueError
 from .heads import LayerHeads
 from .run_config import ModelConfig
 
-__all__ = ["ModelConfig", "TinyTransformer", "patchify", "rotary_tables", "apply_rotary"]
+__all__ = [
+    "ModelConfig",
+    "TinyTransformer",
+    "apply_rotary",
+    "functional_forward",
+    "patchify",
+    "rotary_tables",
+    "sdpa_scale",
+]
+
+Params = Mapping[str, Tensor]
+_Rope = tuple[Tensor, Tensor] | None  # rotary (cos, sin) tables, (max_len, d_head) each
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -80,14 +96,15 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     Patches are ordered row-major over the patch grid; each patch vector is ordered (c, i, j).
     """
     if images.dim() != 4:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"image input must be (B, C, H, W), got shape {tuple(images.shape)}; reshape the batch."
         )
     B, C, H, W = images.shape
     p = patch_size
     if H % p or W % p:
-        raise RankdecayError(
-            f"image size {H}×{W} is not a multiple of patch_size={p}; change model.patch_size."
+        raise RankdecayValueError(
+            f"image size {H}×{W} is not a multiple of patch_size={p}; change model.patch_size.",
+            param="model.patch_size",
         )
     x = images.reshape(B, C, H // p, p, W // p, p)
     x = x.permute(0, 2, 4, 1, 3, 5)  # B, gh, gw, C, p, p
@@ -110,15 +127,252 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos.to(x.dtype) + rot * sin.to(x.dtype)
 
 
-def _norm(kind: str, d: int, eps: float, bias: bool) -> nn.Module:
+def sdpa_scale(cfg: ModelConfig) -> float:
+    """The factor the attention multiplies q·k by (after QK-norm and temperature): 1/√d_head, or
+    with ``qk_norm="l2"`` the fixed ``qk_temperature`` (1 when τ_h is learned and folded into q)."""
+    if cfg.qk_norm == "l2":
+        return 1.0 if cfg.qk_temperature is None else float(cfg.qk_temperature)
+    return 1.0 / math.sqrt(cfg.head_dim)
+
+
+# ------------------------------------------------------------------------- functional forward
+# Every function below reads its weights from ``P`` (parameter name → tensor, the names of
+# ``TinyTransformer.named_parameters()``; ``prefix`` is the submodule's name with a trailing dot,
+# "" for the module itself). ``members=False``: P[n] has the module's shape and activations are
+# (B, T, d). ``members=True``: P[n] is (M, *shape) — M models stacked (an ensemble) — and every
+# activation carries the same leading M: (M, B, T, d); member i's output is that of the model
+# with weights P[·][i] on input x[i]. Only shapes steer the code (no data-dependent branch), so
+# it runs under torch.func.functional_call + vmap and torch.compile.
+
+_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
+
+
+def _lead(v: Tensor, ndim: int, members: bool) -> Tensor:
+    """Per-member v (M, *s) → (M, 1, …, 1, *s) with ``ndim`` dims, broadcasting against an
+    activation (M, B, …, *s); without members v broadcasts from the right as it is."""
+    if not members:
+        return v
+    return v.reshape(v.shape[0], *([1] * (ndim - v.dim())), *v.shape[1:])
+
+
+def _linear(h: Tensor, P: Params, name: str, members: bool) -> Tensor:
+    """y = h Wᵀ + b, W = P[name+"weight"] (d_out, d_in), b = P[name+"bias"] if present.
+
+    members: W (M, d_out, d_in), h (M, …, d_in) → (M, …, d_out), one matmul per member (bmm).
+    """
+    W, b = P[name + "weight"], P.get(name + "bias")
+    if not members:
+        return F.linear(h, W, b)
+    shape = h.shape
+    y = torch.bmm(h.reshape(shape[0], -1, shape[-1]), W.transpose(1, 2))
+    if b is not None:
+        y = y + b.unsqueeze(1)
+    return y.reshape(*shape[:-1], W.shape[1])
+
+
+def _norm(kind: str, h: Tensor, P: Params, name: str, eps: float, members: bool) -> Tensor:
+    """Over the last dim d: layer g ⊙ (h − μ)/√(σ² + eps) + β; rms g ⊙ h/√(mean(h²) + eps); none h."""
+    if kind == "none":
+        return h
+    w, b, d = P[name + "weight"], P.get(name + "bias"), (h.shape[-1],)
+    if not members:
+        return F.rms_norm(h, d, w, eps) if kind == "rms" else F.layer_norm(h, d, w, b, eps)
+    normed = F.rms_norm(h, d, None, eps) if kind == "rms" else F.layer_norm(h, d, None, None, eps)
+    out = normed * _lead(w, h.dim(), True)
+    return out if b is None else out + _lead(b, h.dim(), True)
+
+
+def _qkv(
+    cfg: ModelConfig,
+    P: Params,
+    prefix: str,
+    h: Tensor,
+    rope: _Rope,
+    members: bool,
+    last_only: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """h (…, T, d) → q (…, H, T_q, d_head), k, v (…, H, T, d_head), ready for SDPA.
+
+    q = h W_qᵀ (+ b), likewise k, v; QK-norm "rms" over the full H·d_head vector (gains g_q, g_k),
+    or "l2" per head with q ← τ_h·q/‖q‖ (learned τ) and k ← k/‖k‖; then rotary on q and k.
+    ``last_only``: queries at the last position only (T_q = 1).
+    """
+    H, dh, T = cfg.n_heads, cfg.head_dim, h.shape[-2]
+    q = _linear(h[..., -1:, :] if last_only else h, P, prefix + "q.", members)
+    k = _linear(h, P, prefix + "k.", members)
+    v = _linear(h, P, prefix + "v.", members)
+    if cfg.qk_norm == "rms":
+        q = _norm("rms", q, P, prefix + "q_norm.", cfg.qk_norm_eps, members)
+        k = _norm("rms", k, P, prefix + "k_norm.", cfg.qk_norm_eps, members)
+    q, k, v = (t.unflatten(-1, (H, dh)).transpose(-3, -2) for t in (q, k, v))
+    if cfg.qk_norm == "l2":
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if cfg.qk_temperature is None:  # τ: (H,) or (M, H) → broadcast over (…, H, T, d_head)
+            tau = P[prefix + "qk_temperature"][..., None, None]
+            q = q * _lead(tau, q.dim(), members).to(q.dtype)
+    if cfg.pos == "rotary":
+        if rope is None:
+            rope = rotary_tables(cfg.seq_len, dh, cfg.rope_base)
+        cos, sin = (t.to(q.device) for t in rope)
+        Tq = q.shape[-2]
+        q = apply_rotary(q, cos[T - Tq : T], sin[T - Tq : T])
+        k = apply_rotary(k, cos[:T], sin[:T])
+    return q, k, v
+
+
+def _attention(
+    cfg: ModelConfig,
+    P: Params,
+    prefix: str,
+    h: Tensor,
+    rope: _Rope,
+    members: bool,
+    last_only: bool = False,
+) -> Tensor:
+    """Multi-head attention h (…, T, d) → (…, T_q, d): concat_h softmax(s·q_h k_hᵀ + mask) v_h · W_oᵀ.
+
+    s = :func:`sdpa_scale`; the causal mask hides keys after the query (the single last query of
+    ``last_only`` sees every key either way). The one SDPA call site of
+    rankdecay: the member and batch dims are folded into SDPA's batch dim.
+    """
+    q, k, v = _qkv(cfg, P, prefix, h, rope, members, last_only)
+    *lead, H, Tq, dh = q.shape
+    T = k.shape[-2]
+    out = F.scaled_dot_product_attention(
+        q.reshape(-1, H, Tq, dh),
+        k.reshape(-1, H, T, dh),
+        v.reshape(-1, H, T, dh),
+        is_causal=cfg.causal and not last_only,
+        scale=sdpa_scale(cfg),
+    )
+    out = out.reshape(*lead, H, Tq, dh).transpose(-3, -2).flatten(-2)  # (…, T_q, H·d_head)
+    return _linear(out, P, prefix + "o.", members)
+
+
+def _mlp(cfg: ModelConfig, P: Params, prefix: str, h: Tensor, members: bool) -> Tensor:
+    """fc_out(act(fc_in(h))), or fc_out(silu(fc_gate(h)) ⊙ fc_in(h)) for swiglu; (…, d) → (…, d)."""
+    if cfg.mlp == "swiglu":
+        gate = F.silu(_linear(h, P, prefix + "fc_gate.", members))
+        a = gate * _linear(h, P, prefix + "fc_in.", members)
+    else:
+        a = _ACTIVATIONS[cfg.mlp](_linear(h, P, prefix + "fc_in.", members))
+    return _linear(a, P, prefix + "fc_out.", members)
+
+
+def _block(
+    cfg: ModelConfig,
+    P: Params,
+    prefix: str,
+    h: Tensor,
+    rope: _Rope,
+    members: bool,
+    last_only: bool = False,
+) -> Tensor:
+    """h ← h + Attn(N₁(h)); h ← h + MLP(N₂(h)) (no MLP when d_mlp = 0); (…, T, d) → (…, T_q, d)."""
+    x = _norm(cfg.norm, h, P, prefix + "ln1.", cfg.norm_eps, members)
+    a = _attention(cfg, P, prefix + "attn.", x, rope, members, last_only)
+    h = (h[..., -1:, :] if last_only else h) + a
+    if cfg.d_mlp > 0:
+        x = _norm(cfg.norm, h, P, prefix + "ln2.", cfg.norm_eps, members)
+        h = h + _mlp(cfg, P, prefix + "mlp.", x, members)
+    return h
+
+
+def _embed(cfg: ModelConfig, P: Params, x: Tensor, members: bool) -> Tensor:
+    """Input → residual stream (…, T, d): token or patch embedding (+ class token) + positions.
+
+    x: int64 tokens (B, T) or float images (B, C, H, W), with a leading M when ``members``.
+    """
+    m = "M, " if members else ""
+    if cfg.images:
+        C, S = cfg.in_channels, cfg.image_size
+        if x.dim() != 4 + members or tuple(x.shape[-3:]) != (C, S, S):
+            raise RankdecayValueError(
+                f"expected images of shape ({m}B, {C}, {S}, {S}), got {tuple(x.shape)}; "
+                "match model.in_channels/image_size to the data."
+            )
+        W = P["patch_embed.weight"]
+        patches = patchify(x.reshape(-1, C, S, S).to(W.dtype), cfg.patch_size)
+        h = _linear(patches.reshape(*x.shape[:-3], *patches.shape[1:]), P, "patch_embed.", members)
+        if cfg.pool == "cls":  # appended after the patches, so readout "last" reads it
+            cls = _lead(P["cls_token"], h.dim(), members).to(h.dtype)
+            h = torch.cat([h, cls.expand(*h.shape[:-2], 1, h.shape[-1])], dim=-2)
+    else:
+        if x.dim() != 2 + members:
+            raise RankdecayValueError(
+                f"token input must be ({m}B, T), got shape {tuple(x.shape)}; reshape the batch."
+            )
+        if x.shape[-1] > cfg.max_len:
+            raise RankdecayValueError(
+                f"sequence length {x.shape[-1]} exceeds model.max_len={cfg.max_len}; raise model.max_len.",
+                param="model.max_len",
+            )
+        E = P["embed.weight"]  # (V, d) or (M, V, d)
+        if members:
+            h = E[torch.arange(E.shape[0], device=x.device).view(-1, 1, 1), x]
+        else:
+            h = F.embedding(x, E)
+    if cfg.pos == "learned":
+        h = h + _lead(P["pos_embed.weight"][..., : h.shape[-2], :], h.dim(), members).to(h.dtype)
+    return h
+
+
+def _hidden(
+    cfg: ModelConfig, P: Params, x: Tensor, rope: _Rope, members: bool, last_only: bool
+) -> Tensor:
+    """Residual stream after the final norm (…, T, d); ``last_only``: the final block at the last
+    position only (T = 1 on return) — all that readout "last" reads."""
+    h = _embed(cfg, P, x, members)
+    L = cfg.n_layers
+    for i in range(L):
+        h = _block(cfg, P, f"blocks.{i}.", h, rope, members, last_only and i == L - 1)
+    final = cfg.norm if cfg.final_norm else "none"
+    return _norm(final, h, P, "ln_f.", cfg.norm_eps, members)
+
+
+def functional_forward(
+    cfg: ModelConfig,
+    params: Params,
+    x: Tensor,
+    rope: _Rope = None,
+    *,
+    members: bool = False,
+    last_trick: bool = False,
+) -> Tensor:
+    """The TinyTransformer forward as a function of its parameters (the module's ``forward``).
+
+    Args:
+        cfg: the model config; params: parameter name (as in ``named_parameters()``) → tensor,
+            of shape (M, *shape) when ``members``; x: int64 tokens (B, T) or images (B, C, H, W),
+            with a leading M when ``members``; rope: the (cos, sin) tables (max_len, d_head) for
+            rotary positions (computed when None); last_trick: with readout "last" (and no mean
+            pooling) the final block works at the last position only — same result, fewer FLOPs.
+
+    Returns:
+        logits = readout(h) Wᵤᵀ (+ b), Wᵤ the unembedding (or the token embedding when tied):
+        (B, n_out) for readout "last" (h at the last position, or the mean over patches for
+        ``pool="mean"``), (B, T, n_out) for "all"; with members a leading M, member i's being
+        the forward of weights params[·][i] on x[i].
+    """
+    pool_mean = cfg.images and cfg.pool == "mean"
+    trick = last_trick and cfg.readout == "last" and not pool_mean
+    h = _hidden(cfg, params, x, rope, members, trick)
+    if cfg.readout == "last":
+        h = h.mean(dim=-2) if pool_mean else h[..., -1, :]
+    return _linear(h, params, "embed." if cfg.tie_embeddings else "unembed.", members)
+
+
+# ---------------------------------------------------------------------------------- modules
+# The modules hold the parameters (their names are the checkpoint format) and the init; their
+# forwards call the functions above with their own parameters.
+
+
+def _module_norm(kind: str, d: int, eps: float, bias: bool) -> nn.Module:
     if kind == "layer":
         return nn.LayerNorm(d, eps=eps, bias=bias)
     if kind == "rms":
         return nn.RMSNorm(d, eps=eps)
     return nn.Identity()
-
-
-# ---------------------------------------------------------------------------------- modules
 
 
 class Attention(nn.Module):
@@ -146,29 +400,15 @@ class Attention(nn.Module):
     @property
     def sdpa_scale(self) -> float:
         """Factor SDPA multiplies q·k by (after QK-norm / temperature)."""
-        if self.cfg.qk_norm == "l2":
-            return 1.0 if self.cfg.qk_temperature is None else float(self.cfg.qk_temperature)
-        return 1.0 / math.sqrt(self.d_head)
+        return sdpa_scale(self.cfg)
+
+    def rope(self) -> tuple[Tensor, Tensor] | None:
+        """The rotary (cos, sin) tables (max_len, d_head), or None without rotary positions."""
+        return (self.rope_cos, self.rope_sin) if self.cfg.pos == "rotary" else None
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v as (B, H, T, d_head), after QK-norm, temperature and rotary, ready for SDPA."""
-        B, T, _ = x.shape
-        H, dh = self.n_heads, self.d_head
-        q, k, v = self.q(x), self.k(x), self.v(x)
-        if self.cfg.qk_norm == "rms":
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(B, T, H, dh).transpose(1, 2)
-        k = k.view(B, T, H, dh).transpose(1, 2)
-        v = v.view(B, T, H, dh).transpose(1, 2)
-        if self.cfg.qk_norm == "l2":
-            q = F.normalize(q, dim=-1)
-            k = F.normalize(k, dim=-1)
-            if self.cfg.qk_temperature is None:
-                q = q * self.qk_temperature.view(H, 1, 1).to(q.dtype)
-        if self.cfg.pos == "rotary":
-            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return q, k, v
+        return _qkv(self.cfg, dict(self.named_parameters()), "", x, self.rope(), False)
 
     def scores(self, x: Tensor) -> Tensor:
         """Pre-softmax scores (B, H, T, T) before the causal mask, by the same path as forward."""
@@ -176,46 +416,34 @@ class Attention(nn.Module):
         return self.sdpa_scale * (q @ k.transpose(-1, -2))
 
     def forward(self, x: Tensor) -> Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x)
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=self.cfg.causal, scale=self.sdpa_scale
-        )
-        return self.o(out.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head))
+        return _attention(self.cfg, dict(self.named_parameters()), "", x, self.rope(), False)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.kind = cfg.mlp
+        self.cfg = cfg
         self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
         if cfg.mlp == "swiglu":
             self.fc_gate = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
         self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "swiglu":
-            return self.fc_out(F.silu(self.fc_gate(x)) * self.fc_in(x))
-        h = self.fc_in(x)
-        h = F.gelu(h) if self.kind == "gelu" else F.relu(h) if self.kind == "relu" else F.silu(h)
-        return self.fc_out(h)
+        return _mlp(self.cfg, dict(self.named_parameters()), "", x, False)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln1 = _norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        self.cfg = cfg
+        self.ln1 = _module_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.attn = Attention(cfg)
-        self.has_mlp = cfg.d_mlp > 0
-        if self.has_mlp:
-            self.ln2 = _norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        if cfg.d_mlp > 0:
+            self.ln2 = _module_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
             self.mlp = MLP(cfg)
 
     def forward(self, h: Tensor) -> Tensor:
-        h = h + self.attn(self.ln1(h))
-        if self.has_mlp:
-            h = h + self.mlp(self.ln2(h))
-        return h
+        return _block(self.cfg, dict(self.named_parameters()), "", h, self.attn.rope(), False)
 
 
 class TinyTransformer(nn.Module):
@@ -261,7 +489,7 @@ class TinyTransformer(nn.Module):
                 roles |= {f"{p}.mlp.fc_in.weight": "mlp", f"{p}.mlp.fc_out.weight": "mlp"}
                 if cfg.mlp == "swiglu":
                     roles[f"{p}.mlp.fc_gate.weight"] = "mlp"
-        self.ln_f = _norm(cfg.norm if cfg.final_norm else "none", d, cfg.norm_eps, cfg.bias)
+        self.ln_f = _module_norm(cfg.norm if cfg.final_norm else "none", d, cfg.norm_eps, cfg.bias)
         if cfg.final_norm and cfg.norm != "none":
             roles["ln_f.weight"] = "norm"
         if not cfg.tie_embeddings:
@@ -295,51 +523,21 @@ class TinyTransformer(nn.Module):
             nn.init.normal_(self.cls_token, 0.0, stds["embed"])
 
     # ------------------------------------------------------------------ forward
+    def rope(self) -> tuple[Tensor, Tensor] | None:
+        """The rotary (cos, sin) tables (max_len, d_head) the blocks share, or None."""
+        return self.blocks[0].attn.rope() if self.cfg.n_layers > 0 else None
+
     def embed_input(self, x: Tensor) -> Tensor:
         """Input → residual stream (B, T, d_model): token/patch embedding (+ class token) + positions."""
-        cfg = self.cfg
-        if cfg.images:
-            if (
-                x.dim() != 4
-                or x.shape[1] != cfg.in_channels
-                or x.shape[2] != cfg.image_size
-                or x.shape[3] != cfg.image_size
-            ):
-                raise RankdecayError(
-                    f"expected images of shape (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}), "
-                    f"got {tuple(x.shape)}; match model.in_channels/image_size to the data."
-                )
-            h = self.patch_embed(patchify(x.to(self.patch_embed.weight.dtype), cfg.patch_size))
-            if cfg.pool == "cls":
-                h = torch.cat([h, self.cls_token.to(h.dtype).expand(h.shape[0], 1, -1)], dim=1)
-        else:
-            if x.dim() != 2:
-                raise RankdecayError(
-                    f"token input must be (B, T), got shape {tuple(x.shape)}; reshape the batch."
-                )
-            if x.shape[1] > cfg.max_len:
-                raise RankdecayError(
-                    f"sequence length {x.shape[1]} exceeds model.max_len={cfg.max_len}; raise model.max_len."
-                )
-            h = self.embed(x)
-        if cfg.pos == "learned":
-            h = h + self.pos_embed.weight[: h.shape[1]].to(h.dtype)
-        return h
+        return _embed(self.cfg, dict(self.named_parameters()), x, False)
 
     def hidden_states(self, x: Tensor) -> Tensor:
         """Residual stream after the final norm, (B, T, d_model)."""
-        h = self.embed_input(x)
-        for block in self.blocks:
-            h = block(h)
-        return self.ln_f(h)
+        return _hidden(self.cfg, dict(self.named_parameters()), x, self.rope(), False, False)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.hidden_states(x)
-        if self.cfg.readout == "last":
-            h = h.mean(dim=1) if (self.cfg.images and self.cfg.pool == "mean") else h[:, -1]
-        if self.cfg.tie_embeddings:
-            return h @ self.embed.weight.T
-        return self.unembed(h)
+        """:func:`functional_forward` with this module's parameters (and rotary tables)."""
+        return functional_forward(self.cfg, dict(self.named_parameters()), x, self.rope())
 
     # ------------------------------------------------------------------ rankdecay protocol
     def rankdecay_param_roles(self) -> dict[str, str]:
@@ -361,7 +559,7 @@ class TinyTransformer(nn.Module):
         QK-norm gains into the columns of W_Q, W_K (the weights stay differentiable).
         """
         if options:
-            raise RankdecayError(
+            raise RankdecayTypeError(
                 f"TinyTransformer does not understand option(s) {', '.join(sorted(options))}; "
                 "the only option is fold_norm."
             )
