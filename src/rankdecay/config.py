@@ -17,7 +17,12 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from .errors import RankdecayError
+from .errors import (
+    RankdecayError,
+    RankdecayFileNotFoundError,
+    RankdecayTypeError,
+    RankdecayValueError,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,7 +86,7 @@ def _unknown(key: str, known: Iterable[str]) -> typing.NoReturn:
     known = list(known)
     close = difflib.get_close_matches(key, known, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise RankdecayError(
+    raise RankdecayValueError(
         f"unknown config key '{key}'{hint}; run `rankdecay list` to see the valid keys."
     )
 
@@ -94,7 +99,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` (a str from the command line or a JSON value) to type ``tp``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    bad = RankdecayError(
+    bad = RankdecayTypeError(
         f"config key '{key}' expects {_type_name(tp)} but got {value!r}; "
         f"give {key} a value of type {_type_name(tp)} (in the overrides or the config file).",
         param=key,
@@ -117,7 +122,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for choice in args:
             if value == choice or (isinstance(value, str) and str(choice) == value):
                 return choice
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"config key '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}; "
             f"set {key} to one of them.",
             param=key,
@@ -184,7 +189,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def parse_assignment(text: str) -> tuple[str, str]:
     if "=" not in text:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"a config override must read key=value, got {text!r}; write e.g. optim.lr=1e-3.",
             param="set",
         )
@@ -253,10 +258,11 @@ def load_config_file(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
-        raise RankdecayError(f"cannot read config file {path} ({exc.strerror}); check the path.") from None
+        kind = RankdecayFileNotFoundError if isinstance(exc, FileNotFoundError) else RankdecayError
+        raise kind(f"cannot read config file {path} ({exc.strerror}); check the path.") from None
     try:
         if path.endswith(".toml"):
             return tomllib.loads(raw.decode())
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RankdecayError(f"config file {path} cannot be parsed ({exc}); fix its syntax.") from None
+        raise RankdecayValueError(f"config file {path} cannot be parsed ({exc}); fix its syntax.") from None

@@ -63,7 +63,7 @@ from .attention_spec import (
     split_heads,
     tower_config,
 )
-from .errors import RankdecayError
+from .errors import RankdecayError, RankdecayValueError
 
 __all__ = [
     "AttentionAdapter",
@@ -139,7 +139,7 @@ class LayerHeads:
             return self.W_Q, self.W_K
         if circuit == "ov":
             return self.W_V, self.W_O.mT
-        raise ValueError(f"unknown circuit {circuit!r}; choose 'qk' or 'ov'.")
+        raise RankdecayValueError(f"unknown circuit {circuit!r}; choose 'qk' or 'ov'.")
 
 
 Extractor = Callable[..., list[LayerHeads]]

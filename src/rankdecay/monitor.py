@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .errors import RankdecayValueError
 from .heads import LayerHeads, attention_heads
 from .runio import append_jsonl
 from .spectra import DEFAULT_RTOL, spectral_metrics
@@ -230,9 +231,9 @@ class SpectralMonitor:
     ) -> None:
         bad = [c for c in circuits if c not in _CIRCUITS]
         if bad:
-            raise ValueError(f"unknown circuit(s) {bad}; choose from {_CIRCUITS}.")
+            raise RankdecayValueError(f"unknown circuit(s) {bad}; choose from {_CIRCUITS}.")
         if rtol < 0:
-            raise ValueError(f"rtol must be non-negative, got {rtol}.")
+            raise RankdecayValueError(f"rtol must be non-negative, got {rtol}.")
         self.model = model
         self.every = int(every)
         self.circuits = tuple(circuits)

@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import to_toml
-from .errors import RankdecayError
+from .errors import (
+    RankdecayError,
+    RankdecayFileExistsError,
+    RankdecayFileNotFoundError,
+    RankdecayValueError,
+)
 from .runio import (
     FileWriteError,
     _jsonable,
@@ -340,7 +345,7 @@ class RunWriter:
         self._tmp = self.dir / ".checkpoint.tmp"
         self._old = self.dir / ".checkpoint.old"
         if not _is_int(keep_checkpoints, 1):
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"train.keep_checkpoints must be a positive integer, got {keep_checkpoints!r}; "
                 "set train.keep_checkpoints to 1 or more.",
                 param="train.keep_checkpoints",
@@ -366,21 +371,23 @@ class RunWriter:
         fix = "give a run directory that rankdecay wrote"
         path = self.dir / self.CONFIG
         if not self.dir.is_dir():
-            what = "it is not a directory" if self.dir.exists() else "it does not exist"
-            raise RankdecayError(
+            exists = self.dir.exists()
+            what = "it is not a directory" if exists else "it does not exist"
+            kind = RankdecayValueError if exists else RankdecayFileNotFoundError
+            raise kind(
                 f"{self.dir} is not a rankdecay run directory ({what}); {fix}.", param="resume"
             )
         try:
             meta = read_json(path, "run config", dict, fix)
             why = self._meta_problem(meta)
             if why:
-                raise RankdecayError(f"run config {path} {why}; {fix}.", param="resume")
+                raise RankdecayValueError(f"run config {path} {why}; {fix}.", param="resume")
             return meta
         except RankdecayError as exc:
             copy = self._checkpoint_meta()
             if copy is None:
                 if not path.exists():
-                    raise RankdecayError(
+                    raise RankdecayValueError(
                         f"{self.dir} is not a rankdecay run directory (it has no {self.CONFIG}); {fix}.",
                         param="resume",
                     ) from None
@@ -425,7 +432,7 @@ class RunWriter:
                 raise
             return
         if self.is_run() and not self._failed_start():
-            raise RankdecayError(
+            raise RankdecayFileExistsError(
                 f"{self.dir} already holds a run; resume it to continue "
                 "or choose another output directory.",
                 param=("resume", "out"),
@@ -435,7 +442,7 @@ class RunWriter:
         try:
             if self.is_run():
                 if not self._failed_start():  # pragma: no cover - raced with another start
-                    raise RankdecayError(
+                    raise RankdecayFileExistsError(
                         f"{self.dir} already holds a run; choose another output directory.",
                         param="out",
                     )
@@ -470,7 +477,7 @@ class RunWriter:
         diff = _config_diff(stored, meta)
         refused = [k for k in diff if k not in RESUMABLE_KEYS]
         if refused:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"cannot resume {self.dir}: its config differs in {', '.join(refused[:5])}"
                 f"{' …' if len(refused) > 5 else ''}, which would change what its checkpoint "
                 "means; resume with the same settings (only "
@@ -579,7 +586,7 @@ class RunWriter:
         p2, extra2 = _gaps_in(self.spectra_path, spectra_steps, step, per_step_rows=True)
         problems = p1 + p2
         if problems:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"cannot resume {self.dir}: its checkpoint is at step {step} but "
                 f"{'; '.join(problems)}, so its history cannot be rebuilt; restore the damaged "
                 "file(s) from a backup, or start the run again into a new directory.",
@@ -596,7 +603,7 @@ class RunWriter:
         logs or summary show the run had got past step 0 (its checkpoint was lost)."""
         reached = self.reached_step()
         if reached > 0:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"cannot resume {self.dir}: it has no checkpoint but its history reaches step "
                 f"{reached}; restore {self.ckpt} from a backup, or start the run again into a new "
                 "directory.",
@@ -810,14 +817,14 @@ class RunWriter:
                 _note(f"checkpoint {d} has no checksums (written by an older rankdecay); loaded unverified.")
             return tensors, state
         if len(damage) == 1:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"cannot resume {self.dir}: its checkpoint is damaged ({damage[0].split(': ', 1)[1]}) "
                 f"and no earlier checkpoint exists (train.keep_checkpoints={self.keep} keeps "
                 f"{'only the newest' if self.keep == 1 else 'older ones once written'}); restore "
                 "it from a backup, or start the run again into a new directory.",
                 param="out",
             )
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"cannot resume {self.dir}: every checkpoint is damaged ({'; '.join(damage)}); "
             "restore one from a backup, or start the run again into a new directory.",
             param="out",

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import RankdecayError
+from ..errors import MissingExtraError, RankdecayError
 from ..results import _record_group
 
 __all__ = [
@@ -77,10 +77,6 @@ DEFAULT_METRICS: tuple[str, ...] = (
 _ID_KEYS = frozenset(
     {"step", "kind", "layer", "head", "kv_head", "circuit", "matrix", "name", "rtol"}
 )
-
-
-class MissingExtraError(RankdecayError, ImportError):
-    """An optional package a logger needs is not installed."""
 
 
 class UnknownLoggerError(RankdecayError, ValueError):
