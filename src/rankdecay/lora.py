@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .analyze import METRICS
 from .errors import RankdecayError, RankdecayFileNotFoundError, RankdecayValueError
 from .spectra import factored_spectrum, spectral_metrics
+from .spectral_report import METRICS, _fmt
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -327,8 +327,6 @@ def render_adapter_table(records: Iterable[dict[str, Any]], info: Mapping[str, A
     """A rich Table with one row per adapter and module."""
     from rich.markup import escape
     from rich.table import Table
-
-    from .analyze import _fmt
 
     rtol = float(info.get("rtol", 1e-2))
     title = escape(

@@ -259,7 +259,7 @@ class SpectralMonitor:
         self.log_per_head = bool(log_per_head)
         self.sinks: list[Any] = []
         if loggers:
-            from .integrations.loggers import as_sink
+            from .sinks import as_sink
 
             self.sinks = [as_sink(obj, log_dir) for obj in loggers]
         if self.every > 0:  # fail (or warn) now, not at the first recording
@@ -296,7 +296,7 @@ class SpectralMonitor:
         if self.callback is not None:
             self.callback(records)
         if self.sinks:
-            from .integrations.loggers import log_to_sinks, spectral_scalars
+            from .sinks import log_to_sinks, spectral_scalars
 
             tags = spectral_scalars(records, per_head=self.log_per_head)
             log_to_sinks(self.sinks, step, tags)
@@ -304,7 +304,7 @@ class SpectralMonitor:
 
     def close(self) -> None:
         """Close the loggers (flush an open ``SummaryWriter`` / wandb run that was passed in)."""
-        from .integrations.loggers import close_sinks
+        from .sinks import close_sinks
 
         close_sinks(self.sinks)
 

@@ -387,7 +387,7 @@ def validate_train_config(tc: Any) -> None:
     out of range), or a dtype that cannot be combined with the amp mode — before anything is
     written to the run directory."""
     from .device import param_dtype
-    from .integrations.loggers import check_loggers
+    from .sinks import check_loggers
 
     validate_values(tc, "train.")
     param_dtype(tc.dtype, tc.amp)

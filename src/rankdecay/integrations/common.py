@@ -13,8 +13,8 @@ from typing import Any
 
 from ..errors import RankdecayValueError
 from ..monitor import SpectralMonitor
+from ..sinks import DEFAULT_METRICS, spectral_scalars
 from ..spectra import DEFAULT_RTOL
-from .loggers import DEFAULT_METRICS, spectral_scalars
 
 __all__ = ["SpectralCallbackBase"]
 
