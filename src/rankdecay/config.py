@@ -15,7 +15,7 @@ import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from .errors import (
     RankdecayError,
@@ -30,6 +30,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "DataclassInstance",
     "apply_overrides",
     "flatten",
     "from_dict",
@@ -43,7 +44,18 @@ __all__ = [
 T = TypeVar("T")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+class DataclassInstance(Protocol):
+    """Any dataclass instance — a config or one of its sections (what ``dataclasses.fields`` and
+    ``dataclasses.replace`` accept; the same protocol as typeshed's ``DataclassInstance``)."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+
+#: a config type, kept through :func:`apply_overrides` (an ExperimentConfig in, the same out)
+C = TypeVar("C", bound=DataclassInstance)
+
+
+def to_dict(cfg: DataclassInstance) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
@@ -70,7 +82,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], _prefix: str = "") -> T:
     return cls(**kwargs)
 
 
-def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(cfg: DataclassInstance, prefix: str = "") -> dict[str, Any]:
     """Dotted key → value for every leaf of a config instance."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
@@ -197,7 +209,7 @@ def parse_assignment(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def get_key(cfg: Any, key: str) -> Any:
+def get_key(cfg: DataclassInstance, key: str) -> Any:
     obj = cfg
     for part in key.split("."):
         if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
@@ -206,7 +218,7 @@ def get_key(cfg: Any, key: str) -> Any:
     return obj
 
 
-def apply_overrides(cfg: T, overrides: Mapping[str, Any] | Iterable[str]) -> T:
+def apply_overrides(cfg: C, overrides: Mapping[str, Any] | Iterable[str]) -> C:
     """Return a copy of ``cfg`` with dotted-key overrides applied, each parsed against its type.
 
     ``overrides`` is a mapping ``{"optim.lr": 1e-3}`` or strings ``["optim.lr=1e-3"]``.
@@ -217,7 +229,9 @@ def apply_overrides(cfg: T, overrides: Mapping[str, Any] | Iterable[str]) -> T:
     return cfg
 
 
-def _replace(obj: Any, parts: list[str], value: Any, key: str, root: Any) -> Any:
+def _replace(
+    obj: C, parts: list[str], value: Any, key: str, root: DataclassInstance
+) -> C:
     names = {f.name for f in dataclasses.fields(obj)}
     head = parts[0]
     if head not in names:

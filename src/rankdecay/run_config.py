@@ -9,8 +9,8 @@ torch; :mod:`rankdecay.train` and :mod:`rankdecay.models` re-export them under t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import Field, dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
 
 from .errors import RankdecayValueError
 
@@ -235,6 +235,7 @@ class RunConfig(Protocol):
     the loop hands it to the task builder and never reads it itself.
     """
 
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # a dataclass instance
     seed: int
     task: Any
     model: ModelConfig

@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .config import apply_overrides, get_key, parse_assignment
+from .config import DataclassInstance, apply_overrides, get_key, parse_assignment
 from .errors import (
     MissingExtraError,
     RankdecayError,
@@ -585,7 +585,7 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _typed(cfg: Any, key: str, value: Any) -> Any:
+def _typed(cfg: DataclassInstance, key: str, value: Any) -> Any:
     """Parse ``value`` for config key ``key`` (a RankdecayError for unknown keys or bad types)."""
     typed = get_key(apply_overrides(cfg, {key: value}), key)
     if isinstance(typed, tuple):
