@@ -63,6 +63,7 @@ from .attention_spec import (
     split_heads,
     tower_config,
 )
+from .errors import RankdecayTypeError
 from .layer_heads import LayerHeads, UnrecognizedAttentionWarning, UnsupportedModelError
 
 __all__ = [
@@ -106,6 +107,12 @@ def register_adapter(predicate: Predicate, extractor: Extractor, name: str | Non
     returns one :class:`LayerHeads` per attention layer. Adapters registered later take priority
     over earlier ones (so users can override a built-in).
     """
+    for what, fn in (("predicate", predicate), ("extractor", extractor)):
+        if not callable(fn):
+            raise RankdecayTypeError(
+                f"register_adapter: the {what} must be a function, got {type(fn).__name__}; "
+                "pass predicate(model) -> bool and extractor(model, **options) -> list[LayerHeads]."
+            )
     _ADAPTERS.insert(
         0, AttentionAdapter(name or getattr(extractor, "__name__", "custom"), predicate, extractor)
     )
@@ -639,6 +646,11 @@ def attention_heads(
     (e.g. ``fold_norm=True``). A registered adapter (:func:`register_adapter`) that accepts the
     model replaces the built-in scan.
     """
+    if not isinstance(model, nn.Module):
+        raise RankdecayTypeError(
+            f"attention_heads needs an nn.Module, got {type(model).__name__}; pass the model "
+            "itself (load a model directory with rankdecay.load_model)."
+        )
     found = collect_attention(model, **options)
     if not found.layers:
         if found.unrecognized:

@@ -35,6 +35,7 @@ optional.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .errors import RankdecayValueError
+from .errors import RankdecayTypeError, RankdecayValueError
 from .heads import LayerHeads, attention_heads
 from .runio import append_jsonl
 from .spectra import DEFAULT_RTOL, spectral_metrics
@@ -229,6 +230,16 @@ class SpectralMonitor:
         log_per_head: bool = False,
         fold_norm: bool = False,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise RankdecayTypeError(
+                f"SpectralMonitor needs an nn.Module, got {type(model).__name__}; pass the model itself."
+            )
+        try:
+            every = operator.index(every)
+        except TypeError:
+            raise RankdecayTypeError(
+                f"every must be an integer number of steps, got {every!r}; e.g. every=100."
+            ) from None
         bad = [c for c in circuits if c not in _CIRCUITS]
         if bad:
             raise RankdecayValueError(f"unknown circuit(s) {bad}; choose from {_CIRCUITS}.")
