@@ -55,6 +55,17 @@ def _not_a_report(tmp: Path) -> Path:
     return path
 
 
+def _register_restoring(predicate: Any, extractor: Any) -> None:
+    """register_adapter, leaving the registry as it was even if the bad adapter got in."""
+    from rankdecay import heads
+
+    saved = list(heads._ADAPTERS)
+    try:
+        rd.register_adapter(predicate, extractor)
+    finally:
+        heads._ADAPTERS[:] = saved
+
+
 A34, B35 = torch.randn(4, 3), torch.randn(5, 4)
 
 #: public name → bad calls; each call gets a fresh temporary directory and returns nothing
@@ -88,7 +99,7 @@ CASES: dict[str, list[Case]] = {
         (lambda _: rd.attention_heads("gpt2"), T),
         (lambda _: rd.attention_heads(nn.Linear(3, 3)), V),  # no attention: unsupported
     ],
-    "register_adapter": [(lambda _: rd.register_adapter("gpt2", lambda m: []), T)],
+    "register_adapter": [(lambda _: _register_restoring("gpt2", lambda m: []), T)],
     "analyze": [
         (lambda _: rd.analyze(MISSING), F),
         (lambda _: rd.analyze(_model(), rtol=-1.0), V),
