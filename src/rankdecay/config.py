@@ -212,7 +212,9 @@ def parse_assignment(text: str) -> tuple[str, str]:
 def get_key(cfg: DataclassInstance, key: str) -> Any:
     obj = cfg
     for part in key.split("."):
-        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+        if not dataclasses.is_dataclass(obj) or part not in {
+            f.name for f in dataclasses.fields(obj)
+        }:
             _unknown(key, flatten(cfg).keys())
         obj = getattr(obj, part)
     return obj
@@ -223,15 +225,15 @@ def apply_overrides(cfg: C, overrides: Mapping[str, Any] | Iterable[str]) -> C:
 
     ``overrides`` is a mapping ``{"optim.lr": 1e-3}`` or strings ``["optim.lr=1e-3"]``.
     """
-    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_assignment, overrides)
+    items = (
+        overrides.items() if isinstance(overrides, Mapping) else map(parse_assignment, overrides)
+    )
     for key, value in items:
         cfg = _replace(cfg, key.split("."), value, key, cfg)
     return cfg
 
 
-def _replace(
-    obj: C, parts: list[str], value: Any, key: str, root: DataclassInstance
-) -> C:
+def _replace(obj: C, parts: list[str], value: Any, key: str, root: DataclassInstance) -> C:
     names = {f.name for f in dataclasses.fields(obj)}
     head = parts[0]
     if head not in names:
@@ -279,4 +281,6 @@ def load_config_file(path: str) -> dict[str, Any]:
             return tomllib.loads(raw.decode())
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RankdecayValueError(f"config file {path} cannot be parsed ({exc}); fix its syntax.") from None
+        raise RankdecayValueError(
+            f"config file {path} cannot be parsed ({exc}); fix its syntax."
+        ) from None

@@ -110,7 +110,9 @@ def _ns_map(x: float) -> float:
 def newton_schulz_min_iterations(k: int, rcond: float = DEFAULT_NS_RCOND) -> int:
     """Steps of x ↦ (15x − 10x³ + 3x⁵)/8 that lift x₀ = rcond·k^{-1/4} above ½ (k = Gram size)."""
     if not 0 < rcond < 1:
-        raise RankdecayValueError(f"polar: rcond must lie in (0, 1), got {rcond}; pass e.g. rcond=1e-4.")
+        raise RankdecayValueError(
+            f"polar: rcond must lie in (0, 1), got {rcond}; pass e.g. rcond=1e-4."
+        )
     x = rcond * k ** (-0.25)
     n = 0
     while x < 0.5:

@@ -197,7 +197,13 @@ def load_run(path: str | Path) -> Run:
     )
 
 
-_SUMMARY_TYPES = (("status", str), ("final", dict), ("verdict", list), ("step", int), ("error", str))
+_SUMMARY_TYPES = (
+    ("status", str),
+    ("final", dict),
+    ("verdict", list),
+    ("step", int),
+    ("error", str),
+)
 
 
 def _record_group(rec: Mapping[str, Any]) -> str | None:
@@ -259,7 +265,9 @@ def load_sweep(path: str | Path) -> pd.DataFrame:
     pd = _pandas()
     path = Path(path)
     if not path.is_dir():
-        raise RankdecayFileNotFoundError(f"{path} does not exist; check the path to the sweep directory.")
+        raise RankdecayFileNotFoundError(
+            f"{path} does not exist; check the path to the sweep directory."
+        )
     attrs: dict[str, Any] = {"experiment": None, "preset": None, "grid": [], "seeds": []}
     rows: list[dict[str, Any]] = []
     if (path / "sweep.json").exists():

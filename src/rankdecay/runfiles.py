@@ -216,7 +216,9 @@ def _ranges(steps: list[int], limit: int = 6) -> str:
     return shown + (f" … ({len(steps)} in all)" if len(steps) > limit else "")
 
 
-def _gaps_in(path: Path, expected: set[int], upto: int, per_step_rows: bool) -> tuple[list[str], int]:
+def _gaps_in(
+    path: Path, expected: set[int], upto: int, per_step_rows: bool
+) -> tuple[list[str], int]:
     """Problems of one log file up to step ``upto``; and how many damaged lines lie past it."""
     scan = scan_jsonl(path, need_step=True)
     name = path.name
@@ -399,9 +401,9 @@ class RunWriter:
     @staticmethod
     def _meta_problem(meta: Mapping[str, Any]) -> str | None:
         if not isinstance(meta.get("config"), dict):
-            return "has no \"config\" object"
+            return 'has no "config" object'
         if not isinstance(meta.get("experiment"), str):
-            return "has no \"experiment\" name"
+            return 'has no "experiment" name'
         return None
 
     def _checkpoint_meta(self) -> dict[str, Any] | None:
@@ -488,7 +490,9 @@ class RunWriter:
         new = {k: v for k, v in meta.items() if k != "resume_overrides"}
         history = list(stored.get("resume_overrides") or [])
         if diff and (self.read_summary() or {}).get("status") == "finished":
-            _note(f"{self.dir} is finished; its settings stay as they were ({', '.join(diff)} unchanged).")
+            _note(
+                f"{self.dir} is finished; its settings stay as they were ({', '.join(diff)} unchanged)."
+            )
             new, diff = {**stored}, []
         if diff:
             old_flat, new_flat = _flat_meta(stored), _flat_meta(meta)
@@ -667,8 +671,10 @@ class RunWriter:
                 files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             full = {**state, "format": CHECKPOINT_FORMAT, "files": files}
             if self._meta is not None or self._config_intact():
-                full["run"] = self._meta if self._meta is not None else json.loads(
-                    (self.dir / self.CONFIG).read_bytes().decode("utf-8")
+                full["run"] = (
+                    self._meta
+                    if self._meta is not None
+                    else json.loads((self.dir / self.CONFIG).read_bytes().decode("utf-8"))
                 )
             current = self._tmp / "state.json"
             atomic_write_json(current, full)
@@ -764,7 +770,9 @@ class RunWriter:
                 with safe_open(str(path), framework="pt") as f:
                     tag = (f.metadata() or {}).get("step")
             except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-                raise CheckpointDamaged(f"{name} is not a safetensors file ({str(exc)[:60]})") from None
+                raise CheckpointDamaged(
+                    f"{name} is not a safetensors file ({str(exc)[:60]})"
+                ) from None
             if tag is not None and tag != str(step):
                 raise CheckpointDamaged(f"state.json says step {step} but {name} holds step {tag}")
         return state
@@ -791,7 +799,9 @@ class RunWriter:
             try:
                 state = self._verify(d, max_step)
                 try:
-                    missing, unexpected = load_model(model, str(d / "model.safetensors"), strict=False)
+                    missing, unexpected = load_model(
+                        model, str(d / "model.safetensors"), strict=False
+                    )
                     if unexpected or missing:
                         raise CheckpointDamaged(
                             f"its weights do not fit the model ({', '.join(sorted([*unexpected, *missing])[:3])})"
@@ -814,7 +824,9 @@ class RunWriter:
             if d != self.ckpt:
                 self._set_aside(damage, d)
             if state.get("files") is None:
-                _note(f"checkpoint {d} has no checksums (written by an older rankdecay); loaded unverified.")
+                _note(
+                    f"checkpoint {d} has no checksums (written by an older rankdecay); loaded unverified."
+                )
             return tensors, state
         if len(damage) == 1:
             raise RankdecayValueError(
@@ -847,7 +859,9 @@ class RunWriter:
 
 def _flat_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     config = meta.get("config")
-    return _flat_dict({"experiment": meta.get("experiment"), **(config if isinstance(config, dict) else {})})
+    return _flat_dict(
+        {"experiment": meta.get("experiment"), **(config if isinstance(config, dict) else {})}
+    )
 
 
 def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:

@@ -191,7 +191,9 @@ def read_json(
     except IsADirectoryError:
         raise RankdecayValueError(f"{what} {path} is a directory, not a file; {fix}.") from None
     except OSError as exc:
-        raise RankdecayError(f"{what} {path} cannot be read ({exc.strerror or exc}); {fix}.") from None
+        raise RankdecayError(
+            f"{what} {path} cannot be read ({exc.strerror or exc}); {fix}."
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise RankdecayValueError(
             f"{what} {path} is not valid JSON ({str(exc)[:80]}); it is corrupt or not one of ours — {fix}."

@@ -184,9 +184,7 @@ def chain_r(
         if not isinstance(F, Tensor) or F.dim() < 2:
             shape = tuple(F.shape) if isinstance(F, Tensor) else type(F).__name__
             kind = RankdecayValueError if isinstance(F, Tensor) else RankdecayTypeError
-            raise kind(
-                f"factor {i} of the {side} chain must be a matrix (..., p, q); got {shape}."
-            )
+            raise kind(f"factor {i} of the {side} chain must be a matrix (..., p, q); got {shape}.")
         if dtype is not None:
             F = F.to(dtype)
         require_finite(F, f"factor {i} of the {side} chain")
@@ -282,7 +280,9 @@ def rank(s: Tensor, rtol: float = DEFAULT_RTOL) -> Tensor:
     """Numerical rank #{σᵢ > rtol·σ₁} of singular values ``s`` (..., k) → (...,) int64."""
     _require_tensor(s, "s", "of singular values (..., k)")
     if not isinstance(rtol, (int, float)):
-        raise RankdecayTypeError(f"rtol must be a number, got {type(rtol).__name__}; e.g. rtol=1e-2.")
+        raise RankdecayTypeError(
+            f"rtol must be a number, got {type(rtol).__name__}; e.g. rtol=1e-2."
+        )
     if rtol < 0:
         raise RankdecayValueError(f"rtol must be non-negative, got {rtol}.")
     if s.shape[-1] == 0:

@@ -543,7 +543,9 @@ def register_executor(name: str, cls: type[Executor] | str) -> None:
 
 def get_executor(name: str) -> type[Executor]:
     if name not in EXECUTORS:
-        raise RankdecayValueError(f"unknown executor '{name}'; choose one of {', '.join(EXECUTORS)}.")
+        raise RankdecayValueError(
+            f"unknown executor '{name}'; choose one of {', '.join(EXECUTORS)}."
+        )
     cls = EXECUTORS[name]
     if isinstance(cls, str):
         module_name, _, attr = cls.partition(":")
@@ -779,7 +781,10 @@ class SweepIndex:
             from .results import sweep_rows_valid
 
             previous = read_json(
-                self.path, "sweep index", dict, "restore it from a backup or choose another output directory"
+                self.path,
+                "sweep index",
+                dict,
+                "restore it from a backup or choose another output directory",
             )
             if not sweep_rows_valid(previous.get("runs")):
                 raise RankdecayValueError(
@@ -858,7 +863,10 @@ class SweepIndex:
 def _lock(out: Path) -> DirLock:
     """An exclusive lock on the sweep directory (:mod:`rankdecay.runlock`; released if we die)."""
     return DirLock(
-        out, SWEEP_LOCK, "sweep", "wait for that sweep to finish (or stop it) or choose another output directory"
+        out,
+        SWEEP_LOCK,
+        "sweep",
+        "wait for that sweep to finish (or stop it) or choose another output directory",
     )
 
 

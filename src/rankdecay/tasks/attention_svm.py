@@ -515,7 +515,9 @@ def svm_constraints(
     for i in range(n):
         a = int(alpha[i])
         if not 0 <= a < T:
-            raise RankdecayValueError(f"selected token {a} of sample {i} is out of range 0..{T - 1}.")
+            raise RankdecayValueError(
+                f"selected token {a} of sample {i} is out of range 0..{T - 1}."
+            )
         for t in range(T):
             if t != a:
                 rows.append(np.outer(X[i, a] - X[i, t], z[i]))

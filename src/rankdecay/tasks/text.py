@@ -71,7 +71,9 @@ def load_corpus(path: str | None = None) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RankdecayFileNotFoundError(f"text file {path} does not exist; fix task.path.") from None
+        raise RankdecayFileNotFoundError(
+            f"text file {path} does not exist; fix task.path."
+        ) from None
     except UnicodeDecodeError as exc:
         raise RankdecayValueError(
             f"text file {path} is not UTF-8 ({exc.reason}); convert it or choose another file."
@@ -183,7 +185,9 @@ class TextTask(TaskBase):
 
     def __init__(self, cfg: TextConfig, seed: int) -> None:
         if cfg.seq_len <= 0:
-            raise RankdecayValueError(f"seq_len must be positive, got {cfg.seq_len}; fix task.seq_len.")
+            raise RankdecayValueError(
+                f"seq_len must be positive, got {cfg.seq_len}; fix task.seq_len."
+            )
         if not 0.0 < cfg.val_fraction < 1.0:
             raise RankdecayValueError(
                 f"val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}; fix task.val_fraction."
