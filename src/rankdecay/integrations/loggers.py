@@ -14,47 +14,11 @@ from typing import Any
 
 from ..config import flatten
 from ..run_config import RunConfig
-from ..sinks import (
-    DEFAULT_METRICS,
-    LOGGERS,
-    LoggerSink,
-    MissingExtraError,
-    NotASinkError,
-    TensorBoardSink,
-    UnknownLoggerError,
-    WandbSink,
-    as_sink,
-    check_loggers,
-    close_sinks,
-    log_to_sinks,
-    metric_scalars,
-    open_sinks,
-    parse_loggers,
-    spectral_scalars,
-    wandb_mode,
-)
+from ..sinks import *  # noqa: F403 - the sink API, re-exported under its historical name
+from ..sinks import LoggerSink, metric_scalars, open_sinks, parse_loggers, spectral_scalars
+from ..sinks import __all__ as _SINK_API
 
-__all__ = [
-    "DEFAULT_METRICS",
-    "LOGGERS",
-    "LoggerSink",
-    "MissingExtraError",
-    "NotASinkError",
-    "TensorBoardSink",
-    "UnknownLoggerError",
-    "WandbSink",
-    "as_sink",
-    "check_loggers",
-    "close_sinks",
-    "log_to_sinks",
-    "metric_scalars",
-    "open_run_sinks",
-    "open_sinks",
-    "parse_loggers",
-    "run_scalars",
-    "spectral_scalars",
-    "wandb_mode",
-]
+__all__ = [*_SINK_API, "open_run_sinks", "run_scalars"]
 
 
 def run_scalars(
