@@ -60,14 +60,16 @@ def _imports_of(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
         yield from _imports(node)
 
 
-def _resolve(module: str, node: ast.Import | ast.ImportFrom) -> set[str]:
+def _resolve(
+    module: str, node: ast.Import | ast.ImportFrom, modules: dict[str, Path] = MODULES
+) -> set[str]:
     """The package modules an import statement in ``module`` loads (the deepest existing module
     for ``from X import name``: ``name`` itself if it is a submodule, else X)."""
     if isinstance(node, ast.Import):
         targets = [alias.name for alias in node.names]
-        return {_deepest(t) for t in targets if t.split(".")[0] == PACKAGE} - {None}  # type: ignore[arg-type]
+        return {_deepest(t, modules) for t in targets if t.split(".")[0] == PACKAGE} - {None}  # type: ignore[arg-type]
     if node.level:
-        is_pkg = MODULES[module].name == "__init__.py"
+        is_pkg = modules[module].name == "__init__.py"
         base = module.split(".")
         base = base if is_pkg else base[:-1]
         base = base[: len(base) - (node.level - 1)]
@@ -79,15 +81,15 @@ def _resolve(module: str, node: ast.Import | ast.ImportFrom) -> set[str]:
     found = set()
     for alias in node.names:
         sub = f"{stem}.{alias.name}"
-        found.add(sub if sub in MODULES else _deepest(stem))
+        found.add(sub if sub in modules else _deepest(stem, modules))
     return found - {None}  # type: ignore[arg-type]
 
 
-def _deepest(dotted: str) -> str | None:
+def _deepest(dotted: str, modules: dict[str, Path]) -> str | None:
     parts = dotted.split(".")
     while parts:
         name = ".".join(parts)
-        if name in MODULES:
+        if name in modules:
             return name
         parts.pop()
     return None
@@ -153,19 +155,11 @@ def test_graph_reader_sees_function_level_imports() -> None:
         "if TYPE_CHECKING:\n    from .b import X\n"
         "def f():\n    from .c import Y\n    from . import d\n"
     )
-    global MODULES
-    saved = MODULES
-    MODULES = {
-        "rankdecay": Path("__init__.py"),
-        "rankdecay.a": Path("a.py"),
-        "rankdecay.b": Path("b.py"),
-        "rankdecay.c": Path("c.py"),
-        "rankdecay.d": Path("d.py"),
+    fake = {
+        name: Path(f"{name}.py" if name != "rankdecay" else "__init__.py")
+        for name in ("rankdecay", "rankdecay.a", "rankdecay.b", "rankdecay.c", "rankdecay.d")
     }
-    try:
-        found = set().union(*(_resolve("rankdecay.a", n) for n in _imports(tree)))
-    finally:
-        MODULES = saved
+    found = set().union(*(_resolve("rankdecay.a", n, fake) for n in _imports(tree)))
     assert found == {"rankdecay.c", "rankdecay.d"}
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
