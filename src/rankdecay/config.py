@@ -3,7 +3,9 @@
 A config is a dataclass whose fields are scalars (int, float, bool, str), ``Literal`` choices,
 optionals, tuples/lists of scalars, dicts of str → float, or nested config dataclasses.
 ``apply_overrides`` parses each value against the field's declared type and raises a one-sentence
-:class:`~rankdecay.errors.RankdecayError` for an unknown key or a value of the wrong type.
+:class:`~rankdecay.errors.RankdecayValueError` for an unknown key or a value not among a
+``Literal``'s choices, and a :class:`~rankdecay.errors.RankdecayTypeError` for a value of the
+wrong type (both :class:`~rankdecay.errors.RankdecayError`).
 """
 
 from __future__ import annotations

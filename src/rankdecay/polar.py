@@ -220,7 +220,8 @@ def polar(
         return_info: also return a :class:`PolarInfo` (iterations, residual, rank, converged).
 
     Raises:
-        RankdecayError: unknown method, non-matrix or non-float input, tol ≤ 0, NaN/Inf entries.
+        RankdecayValueError: unknown method, non-matrix input, tol ≤ 0, NaN/Inf entries.
+        RankdecayTypeError: a tensor that is not floating point.
     """
     _check(W, method, tol)
     if W.numel() == 0:
