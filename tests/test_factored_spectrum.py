@@ -83,6 +83,7 @@ def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyP
     import importlib
 
     analyze_mod = importlib.import_module("rankdecay.analyze")
+    report_mod = importlib.import_module("rankdecay.spectral_report")
     cfg = transformers.LlamaConfig(
         hidden_size=64,
         num_attention_heads=8,
@@ -95,13 +96,13 @@ def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyP
     torch.manual_seed(0)
     model = transformers.LlamaModel(cfg).eval()
     rows: list[int] = []
-    real = analyze_mod.r_factor
+    real = report_mod.r_factor
 
     def counting(X: torch.Tensor) -> torch.Tensor:
         rows.append(X.shape[0])
         return real(X)
 
-    monkeypatch.setattr(analyze_mod, "r_factor", counting)
+    monkeypatch.setattr(report_mod, "r_factor", counting)
     report = analyze_mod.analyze(model)
     # per layer: qk → 8 W_Q + 2 W_K; ov → 2 W_V + 8 W_O
     assert sum(rows) == 2 * (8 + 2 + 2 + 8)
@@ -120,8 +121,9 @@ def test_analyze_qr_batches_split_factor_stacks_without_changing_results(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = pytest.importorskip("transformers")
     analyze_mod = importlib.import_module("rankdecay.analyze")
+    report_mod = importlib.import_module("rankdecay.spectral_report")
     torch.manual_seed(0)
     model = transformers.GPT2Model(transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4)).eval()
-    monkeypatch.setattr(analyze_mod, "_QR_BATCH_ELEMENTS", 3 * 64 * 16)
+    monkeypatch.setattr(report_mod, "_QR_BATCH_ELEMENTS", 3 * 64 * 16)
     report = analyze_mod.analyze(model)
     _assert_records_match_dense(report, model, 16)

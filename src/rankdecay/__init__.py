@@ -13,7 +13,7 @@ from .threads import cli_environment as _cli_environment
 
 _cli_environment()  # the `rankdecay` command: OMP_WAIT_POLICY=PASSIVE before torch is imported
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import RankdecayValueError
+
 __all__ = [
     "ARCHITECTURES",
     "FUSED_NAMES",
@@ -134,7 +136,9 @@ def fused_rows(layout: str, n_heads: int, n_kv_heads: int, head_dim: int) -> dic
             "v": idx[:, 1].reshape(H, r),
             "k": idx[:, 2].reshape(H, r),
         }
-    raise ValueError(f"unknown fused layout {layout!r}; choose one of {', '.join(LAYOUTS)}.")
+    raise RankdecayValueError(
+        f"unknown fused layout {layout!r}; choose one of {', '.join(LAYOUTS)}."
+    )
 
 
 def _fused_width(layout: str, H: int, Hkv: int, r: int) -> int:

@@ -3,7 +3,9 @@
 A config is a dataclass whose fields are scalars (int, float, bool, str), ``Literal`` choices,
 optionals, tuples/lists of scalars, dicts of str → float, or nested config dataclasses.
 ``apply_overrides`` parses each value against the field's declared type and raises a one-sentence
-:class:`~rankdecay.errors.RankdecayError` for an unknown key or a value of the wrong type.
+:class:`~rankdecay.errors.RankdecayValueError` for an unknown key or a value not among a
+``Literal``'s choices, and a :class:`~rankdecay.errors.RankdecayTypeError` for a value of the
+wrong type (both :class:`~rankdecay.errors.RankdecayError`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from .errors import RankdecayError
+from .errors import (
+    RankdecayError,
+    RankdecayFileNotFoundError,
+    RankdecayTypeError,
+    RankdecayValueError,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,6 +32,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "DataclassInstance",
     "apply_overrides",
     "flatten",
     "from_dict",
@@ -38,7 +46,18 @@ __all__ = [
 T = TypeVar("T")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+class DataclassInstance(Protocol):
+    """Any dataclass instance — a config or one of its sections (what ``dataclasses.fields`` and
+    ``dataclasses.replace`` accept; the same protocol as typeshed's ``DataclassInstance``)."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+
+#: a config type, kept through :func:`apply_overrides` (an ExperimentConfig in, the same out)
+C = TypeVar("C", bound=DataclassInstance)
+
+
+def to_dict(cfg: DataclassInstance) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
@@ -65,7 +84,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], _prefix: str = "") -> T:
     return cls(**kwargs)
 
 
-def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(cfg: DataclassInstance, prefix: str = "") -> dict[str, Any]:
     """Dotted key → value for every leaf of a config instance."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
@@ -81,7 +100,7 @@ def _unknown(key: str, known: Iterable[str]) -> typing.NoReturn:
     known = list(known)
     close = difflib.get_close_matches(key, known, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise RankdecayError(
+    raise RankdecayValueError(
         f"unknown config key '{key}'{hint}; run `rankdecay list` to see the valid keys."
     )
 
@@ -94,7 +113,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` (a str from the command line or a JSON value) to type ``tp``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    bad = RankdecayError(
+    bad = RankdecayTypeError(
         f"config key '{key}' expects {_type_name(tp)} but got {value!r}; "
         f"give {key} a value of type {_type_name(tp)} (in the overrides or the config file).",
         param=key,
@@ -117,7 +136,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for choice in args:
             if value == choice or (isinstance(value, str) and str(choice) == value):
                 return choice
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"config key '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}; "
             f"set {key} to one of them.",
             param=key,
@@ -184,7 +203,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def parse_assignment(text: str) -> tuple[str, str]:
     if "=" not in text:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"a config override must read key=value, got {text!r}; write e.g. optim.lr=1e-3.",
             param="set",
         )
@@ -192,27 +211,31 @@ def parse_assignment(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def get_key(cfg: Any, key: str) -> Any:
+def get_key(cfg: DataclassInstance, key: str) -> Any:
     obj = cfg
     for part in key.split("."):
-        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+        if not dataclasses.is_dataclass(obj) or part not in {
+            f.name for f in dataclasses.fields(obj)
+        }:
             _unknown(key, flatten(cfg).keys())
         obj = getattr(obj, part)
     return obj
 
 
-def apply_overrides(cfg: T, overrides: Mapping[str, Any] | Iterable[str]) -> T:
+def apply_overrides(cfg: C, overrides: Mapping[str, Any] | Iterable[str]) -> C:
     """Return a copy of ``cfg`` with dotted-key overrides applied, each parsed against its type.
 
     ``overrides`` is a mapping ``{"optim.lr": 1e-3}`` or strings ``["optim.lr=1e-3"]``.
     """
-    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_assignment, overrides)
+    items = (
+        overrides.items() if isinstance(overrides, Mapping) else map(parse_assignment, overrides)
+    )
     for key, value in items:
         cfg = _replace(cfg, key.split("."), value, key, cfg)
     return cfg
 
 
-def _replace(obj: Any, parts: list[str], value: Any, key: str, root: Any) -> Any:
+def _replace(obj: C, parts: list[str], value: Any, key: str, root: DataclassInstance) -> C:
     names = {f.name for f in dataclasses.fields(obj)}
     head = parts[0]
     if head not in names:
@@ -253,10 +276,13 @@ def load_config_file(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
-        raise RankdecayError(f"cannot read config file {path} ({exc.strerror}); check the path.") from None
+        kind = RankdecayFileNotFoundError if isinstance(exc, FileNotFoundError) else RankdecayError
+        raise kind(f"cannot read config file {path} ({exc.strerror}); check the path.") from None
     try:
         if path.endswith(".toml"):
             return tomllib.loads(raw.decode())
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RankdecayError(f"config file {path} cannot be parsed ({exc}); fix its syntax.") from None
+        raise RankdecayValueError(
+            f"config file {path} cannot be parsed ({exc}); fix its syntax."
+        ) from None

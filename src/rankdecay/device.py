@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .errors import RankdecayError
+from .errors import RankdecayError, RankdecayValueError
 from .heads import attention_heads
 from .monitor import SpectralMonitor, circuit_records, matrix_records
 
@@ -74,24 +74,24 @@ def resolve_device(name: str | torch.device) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"unknown device {name!r}; set train.device to auto, cpu, cuda or cuda:N.",
             param="train.device",
         ) from None
     if device.type == "cpu":
         return device
     if device.type != "cuda":
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"device {name!r} is not supported; set train.device to auto, cpu, cuda or cuda:N.",
             param="train.device",
         )
     if not torch.cuda.is_available():
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"train.device is {text!r} but no CUDA device is available; set it to cpu (or auto).",
             param="train.device",
         )
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"train.device is {text!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
             "choose cuda:0 … or auto.",
             param="train.device",
@@ -106,7 +106,7 @@ def autocast(device: torch.device, amp: str = "none") -> contextlib.AbstractCont
     test the path without a GPU).
     """
     if amp not in AMP_MODES:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"unknown train.amp {amp!r}; choose one of {', '.join(map(repr, AMP_MODES))}."
         )
     if amp == "none":
@@ -121,11 +121,11 @@ def param_dtype(name: str, amp: str = "none") -> torch.dtype:
     the matmuls in bfloat16 anyway, defeating the point of float64).
     """
     if name not in DTYPES:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"unknown train.dtype {name!r}; choose one of {', '.join(map(repr, DTYPES))}."
         )
     if name != "float32" and amp != "none":
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"train.dtype={name} cannot be combined with train.amp={amp}; set train.amp=none "
             "for float64 training (or train.dtype=float32 for bf16 autocast)."
         )
@@ -194,7 +194,7 @@ def spectra_monitor(model: nn.Module, where: str = "model", **kwargs: Any) -> Sp
     ``where="cpu"``: :class:`CPUSpectralMonitor` (the same records from CPU copies).
     """
     if where not in SPECTRA_DEVICES:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"unknown train.spectra_device {where!r}; choose one of "
             f"{', '.join(map(repr, SPECTRA_DEVICES))}."
         )

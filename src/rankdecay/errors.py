@@ -11,6 +11,34 @@ line flag: the same sentence reaches a notebook user. An error may say which par
 (``[--workers]``), found from the command's parser. A dotted config key (``train.steps``), or
 any param of a ``ConfigValueError`` (an experiment's top-level key such as ``losses``), is shown
 as ``[--set KEY=…]``; ``resume`` and ``out`` map to ``--resume`` and ``--out`` of ``rankdecay run``.
+
+Errors by kind — which class to raise. Every error below is a :class:`RankdecayError` (exit code 2
+in the CLI) and also the built-in its nature says, so ``except ValueError`` (``TypeError``, …)
+catches it as it would catch numpy's or torch's:
+
+=============================================  ==============================================
+what went wrong                                raise
+=============================================  ==============================================
+an argument or config value out of range, not  :class:`RankdecayValueError` (or a subclass:
+one of the choices, inconsistent with another  ``ConfigValueError``, ``ThreadCountError``,
+one, or a model/architecture not supported     ``UnsupportedModelError``, ``NonFiniteInputError``)
+an argument of the wrong type (a list where a  :class:`RankdecayTypeError` (``NotASinkError``)
+tensor is expected, a str for a number)
+a path the user named that does not exist      :class:`RankdecayFileNotFoundError`
+                                               (``ModelNotFoundError``, ``MissingWeightsError``)
+a file that exists but is corrupt, damaged or  :class:`RankdecayValueError`
+not one of ours (bad JSON, wrong format)       (``CorruptCheckpointError``, ``CheckpointDamaged``)
+an output path that exists and would be        :class:`RankdecayFileExistsError`
+overwritten (a directory that holds a run)
+an optional package (extra) not installed      :class:`MissingExtraError` (an ``ImportError``)
+=============================================  ==============================================
+
+What is not a bad argument stays a plain :class:`RankdecayError` or its own subclass: failures at
+run time (:class:`NonFiniteLossError` for a NaN loss, a dead worker, a Ray cluster that cannot be
+reached, a directory locked by another process), an operating-system error reading or writing a
+file that exists (``FileWriteError`` is an ``OSError``), and a broken installation (a package
+present without its data files). A new ``raise`` picks its class from this table; a kind-specific
+subclass (``class CorruptCheckpointError(RankdecayError, ValueError)``) lists RankdecayError first.
 """
 
 from __future__ import annotations
@@ -53,3 +81,7 @@ class RankdecayFileNotFoundError(RankdecayError, FileNotFoundError):
 
 class RankdecayFileExistsError(RankdecayError, FileExistsError):
     """An output path exists and rankdecay will not overwrite it."""
+
+
+class MissingExtraError(RankdecayError, ImportError):
+    """An optional package (an extra such as ``rankdecay[hf]``) is not installed."""

@@ -42,7 +42,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,8 @@ from .attention_spec import (
     split_heads,
     tower_config,
 )
-from .errors import RankdecayError
+from .errors import RankdecayTypeError
+from .layer_heads import LayerHeads, UnrecognizedAttentionWarning, UnsupportedModelError
 
 __all__ = [
     "AttentionAdapter",
@@ -85,63 +86,6 @@ __all__ = [
 ]
 
 
-@dataclass
-class LayerHeads:
-    """The attention factors of one layer, per **query** head.
-
-    Shapes: ``W_Q`` (H, d_model, d_head), ``W_K`` (H, d_kv, d_head), ``W_V`` (H, d_kv, d_head),
-    ``W_O`` (H, d_head, d_model); H is the number of query heads. d_kv = d_model unless the
-    layer attends to a memory of another width (``nn.MultiheadAttention`` with ``kdim``/``vdim``).
-    """
-
-    layer: int
-    name: str  # module path of the attention block, e.g. "transformer.h.3.attn"
-    W_Q: Tensor
-    W_K: Tensor
-    W_V: Tensor
-    W_O: Tensor
-    #: GQA/MQA: index of the key/value head each query head uses (None = one K/V head per query head).
-    kv_head_index: tuple[int, ...] | None = None
-    #: the model applies rotary embeddings to q, k; the QK circuit is then the one at offset 0.
-    rotary: bool = False
-    #: factor multiplying q·k in the model (e.g. 1/√d_head); scores = scale · xᵀ W_QK y.
-    scale: float | None = None
-    #: fully qualified parameter names (relative to the model passed in) holding W_Q / W_K ...
-    qk_params: tuple[str, ...] = ()
-    #: ... and W_V / W_O. A fused q,k,v tensor is listed in both.
-    ov_params: tuple[str, ...] = ()
-    #: free-form notes the report shows (e.g. "gain of ln_1 folded into W_Q, W_K, W_V").
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    #: what changes how the spectra read, e.g. {"rotary": True, "partial_rotary": 0.5,
-    #: "qk_norm": "per_head" | "full", "softcap": 50.0, "relative_position_bias": True,
-    #: "sliding_window": 4096, "cross_attention": True} (``rotary`` above is kept as well).
-    flags: dict[str, object] = field(default_factory=dict)
-    #: "self" or "cross" (keys/values read another sequence: an encoder's states, an image ...).
-    kind: str = "self"
-    #: products of more than two factors (MLA, LoRA's W + s·BA): when a circuit ("qk"/"ov") has an
-    #: entry ((A₁, A₂, ...), (B₁, B₂, ...)), that circuit is (A₁A₂⋯)(B₁B₂⋯)ᵀ, every factor batched
-    #: over heads (leading dim H) or shared (no leading dim); analyze then uses the chain SVD.
-    chains: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] | None = None
-    #: the row of rankdecay.attention_spec.ARCHITECTURES (or other rule) that extracted it.
-    family: str = ""
-
-    @property
-    def n_heads(self) -> int:
-        return int(self.W_Q.shape[0])
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.n_heads if self.kv_head_index is None else len(set(self.kv_head_index))
-
-    def factors(self, circuit: str) -> tuple[Tensor, Tensor]:
-        """(A, B) with the circuit = A·Bᵀ, each (H, d, d_head): "qk" → (W_Q, W_K), "ov" → (W_V, W_Oᵀ)."""
-        if circuit == "qk":
-            return self.W_Q, self.W_K
-        if circuit == "ov":
-            return self.W_V, self.W_O.mT
-        raise ValueError(f"unknown circuit {circuit!r}; choose 'qk' or 'ov'.")
-
-
 Extractor = Callable[..., list[LayerHeads]]
 Predicate = Callable[[nn.Module], bool]
 
@@ -156,15 +100,6 @@ class AttentionAdapter:
 _ADAPTERS: list[AttentionAdapter] = []
 
 
-class UnsupportedModelError(RankdecayError, ValueError):
-    """No adapter recognises the model (or, with ``strict=True``, one of its attention modules)."""
-
-
-class UnrecognizedAttentionWarning(UserWarning):
-    """A module that looks like attention (by its class name or its q/k/v-like children) was not
-    extracted: its heads are missing from spectra and its weights get no attention role."""
-
-
 def register_adapter(predicate: Predicate, extractor: Extractor, name: str | None = None) -> None:
     """Teach rankdecay a new architecture.
 
@@ -172,6 +107,12 @@ def register_adapter(predicate: Predicate, extractor: Extractor, name: str | Non
     returns one :class:`LayerHeads` per attention layer. Adapters registered later take priority
     over earlier ones (so users can override a built-in).
     """
+    for what, fn in (("predicate", predicate), ("extractor", extractor)):
+        if not callable(fn):
+            raise RankdecayTypeError(
+                f"register_adapter: the {what} must be a function, got {type(fn).__name__}; "
+                "pass predicate(model) -> bool and extractor(model, **options) -> list[LayerHeads]."
+            )
     _ADAPTERS.insert(
         0, AttentionAdapter(name or getattr(extractor, "__name__", "custom"), predicate, extractor)
     )
@@ -705,6 +646,11 @@ def attention_heads(
     (e.g. ``fold_norm=True``). A registered adapter (:func:`register_adapter`) that accepts the
     model replaces the built-in scan.
     """
+    if not isinstance(model, nn.Module):
+        raise RankdecayTypeError(
+            f"attention_heads needs an nn.Module, got {type(model).__name__}; pass the model "
+            "itself (load a model directory with rankdecay.load_model)."
+        )
     found = collect_attention(model, **options)
     if not found.layers:
         if found.unrecognized:

@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .analyze import METRICS
-from .errors import RankdecayError
+from .errors import RankdecayError, RankdecayFileNotFoundError, RankdecayValueError
 from .spectra import factored_spectrum, spectral_metrics
+from .spectral_report import METRICS, _fmt
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -158,7 +158,7 @@ def _read_adapter_tensors(directory: Path) -> dict[str, Tensor]:
         if legacy.is_file():
             state = torch.load(legacy, map_location="cpu", weights_only=True)
             if not isinstance(state, dict):
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"{legacy} does not hold a state dict; re-save the adapter with save_pretrained."
                 )
             return {k: v for k, v in state.items() if ".lora_" in k and isinstance(v, Tensor)}
@@ -166,11 +166,11 @@ def _read_adapter_tensors(directory: Path) -> dict[str, Tensor]:
         raise
     except Exception as exc:  # corrupt or foreign files: safetensors, pickle and IO errors
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"the adapter weights in {directory} cannot be read ({reason[:160]}); the file is "
             "corrupt or not an adapter — re-save it with save_pretrained(safe_serialization=True)."
         ) from None
-    raise RankdecayError(
+    raise RankdecayFileNotFoundError(
         f"{directory} has {ADAPTER_CONFIG} but no adapter_model.safetensors; save the adapter "
         "there with model.save_pretrained(DIR)."
     )
@@ -181,12 +181,12 @@ def _read_adapter_config(directory: Path) -> dict[str, Any]:
 
     config = read_json_file(directory / ADAPTER_CONFIG, "adapter config")
     if not isinstance(config, dict):
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{directory / ADAPTER_CONFIG} is not a JSON object; re-save the adapter with save_pretrained."
         )
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{directory} holds a {peft_type} adapter; rankdecay reads LoRA adapters only "
             "(peft_type LORA)."
         )
@@ -214,7 +214,7 @@ def lora_factors_from_dir(
         module = module[len(_PEFT_PREFIX) :] if module.startswith(_PEFT_PREFIX) else module
         pairs.setdefault((module, bool(m["emb"])), {})[m["side"]] = value
     if not pairs:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{path} has no lora_A/lora_B tensors; check that it is a LoRA adapter saved with save_pretrained."
         )
     alpha_default = float(config.get("lora_alpha", 8))
@@ -224,14 +224,14 @@ def lora_factors_from_dir(
     factors: list[LoraFactor] = []
     for (module, embedding), sides in pairs.items():
         if set(sides) != {"A", "B"}:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"{path}: module {module} has lora_{''.join(sides)} but not both factors; the "
                 "adapter file is incomplete — re-save it with save_pretrained."
             )
         A, B, notes = _as_matrices(sides["A"], sides["B"], embedding)
         r = int(A.shape[0])
         if B.shape[1] != r:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"{path}: module {module} has lora_A of rank {r} but lora_B of width {B.shape[1]}; "
                 "the adapter file is inconsistent — re-save it with save_pretrained."
             )
@@ -261,7 +261,7 @@ def adapter_report(
         factors = lora_factors_from_model(source)
         info["model_class"] = type(source).__name__
         if not factors:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"{type(source).__name__} has no PEFT LoRA layers; wrap it with peft.get_peft_model "
                 "or analyze it without adapters=True.",
                 param="adapters",
@@ -327,8 +327,6 @@ def render_adapter_table(records: Iterable[dict[str, Any]], info: Mapping[str, A
     """A rich Table with one row per adapter and module."""
     from rich.markup import escape
     from rich.table import Table
-
-    from .analyze import _fmt
 
     rtol = float(info.get("rtol", 1e-2))
     title = escape(

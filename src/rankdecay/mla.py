@@ -46,7 +46,7 @@ import math
 
 from torch import Tensor, nn
 
-from .heads import LayerHeads, UnsupportedModelError
+from .layer_heads import LayerHeads, UnsupportedModelError
 
 __all__ = ["is_mla_attention", "mla_layer_heads"]
 

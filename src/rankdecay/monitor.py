@@ -35,6 +35,7 @@ optional.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .errors import RankdecayTypeError, RankdecayValueError
 from .heads import LayerHeads, attention_heads
 from .runio import append_jsonl
 from .spectra import DEFAULT_RTOL, spectral_metrics
@@ -228,11 +230,21 @@ class SpectralMonitor:
         log_per_head: bool = False,
         fold_norm: bool = False,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise RankdecayTypeError(
+                f"SpectralMonitor needs an nn.Module, got {type(model).__name__}; pass the model itself."
+            )
+        try:
+            every = operator.index(every)
+        except TypeError:
+            raise RankdecayTypeError(
+                f"every must be an integer number of steps, got {every!r}; e.g. every=100."
+            ) from None
         bad = [c for c in circuits if c not in _CIRCUITS]
         if bad:
-            raise ValueError(f"unknown circuit(s) {bad}; choose from {_CIRCUITS}.")
+            raise RankdecayValueError(f"unknown circuit(s) {bad}; choose from {_CIRCUITS}.")
         if rtol < 0:
-            raise ValueError(f"rtol must be non-negative, got {rtol}.")
+            raise RankdecayValueError(f"rtol must be non-negative, got {rtol}.")
         self.model = model
         self.every = int(every)
         self.circuits = tuple(circuits)
@@ -258,7 +270,7 @@ class SpectralMonitor:
         self.log_per_head = bool(log_per_head)
         self.sinks: list[Any] = []
         if loggers:
-            from .integrations.loggers import as_sink
+            from .sinks import as_sink
 
             self.sinks = [as_sink(obj, log_dir) for obj in loggers]
         if self.every > 0:  # fail (or warn) now, not at the first recording
@@ -295,7 +307,7 @@ class SpectralMonitor:
         if self.callback is not None:
             self.callback(records)
         if self.sinks:
-            from .integrations.loggers import log_to_sinks, spectral_scalars
+            from .sinks import log_to_sinks, spectral_scalars
 
             tags = spectral_scalars(records, per_head=self.log_per_head)
             log_to_sinks(self.sinks, step, tags)
@@ -303,7 +315,7 @@ class SpectralMonitor:
 
     def close(self) -> None:
         """Close the loggers (flush an open ``SummaryWriter`` / wandb run that was passed in)."""
-        from .integrations.loggers import close_sinks
+        from .sinks import close_sinks
 
         close_sinks(self.sinks)
 

@@ -60,7 +60,7 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from .errors import RankdecayError
+from .errors import RankdecayTypeError, RankdecayValueError
 
 __all__ = [
     "DEFAULT_FIXED_STEPS",
@@ -110,7 +110,9 @@ def _ns_map(x: float) -> float:
 def newton_schulz_min_iterations(k: int, rcond: float = DEFAULT_NS_RCOND) -> int:
     """Steps of x ↦ (15x − 10x³ + 3x⁵)/8 that lift x₀ = rcond·k^{-1/4} above ½ (k = Gram size)."""
     if not 0 < rcond < 1:
-        raise RankdecayError(f"polar: rcond must lie in (0, 1), got {rcond}; pass e.g. rcond=1e-4.")
+        raise RankdecayValueError(
+            f"polar: rcond must lie in (0, 1), got {rcond}; pass e.g. rcond=1e-4."
+        )
     x = rcond * k ** (-0.25)
     n = 0
     while x < 0.5:
@@ -147,24 +149,24 @@ def _range_residual(G: Tensor, G2: Tensor, tol: float, exact: bool = False) -> T
 
 def _check(W: Tensor, method: str, tol: float) -> None:
     if method not in METHODS:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"unknown polar method {method!r}; choose {', '.join(map(repr, METHODS))}."
         )
     if W.dim() < 2:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"polar needs a matrix (..., m, n); got shape {tuple(W.shape)} — pass a 2-D weight."
         )
     if not tol > 0:
-        raise RankdecayError(f"polar: tol must be positive, got {tol}; pass e.g. tol=1e-3.")
+        raise RankdecayValueError(f"polar: tol must be positive, got {tol}; pass e.g. tol=1e-3.")
     if not W.is_floating_point():
-        raise RankdecayError(
+        raise RankdecayTypeError(
             f"polar needs a floating-point tensor, got {W.dtype}; convert it with .float()."
         )
 
 
 def _finite_or_raise(x: Tensor) -> None:
     if not bool(torch.isfinite(x).all()):
-        raise RankdecayError(
+        raise RankdecayValueError(
             "polar: the matrix contains NaN or Inf, so it has no polar factor; check the weights "
             "(e.g. a diverged run) before applying Low-Rank Decay."
         )
@@ -218,7 +220,8 @@ def polar(
         return_info: also return a :class:`PolarInfo` (iterations, residual, rank, converged).
 
     Raises:
-        RankdecayError: unknown method, non-matrix or non-float input, tol ≤ 0, NaN/Inf entries.
+        RankdecayValueError: unknown method, non-matrix input, tol ≤ 0, NaN/Inf entries.
+        RankdecayTypeError: a tensor that is not floating point.
     """
     _check(W, method, tol)
     if W.numel() == 0:
@@ -276,7 +279,7 @@ def _polar_ns(
     k_min = newton_schulz_min_iterations(k, DEFAULT_NS_RCOND if rcond is None else rcond)
     cap = k_min + 30 if max_iter is None else int(max_iter)
     if cap < 0:
-        raise RankdecayError(f"polar: max_iter must be ≥ 0, got {max_iter}.")
+        raise RankdecayValueError(f"polar: max_iter must be ≥ 0, got {max_iter}.")
     G = X.mT @ X  # (..., k, k)
     s2 = torch.linalg.matrix_norm(G)  # ‖WᵀW‖_F = s², s ≥ σ₁
     _finite_or_raise(s2)
@@ -322,7 +325,7 @@ def _polar_ns_fixed(
     acted on.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"polar: steps must be an integer ≥ 0, got {steps!r}; pass e.g. steps=5."
         )
     norm = torch.linalg.matrix_norm(X)  # Frobenius, (...,)

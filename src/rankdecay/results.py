@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import RankdecayError
+from .errors import MissingExtraError, RankdecayFileNotFoundError, RankdecayValueError
 from .runio import read_json, read_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +46,7 @@ def _pandas() -> Any:
     try:
         import pandas
     except ImportError:
-        raise RankdecayError(
+        raise MissingExtraError(
             "reading results as a DataFrame needs pandas; install it with "
             "`pip install 'rankdecay[plot]'`."
         ) from None
@@ -156,9 +156,9 @@ def load_run(path: str | Path) -> Run:
     """Read a run directory (config.json, summary.json, metrics.jsonl, spectra.jsonl)."""
     path = Path(path)
     if not path.is_dir():
-        raise RankdecayError(f"run directory {path} does not exist; check the path.")
+        raise RankdecayFileNotFoundError(f"run directory {path} does not exist; check the path.")
     if not is_run_dir(path):
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{path} is not a run directory (no config.json or summary.json); point to a directory "
             "written by `rankdecay run` or `rankdecay sweep`."
         )
@@ -179,12 +179,12 @@ def load_run(path: str | Path) -> Run:
     ):
         for key, kind in keys:
             if data.get(key) is not None and not isinstance(data[key], kind):
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"{path / name} has a {key!r} of the wrong type ({type(data[key]).__name__}); "
                     f"it is damaged — {fix}."
                 )
     if not all(isinstance(v, dict) for v in summary.get("verdict") or []):
-        raise RankdecayError(f"{path / 'summary.json'} has a damaged verdict; {fix}.")
+        raise RankdecayValueError(f"{path / 'summary.json'} has a damaged verdict; {fix}.")
     from .runfiles import history_gaps
 
     return Run(
@@ -197,7 +197,13 @@ def load_run(path: str | Path) -> Run:
     )
 
 
-_SUMMARY_TYPES = (("status", str), ("final", dict), ("verdict", list), ("step", int), ("error", str))
+_SUMMARY_TYPES = (
+    ("status", str),
+    ("final", dict),
+    ("verdict", list),
+    ("step", int),
+    ("error", str),
+)
 
 
 def _record_group(rec: Mapping[str, Any]) -> str | None:
@@ -235,7 +241,7 @@ def final_spectra(records: list[dict[str, Any]], step: int | None = None) -> dic
 def _index_rows(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     index = read_json(path / "sweep.json", "sweep index")
     if not isinstance(index, dict) or not sweep_rows_valid(index.get("runs")):
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{path / 'sweep.json'} is not a rankdecay sweep index (or it is damaged); check the "
             "path or restore the file from a backup."
         )
@@ -259,7 +265,9 @@ def load_sweep(path: str | Path) -> pd.DataFrame:
     pd = _pandas()
     path = Path(path)
     if not path.is_dir():
-        raise RankdecayError(f"{path} does not exist; check the path to the sweep directory.")
+        raise RankdecayFileNotFoundError(
+            f"{path} does not exist; check the path to the sweep directory."
+        )
     attrs: dict[str, Any] = {"experiment": None, "preset": None, "grid": [], "seeds": []}
     rows: list[dict[str, Any]] = []
     if (path / "sweep.json").exists():
@@ -293,7 +301,7 @@ def load_sweep(path: str | Path) -> pd.DataFrame:
     else:
         runs = sorted(p for p in path.iterdir() if p.is_dir() and is_run_dir(p))
         if not runs:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"{path} holds no sweep.json and no run directories; point to a sweep or a run."
             )
         loaded = [load_run(p) for p in runs]

@@ -9,10 +9,10 @@ torch; :mod:`rankdecay.train` and :mod:`rankdecay.models` re-export them under t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import Field, dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
 
-from .errors import RankdecayError
+from .errors import RankdecayValueError
 
 __all__ = ["LRDConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig"]
 
@@ -165,7 +165,7 @@ class ModelConfig:
         """Raise :class:`RankdecayError` naming the first inconsistent option."""
 
         def bad(msg: str) -> None:
-            raise RankdecayError(f"invalid model config: {msg}.")
+            raise RankdecayValueError(f"invalid model config: {msg}.")
 
         if self.n_layers < 0 or self.d_model <= 0 or self.n_heads <= 0:
             bad("n_layers must be ≥ 0 and d_model, n_heads > 0; fix model.n_layers/d_model/n_heads")
@@ -235,6 +235,7 @@ class RunConfig(Protocol):
     the loop hands it to the task builder and never reads it itself.
     """
 
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # a dataclass instance
     seed: int
     task: Any
     model: ModelConfig

@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import to_toml
-from .errors import RankdecayError
+from .errors import (
+    RankdecayError,
+    RankdecayFileExistsError,
+    RankdecayFileNotFoundError,
+    RankdecayValueError,
+)
 from .runio import (
     FileWriteError,
     _jsonable,
@@ -211,7 +216,9 @@ def _ranges(steps: list[int], limit: int = 6) -> str:
     return shown + (f" … ({len(steps)} in all)" if len(steps) > limit else "")
 
 
-def _gaps_in(path: Path, expected: set[int], upto: int, per_step_rows: bool) -> tuple[list[str], int]:
+def _gaps_in(
+    path: Path, expected: set[int], upto: int, per_step_rows: bool
+) -> tuple[list[str], int]:
     """Problems of one log file up to step ``upto``; and how many damaged lines lie past it."""
     scan = scan_jsonl(path, need_step=True)
     name = path.name
@@ -340,7 +347,7 @@ class RunWriter:
         self._tmp = self.dir / ".checkpoint.tmp"
         self._old = self.dir / ".checkpoint.old"
         if not _is_int(keep_checkpoints, 1):
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"train.keep_checkpoints must be a positive integer, got {keep_checkpoints!r}; "
                 "set train.keep_checkpoints to 1 or more.",
                 param="train.keep_checkpoints",
@@ -366,21 +373,23 @@ class RunWriter:
         fix = "give a run directory that rankdecay wrote"
         path = self.dir / self.CONFIG
         if not self.dir.is_dir():
-            what = "it is not a directory" if self.dir.exists() else "it does not exist"
-            raise RankdecayError(
+            exists = self.dir.exists()
+            what = "it is not a directory" if exists else "it does not exist"
+            kind = RankdecayValueError if exists else RankdecayFileNotFoundError
+            raise kind(
                 f"{self.dir} is not a rankdecay run directory ({what}); {fix}.", param="resume"
             )
         try:
             meta = read_json(path, "run config", dict, fix)
             why = self._meta_problem(meta)
             if why:
-                raise RankdecayError(f"run config {path} {why}; {fix}.", param="resume")
+                raise RankdecayValueError(f"run config {path} {why}; {fix}.", param="resume")
             return meta
         except RankdecayError as exc:
             copy = self._checkpoint_meta()
             if copy is None:
                 if not path.exists():
-                    raise RankdecayError(
+                    raise RankdecayValueError(
                         f"{self.dir} is not a rankdecay run directory (it has no {self.CONFIG}); {fix}.",
                         param="resume",
                     ) from None
@@ -392,9 +401,9 @@ class RunWriter:
     @staticmethod
     def _meta_problem(meta: Mapping[str, Any]) -> str | None:
         if not isinstance(meta.get("config"), dict):
-            return "has no \"config\" object"
+            return 'has no "config" object'
         if not isinstance(meta.get("experiment"), str):
-            return "has no \"experiment\" name"
+            return 'has no "experiment" name'
         return None
 
     def _checkpoint_meta(self) -> dict[str, Any] | None:
@@ -425,7 +434,7 @@ class RunWriter:
                 raise
             return
         if self.is_run() and not self._failed_start():
-            raise RankdecayError(
+            raise RankdecayFileExistsError(
                 f"{self.dir} already holds a run; resume it to continue "
                 "or choose another output directory.",
                 param=("resume", "out"),
@@ -435,7 +444,7 @@ class RunWriter:
         try:
             if self.is_run():
                 if not self._failed_start():  # pragma: no cover - raced with another start
-                    raise RankdecayError(
+                    raise RankdecayFileExistsError(
                         f"{self.dir} already holds a run; choose another output directory.",
                         param="out",
                     )
@@ -470,7 +479,7 @@ class RunWriter:
         diff = _config_diff(stored, meta)
         refused = [k for k in diff if k not in RESUMABLE_KEYS]
         if refused:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"cannot resume {self.dir}: its config differs in {', '.join(refused[:5])}"
                 f"{' …' if len(refused) > 5 else ''}, which would change what its checkpoint "
                 "means; resume with the same settings (only "
@@ -481,7 +490,9 @@ class RunWriter:
         new = {k: v for k, v in meta.items() if k != "resume_overrides"}
         history = list(stored.get("resume_overrides") or [])
         if diff and (self.read_summary() or {}).get("status") == "finished":
-            _note(f"{self.dir} is finished; its settings stay as they were ({', '.join(diff)} unchanged).")
+            _note(
+                f"{self.dir} is finished; its settings stay as they were ({', '.join(diff)} unchanged)."
+            )
             new, diff = {**stored}, []
         if diff:
             old_flat, new_flat = _flat_meta(stored), _flat_meta(meta)
@@ -579,7 +590,7 @@ class RunWriter:
         p2, extra2 = _gaps_in(self.spectra_path, spectra_steps, step, per_step_rows=True)
         problems = p1 + p2
         if problems:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"cannot resume {self.dir}: its checkpoint is at step {step} but "
                 f"{'; '.join(problems)}, so its history cannot be rebuilt; restore the damaged "
                 "file(s) from a backup, or start the run again into a new directory.",
@@ -596,7 +607,7 @@ class RunWriter:
         logs or summary show the run had got past step 0 (its checkpoint was lost)."""
         reached = self.reached_step()
         if reached > 0:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"cannot resume {self.dir}: it has no checkpoint but its history reaches step "
                 f"{reached}; restore {self.ckpt} from a backup, or start the run again into a new "
                 "directory.",
@@ -660,8 +671,10 @@ class RunWriter:
                 files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             full = {**state, "format": CHECKPOINT_FORMAT, "files": files}
             if self._meta is not None or self._config_intact():
-                full["run"] = self._meta if self._meta is not None else json.loads(
-                    (self.dir / self.CONFIG).read_bytes().decode("utf-8")
+                full["run"] = (
+                    self._meta
+                    if self._meta is not None
+                    else json.loads((self.dir / self.CONFIG).read_bytes().decode("utf-8"))
                 )
             current = self._tmp / "state.json"
             atomic_write_json(current, full)
@@ -757,7 +770,9 @@ class RunWriter:
                 with safe_open(str(path), framework="pt") as f:
                     tag = (f.metadata() or {}).get("step")
             except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-                raise CheckpointDamaged(f"{name} is not a safetensors file ({str(exc)[:60]})") from None
+                raise CheckpointDamaged(
+                    f"{name} is not a safetensors file ({str(exc)[:60]})"
+                ) from None
             if tag is not None and tag != str(step):
                 raise CheckpointDamaged(f"state.json says step {step} but {name} holds step {tag}")
         return state
@@ -784,7 +799,9 @@ class RunWriter:
             try:
                 state = self._verify(d, max_step)
                 try:
-                    missing, unexpected = load_model(model, str(d / "model.safetensors"), strict=False)
+                    missing, unexpected = load_model(
+                        model, str(d / "model.safetensors"), strict=False
+                    )
                     if unexpected or missing:
                         raise CheckpointDamaged(
                             f"its weights do not fit the model ({', '.join(sorted([*unexpected, *missing])[:3])})"
@@ -807,17 +824,19 @@ class RunWriter:
             if d != self.ckpt:
                 self._set_aside(damage, d)
             if state.get("files") is None:
-                _note(f"checkpoint {d} has no checksums (written by an older rankdecay); loaded unverified.")
+                _note(
+                    f"checkpoint {d} has no checksums (written by an older rankdecay); loaded unverified."
+                )
             return tensors, state
         if len(damage) == 1:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"cannot resume {self.dir}: its checkpoint is damaged ({damage[0].split(': ', 1)[1]}) "
                 f"and no earlier checkpoint exists (train.keep_checkpoints={self.keep} keeps "
                 f"{'only the newest' if self.keep == 1 else 'older ones once written'}); restore "
                 "it from a backup, or start the run again into a new directory.",
                 param="out",
             )
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"cannot resume {self.dir}: every checkpoint is damaged ({'; '.join(damage)}); "
             "restore one from a backup, or start the run again into a new directory.",
             param="out",
@@ -840,7 +859,9 @@ class RunWriter:
 
 def _flat_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     config = meta.get("config")
-    return _flat_dict({"experiment": meta.get("experiment"), **(config if isinstance(config, dict) else {})})
+    return _flat_dict(
+        {"experiment": meta.get("experiment"), **(config if isinstance(config, dict) else {})}
+    )
 
 
 def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RankdecayError
+from .errors import RankdecayError, RankdecayFileNotFoundError, RankdecayValueError
 
 __all__ = [
     "FileWriteError",
@@ -187,17 +187,19 @@ def read_json(
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise RankdecayError(f"{what} {path} does not exist; check the path.") from None
+        raise RankdecayFileNotFoundError(f"{what} {path} does not exist; check the path.") from None
     except IsADirectoryError:
-        raise RankdecayError(f"{what} {path} is a directory, not a file; {fix}.") from None
+        raise RankdecayValueError(f"{what} {path} is a directory, not a file; {fix}.") from None
     except OSError as exc:
-        raise RankdecayError(f"{what} {path} cannot be read ({exc.strerror or exc}); {fix}.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise RankdecayError(
+            f"{what} {path} cannot be read ({exc.strerror or exc}); {fix}."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise RankdecayValueError(
             f"{what} {path} is not valid JSON ({str(exc)[:80]}); it is corrupt or not one of ours — {fix}."
         ) from None
     if expect is not None and not isinstance(data, expect):
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{what} {path} holds a JSON {_json_type(data)} where an {_json_type(expect())} is "
             f"expected; it is corrupt or not one of ours — {fix}."
         )

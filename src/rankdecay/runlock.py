@@ -63,7 +63,9 @@ class DirLock:
     process is counted, not re-locked.
     """
 
-    def __init__(self, dir: str | Path, name: str = RUN_LOCK, what: str = "run", hint: str = "") -> None:
+    def __init__(
+        self, dir: str | Path, name: str = RUN_LOCK, what: str = "run", hint: str = ""
+    ) -> None:
         self.dir = Path(dir)
         self.path = self.dir / name
         self.what = what

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .errors import RankdecayError
+from .errors import RankdecayError, RankdecayTypeError, RankdecayValueError
 
 DEFAULT_RTOL = 1e-2
 #: elements per batched QR call (8 MiB of float64): keeps geqrf's working copy in cache
@@ -73,13 +73,23 @@ class NonFiniteInputError(RankdecayError, ValueError):
     """A factor contains NaN or Inf, so its spectrum is undefined."""
 
 
+def _require_tensor(x: object, name: str, shape: str) -> None:
+    if not isinstance(x, Tensor):
+        raise RankdecayTypeError(
+            f"{name} must be a torch.Tensor {shape}, got {type(x).__name__}; convert it with "
+            "torch.as_tensor."
+        )
+
+
 def _check_factors(A: Tensor, B: Tensor, dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    _require_tensor(A, "A", "(..., d, r)")
+    _require_tensor(B, "B", "(..., d, r)")
     if A.dim() < 2 or B.dim() < 2:
-        raise ValueError(
+        raise RankdecayValueError(
             f"factors must be matrices (..., d, r); got shapes {tuple(A.shape)} and {tuple(B.shape)}."
         )
     if A.shape[-1] != B.shape[-1]:
-        raise ValueError(
+        raise RankdecayValueError(
             f"A·Bᵀ needs the same inner dimension r; got A {tuple(A.shape)} and B {tuple(B.shape)}."
         )
     if dtype is not None:
@@ -202,19 +212,18 @@ def chain_r(
     is decomposed once and shared by every batch element.
     """
     if len(factors) == 0:
-        raise ValueError(f"the {side} chain needs at least one factor; got none.")
+        raise RankdecayValueError(f"the {side} chain needs at least one factor; got none.")
     R: Tensor | None = None
     for i, F in enumerate(factors):
         if not isinstance(F, Tensor) or F.dim() < 2:
             shape = tuple(F.shape) if isinstance(F, Tensor) else type(F).__name__
-            raise ValueError(
-                f"factor {i} of the {side} chain must be a matrix (..., p, q); got {shape}."
-            )
+            kind = RankdecayValueError if isinstance(F, Tensor) else RankdecayTypeError
+            raise kind(f"factor {i} of the {side} chain must be a matrix (..., p, q); got {shape}.")
         if dtype is not None:
             F = F.to(dtype)
         require_finite(F, f"factor {i} of the {side} chain")
         if R is not None and R.shape[-1] != F.shape[-2]:
-            raise ValueError(
+            raise RankdecayValueError(
                 f"the {side} chain does not multiply: factor {i - 1} ends with {R.shape[-1]} "
                 f"columns (after reduction) but factor {i} has {F.shape[-2]} rows."
             )
@@ -251,7 +260,7 @@ def factored_svdvals_chain(
     R_A = chain_r(a_factors, dtype, "A")
     R_B = chain_r(b_factors, dtype, "B")
     if R_A.shape[-1] != R_B.shape[-1]:
-        raise ValueError(
+        raise RankdecayValueError(
             f"(A₁⋯A_k)(B₁⋯B_m)ᵀ needs both chains to end with the same width; got {R_A.shape[-1]} "
             f"and {R_B.shape[-1]}."
         )
@@ -303,8 +312,13 @@ def _leading(s: Tensor) -> Tensor:
 
 def rank(s: Tensor, rtol: float = DEFAULT_RTOL) -> Tensor:
     """Numerical rank #{σᵢ > rtol·σ₁} of singular values ``s`` (..., k) → (...,) int64."""
+    _require_tensor(s, "s", "of singular values (..., k)")
+    if not isinstance(rtol, (int, float)):
+        raise RankdecayTypeError(
+            f"rtol must be a number, got {type(rtol).__name__}; e.g. rtol=1e-2."
+        )
     if rtol < 0:
-        raise ValueError(f"rtol must be non-negative, got {rtol}.")
+        raise RankdecayValueError(f"rtol must be non-negative, got {rtol}.")
     if s.shape[-1] == 0:
         return torch.zeros(s.shape[:-1], dtype=torch.int64, device=s.device)
     return (s > rtol * _leading(s)).sum(-1)
@@ -315,6 +329,7 @@ def effective_rank(s: Tensor) -> Tensor:
 
     ``s``: (..., k) → (...,). Lies in [1, k] for a non-zero matrix; equals k iff all σᵢ are equal.
     """
+    _require_tensor(s, "s", "of singular values (..., k)")
     total = s.sum(-1, keepdim=True)
     p = torch.where(total > 0, s / total.clamp_min(torch.finfo(s.dtype).tiny), torch.zeros_like(s))
     entropy = -(torch.where(p > 0, p * torch.log(p.clamp_min(torch.finfo(s.dtype).tiny)), 0.0)).sum(
@@ -325,6 +340,7 @@ def effective_rank(s: Tensor) -> Tensor:
 
 def stable_rank(s: Tensor) -> Tensor:
     """Stable rank Σσᵢ² / σ₁² of ``s`` (..., k) → (...,); 0 for the zero matrix."""
+    _require_tensor(s, "s", "of singular values (..., k)")
     if s.shape[-1] == 0:
         return s.new_zeros(s.shape[:-1])
     top = _leading(s).squeeze(-1)
@@ -334,16 +350,19 @@ def stable_rank(s: Tensor) -> Tensor:
 
 def nuclear_norm(s: Tensor) -> Tensor:
     """Nuclear norm Σσᵢ: (..., k) → (...,)."""
+    _require_tensor(s, "s", "of singular values (..., k)")
     return s.sum(-1)
 
 
 def frobenius_norm(s: Tensor) -> Tensor:
     """Frobenius norm √Σσᵢ²: (..., k) → (...,)."""
+    _require_tensor(s, "s", "of singular values (..., k)")
     return torch.sqrt((s * s).sum(-1))
 
 
 def spectral_norm(s: Tensor) -> Tensor:
     """Spectral norm σ₁: (..., k) → (...,); 0 for an empty spectrum."""
+    _require_tensor(s, "s", "of singular values (..., k)")
     if s.shape[-1] == 0:
         return s.new_zeros(s.shape[:-1])
     return s.max(-1).values

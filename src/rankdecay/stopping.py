@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RankdecayError
+from .errors import RankdecayValueError
 
 __all__ = ["EarlyStop"]
 
@@ -32,13 +32,13 @@ class EarlyStop:
 
     def __post_init__(self) -> None:
         if self.above is not None and not math.isfinite(self.above):
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"train.early_stop_above must be a finite number or none, got {self.above}; "
                 "set train.early_stop_above to e.g. 0.99.",
                 param="train.early_stop_above",
             )
         if self.patience <= 0:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"train.early_stop_patience must be positive, got {self.patience}; "
                 "set train.early_stop_patience to e.g. 2.",
                 param="train.early_stop_patience",

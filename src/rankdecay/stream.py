@@ -7,15 +7,16 @@ memory allocated), and then, for one attention module at a time:
 
     read its q/k/v/o tensors (memory-mapped, any of float32/bf16/fp16/fp64)
       → per-head factors (``heads.layer_heads_from_tensors``, the live-module rules)
-      → singular values and metrics in float64 (``analyze._spectra_records``)
+      → singular values and metrics in float64 (``spectral_report._spectra_records``)
 
 while a background thread already pages in the next module's tensors (one layer ahead). Peak
 memory is therefore about two layers' attention tensors plus the float64 work of one layer,
 independent of depth; the rest of the checkpoint (embeddings, MLPs) is never read.
 
-Falls back to building the model in memory (``analyze.load_model``, with a warning naming why)
-when the name-based plan does not cover the checkpoint's architecture, and for ``fold_norm``
-(the norm gains are part of the model, not of the plan). Our own run directories
+Leaves the model to be built in memory (:func:`analyze_directory` returns None; ``analyze`` then
+calls ``analyze.load_model``, with a warning here naming why) when the name-based plan does not
+cover the checkpoint's architecture, and for ``fold_norm`` (the norm gains are part of the model,
+not of the plan). Our own run directories
 (``config.json`` with ``experiment``/``config`` + ``checkpoint/model.safetensors``) are read by
 building the run's TinyTransformer on the meta device and assigning the checkpoint's tensors
 (no random initialisation, no task data).
@@ -54,6 +55,7 @@ from .heads import (
     layer_heads_from_tensors,
     plan_from_checkpoint,
 )
+from .spectral_report import SpectralReport, _model_info, _progress_context, _spectra_records
 
 __all__ = ["StreamingFallbackWarning", "analyze_directory", "is_run_directory"]
 
@@ -203,8 +205,6 @@ def _stream_records(
     rtol: float,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    from .analyze import _progress_context, _spectra_records
-
     def read(i: int) -> Mapping[str, Tensor]:
         return _page_in(index.read(planned[i].names))
 
@@ -238,14 +238,15 @@ def analyze_directory(
     circuits: tuple[str, ...],
     fold_norm: bool,
     progress: bool | None,
-) -> Any:
-    """Spectral report of a model directory (see the module docstring); ``analyze`` calls this."""
-    from .analyze import SpectralReport, _model_info, analyze, load_model
+) -> SpectralReport | None:
+    """Spectral report of a model directory (see the module docstring); ``analyze`` calls this.
 
+    Returns None when the model is to be analysed in memory instead: a rankdecay run directory
+    (``analyze.load_model`` builds its TinyTransformer), or an architecture the name-based plan
+    does not cover (a :class:`StreamingFallbackWarning` says why) or ``fold_norm``.
+    """
     if is_run_directory(directory):
-        model = load_run_model(directory)
-        model._rankdecay_source = source  # type: ignore[assignment]
-        return analyze(model, rtol=rtol, circuits=circuits, fold_norm=fold_norm, progress=progress)
+        return None
     config = read_model_config(directory)
     index = CheckpointIndex.open(directory)
     how = "name-based attention plan (heads.plan_from_checkpoint)"
@@ -269,9 +270,7 @@ def analyze_directory(
                 StreamingFallbackWarning,
                 stacklevel=3,
             )
-        model = load_model(directory, config=config, index=index)
-        model._rankdecay_source = source  # type: ignore[assignment]
-        return analyze(model, rtol=rtol, circuits=circuits, fold_norm=fold_norm, progress=progress)
+        return None
     planned = _dry_run(plans, index)
     missed = _unplanned_attention(index, planned)
     if missed:

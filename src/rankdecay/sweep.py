@@ -47,8 +47,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .config import apply_overrides, get_key, parse_assignment
-from .errors import RankdecayError
+from .config import DataclassInstance, apply_overrides, get_key, parse_assignment
+from .errors import (
+    MissingExtraError,
+    RankdecayError,
+    RankdecayFileExistsError,
+    RankdecayTypeError,
+    RankdecayValueError,
+)
 from .runfiles import needs_resume
 from .runio import atomic_write_json, read_json, remove_temp_files
 from .runlock import DirectoryLockedError, DirLock
@@ -102,13 +108,13 @@ def resolve_experiment(name: str) -> tuple[Any, str]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"cannot import experiment module '{module_name}' ({exc}); check the name and "
                 "that it is on PYTHONPATH."
             ) from None
         exp = getattr(module, attr or "EXPERIMENT", None)
         if not isinstance(exp, registry.Experiment):
-            raise RankdecayError(
+            raise RankdecayTypeError(
                 f"'{name}' is not an Experiment object; point to a module attribute created with "
                 "rankdecay.experiments.Experiment(...)."
             )
@@ -459,7 +465,7 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise RankdecayError(
+            raise MissingExtraError(
                 "the ray executor needs Ray; install it with `pip install 'rankdecay[ray]'`.",
                 param="executor",
             ) from None
@@ -487,7 +493,7 @@ class RayExecutor(Executor):
             if n_gpus == 0:
                 if started_here:
                     ray.shutdown()
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"gpus_per_run={self.gpus:g} but this Ray instance has no GPUs; use 0 or "
                     "connect to a cluster with GPU nodes (ray_address).",
                     param=("gpus_per_run", "ray_address"),
@@ -537,7 +543,9 @@ def register_executor(name: str, cls: type[Executor] | str) -> None:
 
 def get_executor(name: str) -> type[Executor]:
     if name not in EXECUTORS:
-        raise RankdecayError(f"unknown executor '{name}'; choose one of {', '.join(EXECUTORS)}.")
+        raise RankdecayValueError(
+            f"unknown executor '{name}'; choose one of {', '.join(EXECUTORS)}."
+        )
     cls = EXECUTORS[name]
     if isinstance(cls, str):
         module_name, _, attr = cls.partition(":")
@@ -579,7 +587,7 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _typed(cfg: Any, key: str, value: Any) -> Any:
+def _typed(cfg: DataclassInstance, key: str, value: Any) -> Any:
     """Parse ``value`` for config key ``key`` (a RankdecayError for unknown keys or bad types)."""
     typed = get_key(apply_overrides(cfg, {key: value}), key)
     if isinstance(typed, tuple):
@@ -628,24 +636,24 @@ def _parse_seeds(text: str | int | None, default: int) -> list[int]:
             try:
                 seeds = [int(s) for s in text.split(",") if s.strip()]
             except ValueError:
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"seeds expects a count N or a list like 0,1,2, got {text!r}; fix it.",
                     param="seeds",
                 ) from None
             if not seeds or len(set(seeds)) != len(seeds):
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"seeds {text!r} must list distinct integers; fix it.", param="seeds"
                 )
             return seeds
         try:
             count = int(text)
         except ValueError:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"seeds expects a count N or a list like 0,1,2, got {text!r}; fix it.",
                 param="seeds",
             ) from None
     if count < 1:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"seeds must be at least 1, got {count}; give 1 or more.", param="seeds"
         )
     return list(range(count))
@@ -665,12 +673,12 @@ def plan_sweep(
     """
     exp, module_spec = resolve_experiment(experiment)
     if preset not in exp.presets:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"experiment '{exp.name}' has no preset '{preset}'; choose one of {', '.join(exp.presets)}."
         )
     fixed_items = dict(fixed) if isinstance(fixed, Mapping) else dict(map(parse_assignment, fixed))
     if "seed" in fixed_items:
-        raise RankdecayError(
+        raise RankdecayValueError(
             "a sweep sets each run's seed itself; choose them with seeds instead of fixing seed.",
             param=("seeds", "fixed"),
         )
@@ -687,7 +695,7 @@ def plan_sweep(
         given = {}
         for item in grid:
             if "=" not in item:
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"a grid entry is key=v1,v2,…, got {item!r}; write e.g. optim.lr=1e-3,1e-2.",
                     param="grid",
                 )
@@ -698,23 +706,23 @@ def plan_sweep(
             raw_grid.pop(key, None)
     raw_grid.update(given)
     if "seed" in raw_grid:
-        raise RankdecayError(
+        raise RankdecayValueError(
             "the grid may not contain 'seed'; choose the seeds with seeds=N.",
             param=("grid", "seeds"),
         )
     for key, values in raw_grid.items():
         if not values:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"grid key '{key}' has no values; give at least one, e.g. {key}=v1,v2.",
                 param="grid",
             )
         if key in fixed_typed:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"'{key}' is both swept (grid) and fixed; keep only one of them.",
                 param=("grid", "fixed"),
             )
     if not raw_grid:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"the grid is empty: preset '{preset}' of '{exp.name}' defines no default grid; give one "
             "as key=v1,v2,….",
             param="grid",
@@ -773,28 +781,31 @@ class SweepIndex:
             from .results import sweep_rows_valid
 
             previous = read_json(
-                self.path, "sweep index", dict, "restore it from a backup or choose another output directory"
+                self.path,
+                "sweep index",
+                dict,
+                "restore it from a backup or choose another output directory",
             )
             if not sweep_rows_valid(previous.get("runs")):
-                raise RankdecayError(
+                raise RankdecayValueError(
                     f"{self.path} is not a rankdecay sweep index (or it is damaged); restore it "
                     "from a backup or choose another directory.",
                     param="out",
                 )
             diff = _differences(previous, spec.identity())
             if diff:
-                raise RankdecayError(
+                raise RankdecayFileExistsError(
                     f"{out} holds a different sweep (its {', '.join(diff)} differ); "
                     "choose another directory or repeat the original sweep.",
                     param="out",
                 )
         elif out.exists() and any(p.name != SWEEP_LOCK for p in out.iterdir()):
             if (out / "config.json").exists():
-                raise RankdecayError(
+                raise RankdecayFileExistsError(
                     f"{out} is a run directory, not a sweep; choose another directory.",
                     param="out",
                 )
-            raise RankdecayError(
+            raise RankdecayFileExistsError(
                 f"{out} is not empty and holds no {SWEEP_FILE}; choose an empty or new directory.",
                 param="out",
             )
@@ -852,7 +863,10 @@ class SweepIndex:
 def _lock(out: Path) -> DirLock:
     """An exclusive lock on the sweep directory (:mod:`rankdecay.runlock`; released if we die)."""
     return DirLock(
-        out, SWEEP_LOCK, "sweep", "wait for that sweep to finish (or stop it) or choose another output directory"
+        out,
+        SWEEP_LOCK,
+        "sweep",
+        "wait for that sweep to finish (or stop it) or choose another output directory",
     )
 
 

@@ -21,10 +21,17 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .config import DataclassInstance
 from .decay import _ALIASES, GRANULARITIES, MODES, POLARS, ROLES, TARGETS
 from .errors import RankdecayError
+from .run_config import ModelConfig, OptimConfig, RunConfig, TrainConfig
+
+if TYPE_CHECKING:  # pragma: no cover - torch-free at run time
+    import torch
+
+    from .tasks import Task
 
 __all__ = [
     "MAX_STEPS",
@@ -311,7 +318,7 @@ def _refuse(key: str, value: Any, must: str, example: str) -> ConfigValueError:
     )
 
 
-def validate_values(cfg: Any, prefix: str = "") -> None:
+def validate_values(cfg: DataclassInstance, prefix: str = "") -> None:
     """Check every field of ``cfg`` (and of its nested sections) that has a rule in :data:`RULES`,
     then the checks across fields; raise :class:`ConfigValueError` for the first bad value."""
     rules = RULES.get(type(cfg).__name__, {})
@@ -325,19 +332,19 @@ def validate_values(cfg: Any, prefix: str = "") -> None:
     _across(cfg, prefix)
 
 
-def _across(cfg: Any, prefix: str) -> None:
+def _across(cfg: DataclassInstance, prefix: str) -> None:
     """Checks that involve two fields of one section."""
-    name = type(cfg).__name__
-    if name == "OptimConfig" and cfg.schedule == "cosine" and cfg.min_lr > cfg.lr:
+    if isinstance(cfg, OptimConfig) and cfg.schedule == "cosine" and cfg.min_lr > cfg.lr:
         raise ConfigValueError(
             f"config key '{prefix}min_lr' ({cfg.min_lr:g}) is above {prefix}lr ({cfg.lr:g}), but "
             f"the cosine schedule decays from lr down to min_lr; set {prefix}min_lr to 0.",
             param=f"{prefix}min_lr",
         )
-    if name == "RecallConfig" and cfg.n_pairs > cfg.n_keys:
+    task: Any = cfg  # a task section is told apart by class name (importing it imports torch)
+    if _section(cfg) == "RecallConfig" and task.n_pairs > task.n_keys:
         raise ConfigValueError(
-            f"config key '{prefix}n_pairs' ({cfg.n_pairs}) exceeds {prefix}n_keys ({cfg.n_keys}), "
-            f"but each sequence has distinct keys; lower {prefix}n_pairs to {cfg.n_keys}.",
+            f"config key '{prefix}n_pairs' ({task.n_pairs}) exceeds {prefix}n_keys ({task.n_keys}), "
+            f"but each sequence has distinct keys; lower {prefix}n_pairs to {task.n_keys}.",
             param=f"{prefix}n_pairs",
         )
 
@@ -363,10 +370,16 @@ def _host_free() -> int:
     return available_memory(torch.device("cpu"))
 
 
+def _section(cfg: DataclassInstance) -> str:
+    return type(cfg).__name__
+
+
 def _data_bytes(cfg: Any, prefix: str) -> tuple[int, str] | None:
     """Bytes a task section's data (or an attention-SVM run's history) will take, and the key
-    that sets it; None for sections whose size is fixed or small."""
-    name = type(cfg).__name__
+    that sets it; None for sections whose size is fixed or small. ``cfg``: any config section
+    (a dataclass); the task sections are told apart by class name (importing them would import
+    torch), so their fields are read untyped."""
+    name = _section(cfg)
     if name == "ModularConfig":  # p² examples: 3 int64 tokens + target + split permutations
         return 64 * cfg.p**2, f"{prefix}p={cfg.p}"
     if name == "RecallConfig":  # sequences + the key permutation drawn per example
@@ -382,24 +395,25 @@ def _data_bytes(cfg: Any, prefix: str) -> tuple[int, str] | None:
     return None
 
 
-def validate_train_config(tc: Any) -> None:
+def validate_train_config(tc: TrainConfig) -> None:
     """Raise :class:`ConfigValueError` for a bad ``train`` section (lengths, batches and cadences
     out of range), or a dtype that cannot be combined with the amp mode — before anything is
     written to the run directory."""
     from .device import param_dtype
-    from .integrations.loggers import check_loggers
+    from .sinks import check_loggers
 
     validate_values(tc, "train.")
     param_dtype(tc.dtype, tc.amp)
     check_loggers(getattr(tc, "loggers", ()))  # unknown name or missing package
 
 
-def validate_run_config(cfg: Any) -> None:
+def validate_run_config(cfg: DataclassInstance) -> None:
     """Every value check of a transformer experiment's config (see the module docstring), made
     before its run directory exists: the fields' rules, then the ``train`` section's dtype/amp."""
     validate_values(cfg)
-    if dataclasses.is_dataclass(getattr(cfg, "train", None)):
-        validate_train_config(cfg.train)
+    train = getattr(cfg, "train", None)  # the non-transformer experiments have no train section
+    if isinstance(train, TrainConfig):
+        validate_train_config(train)
 
 
 def format_bytes(n: float) -> str:
@@ -411,14 +425,14 @@ def format_bytes(n: float) -> str:
     raise AssertionError  # pragma: no cover
 
 
-def filled_model_config(model_cfg: Any, task: Any) -> Any:
+def filled_model_config(model_cfg: ModelConfig, task: Task) -> ModelConfig:
     """The model config with the fields the task's data fixes (as :func:`rankdecay.train.build_model`)."""
     names = {f.name for f in dataclasses.fields(model_cfg)}
     fill = {k: v for k, v in task.model_fields().items() if k in names}
     return dataclasses.replace(model_cfg, **fill)
 
 
-def weight_count(m: Any) -> int:
+def weight_count(m: ModelConfig) -> int:
     """Entries of a TinyTransformer's weight matrices and embeddings for ModelConfig ``m``:
     per layer 4·d·H·d_head (q, k, v, o) + (2 or 3 for SwiGLU)·d·d_mlp, plus token or patch
     embedding, learned positions and the untied readout. Norm gains, biases and the class token
@@ -432,7 +446,7 @@ def weight_count(m: Any) -> int:
     return m.n_layers * per_layer + embed + pos + readout
 
 
-def training_bytes(m: Any, n_params: int, batch: int, eval_batch: int, width: int) -> int:
+def training_bytes(m: ModelConfig, n_params: int, batch: int, eval_batch: int, width: int) -> int:
     """Estimated bytes of one training run: 4× its parameters (weights, gradients, two optimizer
     states) + training activations (kept for backward) + one evaluation chunk's activations, at
     ``width`` bytes per float; ``m`` is the (task-filled) ModelConfig.
@@ -451,7 +465,9 @@ def training_bytes(m: Any, n_params: int, batch: int, eval_batch: int, width: in
     return int(1.5 * (4 * n_params * width + acts(batch) + acts(eval_batch) // 3))
 
 
-def check_memory(cfg: Any, task: Any, device: Any, fraction: float = _HOST_FRACTION) -> int:
+def check_memory(
+    cfg: RunConfig, task: Task, device: torch.device, fraction: float = _HOST_FRACTION
+) -> int:
     """Refuse (``ConfigValueError``) a transformer run whose estimated memory exceeds ``fraction``
     of what ``device`` has free; return the estimate in bytes.
 

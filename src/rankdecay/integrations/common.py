@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import RankdecayValueError
 from ..monitor import SpectralMonitor
+from ..sinks import DEFAULT_METRICS, spectral_scalars
 from ..spectra import DEFAULT_RTOL
-from .loggers import DEFAULT_METRICS, spectral_scalars
 
 __all__ = ["SpectralCallbackBase"]
 
@@ -50,7 +51,7 @@ class SpectralCallbackBase:
         fold_norm: bool = False,
     ) -> None:
         if every <= 0:
-            raise ValueError(f"every must be positive, got {every}.")
+            raise RankdecayValueError(f"every must be positive, got {every}.")
         self.every = int(every)
         self.circuits = tuple(circuits)
         self.rtol = float(rtol)

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import MissingExtraError
 from .common import SpectralCallbackBase
-from .loggers import MissingExtraError
 
 try:
     from lightning.pytorch.callbacks import Callback

@@ -47,8 +47,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import MissingExtraError
 from .common import SpectralCallbackBase
-from .loggers import MissingExtraError
 
 try:
     from transformers import TrainerCallback

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import RankdecayError
+from ..errors import RankdecayValueError
 
 __all__ = [
     "TASKS",
@@ -114,7 +114,7 @@ def epoch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
     ``batch_size <= 0`` or ``>= n`` returns ``arange(n)`` (full batch).
     """
     if n <= 0:
-        raise RankdecayError(
+        raise RankdecayValueError(
             "the training set is empty; raise the task's training fraction or size."
         )
     if batch_size <= 0 or batch_size >= n:
@@ -139,7 +139,7 @@ def epoch_batch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor
     for the last batch of each epoch. ``batch_size <= 0`` or ``>= n`` returns ``arange(n)``.
     """
     if n <= 0:
-        raise RankdecayError(
+        raise RankdecayValueError(
             "the training set is empty; raise the task's training fraction or size."
         )
     if batch_size <= 0 or batch_size >= n:
@@ -190,7 +190,7 @@ class TaskBase:
 
     def _check_step(self, step: int, batch_size: int) -> None:
         if step < 0:
-            raise RankdecayError(f"train_batch got step={step}; steps count from 0.")
+            raise RankdecayValueError(f"train_batch got step={step}; steps count from 0.")
 
     def describe(self) -> str:
         n = "online" if self.n_train is None else f"{self.n_train} training examples"
@@ -211,7 +211,7 @@ TASKS: dict[str, tuple[str, str]] = {
 def task_config_class(name: str) -> type:
     """The config dataclass of task ``name`` (imported lazily)."""
     if name not in TASKS:
-        raise RankdecayError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}.")
+        raise RankdecayValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}.")
     module, cls = TASKS[name]
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import RankdecayError
+from ..errors import MissingExtraError, NonFiniteLossError, RankdecayError, RankdecayValueError
 from . import step_generator
 
 __all__ = [
@@ -101,7 +101,7 @@ SVMS_FOR: dict[str, tuple[str, ...]] = {
 
 def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
     if value not in choices:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}."
         )
 
@@ -156,11 +156,11 @@ def make_data(
 ) -> AttentionSVMData:
     """Draw one problem per seed (see the module docstring for the distribution)."""
     if n < 1 or T < 2 or d < 1:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"the attention-SVM problem needs n ≥ 1, T ≥ 2, d ≥ 1 (got n={n}, T={T}, d={d}); fix the config."
         )
     if len(seeds) == 0:
-        raise RankdecayError("no seeds given; set n_seeds ≥ 1.")
+        raise RankdecayValueError("no seeds given; set n_seeds ≥ 1.")
     Xs, zs, vs, ys = [], [], [], []
     for s in seeds:
         g = step_generator(int(s), "attention-svm-data")
@@ -196,7 +196,7 @@ def init_params(
     _check_choice(param, PARAMETERIZATIONS, "parameterization")
     m = d if width is None else int(width)
     if m < 1:
-        raise RankdecayError(f"the K, Q width must be ≥ 1 (got {m}); fix kq_width.")
+        raise RankdecayValueError(f"the K, Q width must be ≥ 1 (got {m}); fix kq_width.")
     shapes = {"W": {"W": (d, d)}, "KQ": {"K": (d, m), "Q": (d, m)}, "diag": {"k": (d,), "q": (d,)}}[
         param
     ]
@@ -373,7 +373,7 @@ def train(
     _check_choice(gradient, ("exact", "naive"), "gradient")
     grad_fn = loss_and_grad if gradient == "exact" else loss_and_grad_naive
     if steps < 0 or log_every < 1 or not (lr > 0 and math.isfinite(lr)):
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"need steps ≥ 0, log_every ≥ 1 and a finite lr > 0 (got {steps}, {log_every}, {lr}); fix the config."
         )
     S, _, _, d = data.shape
@@ -407,7 +407,7 @@ def train(
         if callback is not None:
             callback(it + 1)
     if not all(torch.isfinite(v).all() for v in params.values()):
-        raise RankdecayError(
+        raise NonFiniteLossError(
             f"the {param} parameters became NaN/Inf under the {loss} loss; lower lr or the number of steps."
         )
     return TrainResult(
@@ -515,7 +515,9 @@ def svm_constraints(
     for i in range(n):
         a = int(alpha[i])
         if not 0 <= a < T:
-            raise RankdecayError(f"selected token {a} of sample {i} is out of range 0..{T - 1}.")
+            raise RankdecayValueError(
+                f"selected token {a} of sample {i} is out of range 0..{T - 1}."
+            )
         for t in range(T):
             if t != a:
                 rows.append(np.outer(X[i, a] - X[i, t], z[i]))
@@ -529,7 +531,7 @@ def _cvxpy() -> Any:
     try:
         import cvxpy as cp
     except ImportError:
-        raise RankdecayError(
+        raise MissingExtraError(
             "solving the attention SVM needs cvxpy with the Clarabel solver; install them with "
             "`pip install rankdecay[svm]`."
         ) from None
@@ -587,7 +589,7 @@ def solve_attention_svm(
         prob.solve(solver=solver)
     except cp.error.SolverError as exc:
         if solver not in cp.installed_solvers():
-            raise RankdecayError(
+            raise MissingExtraError(
                 f"the cvxpy solver {solver} is not installed; install it with `pip install rankdecay[svm]`."
             ) from None
         return SVMSolution(norm, f"solver_error: {exc}", None, math.nan, math.nan)

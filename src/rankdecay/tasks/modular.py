@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..errors import RankdecayError
+from ..errors import RankdecayValueError
 from . import TaskBase, epoch_batch_indices, epoch_indices, step_generator
 
 __all__ = [
@@ -90,7 +90,7 @@ def modular_op(a: Tensor, b: Tensor, op: str, p: int) -> Tensor:
             [pow(int(v), p - 2, p) if v % p else 0 for v in range(p)], dtype=torch.int64
         )
         return (a * inverse[b]) % p
-    raise RankdecayError(f"unknown modular operation {op!r}; choose one of {', '.join(OPS)}.")
+    raise RankdecayValueError(f"unknown modular operation {op!r}; choose one of {', '.join(OPS)}.")
 
 
 def all_pairs(p: int, op: str) -> tuple[Tensor, Tensor]:
@@ -110,17 +110,17 @@ class ModularTask(TaskBase):
     def __init__(self, cfg: ModularConfig, seed: int) -> None:
         p, op = cfg.p, cfg.op
         if op not in OPS:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"unknown modular operation {op!r}; set task.op to one of {', '.join(OPS)}."
             )
         if p < 2:
-            raise RankdecayError(f"modulus p={p} is too small; set task.p ≥ 2.")
+            raise RankdecayValueError(f"modulus p={p} is too small; set task.p ≥ 2.")
         if op == "/" and not _is_prime(p):
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"division needs a prime modulus, got p={p}; set task.p to a prime such as 113."
             )
         if not 0.0 < cfg.train_fraction < 1.0:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"train_fraction must lie strictly between 0 and 1, got {cfg.train_fraction}; fix task.train_fraction."
             )
         self.cfg = cfg
@@ -128,11 +128,11 @@ class ModularTask(TaskBase):
         self.p = p
         self.vocab_size = p + 1
         if cfg.out_classes not in ("answers", "vocab"):
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"unknown out_classes {cfg.out_classes!r}; set task.out_classes to 'answers' or 'vocab'."
             )
         if cfg.last_batch not in ("wrap", "partial"):
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"unknown last_batch {cfg.last_batch!r}; set task.last_batch to 'wrap' or 'partial'."
             )
         self.n_out = p if cfg.out_classes == "answers" else p + 1
@@ -157,11 +157,11 @@ class ModularTask(TaskBase):
             train_idx = train_idx[torch.randperm(train_idx.numel(), generator=gen)]
             val_idx = (~in_train).nonzero().squeeze(1)
         else:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"unknown split {cfg.split!r}; set task.split to 'ordered', 'unordered' or 'python'."
             )
         if train_idx.numel() == 0 or val_idx.numel() == 0:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"train_fraction={cfg.train_fraction} leaves an empty train or validation set for p={p}; "
                 "move it away from 0 and 1."
             )

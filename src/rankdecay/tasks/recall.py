@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..errors import RankdecayError
+from ..errors import RankdecayValueError
 from . import TaskBase, epoch_indices, step_generator
 
 __all__ = ["RecallConfig", "RecallTask", "generate_recall"]
@@ -72,21 +72,21 @@ class RecallTask(TaskBase):
 
     def __init__(self, cfg: RecallConfig, seed: int) -> None:
         if min(cfg.n_keys, cfg.n_values, cfg.n_pairs) <= 0:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 "recall needs n_keys, n_values and n_pairs > 0; fix the task config."
             )
         if cfg.n_pairs > cfg.n_keys:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"recall needs n_pairs ≤ n_keys (keys are distinct), got {cfg.n_pairs} > {cfg.n_keys}; "
                 "raise task.n_keys or lower task.n_pairs."
             )
         base_len = 2 * cfg.n_pairs + 1
         if cfg.seq_len is not None and cfg.seq_len < base_len:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"recall seq_len={cfg.seq_len} is shorter than 2·n_pairs+1={base_len}; raise task.seq_len or leave it unset."
             )
         if cfg.n_eval <= 0 or (not cfg.online and cfg.n_train <= 0):
-            raise RankdecayError(
+            raise RankdecayValueError(
                 "recall needs n_eval > 0 and, for a fixed set, n_train > 0; fix the task config."
             )
         self.cfg = cfg
@@ -111,7 +111,7 @@ class RecallTask(TaskBase):
         self._check_step(step, batch_size)
         if self.cfg.online:
             if batch_size <= 0:
-                raise RankdecayError(
+                raise RankdecayValueError(
                     "online recall needs a positive batch size; set the trainer's batch_size."
                 )
             return self._generate(batch_size, step_generator(self.seed, "recall-train", step))

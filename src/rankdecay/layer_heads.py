@@ -1,0 +1,83 @@
+"""What an extraction yields: the per-head attention factors of one layer (:class:`LayerHeads`).
+
+Shared by :mod:`rankdecay.heads` (the live-module and checkpoint rules) and :mod:`rankdecay.mla`
+(multi-head latent attention), which both build it; neither imports the other for it. The error
+and the warning of an extraction that does not cover a model live here as well. Conventions: see
+:mod:`rankdecay.heads` — QK circuit W_Q·W_Kᵀ, OV circuit W_V·W_O, per **query** head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from .errors import RankdecayError, RankdecayValueError
+
+__all__ = ["LayerHeads", "UnrecognizedAttentionWarning", "UnsupportedModelError"]
+
+
+@dataclass
+class LayerHeads:
+    """The attention factors of one layer, per **query** head.
+
+    Shapes: ``W_Q`` (H, d_model, d_head), ``W_K`` (H, d_kv, d_head), ``W_V`` (H, d_kv, d_head),
+    ``W_O`` (H, d_head, d_model); H is the number of query heads. d_kv = d_model unless the
+    layer attends to a memory of another width (``nn.MultiheadAttention`` with ``kdim``/``vdim``).
+    """
+
+    layer: int
+    name: str  # module path of the attention block, e.g. "transformer.h.3.attn"
+    W_Q: Tensor
+    W_K: Tensor
+    W_V: Tensor
+    W_O: Tensor
+    #: GQA/MQA: index of the key/value head each query head uses (None = one K/V head per query head).
+    kv_head_index: tuple[int, ...] | None = None
+    #: the model applies rotary embeddings to q, k; the QK circuit is then the one at offset 0.
+    rotary: bool = False
+    #: factor multiplying q·k in the model (e.g. 1/√d_head); scores = scale · xᵀ W_QK y.
+    scale: float | None = None
+    #: fully qualified parameter names (relative to the model passed in) holding W_Q / W_K ...
+    qk_params: tuple[str, ...] = ()
+    #: ... and W_V / W_O. A fused q,k,v tensor is listed in both.
+    ov_params: tuple[str, ...] = ()
+    #: free-form notes the report shows (e.g. "gain of ln_1 folded into W_Q, W_K, W_V").
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    #: what changes how the spectra read, e.g. {"rotary": True, "partial_rotary": 0.5,
+    #: "qk_norm": "per_head" | "full", "softcap": 50.0, "relative_position_bias": True,
+    #: "sliding_window": 4096, "cross_attention": True} (``rotary`` above is kept as well).
+    flags: dict[str, object] = field(default_factory=dict)
+    #: "self" or "cross" (keys/values read another sequence: an encoder's states, an image ...).
+    kind: str = "self"
+    #: products of more than two factors (MLA, LoRA's W + s·BA): when a circuit ("qk"/"ov") has an
+    #: entry ((A₁, A₂, ...), (B₁, B₂, ...)), that circuit is (A₁A₂⋯)(B₁B₂⋯)ᵀ, every factor batched
+    #: over heads (leading dim H) or shared (no leading dim); analyze then uses the chain SVD.
+    chains: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] | None = None
+    #: the row of rankdecay.attention_spec.ARCHITECTURES (or other rule) that extracted it.
+    family: str = ""
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.W_Q.shape[0])
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.n_heads if self.kv_head_index is None else len(set(self.kv_head_index))
+
+    def factors(self, circuit: str) -> tuple[Tensor, Tensor]:
+        """(A, B) with the circuit = A·Bᵀ, each (H, d, d_head): "qk" → (W_Q, W_K), "ov" → (W_V, W_Oᵀ)."""
+        if circuit == "qk":
+            return self.W_Q, self.W_K
+        if circuit == "ov":
+            return self.W_V, self.W_O.mT
+        raise RankdecayValueError(f"unknown circuit {circuit!r}; choose 'qk' or 'ov'.")
+
+
+class UnsupportedModelError(RankdecayError, ValueError):
+    """No adapter recognises the model (or, with ``strict=True``, one of its attention modules)."""
+
+
+class UnrecognizedAttentionWarning(UserWarning):
+    """A module that looks like attention (by its class name or its q/k/v-like children) was not
+    extracted: its heads are missing from spectra and its weights get no attention role."""
