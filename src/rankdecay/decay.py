@@ -357,10 +357,16 @@ def param_groups(
 
 
 def check_groups(groups: Iterable[Mapping[str, Any]]) -> None:
-    """Raise :class:`RankdecayValueError` if a parameter (the same tensor) appears in two groups or twice in one."""
+    """Raise :class:`RankdecayValueError` if a group has no ``params`` or a parameter (the same
+    tensor) appears in two groups or twice in one."""
     seen: dict[int, str] = {}
     for i, g in enumerate(groups):
-        params = g.get("params", [])
+        if not isinstance(g, Mapping) or "params" not in g:
+            raise RankdecayValueError(
+                f"param group {i} has no 'params'; each group is a dict with a 'params' list, as "
+                "torch.optim and param_groups() build them."
+            )
+        params = g["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         names = list(g.get("names", []))
         label = g.get("role", f"group {i}")

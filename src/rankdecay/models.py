@@ -456,6 +456,11 @@ class TinyTransformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise RankdecayTypeError(
+                f"TinyTransformer takes a ModelConfig, got {type(cfg).__name__}; build one with "
+                "rankdecay.ModelConfig(...)."
+            )
         cfg.validate()
         self.cfg = cfg
         d = cfg.d_model
