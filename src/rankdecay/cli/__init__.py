@@ -13,7 +13,10 @@ error names the library parameter it is about (``exc.param``), the flag that set
 
 Threads: a command whose parser has ``--threads`` runs with that many torch threads (default
 :func:`rankdecay.threads.default_threads`); the OpenMP wait policy is set before torch is imported
-(:func:`rankdecay.threads.cli_environment`, called by ``rankdecay/__init__.py``).
+(:func:`rankdecay.threads.cli_environment`, called by ``rankdecay/__init__.py`` and
+``rankdecay/__main__.py``). A command module that computes nothing with torch says so with
+``USES_TORCH = False`` (``report``): its threads are set only when torch is already imported, so
+the command does not import torch to size a pool it never uses.
 """
 
 from __future__ import annotations
@@ -112,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        if hasattr(args, "threads"):
+        module = modules[args.command]
+        uses_torch = getattr(module, "USES_TORCH", True) or "torch" in sys.modules
+        if hasattr(args, "threads") and uses_torch:
             from ..threads import default_threads, set_threads
 
             set_threads(args.threads or default_threads())
-        return int(modules[args.command].run_cli(args) or 0)  # type: ignore[attr-defined]
+        return int(module.run_cli(args) or 0)  # type: ignore[attr-defined]
     except RankdecayError as exc:
         if debug:
             raise

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from . import show_warning
 
-__all__ = ["configure_parser", "run_cli"]
+__all__ = ["USES_TORCH", "configure_parser", "run_cli"]
+
+#: a report computes nothing with torch: ``--threads`` applies only if torch is already imported
+USES_TORCH = False
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
