@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from rankdecay.config import to_dict
-from rankdecay.experiments import Experiment
-from rankdecay.report import ReportFigure, SweepData, phase_diagram
+from rankdecay.experiments import Experiment, ReportFigure, SweepData
+from rankdecay.report import phase_diagram
 from rankdecay.runio import append_jsonl, atomic_write_json, read_json, read_jsonl, truncate_jsonl
 from rankdecay.spectra import balance, factored_svdvals, norm_gap, spectral_metrics
 

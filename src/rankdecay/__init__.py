@@ -13,11 +13,11 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .threads import cli_environment as _cli_environment
 
 _cli_environment()  # the `rankdecay` command: OMP_WAIT_POLICY=PASSIVE before torch is imported
 
-__version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import (
     CheckpointIndex,
     CorruptCheckpointError,

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RankdecayError, RankdecayFileNotFoundError, RankdecayValueError
+from .experiments import ReportFigure, SweepData
 from .results import Run, flatten_dict, is_run_dir, load_run, load_sweep
 from .runio import atomic_write_text, read_json
 
@@ -117,32 +118,6 @@ class _Page:
             (self.fig_dir / f"{name}.png").write_bytes(png)
             fig.savefig(self.fig_dir / f"{name}.svg", format="svg")
         self.figures.append(_Figure(name, title, caption, base64.b64encode(png).decode()))
-
-
-@dataclass(frozen=True)
-class SweepData:
-    """A sweep as an experiment's ``figures`` hook receives it (see :class:`ReportFigure`)."""
-
-    #: :func:`rankdecay.results.load_sweep` of the sweep: one row per run
-    df: Any
-    #: run name (``df["run"]``) → its files, for the runs that have a run directory
-    runs: Mapping[str, Run]
-    #: the swept config keys
-    grid: Sequence[str]
-
-
-@dataclass(frozen=True)
-class ReportFigure:
-    """A figure that an experiment adds to the report of its sweeps (``Experiment.figures``).
-
-    ``figure`` is a matplotlib ``Figure`` (the class itself, not pyplot); ``name`` names its
-    files (``figures/<name>.png`` / ``.svg``) and its anchor in the page.
-    """
-
-    figure: Any
-    name: str
-    title: str
-    caption: str
 
 
 def _label(group: str) -> str:

@@ -33,12 +33,13 @@ from ..config import apply_overrides
 from ..errors import RankdecayValueError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..report import ReportFigure, SweepData
     from ..train import RunResult
 
 __all__ = [
     "EXPERIMENT_MODULES",
     "Experiment",
+    "ReportFigure",
+    "SweepData",
     "Trainer",
     "get_experiment",
     "list_experiments",
@@ -59,6 +60,34 @@ EXPERIMENT_MODULES: dict[str, str] = {
     "vit": "vit",
     "pretrained": "pretrained",
 }
+
+
+@dataclass(frozen=True)
+class SweepData:
+    """A sweep as an experiment's ``figures`` hook receives it (see :class:`ReportFigure`)."""
+
+    #: :func:`rankdecay.results.load_sweep` of the sweep: one row per run
+    df: Any
+    #: run name (``df["run"]``) → its files (:class:`rankdecay.results.Run`), for the runs that
+    #: have a run directory
+    runs: Mapping[str, Any]
+    #: the swept config keys
+    grid: Sequence[str]
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    """A figure that an experiment adds to the report of its sweeps (``Experiment.figures``);
+    :func:`rankdecay.report.phase_diagram` makes the grokking phase diagram.
+
+    ``figure`` is a matplotlib ``Figure`` (the class itself, not pyplot); ``name`` names its
+    files (``figures/<name>.png`` / ``.svg``) and its anchor in the page.
+    """
+
+    figure: Any
+    name: str
+    title: str
+    caption: str
 
 
 @dataclass(frozen=True)

@@ -43,11 +43,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..run_config import LRDConfig, ModelConfig, OptimConfig, TrainConfig
 from ..tasks.modular import ModularConfig
-from . import Experiment
+from . import Experiment, ReportFigure, SweepData
 from ._transformer import first_step, verdict_row
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..report import ReportFigure, SweepData
     from ..train import RunResult
 
 __all__ = ["EXPERIMENT", "PUBLIC", "GrokkingConfig", "arm_defaults"]
