@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RankdecayError
@@ -18,7 +19,13 @@ from . import show_warning
 if TYPE_CHECKING:  # pragma: no cover
     from ..analyze import SpectralReport
 
-__all__ = ["NARROW_METRICS", "configure_parser", "render_table", "run_cli"]
+__all__ = [
+    "NARROW_METRICS",
+    "configure_parser",
+    "render_adapter_table",
+    "render_table",
+    "run_cli",
+]
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -248,6 +255,49 @@ def render_table(report: SpectralReport, per_head: bool = False, wide: bool = Fa
     return table
 
 
+def render_adapter_table(records: Iterable[dict[str, Any]], info: Mapping[str, Any]) -> Any:
+    """A rich Table with one row per adapter and module."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    rtol = float(info.get("rtol", 1e-2))
+    title = escape(
+        f"{info.get('source') or info.get('model_class')}: LoRA adapters ΔW = s·B·A · "
+        f"rank = #{{σ > rtol·σ₁}} at rtol = {rtol:g} · σ in float64 from the factors · "
+        "balance ‖AAᵀ − BᵀB‖_F"
+    )
+    table = Table(title=title, title_justify="left", header_style="bold")
+    cols = [
+        "layer",
+        "module",
+        "adapter",
+        "r",
+        "s",
+        f"rank@{rtol:g}",
+        "eff. rank",
+        "nuclear",
+        "σ₁",
+        "balance",
+        "norm gap",
+    ]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("module", "adapter") else "right")
+    for rec in records:
+        table.add_row(
+            str(rec["layer"]),
+            escape(str(rec["name"])),
+            escape(str(rec["adapter"])),
+            str(rec["lora_rank"]),
+            _fmt(float(rec["scaling"])),
+            str(rec["rank"]),
+            *[
+                _fmt(float(rec[m]))
+                for m in ("effective_rank", "nuclear_norm", "spectral_norm", "balance", "norm_gap")
+            ],
+        )
+    return table
+
+
 def _write_html(report: SpectralReport, path: str) -> None:
     try:
         from ..report import analysis_html
@@ -262,17 +312,16 @@ def _write_html(report: SpectralReport, path: str) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..analyze import _check_circuits, analyze
+    from ..analyze import analyze
     from ..spectra import DEFAULT_RTOL
 
-    circuits = _check_circuits(args.circuits)
     progress = False if args.no_progress else None
     with warnings.catch_warnings():
         warnings.showwarning = show_warning
         report = analyze(
             args.source,
             rtol=DEFAULT_RTOL if args.rtol is None else args.rtol,
-            circuits=circuits,
+            circuits=args.circuits,  # "qk,ov": analyze checks it before loading anything
             fold_norm=args.fold_norm,
             progress=progress,
             adapters=getattr(args, "adapters", False),
@@ -280,8 +329,6 @@ def run_cli(args: argparse.Namespace) -> int:
         )
     console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
     if report.model.get("kind") == "lora_adapters":
-        from ..lora import render_adapter_table
-
         console.print(render_adapter_table(report.records, report.model))
     else:
         console.print(render_table(report, per_head=args.heads, wide=args.wide))
