@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from rankdecay.config import to_dict
-from rankdecay.experiments import Experiment
+from rankdecay.experiments import Experiment, ReportFigure, SweepData
+from rankdecay.report import phase_diagram
 from rankdecay.runio import append_jsonl, atomic_write_json, read_json, read_jsonl, truncate_jsonl
 from rankdecay.spectra import balance, factored_svdvals, norm_gap, spectral_metrics
 
@@ -155,6 +156,13 @@ def run(
     return summary
 
 
+def _figures(sweep: SweepData) -> list[ReportFigure]:
+    """A fraction × weight-decay grid gets the grokking phase diagram (what report tests read)."""
+    if {"fraction", "weight_decay"} <= set(sweep.grid):
+        return phase_diagram(sweep, "fraction", "weight_decay")
+    return []
+
+
 EXPERIMENT = Experiment(
     name="toy",
     description="tiny matrix factorization for tests",
@@ -163,4 +171,5 @@ EXPERIMENT = Experiment(
     presets={"quick": {}, "slow": {"sleep": 0.04, "steps": 20}, "nogrid": {}},
     grids={"quick": {"weight_decay": [0.1, 0.2]}, "slow": {"weight_decay": [0.1, 0.2]}},
     seeds={"quick": 2, "slow": 2},
+    figures=_figures,
 )

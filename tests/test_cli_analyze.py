@@ -243,7 +243,7 @@ def _extreme_report(gqa: bool) -> SpectralReport:
 def test_narrow_table_fits_80_columns_uncut(per_head: bool, gqa: bool) -> None:
     from rich.console import Console
 
-    from rankdecay.analyze import NARROW_METRICS, _fmt, render_table
+    from rankdecay.cli.analyze import NARROW_METRICS, _fmt, render_table
 
     report = _extreme_report(gqa)
     console = Console(width=80, record=True, file=open(os.devnull, "w"))  # noqa: SIM115

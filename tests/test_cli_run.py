@@ -224,3 +224,19 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     ):
         assert key in out
     assert "task.train_fraction ∈" in out.replace("\n", " ") or "default sweep grid" in out
+
+
+def test_experiments_declare_their_trainer() -> None:
+    """``Experiment.trainer`` replaces the function attribute the ensemble executor used to read:
+    the transformer experiments declare the rankdecay loop (and get their ``run`` from it), the
+    others their own ``run``; a record with neither is refused."""
+    from rankdecay.experiments import Experiment, get_experiment, list_experiments
+
+    loop = {"recall", "grokking", "lm", "vit"}
+    for name in list_experiments():
+        exp = get_experiment(name)
+        assert exp.trainer == ("train" if name in loop else None), name
+        assert callable(exp.run) and (exp.verdict is not None) == (name in loop)
+        assert not hasattr(exp.run, "rankdecay_trainer")
+    with pytest.raises(ValueError, match="neither a run function nor trainer='train'"):
+        Experiment(name="x", description="", config_cls=dict)

@@ -299,7 +299,7 @@ def test_ensemble_matches_solo_runs_and_resumes_exactly(tmp_path: Path) -> None:
     loss by step 20 under ATEN_CPU_CAPABILITY=avx2 on an AMD EPYC, above the old 1e-4 bound),
     so no float32 tolerance is both tight enough to catch a bug and safe on every CPU."""
     exp = get_experiment("grokking")
-    verdict = exp.run.verdict
+    verdict = exp.verdict
     cfgs = _cfgs(20, "float64")
     assert len({ensemble_key(c) for c in cfgs}) == 1 and unsupported_reason(cfgs[0]) is None
     for i, c in enumerate(cfgs):

@@ -310,3 +310,34 @@ def test_reports_render_in_headless_chromium(
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_experiment_figures_come_from_the_experiment(sweep_dir: Path) -> None:
+    """The phase diagram is drawn because the sweep's experiment supplies it (the toy's and
+    grokking's ``figures`` hooks), never guessed from key names: grokking's hook finds its own keys
+    and yields the numbers of :func:`phase_data`; a grid without them gets none; an experiment
+    that cannot be loaded is named in a warning and its figures are left out."""
+    from rankdecay.experiments import get_experiment
+    from rankdecay.report import SweepData
+
+    df = load_sweep(sweep_dir)
+    runs = {name: load_run(d) for name, d in zip(df["run"], df["run_dir"])}
+    names = {"fraction": "task.train_fraction", "weight_decay": "strength"}
+    grokking = get_experiment("grokking")
+    assert grokking.trainer == "train" and grokking.figures is not None
+    renamed = df.rename(columns=names)
+    (fig,) = grokking.figures(SweepData(renamed, runs, list(names.values())))
+    assert fig.name == "phase_diagram" and "task.train_fraction × strength" in fig.caption
+    # explicit keys win over the grid's order
+    (panel,) = phase_data(renamed, runs, ["strength", "task.train_fraction"], *names.values())
+    assert panel["best"] == phase_data(df, runs, list(names))[0]["best"]
+    assert grokking.figures(SweepData(renamed, runs, ["task.train_fraction", "arm"])) == []
+    assert get_experiment("factorization").figures is None
+
+    from rankdecay.report import _experiment_figures
+
+    (own,) = _experiment_figures(df, runs, list(names))  # the toy's hook, as the report asks
+    assert own.name == "phase_diagram"
+    df.attrs["experiment"] = "no_such_module_16c:EXPERIMENT"
+    with pytest.warns(UserWarning, match="no_such_module_16c.*cannot be loaded"):
+        assert _experiment_figures(df, runs, list(names)) == []

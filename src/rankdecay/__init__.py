@@ -1,19 +1,23 @@
 """rankdecay: see and steer how regularization shapes the rank of attention layers.
 
-The public names below are loaded lazily so that ``import rankdecay`` (and the CLI) stays fast and
-optional extras are only needed by the parts that use them.
+Every public name is loaded on first use (PEP 562 ``__getattr__``), so ``import rankdecay`` and
+the ``rankdecay`` command stay light: torch is imported by the first name that needs it, not by
+the package. ``from rankdecay import X`` and type checkers (the ``TYPE_CHECKING`` block below) see
+the same names as before.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .threads import cli_environment as _cli_environment
 
 _cli_environment()  # the `rankdecay` command: OMP_WAIT_POLICY=PASSIVE before torch is imported
 
-from ._version import __version__  # noqa: E402
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -59,24 +63,59 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
-# ``analyze`` and ``polar`` are both a submodule and a public function of the same name. Python
-# binds ``rankdecay.<name>`` to the submodule when it is first imported, which would shadow the
-# function; importing them here, once, makes the function binding the final one.
-from .analyze import analyze  # noqa: E402
-from .polar import polar  # noqa: E402
+#: public functions that share their name with the submodule defining them (``rankdecay.analyze``,
+#: ``rankdecay.polar``). Importing a submodule binds ``rankdecay.<name>`` to it, which would shadow
+#: the function; the package's module class answers these names with the function instead.
+_SHADOWED = frozenset(name for name, module in _EXPORTS.items() if name == module)
 
 
-def __getattr__(name: str) -> Any:
+def _export(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'rankdecay' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"rankdecay.{module}"), name)
-    globals()[name] = value
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __getattr__(name: str) -> Any:
+    value = _export(name)
+    globals()[name] = value  # later look-ups skip this function
     return value
 
 
 def __dir__() -> list[str]:
     return __all__
+
+
+class _Package(types.ModuleType):
+    """``rankdecay`` itself: the names in :data:`_SHADOWED` always resolve to the function.
+
+    A data descriptor on the module's class wins over the module's ``__dict__``, where the import
+    system stores a submodule; assigning a module there is therefore ignored, and assigning anything
+    else (a test's monkeypatch) replaces the function until it is deleted.
+    """
+
+
+def _shadowed_property(name: str) -> property:
+    slot = f"_override_{name}"
+
+    def get(module: types.ModuleType) -> Any:
+        override = module.__dict__.get(slot)
+        return override if override is not None else _export(name)
+
+    def set_(module: types.ModuleType, value: Any) -> None:
+        if not isinstance(value, types.ModuleType):
+            module.__dict__[slot] = value
+
+    def delete(module: types.ModuleType) -> None:
+        module.__dict__.pop(slot, None)
+
+    return property(get, set_, delete)
+
+
+for _name in _SHADOWED:
+    setattr(_Package, _name, _shadowed_property(_name))
+sys.modules[__name__].__class__ = _Package
+del _name
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

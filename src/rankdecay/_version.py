@@ -1,3 +1,3 @@
-"""The version of rankdecay (one place; the package and the reports read it here)."""
+"""The package version (its own module, so that modules can name it without importing the package)."""
 
 __version__ = "0.1.0"

@@ -1070,8 +1070,7 @@ def _result(summary: Mapping[str, Any], wall: float) -> dict[str, Any]:
 def _prepare(task: RunTask) -> tuple[EnsembleMember | None, Any]:
     """(member, cfg) for an ensemble-able task, (None, reason) otherwise."""
     exp = load_experiment(task.experiment)
-    run = exp.run
-    if getattr(run, "rankdecay_trainer", None) != "train":
+    if exp.trainer != "train":
         return None, "its experiment does not use rankdecay.train"
     cfg = exp.config(task.preset, task.overrides, seed=task.seed)
     reason = unsupported_reason(cfg)
@@ -1090,9 +1089,9 @@ def _prepare(task: RunTask) -> tuple[EnsembleMember | None, Any]:
         EnsembleMember(
             cfg=cfg,
             run_dir=run_dir,
-            experiment=getattr(run, "experiment_name", exp.name),
+            experiment=exp.name,
             preset=task.preset,
-            verdict=getattr(run, "verdict", None),
+            verdict=exp.verdict,
             resume=resume,
         ),
         cfg,
@@ -1178,7 +1177,7 @@ class EnsembleExecutor(Executor):
         solo: list[RunTask] = []
         for t in tasks:
             exp = load_experiment(t.experiment)
-            if getattr(exp.run, "rankdecay_trainer", None) != "train":
+            if exp.trainer != "train":
                 solo.append(t)
                 continue
             cfg = exp.config(t.preset, t.overrides, seed=t.seed)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .errors import RankdecayError, RankdecayFileNotFoundError, RankdecayValueError
 from .spectra import factored_spectrum, spectral_metrics
-from .spectral_report import METRICS, _fmt
+from .spectral_report import METRICS
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -51,7 +51,6 @@ __all__ = [
     "is_adapter_dir",
     "lora_factors_from_dir",
     "lora_factors_from_model",
-    "render_adapter_table",
 ]
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -321,46 +320,3 @@ def adapter_report(
 
 
 _FLOAT_METRICS = tuple(m for m in METRICS if m != "rank")
-
-
-def render_adapter_table(records: Iterable[dict[str, Any]], info: Mapping[str, Any]) -> Any:
-    """A rich Table with one row per adapter and module."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    rtol = float(info.get("rtol", 1e-2))
-    title = escape(
-        f"{info.get('source') or info.get('model_class')}: LoRA adapters ΔW = s·B·A · "
-        f"rank = #{{σ > rtol·σ₁}} at rtol = {rtol:g} · σ in float64 from the factors · "
-        "balance ‖AAᵀ − BᵀB‖_F"
-    )
-    table = Table(title=title, title_justify="left", header_style="bold")
-    cols = [
-        "layer",
-        "module",
-        "adapter",
-        "r",
-        "s",
-        f"rank@{rtol:g}",
-        "eff. rank",
-        "nuclear",
-        "σ₁",
-        "balance",
-        "norm gap",
-    ]
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("module", "adapter") else "right")
-    for rec in records:
-        table.add_row(
-            str(rec["layer"]),
-            escape(str(rec["name"])),
-            escape(str(rec["adapter"])),
-            str(rec["lora_rank"]),
-            _fmt(float(rec["scaling"])),
-            str(rec["rank"]),
-            *[
-                _fmt(float(rec[m]))
-                for m in ("effective_rank", "nuclear_norm", "spectral_norm", "balance", "norm_gap")
-            ],
-        )
-    return table

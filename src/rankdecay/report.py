@@ -16,9 +16,10 @@ and CSV go beside it. Figures (whichever the data allow):
   matrices when logged) over steps; balance ‖AᵀA − BᵀB‖_F and norm gap
   ½(‖A‖²+‖B‖²) − ‖ABᵀ‖_* over steps (log scale); normalized spectra σᵢ/σ₁ at chosen steps;
 - sweep: final rank (and accuracy / loss) against each swept parameter, mean ± std over seeds;
-  the curves above per grid point (mean over seeds); for grokking-style grids (a data-fraction key
-  × a strength key) the phase diagram: colour = best validation accuracy (mean over seeds),
-  annotated with the median grokking step (first evaluation with validation accuracy ≥ 0.99).
+  the curves above per grid point (mean over seeds); and the figures the sweep's experiment
+  supplies (``Experiment.figures``, e.g. grokking's phase diagram, drawn by :func:`phase_diagram`:
+  colour = best validation accuracy (mean over seeds), annotated with the median grokking step,
+  the first evaluation with validation accuracy ≥ 0.99).
 
 :func:`analysis_html` writes the same kind of page for a :class:`rankdecay.analyze.SpectralReport`
 (``rankdecay analyze --html``): every head's singular-value spectrum, per-head heatmaps of rank /
@@ -36,25 +37,32 @@ wrap rather than scroll sideways. ``rankdecay report`` refuses a saved model's d
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import math
 import re
 import statistics
-import sys
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RankdecayError
+from .errors import RankdecayError, RankdecayFileNotFoundError, RankdecayValueError
+from .experiments import ReportFigure, SweepData
 from .results import Run, flatten_dict, is_run_dir, load_run, load_sweep
 from .runio import atomic_write_text, read_json
 
-__all__ = ["analysis_html", "build_report", "configure_parser", "phase_data", "run_cli"]
+__all__ = [
+    "ReportFigure",
+    "SweepData",
+    "analysis_html",
+    "build_report",
+    "phase_data",
+    "phase_diagram",
+]
 
 GROK_THRESHOLD = 0.99
 _GROUP_LABEL = {"qk": "W_QK", "ov": "W_OV", "w_q": "W_Q", "w_k": "W_K"}
@@ -965,24 +973,35 @@ def _grok_stats(run: Run) -> tuple[float | None, int | None]:
     return best, grok
 
 
-def _phase_keys(grid: Sequence[str]) -> tuple[str, str, list[str]] | None:
-    frac = next((k for k in grid if re.search(r"frac", k)), None)
-    strength = next((k for k in grid if k != frac and re.search(r"strength|lrd|decay", k)), None)
-    if frac is None or strength is None:
+def _phase_keys(
+    grid: Sequence[str], fraction_key: str | None, strength_key: str | None
+) -> tuple[str, str, list[str]] | None:
+    """(fraction key, strength key, the other grid keys), or None when the grid lacks either."""
+    if fraction_key is None and strength_key is None and len(grid) >= 2:
+        fraction_key, strength_key = grid[0], grid[1]
+    if fraction_key not in grid or strength_key not in grid or fraction_key == strength_key:
         return None
-    return frac, strength, [k for k in grid if k not in (frac, strength)]
+    assert fraction_key is not None and strength_key is not None
+    return fraction_key, strength_key, [k for k in grid if k not in (fraction_key, strength_key)]
 
 
-def phase_data(df: Any, runs: Mapping[str, Run], grid: Sequence[str]) -> list[dict[str, Any]]:
+def phase_data(
+    df: Any,
+    runs: Mapping[str, Run],
+    grid: Sequence[str],
+    fraction_key: str | None = None,
+    strength_key: str | None = None,
+) -> list[dict[str, Any]]:
     """The grokking phase diagram as numbers, one dict per arm (the other grid keys).
 
-    Each dict: ``arm`` (point of the other keys), ``fraction_key``, ``strength_key``,
-    ``fractions``, ``strengths`` and (fractions × strengths) lists ``best`` (mean over seeds of the
-    best validation accuracy; NaN without data), ``grok_step`` (median over the seeds that grokked
-    of the first step with validation accuracy ≥ 0.99; None if none did), ``grokked`` and ``n``
-    (seed counts). Empty when the grid has no fraction × strength pair.
+    ``fraction_key`` × ``strength_key`` are two keys of ``grid`` (default: its first two). Each
+    dict: ``arm`` (point of the other keys), ``fraction_key``, ``strength_key``, ``fractions``,
+    ``strengths`` and (fractions × strengths) lists ``best`` (mean over seeds of the best
+    validation accuracy; NaN without data), ``grok_step`` (median over the seeds that grokked of the
+    first step with validation accuracy ≥ 0.99; None if none did), ``grokked`` and ``n`` (seed
+    counts). Empty when the grid lacks either key.
     """
-    keys = _phase_keys(grid)
+    keys = _phase_keys(grid, fraction_key, strength_key)
     if keys is None:
         return []
     frac, strength, arms = keys
@@ -1020,10 +1039,18 @@ def phase_data(df: Any, runs: Mapping[str, Run], grid: Sequence[str]) -> list[di
     return out
 
 
-def _fig_phase(page: _Page, df: Any, runs: Mapping[str, Run], grid: Sequence[str]) -> None:
-    panels = phase_data(df, runs, grid)
+def phase_diagram(sweep: SweepData, fraction_key: str, strength_key: str) -> list[ReportFigure]:
+    """The grokking phase diagram of a sweep over ``fraction_key`` × ``strength_key``: one heatmap
+    panel per point of the other grid keys, colour = best validation accuracy (mean over seeds),
+    text = median grokking step (:func:`phase_data`). Empty when the grid lacks either key.
+
+    An experiment whose sweeps have such a grid returns this from its ``figures`` hook
+    (:mod:`rankdecay.experiments.grokking`).
+    """
+    grid = sweep.grid
+    panels = phase_data(sweep.df, sweep.runs, grid, fraction_key, strength_key)
     if not panels:
-        return
+        return []
     frac, strength = panels[0]["fraction_key"], panels[0]["strength_key"]
     arms = [k for k in grid if k not in (frac, strength)]
     fracs, strengths = panels[0]["fractions"], panels[0]["strengths"]
@@ -1056,15 +1083,40 @@ def _fig_phase(page: _Page, df: Any, runs: Mapping[str, Run], grid: Sequence[str
         ax.set_title(_point_label(panel["arm"]), fontsize=10)
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="best validation accuracy", shrink=0.9)
-    page.add(
-        fig,
-        "phase_diagram",
-        "Grokking phase diagram",
+    caption = (
         f"Colour: best validation accuracy (mean over seeds) for each {frac} × {strength}"
         + (f", one panel per {', '.join(arms)}" if arms else "")
         + f". Text: median grokking step (first evaluation with validation accuracy ≥ {GROK_THRESHOLD}) "
-        "over the seeds that grokked, with their count when not all did; – : none grokked.",
+        "over the seeds that grokked, with their count when not all did; – : none grokked."
     )
+    return [ReportFigure(fig, "phase_diagram", "Grokking phase diagram", caption)]
+
+
+def _experiment_figures(
+    df: Any, runs: Mapping[str, Run], grid: Sequence[str]
+) -> list[ReportFigure]:
+    """The figures the sweep's experiment supplies (``Experiment.figures``); none without a hook.
+
+    An experiment that cannot be loaded here (a module no longer on the path) is named in a
+    warning and its figures are left out; the generic figures are drawn all the same.
+    """
+    name = df.attrs.get("experiment")
+    if not name:
+        return []
+    from .sweep import resolve_experiment
+
+    try:
+        exp, _ = resolve_experiment(str(name))
+    except (RankdecayError, ImportError) as exc:
+        warnings.warn(
+            f"the sweep's experiment {name!r} cannot be loaded ({exc}); the report leaves out the "
+            "figures it supplies — put its module on PYTHONPATH to include them.",
+            stacklevel=3,
+        )
+        return []
+    if exp.figures is None:
+        return []
+    return list(exp.figures(SweepData(df, runs, grid)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1251,19 +1303,19 @@ def build_report(
     """Write the report of a run or sweep directory; return the path of report.html."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise RankdecayError(
+        raise RankdecayFileNotFoundError(
             f"{directory} does not exist; give the directory of a run or a sweep."
         )
     is_sweep = (directory / "sweep.json").exists()
     if not is_sweep and _is_model_dir(directory):
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{directory} is a Hugging Face model directory, not a run or sweep; for its per-head "
             f"spectra analyze it instead (rankdecay.analyze({str(directory)!r}) or "
             f"`rankdecay analyze {directory}`)."
         )
     if not is_sweep and not is_run_dir(directory):
         if not any(is_run_dir(p) for p in directory.iterdir() if p.is_dir()):
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"{directory} is neither a run nor a sweep directory (no config.json, summary.json or "
                 "sweep.json); point to a directory written by `rankdecay run` or `rankdecay sweep`."
             )
@@ -1364,7 +1416,8 @@ def _sweep_page(
         if (directory / "sweep.json").exists()
         else {}
     )
-    _fig_phase(page, df, runs, grid)
+    for extra in _experiment_figures(df, runs, grid):
+        page.add(extra.figure, extra.name, extra.title, extra.caption)
     _fig_final_vs_param(page, df, grid)
     _fig_sweep_curves(page, df, runs, grid)
     _fig_sweep_spectra(page, df, runs, grid)
@@ -1532,7 +1585,7 @@ def analysis_html(report: Any, path: str | Path, figures_dir: str | Path | None 
     Figure = _mpl()
     records = list(report.records)
     if not records:
-        raise RankdecayError(
+        raise RankdecayValueError(
             "the spectral report has no records; analyze a model with attention layers."
         )
     model = dict(getattr(report, "model", {}) or {})
@@ -1657,55 +1710,3 @@ _SUMMARY_LABEL = {
     "balance": "balance",
     "norm_gap": "norm gap",
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", help="a run directory or a sweep directory")
-    parser.add_argument(
-        "--out",
-        default=None,
-        metavar="FILE",
-        help="report.html path (default DIR/report/report.html); figures/ and summary.csv go beside it",
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="STEP",
-        help="steps at which to plot singular-value spectra (nearest logged; default first/middle/last)",
-    )
-    from .threads import add_threads_argument
-
-    add_threads_argument(parser)
-
-
-def _warn_gaps(directory: Path) -> None:
-    """One warning line per run whose history has gaps (the report marks them too)."""
-    from .runfiles import history_gaps
-
-    dirs = [directory] if not (directory / "sweep.json").exists() else sorted(
-        p for p in directory.iterdir() if p.is_dir() and is_run_dir(p)
-    )
-    for d in dirs:
-        gaps = history_gaps(d)
-        if gaps:
-            print(
-                f"rankdecay: warning: the history of {d} has gaps ({'; '.join(gaps)}); the report "
-                "marks it and draws what is left.",
-                file=sys.stderr,
-            )
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    path = build_report(args.directory, args.out, args.steps)
-    _warn_gaps(Path(args.directory))
-    print(
-        f"wrote {path} (figures in {path.parent / 'figures'}, table {path.parent / 'summary.csv'})"
-    )
-    return 0

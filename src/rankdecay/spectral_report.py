@@ -463,11 +463,3 @@ def _model_info(
         "flags": {lh.name: dict(lh.flags) for lh in layers if lh.flags},
         "attention_kinds": {lh.name: lh.kind for lh in layers if lh.kind != "self"},
     }
-
-
-def _fmt(x: float, digits: int = 3) -> str:
-    if x == 0:
-        return "0"
-    if abs(x) >= 1e4 or abs(x) < 1e-3:
-        return f"{x:.2e}"
-    return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{digits + 1}g}"

@@ -8,7 +8,16 @@ Each experiment lives in its own module here and defines ``EXPERIMENT = Experime
 - ``run(cfg, run_dir, *, resume=False, progress=True) -> dict``: performs one run, writing the run
   directory described in :mod:`rankdecay.runio`, and returns the summary dict (``summary.json``),
   whose ``verdict`` rows the CLI prints as a table;
-- ``grids``: preset → default sweep grid (dotted key → values), ``seeds``: preset → seeds per point.
+- or, instead of ``run``, ``trainer="train"`` with a ``verdict(RunResult) -> rows`` function: the
+  run is rankdecay's transformer loop (:func:`rankdecay.train.train`), which the ensemble executor
+  (:mod:`rankdecay.ensemble`) may also run stacked with other members;
+- ``grids``: preset → default sweep grid (dotted key → values), ``seeds``: preset → seeds per point;
+- ``figures`` (optional): ``figures(sweep) -> list[ReportFigure]``, the figures of a sweep of this
+  experiment that only it knows how to draw (the grokking phase diagram); ``rankdecay report``
+  adds them to the generic ones (:mod:`rankdecay.report`).
+
+Nothing here imports torch: ``rankdecay list`` reads the records, and each experiment module
+imports what its configs need.
 """
 
 from __future__ import annotations
@@ -18,12 +27,28 @@ import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..config import apply_overrides
-from ..errors import RankdecayError
+from ..errors import RankdecayValueError
 
-__all__ = ["Experiment", "get_experiment", "list_experiments", "EXPERIMENT_MODULES"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..train import RunResult
+
+__all__ = [
+    "EXPERIMENT_MODULES",
+    "Experiment",
+    "ReportFigure",
+    "SweepData",
+    "Trainer",
+    "get_experiment",
+    "list_experiments",
+    "with_loggers",
+]
+
+#: who runs an experiment's configs: "train" = rankdecay's transformer loop
+#: (:func:`rankdecay.train.train`, also stackable by the ensemble executor); None = its own ``run``
+Trainer = Literal["train"] | None
 
 #: experiment name → module in this package
 EXPERIMENT_MODULES: dict[str, str] = {
@@ -38,21 +63,70 @@ EXPERIMENT_MODULES: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class SweepData:
+    """A sweep as an experiment's ``figures`` hook receives it (see :class:`ReportFigure`)."""
+
+    #: :func:`rankdecay.results.load_sweep` of the sweep: one row per run
+    df: Any
+    #: run name (``df["run"]``) → its files (:class:`rankdecay.results.Run`), for the runs that
+    #: have a run directory
+    runs: Mapping[str, Any]
+    #: the swept config keys
+    grid: Sequence[str]
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    """A figure that an experiment adds to the report of its sweeps (``Experiment.figures``);
+    :func:`rankdecay.report.phase_diagram` makes the grokking phase diagram.
+
+    ``figure`` is a matplotlib ``Figure`` (the class itself, not pyplot); ``name`` names its
+    files (``figures/<name>.png`` / ``.svg``) and its anchor in the page.
+    """
+
+    figure: Any
+    name: str
+    title: str
+    caption: str
+
+
+@dataclass(frozen=True)
 class Experiment:
+    """A named experiment: its config class, presets, sweep grids and how a run is trained."""
+
     name: str
     description: str
     config_cls: type
-    run: Callable[..., dict[str, Any]]
+    #: one run: ``run(cfg, run_dir, *, resume, progress, ...) -> summary``; built from ``trainer``
+    #: and ``verdict`` when not given
+    run: Callable[..., dict[str, Any]] = None  # type: ignore[assignment]
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     grids: Mapping[str, Mapping[str, Sequence[Any]]] = field(default_factory=dict)
     seeds: Mapping[str, int] = field(default_factory=dict)
     #: which REPRODUCTIONS.md row this reproduces, e.g. "R3"
     reproduces: str = ""
+    #: the trainer of its runs (see :data:`Trainer`)
+    trainer: Trainer = None
+    #: ``trainer="train"``: the verdict rows of a finished run, ``RunResult -> [row, ...]``
+    verdict: Callable[[RunResult], list[dict[str, Any]]] | None = None
+    #: the figures of a sweep of this experiment beyond the generic ones (see rankdecay.report)
+    figures: Callable[[SweepData], list[ReportFigure]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            if self.trainer != "train":
+                raise RankdecayValueError(
+                    f"experiment '{self.name}' has neither a run function nor trainer='train'; "
+                    "give it one of them."
+                )
+            from ._transformer import make_run
+
+            object.__setattr__(self, "run", make_run(self.name, self.verdict))
 
     def config(self, preset: str = "quick", overrides: Any = (), seed: int | None = None) -> Any:
         """Defaults → preset → overrides → seed."""
         if preset not in self.presets:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"experiment '{self.name}' has no preset '{preset}'; choose one of "
                 f"{', '.join(self.presets)}."
             )
@@ -81,9 +155,28 @@ def list_experiments() -> list[str]:
 def get_experiment(name: str) -> Experiment:
     available = _available()
     if name not in available:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"unknown experiment '{name}'; choose one of {', '.join(available)} "
             "(`rankdecay list` describes them)."
         )
     module = importlib.import_module(f"{__name__}.{available[name]}")
     return module.EXPERIMENT
+
+
+def with_loggers(cfg: Any, value: str | Sequence[str], experiment: str) -> Any:
+    """``cfg`` with ``train.loggers`` set from ``value`` (``--log-to``; validated, packages checked).
+
+    Only configs of the transformer loop have ``train.loggers``; any other config is refused.
+    """
+    from ..integrations.loggers import check_loggers, parse_loggers
+
+    names = parse_loggers(value)
+    if not hasattr(getattr(cfg, "train", None), "loggers"):
+        raise RankdecayValueError(
+            f"experiment '{experiment}' does not train a transformer with the rankdecay loop, so "
+            "it cannot log to TensorBoard/W&B; drop the loggers (its results are in the run "
+            "directory).",
+            param="log_to",
+        )
+    check_loggers(names)
+    return apply_overrides(cfg, {"train.loggers": names})

@@ -2,23 +2,28 @@
 
 Each experiment module defines its config dataclass (fields ``seed, task, model, optim, lrd,
 train`` plus its own top-level knobs and an ``optimizer_settings()`` hook) and a verdict function
-``RunResult -> rows``; :func:`make_run` turns these into the ``Experiment.run`` callable.
+``RunResult -> rows``, and declares ``Experiment(..., trainer="train", verdict=...)``;
+:func:`make_run` turns these into the ``Experiment.run`` callable (torch is imported when a run
+starts, not when the experiment is listed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..train import RunResult, train
+if TYPE_CHECKING:  # pragma: no cover
+    from ..train import RunResult
 
 __all__ = ["first_step", "make_run", "mean_over", "verdict_row"]
 
 
 def make_run(
-    name: str, verdict: Callable[[RunResult], list[dict[str, Any]]]
+    name: str, verdict: Callable[[RunResult], list[dict[str, Any]]] | None
 ) -> Callable[..., dict[str, Any]]:
+    """``Experiment.run`` of a ``trainer="train"`` experiment: :func:`rankdecay.train.train`."""
+
     def run(
         cfg: Any,
         run_dir: str | Path,
@@ -27,6 +32,8 @@ def make_run(
         progress: bool = True,
         preset: str | None = None,
     ) -> dict[str, Any]:
+        from ..train import train
+
         return train(
             cfg,
             run_dir,
@@ -39,10 +46,6 @@ def make_run(
 
     run.__name__ = f"run_{name.replace('-', '_')}"
     run.__doc__ = f"One run of the '{name}' experiment (see rankdecay.train.train)."
-    # what the ensemble executor (rankdecay.ensemble) needs to train it without calling run
-    run.rankdecay_trainer = "train"  # type: ignore[attr-defined]
-    run.experiment_name = name  # type: ignore[attr-defined]
-    run.verdict = verdict  # type: ignore[attr-defined]
     return run
 
 

@@ -31,6 +31,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from ..config import to_dict
-from ..errors import RankdecayError
+from ..errors import RankdecayError, RankdecayFileExistsError, RankdecayValueError
 from ..runio import (
     append_jsonl,
     atomic_write_json,
@@ -177,7 +178,7 @@ def _stored_config(run_dir: Path) -> dict[str, Any]:
     )
     stored = meta.get("config")
     if meta.get("experiment") != "attention-svm" or not isinstance(stored, dict):
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{run_dir / 'config.json'} is not the config of an attention-svm run; resume a run "
             "of this experiment or start a new one in another directory.",
             param=("resume", "out"),
@@ -190,7 +191,7 @@ def _check_same_config(cfg: AttentionSVMConfig, run_dir: Path) -> None:
     now = json.loads(json.dumps(to_dict(cfg)))
     differ = sorted(k for k in set(now) | set(stored) if now.get(k) != stored.get(k))
     if differ:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"cannot resume {run_dir}: its config differs in {', '.join(differ[:3])}; resume "
             "without config overrides, or start a new run in another directory.",
             param="out",
@@ -226,7 +227,7 @@ def _refuse_to_overwrite(run_dir: Path) -> None:
         with contextlib.suppress(RankdecayError):
             status = read_json(run_dir / "summary.json", "summary", expect=dict).get("status")
     if status not in (None, "failed") or _done_tags(run_dir):
-        raise RankdecayError(
+        raise RankdecayFileExistsError(
             f"{run_dir} already holds an attention-svm run (status {status or 'unfinished'}); "
             "resume it to continue or choose another output directory.",
             param=("resume", "out"),
@@ -369,9 +370,10 @@ def _run(
     done: dict[str, dict[str, Any]],
     stop: Any,
 ) -> dict[str, Any]:
+    """Every (parameterization, loss) block — those in ``done`` (finished by an earlier,
+    interrupted attempt) read back, the others trained — then the conservation check."""
     seeds = problem_seeds(cfg)
     data = make_data(seeds, n=cfg.n, T=cfg.T, d=cfg.d)
-    optimal = data.optimal_tokens()
     metric_rows: dict[int, dict[str, Any]] = {}
     final: dict[str, Any] = {}
     verdict: list[dict[str, Any]] = []
@@ -386,101 +388,149 @@ def _run(
             tag = f"{param}_{loss}"
             if tag in done:  # finished by an earlier, interrupted attempt
                 block = done[tag]
-                for s, row in block["metrics"].items():
-                    metric_rows.setdefault(int(s), {"step": int(s)}).update(row)
-                final[tag] = block["final"]
-                verdict.extend(block["verdict"])
-                continue
-            res = train(
-                data,
-                param,
-                loss,
-                steps=cfg.steps,
-                lr=cfg.lr,
-                init_scale=cfg.init_scale,
-                kq_width=cfg.kq_width,
-                log_every=cfg.log_every,
-                gradient=cfg.gradient,
-                callback=lambda _it, tag=tag: tick(1, f"train {tag}"),
-            )
-            alpha = selected_tokens(res.probs)
-            steps = res.steps
-            check_idx = max(i for i, s in enumerate(steps) if s <= cfg.check_step)
-            corr = {svm: np.full((len(steps), cfg.n_seeds), np.nan) for svm in SVMS_FOR[param]}
-            seed_rows = []
-            for b in range(cfg.n_seeds):
-                row: dict[str, Any] = {
-                    "param": param,
-                    "loss": loss,
-                    "problem": b,
-                    "data_seed": seeds[b],
-                    "alpha": alpha[b].tolist(),
-                    "globally_optimal": float((alpha[b] == optimal[b]).double().mean()),
-                    "final_loss": float(res.loss[-1, b]),
-                    "min_top_prob": float(res.probs[b].max(-1).values.min()),
-                    "final_norm": float(res.W[-1, b].norm()),
-                }
-                for svm in SVMS_FOR[param]:
-                    sol = solve_attention_svm(
-                        data.X[b], data.z[b], alpha[b].tolist(), svm, solver=cfg.solver
-                    )
-                    row[f"svm_{svm}_status"] = sol.status
-                    row[f"svm_{svm}_norm"] = sol.objective
-                    row[f"svm_{svm}_min_margin"] = sol.min_margin
-                    if sol.W is not None:
-                        c = correlation(res.W[:, b], torch.from_numpy(sol.W)).numpy()
-                        corr[svm][:, b] = c
-                        row[f"corr_{svm}_check"] = float(c[check_idx])
-                        row[f"corr_{svm}_final"] = float(c[-1])
-                seed_rows.append(row)
-                tick(1, f"SVMs {tag}")
-            block_rows: dict[int, dict[str, Any]] = {}
-            for i, s in enumerate(steps):
-                r = block_rows.setdefault(s, {})
-                r[f"{tag}_loss_mean"] = float(res.loss[i].mean())
-                for svm, c in corr.items():
-                    ok = np.isfinite(c[i])
-                    r[f"{tag}_corr_{svm}_mean"] = float(c[i][ok].mean()) if ok.any() else None
-                    r[f"{tag}_corr_{svm}_std"] = float(c[i][ok].std()) if ok.any() else None
-                    r[f"{tag}_corr_{svm}_n"] = int(ok.sum())
-                metric_rows.setdefault(s, {"step": s}).update(r)
-            per_block = {
-                **{f"{svm}_check": corr[svm][check_idx] for svm in corr},
-                **{f"{svm}_final": corr[svm][-1] for svm in corr},
-                "globally_optimal": np.array([r["globally_optimal"] for r in seed_rows]),
-            }
-            blk: dict[str, Any] = {
-                "check_step": steps[check_idx],
-                "final_step": steps[-1],
-                "loss_final_mean": float(res.loss[-1].mean()),
-                "globally_optimal_fraction": float(
-                    np.mean([r["globally_optimal"] for r in seed_rows])
-                ),
-                "min_top_prob": float(min(r["min_top_prob"] for r in seed_rows)),
-            }
-            for svm, c in corr.items():
-                for when, idx in (("check", check_idx), ("final", -1)):
-                    v = c[idx][np.isfinite(c[idx])]
-                    blk[f"corr_{svm}_{when}_mean"] = float(v.mean()) if v.size else None
-                    blk[f"corr_{svm}_{when}_std"] = float(v.std()) if v.size else None
-                blk[f"svm_{svm}_solved"] = int(np.isfinite(c[-1]).sum())
-            final[tag] = blk
-            rows = _block_verdict(cfg, param, loss, per_block, steps[check_idx], steps[-1])
-            verdict.extend(rows)
-            # the block is done once its line is in blocks.jsonl (seeds.jsonl first)
-            append_jsonl(run_dir / "seeds.jsonl", seed_rows)
-            append_jsonl(
-                run_dir / BLOCKS,
-                [{"tag": tag, "metrics": block_rows, "final": blk, "verdict": rows}],
-            )
+            else:
+                block = _train_block(cfg, run_dir, data, seeds, param, loss, tick)
+            for s, row in block["metrics"].items():
+                metric_rows.setdefault(int(s), {"step": int(s)}).update(row)
+            final[tag] = block["final"]
+            verdict.extend(block["verdict"])
     append_jsonl(run_dir / "metrics.jsonl", [metric_rows[s] for s in sorted(metric_rows)])
+    final["conservation"], rows = _conservation(cfg, data, lambda _it: tick(0))
+    verdict.extend(rows)
+    bar.advance(1, "conservation")
+    return {
+        "final": final,
+        "verdict": verdict,
+        "n_problems": cfg.n_seeds,
+        "problem_seeds": seeds,
+    }
 
-    # conservation of KᵀK − QᵀQ (no regularization, small-step plain GD), and the step-size check
+
+def _train_block(
+    cfg: AttentionSVMConfig,
+    run_dir: Path,
+    data: Any,
+    seeds: list[int],
+    param: str,
+    loss: str,
+    tick: Callable[..., None],
+) -> dict[str, Any]:
+    """Train one (parameterization, loss) block on every problem, solve its SVMs, and append it to
+    ``seeds.jsonl`` and ``blocks.jsonl`` (the block is done once its line is in blocks.jsonl).
+
+    Returns the block record ``{"tag", "metrics": step → row, "final", "verdict"}``.
+    """
+    tag = f"{param}_{loss}"
+    res = train(
+        data,
+        param,
+        loss,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        init_scale=cfg.init_scale,
+        kq_width=cfg.kq_width,
+        log_every=cfg.log_every,
+        gradient=cfg.gradient,
+        callback=lambda _it: tick(1, f"train {tag}"),
+    )
+    alpha = selected_tokens(res.probs)
+    optimal = data.optimal_tokens()
+    steps = res.steps
+    check_idx = max(i for i, s in enumerate(steps) if s <= cfg.check_step)
+    #: svm → (logged steps × problems) correlation of W(t) with the SVM solution (NaN: unsolved)
+    corr = {svm: np.full((len(steps), cfg.n_seeds), np.nan) for svm in SVMS_FOR[param]}
+    seed_rows = []
+    for b in range(cfg.n_seeds):
+        row: dict[str, Any] = {
+            "param": param,
+            "loss": loss,
+            "problem": b,
+            "data_seed": seeds[b],
+            "alpha": alpha[b].tolist(),
+            "globally_optimal": float((alpha[b] == optimal[b]).double().mean()),
+            "final_loss": float(res.loss[-1, b]),
+            "min_top_prob": float(res.probs[b].max(-1).values.min()),
+            "final_norm": float(res.W[-1, b].norm()),
+        }
+        for svm in SVMS_FOR[param]:
+            sol = solve_attention_svm(
+                data.X[b], data.z[b], alpha[b].tolist(), svm, solver=cfg.solver
+            )
+            row[f"svm_{svm}_status"] = sol.status
+            row[f"svm_{svm}_norm"] = sol.objective
+            row[f"svm_{svm}_min_margin"] = sol.min_margin
+            if sol.W is not None:
+                c = correlation(res.W[:, b], torch.from_numpy(sol.W)).numpy()
+                corr[svm][:, b] = c
+                row[f"corr_{svm}_check"] = float(c[check_idx])
+                row[f"corr_{svm}_final"] = float(c[-1])
+        seed_rows.append(row)
+        tick(1, f"SVMs {tag}")
+    per_block = {
+        **{f"{svm}_check": corr[svm][check_idx] for svm in corr},
+        **{f"{svm}_final": corr[svm][-1] for svm in corr},
+        "globally_optimal": np.array([r["globally_optimal"] for r in seed_rows]),
+    }
+    block = {
+        "tag": tag,
+        "metrics": _block_metrics(tag, steps, res.loss, corr),
+        "final": _block_final(steps, check_idx, res.loss, corr, seed_rows),
+        "verdict": _block_verdict(cfg, param, loss, per_block, steps[check_idx], steps[-1]),
+    }
+    append_jsonl(run_dir / "seeds.jsonl", seed_rows)
+    append_jsonl(run_dir / BLOCKS, [block])
+    return block
+
+
+def _block_metrics(
+    tag: str, steps: list[int], loss: Any, corr: dict[str, np.ndarray]
+) -> dict[int, dict[str, Any]]:
+    """Step → the block's metrics.jsonl columns: mean loss over problems, and per SVM the mean,
+    std and count of the correlations that exist (solved problems)."""
+    rows: dict[int, dict[str, Any]] = {}
+    for i, s in enumerate(steps):
+        r = rows.setdefault(s, {})
+        r[f"{tag}_loss_mean"] = float(loss[i].mean())
+        for svm, c in corr.items():
+            ok = np.isfinite(c[i])
+            r[f"{tag}_corr_{svm}_mean"] = float(c[i][ok].mean()) if ok.any() else None
+            r[f"{tag}_corr_{svm}_std"] = float(c[i][ok].std()) if ok.any() else None
+            r[f"{tag}_corr_{svm}_n"] = int(ok.sum())
+    return rows
+
+
+def _block_final(
+    steps: list[int],
+    check_idx: int,
+    loss: Any,
+    corr: dict[str, np.ndarray],
+    seed_rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The block's summary values: correlations at the check and final steps (mean, std over the
+    solved problems), SVMs solved, final loss, fraction of globally optimal token selections."""
+    blk: dict[str, Any] = {
+        "check_step": steps[check_idx],
+        "final_step": steps[-1],
+        "loss_final_mean": float(loss[-1].mean()),
+        "globally_optimal_fraction": float(np.mean([r["globally_optimal"] for r in seed_rows])),
+        "min_top_prob": float(min(r["min_top_prob"] for r in seed_rows)),
+    }
+    for svm, c in corr.items():
+        for when, idx in (("check", check_idx), ("final", -1)):
+            v = c[idx][np.isfinite(c[idx])]
+            blk[f"corr_{svm}_{when}_mean"] = float(v.mean()) if v.size else None
+            blk[f"corr_{svm}_{when}_std"] = float(v.std()) if v.size else None
+        blk[f"svm_{svm}_solved"] = int(np.isfinite(c[-1]).sum())
+    return blk
+
+
+def _conservation(
+    cfg: AttentionSVMConfig, data: Any, tick0: Callable[[int], None]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Conservation of KᵀK − QᵀQ under small-step plain GD without regularization, and the
+    step-size check (halving lr at equal time): (values per loss, verdict rows)."""
     cons: dict[str, Any] = {}
-
-    def tick0(_it: int) -> None:
-        tick(0)
-
+    rows: list[dict[str, Any]] = []
     for loss in cfg.losses:
         kw = dict(init_scale=cfg.conservation_init_scale, kq_width=cfg.kq_width)
         full = conservation_drift(
@@ -503,7 +553,7 @@ def _run(
             "W_moved_mean": float(full["moved"].mean()),
             "W_moved_min": float(full["moved"].min()),
         }
-        verdict.append(
+        rows.append(
             _row(
                 f"KQ, {loss}: KᵀK − QᵀQ conserved by small-step GD (no regularization)",
                 f"max relative drift ≤ {cfg.conservation_tol:g}",
@@ -512,14 +562,7 @@ def _run(
                 bool(drift.max() <= cfg.conservation_tol),
             )
         )
-    bar.advance(1, "conservation")
-    final["conservation"] = cons
-    return {
-        "final": final,
-        "verdict": verdict,
-        "n_problems": cfg.n_seeds,
-        "problem_seeds": seeds,
-    }
+    return cons, rows
 
 
 def _block_verdict(
@@ -599,7 +642,7 @@ def plot(run_dir: str | Path, path: str | Path, *, dpi: int = 90) -> Path:
     run_dir = Path(run_dir)
     rows = list(read_jsonl(run_dir / "metrics.jsonl"))
     if not rows:
-        raise RankdecayError(f"{run_dir} has no metrics.jsonl rows; run the experiment first.")
+        raise RankdecayValueError(f"{run_dir} has no metrics.jsonl rows; run the experiment first.")
     meta = read_json(run_dir / "config.json", "run config")
     cfg = meta.get("config", {})
     params = [p for p in cfg.get("parameterizations", PARAMETERIZATIONS)]

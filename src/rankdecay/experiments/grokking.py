@@ -39,13 +39,15 @@ steps, no early stop, LRD by the exact SVD polar.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..models import ModelConfig
+from ..run_config import LRDConfig, ModelConfig, OptimConfig, TrainConfig
 from ..tasks.modular import ModularConfig
-from ..train import LRDConfig, OptimConfig, RunResult, TrainConfig
-from . import Experiment
-from ._transformer import first_step, make_run, verdict_row
+from . import Experiment, ReportFigure, SweepData
+from ._transformer import first_step, verdict_row
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..train import RunResult
 
 __all__ = ["EXPERIMENT", "PUBLIC", "GrokkingConfig", "arm_defaults"]
 
@@ -237,12 +239,31 @@ PUBLIC: dict[str, Any] = {
 _FRACTIONS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 _STRENGTHS = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2]
 
+#: the keys a phase-diagram sweep varies: the training fraction × one of the strength keys
+FRACTION_KEY = "task.train_fraction"
+STRENGTH_KEYS = ("strength", "lrd.strength", "optim.weight_decay")
+
+
+def _figures(sweep: SweepData) -> list[ReportFigure]:
+    """The phase diagram of a sweep over ``task.train_fraction`` × a strength key (the ``phase``
+    preset's grid), one panel per point of the other keys (the arm): colour = best validation
+    accuracy, text = median grokking step (:func:`rankdecay.report.phase_diagram`)."""
+    strength = next((k for k in STRENGTH_KEYS if k in sweep.grid), None)
+    if FRACTION_KEY not in sweep.grid or strength is None:
+        return []
+    from ..report import phase_diagram
+
+    return phase_diagram(sweep, FRACTION_KEY, strength)
+
+
 EXPERIMENT = Experiment(
     name="grokking",
     description="R4: (a+b) mod 113 on a scale-invariant (RMSNorm + QK-norm) transformer; "
     "L2 vs Low-Rank Decay on W_Q/W_K — grokking step, stable rank, phase diagram",
     config_cls=GrokkingConfig,
-    run=make_run("grokking", _verdict),
+    trainer="train",
+    verdict=_verdict,
+    figures=_figures,
     presets={
         "quick": {"train.steps": 2000, "train.checkpoint_every": 500},
         # the public code's setup (PUBLIC); its grid (f = 0.5, both arms, 3 seeds) fits a CPU

@@ -13,13 +13,15 @@ claim). Our choices: widths, steps, the λ grid, 10 % of the text held out for v
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..models import ModelConfig
+from ..run_config import LRDConfig, ModelConfig, OptimConfig, TrainConfig
 from ..tasks.text import TextConfig
-from ..train import LRDConfig, OptimConfig, RunResult, TrainConfig
 from . import Experiment
-from ._transformer import make_run, verdict_row
+from ._transformer import verdict_row
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..train import RunResult
 
 __all__ = ["EXPERIMENT", "LMConfig"]
 
@@ -124,7 +126,8 @@ EXPERIMENT = Experiment(
     description="R5: character-level decoder LM on pydoc text; attention vs MLP weight decay "
     "(λ_attn × λ_mlp) against QK/OV rank and validation loss",
     config_cls=LMConfig,
-    run=make_run("lm", _verdict),
+    trainer="train",
+    verdict=_verdict,
     presets={
         "quick": {
             **_SMALL,

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..config import to_dict
-from ..errors import RankdecayError
+from ..errors import RankdecayError, RankdecayValueError
 from ..runio import append_jsonl, atomic_write_json, read_json, read_jsonl
 from . import Experiment
 
@@ -323,7 +323,7 @@ def plot(run_dir: str | Path, path: str | Path, *, dpi: int = 90) -> Path:
         ) from None
     rows = list(read_jsonl(Path(run_dir) / "pretrained.jsonl"))
     if not rows:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"{run_dir} has no pretrained.jsonl; run `rankdecay run pretrained` first."
         )
     fig, axes = plt.subplots(1, 2, figsize=(6.6, 3.0))

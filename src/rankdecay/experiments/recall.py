@@ -15,13 +15,15 @@ stalls at the frequency baseline); lr 1e-3 with 200 warm-up steps; batch 128.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..models import ModelConfig
+from ..run_config import LRDConfig, ModelConfig, OptimConfig, TrainConfig
 from ..tasks.recall import RecallConfig
-from ..train import LRDConfig, OptimConfig, RunResult, TrainConfig
 from . import Experiment
-from ._transformer import make_run, verdict_row
+from ._transformer import verdict_row
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..train import RunResult
 
 __all__ = ["EXPERIMENT", "RecallExperimentConfig"]
 
@@ -144,7 +146,8 @@ EXPERIMENT = Experiment(
     description="R3: 2-layer attention-only transformer on online associative recall, "
     "attention weight decay λ vs QK/OV rank, balance and norm gap",
     config_cls=RecallExperimentConfig,
-    run=make_run("recall", _verdict),
+    trainer="train",
+    verdict=_verdict,
     presets={"quick": _QUICK, "paper": {}},
     grids={
         "quick": {"weight_decay_attn": [0.0, 1e-3, 1e-2, 1e-1]},

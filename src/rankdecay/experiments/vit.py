@@ -12,13 +12,15 @@ monotonically with λ_attn; accuracy is reported. Our choices: patch size, width
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..models import ModelConfig
+from ..run_config import LRDConfig, ModelConfig, OptimConfig, TrainConfig
 from ..tasks.images import ImagesConfig
-from ..train import LRDConfig, OptimConfig, RunResult, TrainConfig
 from . import Experiment
-from ._transformer import make_run, verdict_row
+from ._transformer import verdict_row
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..train import RunResult
 
 __all__ = ["EXPERIMENT", "ViTConfig"]
 
@@ -107,7 +109,8 @@ EXPERIMENT = Experiment(
     description="R6: small ViT on the 5000 MNIST digits; attention weight decay λ_attn against "
     "the mean QK/OV rank over heads, accuracy reported",
     config_cls=ViTConfig,
-    run=make_run("vit", _verdict),
+    trainer="train",
+    verdict=_verdict,
     presets={
         "quick": {
             "model.n_layers": 2,

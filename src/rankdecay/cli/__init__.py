@@ -1,13 +1,22 @@
-"""Command line: ``rankdecay analyze | run | list | sweep | report``.
+"""Command line: ``rankdecay analyze | run | list | sweep | report`` (also ``python -m rankdecay``).
 
-Each command's module owns its arguments: it defines ``configure_parser(parser)`` and
-``run_cli(args) -> int``. This file only dispatches, and turns the errors a user can cause
+One module per command in this package (:mod:`~rankdecay.cli.analyze`, :mod:`~rankdecay.cli.run`,
+:mod:`~rankdecay.cli.catalog` for ``list``, :mod:`~rankdecay.cli.sweep`,
+:mod:`~rankdecay.cli.report`) owns its arguments and its terminal output: it defines
+``configure_parser(parser)`` and ``run_cli(args) -> int``. Only the command being run is imported
+and configured, and the command modules import the library inside ``run_cli``: ``rankdecay
+--help``, ``rankdecay <command> --help`` (``sweep`` asks the executors, and the ensemble executor
+lives in a torch module) and ``rankdecay report`` of a run do not import torch. This file only
+dispatches, and turns the errors a user can cause
 (:class:`~rankdecay.errors.RankdecayError`) into one sentence on stderr and exit code 2; when the
 error names the library parameter it is about (``exc.param``), the flag that sets it is appended.
 
 Threads: a command whose parser has ``--threads`` runs with that many torch threads (default
 :func:`rankdecay.threads.default_threads`); the OpenMP wait policy is set before torch is imported
-(:func:`rankdecay.threads.cli_environment`, called by ``rankdecay/__init__.py``).
+(:func:`rankdecay.threads.cli_environment`, called by ``rankdecay/__init__.py`` and
+``rankdecay/__main__.py``). A command module that computes nothing with torch says so with
+``USES_TORCH = False`` (``report``): its threads are set only when torch is already imported, so
+the command does not import torch to size a pool it never uses.
 """
 
 from __future__ import annotations
@@ -16,40 +25,56 @@ import argparse
 import importlib
 import sys
 
-from .errors import RankdecayError
+from ..errors import RankdecayError
+
+__all__ = ["COMMANDS", "build_parser", "flag_for", "main", "show_warning"]
 
 #: command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "analyze": ("rankdecay.analyze", "per-head spectra of a model's QK and OV circuits"),
-    "run": ("rankdecay.train", "one run of a named experiment"),
-    "list": ("rankdecay.experiments.catalog", "experiments, presets and config keys"),
-    "sweep": ("rankdecay.sweep", "a grid of runs on local processes, an ensemble or Ray"),
-    "report": ("rankdecay.report", "HTML report and figures of a run or a sweep"),
+    "analyze": ("rankdecay.cli.analyze", "per-head spectra of a model's QK and OV circuits"),
+    "run": ("rankdecay.cli.run", "one run of a named experiment"),
+    "list": ("rankdecay.cli.catalog", "experiments, presets and config keys"),
+    "sweep": ("rankdecay.cli.sweep", "a grid of runs on local processes, an ensemble or Ray"),
+    "report": ("rankdecay.cli.report", "HTML report and figures of a run or a sweep"),
 }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def _command_in(argv: list[str]) -> str | None:
+    """The command ``argv`` names (its first word that is one), or None."""
+    return next((a for a in argv if a in COMMANDS), None)
+
+
+def build_parser(
+    argv: list[str] | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    """The ``rankdecay`` parser and the command modules it configured, by command name.
+
+    Every command is listed (with its one-line help); the command named in ``argv`` — every
+    command when ``argv`` is None — is also configured, which imports its module.
+    """
     parser = argparse.ArgumentParser(
         prog="rankdecay",
         description="See and steer how regularization shapes the rank of attention layers.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = set(COMMANDS) if argv is None else {_command_in(argv)}
     modules: dict[str, object] = {}
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # command not built in this version
-            raise
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
         )
-        module.configure_parser(p)  # type: ignore[attr-defined]
-        modules[name] = module
+        if name in wanted:
+            module = importlib.import_module(module_name)
+            module.configure_parser(p)  # type: ignore[attr-defined]
+            modules[name] = module
     return parser, modules
+
+
+def show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """Warnings as one line on stderr: ``rankdecay: warning: <sentence>`` (no source line)."""
+    print(f"rankdecay: warning: {message}", file=sys.stderr)
 
 
 def flag_for(parser: argparse.ArgumentParser, param: str, config_key: bool = False) -> str | None:
@@ -85,16 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     parser: argparse.ArgumentParser | None = None
     args: argparse.Namespace | None = None
     try:
-        parser, modules = build_parser()
+        parser, modules = build_parser(argv)
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
-        if hasattr(args, "threads"):
-            from .threads import default_threads, set_threads
+        module = modules[args.command]
+        uses_torch = getattr(module, "USES_TORCH", True) or "torch" in sys.modules
+        if hasattr(args, "threads") and uses_torch:
+            from ..threads import default_threads, set_threads
 
             set_threads(args.threads or default_threads())
-        return int(modules[args.command].run_cli(args) or 0)  # type: ignore[attr-defined]
+        return int(module.run_cli(args) or 0)  # type: ignore[attr-defined]
     except RankdecayError as exc:
         if debug:
             raise
@@ -102,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         if exc.param and parser is not None:
             sub = _subparser(parser, getattr(args, "command", None))
             params = (exc.param,) if isinstance(exc.param, str) else exc.param
-            from .validation import ConfigValueError
-
-            key = isinstance(exc, ConfigValueError)
+            # a ConfigValueError can only come from an imported rankdecay.validation (which
+            # imports torch): look it up rather than import it
+            validation = sys.modules.get("rankdecay.validation")
+            key = validation is not None and isinstance(exc, validation.ConfigValueError)
             found = (flag_for(sub, p, config_key=key) for p in params)
             flags = [f for f in found if f and f not in message]
             if flags:
@@ -114,7 +142,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rankdecay: interrupted.", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`rankdecay list`: the experiments, their presets, and every config key with type and default.
+"""``rankdecay list``: the experiments, their presets, and every config key with type and default.
 
 ``rankdecay list`` prints one row per experiment (name, reproduced result, presets, description);
 ``rankdecay list EXPERIMENT [--preset P]`` prints every dotted config key (the keys
@@ -15,7 +15,7 @@ import typing
 from typing import Any
 
 from ..config import flatten
-from . import Experiment, get_experiment, list_experiments
+from ..experiments import Experiment, get_experiment, list_experiments
 
 __all__ = ["config_table", "configure_parser", "run_cli"]
 
