@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

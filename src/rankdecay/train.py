@@ -28,15 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from .config import flatten, from_dict
-from .device import resolve_device
+from .device import resolve_device as resolve_device
 from .distributed import launched_distributed, train_distributed
 from .engine import ModelEngine, build_model, build_optimizer, evaluate, loss_and_accuracy
 from .errors import RankdecayError
 from .integrations.loggers import check_loggers
-from .loop import RunSpec, Verdict, _StopFlag, lr_at, optimizer_settings, train_runs
+from .loop import RunSpec, Verdict, lr_at, train_runs
+from .loop import _StopFlag as _StopFlag
+from .loop import optimizer_settings as optimizer_settings
 from .run_config import LRDConfig, OptimConfig, RunConfig, TrainConfig
 from .runfiles import RunWriter
-from .runstate import RunResult, RunState, _optimizer_from_parts, _seed_everything
+from .runstate import RunResult, RunState
+from .runstate import _optimizer_from_parts as _optimizer_from_parts
+from .runstate import _seed_everything as _seed_everything
 
 __all__ = [
     "LRDConfig",
@@ -54,10 +58,6 @@ __all__ = [
     "run_cli",
     "train",
 ]
-
-# names other modules and scripts import from here
-_REEXPORTED = (optimizer_settings, resolve_device, _optimizer_from_parts, _seed_everything, _StopFlag)
-
 
 def train(
     cfg: RunConfig,
