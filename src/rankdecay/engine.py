@@ -269,7 +269,9 @@ class ModelEngine:
         with self.amp:
             return [evaluate(net, self.eval_sets, self.tc.eval_batch_size)]
 
-    def checkpoint_view(self, i: int) -> AbstractContextManager[tuple[nn.Module, torch.optim.Optimizer]]:
+    def checkpoint_view(
+        self, i: int
+    ) -> AbstractContextManager[tuple[nn.Module, torch.optim.Optimizer]]:
         return contextlib.nullcontext((self.model, self.optimizer))
 
     def end(self, i: int) -> None:
@@ -281,7 +283,11 @@ class ModelEngine:
         import torch.distributed as dist
 
         local = self.shard.stop - self.shard.start
-        return {"world_size": self.world_size, "backend": dist.get_backend(), "local_batch_size": local}
+        return {
+            "world_size": self.world_size,
+            "backend": dist.get_backend(),
+            "local_batch_size": local,
+        }
 
     def resume_hint(self, run_dir: Path) -> str:
         if self.ddp:

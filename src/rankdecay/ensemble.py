@@ -72,7 +72,7 @@ from .device import autocast, loss_precision, maybe_compile, param_dtype, resolv
 from .engine import build_model, build_optimizer
 from .errors import RankdecayError, RankdecayValueError
 from .loop import RunSpec, lr_at, optimizer_settings, train_runs
-from .run_config import RunConfig
+from .run_config import ModelConfig, RunConfig
 from .runstate import _seed_everything
 from .sweep import Executor, RunEvent, RunTask, execute_task, load_experiment, set_threads
 
@@ -545,10 +545,8 @@ EnsembleMember = RunSpec
 
 
 def unsupported_reason(cfg: Any) -> str | None:
-    """Why ``cfg`` cannot be trained in an ensemble (None when it can)."""
-    from .models import ModelConfig
-    from .train import optimizer_settings
-
+    """Why ``cfg`` (any experiment's config) cannot be trained in an ensemble (None when it can:
+    a :class:`~rankdecay.run_config.RunConfig` of a TinyTransformer with a batched update)."""
     for f in ("seed", "task", "model", "optim", "lrd", "train"):
         if not hasattr(cfg, f):
             return f"its config has no '{f}' section"
@@ -566,10 +564,9 @@ def unsupported_reason(cfg: Any) -> str | None:
     return None
 
 
-def ensemble_key(cfg: Any) -> str:
+def ensemble_key(cfg: RunConfig) -> str:
     """Members with equal keys can share an ensemble: same model shape (after the task fills its
     sizes), task kind, loop (steps, batch, cadences, device, amp), optimizer type and LRD form."""
-    from .train import optimizer_settings
 
     optim, lrd = optimizer_settings(cfg)
     tc = dataclasses.asdict(cfg.train)
@@ -591,15 +588,14 @@ def ensemble_key(cfg: Any) -> str:
     )
 
 
-def _param_bytes(cfg: Any, task: Any) -> tuple[int, Any]:
-    from .train import build_model
+def _param_bytes(cfg: RunConfig, task: Any) -> tuple[int, Any]:
 
     with torch.device("meta"):
         model = build_model(cfg.model, task)
     return sum(p.numel() for p in model.parameters()) * 4, model.cfg
 
 
-def member_bytes(cfg: Any, task: Any) -> int:
+def member_bytes(cfg: RunConfig, task: Any) -> int:
     """Estimated bytes one member needs (:func:`rankdecay.validation.training_bytes` of its exact
     parameter count)."""
     from .validation import training_bytes
@@ -614,7 +610,7 @@ def member_bytes(cfg: Any, task: Any) -> int:
 CPU_ACTIVATION_BUDGET = 12 * 2**20
 
 
-def cpu_members(cfg: Any, task: Any) -> int:
+def cpu_members(cfg: RunConfig, task: Any) -> int:
     """Largest CPU ensemble whose widest activation, batch·T·max(d_model, d_mlp, 3·H·d_head)
     floats per member, fits in :data:`CPU_ACTIVATION_BUDGET` (≥ 1).
 
@@ -631,7 +627,7 @@ def cpu_members(cfg: Any, task: Any) -> int:
     return max(1, CPU_ACTIVATION_BUDGET // max(1, cfg.train.batch_size * T * width * itemsize))
 
 
-def auto_members(cfg: Any, task: Any, device: torch.device, fraction: float = 0.5) -> int:
+def auto_members(cfg: RunConfig, task: Any, device: torch.device, fraction: float = 0.5) -> int:
     """How many members fit in ``fraction`` of the free memory of ``device`` (≥ 1); on a CPU also
     at most :func:`cpu_members` (larger CPU ensembles are slower per member)."""
     from .device import available_memory
@@ -804,7 +800,9 @@ class StackEngine:
         for cfg in cfgs:  # each member exactly as its solo run: seed, task, model
             _seed_everything(cfg.seed)
             self.tasks.append(cfg.task.build(cfg.seed))
-            self.models.append(build_model(cfg.model, self.tasks[-1]).to(device=self.device, dtype=dtype))
+            self.models.append(
+                build_model(cfg.model, self.tasks[-1]).to(device=self.device, dtype=dtype)
+            )
         self.settings = [optimizer_settings(cfg) for cfg in cfgs]
         # the members' solo optimizers over their own (not yet stacked) parameters
         self.pre_opts = []
@@ -1090,7 +1088,6 @@ class EnsembleExecutor(Executor):
 
     def plan(self, tasks: Sequence[RunTask]) -> tuple[list[list[RunTask]], list[RunTask]]:
         """(ensembles, solo tasks): compatible tasks grouped by key and checkpoint step, chunked."""
-        from .train import resolve_device
 
         groups: dict[tuple[str, int | None], list[RunTask]] = {}
         cfgs: dict[int, Any] = {}

@@ -296,7 +296,9 @@ class Engine(Protocol):
     def evaluate(self, step: int) -> list[dict[str, float]]:
         """``{set}_loss`` / ``{set}_acc`` of every run on its evaluation sets at ``step``."""
 
-    def checkpoint_view(self, i: int) -> AbstractContextManager[tuple[nn.Module, torch.optim.Optimizer]]:
+    def checkpoint_view(
+        self, i: int
+    ) -> AbstractContextManager[tuple[nn.Module, torch.optim.Optimizer]]:
         """Run i as a solo model and optimizer while its checkpoint is written."""
 
     def end(self, i: int) -> None:
@@ -364,7 +366,9 @@ def _on_main(engine: Engine, fn: Callable[[], T]) -> T:
     return result
 
 
-def _write_error(runs: Sequence[_Run], exc: BaseException, step: int | None) -> RankdecayError | None:
+def _write_error(
+    runs: Sequence[_Run], exc: BaseException, step: int | None
+) -> RankdecayError | None:
     """:func:`write_failure` for the run whose file could not be written."""
     path = str(getattr(exc, "path", ""))
     owner = next((r for r in runs if path.startswith(str(r.writer.dir))), runs[0])

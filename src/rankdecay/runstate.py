@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import NonFiniteLossError, RankdecayError
+from .run_config import RunConfig
 from .runfiles import RunWriter, checkpoint_step
 from .runio import FileWriteError, _jsonable
 
@@ -35,6 +36,7 @@ __all__ = [
     "save_run_checkpoint",
     "write_failure",
 ]
+
 
 @dataclass
 class RunState:
@@ -91,7 +93,7 @@ class RunResult:
     """What a verdict function sees: the run's full metric history and its final values."""
 
     run_dir: Path
-    config: Any
+    config: RunConfig
     metrics: list[dict[str, Any]]
     final: dict[str, Any]
 
@@ -182,6 +184,7 @@ def _optimizer_from_parts(
 
 
 # ----------------------------------------------------------------------------- signals / progress
+
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)

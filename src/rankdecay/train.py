@@ -59,6 +59,7 @@ __all__ = [
     "train",
 ]
 
+
 def train(
     cfg: RunConfig,
     run_dir: str | Path,
