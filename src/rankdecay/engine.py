@@ -18,11 +18,9 @@ after every step on every rank and keeps the (identical) weights identical.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +30,7 @@ from torch import Tensor, nn
 
 from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
 from .errors import RankdecayValueError
-from .loop import optimizer_settings
+from .loop import Engine, optimizer_settings
 from .run_config import LRDConfig, ModelConfig, OptimConfig, RunConfig
 from .runstate import _seed_everything
 from .validation import check_memory
@@ -189,7 +187,7 @@ def shard_rows(n: int, rank: int, world_size: int) -> slice:
     return slice(rank * b, (rank + 1) * b)
 
 
-class ModelEngine:
+class ModelEngine(Engine):
     """The loop's engine for one model (:class:`rankdecay.loop.Engine`, R = 1): on one device,
     or (``world_size > 1``) as rank ``rank`` of a DDP run whose process group is initialized."""
 
@@ -269,17 +267,9 @@ class ModelEngine:
         with self.amp:
             return [evaluate(net, self.eval_sets, self.tc.eval_batch_size)]
 
-    def checkpoint_view(
-        self, i: int
-    ) -> AbstractContextManager[tuple[nn.Module, torch.optim.Optimizer]]:
-        return contextlib.nullcontext((self.model, self.optimizer))
-
-    def end(self, i: int) -> None:
-        """Nothing to freeze: the loop ends with its only run."""
-
     def summary_fields(self) -> dict[str, Any]:
         if not self.ddp:
-            return {}
+            return super().summary_fields()
         import torch.distributed as dist
 
         local = self.shard.stop - self.shard.start
@@ -290,13 +280,12 @@ class ModelEngine:
         }
 
     def resume_hint(self, run_dir: Path) -> str:
-        if self.ddp:
-            return f"resume {run_dir} with the same torchrun command"
-        return f"resume {run_dir}"
+        hint = super().resume_hint(run_dir)
+        return f"{hint} with the same torchrun command" if self.ddp else hint
 
     def share(self, obj: T) -> T:
         if not self.ddp:
-            return obj
+            return super().share(obj)
         import torch.distributed as dist
 
         box = [obj]
@@ -305,7 +294,7 @@ class ModelEngine:
 
     def any_rank(self, flag: bool) -> bool:
         if not self.ddp:
-            return flag
+            return super().any_rank(flag)
         import torch.distributed as dist
 
         box = torch.tensor([1.0 if flag else 0.0], device=self.device)

@@ -62,7 +62,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
 from .engine import build_model, build_optimizer
 from .errors import RankdecayError, RankdecayValueError
-from .loop import RunSpec, lr_at, optimizer_settings, train_runs
+from .loop import Engine, RunSpec, lr_at, optimizer_settings, train_runs
 from .run_config import ModelConfig, RunConfig
 from .runstate import _seed_everything
 from .sweep import Executor, RunEvent, RunTask, execute_task, load_experiment, set_threads
@@ -91,8 +91,6 @@ __all__ = [
     "train_ensemble",
     "unsupported_reason",
 ]
-
-T = TypeVar("T")
 
 
 # ============================================================================ batched model
@@ -779,12 +777,10 @@ def train_ensemble(
     return summaries
 
 
-class StackEngine:
+class StackEngine(Engine):
     """The loop's engine (:class:`rankdecay.loop.Engine`) for M members trained as one stack
     (see the module docstring): every member is built and checkpointed as a solo run; between
     :meth:`start` and the end its parameters are views of the stacked tensors."""
-
-    main = True
 
     def __init__(self, forward: str = "batched") -> None:
         self.forward_kind = forward
@@ -956,12 +952,6 @@ class StackEngine:
 
     def resume_hint(self, run_dir: Path) -> str:
         return "repeat the sweep (or resume this run directory)"
-
-    def share(self, obj: T) -> T:
-        return obj
-
-    def any_rank(self, flag: bool) -> bool:
-        return flag
 
 
 # ============================================================================ executor

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -270,51 +270,62 @@ def _pop_running(step: int, state: RunState, tc: TrainConfig, force: bool) -> di
 # ----------------------------------------------------------------------------- the engine
 
 
-class Engine(Protocol):
+class Engine:
     """What the loop asks of a trainer that runs R runs at once (one model: R = 1; a stack of
-    members: R = M). Run i is the engine's i-th config."""
+    members: R = M); run i is the engine's i-th config. The defaults are those of one process
+    that trains its runs to the end together; subclasses supply the first five methods."""
 
     device: torch.device  #: where the runs train (set by :meth:`build`)
-    main: bool  #: this process writes the run directories (False on DDP ranks > 0)
-    label: str  #: progress-bar label
+    main = True  #: this process writes the run directories (False on DDP ranks > 0)
+    label = "run"  #: progress-bar label
 
     def build(self, cfgs: Sequence[RunConfig]) -> None:
         """Seed, build tasks, models and optimizers (each run exactly as a solo run would)."""
+        raise NotImplementedError
 
     def solo(self, i: int) -> tuple[nn.Module, torch.optim.Optimizer]:
         """Run i as a solo model and optimizer, before :meth:`start` (a checkpoint loads here)."""
+        raise NotImplementedError
 
     def start(self, step: int) -> None:
         """Ready to train from ``step`` (after any checkpoint was loaded)."""
+        raise NotImplementedError
 
     def step(
         self, t: int, lrs: Sequence[float], live: Sequence[bool]
     ) -> tuple[Sequence[Tensor], Sequence[Tensor]]:
         """One update of every live run at learning rates ``lrs``; each run's training loss and
         accuracy on its batch (0-dim tensors, no host sync)."""
+        raise NotImplementedError
 
     def evaluate(self, step: int) -> list[dict[str, float]]:
         """``{set}_loss`` / ``{set}_acc`` of every run on its evaluation sets at ``step``."""
+        raise NotImplementedError
 
     def checkpoint_view(
         self, i: int
     ) -> AbstractContextManager[tuple[nn.Module, torch.optim.Optimizer]]:
         """Run i as a solo model and optimizer while its checkpoint is written."""
+        return contextlib.nullcontext(self.solo(i))
 
     def end(self, i: int) -> None:
         """Run i ended before the others (failed or stopped early): train it no further."""
 
     def summary_fields(self) -> dict[str, Any]:
         """Extra keys of every run's summary.json (e.g. ``world_size``, ``ensemble_size``)."""
+        return {}
 
     def resume_hint(self, run_dir: Path) -> str:
-        """How to continue an interrupted run, e.g. ``resume runs/x``."""
+        """How to continue an interrupted run."""
+        return f"resume {run_dir}"
 
     def share(self, obj: T) -> T:
-        """Rank 0's ``obj`` on every rank (the identity without DDP)."""
+        """Rank 0's ``obj`` on every rank (DDP)."""
+        return obj
 
     def any_rank(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on any rank (the identity without DDP)."""
+        """True on every rank when ``flag`` is true on any rank (DDP)."""
+        return flag
 
 
 @dataclass
@@ -529,8 +540,8 @@ class _Loop:
                     for r in self.live():
                         if r.early.due:  # also after a resume whose replayed rows are due
                             r.summary["stopped_early"] = r.early.describe(step)
-                            engine.end(r.slot)
                             self.finish(r, step)
+                            engine.end(r.slot)
                     if not self.live():
                         break
                     t = step
@@ -546,7 +557,11 @@ class _Loop:
                     monitor_due = tc.monitor_every > 0 and step % tc.monitor_every == 0
                     if step % tc.log_every == 0 or step % tc.eval_every == 0 or monitor_due or last:
                         self.bookkeeping(step, force=last)
-                    if step % tc.checkpoint_every == 0 or last or any(r.early.due for r in runs):
+                    if (
+                        step % tc.checkpoint_every == 0
+                        or last
+                        or any(r.early.due for r in self.live())
+                    ):
                         self.checkpoint()
                     if engine.any_rank(stop.signal is not None) and not last:
                         self.interrupt(stop.signal, step)
