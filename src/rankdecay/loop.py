@@ -485,7 +485,7 @@ class _Loop:
         for r, resumed_from in zip(self.runs, resumed):
             cfg = r.spec.cfg
             r.lr = lr_at(self.step0, r.optim, tc.steps)
-            r.early = EarlyStop.from_config(tc, r.writer.metrics())
+            r.early = EarlyStop.from_config(cfg.train, r.writer.metrics())
             r.summary = initial_summary(
                 cfg, r.spec.experiment, r.spec.preset, self.step0, resumed_from, engine.device
             )
