@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
 from .errors import RankdecayValueError
@@ -227,8 +229,6 @@ class ModelEngine(Engine):
     def start(self, step: int) -> None:
         net: nn.Module = self.model
         if self.ddp:
-            from torch.nn.parallel import DistributedDataParallel
-
             cuda = self.device.type == "cuda"
             net = DistributedDataParallel(net, device_ids=[self.device.index] if cuda else None)
         self.forward = maybe_compile(net, self.tc.compile)
@@ -254,8 +254,6 @@ class ModelEngine(Engine):
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
         if self.ddp:  # the logged loss and accuracy are the global batch's on every rank
-            import torch.distributed as dist
-
             self.sync[0] = loss.detach() / self.world_size
             self.sync[1] = acc / self.world_size
             dist.all_reduce(self.sync)
@@ -270,8 +268,6 @@ class ModelEngine(Engine):
     def summary_fields(self) -> dict[str, Any]:
         if not self.ddp:
             return super().summary_fields()
-        import torch.distributed as dist
-
         local = self.shard.stop - self.shard.start
         return {
             "world_size": self.world_size,
@@ -286,8 +282,6 @@ class ModelEngine(Engine):
     def share(self, obj: T) -> T:
         if not self.ddp:
             return super().share(obj)
-        import torch.distributed as dist
-
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -295,8 +289,6 @@ class ModelEngine(Engine):
     def any_rank(self, flag: bool) -> bool:
         if not self.ddp:
             return super().any_rank(flag)
-        import torch.distributed as dist
-
         box = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(box)
         return bool(box.item() > 0)
