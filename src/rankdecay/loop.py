@@ -479,13 +479,14 @@ class _Loop:
                 for r, step in zip(self.runs, resumed):
                     if step is not None:
                         load_run_checkpoint(r.writer, *engine.solo(r.slot), r.state, tc.steps)
-            engine.share(None)  # every rank has read the checkpoint before rank 0 writes again
+        for r in self.runs:  # a resumed run replays its streak from the rows it kept
+            r.early = EarlyStop.from_config(r.spec.cfg.train, r.writer.metrics())
+        engine.share(None)  # every rank has read the checkpoint and logs before rank 0 writes
         self.step0 = self.runs[0].state.step
         engine.start(self.step0)
         for r, resumed_from in zip(self.runs, resumed):
             cfg = r.spec.cfg
             r.lr = lr_at(self.step0, r.optim, tc.steps)
-            r.early = EarlyStop.from_config(cfg.train, r.writer.metrics())
             r.summary = initial_summary(
                 cfg, r.spec.experiment, r.spec.preset, self.step0, resumed_from, engine.device
             )
