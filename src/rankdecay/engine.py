@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
-from .errors import RankdecayValueError
+from .errors import RankdecayTypeError, RankdecayValueError
 from .loop import Engine, optimizer_settings
 from .run_config import LRDConfig, ModelConfig, OptimConfig, RunConfig
 from .runstate import _seed_everything
@@ -137,7 +137,10 @@ def loss_and_accuracy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
         hit = z.argmax(-1) == t
         if t.dtype.is_floating_point:  # pragma: no cover - defensive
-            raise TypeError("targets must be integer class indices")
+            raise RankdecayTypeError(
+                f"targets must be integer class indices, got {t.dtype}; pass y as a long tensor.",
+                param="y",
+            )
         valid = t != -100
         acc = (hit & valid).sum() / valid.sum().clamp_min(1)
     return loss, acc

@@ -657,7 +657,7 @@ def _eval_stream(sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]]) -> _EvalSt
     names = list(sets[0])
     shapes = {(tuple(s[n][0].shape[1:]), tuple(s[n][1].shape[1:])) for s in sets for n in names}
     if len(shapes) > 1:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"the ensemble evaluates all evaluation sets ({', '.join(names)}) as one stream, but "
             f"their example shapes differ ({sorted(shapes)}); run these with the local executor.",
             param="executor",
