@@ -69,205 +69,7 @@ T = TypeVar("T")
 Verdict = Callable[[RunResult], list[dict[str, Any]]]
 
 
-# ----------------------------------------------------------------------------- schedule
-
-
-def optimizer_settings(cfg: RunConfig) -> tuple[OptimConfig, LRDConfig]:
-    """The (optim, lrd) sections a run uses.
-
-    An experiment config may define ``optimizer_settings()`` to derive them from its own
-    top-level knobs (e.g. ``weight_decay_attn`` or a grokking ``arm``); else ``cfg.optim``,
-    ``cfg.lrd``.
-    """
-    hook = getattr(cfg, "optimizer_settings", None)
-    if callable(hook):
-        return hook()
-    return cfg.optim, cfg.lrd
-
-
-def lr_at(t: int, optim: OptimConfig, total_steps: int) -> float:
-    """Learning rate of the update that produces step t+1 (see the module docstring)."""
-    w = optim.warmup_steps
-    if w > 0 and t < w:
-        return optim.lr * (t + 1) / w
-    if optim.schedule == "constant":
-        return optim.lr
-    span = max(1, total_steps - w)
-    progress = min(1.0, max(0.0, (t - w) / span))
-    return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ----------------------------------------------------------------------------- objective
-
-
-# ----------------------------------------------------------------------------- signals / progress
-
-
-class _StopFlag:
-    """Turns SIGINT / SIGTERM into a flag the loop checks once per step (a second Ctrl-C aborts)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    @contextmanager
-    def installed(self) -> Iterator[_StopFlag]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handler)
-        try:
-            yield self
-        finally:
-            for sig, old in self._old.items():
-                signal.signal(sig, old)
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int, start: int, label: str) -> None:
-        self.enabled = enabled
-        self._p: Any = None
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._p = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=False,
-        )
-        self._p.start()
-        self._task = self._p.add_task(label, total=total, completed=start, info="")
-        self.info: dict[str, str] = {}
-
-    def update(self, step: int, values: Mapping[str, Any] | None = None) -> None:
-        if not self.enabled:
-            return
-        if values:
-            for key, label in (
-                ("loss", "loss"),
-                ("acc", "acc"),
-                ("val_acc", "val acc"),
-                ("test_acc", "test acc"),
-                ("qk_rank", "QK rank"),
-            ):
-                if values.get(key) is not None:
-                    self.info[label] = f"{label} {values[key]:.3g}"
-        self._p.update(self._task, completed=step, info="  ".join(self.info.values()))
-
-    def close(self) -> None:
-        if self.enabled and self._p is not None:
-            self._p.stop()
-
-
-# ----------------------------------------------------------------------------- rows and summaries
-
-
-def _final_values(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    final: dict[str, Any] = {}
-    for r in rows:
-        for k, v in r.items():
-            if v is not None:
-                final[k] = v
-    return final
-
-
-def initial_summary(
-    cfg: RunConfig,
-    experiment: str,
-    preset: str | None,
-    step: int,
-    resumed_from: int | None,
-    device: torch.device,
-) -> dict[str, Any]:
-    """The ``summary.json`` of a run that is starting (status "running")."""
-    return {
-        "status": "running",
-        "error": None,
-        "experiment": experiment,
-        "preset": preset,
-        "seed": cfg.seed,
-        "steps": cfg.train.steps,
-        "step": step,
-        "resumed_from": resumed_from,
-        "device": str(device),
-        "torch": torch.__version__,
-        "final": {},
-        "verdict": [],
-    }
-
-
-def log_event(
-    step: int,
-    *,
-    state: RunState,
-    writer: RunWriter,
-    tc: TrainConfig,
-    lr: float,
-    evaluate_fn: Callable[[], dict[str, float]],
-    monitor: Any,
-    force_eval: bool = False,
-    sinks: Sequence[Any] = (),
-) -> dict[str, Any]:
-    """One metrics row at ``step``: running loss/acc + lr (log steps), evaluation (eval steps),
-    monitor summary (monitor steps; its records go to spectra.jsonl); appended to metrics.jsonl
-    and, as tags (:func:`rankdecay.integrations.loggers.run_scalars`), sent to ``sinks``.
-
-    Raises :class:`NonFiniteLossError` when the pending training loss is NaN/Inf.
-    """
-    from .monitor import summarize_records
-
-    row: dict[str, Any] = {"step": step}
-    if state.count and (step % tc.log_every == 0 or force_eval):
-        if not state.pending_finite():
-            first = step - state.count + 1
-            where = f"at step {step}" if first == step else f"between steps {first} and {step}"
-            raise nonfinite_error(f"the training loss became NaN/Inf {where}", writer)
-        row.update(state.pop())
-        row["lr"] = lr
-    if step % tc.eval_every == 0 or force_eval:
-        row.update(evaluate_fn())
-    records: list[dict[str, Any]] = []
-    if monitor.every > 0 and (monitor.due(step) or force_eval):
-        records = monitor.force_step(step)
-        writer.log_spectra(records)
-        row.update(summarize_records(records))
-    if len(row) > 1:
-        writer.log_metrics(row)
-        if sinks:
-            from .integrations.loggers import log_to_sinks, run_scalars
-
-            log_to_sinks(sinks, step, run_scalars(row, records, per_head=tc.log_per_head))
-    return row
-
-
-def _pop_running(step: int, state: RunState, tc: TrainConfig, force: bool) -> dict[str, Any]:
-    """:func:`log_event` on a DDP rank that does not write: the same NaN/Inf decision (its
-    running sums are the all-reduced ones of rank 0) and the same reset of the sums."""
-    if state.count and (step % tc.log_every == 0 or force):
-        if not state.pending_finite():
-            raise NonFiniteLossError(f"the training loss became NaN/Inf by step {step}.")
-        state.pop()
-    return {"step": step}
-
-
-# ----------------------------------------------------------------------------- the engine
+# ----------------------------------------------------------------------------- engine and runs
 
 
 class Engine:
@@ -360,30 +162,7 @@ class _Run:
         self.sinks: list[Any] = []
 
 
-def _on_main(engine: Engine, fn: Callable[[], T]) -> T:
-    """``fn()`` on the writing process; under DDP its result, or its error, reaches every rank."""
-    result: Any = None
-    error: RankdecayError | None = None
-    if engine.main:
-        try:
-            result = fn()
-        except RankdecayError as exc:
-            error = exc
-    message, result = engine.share((str(error) if error is not None else None, result))
-    if error is not None:
-        raise error
-    if message is not None:
-        raise RankdecayError(message)
-    return result
-
-
-def _write_error(
-    runs: Sequence[_Run], exc: BaseException, step: int | None
-) -> RankdecayError | None:
-    """:func:`write_failure` for the run whose file could not be written."""
-    path = str(getattr(exc, "path", ""))
-    owner = next((r for r in runs if path.startswith(str(r.writer.dir))), runs[0])
-    return write_failure(owner.writer, exc, step)
+# ----------------------------------------------------------------------------- the lifecycle
 
 
 def train_runs(
@@ -685,3 +464,227 @@ class _Loop:
             self.close(r, quiet=True)
             errors.append(err)
         return next((e for e in errors if e is not None), None)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _on_main(engine: Engine, fn: Callable[[], T]) -> T:
+    """``fn()`` on the writing process; under DDP its result, or its error, reaches every rank."""
+    result: Any = None
+    error: RankdecayError | None = None
+    if engine.main:
+        try:
+            result = fn()
+        except RankdecayError as exc:
+            error = exc
+    message, result = engine.share((str(error) if error is not None else None, result))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RankdecayError(message)
+    return result
+
+
+def _write_error(
+    runs: Sequence[_Run], exc: BaseException, step: int | None
+) -> RankdecayError | None:
+    """:func:`write_failure` for the run whose file could not be written."""
+    path = str(getattr(exc, "path", ""))
+    owner = next((r for r in runs if path.startswith(str(r.writer.dir))), runs[0])
+    return write_failure(owner.writer, exc, step)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def optimizer_settings(cfg: RunConfig) -> tuple[OptimConfig, LRDConfig]:
+    """The (optim, lrd) sections a run uses.
+
+    An experiment config may define ``optimizer_settings()`` to derive them from its own
+    top-level knobs (e.g. ``weight_decay_attn`` or a grokking ``arm``); else ``cfg.optim``,
+    ``cfg.lrd``.
+    """
+    hook = getattr(cfg, "optimizer_settings", None)
+    if callable(hook):
+        return hook()
+    return cfg.optim, cfg.lrd
+
+
+def lr_at(t: int, optim: OptimConfig, total_steps: int) -> float:
+    """Learning rate of the update that produces step t+1 (see the module docstring)."""
+    w = optim.warmup_steps
+    if w > 0 and t < w:
+        return optim.lr * (t + 1) / w
+    if optim.schedule == "constant":
+        return optim.lr
+    span = max(1, total_steps - w)
+    progress = min(1.0, max(0.0, (t - w) / span))
+    return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- signals / progress
+
+
+class _StopFlag:
+    """Turns SIGINT / SIGTERM into a flag the loop checks once per step (a second Ctrl-C aborts)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+        try:
+            yield self
+        finally:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int, start: int, label: str) -> None:
+        self.enabled = enabled
+        self._p: Any = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._p = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            transient=False,
+        )
+        self._p.start()
+        self._task = self._p.add_task(label, total=total, completed=start, info="")
+        self.info: dict[str, str] = {}
+
+    def update(self, step: int, values: Mapping[str, Any] | None = None) -> None:
+        if not self.enabled:
+            return
+        if values:
+            for key, label in (
+                ("loss", "loss"),
+                ("acc", "acc"),
+                ("val_acc", "val acc"),
+                ("test_acc", "test acc"),
+                ("qk_rank", "QK rank"),
+            ):
+                if values.get(key) is not None:
+                    self.info[label] = f"{label} {values[key]:.3g}"
+        self._p.update(self._task, completed=step, info="  ".join(self.info.values()))
+
+    def close(self) -> None:
+        if self.enabled and self._p is not None:
+            self._p.stop()
+
+
+# ----------------------------------------------------------------------------- rows and summaries
+
+
+def _final_values(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    final: dict[str, Any] = {}
+    for r in rows:
+        for k, v in r.items():
+            if v is not None:
+                final[k] = v
+    return final
+
+
+def initial_summary(
+    cfg: RunConfig,
+    experiment: str,
+    preset: str | None,
+    step: int,
+    resumed_from: int | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The ``summary.json`` of a run that is starting (status "running")."""
+    return {
+        "status": "running",
+        "error": None,
+        "experiment": experiment,
+        "preset": preset,
+        "seed": cfg.seed,
+        "steps": cfg.train.steps,
+        "step": step,
+        "resumed_from": resumed_from,
+        "device": str(device),
+        "torch": torch.__version__,
+        "final": {},
+        "verdict": [],
+    }
+
+
+def log_event(
+    step: int,
+    *,
+    state: RunState,
+    writer: RunWriter,
+    tc: TrainConfig,
+    lr: float,
+    evaluate_fn: Callable[[], dict[str, float]],
+    monitor: Any,
+    force_eval: bool = False,
+    sinks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """One metrics row at ``step``: running loss/acc + lr (log steps), evaluation (eval steps),
+    monitor summary (monitor steps; its records go to spectra.jsonl); appended to metrics.jsonl
+    and, as tags (:func:`rankdecay.integrations.loggers.run_scalars`), sent to ``sinks``.
+
+    Raises :class:`NonFiniteLossError` when the pending training loss is NaN/Inf.
+    """
+    from .monitor import summarize_records
+
+    row: dict[str, Any] = {"step": step}
+    if state.count and (step % tc.log_every == 0 or force_eval):
+        if not state.pending_finite():
+            first = step - state.count + 1
+            where = f"at step {step}" if first == step else f"between steps {first} and {step}"
+            raise nonfinite_error(f"the training loss became NaN/Inf {where}", writer)
+        row.update(state.pop())
+        row["lr"] = lr
+    if step % tc.eval_every == 0 or force_eval:
+        row.update(evaluate_fn())
+    records: list[dict[str, Any]] = []
+    if monitor.every > 0 and (monitor.due(step) or force_eval):
+        records = monitor.force_step(step)
+        writer.log_spectra(records)
+        row.update(summarize_records(records))
+    if len(row) > 1:
+        writer.log_metrics(row)
+        if sinks:
+            from .integrations.loggers import log_to_sinks, run_scalars
+
+            log_to_sinks(sinks, step, run_scalars(row, records, per_head=tc.log_per_head))
+    return row
+
+
+def _pop_running(step: int, state: RunState, tc: TrainConfig, force: bool) -> dict[str, Any]:
+    """:func:`log_event` on a DDP rank that does not write: the same NaN/Inf decision (its
+    running sums are the all-reduced ones of rank 0) and the same reset of the sums."""
+    if state.count and (step % tc.log_every == 0 or force):
+        if not state.pending_finite():
+            raise NonFiniteLossError(f"the training loss became NaN/Inf by step {step}.")
+        state.pop()
+    return {"step": step}
