@@ -86,7 +86,8 @@ class Engine:
         raise NotImplementedError
 
     def solo(self, i: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """Run i as a solo model and optimizer, before :meth:`start` (a checkpoint loads here)."""
+        """Run i as a solo model and optimizer (a checkpoint loads into them before
+        :meth:`start`; the spectral monitor reads the model)."""
         raise NotImplementedError
 
     def start(self, step: int) -> None:
@@ -272,10 +273,10 @@ class _Loop:
             r.summary.update(engine.summary_fields())
             if engine.main:
                 model = engine.solo(r.slot)[0]
+                every, rtol = tc.monitor_every, tc.monitor_rtol
                 r.monitor = spectra_monitor(
-                    model, tc.spectra_device, every=tc.monitor_every, rtol=tc.monitor_rtol,
-                    keep_records=False,
-                )  # fmt: skip
+                    model, tc.spectra_device, every=every, rtol=rtol, keep_records=False
+                )
                 r.writer.write_summary(r.summary)
                 r.sinks = open_run_sinks(cfg, r.writer.dir, r.spec.experiment)
 
