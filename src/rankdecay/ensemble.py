@@ -4,8 +4,8 @@ A sweep's grid points that share the model's shape (they differ in seed, weight 
 strength, data fraction, learning rate, arm, …) are stacked: every parameter of the M members
 becomes one tensor of shape (M, *shape), every step trains all members with batched kernels, and
 each member still gets its own run directory, metrics, spectra, summary and checkpoints — in the
-format of :func:`rankdecay.train.train` (they are written by the same code: ``RunWriter``,
-``RunState``, ``log_event``, ``save_run_checkpoint``, the monitor).
+format of :func:`rankdecay.train.train` (they are written by the same loop,
+:func:`rankdecay.loop.train_runs`, with the :class:`StackEngine`).
 
 Exactness. Member i's computation is that of a solo run of its config, batched:
 

@@ -24,7 +24,6 @@ lr·(t+1)/W for t < W, then lr (constant) or min_lr + (lr − min_lr)·½(1 + co
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import signal
 import threading
@@ -41,7 +40,8 @@ from torch import Tensor, nn
 from .config import to_dict
 from .device import spectra_monitor
 from .errors import NonFiniteLossError, RankdecayError, RankdecayValueError
-from .integrations.loggers import close_sinks, open_run_sinks
+from .integrations.loggers import close_sinks, log_to_sinks, open_run_sinks, run_scalars
+from .monitor import summarize_records
 from .run_config import LRDConfig, OptimConfig, RunConfig, TrainConfig
 from .runfiles import RunWriter
 from .runstate import (
@@ -58,8 +58,6 @@ from .validation import validate_run_config
 __all__ = [
     "Engine",
     "RunSpec",
-    "initial_summary",
-    "log_event",
     "lr_at",
     "optimizer_settings",
     "train_runs",
@@ -267,10 +265,21 @@ class _Loop:
         for r, resumed_from in zip(self.runs, resumed):
             cfg = r.spec.cfg
             r.lr = lr_at(self.step0, r.optim, tc.steps)
-            r.summary = initial_summary(
-                cfg, r.spec.experiment, r.spec.preset, self.step0, resumed_from, engine.device
-            )
-            r.summary.update(engine.summary_fields())
+            r.summary = {
+                "status": "running",
+                "error": None,
+                "experiment": r.spec.experiment,
+                "preset": r.spec.preset,
+                "seed": cfg.seed,
+                "steps": cfg.train.steps,
+                "step": self.step0,
+                "resumed_from": resumed_from,
+                "device": str(engine.device),
+                "torch": torch.__version__,
+                "final": {},
+                "verdict": [],
+                **engine.summary_fields(),
+            }
             if engine.main:
                 model = engine.solo(r.slot)[0]
                 every, rtol = tc.monitor_every, tc.monitor_rtol
@@ -357,35 +366,49 @@ class _Loop:
             self.finish(r, step)
 
     def bookkeeping(self, step: int, force: bool = False) -> None:
-        """A metrics row of every live run at ``step`` (:func:`log_event`); a NaN/Inf training
-        loss fails its run."""
+        """A metrics row of every live run at ``step`` (:meth:`row`); a NaN/Inf training loss
+        fails its run."""
         shown = None
         for r in self.live():
             try:
-                if self.engine.main:
-                    row = log_event(
-                        step,
-                        state=r.state,
-                        writer=r.writer,
-                        tc=self.tc,
-                        lr=r.lr,
-                        evaluate_fn=functools.partial(self.evaluate, step, r.slot),
-                        monitor=r.monitor,
-                        force_eval=force,
-                        sinks=r.sinks,
-                    )
-                else:
-                    row = _pop_running(step, r.state, self.tc, force)
+                row = self.row(r, step, force)
             except NonFiniteLossError as exc:
                 self.fail(r, exc)
                 continue
-            row = self.engine.share(row)  # DDP: rank 0's row, so that every rank stops alike
             r.early.update(row)
             shown = shown or row
         self.bar.update(step, shown)
 
-    def evaluate(self, step: int, slot: int) -> dict[str, float]:
-        return self.engine.evaluate(step)[slot]
+    def row(self, r: _Run, step: int, force: bool) -> dict[str, Any]:
+        """Run r's metrics row at ``step``: running loss/acc + lr (log steps), evaluation (eval
+        steps), monitor summary (monitor steps; its records go to spectra.jsonl); appended to
+        metrics.jsonl and, as tags (:func:`rankdecay.integrations.loggers.run_scalars`), sent to
+        the run's sinks. Raises :class:`NonFiniteLossError` when the pending training loss is
+        NaN/Inf: every DDP rank decides alike (its sums are the all-reduced ones) and gets rank
+        0's row."""
+        tc, state = self.tc, r.state
+        row: dict[str, Any] = {"step": step}
+        if state.count and (step % tc.log_every == 0 or force):
+            if not state.pending_finite():
+                first = step - state.count + 1
+                where = f"at step {step}" if first == step else f"between steps {first} and {step}"
+                raise nonfinite_error(f"the training loss became NaN/Inf {where}", r.writer)
+            row.update(state.pop(), lr=r.lr)
+        if not self.engine.main:
+            return self.engine.share(row)
+        if step % tc.eval_every == 0 or force:
+            row.update(self.engine.evaluate(step)[r.slot])
+        records: list[dict[str, Any]] = []
+        if r.monitor.every > 0 and (r.monitor.due(step) or force):
+            records = r.monitor.force_step(step)
+            r.writer.log_spectra(records)
+            row.update(summarize_records(records))
+        if len(row) > 1:
+            r.writer.log_metrics(row)
+            if r.sinks:
+                scalars = run_scalars(row, records, per_head=tc.log_per_head)
+                log_to_sinks(r.sinks, step, scalars)
+        return self.engine.share(row)
 
     def checkpoint(self) -> None:
         """Every live run's checkpoint (rank 0 writes); NaN/Inf weights fail their run."""
@@ -610,82 +633,3 @@ def _final_values(rows: list[dict[str, Any]]) -> dict[str, Any]:
             if v is not None:
                 final[k] = v
     return final
-
-
-def initial_summary(
-    cfg: RunConfig,
-    experiment: str,
-    preset: str | None,
-    step: int,
-    resumed_from: int | None,
-    device: torch.device,
-) -> dict[str, Any]:
-    """The ``summary.json`` of a run that is starting (status "running")."""
-    return {
-        "status": "running",
-        "error": None,
-        "experiment": experiment,
-        "preset": preset,
-        "seed": cfg.seed,
-        "steps": cfg.train.steps,
-        "step": step,
-        "resumed_from": resumed_from,
-        "device": str(device),
-        "torch": torch.__version__,
-        "final": {},
-        "verdict": [],
-    }
-
-
-def log_event(
-    step: int,
-    *,
-    state: RunState,
-    writer: RunWriter,
-    tc: TrainConfig,
-    lr: float,
-    evaluate_fn: Callable[[], dict[str, float]],
-    monitor: Any,
-    force_eval: bool = False,
-    sinks: Sequence[Any] = (),
-) -> dict[str, Any]:
-    """One metrics row at ``step``: running loss/acc + lr (log steps), evaluation (eval steps),
-    monitor summary (monitor steps; its records go to spectra.jsonl); appended to metrics.jsonl
-    and, as tags (:func:`rankdecay.integrations.loggers.run_scalars`), sent to ``sinks``.
-
-    Raises :class:`NonFiniteLossError` when the pending training loss is NaN/Inf.
-    """
-    from .monitor import summarize_records
-
-    row: dict[str, Any] = {"step": step}
-    if state.count and (step % tc.log_every == 0 or force_eval):
-        if not state.pending_finite():
-            first = step - state.count + 1
-            where = f"at step {step}" if first == step else f"between steps {first} and {step}"
-            raise nonfinite_error(f"the training loss became NaN/Inf {where}", writer)
-        row.update(state.pop())
-        row["lr"] = lr
-    if step % tc.eval_every == 0 or force_eval:
-        row.update(evaluate_fn())
-    records: list[dict[str, Any]] = []
-    if monitor.every > 0 and (monitor.due(step) or force_eval):
-        records = monitor.force_step(step)
-        writer.log_spectra(records)
-        row.update(summarize_records(records))
-    if len(row) > 1:
-        writer.log_metrics(row)
-        if sinks:
-            from .integrations.loggers import log_to_sinks, run_scalars
-
-            log_to_sinks(sinks, step, run_scalars(row, records, per_head=tc.log_per_head))
-    return row
-
-
-def _pop_running(step: int, state: RunState, tc: TrainConfig, force: bool) -> dict[str, Any]:
-    """:func:`log_event` on a DDP rank that does not write: the same NaN/Inf decision (its
-    running sums are the all-reduced ones of rank 0) and the same reset of the sums."""
-    if state.count and (step % tc.log_every == 0 or force):
-        if not state.pending_finite():
-            raise NonFiniteLossError(f"the training loss became NaN/Inf by step {step}.")
-        state.pop()
-    return {"step": step}
