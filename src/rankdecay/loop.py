@@ -24,6 +24,7 @@ lr·(t+1)/W for t < W, then lr (constant) or min_lr + (lr − min_lr)·½(1 + co
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import threading
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 
 from .config import to_dict
 from .device import spectra_monitor
-from .errors import NonFiniteLossError, RankdecayError, RankdecayValueError
+from .errors import NonFiniteLossError, RankdecayError, RankdecayTypeError, RankdecayValueError
 from .integrations.loggers import close_sinks, log_to_sinks, open_run_sinks, run_scalars
 from .monitor import summarize_records
 from .run_config import LRDConfig, OptimConfig, RunConfig, TrainConfig
@@ -180,6 +181,15 @@ def train_runs(
     run i ends.
     """
     for spec in specs:
+        if not dataclasses.is_dataclass(spec.cfg) or not all(
+            hasattr(spec.cfg, f) for f in ("seed", "task", "model", "optim", "lrd", "train")
+        ):
+            raise RankdecayTypeError(
+                f"training needs an experiment config (a dataclass with seed, task, model, optim, "
+                f"lrd and train), got {type(spec.cfg).__name__}; make one with "
+                "rankdecay.experiments.get_experiment(name).config(preset).",
+                param="cfg",
+            )
         validate_run_config(spec.cfg)  # every value, before any run directory exists
     runs = [_Run(i, spec) for i, spec in enumerate(specs)]
 
