@@ -556,7 +556,7 @@ def unsupported_reason(cfg: Any) -> str | None:
     if lrd.strength > 0 and lrd.granularity not in ("matrix", "head"):
         return f"LRD granularity {lrd.granularity!r}"
     if getattr(cfg.train, "early_stop_above", None) is not None:
-        return "early stopping (train.early_stop_above) ends members at different steps"
+        return "early stopping (train.early_stop_above): a stopped member would idle in the stack"
     if getattr(cfg.task, "last_batch", "wrap") == "partial":
         return "partial last batches (task.last_batch='partial') differ in size between members"
     return None
