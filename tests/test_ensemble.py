@@ -566,3 +566,27 @@ def test_gpu_phase_benchmark_runs_at_tiny_scale_and_counts_flops(tmp_path: Path)
     assert (
         json.loads((tmp_path / "report.json").read_text())["total_flops"] == report["total_flops"]
     )
+
+
+def test_members_end_at_different_times_each_as_its_solo_run(tmp_path: Path) -> None:
+    """The loop ends each run on its own: a float64 member that stops early (evaluations at 0
+    and 10 above −1 with patience 2: it stops at step 10) finishes while the other trains on to
+    20; both equal their solo runs (logs, spectra, checkpoint, summary) to 1e-9. The executor
+    still runs early-stopping configs solo (unsupported_reason); this drives the loop directly."""
+    from rankdecay.config import apply_overrides
+    from rankdecay.ensemble import StackEngine
+    from rankdecay.loop import RunSpec, train_runs
+
+    cfgs = _cfgs(20, "float64")[:2]
+    cfgs[0] = apply_overrides(cfgs[0], ["train.early_stop_above=-1", "train.early_stop_patience=2"])
+    for i, c in enumerate(cfgs):
+        train(c, tmp_path / f"solo{i}", progress=False)
+    specs = [RunSpec(c, tmp_path / f"ens{i}") for i, c in enumerate(cfgs)]
+    done: list[int] = []
+    sums = train_runs(
+        StackEngine(), specs, raise_failures=False, on_done=lambda i, s: done.append(i)
+    )
+    assert [s["step"] for s in sums] == [10, 20] and done == [0, 1]
+    assert sums[0]["stopped_early"]["step"] == 10 and "stopped_early" not in sums[1]
+    for i in range(2):
+        _assert_same_run(tmp_path / f"solo{i}", tmp_path / f"ens{i}")

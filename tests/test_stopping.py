@@ -81,7 +81,7 @@ def test_kill_and_resume_mid_streak_equals_uninterrupted(
 ) -> None:
     """Interrupted at step 12 (streak 3 of 4: evaluations 0, 5, 10), the resumed run replays the
     streak from metrics.jsonl and stops at 15 like the uninterrupted run (not at 30)."""
-    import rankdecay.train as T
+    import rankdecay.loop as T
 
     extra = ("train.early_stop_above=-1", "train.early_stop_patience=4")
     exp, cfg = _cfg(*extra)

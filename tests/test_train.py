@@ -172,7 +172,7 @@ def test_nonfinite_loss_stops_with_clear_error(tmp_path: Path) -> None:
 
 def _poison_step_13(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the training loss of the 13th step infinite (through the objective)."""
-    import rankdecay.train as T
+    import rankdecay.engine as T
 
     real = T.loss_and_accuracy
     calls = {"n": 0}

@@ -4,8 +4,8 @@ A sweep's grid points that share the model's shape (they differ in seed, weight 
 strength, data fraction, learning rate, arm, …) are stacked: every parameter of the M members
 becomes one tensor of shape (M, *shape), every step trains all members with batched kernels, and
 each member still gets its own run directory, metrics, spectra, summary and checkpoints — in the
-format of :func:`rankdecay.train.train` (they are written by the same code: ``RunWriter``,
-``RunState``, ``log_event``, ``save_run_checkpoint``, the monitor).
+format of :func:`rankdecay.train.train` (they are written by the same loop,
+:func:`rankdecay.loop.train_runs`, with the :class:`StackEngine`).
 
 Exactness. Member i's computation is that of a solo run of its config, batched:
 
@@ -50,11 +50,12 @@ batched tensors fall out of the caches); ``--members N`` overrides it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .decay import check_lrd_options
-from .device import loss_precision, param_dtype
-from .errors import NonFiniteLossError, RankdecayError, RankdecayValueError
-from .models import ModelConfig, functional_forward
+from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
+from .engine import build_model, build_optimizer
+from .errors import RankdecayError, RankdecayValueError
+from .loop import Engine, RunSpec, lr_at, optimizer_settings, train_runs
+from .models import functional_forward
+from .run_config import ModelConfig, RunConfig
+from .runstate import _seed_everything
 from .sweep import Executor, RunEvent, RunTask, execute_task, load_experiment, set_threads
 from .update import adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
 
@@ -374,23 +379,13 @@ def member_weight_decays(
 # ============================================================================ members
 
 
-@dataclasses.dataclass
-class EnsembleMember:
-    """One run of an ensemble: its config, run directory and how to report it."""
-
-    cfg: Any
-    run_dir: Path
-    experiment: str = "custom"
-    preset: str | None = None
-    verdict: Callable[[Any], list[dict[str, Any]]] | None = None
-    resume: bool = False
+#: One run of an ensemble: its config, run directory and how to report it.
+EnsembleMember = RunSpec
 
 
 def unsupported_reason(cfg: Any) -> str | None:
-    """Why ``cfg`` cannot be trained in an ensemble (None when it can)."""
-    from .models import ModelConfig
-    from .train import optimizer_settings
-
+    """Why ``cfg`` (any experiment's config) cannot be trained in an ensemble (None when it can:
+    a :class:`~rankdecay.run_config.RunConfig` of a TinyTransformer with a batched update)."""
     for f in ("seed", "task", "model", "optim", "lrd", "train"):
         if not hasattr(cfg, f):
             return f"its config has no '{f}' section"
@@ -402,16 +397,15 @@ def unsupported_reason(cfg: Any) -> str | None:
     if lrd.strength > 0 and lrd.granularity not in ("matrix", "head"):
         return f"LRD granularity {lrd.granularity!r}"
     if getattr(cfg.train, "early_stop_above", None) is not None:
-        return "early stopping (train.early_stop_above) ends members at different steps"
+        return "early stopping (train.early_stop_above): a stopped member would idle in the stack"
     if getattr(cfg.task, "last_batch", "wrap") == "partial":
         return "partial last batches (task.last_batch='partial') differ in size between members"
     return None
 
 
-def ensemble_key(cfg: Any) -> str:
+def ensemble_key(cfg: RunConfig) -> str:
     """Members with equal keys can share an ensemble: same model shape (after the task fills its
     sizes), task kind, loop (steps, batch, cadences, device, amp), optimizer type and LRD form."""
-    from .train import optimizer_settings
 
     optim, lrd = optimizer_settings(cfg)
     tc = dataclasses.asdict(cfg.train)
@@ -433,15 +427,14 @@ def ensemble_key(cfg: Any) -> str:
     )
 
 
-def _param_bytes(cfg: Any, task: Any) -> tuple[int, Any]:
-    from .train import build_model
+def _param_bytes(cfg: RunConfig, task: Any) -> tuple[int, Any]:
 
     with torch.device("meta"):
         model = build_model(cfg.model, task)
     return sum(p.numel() for p in model.parameters()) * 4, model.cfg
 
 
-def member_bytes(cfg: Any, task: Any) -> int:
+def member_bytes(cfg: RunConfig, task: Any) -> int:
     """Estimated bytes one member needs (:func:`rankdecay.validation.training_bytes` of its exact
     parameter count)."""
     from .validation import training_bytes
@@ -456,7 +449,7 @@ def member_bytes(cfg: Any, task: Any) -> int:
 CPU_ACTIVATION_BUDGET = 12 * 2**20
 
 
-def cpu_members(cfg: Any, task: Any) -> int:
+def cpu_members(cfg: RunConfig, task: Any) -> int:
     """Largest CPU ensemble whose widest activation, batch·T·max(d_model, d_mlp, 3·H·d_head)
     floats per member, fits in :data:`CPU_ACTIVATION_BUDGET` (≥ 1).
 
@@ -473,7 +466,7 @@ def cpu_members(cfg: Any, task: Any) -> int:
     return max(1, CPU_ACTIVATION_BUDGET // max(1, cfg.train.batch_size * T * width * itemsize))
 
 
-def auto_members(cfg: Any, task: Any, device: torch.device, fraction: float = 0.5) -> int:
+def auto_members(cfg: RunConfig, task: Any, device: torch.device, fraction: float = 0.5) -> int:
     """How many members fit in ``fraction`` of the free memory of ``device`` (≥ 1); on a CPU also
     at most :func:`cpu_members` (larger CPU ensembles are slower per member)."""
     from .device import available_memory
@@ -505,7 +498,7 @@ def _eval_stream(sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]]) -> _EvalSt
     names = list(sets[0])
     shapes = {(tuple(s[n][0].shape[1:]), tuple(s[n][1].shape[1:])) for s in sets for n in names}
     if len(shapes) > 1:
-        raise RankdecayError(
+        raise RankdecayValueError(
             f"the ensemble evaluates all evaluation sets ({', '.join(names)}) as one stream, but "
             f"their example shapes differ ({sorted(shapes)}); run these with the local executor.",
             param="executor",
@@ -573,13 +566,9 @@ def _batched_evaluate(
     ]
 
 
-def _split_by(
-    members: Sequence[EnsembleMember], key: Callable[[EnsembleMember], Any]
-) -> list[list[EnsembleMember]]:
-    groups: dict[Any, list[EnsembleMember]] = {}
-    for m in members:
-        groups.setdefault(key(m), []).append(m)
-    return list(groups.values())
+def _batch_shape(cfg: RunConfig) -> tuple[int, ...]:
+    _seed_everything(cfg.seed)
+    return tuple(cfg.task.build(cfg.seed).train_batch(0, cfg.train.batch_size)[0].shape)
 
 
 def train_ensemble(
@@ -591,460 +580,219 @@ def train_ensemble(
 ) -> list[dict[str, Any]]:
     """Train ``members`` (same :func:`ensemble_key`) together; return their summaries in order.
 
-    Each member's run directory is written as :func:`rankdecay.train.train` would (see the
-    module docstring). ``forward``: "batched" (:func:`batched_forward`) or "vmap"
-    (:func:`vmap_forward`). ``on_done(i, summary)`` is called as each member ends.
+    Each member's run directory is written as :func:`rankdecay.train.train` would (by the same
+    loop, :func:`rankdecay.loop.train_runs`, with a :class:`StackEngine`). ``forward``:
+    "batched" (:func:`batched_forward`) or "vmap" (:func:`vmap_forward`). ``on_done(i,
+    summary)`` is called as each member ends. Members whose training batches differ in shape
+    (e.g. full-batch training on different data fractions) train in separate stacks.
     """
-    if not members:
-        return []
     for m in members:
         reason = unsupported_reason(m.cfg)
         if reason is not None:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"{m.run_dir} cannot join an ensemble ({reason}); run it with the local executor.",
                 param="executor",
             )
-    keys = {ensemble_key(m.cfg) for m in members}
-    if len(keys) > 1:
-        raise RankdecayError(
+    if len({ensemble_key(m.cfg) for m in members}) > 1:
+        raise RankdecayValueError(
             "ensemble members must share the model shape, loop settings, optimizer type and LRD "
-            "form; group them with rankdecay.ensemble.ensemble_key."
+            "form; group them with rankdecay.ensemble.ensemble_key.",
+            param="executor",
         )
-    return _Ensemble(list(members), progress, forward, on_done).run()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, m in enumerate(members):
+        groups.setdefault(_batch_shape(m.cfg) if len(members) > 1 else (), []).append(i)
+    summaries: list[dict[str, Any]] = [{} for _ in members]
+    for index in groups.values():
+
+        def done(j: int, summary: dict[str, Any], index: list[int] = index) -> None:
+            if on_done is not None:
+                on_done(index[j], summary)
+
+        stack = [members[i] for i in index]
+        got = train_runs(
+            StackEngine(forward), stack, progress=progress, raise_failures=False, on_done=done
+        )
+        for i, summary in zip(index, got):
+            summaries[i] = summary
+    return summaries
 
 
-class _Ensemble:
-    def __init__(
-        self,
-        members: list[EnsembleMember],
-        progress: bool,
-        forward: str,
-        on_done: Callable[[int, dict[str, Any]], None] | None,
-    ) -> None:
-        self.members = members
-        self.progress = progress
+class StackEngine(Engine):
+    """The loop's engine (:class:`rankdecay.loop.Engine`) for M members trained as one stack
+    (see the module docstring): every member is built and checkpointed as a solo run; between
+    :meth:`start` and the end its parameters are views of the stacked tensors."""
+
+    def __init__(self, forward: str = "batched") -> None:
         self.forward_kind = forward
-        self.on_done = on_done
-        self.summaries: list[dict[str, Any] | None] = [None] * len(members)
+        self.label = "ensemble"
 
-    # ---------------------------------------------------------------- setup
-    def run(self) -> list[dict[str, Any]]:
-        from .config import to_dict
-        from .train import RunWriter
-
-        todo: list[int] = []
-        started: list[RunWriter] = []  # each holds its run directory's lock until the end
-        try:
-            for i, m in enumerate(self.members):
-                writer = RunWriter(m.run_dir, getattr(m.cfg.train, "keep_checkpoints", 1))
-                meta = {
-                    "experiment": m.experiment,
-                    "preset": m.preset,
-                    "seed": m.cfg.seed,
-                    "config": to_dict(m.cfg),
-                }
-                writer.start(meta, m.resume)
-                started.append(writer)
-                if m.resume:
-                    prev = writer.read_summary()
-                    if prev is not None and prev.get("status") == "finished":
-                        self._finish(i, prev)
-                        continue
-                todo.append(i)
-            if todo:
-                self._train([self.members[i] for i in todo], todo)
-        finally:
-            for writer in started:
-                writer.release()
-        return [
-            s if s is not None else {"status": "failed", "error": "not run"} for s in self.summaries
-        ]
-
-    def _finish(self, i: int, summary: dict[str, Any]) -> None:
-        self.summaries[i] = summary
-        if self.on_done is not None:
-            self.on_done(i, summary)
-
-    def _train(self, members: list[EnsembleMember], index: list[int]) -> None:
-        from .train import (
-            RunState,
-            RunWriter,
-            _seed_everything,
-            build_model,
-            build_optimizer,
-            optimizer_settings,
-            resolve_device,
-        )
-
-        tc = members[0].cfg.train
-        from .validation import validate_run_config
-
-        for m in members:
-            validate_run_config(m.cfg)
-        device = resolve_device(tc.device)
+    def build(self, cfgs: Sequence[RunConfig]) -> None:
+        tc = self.tc = cfgs[0].train
+        self.M = len(cfgs)
+        self.label = f"ensemble of {self.M}"
+        self.device = resolve_device(tc.device)
         dtype = param_dtype(tc.dtype, tc.amp)
-        tasks, models, settings = [], [], []
-        for m in members:
-            _seed_everything(m.cfg.seed)
-            task = m.cfg.task.build(m.cfg.seed)
-            tasks.append(task)
-            models.append(build_model(m.cfg.model, task).to(device=device, dtype=dtype))
-            settings.append(optimizer_settings(m.cfg))
-        # members whose batches differ in shape (e.g. full-batch training sets) train apart
-        shapes = [tuple(t.train_batch(0, tc.batch_size)[0].shape) for t in tasks]
-        if len(set(shapes)) > 1:
-            groups: dict[tuple[int, ...], list[int]] = {}
-            for j, s in enumerate(shapes):
-                groups.setdefault(s, []).append(j)
-            for js in groups.values():
-                self._train([members[j] for j in js], [index[j] for j in js])
-            return
-        # resume: every member from its own checkpoint, all at the same step
-        writers = [RunWriter(m.run_dir, getattr(tc, "keep_checkpoints", 1)) for m in members]
-        pre_opts = []  # the members' solo optimizers over their own (not yet stacked) parameters
-        for model, (optim, _lrd) in zip(models, settings):
-            model.train()
-            pre_opts.append(build_optimizer(model, optim, None)[0])
-        states = [RunState(device=device) for _ in members]
-        loaded: list[tuple[dict[str, Tensor], dict[str, Any]] | None] = []
-        for m, w, model, opt, st in zip(members, writers, models, pre_opts, states):
-            if m.resume and w.has_checkpoint():
-                from .train import _optimizer_from_parts
-
-                def restore(tensors: dict[str, Tensor], ck: dict[str, Any]) -> None:
-                    _optimizer_from_parts(opt, tensors, ck["optimizer"])  # noqa: B023
-                    st.load(tensors, ck)  # noqa: B023
-
-                tensors, ck = w.load_checkpoint(model, restore, max_step=tc.steps)
-                w.check_history(st.step, tc)
-                loaded.append((tensors, ck))
-            else:
-                if m.resume:
-                    w.start_over()  # refused when its logs show the run had progressed
-                loaded.append(None)
-        steps = {st.step for st in states}
-        if len(steps) > 1:
-            raise RankdecayError(
-                f"ensemble members were checkpointed at different steps {sorted(steps)}; resume them "
-                "in separate ensembles (the ensemble executor groups them by step)."
+        self.tasks, self.models = [], []
+        for cfg in cfgs:  # each member exactly as its solo run: seed, task, model
+            _seed_everything(cfg.seed)
+            self.tasks.append(cfg.task.build(cfg.seed))
+            self.models.append(
+                build_model(cfg.model, self.tasks[-1]).to(device=self.device, dtype=dtype)
             )
-        for m, w, ld in zip(members, writers, loaded):
-            if m.resume:
-                w.truncate_after(ld[1]["step"] if ld is not None else -1)
-        self._loop(
-            members, index, tasks, models, settings, pre_opts, writers, states, device, loaded
-        )
+        self.settings = [optimizer_settings(cfg) for cfg in cfgs]
+        # the members' solo optimizers over their own (not yet stacked) parameters
+        self.pre_opts = []
+        for model, (optim, _lrd) in zip(self.models, self.settings):
+            model.train()
+            self.pre_opts.append(build_optimizer(model, optim, None)[0])
 
-    # ---------------------------------------------------------------- training
-    def _loop(
-        self,
-        members: list[EnsembleMember],
-        index: list[int],
-        tasks: list[Any],
-        models: list[nn.Module],
-        settings: list[tuple[Any, Any]],
-        pre_opts: list[torch.optim.Optimizer],
-        writers: list[Any],
-        states: list[Any],
-        device: torch.device,
-        loaded: list[Any],
-    ) -> None:
-        from .device import autocast, maybe_compile, spectra_monitor
-        from .train import (
-            _final_values,
-            _Progress,
-            _StopFlag,
-            build_optimizer,
-            initial_summary,
-            log_event,
-            lr_at,
-            save_run_checkpoint,
-        )
+    def solo(self, i: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+        return self.models[i], self.pre_opts[i]
 
-        M = len(members)
-        cfg0 = members[0].cfg
-        tc = cfg0.train
-        mcfg = models[0].cfg
+    def start(self, step: int) -> None:
+        models, tc = self.models, self.tc
         pre_params = [dict(model.named_parameters()) for model in models]
-        stacked = stack_models(models)
-        names = list(stacked)
-        wd = member_weight_decays(pre_opts, pre_params)
-        optims = [s[0] for s in settings]
-        # solo-format optimizers over the members' (now stacked-view) parameters, for checkpoints
-        solo_opts = [build_optimizer(model, o, None)[0] for model, o in zip(models, optims)]
-        lrds = [s[1] for s in settings]
-        opt = BatchedOptimizer(
-            stacked,
+        self.stacked = stack_models(models)
+        self.names = list(self.stacked)
+        optims = [s[0] for s in self.settings]
+        lrds = [s[1] for s in self.settings]
+        self.opt = BatchedOptimizer(
+            self.stacked,
             optims[0].name,
-            wd,
+            member_weight_decays(self.pre_opts, pre_params),
             betas=[tuple(o.betas) for o in optims],  # type: ignore[misc]
             eps=[o.eps for o in optims],
             momentum=[o.momentum for o in optims],
         )
-        on = [lr for lr in lrds if lr.strength > 0]
-        from .decay import param_roles
-
-        lrd = (
-            BatchedLowRankDecay(
-                mcfg,
-                stacked,
-                param_roles(models[0]),
-                on[0].target,
-                on[0].granularity,
-                on[0].polar,
-                on[0].mode,
-                [lr.strength for lr in lrds],
-                [lr.scale_by_lr for lr in lrds],
-                polar_steps=on[0].polar_steps,
-            )
-            if on
-            else None
-        )
-        step0 = states[0].step
-        if step0 > 0:  # resumed: optimizer states from the members' solo-format checkpoints
-            opt.t = step0
-            for i, o in enumerate(pre_opts):
-                for n in names:
+        self.lrd = self._low_rank_decay(lrds)
+        if step > 0:  # resumed: optimizer states from the members' solo-format checkpoints
+            self.opt.t = step
+            for i, o in enumerate(self.pre_opts):
+                for n in self.names:
                     st = o.state.get(pre_params[i][n], {})
-                    for key, buf in opt.state[n].items():
+                    for key, buf in self.opt.state[n].items():
                         if key in st:
                             buf[i].copy_(st[key])
-        rope = _rope_tables(models[0])
-        if self.forward_kind == "vmap":
-            base = models[0]  # functional_call swaps in the stacked weights
-
-            def fwd(x: Tensor) -> Tensor:
-                return vmap_forward(base, stacked, x)
-        else:
-
-            def fwd(x: Tensor) -> Tensor:
-                return batched_forward(mcfg, stacked, x, rope)
-
+        # solo-format optimizers over the members' (now stacked-view) parameters, for checkpoints
+        self.solo_opts = [build_optimizer(m, o, None)[0] for m, o in zip(models, optims)]
+        self.clips = [o.grad_clip for o in optims]
+        self.lrs = [lr_at(step, o, tc.steps) for o in optims]
+        self.rope = _rope_tables(models[0])
         # train.compile: the training step's batched forward goes through torch.compile (its
         # shapes are fixed); evaluation, whose chunk shapes vary, stays eager
-        train_fwd = maybe_compile(fwd, tc.compile)
-        amp = autocast(device, tc.amp)
-        monitors = [
-            spectra_monitor(
-                model,
-                tc.spectra_device,
-                every=tc.monitor_every,
-                rtol=tc.monitor_rtol,
-                keep_records=False,
-            )
-            for model in models
-        ]
-        eval_sets = _eval_stream(
-            [
-                {k: (x.to(device), y.to(device)) for k, (x, y) in t.eval_sets().items()}
-                for t in tasks
-            ]
+        self.train_forward = maybe_compile(self.fwd, tc.compile)
+        self.amp = autocast(self.device, tc.amp)
+        d = self.device
+        sets = [{k: (x.to(d), y.to(d)) for k, (x, y) in t.eval_sets().items()} for t in self.tasks]
+        self.eval_stream = _eval_stream(sets)
+        self.eval_cache: dict[int, list[dict[str, float]]] = {}
+
+    def fwd(self, x: Tensor) -> Tensor:
+        """Every member's logits for its rows of x (M, B, …)."""
+        if self.forward_kind == "vmap":  # functional_call swaps in the stacked weights
+            return vmap_forward(self.models[0], self.stacked, x)
+        return batched_forward(self.models[0].cfg, self.stacked, x, self.rope)
+
+    def _low_rank_decay(self, lrds: Sequence[Any]) -> BatchedLowRankDecay | None:
+        on = [lrd for lrd in lrds if lrd.strength > 0]
+        if not on:
+            return None
+        from .decay import param_roles
+
+        return BatchedLowRankDecay(
+            self.models[0].cfg,
+            self.stacked,
+            param_roles(self.models[0]),
+            on[0].target,
+            on[0].granularity,
+            on[0].polar,
+            on[0].mode,
+            [lrd.strength for lrd in lrds],
+            [lrd.scale_by_lr for lrd in lrds],
+            polar_steps=on[0].polar_steps,
         )
-        summaries = []
-        for m, st, w, ld in zip(members, states, writers, loaded):
-            resumed = st.step if ld is not None else None
-            s = initial_summary(m.cfg, m.experiment, m.preset, st.step, resumed, device)
-            s["ensemble_size"] = M
-            summaries.append(s)
-            w.write_summary(s)
-        from .integrations.loggers import close_sinks, open_run_sinks
 
-        sinks = [open_run_sinks(m.cfg, w.dir, m.experiment) for m, w in zip(members, writers)]
-        alive = [True] * M
-        clips = [o.grad_clip for o in optims]
-        eval_cache: dict[int, list[dict[str, float]]] = {}
-
-        def evaluate_member(i: int, step: int) -> Callable[[], dict[str, float]]:
-            def run() -> dict[str, float]:
-                if step not in eval_cache:
-                    eval_cache.clear()
-                    # a chunk holds eval_batch_size examples in all, as in a solo run
-                    chunk = max(1, tc.eval_batch_size // M)
-                    eval_cache[step] = _batched_evaluate(fwd, eval_sets, chunk, amp)
-                return eval_cache[step][i]
-
-            return run
-
-        lrs = [lr_at(step0, o, tc.steps) for o in optims]
-
-        def set_solo_lr() -> None:
-            for o, lr in zip(solo_opts, lrs):
-                for g in o.param_groups:
-                    g["lr"] = lr
-
-        def fail(i: int, exc: BaseException) -> None:
-            alive[i] = False
+    def step(
+        self, t: int, lrs: Sequence[float], live: Sequence[bool]
+    ) -> tuple[Sequence[Tensor], Sequence[Tensor]]:
+        """L = Σ_i mean-CE_i, so ∂L/∂θ_i is member i's solo gradient; members that ended get
+        zero gradients and learning rate 0."""
+        M, device = self.M, self.device
+        self.lrs = list(lrs)
+        x, y = _stack_batches([task.train_batch(t, self.tc.batch_size) for task in self.tasks])
+        if x.device != device:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with self.amp:
+            logits = self.train_forward(x)
+        z = loss_precision(logits)
+        C = z.shape[-1]
+        ce = F.cross_entropy(z.reshape(-1, C), y.reshape(-1), ignore_index=-100, reduction="none")
+        valid = y.reshape(M, -1) != -100
+        losses = ce.reshape(M, -1).sum(1) / valid.sum(1).clamp_min(1)
+        self.opt.zero_grad()
+        losses.sum().backward()
+        if not all(live):
             with torch.no_grad():
-                for n in names:
-                    stacked[n].data[i].zero_()
-                    for buf in opt.state[n].values():
-                        buf[i].zero_()
-            s = summaries[i]
-            s.update(
-                status="failed",
-                error=str(exc),
-                step=states[i].step,
-                final=_final_values(writers[i].metrics()),
-            )
-            writers[i].write_summary(s)
-            self._finish(index[i], s)
+                for n in self.names:
+                    g = self.stacked[n].grad
+                    if g is not None:
+                        g[[i for i in range(M) if not live[i]]] = 0
+        if any(c > 0 for c in self.clips):
+            self.opt.clip_(self.clips)
+        self.opt.step(self.lrs)
+        if self.lrd is not None:
+            self.lrd.step(self.lrs)
+        with torch.no_grad():
+            hit = (z.argmax(-1) == y).reshape(M, -1) & valid
+            accs = hit.sum(1) / valid.sum(1).clamp_min(1)
+        return list(losses), list(accs)
 
-        def bookkeeping(step: int, force: bool = False) -> None:
-            for i in range(M):
-                if not alive[i]:
-                    continue
-                try:
-                    log_event(
-                        step,
-                        state=states[i],
-                        writer=writers[i],
-                        tc=tc,
-                        lr=lrs[i],
-                        evaluate_fn=evaluate_member(i, step),
-                        monitor=monitors[i],
-                        force_eval=force,
-                        sinks=sinks[i],
-                    )
-                except NonFiniteLossError as exc:
-                    fail(i, exc)
+    def evaluate(self, step: int) -> list[dict[str, float]]:
+        if step not in self.eval_cache:
+            self.eval_cache = {}
+            chunk = max(1, self.tc.eval_batch_size // self.M)  # as many examples as a solo run
+            self.eval_cache[step] = _batched_evaluate(self.fwd, self.eval_stream, chunk, self.amp)
+        return self.eval_cache[step]
 
-        def checkpoint() -> None:
-            set_solo_lr()
-            for i in range(M):
-                if not alive[i]:
-                    continue
-                params = dict(models[i].named_parameters())
-                o = solo_opts[i]
-                o.state.clear()
-                for n in names:
-                    entry: dict[str, Any] = {k: buf[i].clone() for k, buf in opt.state[n].items()}
-                    if opt.name in ("adamw", "adam"):
-                        entry["step"] = torch.tensor(float(opt.t))
-                    if entry:
-                        o.state[params[n]] = entry
-                # safetensors stores whole storages: give the member private copies meanwhile
-                for n, p in params.items():
-                    p.data = stacked[n].data[i].clone()
-                try:
-                    save_run_checkpoint(writers[i], models[i], o, states[i])
-                except NonFiniteLossError as exc:
-                    fail(i, exc)
-                finally:
-                    for n, p in params.items():
-                        p.data = stacked[n].data[i]
-
-        bar = _Progress(self.progress, tc.steps, step0, f"ensemble of {M}")
-        stop = _StopFlag()
-        t0 = time.perf_counter()
-        step = step0
+    @contextlib.contextmanager
+    def checkpoint_view(self, i: int) -> Iterator[tuple[nn.Module, torch.optim.Optimizer]]:
+        """Member i as its solo model and optimizer: the batched optimizer's state under the
+        solo optimizer's parameters, and private copies of the weights (safetensors stores
+        whole storages), which are views of the stack again afterwards."""
+        o, opt = self.solo_opts[i], self.opt
+        for g in o.param_groups:
+            g["lr"] = self.lrs[i]
+        params = dict(self.models[i].named_parameters())
+        o.state.clear()
+        for n in self.names:
+            entry: dict[str, Any] = {k: buf[i].clone() for k, buf in opt.state[n].items()}
+            if opt.name in ("adamw", "adam"):
+                entry["step"] = torch.tensor(float(opt.t))
+            if entry:
+                o.state[params[n]] = entry
+        for n, p in params.items():
+            p.data = self.stacked[n].data[i].clone()
         try:
-            with stop.installed():
-                if step == 0:
-                    bookkeeping(0)
-                while step < tc.steps and any(alive):
-                    if stop.signal is not None:
-                        break
-                    t = step
-                    lrs = [lr_at(t, o, tc.steps) if a else 0.0 for o, a in zip(optims, alive)]
-                    x, y = _stack_batches([task.train_batch(t, tc.batch_size) for task in tasks])
-                    if x.device != device:
-                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with amp:
-                        logits = train_fwd(x)
-                    z = loss_precision(logits)
-                    C = z.shape[-1]
-                    ce = F.cross_entropy(
-                        z.reshape(-1, C), y.reshape(-1), ignore_index=-100, reduction="none"
-                    ).reshape(M, -1)
-                    valid = y.reshape(M, -1) != -100
-                    losses = ce.sum(1) / valid.sum(1).clamp_min(1)
-                    opt.zero_grad()
-                    losses.sum().backward()
-                    if not all(alive):
-                        with torch.no_grad():
-                            for n in names:
-                                g = stacked[n].grad
-                                if g is not None:
-                                    for i in range(M):
-                                        if not alive[i]:
-                                            g[i].zero_()
-                    if any(c > 0 for c in clips):
-                        opt.clip_(clips)
-                    opt.step(lrs)
-                    if lrd is not None:
-                        lrd.step(lrs)
-                    with torch.no_grad():
-                        hit = (z.argmax(-1) == y).reshape(M, -1) & valid
-                        accs = hit.sum(1) / valid.sum(1).clamp_min(1)
-                        for i in range(M):
-                            if alive[i]:
-                                states[i].accumulate(losses[i], accs[i])
-                    step = t + 1
-                    for i in range(M):
-                        states[i].step = step
-                    last = step == tc.steps
-                    if (
-                        step % tc.log_every == 0
-                        or step % tc.eval_every == 0
-                        or monitors[0].due(step)
-                        or last
-                    ):
-                        bookkeeping(step, force=last)
-                        bar.update(step, None)
-                    if step % tc.checkpoint_every == 0 or last:
-                        checkpoint()
-            if stop.signal is not None and step < tc.steps:
-                checkpoint()
-                bar.close()
-                for member_sinks in sinks:
-                    close_sinks(member_sinks)
-                for i in range(M):
-                    if alive[i]:
-                        summaries[i].update(
-                            status="interrupted",
-                            step=step,
-                            error=f"interrupted by signal {stop.signal} at step {step}; repeat the "
-                            "sweep (or resume this run directory) to continue.",
-                            final=_final_values(writers[i].metrics()),
-                            elapsed_s=time.perf_counter() - t0,
-                        )
-                        writers[i].write_summary(summaries[i])
-                        self._finish(index[i], summaries[i])
-                return
-        except BaseException as exc:
-            bar.close()
-            for member_sinks in sinks:
-                close_sinks(member_sinks, quiet=True)
-            for i in range(M):
-                if alive[i]:
-                    summaries[i].update(
-                        status="failed", error=f"{type(exc).__name__}: {exc}", step=step
-                    )
-                    writers[i].write_summary(summaries[i])
-                    self._finish(index[i], summaries[i])
-            raise
-        bar.close()
-        for member_sinks in sinks:
-            close_sinks(member_sinks)
-        elapsed = time.perf_counter() - t0
-        from .train import RunResult
+            yield self.models[i], o
+        finally:
+            for n, p in params.items():
+                p.data = self.stacked[n].data[i]
 
-        for i, m in enumerate(members):
-            if not alive[i]:
-                continue
-            rows = writers[i].metrics()
-            final = _final_values(rows)
-            result = RunResult(writers[i].dir, m.cfg, rows, final)
-            summaries[i].update(
-                status="finished",
-                step=step,
-                final=final,
-                verdict=m.verdict(result) if m.verdict is not None else [],
-                elapsed_s=elapsed,
-                steps_per_s=(step - step0) / elapsed if elapsed > 0 else None,
-            )
-            writers[i].write_summary(summaries[i])
-            self._finish(index[i], summaries[i])
+    def end(self, i: int) -> None:
+        """Zero member i's weights and optimizer state (a NaN must not reach the batched
+        kernels); its gradients and learning rate are zero from now on."""
+        with torch.no_grad():
+            for n in self.names:
+                self.stacked[n].data[i].zero_()
+                for buf in self.opt.state[n].values():
+                    buf[i].zero_()
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {"ensemble_size": self.M}
+
+    def resume_hint(self, run_dir: Path) -> str:
+        return "repeat the sweep (or resume this run directory)"
 
 
 # ============================================================================ executor
@@ -1170,7 +918,6 @@ class EnsembleExecutor(Executor):
 
     def plan(self, tasks: Sequence[RunTask]) -> tuple[list[list[RunTask]], list[RunTask]]:
         """(ensembles, solo tasks): compatible tasks grouped by key and checkpoint step, chunked."""
-        from .train import resolve_device
 
         groups: dict[tuple[str, int | None], list[RunTask]] = {}
         cfgs: dict[int, Any] = {}

@@ -1,0 +1,297 @@
+"""One model: build it and its optimizer from config, the objective, evaluation, and the engine
+that trains it — alone, or as one rank of a DistributedDataParallel run.
+
+Loss and accuracy. With logits z ∈ ℝ^{N×C} (N = batch, or batch·positions for a language model)
+and targets y ∈ {0…C−1}^N (−100 = ignored): loss = −(1/N) Σ log softmax(z)_{n,yₙ},
+accuracy = (1/N) Σ [argmax zₙ = yₙ].
+
+Data parallelism (nanoGPT's few branches, see :mod:`rankdecay.distributed` for the launch):
+``train.batch_size`` is the global batch B, divisible by the world size W. Every rank draws the
+step's global batch ``task.train_batch(step, B)`` (pure in (seed, step)) and keeps rows
+[r·B/W, (r+1)·B/W); DDP averages the gradients, so with equal shards the update equals the
+1-process update on the global batch: ∇(1/W Σ_r mean_{i∈shard r} ℓᵢ) = ∇ mean_{i∈B} ℓᵢ.
+(Sequence tasks with ignored targets (−100) can have unequal valid-token counts per shard; then
+the shards are weighted equally, not by tokens.) The logged loss and accuracy are all-reduced,
+so every rank accumulates the global means; rank 0 evaluates and writes. Low-Rank Decay runs
+after every step on every rank and keeps the (identical) weights identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
+from .errors import RankdecayTypeError, RankdecayValueError
+from .loop import Engine, optimizer_settings
+from .run_config import LRDConfig, ModelConfig, OptimConfig, RunConfig
+from .runstate import _seed_everything
+from .validation import check_memory
+
+__all__ = [
+    "ModelEngine",
+    "build_model",
+    "build_optimizer",
+    "evaluate",
+    "loss_and_accuracy",
+    "shard_rows",
+]
+
+T = TypeVar("T")
+
+
+def build_model(model_cfg: ModelConfig, task: Any) -> nn.Module:
+    """The experiment's TinyTransformer with the task's sizes filled in.
+
+    Fields of the model config that describe the data (vocabulary, outputs, sequence length,
+    readout) are taken from the task, so a config never disagrees with its data.
+    """
+    from .models import TinyTransformer
+
+    names = {f.name for f in dataclasses.fields(model_cfg)}
+    fill = {k: v for k, v in task.model_fields().items() if k in names}
+    model_cfg = dataclasses.replace(model_cfg, **fill)
+    return TinyTransformer(model_cfg)
+
+
+def _weight_decay_spec(optim: OptimConfig) -> float | dict[str, float]:
+    """``optim.weight_decay`` for every role, overridden per role by ``weight_decay_by_role``
+    (roles of :func:`rankdecay.param_roles`, or "attention" for both attention roles)."""
+    if not optim.weight_decay_by_role:
+        return float(optim.weight_decay)
+    return {
+        "default": float(optim.weight_decay),
+        **{k: float(v) for k, v in optim.weight_decay_by_role.items()},
+    }
+
+
+def _betas(optim: OptimConfig) -> tuple[float, float]:
+    betas = tuple(optim.betas)
+    if len(betas) != 2:
+        raise RankdecayValueError(
+            f"optim.betas needs two values, got {list(betas)}; set optim.betas to e.g. 0.9,0.98.",
+            param="optim.betas",
+        )
+    return betas  # type: ignore[return-value]
+
+
+def build_optimizer(
+    model: nn.Module, optim: OptimConfig, lrd: LRDConfig | None = None
+) -> tuple[torch.optim.Optimizer, Any]:
+    """Optimizer over ``param_groups(model, weight decay per role)``, with LRD attached if on.
+
+    Returns (optimizer, low_rank_decay or None).
+    """
+    from .decay import LowRankDecay, param_groups
+
+    if optim.lr <= 0 or not math.isfinite(optim.lr):
+        raise RankdecayValueError(
+            f"optim.lr must be a positive number, got {optim.lr}; set optim.lr to e.g. 1e-3.",
+            param="optim.lr",
+        )
+    groups: Any = param_groups(model, _weight_decay_spec(optim))
+    opt: torch.optim.Optimizer
+    if optim.name == "adamw":
+        opt = torch.optim.AdamW(groups, lr=optim.lr, betas=_betas(optim), eps=optim.eps)
+    elif optim.name == "adam":
+        opt = torch.optim.Adam(groups, lr=optim.lr, betas=_betas(optim), eps=optim.eps)
+    else:
+        opt = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
+    for g in opt.param_groups:
+        g["initial_lr"] = optim.lr
+    decay = None
+    if lrd is not None and lrd.strength > 0:
+        decay = LowRankDecay(
+            model,
+            strength=lrd.strength,
+            target=lrd.target,
+            granularity=lrd.granularity,
+            polar=lrd.polar,
+            mode=lrd.mode,
+            scale_by_lr=lrd.scale_by_lr,
+            polar_steps=lrd.polar_steps,
+        )
+        decay.attach(opt)
+    return opt, decay
+
+
+def loss_and_accuracy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy and accuracy of logits (..., C) against integer targets (...).
+
+    Targets equal to −100 are ignored. Both results are 0-dim tensors (no host sync). Half-precision
+    logits (autocast) are upcast to float32 first; float32/float64 logits are used as they are.
+    """
+    C = logits.shape[-1]
+    z = loss_precision(logits).reshape(-1, C)
+    t = y.reshape(-1)
+    loss = F.cross_entropy(z, t, ignore_index=-100)
+    with torch.no_grad():
+        hit = z.argmax(-1) == t
+        if t.dtype.is_floating_point:  # pragma: no cover - defensive
+            raise RankdecayTypeError(
+                f"targets must be integer class indices, got {t.dtype}; pass y as a long tensor.",
+                param="y",
+            )
+        valid = t != -100
+        acc = (hit & valid).sum() / valid.sum().clamp_min(1)
+    return loss, acc
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    eval_sets: Mapping[str, tuple[Tensor, Tensor]],
+    batch_size: int = 2048,
+) -> dict[str, float]:
+    """``{name}_loss`` and ``{name}_acc`` over each evaluation set (token-weighted means)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    try:
+        for name, (x, y) in eval_sets.items():
+            loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+            hit_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+            count = 0
+            for i in range(0, x.shape[0], batch_size):
+                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+                logits = model(xb)
+                C = logits.shape[-1]
+                z, t = logits.reshape(-1, C), yb.reshape(-1)
+                valid = t != -100
+                n = int(valid.sum())
+                loss_sum += F.cross_entropy(
+                    loss_precision(z), t, ignore_index=-100, reduction="sum"
+                ).double()
+                hit_sum += ((z.argmax(-1) == t) & valid).sum().double()
+                count += n
+            out[f"{name}_loss"] = float(loss_sum / max(count, 1))
+            out[f"{name}_acc"] = float(hit_sum / max(count, 1))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def shard_rows(n: int, rank: int, world_size: int) -> slice:
+    """Rows [rank·n/W, (rank+1)·n/W) of a global batch of n rows (n divisible by W)."""
+    if n % world_size:
+        raise RankdecayValueError(
+            f"the global batch of {n} rows does not split evenly over {world_size} processes; "
+            f"set train.batch_size to a multiple of {world_size}.",
+            param="train.batch_size",
+        )
+    b = n // world_size
+    return slice(rank * b, (rank + 1) * b)
+
+
+class ModelEngine(Engine):
+    """The loop's engine for one model (:class:`rankdecay.loop.Engine`, R = 1): on one device,
+    or (``world_size > 1``) as rank ``rank`` of a DDP run whose process group is initialized."""
+
+    def __init__(
+        self, label: str, device: torch.device | None = None, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.label = label
+        self.device = device  # type: ignore[assignment]
+        self.rank = rank
+        self.world_size = world_size
+        self.ddp = world_size > 1
+        self.main = rank == 0
+
+    def build(self, cfgs: Sequence[RunConfig]) -> None:
+        (cfg,) = cfgs
+        tc = self.tc = cfg.train
+        self.device = self.device or resolve_device(tc.device)
+        self.shard = shard_rows(tc.batch_size, self.rank, self.world_size)
+        _seed_everything(cfg.seed)
+        self.task = cfg.task.build(cfg.seed)
+        if not self.ddp:
+            check_memory(cfg, self.task, self.device)  # refuses an absurd model/batch early
+        self.model = build_model(cfg.model, self.task)
+        self.model.to(device=self.device, dtype=param_dtype(tc.dtype, tc.amp)).train()
+        optim, lrd = optimizer_settings(cfg)
+        self.optimizer, _lrd = build_optimizer(self.model, optim, lrd)
+        self.clip = optim.grad_clip
+        self.amp = autocast(self.device, tc.amp)
+        if self.device.type != "cpu" and callable(getattr(self.task, "to", None)):
+            self.task.to(self.device)  # batches are then made on the device
+        sets = self.task.eval_sets().items() if self.main else ()  # rank 0 evaluates
+        self.eval_sets = {k: (x.to(self.device), y.to(self.device)) for k, (x, y) in sets}
+
+    def solo(self, i: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+        return self.model, self.optimizer
+
+    def start(self, step: int) -> None:
+        net: nn.Module = self.model
+        if self.ddp:
+            cuda = self.device.type == "cuda"
+            net = DistributedDataParallel(net, device_ids=[self.device.index] if cuda else None)
+        self.forward = maybe_compile(net, self.tc.compile)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.sync = torch.zeros(2, dtype=torch.float32, device=self.device)
+
+    def step(
+        self, t: int, lrs: Sequence[float], live: Sequence[bool]
+    ) -> tuple[Sequence[Tensor], Sequence[Tensor]]:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lrs[0]
+        x, y = self.task.train_batch(t, self.tc.batch_size)
+        if self.ddp:
+            x, y = x[self.shard], y[self.shard]  # this rank's rows of the global batch
+        if x.device != self.device:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with self.amp:
+            logits = self.forward(x)
+        loss, acc = loss_and_accuracy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP all-reduces (averages) the gradients here
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        if self.ddp:  # the logged loss and accuracy are the global batch's on every rank
+            self.sync[0] = loss.detach() / self.world_size
+            self.sync[1] = acc / self.world_size
+            dist.all_reduce(self.sync)
+            loss, acc = self.sync[0].clone(), self.sync[1].clone()
+        return [loss], [acc]
+
+    def evaluate(self, step: int) -> list[dict[str, float]]:
+        net = self.model if self.ddp else self.forward  # DDP: rank 0 alone, on its own module
+        with self.amp:
+            return [evaluate(net, self.eval_sets, self.tc.eval_batch_size)]
+
+    def summary_fields(self) -> dict[str, Any]:
+        if not self.ddp:
+            return super().summary_fields()
+        local = self.shard.stop - self.shard.start
+        return {
+            "world_size": self.world_size,
+            "backend": dist.get_backend(),
+            "local_batch_size": local,
+        }
+
+    def resume_hint(self, run_dir: Path) -> str:
+        hint = super().resume_hint(run_dir)
+        return f"{hint} with the same torchrun command" if self.ddp else hint
+
+    def share(self, obj: T) -> T:
+        if not self.ddp:
+            return super().share(obj)
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any_rank(self, flag: bool) -> bool:
+        if not self.ddp:
+            return super().any_rank(flag)
+        box = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(box)
+        return bool(box.item() > 0)
