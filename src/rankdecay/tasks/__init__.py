@@ -32,6 +32,10 @@ x is int64 tokens (B, T) for ``kind="tokens"`` and float32 images (B, C, H, W) f
 
 Seeds: a config's ``data_seed`` (None → the seed passed to ``build``) fixes splits, fixed sets
 and the stream; sub-streams are derived with :func:`derive_seed` so they never overlap.
+
+Modules: the config dataclasses live in :mod:`rankdecay.tasks.configs` (no torch; each task module
+re-exports its own), the interface and the seeding helpers in :mod:`rankdecay.tasks.base` (torch),
+whose names this package loads on first use, so ``rankdecay list`` reads configs without torch.
 """
 
 from __future__ import annotations
