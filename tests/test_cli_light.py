@@ -215,3 +215,27 @@ def test_sweep_help_lists_every_executor_option_without_torch() -> None:
                 assert option in flat, (name, option)
             assert " ".join((action.help or "").split()) in flat, (name, action.help)
     assert "--members" in flat and "--ray-address" in flat
+
+
+def test_task_configs_load_without_torch_and_keep_their_old_names() -> None:
+    """The task configs live in rankdecay.tasks.configs (no torch); each task module re-exports
+    its own under the old name, and ``build`` gives that module's task."""
+    proc = _fresh(
+        "import sys\n"
+        "from rankdecay.tasks import TASKS, task_config_class\n"
+        "names = [task_config_class(t).__name__ for t in TASKS]\n"
+        "assert 'torch' not in sys.modules, 'rankdecay.tasks imported torch'\n"
+        "print(','.join(names))"
+    )
+    assert proc.returncode == 0, proc.stderr
+    import importlib
+
+    from rankdecay.tasks import TASKS, configs
+
+    assert proc.stdout.strip() == ",".join(cls for _, cls in TASKS.values())
+    for module_name, cls_name in TASKS.values():
+        module = importlib.import_module(f"rankdecay.tasks.{module_name}")
+        cls = getattr(module, cls_name)
+        assert cls is getattr(configs, cls_name) and cls_name in module.__all__
+        assert cls._builds[0] == module_name  # noqa: SLF001
+        assert getattr(module, cls._builds[1]).__module__ == module.__name__  # noqa: SLF001

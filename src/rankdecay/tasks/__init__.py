@@ -67,19 +67,11 @@ __all__ = [
     "task_config_class",
 ]
 
-#: the names :mod:`rankdecay.tasks.base` defines (it imports torch): loaded on first use
-_BASE = (
-    "Task",
-    "TaskBase",
-    "derive_seed",
-    "epoch_batch_indices",
-    "epoch_indices",
-    "step_generator",
-)
-
 
 def __getattr__(name: str) -> Any:
-    if name in _BASE:
+    """The names of :mod:`rankdecay.tasks.base` (it imports torch), loaded on first use: those of
+    ``__all__`` not defined here (a name defined here never reaches ``__getattr__``)."""
+    if name in __all__:
         from . import base
 
         return getattr(base, name)
@@ -87,7 +79,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_BASE))
+    return sorted(set(globals()) | set(__all__))
 
 
 # ------------------------------------------------------------------------------------ registry
