@@ -1,4 +1,4 @@
-"""CPU time of the light commands: ``python -m rankdecay --help`` and friends (issue 16).
+"""CPU time of the light commands: ``python -m rankdecay --help``, ``list``, ``sweep --help`` (issue 16).
 
 Each command runs ``--repeats`` times in a fresh interpreter; the CPU time (user + system) of the
 child is read from ``resource.getrusage(RUSAGE_CHILDREN)`` and the median is printed beside that of
@@ -29,6 +29,10 @@ COMMANDS: dict[str, list[str]] = {
     "python -m rankdecay.cli --help": ["-m", "rankdecay.cli", "--help"],
     "python -m rankdecay run --help": ["-m", "rankdecay", "run", "--help"],
     "python -m rankdecay report --help": ["-m", "rankdecay", "report", "--help"],
+    "python -m rankdecay sweep --help": ["-m", "rankdecay", "sweep", "--help"],
+    "python -m rankdecay list": ["-m", "rankdecay", "list"],
+    "python -m rankdecay list grokking": ["-m", "rankdecay", "list", "grokking"],
+    "python -m rankdecay list attention-svm": ["-m", "rankdecay", "list", "attention-svm"],
 }
 
 

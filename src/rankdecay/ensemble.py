@@ -71,7 +71,15 @@ from .loop import Engine, RunSpec, lr_at, optimizer_settings, train_runs
 from .models import functional_forward
 from .run_config import ModelConfig, RunConfig
 from .runstate import _seed_everything
-from .sweep import Executor, RunEvent, RunTask, execute_task, load_experiment, set_threads
+from .sweep import (
+    Executor,
+    RunEvent,
+    RunTask,
+    add_ensemble_arguments,
+    execute_task,
+    load_experiment,
+    set_threads,
+)
 from .update import adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
 
 __all__ = [
@@ -901,13 +909,9 @@ class EnsembleExecutor(Executor):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--members",
-            type=int,
-            default=None,
-            metavar="N",
-            help="ensemble executor: at most N runs trained together (default: as many as half the free memory fits)",
-        )
+        add_ensemble_arguments(
+            parser
+        )  # declared in rankdecay.sweep: the CLI reads it without torch
 
     def threads_per_task(self) -> int:
         return self.threads

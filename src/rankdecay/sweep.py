@@ -68,6 +68,7 @@ from .threads import (
 
 __all__ = [
     "EXECUTORS",
+    "EXECUTOR_ARGUMENTS",
     "Executor",
     "LocalExecutor",
     "RayExecutor",
@@ -75,6 +76,7 @@ __all__ = [
     "RunTask",
     "SweepSpec",
     "execute_task",
+    "executor_arguments",
     "get_executor",
     "plan_sweep",
     "register_executor",
@@ -524,6 +526,18 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
 
+def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
+    """The CLI options of the ensemble executor (:class:`rankdecay.ensemble.EnsembleExecutor`,
+    whose ``add_arguments`` calls this), declared here because rankdecay.ensemble imports torch."""
+    parser.add_argument(
+        "--members",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ensemble executor: at most N runs trained together (default: as many as half the free memory fits)",
+    )
+
+
 #: executor name → class, or "module:Class" imported on first use (keeps optional deps lazy)
 EXECUTORS: dict[str, type[Executor] | str] = {
     "local": LocalExecutor,
@@ -532,10 +546,37 @@ EXECUTORS: dict[str, type[Executor] | str] = {
     "ensemble": "rankdecay.ensemble:EnsembleExecutor",
 }
 
+#: executor name → its ``add_arguments``, for executors registered as "module:Class": their CLI
+#: options are declared without importing their module (``rankdecay sweep --help`` stays light)
+EXECUTOR_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "ensemble": add_ensemble_arguments,
+}
 
-def register_executor(name: str, cls: type[Executor] | str) -> None:
-    """Make ``--executor NAME`` available (``cls`` may be a ``"module:Class"`` string)."""
+
+def register_executor(
+    name: str,
+    cls: type[Executor] | str,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """Make ``--executor NAME`` available (``cls`` may be a ``"module:Class"`` string).
+
+    ``add_arguments(parser)``, when given, declares the executor's CLI options in place of
+    ``cls.add_arguments``, so that a ``"module:Class"`` executor is not imported to build the
+    parser.
+    """
     EXECUTORS[name] = cls
+    if add_arguments is not None:
+        EXECUTOR_ARGUMENTS[name] = add_arguments
+    else:
+        EXECUTOR_ARGUMENTS.pop(name, None)
+
+
+def executor_arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
+    """How executor ``name`` declares its CLI options: its :data:`EXECUTOR_ARGUMENTS` entry, else
+    ``add_arguments`` of its class (which imports a ``"module:Class"`` executor)."""
+    if name in EXECUTOR_ARGUMENTS:
+        return EXECUTOR_ARGUMENTS[name]
+    return get_executor(name).add_arguments
 
 
 def get_executor(name: str) -> type[Executor]:

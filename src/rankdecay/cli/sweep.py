@@ -1,9 +1,9 @@
 """``rankdecay sweep EXPERIMENT``: a grid of runs (grid points × seeds) on an executor.
 
 The sweep itself is :func:`rankdecay.sweep.run_sweep`; this module declares its arguments (those of
-every importable executor too, :meth:`rankdecay.sweep.Executor.add_arguments`) and prints the
-outcome. Exit status: 0 when every run finished, else the number of runs that did not (capped at
-:data:`rankdecay.sweep.MAX_EXIT`); 2 for bad input; 130 on Ctrl-C.
+every importable executor too, :func:`rankdecay.sweep.executor_arguments`: the ensemble's without
+importing torch) and prints the outcome. Exit status: 0 when every run finished, else the number of
+runs that did not (capped at :data:`rankdecay.sweep.MAX_EXIT`); 2 for bad input; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..sweep import EXECUTORS, MAX_EXIT, get_executor
+from ..sweep import EXECUTORS, MAX_EXIT, executor_arguments
 from .run import add_log_to_argument
 
 __all__ = ["configure_parser", "run_cli"]
@@ -82,16 +82,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_log_to_argument(parser)
-    seen: set[str] = set()
+    declared: set[object] = set()
     for name in list(EXECUTORS):
         try:
-            cls = get_executor(name)
+            add_arguments = executor_arguments(name)
         except ImportError:
             continue
-        if cls in seen:  # type: ignore[comparison-overlap]
-            continue
-        seen.add(cls)  # type: ignore[arg-type]
-        cls.add_arguments(parser)
+        function = getattr(add_arguments, "__func__", add_arguments)  # one class, two names
+        if function not in declared:
+            declared.add(function)
+            add_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:

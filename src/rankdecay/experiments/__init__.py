@@ -16,8 +16,9 @@ Each experiment lives in its own module here and defines ``EXPERIMENT = Experime
   experiment that only it knows how to draw (the grokking phase diagram); ``rankdecay report``
   adds them to the generic ones (:mod:`rankdecay.report`).
 
-Nothing here imports torch: ``rankdecay list`` reads the records, and each experiment module
-imports what its configs need.
+Nothing here imports torch, nor does any experiment module at import time: ``rankdecay list``
+reads the records and their configs (task sections from :mod:`rankdecay.tasks.configs`), and the
+functions that run an experiment import torch and the task code (tests/test_cli_light.py).
 """
 
 from __future__ import annotations

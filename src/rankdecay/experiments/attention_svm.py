@@ -23,6 +23,9 @@ Run directory (see :mod:`rankdecay.runio`):
   verdict rows) — the checkpoint of the run: SIGINT / SIGTERM end the run with
   ``status: "interrupted"`` and ``--resume`` recomputes only the blocks not in it;
 - ``summary.json``: ``final`` (per param × loss means/stds, conservation drift) and ``verdict``.
+
+torch and the task code (:mod:`rankdecay.tasks.attention_svm`) are imported by the functions that
+train, solve or plot, so ``rankdecay list`` reads this module's config without torch.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from ..config import to_dict
 from ..errors import RankdecayError, RankdecayFileExistsError, RankdecayValueError
@@ -47,18 +49,6 @@ from ..runio import (
     atomic_write_text,
     read_json,
     read_jsonl,
-)
-from ..tasks import derive_seed
-from ..tasks.attention_svm import (
-    LOSSES,
-    PARAMETERIZATIONS,
-    SVMS_FOR,
-    conservation_drift,
-    correlation,
-    make_data,
-    selected_tokens,
-    solve_attention_svm,
-    train,
 )
 from . import Experiment
 
@@ -104,6 +94,7 @@ class AttentionSVMConfig:
 
 
 def _validate(cfg: AttentionSVMConfig) -> None:
+    from ..tasks.attention_svm import LOSSES, PARAMETERIZATIONS
     from ..validation import ConfigValueError, validate_values
 
     validate_values(cfg)
@@ -130,6 +121,8 @@ def _validate(cfg: AttentionSVMConfig) -> None:
 
 def problem_seeds(cfg: AttentionSVMConfig) -> list[int]:
     """Data seeds of the run's problems (disjoint across run seeds)."""
+    from ..tasks import derive_seed
+
     return [derive_seed(cfg.seed, "attention-svm-problem", i) for i in range(cfg.n_seeds)]
 
 
@@ -251,6 +244,8 @@ def run(
     uninterrupted run. Resuming a finished run returns its summary; a new run refuses a
     directory that holds a run which did not fail.
     """
+    import torch
+
     from ..runlock import DirLock
     from ..train import _StopFlag
 
@@ -372,6 +367,8 @@ def _run(
 ) -> dict[str, Any]:
     """Every (parameterization, loss) block — those in ``done`` (finished by an earlier,
     interrupted attempt) read back, the others trained — then the conservation check."""
+    from ..tasks.attention_svm import make_data
+
     seeds = problem_seeds(cfg)
     data = make_data(seeds, n=cfg.n, T=cfg.T, d=cfg.d)
     metric_rows: dict[int, dict[str, Any]] = {}
@@ -420,6 +417,16 @@ def _train_block(
 
     Returns the block record ``{"tag", "metrics": step → row, "final", "verdict"}``.
     """
+    import torch
+
+    from ..tasks.attention_svm import (
+        SVMS_FOR,
+        correlation,
+        selected_tokens,
+        solve_attention_svm,
+        train,
+    )
+
     tag = f"{param}_{loss}"
     res = train(
         data,
@@ -529,6 +536,8 @@ def _conservation(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Conservation of KᵀK − QᵀQ under small-step plain GD without regularization, and the
     step-size check (halving lr at equal time): (values per loss, verdict rows)."""
+    from ..tasks.attention_svm import conservation_drift
+
     cons: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for loss in cfg.losses:
@@ -630,6 +639,8 @@ def _block_verdict(
 
 def plot(run_dir: str | Path, path: str | Path, *, dpi: int = 90) -> Path:
     """Correlation to each SVM vs iteration (mean ± std band), one panel per parameterization."""
+    from ..tasks.attention_svm import LOSSES, PARAMETERIZATIONS, SVMS_FOR
+
     try:
         import matplotlib
 

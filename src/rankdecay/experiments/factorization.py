@@ -42,7 +42,6 @@ from ..tasks.factorization import (
     sensing_problem,
     train_factorization,
 )
-from ..validation import ConfigValueError
 from . import Experiment
 
 __all__ = ["EXPERIMENT", "FactorizationConfig", "SensingConfig", "run"]
@@ -92,6 +91,10 @@ def _lr(cfg: FactorizationConfig) -> float:
 def _problem(cfg: FactorizationConfig) -> FactorizationProblem:
     if cfg.problem == "diagonal":
         if len(cfg.diagonal) == 0:
+            from ..validation import (
+                ConfigValueError,
+            )  # imports torch: not on `rankdecay list`'s path
+
             raise ConfigValueError(
                 "factorization.diagonal is empty; give diagonal at least one value, e.g. 0.2,1.",
                 param="diagonal",

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..run_config import LRDConfig, ModelConfig, OptimConfig, TrainConfig
-from ..tasks.modular import ModularConfig
+from ..tasks.configs import ModularConfig
 from . import Experiment, ReportFigure, SweepData
 from ._transformer import first_step, verdict_row
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..run_config import LRDConfig, ModelConfig, OptimConfig, TrainConfig
-from ..tasks.text import TextConfig
+from ..tasks.configs import TextConfig
 from . import Experiment
 from ._transformer import verdict_row
 

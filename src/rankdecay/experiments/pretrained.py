@@ -33,16 +33,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..config import to_dict
 from ..errors import RankdecayError, RankdecayValueError
 from ..runio import append_jsonl, atomic_write_json, read_json, read_jsonl
 from . import Experiment
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
 __all__ = ["EXPERIMENT", "PretrainedConfig", "balance_rows", "plot", "run"]
 
@@ -76,6 +77,8 @@ def balance_rows(
     Per-head numbers come from :func:`rankdecay.analyze` (factored float64 SVD); per-matrix
     numbers from :func:`rankdecay.spectra.factored_svdvals` on the concatenated factors.
     """
+    import torch
+
     from ..analyze import analyze
     from ..heads import attention_heads
     from ..spectra import balance, factored_svdvals
@@ -152,6 +155,8 @@ def _random_baseline(model: nn.Module, seed: int) -> nn.Module | None:
     make = getattr(type(model), "_from_config", None)
     if config is None or make is None:
         return None
+    import torch
+
     torch.manual_seed(seed)
     baseline = make(config)
     baseline.eval()

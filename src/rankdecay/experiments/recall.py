@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..run_config import LRDConfig, ModelConfig, OptimConfig, TrainConfig
-from ..tasks.recall import RecallConfig
+from ..tasks.configs import RecallConfig
 from . import Experiment
 from ._transformer import verdict_row
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..run_config import LRDConfig, ModelConfig, OptimConfig, TrainConfig
-from ..tasks.images import ImagesConfig
+from ..tasks.configs import ImagesConfig
 from . import Experiment
 from ._transformer import verdict_row
 

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MissingExtraError, NonFiniteLossError, RankdecayError, RankdecayValueError
-from . import step_generator
+from .base import step_generator
 
 __all__ = [
     "LOSSES",

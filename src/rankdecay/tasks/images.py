@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,24 +25,10 @@ import torch
 from torch import Tensor
 
 from ..errors import MissingExtraError, RankdecayError, RankdecayValueError
-from . import TaskBase, epoch_indices, step_generator
+from .base import TaskBase, epoch_indices, step_generator
+from .configs import ImagesConfig
 
 __all__ = ["ImagesConfig", "ImagesTask", "load_digits8", "load_mnist5k", "mnist5k_path"]
-
-
-@dataclass
-class ImagesConfig:
-    """Image classification (see the module docstring)."""
-
-    dataset: Literal["mnist5k", "digits"] = "mnist5k"
-    val_fraction: float = 0.2
-    #: size of the fixed "train" evaluation subset (0 → the whole training set)
-    n_eval_train: int = 1000
-    #: None → the run seed
-    data_seed: int | None = None
-
-    def build(self, seed: int = 0) -> ImagesTask:
-        return ImagesTask(self, seed if self.data_seed is None else self.data_seed)
 
 
 def mnist5k_path() -> Path:

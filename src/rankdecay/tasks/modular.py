@@ -28,14 +28,14 @@ accuracy of a model that memorizes the training pairs and, for a commutative ope
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from ..errors import RankdecayValueError
-from . import TaskBase, epoch_batch_indices, epoch_indices, step_generator
+from .base import TaskBase, epoch_batch_indices, epoch_indices, step_generator
+from .configs import ModularConfig
 
 __all__ = [
     "ModularConfig",
@@ -48,29 +48,6 @@ __all__ = [
 
 OPS = ("+", "-", "*", "/")
 COMMUTATIVE = ("+", "*")
-
-
-@dataclass
-class ModularConfig:
-    """(a ∘ b) mod p (see the module docstring)."""
-
-    p: int = 113
-    op: Literal["+", "-", "*", "/"] = "+"
-    train_fraction: float = 0.5
-    split: Literal["ordered", "unordered", "python"] = "ordered"
-    #: split="python" only: the seed of random.Random(split_seed).shuffle (public code: 42)
-    split_seed: int = 42
-    #: always train on the whole training set (else the trainer's batch_size decides)
-    full_batch: bool = False
-    #: "wrap": equal batches across epoch boundaries; "partial": per-epoch batches, last one smaller
-    last_batch: Literal["wrap", "partial"] = "wrap"
-    #: readout width: "answers" → p classes; "vocab" → p + 1 (the "=" token included)
-    out_classes: Literal["answers", "vocab"] = "answers"
-    #: None → the run seed
-    data_seed: int | None = None
-
-    def build(self, seed: int = 0) -> ModularTask:
-        return ModularTask(self, seed if self.data_seed is None else self.data_seed)
 
 
 def _is_prime(n: int) -> bool:

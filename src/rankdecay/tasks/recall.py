@@ -17,36 +17,16 @@ Our choice for R3 (documented in docs/training.md): 16 keys, 16 values, 8 pairs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from ..errors import RankdecayValueError
-from . import TaskBase, epoch_indices, step_generator
+from .base import TaskBase, epoch_indices, step_generator
+from .configs import RecallConfig
 
 __all__ = ["RecallConfig", "RecallTask", "generate_recall"]
-
-
-@dataclass
-class RecallConfig:
-    """Associative recall (see the module docstring)."""
-
-    n_keys: int = 16
-    n_values: int = 16
-    n_pairs: int = 8
-    #: None → 2·n_pairs + 1; a larger value left-pads with a pad token
-    seq_len: int | None = None
-    #: fresh samples every step (True) or a fixed training set of n_train sequences (False)
-    online: bool = True
-    n_train: int = 10000
-    n_eval: int = 1000
-    #: None → the run seed
-    data_seed: int | None = None
-
-    def build(self, seed: int = 0) -> RecallTask:
-        return RecallTask(self, seed if self.data_seed is None else self.data_seed)
 
 
 def generate_recall(

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,28 +37,10 @@ from ..errors import (
     RankdecayFileNotFoundError,
     RankdecayValueError,
 )
-from . import TaskBase, step_generator
+from .base import TaskBase, step_generator
+from .configs import TextConfig
 
 __all__ = ["CharTokenizer", "GPT2Tokenizer", "TextConfig", "TextTask", "gpt2_files", "load_corpus"]
-
-
-@dataclass
-class TextConfig:
-    """Language modelling (see the module docstring)."""
-
-    #: UTF-8 text file; None → Python's pydoc_data.topics
-    path: str | None = None
-    tokenizer: Literal["char", "gpt2"] = "char"
-    seq_len: int = 128
-    val_fraction: float = 0.1
-    #: gpt2 only: renumber the token ids the corpus uses to 0 … V−1
-    compact_vocab: bool = True
-    n_eval_windows: int = 64
-    #: None → the run seed
-    data_seed: int | None = None
-
-    def build(self, seed: int = 0) -> TextTask:
-        return TextTask(self, seed if self.data_seed is None else self.data_seed)
 
 
 def load_corpus(path: str | None = None) -> str:
