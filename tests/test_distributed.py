@@ -15,6 +15,7 @@ import pytest
 from rankdecay.distributed import dist_info, launched_distributed, shard_rows
 from rankdecay.errors import RankdecayError
 from rankdecay.experiments import get_experiment
+from rankdecay.runfiles import checkpoint_step
 from rankdecay.runio import read_jsonl
 from rankdecay.train import train
 
@@ -54,7 +55,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _torchrun(out: Path, *extra: str, sets: list[str] = TINY) -> subprocess.CompletedProcess:
     args = [
         sys.executable,
         "-m",
@@ -74,7 +75,7 @@ def _torchrun(out: Path, *extra: str) -> subprocess.CompletedProcess:
         "--no-progress",
         *extra,
     ]
-    for s in TINY:
+    for s in sets:  # applied in order: a later value of a key wins
         args += ["--set", s]
     return subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=120)
 
@@ -138,3 +139,36 @@ def test_shards_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(RankdecayError, match="WORLD_SIZE"):
         dist_info()
+
+
+def test_two_gloo_processes_stop_early_where_one_process_does(tmp_path: Path) -> None:
+    """Early stopping under torchrun: the streak counts rank 0's evaluation rows (val_loss is
+    evaluated on rank 0 alone), which every rank receives, so both ranks end at the same step.
+    With val_loss > 0 at steps 0, 2, 4 (patience 3) the run stops at step 4 of 12, exactly as the
+    1-process run with the same config: same losses, same rows, a checkpoint at the stop."""
+    stop = [
+        "train.eval_every=2",
+        "train.early_stop_key=val_loss",
+        "train.early_stop_above=0",
+        "train.early_stop_patience=3",
+    ]
+    cfg = get_experiment("lm").config("quick", [*TINY, *stop])
+    solo = train(cfg, tmp_path / "solo", progress=False, experiment="lm", preset="quick")
+    assert solo["status"] == "finished" and solo["step"] == 4
+    assert solo["stopped_early"] == {"step": 4, "key": "val_loss", "above": 0.0, "patience": 3}
+
+    proc = _torchrun(tmp_path / "ddp", sets=[*TINY, *stop])
+    assert proc.returncode == 0, proc.stderr[-3000:]  # a rank that missed the stop would hang
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["world_size"] == 2
+    assert summary["step"] == 4 and summary["stopped_early"] == solo["stopped_early"]
+    a, b = _losses(tmp_path / "solo"), _losses(tmp_path / "ddp")
+    assert sorted(a) == sorted(b) == [2, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=2e-5, abs=2e-6), step
+    solo_rows = list(read_jsonl(tmp_path / "solo" / "metrics.jsonl"))
+    rows = list(read_jsonl(tmp_path / "ddp" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [r["step"] for r in solo_rows] == [0, 2, 4]
+    for r, s in zip(rows, solo_rows):
+        assert r["val_loss"] == pytest.approx(s["val_loss"], rel=1e-4)
+    assert checkpoint_step(tmp_path / "ddp") == checkpoint_step(tmp_path / "solo") == 4

@@ -504,3 +504,54 @@ def test_bad_input_errors_are_value_errors() -> None:
         model(torch.zeros(2, 3, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="fold_norm"):
         model.rankdecay_attention_heads(nonsense=True)
+
+
+@pytest.mark.parametrize(
+    "kw", MEMBER_GRID, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default"
+)
+def test_forward_hooks_on_blocks_attention_and_mlp_fire(kw: dict) -> None:
+    """model(x) goes through its Block, Attention and MLP modules, so forward hooks on them fire
+    (as in PyTorch/TransformerLens-style analysis) and see what the block computes:
+    attn sees ln1(block input), mlp sees ln2(block input + attn output), the block returns
+    their residual sum. The output is bitwise that of functional_forward on the same weights,
+    and a hook that zero-ablates an attention output changes the logits."""
+    from rankdecay.models import functional_forward
+
+    cfg = small(**kw)
+    torch.manual_seed(0)
+    model = TinyTransformer(cfg)
+    x = torch.randn(2, cfg.in_channels, 8, 8) if cfg.images else tokens(2, 7)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(_m: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+            seen[name + ".in"], seen[name + ".out"] = args[0], out
+
+        return hook
+
+    handles = []
+    for i, block in enumerate(model.blocks):
+        handles.append(block.register_forward_hook(keep(f"block{i}")))
+        handles.append(block.attn.register_forward_hook(keep(f"attn{i}")))
+        if cfg.d_mlp > 0:
+            handles.append(block.mlp.register_forward_hook(keep(f"mlp{i}")))
+    out = model(x)
+    expected = functional_forward(cfg, dict(model.named_parameters()), x, model.rope())
+    assert torch.equal(out, expected)
+    with torch.no_grad():
+        for i, block in enumerate(model.blocks):
+            h, a = seen[f"block{i}.in"], seen[f"attn{i}.out"]
+            assert torch.equal(seen[f"attn{i}.in"], block.ln1(h))
+            assert torch.equal(a, block.attn(block.ln1(h)))
+            if cfg.d_mlp > 0:
+                assert torch.equal(seen[f"mlp{i}.in"], block.ln2(h + a))
+                assert torch.equal(seen[f"block{i}.out"], h + a + seen[f"mlp{i}.out"])
+            else:
+                assert torch.equal(seen[f"block{i}.out"], h + a)
+    for handle in handles:
+        handle.remove()
+    handle = model.blocks[0].attn.register_forward_hook(lambda _m, _a, o: torch.zeros_like(o))
+    ablated = model(x)
+    handle.remove()
+    assert (ablated - out).abs().max() > 1e-4 * out.abs().max()  # far above rounding
+    assert torch.equal(model(x), out)  # hooks removed: the plain forward again

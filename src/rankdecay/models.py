@@ -54,8 +54,10 @@ init_pos=0.02`` (token embedding N(0, 1), Linear Kaiming-uniform, positions N(0,
 The MLP is fc_out(act(fc_in(x))) with act ∈ gelu/relu/silu, or for ``"swiglu"``
 fc_out(silu(fc_gate(x)) ⊙ fc_in(x)); d_mlp is the hidden width as given (no 2/3 rescaling).
 
-The forward is written once, as :func:`functional_forward` (cfg, parameter dict, input): the
-module's ``forward`` calls it with its own parameters, and the batched ensemble
+The forward is written once, as :func:`functional_forward` (cfg, parameter dict, input) and the
+per-block functions it loops over: the module's ``forward`` runs the same functions with its own
+parameters, through its Block / Attention / MLP submodules (so forward hooks on them fire; the
+result is bitwise that of :func:`functional_forward`), and the batched ensemble
 (:mod:`rankdecay.ensemble`) calls it with ``members=True`` on parameters stacked to (M, *shape),
 where every linear map y = x Wᵀ becomes a batched matmul (M, N, d_in) @ (M, d_in, d_out) and
 activations carry a leading member dim (M, B, T, d). It has no data-dependent control flow and no
@@ -65,7 +67,7 @@ in-place updates, so it works under ``torch.func.functional_call`` + ``vmap`` an
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,7 @@ __all__ = [
 
 Params = Mapping[str, Tensor]
 _Rope = tuple[Tensor, Tensor] | None  # rotary (cos, sin) tables, (max_len, d_head) each
+_Map = Callable[[Tensor], Tensor]
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -259,6 +262,25 @@ def _mlp(cfg: ModelConfig, P: Params, prefix: str, h: Tensor, members: bool) -> 
     return _linear(a, P, prefix + "fc_out.", members)
 
 
+def _residual(
+    h: Tensor,
+    ln1: _Map,
+    attn: _Map,
+    ln2: _Map | None,
+    mlp: _Map | None,
+    last_only: bool = False,
+) -> Tensor:
+    """One pre-norm block from its four maps: h ← h + attn(ln1(h)); h ← h + mlp(ln2(h)) (no MLP
+    when ``mlp`` is None); (…, T, d) → (…, T_q, d). ``last_only``: attn returns the last position
+    only (T_q = 1), and so does the block. The functional forward passes the functions below, the
+    module :class:`Block` its submodules (so that their forward hooks fire)."""
+    a = attn(ln1(h))
+    h = (h[..., -1:, :] if last_only else h) + a
+    if mlp is not None and ln2 is not None:
+        h = h + mlp(ln2(h))
+    return h
+
+
 def _block(
     cfg: ModelConfig,
     P: Params,
@@ -268,14 +290,20 @@ def _block(
     members: bool,
     last_only: bool = False,
 ) -> Tensor:
-    """h ← h + Attn(N₁(h)); h ← h + MLP(N₂(h)) (no MLP when d_mlp = 0); (…, T, d) → (…, T_q, d)."""
-    x = _norm(cfg.norm, h, P, prefix + "ln1.", cfg.norm_eps, members)
-    a = _attention(cfg, P, prefix + "attn.", x, rope, members, last_only)
-    h = (h[..., -1:, :] if last_only else h) + a
-    if cfg.d_mlp > 0:
-        x = _norm(cfg.norm, h, P, prefix + "ln2.", cfg.norm_eps, members)
-        h = h + _mlp(cfg, P, prefix + "mlp.", x, members)
-    return h
+    """:func:`_residual` with the norms, attention and MLP of block ``prefix`` read from ``P``."""
+
+    def norm(name: str) -> _Map:
+        return lambda x: _norm(cfg.norm, x, P, prefix + name, cfg.norm_eps, members)
+
+    def attn(x: Tensor) -> Tensor:
+        return _attention(cfg, P, prefix + "attn.", x, rope, members, last_only)
+
+    def mlp(x: Tensor) -> Tensor:
+        return _mlp(cfg, P, prefix + "mlp.", x, members)
+
+    has_mlp = cfg.d_mlp > 0
+    ln2, ff = (norm("ln2."), mlp) if has_mlp else (None, None)
+    return _residual(h, norm("ln1."), attn, ln2, ff, last_only)
 
 
 def _embed(cfg: ModelConfig, P: Params, x: Tensor, members: bool) -> Tensor:
@@ -318,14 +346,24 @@ def _embed(cfg: ModelConfig, P: Params, x: Tensor, members: bool) -> Tensor:
 
 
 def _hidden(
-    cfg: ModelConfig, P: Params, x: Tensor, rope: _Rope, members: bool, last_only: bool
+    cfg: ModelConfig,
+    P: Params,
+    x: Tensor,
+    rope: _Rope,
+    members: bool,
+    last_only: bool,
+    blocks: Sequence[_Map] | None = None,
 ) -> Tensor:
     """Residual stream after the final norm (…, T, d); ``last_only``: the final block at the last
-    position only (T = 1 on return) — all that readout "last" reads."""
+    position only (T = 1 on return) — all that readout "last" reads. ``blocks``: the module's
+    :class:`Block` s, called in place of :func:`_block` (same result; their hooks fire)."""
     h = _embed(cfg, P, x, members)
     L = cfg.n_layers
     for i in range(L):
-        h = _block(cfg, P, f"blocks.{i}.", h, rope, members, last_only and i == L - 1)
+        if blocks is not None:
+            h = blocks[i](h)
+        else:
+            h = _block(cfg, P, f"blocks.{i}.", h, rope, members, last_only and i == L - 1)
     final = cfg.norm if cfg.final_norm else "none"
     return _norm(final, h, P, "ln_f.", cfg.norm_eps, members)
 
@@ -354,12 +392,16 @@ def functional_forward(
         ``pool="mean"``), (B, T, n_out) for "all"; with members a leading M, member i's being
         the forward of weights params[·][i] on x[i].
     """
-    pool_mean = cfg.images and cfg.pool == "mean"
-    trick = last_trick and cfg.readout == "last" and not pool_mean
-    h = _hidden(cfg, params, x, rope, members, trick)
+    trick = last_trick and cfg.readout == "last" and not (cfg.images and cfg.pool == "mean")
+    return _readout(cfg, params, _hidden(cfg, params, x, rope, members, trick), members)
+
+
+def _readout(cfg: ModelConfig, P: Params, h: Tensor, members: bool) -> Tensor:
+    """Final residual stream (…, T, d) → logits: readout "last" reads the last position (or the
+    mean over patches for ``pool="mean"``), "all" every position; then h Wᵤᵀ (+ b)."""
     if cfg.readout == "last":
-        h = h.mean(dim=-2) if pool_mean else h[..., -1, :]
-    return _linear(h, params, "embed." if cfg.tie_embeddings else "unembed.", members)
+        h = h.mean(dim=-2) if cfg.images and cfg.pool == "mean" else h[..., -1, :]
+    return _linear(h, P, "embed." if cfg.tie_embeddings else "unembed.", members)
 
 
 # ---------------------------------------------------------------------------------- modules
@@ -443,7 +485,10 @@ class Block(nn.Module):
             self.mlp = MLP(cfg)
 
     def forward(self, h: Tensor) -> Tensor:
-        return _block(self.cfg, dict(self.named_parameters()), "", h, self.attn.rope(), False)
+        """h ← h + attn(ln1(h)); h ← h + mlp(ln2(h)): :func:`_residual` over the submodules."""
+        return _residual(
+            h, self.ln1, self.attn, getattr(self, "ln2", None), getattr(self, "mlp", None)
+        )
 
 
 class TinyTransformer(nn.Module):
@@ -537,12 +582,16 @@ class TinyTransformer(nn.Module):
         return _embed(self.cfg, dict(self.named_parameters()), x, False)
 
     def hidden_states(self, x: Tensor) -> Tensor:
-        """Residual stream after the final norm, (B, T, d_model)."""
-        return _hidden(self.cfg, dict(self.named_parameters()), x, self.rope(), False, False)
+        """Residual stream after the final norm, (B, T, d_model), through the :class:`Block`
+        modules (their forward hooks and those of their attention and MLP fire)."""
+        P = dict(self.named_parameters())
+        return _hidden(self.cfg, P, x, self.rope(), False, False, blocks=self.blocks)
 
     def forward(self, x: Tensor) -> Tensor:
-        """:func:`functional_forward` with this module's parameters (and rotary tables)."""
-        return functional_forward(self.cfg, dict(self.named_parameters()), x, self.rope())
+        """:func:`functional_forward` with this module's parameters, computed through the
+        :class:`Block` modules so that forward hooks on blocks, attention and MLP fire; the
+        result is bitwise that of :func:`functional_forward` (the same functions run)."""
+        return _readout(self.cfg, dict(self.named_parameters()), self.hidden_states(x), False)
 
     # ------------------------------------------------------------------ rankdecay protocol
     def rankdecay_param_roles(self) -> dict[str, str]:
