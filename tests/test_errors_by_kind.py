@@ -212,6 +212,9 @@ MODULE_CASES: dict[str, list[Case]] = {
         (lambda tmp: _mod("train").train(_recall_cfg(**{"train.device": "tpu"}), tmp / "run"), V),
         (lambda tmp: _mod("train").train("recall", tmp / "run"), T),
     ],
+    "distributed.train_distributed": [
+        (lambda tmp: _mod("distributed").train_distributed("recall", tmp / "run"), T),
+    ],
 }
 
 

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from .device import resolve_device
 from .engine import ModelEngine, shard_rows
 from .errors import RankdecayValueError
-from .loop import RunSpec, Verdict, train_runs
+from .loop import RunSpec, Verdict, check_run_config, train_runs
 from .run_config import RunConfig
 
 __all__ = ["DistInfo", "dist_info", "launched_distributed", "shard_rows", "train_distributed"]
@@ -95,6 +95,7 @@ def train_distributed(
 
     Returns the run summary on every rank (rank 0 writes it).
     """
+    check_run_config(cfg)
     info = dist_info()
     shard_rows(cfg.train.batch_size, info.rank, info.world_size)  # refuse an uneven split first
     device = resolve_device(cfg.train.device)

@@ -165,6 +165,19 @@ class _Run:
 # ----------------------------------------------------------------------------- the lifecycle
 
 
+def check_run_config(cfg: object) -> None:
+    """Raise :class:`RankdecayTypeError` unless ``cfg`` is a run config (:class:`RunConfig`)."""
+    if not dataclasses.is_dataclass(cfg) or not all(
+        hasattr(cfg, f) for f in ("seed", "task", "model", "optim", "lrd", "train")
+    ):
+        raise RankdecayTypeError(
+            f"training needs an experiment config (a dataclass with seed, task, model, optim, "
+            f"lrd and train), got {type(cfg).__name__}; make one with "
+            "rankdecay.experiments.get_experiment(name).config(preset).",
+            param="cfg",
+        )
+
+
 def train_runs(
     engine: Engine,
     specs: Sequence[RunSpec],
@@ -181,15 +194,7 @@ def train_runs(
     run i ends.
     """
     for spec in specs:
-        if not dataclasses.is_dataclass(spec.cfg) or not all(
-            hasattr(spec.cfg, f) for f in ("seed", "task", "model", "optim", "lrd", "train")
-        ):
-            raise RankdecayTypeError(
-                f"training needs an experiment config (a dataclass with seed, task, model, optim, "
-                f"lrd and train), got {type(spec.cfg).__name__}; make one with "
-                "rankdecay.experiments.get_experiment(name).config(preset).",
-                param="cfg",
-            )
+        check_run_config(spec.cfg)
         validate_run_config(spec.cfg)  # every value, before any run directory exists
     runs = [_Run(i, spec) for i, spec in enumerate(specs)]
 
