@@ -47,7 +47,9 @@ def summarize(run: Path) -> dict[str, Any]:
     """One run's numbers (see the module docstring)."""
     rows = _rows(run)
     cfg = json.loads((run / "config.json").read_text())["config"]
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    summary = (
+        json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else {}
+    )
     evals = [(r["step"], r["val_acc"]) for r in rows if "val_acc" in r]
     grok = next((s for s, v in evals if v >= 0.99), None)
     return {

@@ -37,8 +37,15 @@ class Outer:
 def test_overrides_parse_each_type() -> None:
     cfg = apply_overrides(
         Outer(),
-        ["seed=3", "flag=true", "inner.lr=2e-2", "inner.init_std=none", "inner.kind=b",
-         "inner.dims=4,5,6", 'inner.by_role={"attn_qk": 0.1}'],
+        [
+            "seed=3",
+            "flag=true",
+            "inner.lr=2e-2",
+            "inner.init_std=none",
+            "inner.kind=b",
+            "inner.dims=4,5,6",
+            'inner.by_role={"attn_qk": 0.1}',
+        ],
     )
     assert cfg.seed == 3 and cfg.flag is True
     assert cfg.inner.lr == pytest.approx(2e-2) and cfg.inner.init_std is None
@@ -49,9 +56,14 @@ def test_overrides_parse_each_type() -> None:
 
 @pytest.mark.parametrize(
     "assignment, fragment",
-    [("inner.lrr=1", "unknown config key 'inner.lrr'"), ("seed=abc", "expects int"),
-     ("inner.kind=c", "must be one of"), ("flag=maybe", "expects bool"), ("seed", "key=value"),
-     ("inner=3", "unknown config key")],
+    [
+        ("inner.lrr=1", "unknown config key 'inner.lrr'"),
+        ("seed=abc", "expects int"),
+        ("inner.kind=c", "must be one of"),
+        ("flag=maybe", "expects bool"),
+        ("seed", "key=value"),
+        ("inner=3", "unknown config key"),
+    ],
 )
 def test_bad_overrides_name_the_key(assignment: str, fragment: str) -> None:
     with pytest.raises(RankdecayError, match=fragment):

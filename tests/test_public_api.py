@@ -11,9 +11,22 @@ import sys
 import rankdecay as rd
 
 CONTRACT = [
-    "factored_svdvals", "rank", "effective_rank", "stable_rank", "balance", "norm_gap",
-    "attention_heads", "register_adapter", "analyze", "SpectralReport", "param_roles",
-    "param_groups", "polar", "LowRankDecay", "SpectralMonitor", "load_sweep",
+    "factored_svdvals",
+    "rank",
+    "effective_rank",
+    "stable_rank",
+    "balance",
+    "norm_gap",
+    "attention_heads",
+    "register_adapter",
+    "analyze",
+    "SpectralReport",
+    "param_roles",
+    "param_groups",
+    "polar",
+    "LowRankDecay",
+    "SpectralMonitor",
+    "load_sweep",
 ]
 
 

@@ -242,7 +242,13 @@ def test_resume_of_a_damaged_run_recovers_or_refuses(
     assert not list(run.rglob("*.tmp"))
 
 
-REPORT_FILES = ["config.json", "metrics.jsonl", "spectra.jsonl", "summary.json", "checkpoint/state.json"]
+REPORT_FILES = [
+    "config.json",
+    "metrics.jsonl",
+    "spectra.jsonl",
+    "summary.json",
+    "checkpoint/state.json",
+]
 REPORT_CASES = [(f, d) for f in REPORT_FILES for d in DAMAGE]
 
 
@@ -310,7 +316,10 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(
 
 
 def test_kill_at_each_checkpoint_write_step_leaves_a_resumable_run(
-    _runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    _runs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A kill at each rename and at several fsyncs of a resume (emulated by an exception no
     handler catches): the next resume cleans every temp file and ends with the
@@ -348,7 +357,10 @@ def test_kill_at_each_checkpoint_write_step_leaves_a_resumable_run(
 
 
 def test_disk_full_ends_in_one_sentence_and_resumes_exactly(
-    _runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    _runs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """ENOSPC at the k-th fsync (log rows, summary, checkpoint files): exit 2, one sentence
     naming the file, no temp file left, the previous checkpoint intact; once space is back,
@@ -446,7 +458,9 @@ def test_two_concurrent_resumes_one_refused_files_as_a_single_writers(
     run = _copy(_runs["base"], tmp_path / "run")
     cmd = [sys.executable, "-m", "rankdecay.cli", "run", "--resume", str(run), "--no-progress"]
     procs = [
-        subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
@@ -455,9 +469,10 @@ def test_two_concurrent_resumes_one_refused_files_as_a_single_writers(
     for code, err in results:
         assert "Traceback" not in err
         if code == 2:
-            assert "being written by another rankdecay process (pid" in err and len(
-                err.strip().splitlines()
-            ) == 1
+            assert (
+                "being written by another rankdecay process (pid" in err
+                and len(err.strip().splitlines()) == 1
+            )
     _same_history(run, _runs["ref"])
 
 
@@ -481,14 +496,26 @@ def test_resume_may_change_the_learning_rate_and_records_it(
 ) -> None:
     run = _copy(_runs["base"], tmp_path / "run")
     code, err = _cli(
-        ["run", "--resume", str(run), "--no-progress", "--set", "optim.lr=0.0005", "--set", "optim.grad_clip=1"],
+        [
+            "run",
+            "--resume",
+            str(run),
+            "--no-progress",
+            "--set",
+            "optim.lr=0.0005",
+            "--set",
+            "optim.grad_clip=1",
+        ],
         capsys,
     )
     assert code == 0, err
     meta = json.loads((run / "config.json").read_text())
     (entry,) = meta["resume_overrides"]
     assert entry["at_step"] == 10
-    assert entry["changed"]["optim.lr"][1] == 0.0005 and entry["changed"]["optim.grad_clip"] == [0.0, 1.0]
+    assert entry["changed"]["optim.lr"][1] == 0.0005 and entry["changed"]["optim.grad_clip"] == [
+        0.0,
+        1.0,
+    ]
     assert meta["config"]["optim"]["lr"] == 0.0005
     lrs = {r["step"]: r.get("lr") for r in read_jsonl(run / "metrics.jsonl")}
     ref = {r["step"]: r.get("lr") for r in read_jsonl(_runs["ref"] / "metrics.jsonl")}
@@ -500,7 +527,16 @@ def test_resume_may_change_the_learning_rate_and_records_it(
     # a key that changes what the checkpoint means is still refused, naming it
     run2 = _copy(_runs["base"], tmp_path / "run2")
     code, err = _cli(
-        ["run", "--resume", str(run2), "--no-progress", "--set", "model.d_model=32", "--set", "optim.lr=0.1"],
+        [
+            "run",
+            "--resume",
+            str(run2),
+            "--no-progress",
+            "--set",
+            "model.d_model=32",
+            "--set",
+            "optim.lr=0.1",
+        ],
         capsys,
     )
     assert code == 2
@@ -508,10 +544,24 @@ def test_resume_may_change_the_learning_rate_and_records_it(
     assert "model.d_model" in line and "optim.lr" not in line.split("(only")[0]
 
 
-def test_failed_starts_leave_no_blocking_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_starts_leave_no_blocking_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     # a config error found while building the model: nothing is left behind
-    code, err = _cli(["run", "recall", "--out", str(out), "--no-progress", *_sets(TINY), "--set", "model.n_heads=3"], capsys)
+    code, err = _cli(
+        [
+            "run",
+            "recall",
+            "--out",
+            str(out),
+            "--no-progress",
+            *_sets(TINY),
+            "--set",
+            "model.n_heads=3",
+        ],
+        capsys,
+    )
     assert code == 2 and not out.exists(), err
     # a NaN before the first checkpoint: the message claims no checkpoint, the --out is reusable
     bad = [*TINY, "optim.lr=1e30", "train.checkpoint_every=1000", "train.log_every=1"]
@@ -528,7 +578,9 @@ def test_failed_starts_leave_no_blocking_directory(tmp_path: Path, capsys: pytes
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
 
 
-def test_files_follow_the_umask(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_files_follow_the_umask(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With umask 022 every file we write is 0644 (mkstemp alone would make 0600)."""
     import rankdecay.report as report
     from rankdecay import analyze
@@ -540,7 +592,10 @@ def test_files_follow_the_umask(tmp_path: Path, capsys: pytest.CaptureFixture[st
     try:
         run = tmp_path / "run"
         steps = [*TINY, "train.steps=10", "train.keep_checkpoints=1"]
-        assert _cli(["run", "recall", "--out", str(run), "--no-progress", *_sets(steps)], capsys)[0] == 0
+        assert (
+            _cli(["run", "recall", "--out", str(run), "--no-progress", *_sets(steps)], capsys)[0]
+            == 0
+        )
         assert _cli(["report", str(run), "--out", str(tmp_path / "rep")], capsys)[0] == 0
         exp = get_experiment("recall")
         cfg = exp.config("quick", TINY)
@@ -552,7 +607,13 @@ def test_files_follow_the_umask(tmp_path: Path, capsys: pytest.CaptureFixture[st
         os.umask(old)
     files = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".rankdecay.lock"]
     names = {p.name for p in files}
-    assert {"config.json", "summary.json", "metrics.jsonl", "model.safetensors", "state.json"} <= names
+    assert {
+        "config.json",
+        "summary.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "state.json",
+    } <= names
     assert {"report.html", "summary.csv", "a.json", "a.csv", "a.html"} <= names
     modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
     assert set(modes.values()) == {"0o644"}, modes
