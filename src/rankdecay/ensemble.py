@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import DataclassInstance
 from .decay import check_lrd_options
 from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
 from .engine import build_model, build_optimizer
@@ -391,7 +392,7 @@ def member_weight_decays(
 EnsembleMember = RunSpec
 
 
-def unsupported_reason(cfg: Any) -> str | None:
+def unsupported_reason(cfg: DataclassInstance) -> str | None:
     """Why ``cfg`` (any experiment's config) cannot be trained in an ensemble (None when it can:
     a :class:`~rankdecay.run_config.RunConfig` of a TinyTransformer with a batched update)."""
     for f in ("seed", "task", "model", "optim", "lrd", "train"):

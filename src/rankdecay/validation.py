@@ -374,7 +374,7 @@ def _section(cfg: DataclassInstance) -> str:
     return type(cfg).__name__
 
 
-def _data_bytes(cfg: Any, prefix: str) -> tuple[int, str] | None:
+def _data_bytes(cfg: DataclassInstance, prefix: str) -> tuple[int, str] | None:
     """Bytes a task section's data (or an attention-SVM run's history) will take, and the key
     that sets it; None for sections whose size is fixed or small. ``cfg``: any config section
     (a dataclass); the task sections are told apart by class name (importing them would import

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..config import apply_overrides
+from ..config import C, DataclassInstance, apply_overrides
 from ..errors import RankdecayValueError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,7 +137,9 @@ class Experiment:
             cfg = apply_overrides(cfg, {"seed": seed})
         return cfg
 
-    def __call__(self, cfg: Any, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    def __call__(
+        self, cfg: DataclassInstance, run_dir: str | Path, **kwargs: Any
+    ) -> dict[str, Any]:
         return self.run(cfg, Path(run_dir), **kwargs)
 
 
@@ -164,7 +166,7 @@ def get_experiment(name: str) -> Experiment:
     return module.EXPERIMENT
 
 
-def with_loggers(cfg: Any, value: str | Sequence[str], experiment: str) -> Any:
+def with_loggers(cfg: C, value: str | Sequence[str], experiment: str) -> C:
     """``cfg`` with ``train.loggers`` set from ``value`` (``--log-to``; validated, packages checked).
 
     Only configs of the transformer loop have ``train.loggers``; any other config is refused.

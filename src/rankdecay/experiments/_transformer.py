@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..run_config import RunConfig
     from ..train import RunResult
 
 __all__ = ["first_step", "make_run", "mean_over", "verdict_row"]
@@ -25,7 +26,7 @@ def make_run(
     """``Experiment.run`` of a ``trainer="train"`` experiment: :func:`rankdecay.train.train`."""
 
     def run(
-        cfg: Any,
+        cfg: RunConfig,
         run_dir: str | Path,
         *,
         resume: bool = False,
