@@ -67,7 +67,7 @@ def _torchrun(out: Path, *extra: str, sets: list[str] = TINY) -> subprocess.Comp
         "--master_port",
         str(_free_port()),
         "-m",
-        "rankdecay.cli",
+        "rankdecay",  # the documented form: torchrun … -m rankdecay run …
         "run",
         "lm",
         "--out",
