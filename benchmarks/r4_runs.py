@@ -4,6 +4,8 @@ published read-out steps, grokking step, where a run stopped, best validation ac
     python benchmarks/r4_runs.py results/r4/a_paper results/r4/c_ablation
     python benchmarks/r4_runs.py results/r4/d_phase --phase      # best val acc per (arm, f, strength)
     python benchmarks/r4_runs.py results/r4/a_paper --plot docs/figures/r4_public_f05.png
+    python benchmarks/r4_runs.py results/r4/d_phase --phase-table   # ours beside published
+    python benchmarks/r4_runs.py results/r4/d_phase --phase-plot docs/figures/r4_phase.png
 
 Reads every run directory below the given paths (``metrics.jsonl`` + ``config.json``), also
 unfinished ones (their last logged step is shown). A value at step s is the last evaluation at or
@@ -23,6 +25,28 @@ PUBLISHED_LRD_VAL = {400: 0.47, 1600: 0.60, 2200: 0.85, 2400: 0.94, 3000: 1.00}
 PUBLISHED_LRD_RANK = {200: 11.2, 400: 5.2, 600: 3.2, 1000: 2.3, 1400: 1.2}
 PUBLISHED_L2 = {"val": ((400, 0.50), (3800, 0.50)), "rank": ((400, 25.7), (3800, 25.0))}
 RANK_STEPS = (0, 200, 400, 600, 1000, 1400, 4000)
+#: the published phase diagram (R4 issue; max val acc within 2500 steps, 1 seed): arm → f → one
+#: value per strength in PHASE_STRENGTHS (L2's AdamW weight decay is 10 × the strength)
+PHASE_STRENGTHS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2)
+PHASE_FRACTIONS = (0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+PUBLISHED_PHASE = {
+    "l2": {
+        0.8: (0.80, 0.80, 0.84, 0.78, 0.82, 1.00),
+        0.7: (0.68, 0.69, 0.71, 0.68, 0.71, 0.99),
+        0.6: (0.60, 0.60, 0.60, 0.60, 0.60, 1.00),
+        0.5: (0.50, 0.50, 0.50, 0.50, 0.50, 1.00),
+        0.4: (0.40, 0.40, 0.40, 0.40, 0.40, 0.49),
+        0.3: (0.30, 0.30, 0.30, 0.30, 0.30, 0.30),
+    },
+    "lrd": {
+        0.8: (0.81, 1.00, 1.00, 1.00, 1.00, 1.00),
+        0.7: (0.81, 0.70, 0.95, 1.00, 1.00, 1.00),
+        0.6: (0.60, 0.60, 0.61, 1.00, 1.00, 1.00),
+        0.5: (0.50, 0.50, 0.55, 0.99, 1.00, 1.00),
+        0.4: (0.40, 0.40, 0.41, 0.94, 0.98, 0.92),
+        0.3: (0.30, 0.30, 0.30, 0.31, 0.83, 0.31),
+    },
+}
 
 
 def _rows(run: Path) -> list[dict[str, Any]]:
@@ -97,6 +121,78 @@ def plot(runs: list[Path], out: str) -> None:
     fig.savefig(out, dpi=110)
 
 
+def phase_cells(stats: list[dict[str, Any]]) -> dict[tuple[str, float, float], dict[str, Any]]:
+    """(arm, f, strength) → the seed-0 run's summary (the published diagram used 1 seed)."""
+    cells = {}
+    for s in stats:
+        if s["seed"] == 0 and s["strength"] is not None:
+            cells[(s["arm"], round(s["f"], 3), float(s["strength"]))] = s
+    return cells
+
+
+def _cell_text(s: dict[str, Any] | None) -> str:
+    """Best val acc of a finished run, "(x@step)" of an unfinished one, "·" of one not started."""
+    if s is None or s["best_val"] is None:
+        return "·"
+    v = f"{s['best_val']:.2f}"
+    return v if s["status"] == "finished" else f"({v}@{s['last_step']})"
+
+
+def phase_table(stats: list[dict[str, Any]]) -> str:
+    """Markdown: per f and arm, our best val acc per strength beside the published row."""
+    cells = phase_cells(stats)
+    out = [
+        "| f | arm | ours: 1e-4 / 5e-4 / 1e-3 / 5e-3 / 1e-2 / 5e-2 | published |",
+        "|---|---|---|---|",
+    ]
+    for f in PHASE_FRACTIONS:
+        for arm in ("l2", "lrd"):
+            ours = " ".join(_cell_text(cells.get((arm, f, st))) for st in PHASE_STRENGTHS)
+            pub = " ".join(f"{v:.2f}" for v in PUBLISHED_PHASE[arm][f])
+            out.append(f"| {f} | {arm.upper()} | {ours} | {pub} |")
+    done = sum(1 for s in cells.values() if s["status"] == "finished")
+    return (
+        "\n".join(out)
+        + f"\n\nfinished: {done} of {2 * len(PHASE_FRACTIONS) * len(PHASE_STRENGTHS)}"
+    )
+
+
+def phase_plot(stats: list[dict[str, Any]], out: str) -> None:
+    """Four heat maps, best val acc over (strength, f): ours and published, L2 and LRD; every
+    cell annotated, a run not finished hatched with its value in parentheses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cells = phase_cells(stats)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.6), sharey=True)
+    panels = [(arm, src) for arm in ("l2", "lrd") for src in ("ours", "published")]
+    for ax, (arm, src) in zip(axes, panels):
+        grid = np.full((len(PHASE_FRACTIONS), len(PHASE_STRENGTHS)), np.nan)
+        for i, f in enumerate(PHASE_FRACTIONS):
+            for j, st in enumerate(PHASE_STRENGTHS):
+                if src == "published":
+                    grid[i, j] = PUBLISHED_PHASE[arm][f][j]
+                    text = f"{grid[i, j]:.2f}"
+                else:
+                    s = cells.get((arm, f, st))
+                    text = _cell_text(s)
+                    if s is not None and s["best_val"] is not None:
+                        grid[i, j] = s["best_val"]
+                ax.text(j, i, text, ha="center", va="center", fontsize=7)
+        ax.imshow(grid, vmin=0.3, vmax=1.0, cmap="viridis", alpha=0.85)
+        ax.set_xticks(range(len(PHASE_STRENGTHS)), [f"{v:g}" for v in PHASE_STRENGTHS], fontsize=7)
+        ax.set_yticks(range(len(PHASE_FRACTIONS)), [str(f) for f in PHASE_FRACTIONS])
+        ax.set_title(f"{arm.upper()}, {src}", fontsize=10)
+        ax.set_xlabel("strength (L2: AdamW wd = 10×)", fontsize=8)
+    axes[0].set_ylabel("training fraction f")
+    fig.suptitle("R4 phase diagram: max validation accuracy within 2500 steps (1 seed)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "—"
@@ -108,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("paths", nargs="+")
     p.add_argument("--phase", action="store_true", help="phase-diagram table (best val acc)")
     p.add_argument("--plot", default=None, help="write the accuracy / stable-rank figure here")
+    p.add_argument("--phase-table", action="store_true", help="phase diagram beside the published")
+    p.add_argument("--phase-plot", default=None, help="write the phase-diagram figure here")
     args = p.parse_args(argv)
     runs = sorted(
         {m.parent for path in args.paths for m in Path(path).rglob("metrics.jsonl")},
@@ -116,6 +214,11 @@ def main(argv: list[str] | None = None) -> None:
     stats = [summarize(r) for r in runs]
     if args.plot:
         plot(runs, args.plot)
+    if args.phase_plot:
+        phase_plot(stats, args.phase_plot)
+    if args.phase_table:
+        print(phase_table(stats))
+        return
     if args.phase:
         print("| arm | f | strength | best val acc | grokking step | stopped at | status |")
         print("|---|---|---|---|---|---|---|")

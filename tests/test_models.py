@@ -555,3 +555,38 @@ def test_forward_hooks_on_blocks_attention_and_mlp_fire(kw: dict) -> None:
     handle.remove()
     assert (ablated - out).abs().max() > 1e-4 * out.abs().max()  # far above rounding
     assert torch.equal(model(x), out)  # hooks removed: the plain forward again
+
+
+@pytest.mark.parametrize(
+    "kw", MEMBER_GRID, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default"
+)
+def test_forward_hooks_on_every_leaf_module_fire(kw: dict) -> None:
+    """Every submodule the forward uses is *called*, so its forward hook fires: the q/k/v/o and
+    MLP Linears, QK-norms, block and final norms, the token/patch embedding and the readout —
+    only the ModuleList and the learned positions (read as a table) are not modules the forward
+    calls. A hook that zeroes the v projection's output changes the logits (hooks act), and the
+    plain forward stays bitwise functional_forward."""
+    from rankdecay.models import functional_forward
+
+    cfg = small(**kw)
+    torch.manual_seed(0)
+    model = TinyTransformer(cfg)
+    x = torch.randn(2, cfg.in_channels, 8, 8) if cfg.images else tokens(2, 7)
+    fired: set[str] = set()
+    handles = [
+        mod.register_forward_hook(lambda _m, _a, _o, n=name: fired.add(n))
+        for name, mod in model.named_modules()
+    ]
+    out = model(x)
+    for handle in handles:
+        handle.remove()
+    silent = {n for n, _ in model.named_modules()} - fired
+    assert silent <= {"blocks", "pos_embed"}, sorted(silent)
+    assert "blocks.0.attn.q" in fired and "blocks.0.attn.o" in fired
+    assert torch.equal(
+        out, functional_forward(cfg, dict(model.named_parameters()), x, model.rope())
+    )
+    handle = model.blocks[0].attn.v.register_forward_hook(lambda _m, _a, o: torch.zeros_like(o))
+    ablated = model(x)
+    handle.remove()
+    assert (ablated - out).abs().max() > 1e-4 * out.abs().max()

@@ -92,6 +92,56 @@ _Rope = tuple[Tensor, Tensor] | None  # rotary (cos, sin) tables, (max_len, d_he
 _Map = Callable[[Tensor], Tensor]
 
 
+class ModuleParams(Mapping[str, Tensor]):
+    """A module's parameters as the ``Params`` mapping of the functional forward, name → tensor
+    as in ``named_parameters()`` — plus its submodules, so that the module's own forward runs
+    each ``nn.Linear`` / norm / ``nn.Embedding`` *as a module call* and every forward hook fires
+    (TransformerLens-style hooks on ``blocks.0.attn.q`` see what they saw before the forward
+    became functional). The module calls compute exactly what the functional branch computes
+    (``F.linear``, ``F.layer_norm``, ``F.rms_norm``, ``F.embedding`` with the same arguments)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = module
+
+    def __getitem__(self, name: str) -> Tensor:
+        owner, _, attr = name.rpartition(".")
+        try:  # getattr, not get_parameter: under torch.func.functional_call they are tensors
+            value = getattr(self._module.get_submodule(owner), attr)
+        except AttributeError as err:
+            raise KeyError(name) from err
+        if not isinstance(value, Tensor):
+            raise KeyError(name)
+        return value
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (n for n, _ in self._module.named_parameters())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._module.named_parameters())
+
+    def module(self, prefix: str) -> nn.Module | None:
+        """The submodule a parameter prefix such as ``"blocks.0.attn.q."`` names, or None."""
+        try:
+            return self._module.get_submodule(prefix.rstrip("."))
+        except AttributeError:
+            return None
+
+
+_NORMS = (nn.LayerNorm, nn.RMSNorm, nn.Identity)
+
+
+def _module_call(
+    P: Params, prefix: str, members: bool, kinds: tuple[type[nn.Module], ...]
+) -> nn.Module | None:
+    """The submodule to call for ``prefix`` when P is a module's own :class:`ModuleParams` and
+    the submodule is one of ``kinds`` (a tied readout reads the embedding's weight as a linear
+    map, so it is not an ``nn.Embedding`` call)."""
+    if members or not isinstance(P, ModuleParams):
+        return None
+    mod = P.module(prefix)
+    return mod if isinstance(mod, kinds) else None
+
+
 # ---------------------------------------------------------------------------------- helpers
 def patchify(images: Tensor, patch_size: int) -> Tensor:
     """Cut (B, C, H, W) images into non-overlapping patches → (B, (H/p)·(W/p), C·p·p).
@@ -163,6 +213,9 @@ def _linear(h: Tensor, P: Params, name: str, members: bool) -> Tensor:
 
     members: W (M, d_out, d_in), h (M, …, d_in) → (M, …, d_out), one matmul per member (bmm).
     """
+    mod = _module_call(P, name, members, (nn.Linear,))
+    if mod is not None:
+        return mod(h)  # nn.Linear: F.linear(h, W, b)
     W, b = P[name + "weight"], P.get(name + "bias")
     if not members:
         return F.linear(h, W, b)
@@ -175,6 +228,9 @@ def _linear(h: Tensor, P: Params, name: str, members: bool) -> Tensor:
 
 def _norm(kind: str, h: Tensor, P: Params, name: str, eps: float, members: bool) -> Tensor:
     """Over the last dim d: layer g ⊙ (h − μ)/√(σ² + eps) + β; rms g ⊙ h/√(mean(h²) + eps); none h."""
+    mod = _module_call(P, name, members, _NORMS)
+    if mod is not None:
+        return mod(h)  # nn.LayerNorm / nn.RMSNorm with the same d, eps; nn.Identity for none
     if kind == "none":
         return h
     w, b, d = P[name + "weight"], P.get(name + "bias"), (h.shape[-1],)
@@ -336,7 +392,10 @@ def _embed(cfg: ModelConfig, P: Params, x: Tensor, members: bool) -> Tensor:
                 param="model.max_len",
             )
         E = P["embed.weight"]  # (V, d) or (M, V, d)
-        if members:
+        mod = _module_call(P, "embed.", members, (nn.Embedding,))
+        if mod is not None:
+            h = mod(x)  # nn.Embedding: F.embedding(x, E)
+        elif members:
             h = E[torch.arange(E.shape[0], device=x.device).view(-1, 1, 1), x]
         else:
             h = F.embedding(x, E)
@@ -450,7 +509,7 @@ class Attention(nn.Module):
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v as (B, H, T, d_head), after QK-norm, temperature and rotary, ready for SDPA."""
-        return _qkv(self.cfg, dict(self.named_parameters()), "", x, self.rope(), False)
+        return _qkv(self.cfg, ModuleParams(self), "", x, self.rope(), False)
 
     def scores(self, x: Tensor) -> Tensor:
         """Pre-softmax scores (B, H, T, T) before the causal mask, by the same path as forward."""
@@ -458,7 +517,7 @@ class Attention(nn.Module):
         return self.sdpa_scale * (q @ k.transpose(-1, -2))
 
     def forward(self, x: Tensor) -> Tensor:
-        return _attention(self.cfg, dict(self.named_parameters()), "", x, self.rope(), False)
+        return _attention(self.cfg, ModuleParams(self), "", x, self.rope(), False)
 
 
 class MLP(nn.Module):
@@ -471,7 +530,7 @@ class MLP(nn.Module):
         self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _mlp(self.cfg, dict(self.named_parameters()), "", x, False)
+        return _mlp(self.cfg, ModuleParams(self), "", x, False)
 
 
 class Block(nn.Module):
@@ -579,19 +638,19 @@ class TinyTransformer(nn.Module):
 
     def embed_input(self, x: Tensor) -> Tensor:
         """Input → residual stream (B, T, d_model): token/patch embedding (+ class token) + positions."""
-        return _embed(self.cfg, dict(self.named_parameters()), x, False)
+        return _embed(self.cfg, ModuleParams(self), x, False)
 
     def hidden_states(self, x: Tensor) -> Tensor:
         """Residual stream after the final norm, (B, T, d_model), through the :class:`Block`
         modules (their forward hooks and those of their attention and MLP fire)."""
-        P = dict(self.named_parameters())
+        P = ModuleParams(self)
         return _hidden(self.cfg, P, x, self.rope(), False, False, blocks=self.blocks)
 
     def forward(self, x: Tensor) -> Tensor:
         """:func:`functional_forward` with this module's parameters, computed through the
         :class:`Block` modules so that forward hooks on blocks, attention and MLP fire; the
         result is bitwise that of :func:`functional_forward` (the same functions run)."""
-        return _readout(self.cfg, dict(self.named_parameters()), self.hidden_states(x), False)
+        return _readout(self.cfg, ModuleParams(self), self.hidden_states(x), False)
 
     # ------------------------------------------------------------------ rankdecay protocol
     def rankdecay_param_roles(self) -> dict[str, str]:
