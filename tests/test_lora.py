@@ -155,3 +155,24 @@ def test_model_without_lora_and_corrupt_adapter_file(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:-64])
     with pytest.raises(RankdecayError, match="damaged|cannot be read"):
         analyze(tmp_path / "cut", adapters=True)
+
+
+def test_low_rank_decay_on_a_peft_model_names_the_adapters() -> None:
+    """LowRankDecay's attention targets need one tensor per matrix; on a PEFT model W_Q is a
+    frozen base weight plus s·B·A, so it refuses with a ValueError that says so and how to decay
+    the adapters instead — and that callable target moves exactly the LoRA factors, each by
+    c·polar(X) (subtract mode, lr-free): ‖ΔX‖_* = c·rank(X)."""
+    from rankdecay.decay import LowRankDecay
+
+    model = _peft_model()
+    with pytest.raises(ValueError, match="LoRA-wrapped projection"):
+        LowRankDecay(model, strength=0.1)
+    lrd = LowRankDecay(model, strength=0.1, target=lambda name, p: ".lora_" in name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lrd.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {n for n in before if ".lora_" in n}
+    for n in changed:
+        delta = (before[n] - dict(model.named_parameters())[n].detach()).double()
+        rank = torch.linalg.matrix_rank(before[n].double()).item()
+        assert abs(torch.linalg.matrix_norm(delta, "nuc").item() - 0.1 * rank) < 1e-4

@@ -722,6 +722,12 @@ class LowRankDecay:
             return ""  # frozen: skipped by the caller
         grads = torch.autograd.grad(X.sum(), [self._params[n] for n in names], allow_unused=True)
         owners = [n for n, g in zip(names, grads) if g is not None]
+        if len(owners) != 1 and any(".lora_" in n for n in owners):
+            raise RankdecayValueError(
+                f"{what} is a LoRA-wrapped projection (a frozen base weight plus the adapter "
+                f"factors {', '.join(owners[:2])}), not one tensor; to decay the adapters pass "
+                "target=lambda name, p: '.lora_' in name (each factor A, B on its own)."
+            )
         if len(owners) != 1:
             raise RankdecayValueError(
                 f"{what} is built from {len(owners)} parameters ({', '.join(owners[:3])}); LowRankDecay "
