@@ -138,6 +138,29 @@ def _cell_text(s: dict[str, Any] | None) -> str:
     return v if s["status"] == "finished" else f"({v}@{s['last_step']})"
 
 
+def phase_class(best: float, f: float) -> str:
+    """M (memorization: best val acc ≤ f + 0.05), G (generalizes: ≥ 0.9) or P (between)."""
+    return "G" if best >= 0.9 else "M" if best <= f + 0.05 else "P"
+
+
+def phase_agreement(cells: dict[tuple[str, float, float], dict[str, Any]]) -> tuple[int, list[str]]:
+    """How many finished cells have the published cell's :func:`phase_class`; the others, named."""
+    agree, differ = 0, []
+    for (arm, f, st), s in sorted(cells.items()):
+        if s["status"] != "finished" or s["best_val"] is None or f not in PUBLISHED_PHASE[arm]:
+            continue
+        pub = PUBLISHED_PHASE[arm][f][PHASE_STRENGTHS.index(st)]
+        ours, theirs = phase_class(s["best_val"], f), phase_class(pub, f)
+        if ours == theirs:
+            agree += 1
+        else:
+            differ.append(
+                f"{arm.upper()} f={f} strength={st:g}: ours {s['best_val']:.2f} ({ours}), "
+                f"published {pub:.2f} ({theirs})"
+            )
+    return agree, differ
+
+
 def phase_table(stats: list[dict[str, Any]]) -> str:
     """Markdown: per f and arm, our best val acc per strength beside the published row."""
     cells = phase_cells(stats)
@@ -151,6 +174,13 @@ def phase_table(stats: list[dict[str, Any]]) -> str:
             pub = " ".join(f"{v:.2f}" for v in PUBLISHED_PHASE[arm][f])
             out.append(f"| {f} | {arm.upper()} | {ours} | {pub} |")
     done = sum(1 for s in cells.values() if s["status"] == "finished")
+    agree, differ = phase_agreement(cells)
+    out.append("")
+    out.append(
+        f"phase class (M: best ≤ f + 0.05, memorization; G: best ≥ 0.9, generalizes; P: between) "
+        f"agrees with the published cell in {agree} of {agree + len(differ)} finished cells"
+    )
+    out.extend(f"- differs: {d}" for d in differ)
     return (
         "\n".join(out)
         + f"\n\nfinished: {done} of {2 * len(PHASE_FRACTIONS) * len(PHASE_STRENGTHS)}"
