@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import math
 import shutil
 import time
@@ -64,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DataclassInstance
-from .decay import check_lrd_options
+from .decay import check_lrd_options, param_roles
 from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
 from .engine import build_model, build_optimizer
 from .errors import RankdecayError, RankdecayValueError
@@ -81,7 +82,7 @@ from .sweep import (
     load_experiment,
     set_threads,
 )
-from .update import adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
+from .update import Hyper, adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
 
 __all__ = [
     "BatchedLowRankDecay",
@@ -105,43 +106,21 @@ __all__ = [
 
 def stack_models(models: Sequence[nn.Module]) -> dict[str, Tensor]:
     """Stack the members' parameters into leaves of shape (M, *shape) and make every member's
-    parameters views of them (member i's ``p`` is ``stacked[name][i]``), so in-place updates of
-    the stacked tensors are seen by each member model (monitor, evaluation, checkpoints)."""
-    names = [n for n, _ in models[0].named_parameters()]
-    stacked: dict[str, Tensor] = {}
-    for name in names:
-        tensors = [m.get_parameter(name).detach() for m in models]
-        stacked[name] = torch.stack(tensors).requires_grad_(True)
-    for i, m in enumerate(models):
-        for name in names:
-            module_name, _, attr = name.rpartition(".")
-            module = m.get_submodule(module_name) if module_name else m
-            view = nn.Parameter(stacked[name].data[i], requires_grad=True)
-            setattr(module, attr, view)
-    return stacked
+    parameters views of them (member i's ``p.data`` is ``stacked[name][i]``; the parameter
+    objects stay, so their optimizers keep them), so in-place updates of the stacked tensors are
+    seen by each member model (monitor, evaluation, checkpoints)."""
+    params = [dict(m.named_parameters()) for m in models]
+    stacked = {n: torch.stack([p[n].detach() for p in params]) for n in params[0]}
+    for i, named in enumerate(params):
+        for n, p in named.items():
+            p.data = stacked[n][i]
+    return {n: s.requires_grad_(True) for n, s in stacked.items()}
 
 
-def batched_forward(
-    cfg: ModelConfig,
-    P: Mapping[str, Tensor],
-    x: Tensor,
-    rope: tuple[Tensor, Tensor] | None = None,
-    last_trick: bool = True,
-) -> Tensor:
-    """TinyTransformer forward of M members at once: :func:`rankdecay.models.functional_forward`
-    with ``members=True``.
-
-    Args:
-        cfg: the members' common ModelConfig; P: parameter name → (M, *shape) tensor;
-        x: (M, B, T) int64 tokens or (M, B, C, H, W) images; rope: the model's (cos, sin)
-        tables for rotary positions; last_trick: compute the final block at the last position
-        only when the readout reads nothing else.
-
-    Returns:
-        logits (M, B, n_out) for readout "last", (M, B, T, n_out) for "all" — member i's equal
-        ``model_i(x[i])``.
-    """
-    return functional_forward(cfg, P, x, rope, members=True, last_trick=last_trick)
+#: TinyTransformer forward of M members at once, (M, B, …) → logits (M, B, [T,] n_out), member
+#: i's equal to ``model_i(x[i])``: :func:`rankdecay.models.functional_forward` with
+#: ``members=True``; call as ``batched_forward(cfg, P, x, rope=None, last_trick=True)``.
+batched_forward = functools.partial(functional_forward, members=True, last_trick=True)
 
 
 def vmap_forward(base: nn.Module, P: Mapping[str, Tensor], x: Tensor) -> Tensor:
@@ -162,7 +141,7 @@ def _rope_tables(model: nn.Module) -> tuple[Tensor, Tensor] | None:
     return rope() if callable(rope) else None
 
 
-# ============================================================================ optimizer
+# ============================================================================ update rules
 
 
 class BatchedOptimizer:
@@ -175,8 +154,8 @@ class BatchedOptimizer:
     ``step(lrs)`` applies one update with per-member learning rates: :func:`rankdecay.update.adam_`
     / :func:`~rankdecay.update.sgd_` with every hyperparameter an (M, 1, …) column (decoupled
     decay for AdamW, L2 added to the gradient for Adam and SGD). ``state[name]`` holds
-    "exp_avg", "exp_avg_sq" (Adam*) or "momentum_buffer" (SGD) as (M, *shape) tensors; ``t``
-    is the step count.
+    "exp_avg", "exp_avg_sq" (Adam*) or "momentum_buffer" (SGD with momentum) as (M, *shape)
+    tensors; ``t`` is the step count.
     """
 
     def __init__(
@@ -188,39 +167,20 @@ class BatchedOptimizer:
         eps: Sequence[float],
         momentum: Sequence[float],
     ) -> None:
-        self.params = dict(params)
-        self.name = name
-        self.t = 0
-        # a parameter no member decays gets the number 0 (the update skips the decay)
-        self._wd: dict[str, Tensor | float] = {
-            n: member_column(weight_decay[n], p) if any(weight_decay[n]) else 0.0
-            for n, p in self.params.items()
-        }
-        self._values = {
-            "beta1": [float(b[0]) for b in betas],
-            "beta2": [float(b[1]) for b in betas],
-            "eps": list(map(float, eps)),
-            "momentum": list(map(float, momentum)),
-        }
-        self.state: dict[str, dict[str, Tensor]] = {}
+        self.params, self.name, self.t = dict(params), name, 0
+        adam = name in ("adamw", "adam")
+        keys = ("exp_avg", "exp_avg_sq") if adam else ("momentum_buffer",) if any(momentum) else ()
+        self.state = {n: {k: torch.zeros_like(p) for k in keys} for n, p in params.items()}
+        self.hyper: dict[str, dict[str, Hyper]] = {}
         for n, p in self.params.items():
-            if name in ("adamw", "adam"):
-                self.state[n] = {
-                    "exp_avg": torch.zeros_like(p).detach(),
-                    "exp_avg_sq": torch.zeros_like(p).detach(),
-                }
-            elif any(self._values["momentum"]):
-                self.state[n] = {"momentum_buffer": torch.zeros_like(p).detach()}
-            else:
-                self.state[n] = {}
-        self._cols: dict[tuple[int, torch.dtype], dict[str, Tensor]] = {}
-
-    def _hyper(self, p: Tensor) -> dict[str, Tensor]:
-        """The per-member hyperparameters as columns against p, cached by (ndim, dtype)."""
-        key = (p.dim(), p.dtype)
-        if key not in self._cols:
-            self._cols[key] = {k: member_column(v, p) for k, v in self._values.items()}
-        return self._cols[key]
+            col = functools.partial(member_column, like=p)
+            h: dict[str, Hyper] = {"momentum": col(momentum)}
+            if adam:
+                h = {"beta1": col([b[0] for b in betas]), "beta2": col([b[1] for b in betas])}
+                h["eps"] = col(eps)
+            # a parameter no member decays gets the number 0 (the update skips the decay)
+            h["weight_decay"] = col(weight_decay[n]) if any(weight_decay[n]) else 0.0
+            self.hyper[n] = h
 
     @torch.no_grad()
     def clip_(self, max_norms: Sequence[float]) -> None:
@@ -228,8 +188,7 @@ class BatchedOptimizer:
         norm (``torch.nn.utils.clip_grad_norm_``); members with c ≤ 0 are not clipped."""
         grads = [p.grad for p in self.params.values() if p.grad is not None]
         if grads:
-            limits = [c if c > 0 else math.inf for c in max_norms]
-            limit = torch.tensor(limits, dtype=grads[0].dtype, device=grads[0].device)
+            limit = grads[0].new_tensor([c if c > 0 else math.inf for c in max_norms])
             clip_grad_norm_(grads, limit, members=True)
 
     @torch.no_grad()
@@ -238,39 +197,17 @@ class BatchedOptimizer:
         for n, p in self.params.items():
             if p.grad is None:
                 continue
-            h, st, lr = self._hyper(p), self.state[n], member_column(lrs, p)
-            if self.name in ("adamw", "adam"):
-                adam_(
-                    p,
-                    p.grad,
-                    st["exp_avg"],
-                    st["exp_avg_sq"],
-                    step=self.t,
-                    lr=lr,
-                    beta1=h["beta1"],
-                    beta2=h["beta2"],
-                    eps=h["eps"],
-                    weight_decay=self._wd[n],
-                    decoupled=self.name == "adamw",
-                )
+            lr, st, h = member_column(lrs, p), self.state[n], self.hyper[n]
+            if self.name == "sgd":
+                sgd_(p, p.grad, st.get("momentum_buffer"), step=self.t, lr=lr, **h)
             else:
-                buf = st.get("momentum_buffer")
-                sgd_(
-                    p,
-                    p.grad,
-                    buf,
-                    step=self.t,
-                    lr=lr,
-                    momentum=h["momentum"],
-                    weight_decay=self._wd[n],
-                )
+                exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
+                decoupled = self.name == "adamw"
+                adam_(p, p.grad, exp_avg, exp_avg_sq, step=self.t, lr=lr, decoupled=decoupled, **h)
 
     def zero_grad(self) -> None:
         for p in self.params.values():
             p.grad = None
-
-
-# ============================================================================ Low-Rank Decay
 
 
 class BatchedLowRankDecay:
@@ -629,8 +566,9 @@ def train_ensemble(
 
 class StackEngine(Engine):
     """The loop's engine (:class:`rankdecay.loop.Engine`) for M members trained as one stack
-    (see the module docstring): every member is built and checkpointed as a solo run; between
-    :meth:`start` and the end its parameters are views of the stacked tensors."""
+    (see the module docstring): every member is built and checkpointed as a solo run; from
+    :meth:`start` on, its parameters are views of the stacked tensors and its solo optimizer's
+    state views of the batched optimizer's, so its checkpoints need no translation."""
 
     def __init__(self, forward: str = "batched") -> None:
         self.forward_kind = forward
@@ -642,49 +580,57 @@ class StackEngine(Engine):
         self.label = f"ensemble of {self.M}"
         self.device = resolve_device(tc.device)
         dtype = param_dtype(tc.dtype, tc.amp)
-        self.tasks, self.models = [], []
-        for cfg in cfgs:  # each member exactly as its solo run: seed, task, model
+        self.settings = [optimizer_settings(cfg) for cfg in cfgs]
+        self.tasks, self.models, self.opts = [], [], []
+        for cfg, (optim, _lrd) in zip(cfgs, self.settings):  # each member as its solo run
             _seed_everything(cfg.seed)
             self.tasks.append(cfg.task.build(cfg.seed))
-            self.models.append(
-                build_model(cfg.model, self.tasks[-1]).to(device=self.device, dtype=dtype)
-            )
-        self.settings = [optimizer_settings(cfg) for cfg in cfgs]
-        # the members' solo optimizers over their own (not yet stacked) parameters
-        self.pre_opts = []
-        for model, (optim, _lrd) in zip(self.models, self.settings):
-            model.train()
-            self.pre_opts.append(build_optimizer(model, optim, None)[0])
+            model = build_model(cfg.model, self.tasks[-1]).to(device=self.device, dtype=dtype)
+            self.models.append(model.train())
+            self.opts.append(build_optimizer(model, optim)[0])  # LRD: the batched one
 
     def solo(self, i: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-        return self.models[i], self.pre_opts[i]
+        return self.models[i], self.opts[i]
 
     def start(self, step: int) -> None:
         models, tc = self.models, self.tc
-        pre_params = [dict(model.named_parameters()) for model in models]
+        params = [dict(model.named_parameters()) for model in models]
         self.stacked = stack_models(models)
         self.names = list(self.stacked)
-        optims = [s[0] for s in self.settings]
-        lrds = [s[1] for s in self.settings]
+        optims, lrds = zip(*self.settings)
         self.opt = BatchedOptimizer(
             self.stacked,
             optims[0].name,
-            member_weight_decays(self.pre_opts, pre_params),
+            member_weight_decays(self.opts, params),
             betas=[tuple(o.betas) for o in optims],  # type: ignore[misc]
             eps=[o.eps for o in optims],
             momentum=[o.momentum for o in optims],
         )
-        self.lrd = self._low_rank_decay(lrds)
-        if step > 0:  # resumed: optimizer states from the members' solo-format checkpoints
-            self.opt.t = step
-            for i, o in enumerate(self.pre_opts):
-                for n in self.names:
-                    st = o.state.get(pre_params[i][n], {})
-                    for key, buf in self.opt.state[n].items():
-                        if key in st:
-                            buf[i].copy_(st[key])
-        # solo-format optimizers over the members' (now stacked-view) parameters, for checkpoints
-        self.solo_opts = [build_optimizer(m, o, None)[0] for m, o in zip(models, optims)]
+        self.opt.t = step
+        # each solo optimizer's state becomes views of the batched state (after taking over
+        # what a resumed member's checkpoint loaded into it)
+        for n, state in self.opt.state.items():
+            for key, buf in state.items():
+                for i, o in enumerate(self.opts):
+                    st = o.state[params[i][n]]
+                    if key in st:
+                        buf[i].copy_(st[key])
+                    st[key] = buf[i]
+        self.lrd = None
+        on = [lrd for lrd in lrds if lrd.strength > 0]
+        if on:
+            self.lrd = BatchedLowRankDecay(
+                models[0].cfg,
+                self.stacked,
+                param_roles(models[0]),
+                on[0].target,
+                on[0].granularity,
+                on[0].polar,
+                on[0].mode,
+                [lrd.strength for lrd in lrds],
+                [lrd.scale_by_lr for lrd in lrds],
+                polar_steps=on[0].polar_steps,
+            )
         self.clips = [o.grad_clip for o in optims]
         self.lrs = [lr_at(step, o, tc.steps) for o in optims]
         self.rope = _rope_tables(models[0])
@@ -702,25 +648,6 @@ class StackEngine(Engine):
         if self.forward_kind == "vmap":  # functional_call swaps in the stacked weights
             return vmap_forward(self.models[0], self.stacked, x)
         return batched_forward(self.models[0].cfg, self.stacked, x, self.rope)
-
-    def _low_rank_decay(self, lrds: Sequence[Any]) -> BatchedLowRankDecay | None:
-        on = [lrd for lrd in lrds if lrd.strength > 0]
-        if not on:
-            return None
-        from .decay import param_roles
-
-        return BatchedLowRankDecay(
-            self.models[0].cfg,
-            self.stacked,
-            param_roles(self.models[0]),
-            on[0].target,
-            on[0].granularity,
-            on[0].polar,
-            on[0].mode,
-            [lrd.strength for lrd in lrds],
-            [lrd.scale_by_lr for lrd in lrds],
-            polar_steps=on[0].polar_steps,
-        )
 
     def step(
         self, t: int, lrs: Sequence[float], live: Sequence[bool]
@@ -766,20 +693,15 @@ class StackEngine(Engine):
 
     @contextlib.contextmanager
     def checkpoint_view(self, i: int) -> Iterator[tuple[nn.Module, torch.optim.Optimizer]]:
-        """Member i as its solo model and optimizer: the batched optimizer's state under the
-        solo optimizer's parameters, and private copies of the weights (safetensors stores
-        whole storages), which are views of the stack again afterwards."""
-        o, opt = self.solo_opts[i], self.opt
+        """Member i as its solo model and optimizer (with its learning rate and, for Adam*, step
+        count); its weights are private copies while the checkpoint is written (safetensors
+        refuses a view of a larger storage) and views of the stack again afterwards."""
+        o, params = self.opts[i], dict(self.models[i].named_parameters())
         for g in o.param_groups:
             g["lr"] = self.lrs[i]
-        params = dict(self.models[i].named_parameters())
-        o.state.clear()
-        for n in self.names:
-            entry: dict[str, Any] = {k: buf[i].clone() for k, buf in opt.state[n].items()}
-            if opt.name in ("adamw", "adam"):
-                entry["step"] = torch.tensor(float(opt.t))
-            if entry:
-                o.state[params[n]] = entry
+        if self.opt.name != "sgd":
+            for st in o.state.values():
+                st["step"] = torch.tensor(float(self.opt.t))
         for n, p in params.items():
             p.data = self.stacked[n].data[i].clone()
         try:
