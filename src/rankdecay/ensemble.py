@@ -67,7 +67,7 @@ from torch import Tensor, nn
 from .config import DataclassInstance
 from .decay import check_lrd_options, param_roles
 from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
-from .engine import build_model, build_optimizer
+from .engine import build_model, build_optimizer, evaluate_members
 from .errors import RankdecayError, RankdecayValueError
 from .loop import Engine, RunSpec, lr_at, optimizer_settings, train_runs
 from .models import functional_forward
@@ -428,90 +428,6 @@ def _stack_batches(batches: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Te
     return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
 
 
-@dataclasses.dataclass
-class _EvalStream:
-    """Every member's evaluation sets back to back: member i's rows are its sets concatenated,
-    ``sid`` (M, N) says which set each row belongs to (−1: padding). Concatenating before padding
-    means members whose sets split the same data differently (train fractions) pad nothing."""
-
-    names: list[str]
-    x: Tensor  # (M, N, …)
-    y: Tensor  # (M, N, …) targets, −100 = ignored
-    sid: Tensor  # (M, N) int64 set index
-
-
-def _eval_stream(sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]]) -> _EvalStream:
-    names = list(sets[0])
-    shapes = {(tuple(s[n][0].shape[1:]), tuple(s[n][1].shape[1:])) for s in sets for n in names}
-    if len(shapes) > 1:
-        raise RankdecayValueError(
-            f"the ensemble evaluates all evaluation sets ({', '.join(names)}) as one stream, but "
-            f"their example shapes differ ({sorted(shapes)}); run these with the local executor.",
-            param="executor",
-        )
-    xs, ys, ids = [], [], []
-    for s in sets:
-        xs.append(torch.cat([s[n][0] for n in names]))
-        ys.append(torch.cat([s[n][1] for n in names]))
-        ids.append(
-            torch.cat(
-                [
-                    torch.full((len(s[n][0]),), j, dtype=torch.int64, device=xs[-1].device)
-                    for j, n in enumerate(names)
-                ]
-            )
-        )
-    N = max(len(x) for x in xs)
-    for i, (x, y, sid) in enumerate(zip(xs, ys, ids)):
-        pad = N - len(x)
-        if pad:
-            xs[i] = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
-            ys[i] = torch.cat([y, y.new_full((pad, *y.shape[1:]), -100)])
-            ids[i] = torch.cat([sid, sid.new_full((pad,), -1)])
-    return _EvalStream(names, torch.stack(xs), torch.stack(ys), torch.stack(ids))
-
-
-@torch.no_grad()
-def _batched_evaluate(
-    forward: Callable[[Tensor], Tensor], stream: _EvalStream, batch_size: int, amp: Any
-) -> list[dict[str, float]]:
-    """``rankdecay.train.evaluate`` for every member at once: token-weighted loss and accuracy
-    per evaluation set, summed in float64 per (member, set)."""
-    M, N = stream.sid.shape
-    S = len(stream.names)
-    dev = stream.x.device
-    loss_sum = torch.zeros(M * S, dtype=torch.float64, device=dev)
-    hit_sum = torch.zeros(M * S, dtype=torch.float64, device=dev)
-    count = torch.zeros(M * S, dtype=torch.float64, device=dev)
-    offset = (torch.arange(M, device=dev) * S).unsqueeze(1)  # (M, 1)
-    for i in range(0, N, batch_size):
-        xb, yb = stream.x[:, i : i + batch_size], stream.y[:, i : i + batch_size]
-        sid = stream.sid[:, i : i + batch_size]
-        with amp:
-            logits = forward(xb)
-        C = logits.shape[-1]
-        z = loss_precision(logits).reshape(M, -1, C)
-        t = yb.reshape(M, -1)
-        per_row = t.shape[1] // sid.shape[1]  # targets per example (T for readout "all")
-        where = (sid.repeat_interleave(per_row, dim=1) + offset).reshape(-1)
-        valid = (t != -100) & (where.reshape(M, -1) >= offset)
-        ce = F.cross_entropy(z.reshape(-1, C), t.reshape(-1), ignore_index=-100, reduction="none")
-        where = torch.where(valid.reshape(-1), where, 0)
-        v = valid.reshape(-1).double()
-        loss_sum.index_add_(0, where, ce.double() * v)
-        hit_sum.index_add_(0, where, (z.argmax(-1) == t).reshape(-1).double() * v)
-        count.index_add_(0, where, v)
-    loss = (loss_sum / count.clamp_min(1)).reshape(M, S).tolist()
-    acc = (hit_sum / count.clamp_min(1)).reshape(M, S).tolist()
-    return [
-        {
-            **{f"{n}_loss": loss[m][j] for j, n in enumerate(stream.names)},
-            **{f"{n}_acc": acc[m][j] for j, n in enumerate(stream.names)},
-        }
-        for m in range(M)
-    ]
-
-
 def _batch_shape(cfg: RunConfig) -> tuple[int, ...]:
     _seed_everything(cfg.seed)
     return tuple(cfg.task.build(cfg.seed).train_batch(0, cfg.train.batch_size)[0].shape)
@@ -640,7 +556,7 @@ class StackEngine(Engine):
         self.amp = autocast(self.device, tc.amp)
         d = self.device
         sets = [{k: (x.to(d), y.to(d)) for k, (x, y) in t.eval_sets().items()} for t in self.tasks]
-        self.eval_stream = _eval_stream(sets)
+        self.eval_sets = sets
         self.eval_cache: dict[int, list[dict[str, float]]] = {}
 
     def fwd(self, x: Tensor) -> Tensor:
@@ -688,7 +604,8 @@ class StackEngine(Engine):
         if step not in self.eval_cache:
             self.eval_cache = {}
             chunk = max(1, self.tc.eval_batch_size // self.M)  # as many examples as a solo run
-            self.eval_cache[step] = _batched_evaluate(self.fwd, self.eval_stream, chunk, self.amp)
+            with self.amp:
+                self.eval_cache[step] = evaluate_members(self.fwd, self.eval_sets, chunk)
         return self.eval_cache[step]
 
     @contextlib.contextmanager
