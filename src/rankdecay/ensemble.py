@@ -68,10 +68,12 @@ from .config import DataclassInstance
 from .decay import check_lrd_options, param_roles
 from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
 from .engine import build_model, build_optimizer, evaluate_members
-from .errors import RankdecayError, RankdecayValueError
+from .errors import RankdecayValueError
 from .loop import Engine, RunSpec, lr_at, optimizer_settings, train_runs
 from .models import functional_forward
 from .run_config import ModelConfig, RunConfig
+from .runfiles import checkpoint_step, needs_resume
+from .runlock import DirLock
 from .runstate import _seed_everything
 from .sweep import (
     Executor,
@@ -79,7 +81,6 @@ from .sweep import (
     RunTask,
     add_ensemble_arguments,
     execute_task,
-    load_experiment,
     set_threads,
 )
 from .update import Hyper, adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
@@ -254,7 +255,6 @@ class BatchedLowRankDecay:
         if target == "matrices":
             names += [n for n, r in roles.items() if r == "mlp" and self.params[n].dim() >= 3]
         self.names = [n for n in names if n in self.params]
-        self.active = any(s > 0 for s in self.strengths)
 
     def _blocks(self, name: str, W: Tensor) -> Tensor:
         """The matrices the decay acts on, (M, n, a, b), as a view-like copy of the stored W."""
@@ -276,37 +276,27 @@ class BatchedLowRankDecay:
     @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
         """W ← W − Δ with Δ = c_i·polar(W) (subtract) or W − U max(Σ − c_i, 0)Vᵀ (svt), per member i."""
-        if not self.active:
-            return
         cs = [s * lr if sb else s for s, lr, sb in zip(self.strengths, lrs, self.scale_by_lr)]
         # only members with c ≠ 0 pay for the decomposition (an L2-arm member has c = 0)
         on = [i for i, c in enumerate(cs) if c != 0.0]
         if not on:
             return
-        M = len(cs)
-        rows = None if len(on) == M else torch.tensor(on, device=self.params[self.names[0]].device)
-        buckets: dict[tuple[Any, ...], list[tuple[str, Tensor]]] = {}
-        for n in self.names:
-            W = self.params[n].detach()
-            X = self._blocks(n, W if rows is None else W.index_select(0, rows))
-            buckets.setdefault((X.shape[1:], X.dtype), []).append((n, X))
-        for items in buckets.values():
-            X = torch.cat([x for _, x in items], dim=1)  # (M_on, n_total, a, b)
+        rows = torch.tensor(on, device=self.params[self.names[0]].device)
+        blocks = {
+            n: self._blocks(n, self.params[n].detach().index_select(0, rows)) for n in self.names
+        }
+        buckets: dict[tuple[Any, ...], list[str]] = {}  # matrices of one shape: one batched call
+        for n, X in blocks.items():
+            buckets.setdefault((X.shape[1:], X.dtype), []).append(n)
+        for names in buckets.values():
+            X = torch.cat([blocks[n] for n in names], dim=1)  # (M_on, n_total, a, b)
             X = torch.nan_to_num(X)  # a failed (NaN) member must not break the batched SVD
-            c = torch.tensor([cs[i] for i in on], dtype=X.dtype, device=X.device).view(-1, 1, 1, 1)
-            delta, _ = low_rank_decay_delta(
-                X, c, mode=self.mode, polar=self.polar, polar_steps=self.polar_steps
-            )
-            start = 0
-            for n, x in items:
-                k = x.shape[1]
+            c = X.new_tensor([cs[i] for i in on]).view(-1, 1, 1, 1)
+            mode, polar, steps = self.mode, self.polar, self.polar_steps
+            delta, _ = low_rank_decay_delta(X, c, mode=mode, polar=polar, polar_steps=steps)
+            for n, D in zip(names, delta.split([blocks[n].shape[1] for n in names], dim=1)):
                 W = self.params[n]
-                D = self._unblock(n, delta[:, start : start + k], W.shape[1:])
-                if rows is None:
-                    W.data.sub_(D)
-                else:
-                    W.data.index_add_(0, rows, D, alpha=-1.0)
-                start += k
+                W.data.index_add_(0, rows, self._unblock(n, D, W.shape[1:]), alpha=-1.0)
 
 
 def member_weight_decays(
@@ -646,12 +636,6 @@ class StackEngine(Engine):
 # ============================================================================ executor
 
 
-def _checkpoint_step(run_dir: Path) -> int | None:
-    from .runfiles import checkpoint_step
-
-    return checkpoint_step(run_dir)
-
-
 def _result(summary: Mapping[str, Any], wall: float) -> dict[str, Any]:
     status = str(summary.get("status", "failed"))
     return {
@@ -663,35 +647,12 @@ def _result(summary: Mapping[str, Any], wall: float) -> dict[str, Any]:
     }
 
 
-def _prepare(task: RunTask) -> tuple[EnsembleMember | None, Any]:
-    """(member, cfg) for an ensemble-able task, (None, reason) otherwise."""
-    exp = load_experiment(task.experiment)
-    if exp.trainer != "train":
-        return None, "its experiment does not use rankdecay.train"
-    cfg = exp.config(task.preset, task.overrides, seed=task.seed)
-    reason = unsupported_reason(cfg)
-    if reason is not None:
-        return None, reason
-    run_dir = Path(task.run_dir)
-    from .runfiles import needs_resume
-
-    resume = needs_resume(run_dir)  # a checkpoint (intact or not) or a history
-    if not resume and run_dir.exists():
-        from .runlock import DirLock
-
-        with DirLock(run_dir):  # refused while another process writes the run
-            shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
-    return (
-        EnsembleMember(
-            cfg=cfg,
-            run_dir=run_dir,
-            experiment=exp.name,
-            preset=task.preset,
-            verdict=exp.verdict,
-            resume=resume,
-        ),
-        cfg,
-    )
+def _member(task: RunTask) -> EnsembleMember | None:
+    """The ensemble member of ``task`` (not yet marked for resume); None when it cannot join one."""
+    exp, cfg = task.build()
+    if exp.trainer != "train" or unsupported_reason(cfg) is not None:
+        return None
+    return EnsembleMember(cfg, Path(task.run_dir), exp.name, task.preset, exp.verdict)
 
 
 def _run_group(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, Any]]:
@@ -699,16 +660,27 @@ def _run_group(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, 
     if threads:
         set_threads(threads)
     t0 = time.perf_counter()
-    members = [_prepare(t)[0] for t in tasks]
     try:
-        sums = train_ensemble([m for m in members if m is not None])
+        members = [m for m in map(_member, tasks) if m is not None]
+        for m in members:
+            m.resume = needs_resume(m.run_dir)  # a checkpoint (intact or not) or a history
+            if not m.resume and m.run_dir.exists():
+                with DirLock(m.run_dir):  # refused while another process writes the run
+                    shutil.rmtree(m.run_dir)  # started, never checkpointed: nothing to resume
+        sums = train_ensemble(members)
     except Exception as exc:  # noqa: BLE001 - report as failed runs
-        msg = (
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error = f"{type(exc).__name__}: {first}"
+        return [{"status": "failed", "error": error, "wall_s": time.perf_counter() - t0}] * len(
+            tasks
         )
-        return [{"status": "failed", "error": msg, "wall_s": time.perf_counter() - t0}] * len(tasks)
     wall = time.perf_counter() - t0
     return [_result(s, wall) for s in sums]
+
+
+def _solo(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, Any]]:
+    """Worker entry point: one task that cannot join an ensemble, as the local executor runs it."""
+    return [execute_task(tasks[0], set_thread_count=threads is not None)]
 
 
 class EnsembleExecutor(Executor):
@@ -735,12 +707,12 @@ class EnsembleExecutor(Executor):
         cpus = available_cpus()
         self.members = members
         if members is not None and members < 1:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"members must be at least 1, got {members}; use 1 or more.", param="members"
             )
         self.workers = int(workers or 1)
         if self.workers > cpus:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"workers={self.workers} exceeds the {cpus} CPUs available here; use {cpus} or fewer.",
                 param="workers",
             )
@@ -749,9 +721,7 @@ class EnsembleExecutor(Executor):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_ensemble_arguments(
-            parser
-        )  # declared in rankdecay.sweep: the CLI reads it without torch
+        add_ensemble_arguments(parser)  # declared in rankdecay.sweep: the CLI reads it lightly
 
     def threads_per_task(self) -> int:
         return self.threads
@@ -762,30 +732,25 @@ class EnsembleExecutor(Executor):
 
     def plan(self, tasks: Sequence[RunTask]) -> tuple[list[list[RunTask]], list[RunTask]]:
         """(ensembles, solo tasks): compatible tasks grouped by key and checkpoint step, chunked."""
-
         groups: dict[tuple[str, int | None], list[RunTask]] = {}
         cfgs: dict[int, Any] = {}
         solo: list[RunTask] = []
         for t in tasks:
-            exp = load_experiment(t.experiment)
-            if exp.trainer != "train":
+            member = _member(t)
+            if member is None:
                 solo.append(t)
                 continue
-            cfg = exp.config(t.preset, t.overrides, seed=t.seed)
-            if unsupported_reason(cfg) is not None:
-                solo.append(t)
-                continue
-            cfgs[t.index] = cfg
-            key = (ensemble_key(cfg), _checkpoint_step(Path(t.run_dir)))
+            cfgs[t.index] = member.cfg
+            key = (ensemble_key(member.cfg), checkpoint_step(member.run_dir))
             groups.setdefault(key, []).append(t)
         ensembles: list[list[RunTask]] = []
         for group in groups.values():
             cfg = cfgs[group[0].index]
             size = self.members
             if size is None:
-                task = cfg.task.build(cfg.seed)
                 device = resolve_device(cfg.train.device)
-                size = max(1, auto_members(cfg, task, device, fraction=0.5 / self.workers))
+                task = cfg.task.build(cfg.seed)
+                size = auto_members(cfg, task, device, fraction=0.5 / self.workers)
             # spread a group over the workers when it is smaller than workers × size
             n_chunks = max(math.ceil(len(group) / size), min(self.workers, len(group)))
             per = math.ceil(len(group) / n_chunks)
@@ -794,50 +759,35 @@ class EnsembleExecutor(Executor):
 
     def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
         ensembles, solo = self.plan(tasks)
+        jobs = [(_run_group, group) for group in ensembles] + [(_solo, [t]) for t in solo]
         if self.workers == 1:
             set_threads(self.threads)
-            for group in ensembles:
+            for run, group in jobs:
                 for t in group:
                     on_event(RunEvent("start", t.index))
-                for t, res in zip(group, _run_group(group, None)):
+                for t, res in zip(group, run(group, None)):
                     on_event(RunEvent("done", t.index, res))
-            for t in solo:
-                on_event(RunEvent("start", t.index))
-                on_event(RunEvent("done", t.index, execute_task(t, set_thread_count=False)))
             return
         import concurrent.futures as cf
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
-            futures: dict[Any, list[RunTask]] = {}
-            for group in ensembles:
-                futures[pool.submit(_run_group, group, self.threads)] = group
-            for t in solo:
-                futures[pool.submit(_solo, t)] = [t]
+            futures = {pool.submit(run, group, self.threads): group for run, group in jobs}
             for group in futures.values():
                 for t in group:
                     on_event(RunEvent("start", t.index))
             try:
                 for fut in cf.as_completed(futures):
-                    group = futures[fut]
                     try:
                         results = fut.result()
                     except Exception as exc:  # noqa: BLE001 - a dead worker fails its runs
-                        results = [
-                            {
-                                "status": "failed",
-                                "error": f"worker failed: {type(exc).__name__}: {exc}",
-                                "wall_s": None,
-                            }
-                        ] * len(group)
-                    for t, res in zip(group, results):
+                        error = f"worker failed: {type(exc).__name__}: {exc}"
+                        results = [{"status": "failed", "error": error, "wall_s": None}]
+                        results *= len(futures[fut])
+                    for t, res in zip(futures[fut], results):
                         on_event(RunEvent("done", t.index, res))
             except KeyboardInterrupt:
                 for fut in futures:
                     fut.cancel()
                 raise
-
-
-def _solo(task: RunTask) -> list[dict[str, Any]]:
-    return [execute_task(task)]
