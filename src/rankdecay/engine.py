@@ -18,7 +18,6 @@ after every step on every rank and keeps the (identical) weights identical.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from .errors import RankdecayTypeError, RankdecayValueError
 from .loop import Engine, optimizer_settings
 from .run_config import LRDConfig, ModelConfig, OptimConfig, RunConfig
 from .runstate import _seed_everything
-from .validation import check_memory
+from .validation import check_memory, filled_model_config
 
 __all__ = [
     "ModelEngine",
@@ -54,14 +53,12 @@ def build_model(model_cfg: ModelConfig, task: Any) -> nn.Module:
     """The experiment's TinyTransformer with the task's sizes filled in.
 
     Fields of the model config that describe the data (vocabulary, outputs, sequence length,
-    readout) are taken from the task, so a config never disagrees with its data.
+    readout) are taken from the task (:func:`rankdecay.validation.filled_model_config`), so a
+    config never disagrees with its data.
     """
     from .models import TinyTransformer
 
-    names = {f.name for f in dataclasses.fields(model_cfg)}
-    fill = {k: v for k, v in task.model_fields().items() if k in names}
-    model_cfg = dataclasses.replace(model_cfg, **fill)
-    return TinyTransformer(model_cfg)
+    return TinyTransformer(filled_model_config(model_cfg, task))
 
 
 def _weight_decay_spec(optim: OptimConfig) -> float | dict[str, float]:

@@ -84,6 +84,7 @@ from .sweep import (
     set_threads,
 )
 from .update import Hyper, adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
+from .validation import filled_model_config, training_bytes
 
 __all__ = [
     "BatchedLowRankDecay",
@@ -363,22 +364,15 @@ def ensemble_key(cfg: RunConfig) -> str:
     )
 
 
-def _param_bytes(cfg: RunConfig, task: Any) -> tuple[int, Any]:
-
-    with torch.device("meta"):
-        model = build_model(cfg.model, task)
-    return sum(p.numel() for p in model.parameters()) * 4, model.cfg
-
-
 def member_bytes(cfg: RunConfig, task: Any) -> int:
     """Estimated bytes one member needs (:func:`rankdecay.validation.training_bytes` of its exact
-    parameter count)."""
-    from .validation import training_bytes
-
-    pbytes, mcfg = _param_bytes(cfg, task)
+    parameter count, counted on a model built on the meta device)."""
+    with torch.device("meta"):
+        model = build_model(cfg.model, task)
+    n_params = sum(p.numel() for p in model.parameters())
     tc = cfg.train
     width = param_dtype(tc.dtype, tc.amp).itemsize  # bytes per float of weights and activations
-    return training_bytes(mcfg, pbytes // 4, tc.batch_size, tc.eval_batch_size, width)
+    return training_bytes(model.cfg, n_params, tc.batch_size, tc.eval_batch_size, width)
 
 
 #: CPU ensembles: the members' widest training activation together stays under this many bytes
@@ -395,7 +389,7 @@ def cpu_members(cfg: RunConfig, task: Any) -> int:
     docs/benchmarks.md). The budget keeps R4 at 4 members; tiny models, where per-op overhead
     dominates and batching pays, get many more.
     """
-    _, mcfg = _param_bytes(cfg, task)
+    mcfg = filled_model_config(cfg.model, task)
     T = mcfg.seq_len
     width = max(mcfg.d_model, mcfg.d_mlp, 3 * mcfg.n_heads * mcfg.head_dim)
     itemsize = param_dtype(cfg.train.dtype, cfg.train.amp).itemsize
