@@ -282,10 +282,12 @@ class BatchedLowRankDecay:
         on = [i for i, c in enumerate(cs) if c != 0.0]
         if not on:
             return
-        rows = torch.tensor(on, device=self.params[self.names[0]].device)
-        blocks = {
-            n: self._blocks(n, self.params[n].detach().index_select(0, rows)) for n in self.names
-        }
+        device = self.params[self.names[0]].device
+        rows = None if len(on) == len(cs) else torch.tensor(on, device=device)
+        blocks: dict[str, Tensor] = {}
+        for n in self.names:
+            W = self.params[n].detach()
+            blocks[n] = self._blocks(n, W if rows is None else W.index_select(0, rows))
         buckets: dict[tuple[Any, ...], list[str]] = {}  # matrices of one shape: one batched call
         for n, X in blocks.items():
             buckets.setdefault((X.shape[1:], X.dtype), []).append(n)
@@ -297,7 +299,11 @@ class BatchedLowRankDecay:
             delta, _ = low_rank_decay_delta(X, c, mode=mode, polar=polar, polar_steps=steps)
             for n, D in zip(names, delta.split([blocks[n].shape[1] for n in names], dim=1)):
                 W = self.params[n]
-                W.data.index_add_(0, rows, self._unblock(n, D, W.shape[1:]), alpha=-1.0)
+                D = self._unblock(n, D, W.shape[1:])
+                if rows is None:
+                    W.data.sub_(D)
+                else:
+                    W.data.index_add_(0, rows, D, alpha=-1.0)
 
 
 def member_weight_decays(
