@@ -128,19 +128,18 @@ def loss_and_accuracy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     Targets equal to −100 are ignored. Both results are 0-dim tensors (no host sync). Half-precision
     logits (autocast) are upcast to float32 first; float32/float64 logits are used as they are.
     """
+    if y.dtype.is_floating_point:
+        raise RankdecayTypeError(
+            f"targets must be integer class indices, got {y.dtype}; pass y as a long tensor.",
+            param="y",
+        )
     C = logits.shape[-1]
     z = loss_precision(logits).reshape(-1, C)
     t = y.reshape(-1)
     loss = F.cross_entropy(z, t, ignore_index=-100)
     with torch.no_grad():
-        hit = z.argmax(-1) == t
-        if t.dtype.is_floating_point:  # pragma: no cover - defensive
-            raise RankdecayTypeError(
-                f"targets must be integer class indices, got {t.dtype}; pass y as a long tensor.",
-                param="y",
-            )
         valid = t != -100
-        acc = (hit & valid).sum() / valid.sum().clamp_min(1)
+        acc = ((z.argmax(-1) == t) & valid).sum() / valid.sum().clamp_min(1)
     return loss, acc
 
 
