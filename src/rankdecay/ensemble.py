@@ -76,7 +76,7 @@ from .runfiles import checkpoint_step, needs_resume
 from .runlock import DirLock
 from .runstate import _seed_everything
 from .sweep import (
-    Executor,
+    LocalExecutor,
     RunEvent,
     RunTask,
     add_ensemble_arguments,
@@ -683,13 +683,13 @@ def _solo(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, Any]]
     return [execute_task(tasks[0], set_thread_count=threads is not None)]
 
 
-class EnsembleExecutor(Executor):
+class EnsembleExecutor(LocalExecutor):
     """``--executor ensemble``: stack compatible runs and train each stack in one process.
 
     Options: ``members`` (max ensemble size; default: from free memory, :func:`auto_members`),
     ``workers`` (processes training ensembles in parallel, default 1, each with
-    ``threads_per_worker`` = CPUs // workers threads). Runs that cannot be batched
-    (:func:`unsupported_reason`) run one by one as with the local executor.
+    ``threads_per_worker`` = CPUs // workers threads, checked as by the local executor). Runs
+    that cannot be batched (:func:`unsupported_reason`) run one by one as with the local executor.
     """
 
     name = "ensemble"
@@ -701,30 +701,16 @@ class EnsembleExecutor(Executor):
         threads_per_worker: int | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(**options)
-        from .threads import available_cpus, check_budget, default_threads
-
-        cpus = available_cpus()
-        self.members = members
         if members is not None and members < 1:
             raise RankdecayValueError(
                 f"members must be at least 1, got {members}; use 1 or more.", param="members"
             )
-        self.workers = int(workers or 1)
-        if self.workers > cpus:
-            raise RankdecayValueError(
-                f"workers={self.workers} exceeds the {cpus} CPUs available here; use {cpus} or fewer.",
-                param="workers",
-            )
-        self.threads = int(threads_per_worker or default_threads(self.workers))
-        check_budget(self.workers, self.threads)
+        super().__init__(int(workers or 1), threads_per_worker, **options)
+        self.members = members
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         add_ensemble_arguments(parser)  # declared in rankdecay.sweep: the CLI reads it lightly
-
-    def threads_per_task(self) -> int:
-        return self.threads
 
     def describe(self) -> str:
         size = self.members if self.members is not None else "auto"
