@@ -21,7 +21,6 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -111,6 +110,7 @@ def solo(arm: str, reps: int) -> dict[str, float]:
 def ensemble(M: int, reps: int, compile_: bool) -> dict[str, float]:
     from rankdecay import ensemble as E
     from rankdecay.decay import param_roles
+    from rankdecay.engine import evaluate_members
     from rankdecay.train import build_optimizer, optimizer_settings
 
     members = [_member("lrd" if i % 2 else "l2", i) for i in range(M)]
@@ -157,7 +157,7 @@ def ensemble(M: int, reps: int, compile_: bool) -> dict[str, float]:
         bo.step(lrs)
         blrd.step(lrs)
 
-    stream = E._eval_stream([t.eval_sets() for t in tasks])
+    sets = [t.eval_sets() for t in tasks]
     chunk = max(1, cfgs[0].train.eval_batch_size // M)
     out = {
         "forward+backward": _median_ms(fwd_bwd, reps) / M,
@@ -165,7 +165,7 @@ def ensemble(M: int, reps: int, compile_: bool) -> dict[str, float]:
         "low-rank decay": _median_ms(lambda: blrd.step(lrs), reps) / M,
         "full step": _median_ms(full, reps) / M,
         "evaluation (train+val)": _median_ms(
-            lambda: E._batched_evaluate(eager, stream, chunk, nullcontext()), max(3, reps // 5), 1
+            lambda: evaluate_members(eager, sets, chunk), max(3, reps // 5), 1
         )
         / M,
     }

@@ -154,9 +154,8 @@ def test_batched_optimizer_matches_torch_per_member(name: str) -> None:
 def test_batched_evaluation_equals_each_members_evaluate(variant: dict, chunk: int) -> None:
     """Members whose eval sets differ in size (and total size: padding) and hold ignored targets:
     the batched evaluation gives each member what rankdecay.train.evaluate gives it."""
-    from contextlib import nullcontext
-
-    from rankdecay.ensemble import _batched_evaluate, _eval_stream, _rope_tables
+    from rankdecay.engine import evaluate_members
+    from rankdecay.ensemble import _rope_tables
     from rankdecay.train import evaluate
 
     models = [m.double() for m in _members(variant)]  # float64: equal to rounding
@@ -173,11 +172,8 @@ def test_batched_evaluation_equals_each_members_evaluate(variant: dict, chunk: i
             member[name] = (x, y)
         sets.append(member)
     P = stack_models(models)
-    got = _batched_evaluate(
-        lambda x: batched_forward(cfg, P, x, _rope_tables(models[0])),
-        _eval_stream(sets),
-        chunk,
-        nullcontext(),
+    got = evaluate_members(
+        lambda x: batched_forward(cfg, P, x, _rope_tables(models[0])), sets, chunk
     )
     for model, member, res in zip(models, sets, got):
         ref = evaluate(model, member, batch_size=chunk)
@@ -187,7 +183,7 @@ def test_batched_evaluation_equals_each_members_evaluate(variant: dict, chunk: i
     x, y = sets[0]["val"]
     sets[0]["val"] = (x[:, :-1], y if y.dim() == 1 else y[:, :-1])  # shorter sequences
     with pytest.raises(RankdecayError, match="local executor"):
-        _eval_stream(sets)
+        evaluate_members(lambda x: batched_forward(cfg, P, x), sets, chunk)
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -42,20 +42,16 @@ from .run_config import RunConfig
 __all__ = ["DistInfo", "dist_info", "launched_distributed", "shard_rows", "train_distributed"]
 
 
-class DistInfo:
+class DistInfo(NamedTuple):
     """Rank, world size and local rank read from the torchrun environment."""
 
-    def __init__(self, rank: int, world_size: int, local_rank: int) -> None:
-        self.rank = rank
-        self.world_size = world_size
-        self.local_rank = local_rank
+    rank: int
+    world_size: int
+    local_rank: int
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    def __repr__(self) -> str:
-        return f"DistInfo(rank={self.rank}, world_size={self.world_size}, local_rank={self.local_rank})"
 
 
 def _env_int(name: str, default: int) -> int:

@@ -18,9 +18,8 @@ after every step on every rank and keeps the (identical) weights identical.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,13 +34,14 @@ from .errors import RankdecayTypeError, RankdecayValueError
 from .loop import Engine, optimizer_settings
 from .run_config import LRDConfig, ModelConfig, OptimConfig, RunConfig
 from .runstate import _seed_everything
-from .validation import check_memory
+from .validation import check_memory, filled_model_config
 
 __all__ = [
     "ModelEngine",
     "build_model",
     "build_optimizer",
     "evaluate",
+    "evaluate_members",
     "loss_and_accuracy",
     "shard_rows",
 ]
@@ -53,14 +53,12 @@ def build_model(model_cfg: ModelConfig, task: Any) -> nn.Module:
     """The experiment's TinyTransformer with the task's sizes filled in.
 
     Fields of the model config that describe the data (vocabulary, outputs, sequence length,
-    readout) are taken from the task, so a config never disagrees with its data.
+    readout) are taken from the task (:func:`rankdecay.validation.filled_model_config`), so a
+    config never disagrees with its data.
     """
     from .models import TinyTransformer
 
-    names = {f.name for f in dataclasses.fields(model_cfg)}
-    fill = {k: v for k, v in task.model_fields().items() if k in names}
-    model_cfg = dataclasses.replace(model_cfg, **fill)
-    return TinyTransformer(model_cfg)
+    return TinyTransformer(filled_model_config(model_cfg, task))
 
 
 def _weight_decay_spec(optim: OptimConfig) -> float | dict[str, float]:
@@ -130,19 +128,18 @@ def loss_and_accuracy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     Targets equal to −100 are ignored. Both results are 0-dim tensors (no host sync). Half-precision
     logits (autocast) are upcast to float32 first; float32/float64 logits are used as they are.
     """
+    if y.dtype.is_floating_point:
+        raise RankdecayTypeError(
+            f"targets must be integer class indices, got {y.dtype}; pass y as a long tensor.",
+            param="y",
+        )
     C = logits.shape[-1]
     z = loss_precision(logits).reshape(-1, C)
     t = y.reshape(-1)
     loss = F.cross_entropy(z, t, ignore_index=-100)
     with torch.no_grad():
-        hit = z.argmax(-1) == t
-        if t.dtype.is_floating_point:  # pragma: no cover - defensive
-            raise RankdecayTypeError(
-                f"targets must be integer class indices, got {t.dtype}; pass y as a long tensor.",
-                param="y",
-            )
         valid = t != -100
-        acc = (hit & valid).sum() / valid.sum().clamp_min(1)
+        acc = ((z.argmax(-1) == t) & valid).sum() / valid.sum().clamp_min(1)
     return loss, acc
 
 
@@ -152,32 +149,68 @@ def evaluate(
     eval_sets: Mapping[str, tuple[Tensor, Tensor]],
     batch_size: int = 2048,
 ) -> dict[str, float]:
-    """``{name}_loss`` and ``{name}_acc`` over each evaluation set (token-weighted means)."""
+    """``{name}_loss`` and ``{name}_acc`` over each evaluation set (token-weighted means):
+    :func:`evaluate_members` of one member, one set at a time, in eval mode."""
     was_training = model.training
     model.eval()
-    out: dict[str, float] = {}
     try:
-        for name, (x, y) in eval_sets.items():
-            loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-            hit_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-            count = 0
-            for i in range(0, x.shape[0], batch_size):
-                xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-                logits = model(xb)
-                C = logits.shape[-1]
-                z, t = logits.reshape(-1, C), yb.reshape(-1)
-                valid = t != -100
-                n = int(valid.sum())
-                loss_sum += F.cross_entropy(
-                    loss_precision(z), t, ignore_index=-100, reduction="sum"
-                ).double()
-                hit_sum += ((z.argmax(-1) == t) & valid).sum().double()
-                count += n
-            out[f"{name}_loss"] = float(loss_sum / max(count, 1))
-            out[f"{name}_acc"] = float(hit_sum / max(count, 1))
+        out: dict[str, float] = {}
+        for name, xy in eval_sets.items():
+            out.update(evaluate_members(lambda x: model(x[0])[None], [{name: xy}], batch_size)[0])
+        return out
     finally:
         model.train(was_training)
-    return out
+
+
+@torch.no_grad()
+def evaluate_members(
+    forward: Callable[[Tensor], Tensor],
+    sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]],
+    batch_size: int,
+) -> list[dict[str, float]]:
+    """``{set}_loss`` / ``{set}_acc`` of M members' evaluation sets, evaluated together.
+
+    Member m's sets are concatenated into one stream of rows (so members whose sets split the
+    same data differently, e.g. train fractions, pad nothing); the streams are padded to one
+    length N (padding rows have targets −100) and stacked to x (M, N, …), y (M, N, …), and
+    ``forward`` maps x[:, rows] → logits (M, rows, …, C). With CE the per-target cross-entropy
+    and V the targets ≠ −100 of a set: loss = Σ_V CE / |V|, acc = |{argmax = target} ∩ V| / |V|
+    (sums in float64).
+    """
+    names = list(sets[0])
+    shapes = {(tuple(s[n][0].shape[1:]), tuple(s[n][1].shape[1:])) for s in sets for n in names}
+    if len(shapes) > 1:
+        raise RankdecayValueError(
+            f"the ensemble evaluates all evaluation sets ({', '.join(names)}) as one stream, but "
+            f"their example shapes differ ({sorted(shapes)}); run these with the local executor.",
+            param="executor",
+        )
+    xs = [torch.cat([s[n][0] for n in names]) for s in sets]
+    ys = [torch.cat([s[n][1] for n in names]) for s in sets]
+    N = max(len(x) for x in xs)
+    x = torch.stack([torch.cat([x, x[:1].expand(N - len(x), *x.shape[1:])]) for x in xs])
+    y = torch.stack([torch.cat([y, y.new_full((N - len(y), *y.shape[1:]), -100)]) for y in ys])
+    rows = []  # per chunk (3, M, rows): Σ CE, hits and valid targets of every row
+    for i in range(0, N, batch_size):
+        z, t = loss_precision(forward(x[:, i : i + batch_size])), y[:, i : i + batch_size]
+        ce = F.cross_entropy(z.flatten(0, -2), t.flatten(), ignore_index=-100, reduction="none")
+        valid = t != -100
+        per_target = torch.stack([ce.view(t.shape), (z.argmax(-1) == t) & valid, valid]).double()
+        rows.append(per_target.reshape(3, *t.shape[:2], -1).sum(-1))
+    per_row = torch.cat(rows, 2)
+    sums = []  # (M, S, 3)
+    for m, s in enumerate(sets):
+        sizes = [len(s[n][0]) for n in names]
+        parts = per_row[:, m].split([*sizes, N - sum(sizes)], dim=1)[:-1]  # the last: padding
+        sums.append(torch.stack([part.sum(1) for part in parts]))
+    return [
+        {
+            f"{n}_{k}": v / max(count, 1)
+            for n, (loss, hit, count) in zip(names, member)
+            for k, v in (("loss", loss), ("acc", hit))
+        }
+        for member in torch.stack(sums).tolist()
+    ]
 
 
 def shard_rows(n: int, rank: int, world_size: int) -> slice:

@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import math
 import shutil
 import time
@@ -64,24 +65,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DataclassInstance
-from .decay import check_lrd_options
+from .decay import check_lrd_options, param_roles
 from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
-from .engine import build_model, build_optimizer
-from .errors import RankdecayError, RankdecayValueError
+from .engine import build_model, build_optimizer, evaluate_members
+from .errors import RankdecayValueError
 from .loop import Engine, RunSpec, lr_at, optimizer_settings, train_runs
 from .models import functional_forward
 from .run_config import ModelConfig, RunConfig
+from .runfiles import checkpoint_step, needs_resume
+from .runlock import DirLock
 from .runstate import _seed_everything
 from .sweep import (
-    Executor,
+    LocalExecutor,
     RunEvent,
     RunTask,
     add_ensemble_arguments,
     execute_task,
-    load_experiment,
     set_threads,
 )
-from .update import adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
+from .update import Hyper, adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
+from .validation import filled_model_config, training_bytes
 
 __all__ = [
     "BatchedLowRankDecay",
@@ -105,43 +108,21 @@ __all__ = [
 
 def stack_models(models: Sequence[nn.Module]) -> dict[str, Tensor]:
     """Stack the members' parameters into leaves of shape (M, *shape) and make every member's
-    parameters views of them (member i's ``p`` is ``stacked[name][i]``), so in-place updates of
-    the stacked tensors are seen by each member model (monitor, evaluation, checkpoints)."""
-    names = [n for n, _ in models[0].named_parameters()]
-    stacked: dict[str, Tensor] = {}
-    for name in names:
-        tensors = [m.get_parameter(name).detach() for m in models]
-        stacked[name] = torch.stack(tensors).requires_grad_(True)
-    for i, m in enumerate(models):
-        for name in names:
-            module_name, _, attr = name.rpartition(".")
-            module = m.get_submodule(module_name) if module_name else m
-            view = nn.Parameter(stacked[name].data[i], requires_grad=True)
-            setattr(module, attr, view)
-    return stacked
+    parameters views of them (member i's ``p.data`` is ``stacked[name][i]``; the parameter
+    objects stay, so their optimizers keep them), so in-place updates of the stacked tensors are
+    seen by each member model (monitor, evaluation, checkpoints)."""
+    params = [dict(m.named_parameters()) for m in models]
+    stacked = {n: torch.stack([p[n].detach() for p in params]) for n in params[0]}
+    for i, named in enumerate(params):
+        for n, p in named.items():
+            p.data = stacked[n][i]
+    return {n: s.requires_grad_(True) for n, s in stacked.items()}
 
 
-def batched_forward(
-    cfg: ModelConfig,
-    P: Mapping[str, Tensor],
-    x: Tensor,
-    rope: tuple[Tensor, Tensor] | None = None,
-    last_trick: bool = True,
-) -> Tensor:
-    """TinyTransformer forward of M members at once: :func:`rankdecay.models.functional_forward`
-    with ``members=True``.
-
-    Args:
-        cfg: the members' common ModelConfig; P: parameter name → (M, *shape) tensor;
-        x: (M, B, T) int64 tokens or (M, B, C, H, W) images; rope: the model's (cos, sin)
-        tables for rotary positions; last_trick: compute the final block at the last position
-        only when the readout reads nothing else.
-
-    Returns:
-        logits (M, B, n_out) for readout "last", (M, B, T, n_out) for "all" — member i's equal
-        ``model_i(x[i])``.
-    """
-    return functional_forward(cfg, P, x, rope, members=True, last_trick=last_trick)
+#: TinyTransformer forward of M members at once, (M, B, …) → logits (M, B, [T,] n_out), member
+#: i's equal to ``model_i(x[i])``: :func:`rankdecay.models.functional_forward` with
+#: ``members=True``; call as ``batched_forward(cfg, P, x, rope=None, last_trick=True)``.
+batched_forward = functools.partial(functional_forward, members=True, last_trick=True)
 
 
 def vmap_forward(base: nn.Module, P: Mapping[str, Tensor], x: Tensor) -> Tensor:
@@ -162,7 +143,7 @@ def _rope_tables(model: nn.Module) -> tuple[Tensor, Tensor] | None:
     return rope() if callable(rope) else None
 
 
-# ============================================================================ optimizer
+# ============================================================================ update rules
 
 
 class BatchedOptimizer:
@@ -175,8 +156,8 @@ class BatchedOptimizer:
     ``step(lrs)`` applies one update with per-member learning rates: :func:`rankdecay.update.adam_`
     / :func:`~rankdecay.update.sgd_` with every hyperparameter an (M, 1, …) column (decoupled
     decay for AdamW, L2 added to the gradient for Adam and SGD). ``state[name]`` holds
-    "exp_avg", "exp_avg_sq" (Adam*) or "momentum_buffer" (SGD) as (M, *shape) tensors; ``t``
-    is the step count.
+    "exp_avg", "exp_avg_sq" (Adam*) or "momentum_buffer" (SGD with momentum) as (M, *shape)
+    tensors; ``t`` is the step count.
     """
 
     def __init__(
@@ -188,39 +169,20 @@ class BatchedOptimizer:
         eps: Sequence[float],
         momentum: Sequence[float],
     ) -> None:
-        self.params = dict(params)
-        self.name = name
-        self.t = 0
-        # a parameter no member decays gets the number 0 (the update skips the decay)
-        self._wd: dict[str, Tensor | float] = {
-            n: member_column(weight_decay[n], p) if any(weight_decay[n]) else 0.0
-            for n, p in self.params.items()
-        }
-        self._values = {
-            "beta1": [float(b[0]) for b in betas],
-            "beta2": [float(b[1]) for b in betas],
-            "eps": list(map(float, eps)),
-            "momentum": list(map(float, momentum)),
-        }
-        self.state: dict[str, dict[str, Tensor]] = {}
+        self.params, self.name, self.t = dict(params), name, 0
+        adam = name in ("adamw", "adam")
+        keys = ("exp_avg", "exp_avg_sq") if adam else ("momentum_buffer",) if any(momentum) else ()
+        self.state = {n: {k: torch.zeros_like(p) for k in keys} for n, p in params.items()}
+        self.hyper: dict[str, dict[str, Hyper]] = {}
         for n, p in self.params.items():
-            if name in ("adamw", "adam"):
-                self.state[n] = {
-                    "exp_avg": torch.zeros_like(p).detach(),
-                    "exp_avg_sq": torch.zeros_like(p).detach(),
-                }
-            elif any(self._values["momentum"]):
-                self.state[n] = {"momentum_buffer": torch.zeros_like(p).detach()}
-            else:
-                self.state[n] = {}
-        self._cols: dict[tuple[int, torch.dtype], dict[str, Tensor]] = {}
-
-    def _hyper(self, p: Tensor) -> dict[str, Tensor]:
-        """The per-member hyperparameters as columns against p, cached by (ndim, dtype)."""
-        key = (p.dim(), p.dtype)
-        if key not in self._cols:
-            self._cols[key] = {k: member_column(v, p) for k, v in self._values.items()}
-        return self._cols[key]
+            col = functools.partial(member_column, like=p)
+            h: dict[str, Hyper] = {"momentum": col(momentum)}
+            if adam:
+                h = {"beta1": col([b[0] for b in betas]), "beta2": col([b[1] for b in betas])}
+                h["eps"] = col(eps)
+            # a parameter no member decays gets the number 0 (the update skips the decay)
+            h["weight_decay"] = col(weight_decay[n]) if any(weight_decay[n]) else 0.0
+            self.hyper[n] = h
 
     @torch.no_grad()
     def clip_(self, max_norms: Sequence[float]) -> None:
@@ -228,8 +190,7 @@ class BatchedOptimizer:
         norm (``torch.nn.utils.clip_grad_norm_``); members with c ≤ 0 are not clipped."""
         grads = [p.grad for p in self.params.values() if p.grad is not None]
         if grads:
-            limits = [c if c > 0 else math.inf for c in max_norms]
-            limit = torch.tensor(limits, dtype=grads[0].dtype, device=grads[0].device)
+            limit = grads[0].new_tensor([c if c > 0 else math.inf for c in max_norms])
             clip_grad_norm_(grads, limit, members=True)
 
     @torch.no_grad()
@@ -238,39 +199,17 @@ class BatchedOptimizer:
         for n, p in self.params.items():
             if p.grad is None:
                 continue
-            h, st, lr = self._hyper(p), self.state[n], member_column(lrs, p)
-            if self.name in ("adamw", "adam"):
-                adam_(
-                    p,
-                    p.grad,
-                    st["exp_avg"],
-                    st["exp_avg_sq"],
-                    step=self.t,
-                    lr=lr,
-                    beta1=h["beta1"],
-                    beta2=h["beta2"],
-                    eps=h["eps"],
-                    weight_decay=self._wd[n],
-                    decoupled=self.name == "adamw",
-                )
+            lr, st, h = member_column(lrs, p), self.state[n], self.hyper[n]
+            if self.name == "sgd":
+                sgd_(p, p.grad, st.get("momentum_buffer"), step=self.t, lr=lr, **h)
             else:
-                buf = st.get("momentum_buffer")
-                sgd_(
-                    p,
-                    p.grad,
-                    buf,
-                    step=self.t,
-                    lr=lr,
-                    momentum=h["momentum"],
-                    weight_decay=self._wd[n],
-                )
+                exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
+                decoupled = self.name == "adamw"
+                adam_(p, p.grad, exp_avg, exp_avg_sq, step=self.t, lr=lr, decoupled=decoupled, **h)
 
     def zero_grad(self) -> None:
         for p in self.params.values():
             p.grad = None
-
-
-# ============================================================================ Low-Rank Decay
 
 
 class BatchedLowRankDecay:
@@ -317,7 +256,6 @@ class BatchedLowRankDecay:
         if target == "matrices":
             names += [n for n, r in roles.items() if r == "mlp" and self.params[n].dim() >= 3]
         self.names = [n for n in names if n in self.params]
-        self.active = any(s > 0 for s in self.strengths)
 
     def _blocks(self, name: str, W: Tensor) -> Tensor:
         """The matrices the decay acts on, (M, n, a, b), as a view-like copy of the stored W."""
@@ -339,37 +277,33 @@ class BatchedLowRankDecay:
     @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
         """W ← W − Δ with Δ = c_i·polar(W) (subtract) or W − U max(Σ − c_i, 0)Vᵀ (svt), per member i."""
-        if not self.active:
-            return
         cs = [s * lr if sb else s for s, lr, sb in zip(self.strengths, lrs, self.scale_by_lr)]
         # only members with c ≠ 0 pay for the decomposition (an L2-arm member has c = 0)
         on = [i for i, c in enumerate(cs) if c != 0.0]
         if not on:
             return
-        M = len(cs)
-        rows = None if len(on) == M else torch.tensor(on, device=self.params[self.names[0]].device)
-        buckets: dict[tuple[Any, ...], list[tuple[str, Tensor]]] = {}
+        device = self.params[self.names[0]].device
+        rows = None if len(on) == len(cs) else torch.tensor(on, device=device)
+        blocks: dict[str, Tensor] = {}
         for n in self.names:
             W = self.params[n].detach()
-            X = self._blocks(n, W if rows is None else W.index_select(0, rows))
-            buckets.setdefault((X.shape[1:], X.dtype), []).append((n, X))
-        for items in buckets.values():
-            X = torch.cat([x for _, x in items], dim=1)  # (M_on, n_total, a, b)
+            blocks[n] = self._blocks(n, W if rows is None else W.index_select(0, rows))
+        buckets: dict[tuple[Any, ...], list[str]] = {}  # matrices of one shape: one batched call
+        for n, X in blocks.items():
+            buckets.setdefault((X.shape[1:], X.dtype), []).append(n)
+        for names in buckets.values():
+            X = torch.cat([blocks[n] for n in names], dim=1)  # (M_on, n_total, a, b)
             X = torch.nan_to_num(X)  # a failed (NaN) member must not break the batched SVD
-            c = torch.tensor([cs[i] for i in on], dtype=X.dtype, device=X.device).view(-1, 1, 1, 1)
-            delta, _ = low_rank_decay_delta(
-                X, c, mode=self.mode, polar=self.polar, polar_steps=self.polar_steps
-            )
-            start = 0
-            for n, x in items:
-                k = x.shape[1]
+            c = X.new_tensor([cs[i] for i in on]).view(-1, 1, 1, 1)
+            mode, polar, steps = self.mode, self.polar, self.polar_steps
+            delta, _ = low_rank_decay_delta(X, c, mode=mode, polar=polar, polar_steps=steps)
+            for n, D in zip(names, delta.split([blocks[n].shape[1] for n in names], dim=1)):
                 W = self.params[n]
-                D = self._unblock(n, delta[:, start : start + k], W.shape[1:])
+                D = self._unblock(n, D, W.shape[1:])
                 if rows is None:
                     W.data.sub_(D)
                 else:
                     W.data.index_add_(0, rows, D, alpha=-1.0)
-                start += k
 
 
 def member_weight_decays(
@@ -436,22 +370,15 @@ def ensemble_key(cfg: RunConfig) -> str:
     )
 
 
-def _param_bytes(cfg: RunConfig, task: Any) -> tuple[int, Any]:
-
-    with torch.device("meta"):
-        model = build_model(cfg.model, task)
-    return sum(p.numel() for p in model.parameters()) * 4, model.cfg
-
-
 def member_bytes(cfg: RunConfig, task: Any) -> int:
     """Estimated bytes one member needs (:func:`rankdecay.validation.training_bytes` of its exact
-    parameter count)."""
-    from .validation import training_bytes
-
-    pbytes, mcfg = _param_bytes(cfg, task)
+    parameter count, counted on a model built on the meta device)."""
+    with torch.device("meta"):
+        model = build_model(cfg.model, task)
+    n_params = sum(p.numel() for p in model.parameters())
     tc = cfg.train
     width = param_dtype(tc.dtype, tc.amp).itemsize  # bytes per float of weights and activations
-    return training_bytes(mcfg, pbytes // 4, tc.batch_size, tc.eval_batch_size, width)
+    return training_bytes(model.cfg, n_params, tc.batch_size, tc.eval_batch_size, width)
 
 
 #: CPU ensembles: the members' widest training activation together stays under this many bytes
@@ -468,7 +395,7 @@ def cpu_members(cfg: RunConfig, task: Any) -> int:
     docs/benchmarks.md). The budget keeps R4 at 4 members; tiny models, where per-op overhead
     dominates and batching pays, get many more.
     """
-    _, mcfg = _param_bytes(cfg, task)
+    mcfg = filled_model_config(cfg.model, task)
     T = mcfg.seq_len
     width = max(mcfg.d_model, mcfg.d_mlp, 3 * mcfg.n_heads * mcfg.head_dim)
     itemsize = param_dtype(cfg.train.dtype, cfg.train.amp).itemsize
@@ -489,90 +416,6 @@ def auto_members(cfg: RunConfig, task: Any, device: torch.device, fraction: floa
 
 def _stack_batches(batches: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
-
-
-@dataclasses.dataclass
-class _EvalStream:
-    """Every member's evaluation sets back to back: member i's rows are its sets concatenated,
-    ``sid`` (M, N) says which set each row belongs to (−1: padding). Concatenating before padding
-    means members whose sets split the same data differently (train fractions) pad nothing."""
-
-    names: list[str]
-    x: Tensor  # (M, N, …)
-    y: Tensor  # (M, N, …) targets, −100 = ignored
-    sid: Tensor  # (M, N) int64 set index
-
-
-def _eval_stream(sets: Sequence[Mapping[str, tuple[Tensor, Tensor]]]) -> _EvalStream:
-    names = list(sets[0])
-    shapes = {(tuple(s[n][0].shape[1:]), tuple(s[n][1].shape[1:])) for s in sets for n in names}
-    if len(shapes) > 1:
-        raise RankdecayValueError(
-            f"the ensemble evaluates all evaluation sets ({', '.join(names)}) as one stream, but "
-            f"their example shapes differ ({sorted(shapes)}); run these with the local executor.",
-            param="executor",
-        )
-    xs, ys, ids = [], [], []
-    for s in sets:
-        xs.append(torch.cat([s[n][0] for n in names]))
-        ys.append(torch.cat([s[n][1] for n in names]))
-        ids.append(
-            torch.cat(
-                [
-                    torch.full((len(s[n][0]),), j, dtype=torch.int64, device=xs[-1].device)
-                    for j, n in enumerate(names)
-                ]
-            )
-        )
-    N = max(len(x) for x in xs)
-    for i, (x, y, sid) in enumerate(zip(xs, ys, ids)):
-        pad = N - len(x)
-        if pad:
-            xs[i] = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
-            ys[i] = torch.cat([y, y.new_full((pad, *y.shape[1:]), -100)])
-            ids[i] = torch.cat([sid, sid.new_full((pad,), -1)])
-    return _EvalStream(names, torch.stack(xs), torch.stack(ys), torch.stack(ids))
-
-
-@torch.no_grad()
-def _batched_evaluate(
-    forward: Callable[[Tensor], Tensor], stream: _EvalStream, batch_size: int, amp: Any
-) -> list[dict[str, float]]:
-    """``rankdecay.train.evaluate`` for every member at once: token-weighted loss and accuracy
-    per evaluation set, summed in float64 per (member, set)."""
-    M, N = stream.sid.shape
-    S = len(stream.names)
-    dev = stream.x.device
-    loss_sum = torch.zeros(M * S, dtype=torch.float64, device=dev)
-    hit_sum = torch.zeros(M * S, dtype=torch.float64, device=dev)
-    count = torch.zeros(M * S, dtype=torch.float64, device=dev)
-    offset = (torch.arange(M, device=dev) * S).unsqueeze(1)  # (M, 1)
-    for i in range(0, N, batch_size):
-        xb, yb = stream.x[:, i : i + batch_size], stream.y[:, i : i + batch_size]
-        sid = stream.sid[:, i : i + batch_size]
-        with amp:
-            logits = forward(xb)
-        C = logits.shape[-1]
-        z = loss_precision(logits).reshape(M, -1, C)
-        t = yb.reshape(M, -1)
-        per_row = t.shape[1] // sid.shape[1]  # targets per example (T for readout "all")
-        where = (sid.repeat_interleave(per_row, dim=1) + offset).reshape(-1)
-        valid = (t != -100) & (where.reshape(M, -1) >= offset)
-        ce = F.cross_entropy(z.reshape(-1, C), t.reshape(-1), ignore_index=-100, reduction="none")
-        where = torch.where(valid.reshape(-1), where, 0)
-        v = valid.reshape(-1).double()
-        loss_sum.index_add_(0, where, ce.double() * v)
-        hit_sum.index_add_(0, where, (z.argmax(-1) == t).reshape(-1).double() * v)
-        count.index_add_(0, where, v)
-    loss = (loss_sum / count.clamp_min(1)).reshape(M, S).tolist()
-    acc = (hit_sum / count.clamp_min(1)).reshape(M, S).tolist()
-    return [
-        {
-            **{f"{n}_loss": loss[m][j] for j, n in enumerate(stream.names)},
-            **{f"{n}_acc": acc[m][j] for j, n in enumerate(stream.names)},
-        }
-        for m in range(M)
-    ]
 
 
 def _batch_shape(cfg: RunConfig) -> tuple[int, ...]:
@@ -629,8 +472,9 @@ def train_ensemble(
 
 class StackEngine(Engine):
     """The loop's engine (:class:`rankdecay.loop.Engine`) for M members trained as one stack
-    (see the module docstring): every member is built and checkpointed as a solo run; between
-    :meth:`start` and the end its parameters are views of the stacked tensors."""
+    (see the module docstring): every member is built and checkpointed as a solo run; from
+    :meth:`start` on, its parameters are views of the stacked tensors and its solo optimizer's
+    state views of the batched optimizer's, so its checkpoints need no translation."""
 
     def __init__(self, forward: str = "batched") -> None:
         self.forward_kind = forward
@@ -642,49 +486,57 @@ class StackEngine(Engine):
         self.label = f"ensemble of {self.M}"
         self.device = resolve_device(tc.device)
         dtype = param_dtype(tc.dtype, tc.amp)
-        self.tasks, self.models = [], []
-        for cfg in cfgs:  # each member exactly as its solo run: seed, task, model
+        self.settings = [optimizer_settings(cfg) for cfg in cfgs]
+        self.tasks, self.models, self.opts = [], [], []
+        for cfg, (optim, _lrd) in zip(cfgs, self.settings):  # each member as its solo run
             _seed_everything(cfg.seed)
             self.tasks.append(cfg.task.build(cfg.seed))
-            self.models.append(
-                build_model(cfg.model, self.tasks[-1]).to(device=self.device, dtype=dtype)
-            )
-        self.settings = [optimizer_settings(cfg) for cfg in cfgs]
-        # the members' solo optimizers over their own (not yet stacked) parameters
-        self.pre_opts = []
-        for model, (optim, _lrd) in zip(self.models, self.settings):
-            model.train()
-            self.pre_opts.append(build_optimizer(model, optim, None)[0])
+            model = build_model(cfg.model, self.tasks[-1]).to(device=self.device, dtype=dtype)
+            self.models.append(model.train())
+            self.opts.append(build_optimizer(model, optim)[0])  # LRD: the batched one
 
     def solo(self, i: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-        return self.models[i], self.pre_opts[i]
+        return self.models[i], self.opts[i]
 
     def start(self, step: int) -> None:
         models, tc = self.models, self.tc
-        pre_params = [dict(model.named_parameters()) for model in models]
+        params = [dict(model.named_parameters()) for model in models]
         self.stacked = stack_models(models)
         self.names = list(self.stacked)
-        optims = [s[0] for s in self.settings]
-        lrds = [s[1] for s in self.settings]
+        optims, lrds = zip(*self.settings)
         self.opt = BatchedOptimizer(
             self.stacked,
             optims[0].name,
-            member_weight_decays(self.pre_opts, pre_params),
+            member_weight_decays(self.opts, params),
             betas=[tuple(o.betas) for o in optims],  # type: ignore[misc]
             eps=[o.eps for o in optims],
             momentum=[o.momentum for o in optims],
         )
-        self.lrd = self._low_rank_decay(lrds)
-        if step > 0:  # resumed: optimizer states from the members' solo-format checkpoints
-            self.opt.t = step
-            for i, o in enumerate(self.pre_opts):
-                for n in self.names:
-                    st = o.state.get(pre_params[i][n], {})
-                    for key, buf in self.opt.state[n].items():
-                        if key in st:
-                            buf[i].copy_(st[key])
-        # solo-format optimizers over the members' (now stacked-view) parameters, for checkpoints
-        self.solo_opts = [build_optimizer(m, o, None)[0] for m, o in zip(models, optims)]
+        self.opt.t = step
+        # each solo optimizer's state becomes views of the batched state (after taking over
+        # what a resumed member's checkpoint loaded into it)
+        for n, state in self.opt.state.items():
+            for key, buf in state.items():
+                for i, o in enumerate(self.opts):
+                    st = o.state[params[i][n]]
+                    if key in st:
+                        buf[i].copy_(st[key])
+                    st[key] = buf[i]
+        self.lrd = None
+        on = [lrd for lrd in lrds if lrd.strength > 0]
+        if on:
+            self.lrd = BatchedLowRankDecay(
+                models[0].cfg,
+                self.stacked,
+                param_roles(models[0]),
+                on[0].target,
+                on[0].granularity,
+                on[0].polar,
+                on[0].mode,
+                [lrd.strength for lrd in lrds],
+                [lrd.scale_by_lr for lrd in lrds],
+                polar_steps=on[0].polar_steps,
+            )
         self.clips = [o.grad_clip for o in optims]
         self.lrs = [lr_at(step, o, tc.steps) for o in optims]
         self.rope = _rope_tables(models[0])
@@ -694,7 +546,7 @@ class StackEngine(Engine):
         self.amp = autocast(self.device, tc.amp)
         d = self.device
         sets = [{k: (x.to(d), y.to(d)) for k, (x, y) in t.eval_sets().items()} for t in self.tasks]
-        self.eval_stream = _eval_stream(sets)
+        self.eval_sets = sets
         self.eval_cache: dict[int, list[dict[str, float]]] = {}
 
     def fwd(self, x: Tensor) -> Tensor:
@@ -702,25 +554,6 @@ class StackEngine(Engine):
         if self.forward_kind == "vmap":  # functional_call swaps in the stacked weights
             return vmap_forward(self.models[0], self.stacked, x)
         return batched_forward(self.models[0].cfg, self.stacked, x, self.rope)
-
-    def _low_rank_decay(self, lrds: Sequence[Any]) -> BatchedLowRankDecay | None:
-        on = [lrd for lrd in lrds if lrd.strength > 0]
-        if not on:
-            return None
-        from .decay import param_roles
-
-        return BatchedLowRankDecay(
-            self.models[0].cfg,
-            self.stacked,
-            param_roles(self.models[0]),
-            on[0].target,
-            on[0].granularity,
-            on[0].polar,
-            on[0].mode,
-            [lrd.strength for lrd in lrds],
-            [lrd.scale_by_lr for lrd in lrds],
-            polar_steps=on[0].polar_steps,
-        )
 
     def step(
         self, t: int, lrs: Sequence[float], live: Sequence[bool]
@@ -761,25 +594,21 @@ class StackEngine(Engine):
         if step not in self.eval_cache:
             self.eval_cache = {}
             chunk = max(1, self.tc.eval_batch_size // self.M)  # as many examples as a solo run
-            self.eval_cache[step] = _batched_evaluate(self.fwd, self.eval_stream, chunk, self.amp)
+            with self.amp:
+                self.eval_cache[step] = evaluate_members(self.fwd, self.eval_sets, chunk)
         return self.eval_cache[step]
 
     @contextlib.contextmanager
     def checkpoint_view(self, i: int) -> Iterator[tuple[nn.Module, torch.optim.Optimizer]]:
-        """Member i as its solo model and optimizer: the batched optimizer's state under the
-        solo optimizer's parameters, and private copies of the weights (safetensors stores
-        whole storages), which are views of the stack again afterwards."""
-        o, opt = self.solo_opts[i], self.opt
+        """Member i as its solo model and optimizer (with its learning rate and, for Adam*, step
+        count); its weights are private copies while the checkpoint is written (safetensors
+        refuses a view of a larger storage) and views of the stack again afterwards."""
+        o, params = self.opts[i], dict(self.models[i].named_parameters())
         for g in o.param_groups:
             g["lr"] = self.lrs[i]
-        params = dict(self.models[i].named_parameters())
-        o.state.clear()
-        for n in self.names:
-            entry: dict[str, Any] = {k: buf[i].clone() for k, buf in opt.state[n].items()}
-            if opt.name in ("adamw", "adam"):
-                entry["step"] = torch.tensor(float(opt.t))
-            if entry:
-                o.state[params[n]] = entry
+        if self.opt.name != "sgd":
+            for st in o.state.values():
+                st["step"] = torch.tensor(float(self.opt.t))
         for n, p in params.items():
             p.data = self.stacked[n].data[i].clone()
         try:
@@ -807,12 +636,6 @@ class StackEngine(Engine):
 # ============================================================================ executor
 
 
-def _checkpoint_step(run_dir: Path) -> int | None:
-    from .runfiles import checkpoint_step
-
-    return checkpoint_step(run_dir)
-
-
 def _result(summary: Mapping[str, Any], wall: float) -> dict[str, Any]:
     status = str(summary.get("status", "failed"))
     return {
@@ -824,35 +647,12 @@ def _result(summary: Mapping[str, Any], wall: float) -> dict[str, Any]:
     }
 
 
-def _prepare(task: RunTask) -> tuple[EnsembleMember | None, Any]:
-    """(member, cfg) for an ensemble-able task, (None, reason) otherwise."""
-    exp = load_experiment(task.experiment)
-    if exp.trainer != "train":
-        return None, "its experiment does not use rankdecay.train"
-    cfg = exp.config(task.preset, task.overrides, seed=task.seed)
-    reason = unsupported_reason(cfg)
-    if reason is not None:
-        return None, reason
-    run_dir = Path(task.run_dir)
-    from .runfiles import needs_resume
-
-    resume = needs_resume(run_dir)  # a checkpoint (intact or not) or a history
-    if not resume and run_dir.exists():
-        from .runlock import DirLock
-
-        with DirLock(run_dir):  # refused while another process writes the run
-            shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
-    return (
-        EnsembleMember(
-            cfg=cfg,
-            run_dir=run_dir,
-            experiment=exp.name,
-            preset=task.preset,
-            verdict=exp.verdict,
-            resume=resume,
-        ),
-        cfg,
-    )
+def _member(task: RunTask) -> EnsembleMember | None:
+    """The ensemble member of ``task`` (not yet marked for resume); None when it cannot join one."""
+    exp, cfg = task.build()
+    if exp.trainer != "train" or unsupported_reason(cfg) is not None:
+        return None
+    return EnsembleMember(cfg, Path(task.run_dir), exp.name, task.preset, exp.verdict)
 
 
 def _run_group(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, Any]]:
@@ -860,25 +660,36 @@ def _run_group(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, 
     if threads:
         set_threads(threads)
     t0 = time.perf_counter()
-    members = [_prepare(t)[0] for t in tasks]
     try:
-        sums = train_ensemble([m for m in members if m is not None])
+        members = [m for m in map(_member, tasks) if m is not None]
+        for m in members:
+            m.resume = needs_resume(m.run_dir)  # a checkpoint (intact or not) or a history
+            if not m.resume and m.run_dir.exists():
+                with DirLock(m.run_dir):  # refused while another process writes the run
+                    shutil.rmtree(m.run_dir)  # started, never checkpointed: nothing to resume
+        sums = train_ensemble(members)
     except Exception as exc:  # noqa: BLE001 - report as failed runs
-        msg = (
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error = f"{type(exc).__name__}: {first}"
+        return [{"status": "failed", "error": error, "wall_s": time.perf_counter() - t0}] * len(
+            tasks
         )
-        return [{"status": "failed", "error": msg, "wall_s": time.perf_counter() - t0}] * len(tasks)
     wall = time.perf_counter() - t0
     return [_result(s, wall) for s in sums]
 
 
-class EnsembleExecutor(Executor):
+def _solo(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, Any]]:
+    """Worker entry point: one task that cannot join an ensemble, as the local executor runs it."""
+    return [execute_task(tasks[0], set_thread_count=threads is not None)]
+
+
+class EnsembleExecutor(LocalExecutor):
     """``--executor ensemble``: stack compatible runs and train each stack in one process.
 
     Options: ``members`` (max ensemble size; default: from free memory, :func:`auto_members`),
     ``workers`` (processes training ensembles in parallel, default 1, each with
-    ``threads_per_worker`` = CPUs // workers threads). Runs that cannot be batched
-    (:func:`unsupported_reason`) run one by one as with the local executor.
+    ``threads_per_worker`` = CPUs // workers threads, checked as by the local executor). Runs
+    that cannot be batched (:func:`unsupported_reason`) run one by one as with the local executor.
     """
 
     name = "ensemble"
@@ -890,32 +701,16 @@ class EnsembleExecutor(Executor):
         threads_per_worker: int | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(**options)
-        from .threads import available_cpus, check_budget, default_threads
-
-        cpus = available_cpus()
-        self.members = members
         if members is not None and members < 1:
-            raise RankdecayError(
+            raise RankdecayValueError(
                 f"members must be at least 1, got {members}; use 1 or more.", param="members"
             )
-        self.workers = int(workers or 1)
-        if self.workers > cpus:
-            raise RankdecayError(
-                f"workers={self.workers} exceeds the {cpus} CPUs available here; use {cpus} or fewer.",
-                param="workers",
-            )
-        self.threads = int(threads_per_worker or default_threads(self.workers))
-        check_budget(self.workers, self.threads)
+        super().__init__(int(workers or 1), threads_per_worker, **options)
+        self.members = members
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_ensemble_arguments(
-            parser
-        )  # declared in rankdecay.sweep: the CLI reads it without torch
-
-    def threads_per_task(self) -> int:
-        return self.threads
+        add_ensemble_arguments(parser)  # declared in rankdecay.sweep: the CLI reads it lightly
 
     def describe(self) -> str:
         size = self.members if self.members is not None else "auto"
@@ -923,30 +718,25 @@ class EnsembleExecutor(Executor):
 
     def plan(self, tasks: Sequence[RunTask]) -> tuple[list[list[RunTask]], list[RunTask]]:
         """(ensembles, solo tasks): compatible tasks grouped by key and checkpoint step, chunked."""
-
         groups: dict[tuple[str, int | None], list[RunTask]] = {}
         cfgs: dict[int, Any] = {}
         solo: list[RunTask] = []
         for t in tasks:
-            exp = load_experiment(t.experiment)
-            if exp.trainer != "train":
+            member = _member(t)
+            if member is None:
                 solo.append(t)
                 continue
-            cfg = exp.config(t.preset, t.overrides, seed=t.seed)
-            if unsupported_reason(cfg) is not None:
-                solo.append(t)
-                continue
-            cfgs[t.index] = cfg
-            key = (ensemble_key(cfg), _checkpoint_step(Path(t.run_dir)))
+            cfgs[t.index] = member.cfg
+            key = (ensemble_key(member.cfg), checkpoint_step(member.run_dir))
             groups.setdefault(key, []).append(t)
         ensembles: list[list[RunTask]] = []
         for group in groups.values():
             cfg = cfgs[group[0].index]
             size = self.members
             if size is None:
-                task = cfg.task.build(cfg.seed)
                 device = resolve_device(cfg.train.device)
-                size = max(1, auto_members(cfg, task, device, fraction=0.5 / self.workers))
+                task = cfg.task.build(cfg.seed)
+                size = auto_members(cfg, task, device, fraction=0.5 / self.workers)
             # spread a group over the workers when it is smaller than workers × size
             n_chunks = max(math.ceil(len(group) / size), min(self.workers, len(group)))
             per = math.ceil(len(group) / n_chunks)
@@ -955,50 +745,35 @@ class EnsembleExecutor(Executor):
 
     def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
         ensembles, solo = self.plan(tasks)
+        jobs = [(_run_group, group) for group in ensembles] + [(_solo, [t]) for t in solo]
         if self.workers == 1:
             set_threads(self.threads)
-            for group in ensembles:
+            for run, group in jobs:
                 for t in group:
                     on_event(RunEvent("start", t.index))
-                for t, res in zip(group, _run_group(group, None)):
+                for t, res in zip(group, run(group, None)):
                     on_event(RunEvent("done", t.index, res))
-            for t in solo:
-                on_event(RunEvent("start", t.index))
-                on_event(RunEvent("done", t.index, execute_task(t, set_thread_count=False)))
             return
         import concurrent.futures as cf
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
-            futures: dict[Any, list[RunTask]] = {}
-            for group in ensembles:
-                futures[pool.submit(_run_group, group, self.threads)] = group
-            for t in solo:
-                futures[pool.submit(_solo, t)] = [t]
+            futures = {pool.submit(run, group, self.threads): group for run, group in jobs}
             for group in futures.values():
                 for t in group:
                     on_event(RunEvent("start", t.index))
             try:
                 for fut in cf.as_completed(futures):
-                    group = futures[fut]
                     try:
                         results = fut.result()
                     except Exception as exc:  # noqa: BLE001 - a dead worker fails its runs
-                        results = [
-                            {
-                                "status": "failed",
-                                "error": f"worker failed: {type(exc).__name__}: {exc}",
-                                "wall_s": None,
-                            }
-                        ] * len(group)
-                    for t, res in zip(group, results):
+                        error = f"worker failed: {type(exc).__name__}: {exc}"
+                        results = [{"status": "failed", "error": error, "wall_s": None}]
+                        results *= len(futures[fut])
+                    for t, res in zip(futures[fut], results):
                         on_event(RunEvent("done", t.index, res))
             except KeyboardInterrupt:
                 for fut in futures:
                     fut.cancel()
                 raise
-
-
-def _solo(task: RunTask) -> list[dict[str, Any]]:
-    return [execute_task(task)]

@@ -440,10 +440,8 @@ class _Loop:
     def close(self, r: _Run, quiet: bool = False) -> None:
         r.live = False
         if self.engine.main:
-            if quiet:  # another error is on its way: this summary is a courtesy
-                with contextlib.suppress(OSError):
-                    r.writer.write_summary(r.summary)
-            else:
+            # quiet: another error is on its way, so this summary is a courtesy
+            with contextlib.suppress(OSError) if quiet else contextlib.nullcontext():
                 r.writer.write_summary(r.summary)
             close_sinks(r.sinks, quiet=quiet)
         if self.on_done is not None:
@@ -593,48 +591,42 @@ class _StopFlag:
 
 
 class _Progress:
-    def __init__(self, enabled: bool, total: int, start: int, label: str) -> None:
-        self.enabled = enabled
-        self._p: Any = None
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+    """A rich progress bar over the steps, showing the latest logged values of :data:`SHOWN`."""
 
-        self._p = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            transient=False,
-        )
-        self._p.start()
-        self._task = self._p.add_task(label, total=total, completed=start, info="")
+    SHOWN = {
+        "loss": "loss",
+        "acc": "acc",
+        "val_acc": "val acc",
+        "test_acc": "test acc",
+        "qk_rank": "QK rank",
+    }
+
+    def __init__(self, enabled: bool, total: int, start: int, label: str) -> None:
+        self._p: Any = None
         self.info: dict[str, str] = {}
+        if enabled:
+            import rich.progress as rp
+
+            self._p = rp.Progress(
+                rp.TextColumn("[bold]{task.description}"),
+                rp.BarColumn(),
+                rp.MofNCompleteColumn(),
+                rp.TimeRemainingColumn(),
+                rp.TextColumn("{task.fields[info]}"),
+                transient=False,
+            )
+            self._p.start()
+            self._task = self._p.add_task(label, total=total, completed=start, info="")
 
     def update(self, step: int, values: Mapping[str, Any] | None = None) -> None:
-        if not self.enabled:
-            return
-        if values:
-            for key, label in (
-                ("loss", "loss"),
-                ("acc", "acc"),
-                ("val_acc", "val acc"),
-                ("test_acc", "test acc"),
-                ("qk_rank", "QK rank"),
-            ):
-                if values.get(key) is not None:
+        if self._p is not None:
+            for key, label in self.SHOWN.items():
+                if values and values.get(key) is not None:
                     self.info[label] = f"{label} {values[key]:.3g}"
-        self._p.update(self._task, completed=step, info="  ".join(self.info.values()))
+            self._p.update(self._task, completed=step, info="  ".join(self.info.values()))
 
     def close(self) -> None:
-        if self.enabled and self._p is not None:
+        if self._p is not None:
             self._p.stop()
 
 
@@ -642,9 +634,5 @@ class _Progress:
 
 
 def _final_values(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    final: dict[str, Any] = {}
-    for r in rows:
-        for k, v in r.items():
-            if v is not None:
-                final[k] = v
-    return final
+    """Each key's last non-null value over the metrics rows."""
+    return {k: v for r in rows for k, v in r.items() if v is not None}

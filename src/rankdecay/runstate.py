@@ -102,23 +102,16 @@ class RunResult:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": _py_state_to_json(random.getstate()),
-        "numpy": {
-            "kind": np_state[0],
-            "keys": np.asarray(np_state[1]).tolist(),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy = {
+        "kind": kind,
+        "keys": np.asarray(keys).tolist(),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
     }
-    return state
-
-
-def _py_state_to_json(st: Any) -> list[Any]:
-    version, internal, gauss = st
-    return [version, list(internal), gauss]
+    return {"python": [version, list(internal), gauss], "numpy": numpy}
 
 
 def _rng_tensors() -> dict[str, Tensor]:
@@ -133,15 +126,8 @@ def _set_rng(state: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
     v, internal, gauss = state["python"]
     random.setstate((v, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state(
-        (
-            n["kind"],
-            np.asarray(n["keys"], dtype=np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
+    keys = np.asarray(n["keys"], dtype=np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(tensors["rng.torch"])
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
     if cuda and torch.cuda.is_available():
@@ -174,12 +160,10 @@ def _optimizer_from_parts(
         state.setdefault(int(idx), {})[key] = value
     for idx, rest in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(rest)
-    groups = []
-    for g in meta["param_groups"]:
-        g = dict(g)
-        if "betas" in g and isinstance(g["betas"], list):
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
+    groups = [dict(g) for g in meta["param_groups"]]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])  # JSON made the tuple a list
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
