@@ -161,6 +161,23 @@ def phase_agreement(cells: dict[tuple[str, float, float], dict[str, Any]]) -> tu
     return agree, differ
 
 
+def grokking_sets(
+    cells: dict[tuple[str, float, float], dict[str, Any]],
+) -> tuple[list[str], list[str], list[str]]:
+    """Finished cells whose best val acc reaches 0.99: in both diagrams, ours only, published only."""
+    both, ours_only, pub_only = [], [], []
+    for (arm, f, st), s in sorted(cells.items()):
+        if s["status"] != "finished" or s["best_val"] is None or f not in PUBLISHED_PHASE[arm]:
+            continue
+        name = f"{arm.upper()} f={f} {st:g}"
+        ours, pub = (
+            s["best_val"] >= 0.99,
+            PUBLISHED_PHASE[arm][f][PHASE_STRENGTHS.index(st)] >= 0.99,
+        )
+        (both if ours and pub else ours_only if ours else pub_only if pub else []).append(name)
+    return both, ours_only, pub_only
+
+
 def phase_table(stats: list[dict[str, Any]]) -> str:
     """Markdown: per f and arm, our best val acc per strength beside the published row."""
     cells = phase_cells(stats)
@@ -181,6 +198,11 @@ def phase_table(stats: list[dict[str, Any]]) -> str:
         f"agrees with the published cell in {agree} of {agree + len(differ)} finished cells"
     )
     out.extend(f"- differs: {d}" for d in differ)
+    both, ours_only, pub_only = grokking_sets(cells)
+    out.append(
+        f"groks (best ≥ 0.99): {len(both)} cells in both, ours only: {', '.join(ours_only) or '—'}; "
+        f"published only: {', '.join(pub_only) or '—'}"
+    )
     return (
         "\n".join(out)
         + f"\n\nfinished: {done} of {2 * len(PHASE_FRACTIONS) * len(PHASE_STRENGTHS)}"
@@ -197,7 +219,7 @@ def phase_plot(stats: list[dict[str, Any]], out: str) -> None:
     import numpy as np
 
     cells = phase_cells(stats)
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.6), sharey=True)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 5.0), sharey=True)
     panels = [(arm, src) for arm in ("l2", "lrd") for src in ("ours", "published")]
     for ax, (arm, src) in zip(axes, panels):
         grid = np.full((len(PHASE_FRACTIONS), len(PHASE_STRENGTHS)), np.nan)
@@ -219,7 +241,7 @@ def phase_plot(stats: list[dict[str, Any]], out: str) -> None:
         ax.set_xlabel("strength (L2: AdamW wd = 10×)", fontsize=8)
     axes[0].set_ylabel("training fraction f")
     fig.suptitle("R4 phase diagram: max validation accuracy within 2500 steps (1 seed)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     fig.savefig(out, dpi=100)
 
 

@@ -11,5 +11,11 @@ case "${1:-}" in
         --threads-per-worker 1 --out results/r4/b_svd --no-progress ;;
   c) nice -n 10 bash results/r4/ablation.sh ;;
   d) $R sweep grokking --preset phase --workers 1 --threads-per-worker 1 --out results/r4/d_phase --no-progress ;;
-  *) echo "usage: $0 a|b|c|d" >&2; exit 2 ;;
+  d1) # second seed on the cells whose phase class differed from the published one after seed 0
+    $R sweep grokking --preset phase --grid task.train_fraction=0.5,0.6,0.7 --grid strength=0.0005,0.001 \
+        --grid arm=lrd --seeds 1, --workers 1 --threads-per-worker 1 --out results/r4/d_seed1/lrd --no-progress &
+    $R sweep grokking --preset phase --grid task.train_fraction=0.8 --grid strength=0.0001,0.001,0.01 \
+        --grid arm=l2 --seeds 1, --workers 1 --threads-per-worker 1 --out results/r4/d_seed1/l2 --no-progress
+    wait ;;
+  *) echo "usage: $0 a|b|c|d|d1" >&2; exit 2 ;;
 esac
