@@ -17,5 +17,8 @@ case "${1:-}" in
     $R sweep grokking --preset phase --grid task.train_fraction=0.8 --grid strength=0.0001,0.001,0.01 \
         --grid arm=l2 --seeds 1, --workers 1 --threads-per-worker 1 --out results/r4/d_seed1/l2 --no-progress
     wait ;;
-  *) echo "usage: $0 a|b|c|d|d1" >&2; exit 2 ;;
+  d2) # a third seed (2) on the LRD cells where seeds 0 and 1 both differed from the published ones
+    $R sweep grokking --preset phase --grid task.train_fraction=0.6,0.7 --grid strength=0.0005,0.001 \
+        --grid arm=lrd --seeds 2, --workers 2 --threads-per-worker 1 --out results/r4/d_seed2/lrd --no-progress ;;
+  *) echo "usage: $0 a|b|c|d|d1|d2" >&2; exit 2 ;;
 esac
