@@ -27,6 +27,22 @@ from rankdecay.spectra import (
 )
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Replace ``rankdecay.spectra.<name>`` (a function of one stack X (n, …)) by a spy that
+    records n of every call and then runs the original; returns the record."""
+    import rankdecay.spectra as spectra_mod
+
+    calls: list[int] = []
+    real = getattr(spectra_mod, name)
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return real(x)
+
+    monkeypatch.setattr(spectra_mod, name, spy)
+    return calls
+
+
 def _dense_svdvals(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """Ground truth: numpy's float64 SVD of the materialized product A·Bᵀ."""
     P = A.double().numpy() @ B.double().mT.numpy()
@@ -275,14 +291,7 @@ def test_r_factor_in_batches_equals_one_call(monkeypatch: pytest.MonkeyPatch) ->
     B = torch.randn(3, 5, 30, 6, generator=g, dtype=torch.float64)
     whole = spectra_mod.factored_svdvals(A, B)
     monkeypatch.setattr(spectra_mod, "QR_BATCH_ELEMENTS", 2 * 40 * 6)  # 2 matrices per call
-    calls: list[int] = []
-    one_call = spectra_mod._r_one_call  # every R factor is computed by one call of this
-
-    def spy(x: torch.Tensor) -> torch.Tensor:
-        calls.append(x.shape[0])
-        return one_call(x)
-
-    monkeypatch.setattr(spectra_mod, "_r_one_call", spy)
+    calls = _count_calls(monkeypatch, "_r_one_call")
     split = spectra_mod.factored_svdvals(A, B)
     assert max(calls) <= 3 and len(calls) > 2
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-13)
@@ -296,19 +305,11 @@ def test_r_factor_gram_route_taken_and_accurate_below_threshold(
 ) -> None:
     """Well-conditioned float64 factors take the Gram + Cholesky route (no Householder call) and
     still give every σ of A·Bᵀ within 1e-10·σ₁ of a dense float64 SVD, up to the κ threshold."""
-    import rankdecay.spectra as spectra_mod
 
     g = torch.Generator().manual_seed(int(cond) % 97)
     A = torch.stack([_with_cond(200, 16, cond, g) for _ in range(3)])
     B = torch.stack([_with_cond(150, 16, cond, g) for _ in range(3)])
-    householder: list[int] = []
-    real = spectra_mod._r_householder
-
-    def spy(x: torch.Tensor) -> torch.Tensor:
-        householder.append(x.shape[0])
-        return real(x)
-
-    monkeypatch.setattr(spectra_mod, "_r_householder", spy)
+    householder = _count_calls(monkeypatch, "_r_householder")
     s = factored_svdvals(A, B)
     # κ_F(R) ≤ r·κ₂ ≈ 220 at cond 100 (r = 16) < CHOLESKY_MAX_COND: all on the Gram route
     assert householder == []
@@ -335,14 +336,7 @@ def test_r_factor_falls_back_per_matrix(monkeypatch: pytest.MonkeyPatch) -> None
     ).double()
     B = torch.stack([_with_cond(90, 12, 10.0, g) for _ in range(3)])
     refs = [_dense_svdvals(A[i], B[i])[:12] for i in range(3)]
-    sent: list[int] = []
-    real = spectra_mod._r_householder
-
-    def spy(x: torch.Tensor) -> torch.Tensor:
-        sent.append(x.shape[0])
-        return real(x)
-
-    monkeypatch.setattr(spectra_mod, "_r_householder", spy)
+    sent = _count_calls(monkeypatch, "_r_householder")
     s = factored_svdvals(A, B)
     assert sent == [2]  # A's two bad matrices, in one call; B and A[0] on the Gram route
     for i in range(3):
@@ -359,7 +353,6 @@ def test_r_factor_gram_route_anti_aligned_pair_at_the_threshold(
     B = W·diag(reversed s)·Vᵀ), so A·Bᵀ's σ₁ lives in A's smallest directions, where the
     Cholesky R is least accurate. With κ₂ = 200 (κ_F ≈ 400, just under the threshold) every σ
     is still within 1e-10·σ₁ (measured ≈ 2e-12); the route was taken (no Householder call)."""
-    import rankdecay.spectra as spectra_mod
 
     g = torch.Generator().manual_seed(3)
     d, r = 64, 16
@@ -368,14 +361,7 @@ def test_r_factor_gram_route_anti_aligned_pair_at_the_threshold(
     V, _ = torch.linalg.qr(torch.randn(r, r, generator=g, dtype=torch.float64))
     s = torch.logspace(0, -math.log10(200.0), r, dtype=torch.float64)
     A, B = (U * s) @ V.mT, (W * s.flip(0)) @ V.mT
-    householder: list[int] = []
-    real = spectra_mod._r_householder
-
-    def spy(x: torch.Tensor) -> torch.Tensor:
-        householder.append(x.shape[0])
-        return real(x)
-
-    monkeypatch.setattr(spectra_mod, "_r_householder", spy)
+    householder = _count_calls(monkeypatch, "_r_householder")
     got = factored_svdvals(A, B)
     assert householder == []
     ref = _dense_svdvals(A, B)[:r]
