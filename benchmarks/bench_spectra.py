@@ -18,7 +18,10 @@ Every method's singular values are checked against the dense ones (max relative 
 Hardware bound (printed first, interleaved repeats, medians): the work of the factored SVD counted
 as Householder QR of every factor, Σ (2·d·r² − 2r³/3), plus per product the r×r core 2r³ and
 its singular values (8/3)r³ — 3.9 GFLOP for the 288 products — timed against one float64 GEMM
-of the same FLOPs (n×n with 2n³ equal to it) in the same run: ratio = time / GEMM time. The
+of the same FLOPs (n×n with 2n³ equal to it) in the same run: ratio = time / GEMM time. The GEMM
+is timed twice, through torch (its MKL) and through numpy (its OpenBLAS), each on the same
+number of threads, and the bound is the faster of the two: on AMD CPUs torch's MKL runs float64
+GEMM at only about 70 % of OpenBLAS's rate, so torch's own GEMM would understate the bound. The
 previous kernel (``torch.linalg.qr(mode="r")`` + ``torch.cat(...).to(float64)``) is timed beside it.
 
 Run:  python benchmarks/bench_spectra.py [--threads 1] [--repeats 7] [--dense-repeats 3] [--json FILE]
@@ -58,6 +61,19 @@ def _timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[float
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times, out
+
+
+def _limit_numpy_threads(n: int) -> str:
+    """Give numpy's BLAS (OpenBLAS) ``n`` threads like torch, so both GEMMs use the same cores."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        return "threads not set (install threadpoolctl)"
+    threadpool_limits(limits=n, user_api="blas")
+    info = [d for d in threadpool_info() if d["user_api"] == "blas"]
+    return ", ".join(
+        f"{d['internal_api']} {d.get('version')} {d['num_threads']} threads" for d in info
+    )
 
 
 def _gpt2_small() -> nn.Module:
@@ -105,6 +121,25 @@ def _cholesky_qr2_svdvals(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(r2(A) @ r2(B).mT)
 
 
+def _openblas_route(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """The kernel's Gram + Cholesky route with numpy's BLAS/LAPACK (OpenBLAS) for the Gram
+    products, the cores and their singular values (Cholesky and the κ_F guard stay in torch):
+    what the same route costs with the fastest library calls on this CPU. Timing only."""
+    import numpy as np
+
+    Ls = []
+    for X in (A, B):
+        Xn = X.numpy()
+        L, _ = torch.linalg.cholesky_ex(torch.from_numpy(np.matmul(Xn.transpose(0, 2, 1), Xn)))
+        eye = torch.eye(L.shape[-1], dtype=L.dtype).expand_as(L)
+        L_inv = torch.linalg.solve_triangular(L, eye, upper=False)
+        kappa = torch.linalg.matrix_norm(L) * torch.linalg.matrix_norm(L_inv)
+        assert bool((kappa <= spectra_mod.CHOLESKY_MAX_COND).all())  # GPT-2 init: all pass
+        Ls.append(L.numpy())
+    core = np.matmul(Ls[0].transpose(0, 2, 1), Ls[1])  # R_A R_Bᵀ = L_Aᵀ L_B
+    return torch.from_numpy(np.linalg.svd(core, compute_uv=False))
+
+
 def _householder_only(fn: Callable[[], Any]) -> Any:
     """``fn()`` with every R factor by Householder QR (the kernel before the Gram route)."""
     saved = spectra_mod.CHOLESKY_MAX_COND
@@ -126,10 +161,13 @@ def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
     flops = _kernel_flops(n, d, r)
     g = round((flops / 2) ** (1 / 3))
     R_A, R_B = r_factor(A), r_factor(B)
+    ref = factored_svdvals(A, B, dtype=None)
     X = torch.randn(g, g, dtype=torch.float64)
     Y = torch.randn(g, g, dtype=torch.float64)
+    Xn, Yn = X.numpy(), Y.numpy()
     fns: dict[str, Callable[[], Any]] = {
-        "gemm": lambda: X @ Y,
+        "gemm_torch": lambda: X @ Y,
+        "gemm_numpy": lambda: Xn @ Yn,
         "factored_svdvals": lambda: factored_svdvals(A, B, dtype=None),
         "householder_only": lambda: _householder_only(lambda: factored_svdvals(A, B, dtype=None)),
         "old_kernel": lambda: _old_kernel([a for a, _ in pieces], [b for _, b in pieces]),
@@ -137,6 +175,8 @@ def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
         "analyze_householder": lambda: _householder_only(lambda: analyze(model)),
         "cholesky_qr2": lambda: _cholesky_qr2_svdvals(A, B),
         "qr_only": lambda: (r_factor(A), r_factor(B)),
+        "gram_only": lambda: (A.mT @ A, B.mT @ B),  # the Gram route's one GEMM-class step
+        "openblas_route": lambda: _openblas_route(A, B),
         "core_svd_only": lambda: torch.linalg.svdvals(R_A @ R_B.mT),
     }
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -149,10 +189,14 @@ def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
                 fn()
                 times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med["gemm"] = min(med["gemm_torch"], med["gemm_numpy"])  # the CPU's rate: the faster library
+    gemm_by = "numpy/OpenBLAS" if med["gemm_numpy"] < med["gemm_torch"] else "torch/MKL"
     out: dict[str, Any] = {
         "flops": flops,
         "gemm_n": g,
         "gemm_gflops_per_s": 2 * g**3 / med["gemm"] / 1e9,
+        "gemm_library": gemm_by,
+        "ratio_vs_torch_gemm": med["factored_svdvals"] / med["gemm_torch"],
         **{f"{k}_s": v for k, v in med.items()},
         **{f"{k}_all_s": v for k, v in times.items()},
         "ratio_factored_svdvals": med["factored_svdvals"] / med["gemm"],
@@ -163,10 +207,14 @@ def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
         "ratio_cholesky_qr2": med["cholesky_qr2"] / med["gemm"],
         "ratio_qr_only": med["qr_only"] / med["gemm"],
         "ratio_core_svd_only": med["core_svd_only"] / med["gemm"],
+        "ratio_gram_only": med["gram_only"] / med["gemm"],
+        "ratio_openblas_route": med["openblas_route"] / med["gemm"],
+        "openblas_route_max_rel_diff": _rel_err(_openblas_route(A, B), ref),
     }
     print(
         f"bound: {flops / 1e9:.2f} GFLOP (Householder QR of {2 * n} factors {d}×{r} + cores); "
-        f"GEMM {g}×{g} of the same FLOPs: {med['gemm'] * 1e3:.1f} ms = {out['gemm_gflops_per_s']:.1f} GFLOP/s"
+        f"GEMM {g}×{g} of the same FLOPs: {med['gemm'] * 1e3:.1f} ms = {out['gemm_gflops_per_s']:.1f} GFLOP/s "
+        f"({gemm_by}; torch {med['gemm_torch'] * 1e3:.1f} ms, numpy {med['gemm_numpy'] * 1e3:.1f} ms)"
     )
     for k in (
         "factored_svdvals",
@@ -177,6 +225,8 @@ def bound_section(model: nn.Module, repeats: int) -> dict[str, Any]:
         "cholesky_qr2",
         "qr_only",
         "core_svd_only",
+        "gram_only",
+        "openblas_route",
     ):
         print(
             f"  {k:17s}: {med[k] * 1e3:8.1f} ms = {med[k] / med['gemm']:.2f}× the GEMM bound  (median of {repeats}, interleaved)"
@@ -260,13 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    blas = _limit_numpy_threads(args.threads)
 
     torch.manual_seed(0)
     print(
         f"# bench_spectra: GPT-2-small shape ({LAYERS} layers × {HEADS} heads, d={D_MODEL}, r={D_HEAD}, 2 circuits = {LAYERS * HEADS * 2} products), float64"
     )
     print(
-        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, python {platform.python_version()}, load avg {os.getloadavg()[0]:.1f}"
+        f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, python {platform.python_version()}, load avg {os.getloadavg()[0]:.1f}; numpy BLAS: {blas}"
     )
     model = _gpt2_small()
     print(f"# model: {type(model).__name__}, random init")
