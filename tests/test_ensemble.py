@@ -277,6 +277,10 @@ def _assert_same_run(solo: Path, ens: Path) -> None:
     oa = load_file(str(solo / "checkpoint" / "optim.safetensors"))
     ob = load_file(str(ens / "checkpoint" / "optim.safetensors"))
     assert oa.keys() == ob.keys()  # the solo optimizer's state layout
+    # the RNG state a member checkpoints is its solo run's (a member resumed alone goes on alike)
+    assert torch.equal(oa["rng.torch"], ob["rng.torch"])
+    ra, rb = (json.loads((run / "checkpoint" / "state.json").read_text()) for run in (solo, ens))
+    assert ra["rng"] == rb["rng"]
     js, je = (
         json.loads((solo / "summary.json").read_text()),
         json.loads((ens / "summary.json").read_text()),

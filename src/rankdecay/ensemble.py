@@ -74,7 +74,7 @@ from .models import functional_forward
 from .run_config import ModelConfig, RunConfig
 from .runfiles import checkpoint_step, needs_resume
 from .runlock import DirLock
-from .runstate import _seed_everything
+from .runstate import _rng_state, _rng_tensors, _seed_everything, _set_rng
 from .sweep import (
     LocalExecutor,
     RunEvent,
@@ -487,13 +487,16 @@ class StackEngine(Engine):
         self.device = resolve_device(tc.device)
         dtype = param_dtype(tc.dtype, tc.amp)
         self.settings = [optimizer_settings(cfg) for cfg in cfgs]
-        self.tasks, self.models, self.opts = [], [], []
+        self.tasks, self.models, self.opts, self.rngs = [], [], [], []
         for cfg, (optim, _lrd) in zip(cfgs, self.settings):  # each member as its solo run
             _seed_everything(cfg.seed)
             self.tasks.append(cfg.task.build(cfg.seed))
             model = build_model(cfg.model, self.tasks[-1]).to(device=self.device, dtype=dtype)
             self.models.append(model.train())
             self.opts.append(build_optimizer(model, optim)[0])  # LRD: the batched one
+            # the RNG state its solo run has from here on (training draws none: tasks are pure
+            # in (seed, step)); member i's checkpoints store it, as the solo run's do
+            self.rngs.append((_rng_state(), _rng_tensors()))
 
     def solo(self, i: int) -> tuple[nn.Module, torch.optim.Optimizer]:
         return self.models[i], self.opts[i]
@@ -601,9 +604,12 @@ class StackEngine(Engine):
     @contextlib.contextmanager
     def checkpoint_view(self, i: int) -> Iterator[tuple[nn.Module, torch.optim.Optimizer]]:
         """Member i as its solo model and optimizer (with its learning rate and, for Adam*, step
-        count); its weights are private copies while the checkpoint is written (safetensors
-        refuses a view of a larger storage) and views of the stack again afterwards."""
+        count) and the global RNG in its solo run's state; its weights are private copies while
+        the checkpoint is written (safetensors refuses a view of a larger storage) and views of
+        the stack again afterwards, and the process's RNG state comes back."""
         o, params = self.opts[i], dict(self.models[i].named_parameters())
+        process_rng = (_rng_state(), _rng_tensors())
+        _set_rng(*self.rngs[i])
         for g in o.param_groups:
             g["lr"] = self.lrs[i]
         if self.opt.name != "sgd":
@@ -616,6 +622,7 @@ class StackEngine(Engine):
         finally:
             for n, p in params.items():
                 p.data = self.stacked[n].data[i]
+            _set_rng(*process_rng)
 
     def end(self, i: int) -> None:
         """Zero member i's weights and optimizer state (a NaN must not reach the batched
