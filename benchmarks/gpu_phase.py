@@ -1,8 +1,9 @@
 """R4's full phase diagram with the ensemble executor: wall time and fraction of peak throughput.
 
 Runs ``rankdecay sweep grokking --preset phase --executor ensemble`` (6 train fractions × 6
-strengths × 2 arms × 3 seeds = 216 runs of the R4 model) with ``--set train.steps=S`` on one
-device, times it end to end, and reports:
+strengths × 2 arms = 72 runs of the R4 model per seed; the preset has one seed, ``--seeds 3``
+gives the issue's 216 runs) with ``--set train.steps=S`` on one device, times it end to end, and
+reports:
 
 - wall time, runs per hour, how many runs finished and the ensemble sizes the executor chose;
 - FLOPs done: one member's training step (forward + backward of the batched forward, counted by
@@ -20,7 +21,7 @@ rather than batched matmuls. Pick ``--set lrd.polar=…`` / ``--set train.spectr
 them (and say so next to the figure). The issue-7 target is ≤ 10 minutes on one H100 for 2500
 steps:
 
-    python benchmarks/gpu_phase.py --steps 2500 --device cuda --json $OUT/gpu_phase.json
+    python benchmarks/gpu_phase.py --steps 2500 --seeds 3 --device cuda --json $OUT/gpu_phase.json
 
 At tiny scale on a CPU (what the test suite runs):
 

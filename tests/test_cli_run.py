@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -224,6 +226,33 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     ):
         assert key in out
     assert "task.train_fraction ∈" in out.replace("\n", " ") or "default sweep grid" in out
+
+
+class _ClosedPipe(io.TextIOBase):
+    """A stdout whose reader has gone (``rankdecay … | head -1``): every write is EPIPE."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, s: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        return self._fd
+
+
+def test_closed_stdout_ends_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reader that closes the pipe early is no error of ours: no traceback, nothing on stderr,
+    status 141 (what a shell reports for SIGPIPE), and stdout now points at /dev/null."""
+    with (tmp_path / "stdout").open("w") as held:
+        monkeypatch.setattr(sys, "stdout", _ClosedPipe(held.fileno()))
+        code = main(["sweep", "recall", "--dry-run", "--out", str(tmp_path / "sweep")])
+        assert os.path.samestat(os.fstat(held.fileno()), os.stat(os.devnull))
+    monkeypatch.undo()
+    assert code == 141
+    assert capsys.readouterr().err == ""
 
 
 def test_experiments_declare_their_trainer() -> None:

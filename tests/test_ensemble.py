@@ -447,6 +447,25 @@ def test_cpu_ensembles_are_capped_by_the_activation_budget(monkeypatch) -> None:
         EnsembleExecutor(members=0)
 
 
+def test_runs_the_ensemble_cannot_batch_are_named(capsys: pytest.CaptureFixture[str]) -> None:
+    """The ``phase`` preset keeps the public code's early stop and partial last batch, which the
+    stack cannot batch: those runs train one at a time, and the executor says so and why."""
+    grokking = "rankdecay.experiments.grokking:EXPERIMENT"
+    tiny = dict(o.split("=", 1) for o in TINY)
+    batchable = {**tiny, "train.early_stop_above": "none", "task.last_batch": "wrap"}
+    tasks = [
+        RunTask(i, f"r{i}", grokking, "phase", overrides, i, f"/nonexistent/r{i}")
+        for i, overrides in enumerate([tiny, tiny, batchable, batchable])
+    ]
+    ensembles, solo = EnsembleExecutor(members=2).plan(tasks)
+    assert [t.name for t in solo] == ["r0", "r1"]
+    assert [[t.name for t in g] for g in ensembles] == [["r2", "r3"]]
+    err = capsys.readouterr().err
+    assert "2 of 4 run(s) train one at a time" in err and "train.early_stop_above" in err
+    EnsembleExecutor(members=2).plan(tasks[2:])
+    assert capsys.readouterr().err == ""  # nothing to say when every run batches
+
+
 def test_sweep_with_the_ensemble_executor(tmp_path: Path) -> None:
     fixed = [*TINY, "train.steps=10"]
     result = run_sweep(

@@ -55,6 +55,7 @@ import dataclasses
 import functools
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -728,10 +729,15 @@ class EnsembleExecutor(LocalExecutor):
         groups: dict[tuple[str, int | None], list[RunTask]] = {}
         cfgs: dict[int, Any] = {}
         solo: list[RunTask] = []
+        reasons: dict[str, int] = {}
         for t in tasks:
             member = _member(t)
             if member is None:
                 solo.append(t)
+                exp, cfg = t.build()
+                why = unsupported_reason(cfg) if exp.trainer == "train" else None
+                why = why or f"experiment {exp.name!r} is not trained by rankdecay.train"
+                reasons[why] = reasons.get(why, 0) + 1
                 continue
             cfgs[t.index] = member.cfg
             key = (ensemble_key(member.cfg), checkpoint_step(member.run_dir))
@@ -748,6 +754,13 @@ class EnsembleExecutor(LocalExecutor):
             n_chunks = max(math.ceil(len(group) / size), min(self.workers, len(group)))
             per = math.ceil(len(group) / n_chunks)
             ensembles += [group[i : i + per] for i in range(0, len(group), per)]
+        if solo:  # nothing silent: say which runs the executor cannot batch, and why
+            why = "; ".join(f"{n} × {r}" for r, n in reasons.items())
+            print(
+                f"rankdecay: note: {len(solo)} of {len(tasks)} run(s) train one at a time, "
+                f"not in an ensemble: {why}.",
+                file=sys.stderr,
+            )
         return ensembles, solo
 
     def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import RankdecayError
@@ -142,3 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rankdecay: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout went away (`rankdecay … | head`): stop quietly, with the status a
+        # shell reports for a process ended by SIGPIPE; point stdout at /dev/null so that the
+        # interpreter's final flush does not fail again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
