@@ -97,6 +97,9 @@ class Case:
     bias: Callable[[LayerHeads, int], Tensor] | None = None  # extra score term (B, H, T, S)
     calls_per_layer: int = 1
     flags: dict[str, object] = field(default_factory=dict)  # flags every layer must carry
+    #: run after extraction, before the forward: turns off what the check leaves out of the
+    #: scores (QK-norms, attention sinks), so that the model computes softmax(scale·q·kᵀ)
+    neutralise: Callable[[nn.Module], None] | None = None
 
 
 def _always(lh: LayerHeads) -> bool:
@@ -118,6 +121,26 @@ def _lm(config_cls: Any, model_cls: Any, **kw: Any) -> Callable[[], nn.Module]:
     )
     base.update(kw)
     return lambda: model_cls(config_cls(**base))
+
+
+QK_NORMS = ("q_norm", "k_norm", "q_layernorm", "k_layernorm", "qk_norm")
+
+
+def _no_qk_norm(model: nn.Module) -> None:
+    """Replace every attention module's QK-norm (per head, full width, Llama-4's weightless L2
+    norm) by the identity: the factors give the raw q·kᵀ, the norm is a flag."""
+    for module in list(model.modules()):
+        for name in QK_NORMS:
+            if isinstance(getattr(module, name, None), nn.Module):
+                setattr(module, name, nn.Identity())
+
+
+def _no_sinks(model: nn.Module) -> None:
+    """GPT-OSS: a per-head sink logit joins each softmax; −∞ removes it (a flag, not W_QK)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(getattr(module, "sinks", None), nn.Parameter):
+                module.sinks.fill_(float("-inf"))
 
 
 def _causal_lm_inputs(m: nn.Module) -> dict[str, Any]:
@@ -382,6 +405,28 @@ CASES: dict[str, Case] = {
         L,
         "Phi-3",
     ),
+    "phi3_longrope": Case(  # LongRoPE scales cos/sin by √(1 + ln 4 / ln 16): m² in the scale
+        _lm(
+            t.Phi3Config,
+            t.Phi3Model,
+            num_key_value_heads=2,
+            pad_token_id=0,
+            max_position_embeddings=64,
+            original_max_position_embeddings=16,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "short_factor": [1.0] * 4,
+                "long_factor": [2.0] * 4,
+                "original_max_position_embeddings": 16,
+            },
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Phi-3",
+        flags={"rope_attention_factor": math.sqrt(1 + math.log(4) / math.log(16))},
+    ),
     "phi": Case(
         _lm(t.PhiConfig, t.PhiModel, partial_rotary_factor=0.5),
         _causal_lm_inputs,
@@ -619,6 +664,162 @@ CASES: dict[str, Case] = {
         "ViT",
         kinds=("self", "cross"),
     ),
+    # decoder families the per-module name table covers without a row of their own (survey:
+    # docs/arch_survey.md); each checked here against its own forward
+    "qwen3": Case(
+        _lm(t.Qwen3Config, t.Qwen3Model, num_key_value_heads=2, head_dim=8),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Qwen3",
+        flags={"qk_norm": "per_head", "rotary": True},
+        neutralise=_no_qk_norm,
+    ),
+    "qwen3_moe": Case(
+        _lm(
+            t.Qwen3MoeConfig,
+            t.Qwen3MoeModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            head_dim=8,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Qwen3",
+        flags={"qk_norm": "per_head"},
+        neutralise=_no_qk_norm,
+    ),
+    "gemma3": Case(
+        _lm(
+            t.Gemma3TextConfig,
+            t.Gemma3TextModel,
+            num_key_value_heads=2,
+            head_dim=8,
+            query_pre_attn_scalar=16,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Gemma-3",
+        flags={"qk_norm": "per_head", "rotary": True},
+        neutralise=_no_qk_norm,
+    ),
+    "olmo2": Case(
+        _lm(t.Olmo2Config, t.Olmo2Model, num_key_value_heads=2),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "OLMo-2",
+        flags={"qk_norm": "full"},
+        neutralise=_no_qk_norm,
+    ),
+    "mixtral": Case(
+        _lm(
+            t.MixtralConfig,
+            t.MixtralModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Mixtral",
+    ),
+    "qwen2_moe": Case(
+        _lm(
+            t.Qwen2MoeConfig,
+            t.Qwen2MoeModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=16,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Qwen2-MoE",
+    ),
+    "phimoe": Case(
+        _lm(
+            t.PhimoeConfig,
+            t.PhimoeModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Phi-3.5-MoE",
+    ),
+    "stablelm": Case(
+        _lm(t.StableLmConfig, t.StableLmModel, num_key_value_heads=2, qk_layernorm=True),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "StableLM",
+        flags={"partial_rotary": 0.25, "qk_norm": "per_head"},
+        neutralise=_no_qk_norm,
+    ),
+    "cohere": Case(
+        _lm(t.CohereConfig, t.CohereModel, num_key_value_heads=2, use_qk_norm=True),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Cohere",
+        flags={"qk_norm": "per_head", "rotary": True},
+        neutralise=_no_qk_norm,
+    ),
+    "granite": Case(  # attention_multiplier: the score scale is not 1/√r
+        _lm(t.GraniteConfig, t.GraniteModel, num_key_value_heads=2, attention_multiplier=0.3),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Granite",
+    ),
+    "gpt_oss": Case(
+        _lm(
+            t.GptOssConfig,
+            t.GptOssModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            head_dim=8,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "GPT-OSS",
+        flags={"attention_sinks": True, "rotary": True},
+        neutralise=_no_sinks,
+    ),
+    "llama4_text": Case(  # layer 1 is a NoPE layer (no_rope_layer_interval=2)
+        _lm(
+            t.Llama4TextConfig,
+            t.Llama4TextModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size_mlp=2 * D,
+            num_local_experts=2,
+            no_rope_layer_interval=2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Llama-4",
+        neutralise=_no_qk_norm,
+    ),
     "peft_lora_llama": Case(
         _peft_llama, _causal_lm_inputs, _always, L, "Llama", flags={"lora": True}
     ),
@@ -727,6 +928,8 @@ def _run(name: str) -> tuple[list[LayerHeads], list[Recorded]]:
         warnings.simplefilter("error", UnrecognizedAttentionWarning)
         with torch.no_grad():
             layers = attention_heads(model, strict=True)
+    if case.neutralise is not None:
+        case.neutralise(model)
     recs, handles = _record(model, layers)
     try:
         with torch.no_grad():
@@ -923,6 +1126,20 @@ def test_flags_partial_rotary_qk_norm_softcap_window() -> None:
     assert all(not lh.flags for lh in bert)
 
 
+def test_flags_of_newer_decoders() -> None:
+    """Llama-4: rotary + weightless L2 QK-norm on RoPE layers, neither on NoPE layers; GPT-OSS:
+    attention sinks flagged and noted; Granite: its attention_multiplier is the scale."""
+    llama4 = attention_heads(CASES["llama4_text"].build())
+    assert llama4[0].rotary and llama4[0].flags.get("qk_norm") == "per_head"
+    assert not llama4[1].rotary and "rotary" not in llama4[1].flags
+    assert "qk_norm" not in llama4[1].flags
+    gpt_oss = attention_heads(CASES["gpt_oss"].build())
+    assert all(lh.flags["attention_sinks"] for lh in gpt_oss)
+    assert all(any("attention sinks" in n for n in lh.notes) for lh in gpt_oss)
+    granite = attention_heads(CASES["granite"].build())
+    assert all(lh.scale == pytest.approx(0.3) for lh in granite)
+
+
 def test_scale_rules() -> None:
     t5 = [lh.scale for lh in attention_heads(CASES["t5"].build())]
     assert t5 == [1.0] * (3 * L)
@@ -1083,6 +1300,8 @@ CHECKPOINT_CASES = [
     "llama_gqa", "mistral_mqa", "qwen2_gqa", "gemma2", "gpt2", "gpt_bigcode", "gpt_neox", "bloom",
     "falcon", "falcon_mq", "falcon_head_qkv", "codegen", "phi3", "phi", "gptj", "opt", "bart", "whisper", "t5", "clip",
     "bert", "distilbert", "albert", "deberta_v2", "modernbert", "mpnet", "vit", "vision_encoder_decoder",
+    "qwen3", "qwen3_moe", "gemma3", "olmo2", "mixtral", "qwen2_moe", "phimoe", "stablelm", "cohere",
+    "granite", "gpt_oss", "llama4_text", "phi3_longrope",
 ]  # fmt: skip
 
 

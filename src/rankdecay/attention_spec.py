@@ -189,6 +189,11 @@ def _scale_query_pre_attn(config: object, r: int, block: int) -> float:
     return float(scalar) ** -0.5 if scalar else r**-0.5
 
 
+def _scale_attention_multiplier(config: object, r: int, block: int) -> float:
+    value = cfg_get(config, "attention_multiplier")
+    return float(value) if isinstance(value, (int, float)) else r**-0.5
+
+
 def _scale_gpt2(config: object, r: int, block: int) -> float:
     scale = r**-0.5 if cfg_get(config, "scale_attn_weights") in (None, True) else 1.0
     if cfg_get(config, "scale_attn_by_inverse_layer_idx"):
@@ -203,6 +208,7 @@ SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
     "deberta": ("1/√(r·(1 + #{c2p, p2c}))", _scale_deberta),
     "query_pre_attn": ("1/√query_pre_attn_scalar", _scale_query_pre_attn),
     "gpt2": ("1/√r (÷ (layer+1) with scale_attn_by_inverse_layer_idx)", _scale_gpt2),
+    "attention_multiplier": ("attention_multiplier (config)", _scale_attention_multiplier),
 }
 
 #: module attributes holding the model's own scale (live modules: preferred over the rule).
@@ -241,12 +247,69 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         tested_by=("llama_gqa", "mistral_mqa", "qwen2_gqa"),
     ),
     Architecture(
-        "Gemma-2",
-        ("Gemma2Attention",),
-        ("gemma2",),
+        "Gemma-2 / Gemma-3",
+        ("Gemma2Attention", "Gemma3Attention"),
+        ("gemma2", "gemma3", "gemma3_text"),
         scale="query_pre_attn",
-        flags="rotary, logit soft-cap, sliding window",
-        tested_by=("gemma2",),
+        flags="rotary, logit soft-cap, sliding window; QK-norm per head (Gemma-3)",
+        tested_by=("gemma2", "gemma3"),
+    ),
+    Architecture(
+        "Qwen3 / Qwen3-MoE",
+        ("Qwen3Attention", "Qwen3MoeAttention"),
+        ("qwen3", "qwen3_moe"),
+        flags="rotary, QK-norm per head",
+        tested_by=("qwen3", "qwen3_moe"),
+    ),
+    Architecture(
+        "OLMo-2",
+        ("Olmo2Attention",),
+        ("olmo2",),
+        flags="rotary, QK-norm full width (H·r)",
+        tested_by=("olmo2",),
+    ),
+    Architecture(
+        "Mixtral / Qwen2-MoE / Phi-3.5-MoE (MoE MLPs)",
+        ("MixtralAttention", "Qwen2MoeAttention", "PhimoeAttention"),
+        ("mixtral", "qwen2_moe", "phimoe"),
+        flags="rotary, sliding window",
+        tested_by=("mixtral", "qwen2_moe", "phimoe"),
+    ),
+    Architecture(
+        "StableLM",
+        ("StableLmAttention",),
+        ("stablelm",),
+        flags="rotary (partial: partial_rotary_factor), QK-norm per head (qk_layernorm)",
+        tested_by=("stablelm",),
+    ),
+    Architecture(
+        "Cohere (Command-R)",
+        ("CohereAttention",),
+        ("cohere",),
+        flags="rotary (interleaved), QK-norm per head (use_qk_norm)",
+        tested_by=("cohere",),
+    ),
+    Architecture(
+        "Granite / Granite-MoE",
+        ("GraniteAttention", "GraniteMoeAttention"),
+        ("granite", "granitemoe"),
+        scale="attention_multiplier",
+        flags="rotary",
+        tested_by=("granite",),
+    ),
+    Architecture(
+        "GPT-OSS",
+        ("GptOssAttention",),
+        ("gpt_oss",),
+        flags="rotary (YaRN: cos/sin × m, m² in the scale), attention sinks, sliding window",
+        tested_by=("gpt_oss",),
+    ),
+    Architecture(
+        "Llama-4 (text)",
+        ("Llama4TextAttention",),
+        ("llama4_text", "llama4"),
+        flags="rotary on RoPE layers, none on NoPE layers; weightless L2 QK-norm (RoPE layers)",
+        tested_by=("llama4_text",),
     ),
     Architecture(
         "GPT-2",
@@ -317,8 +380,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("phi3",),
         "qkv",
         "qkv_proj",
-        flags="rotary",
-        tested_by=("phi3",),
+        flags="rotary (LongRoPE: cos/sin × m, m² in the scale)",
+        tested_by=("phi3", "phi3_longrope"),
     ),
     Architecture(
         "Phi",
@@ -613,6 +676,55 @@ def split_heads(
 # ------------------------------------------------------------------------------- flags
 
 
+def rope_attention_factor(config: object, block: int) -> float:
+    """The factor m by which the rotary embedding multiplies cos and sin (q and k each: m² on
+    the rotated scores), as transformers' ``modeling_rope_utils`` computes it; 1 if none.
+
+    YaRN: ``attention_factor``, else 0.1·μ·ln s + 1 (μ = mscale; the ratio of the two
+    ``mscale``/``mscale_all_dim`` values when both are set), s = ``factor`` or
+    max_position / original_max_position (s ≤ 1 → 1). LongRoPE: ``attention_factor``, else
+    √(1 + ln s / ln original_max_position). Per-layer-type parameters (Gemma-3) follow
+    ``layer_types[block]``.
+    """
+    params = cfg_get(config, "rope_parameters", "rope_scaling")
+    if (
+        isinstance(params, Mapping)
+        and params
+        and all(isinstance(v, Mapping) for v in params.values())
+    ):
+        layer_types = cfg_get(config, "layer_types")
+        kind = (
+            layer_types[block]
+            if isinstance(layer_types, (list, tuple)) and block < len(layer_types)
+            else None
+        )
+        params = params.get(kind) if kind is not None else None
+    if not isinstance(params, Mapping):
+        return 1.0
+    rope_type = params.get("rope_type") or params.get("type")
+    if rope_type not in ("yarn", "longrope"):
+        return 1.0
+    given = params.get("attention_factor")
+    if isinstance(given, (int, float)):
+        return float(given)
+    original = params.get("original_max_position_embeddings") or cfg_get(
+        config, "original_max_position_embeddings"
+    )
+    factor = params.get("factor")
+    if factor is None and original:
+        factor = cfg_get(config, "max_position_embeddings") / original
+    if not isinstance(factor, (int, float)) or factor <= 1:
+        return 1.0
+    if rope_type == "longrope":
+        return math.sqrt(1 + math.log(factor) / math.log(original)) if original else 1.0
+
+    def mscale(value: float = 1.0) -> float:
+        return 0.1 * value * math.log(factor) + 1.0
+
+    mu, mu_all = params.get("mscale"), params.get("mscale_all_dim")
+    return float(mscale(mu) / mscale(mu_all)) if mu and mu_all else mscale()
+
+
 def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[str, object]]:
     """(rotary, flags) that a config alone tells: rotary / partial rotary, ALiBi, soft-cap,
     relative position bias, sliding window. ``block`` is the layer's index in its stack."""
@@ -630,6 +742,14 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
             "global_rope_theta",
         )
     )
+    no_rope = cfg_get(config, "no_rope_layers")  # Llama-4, SmolLM3: 0 marks a NoPE layer
+    if (
+        rotary
+        and isinstance(no_rope, (list, tuple))
+        and block < len(no_rope)
+        and not no_rope[block]
+    ):
+        rotary = False
     if alibi:
         flags["alibi"] = True
     if rotary:
@@ -642,6 +762,9 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
             fraction = rdim / head_dim
         if isinstance(fraction, (int, float)) and 0 < fraction < 1:
             flags["partial_rotary"] = float(fraction)
+        factor = rope_attention_factor(config, block)
+        if factor != 1.0:
+            flags["rope_attention_factor"] = factor
     softcap = cfg_get(config, "attn_logit_softcapping")
     if isinstance(softcap, (int, float)) and softcap > 0:
         flags["softcap"] = float(softcap)
@@ -688,8 +811,22 @@ def _notes_for(
         notes.append(
             f"QK-norm ({plan_flags['qk_norm']}): q and k are normalized before the product; W_QK is the raw W_Q W_Kᵀ"
         )
+    if "rope_attention_factor" in plan_flags:
+        m = plan_flags["rope_attention_factor"]
+        notes.append(
+            f"rotary cos/sin scaled by {m:.4g}: the rotated part of q·kᵀ by {m:.4g}²"
+            + (
+                " (not in the scale: partial rotary)"
+                if "partial_rotary" in plan_flags
+                else " (in the scale)"
+            )
+        )
     if "softcap" in plan_flags:
         notes.append(f"logit soft-cap {plan_flags['softcap']}: scores pass through c·tanh(s/c)")
+    if plan_flags.get("attention_sinks"):
+        notes.append(
+            "attention sinks: a learned per-head logit joins each softmax (rows sum to < 1); not part of W_QK"
+        )
     if plan_flags.get("relative_position_bias"):
         notes.append("relative position scores are added to the QK scores and are not part of W_QK")
     if "sliding_window" in plan_flags:
@@ -698,7 +835,12 @@ def _notes_for(
 
 
 def finish_notes(plan: AttentionPlan) -> AttentionPlan:
-    """Fill ``plan.notes`` from its flags (after ``n_kv_heads`` is known)."""
+    """Fill ``plan.notes`` from its flags (after ``n_kv_heads`` is known); a rotary embedding
+    that scales cos and sin by m (YaRN, LongRoPE: flag ``rope_attention_factor``) multiplies
+    the whole head's scores by m² when it rotates the whole head, so the scale takes it."""
+    factor = plan.flags.get("rope_attention_factor")
+    if plan.rotary and isinstance(factor, float) and "partial_rotary" not in plan.flags:
+        plan.scale *= factor**2
     plan.notes = plan.notes + _notes_for(plan.flags, plan.kind, plan.n_heads, plan.n_kv_heads)
     return plan
 
@@ -806,17 +948,19 @@ def _is_cross(module: nn.Module, name: str, inner: nn.Module | None) -> bool:
 def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dict[str, object]:
     """Flags only a live module tells: QK-norm width, its own soft-cap / window / rotary dims."""
     flags: dict[str, object] = {}
-    for qn in ("q_norm", "q_layernorm", "query_norm"):
+    for qn in ("q_norm", "q_layernorm", "query_norm", "qk_norm"):  # qk_norm: Llama-4's L2 norm
         norm = getattr(module, qn, None)
         if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
+            # "full" only when one norm spans all H·r features (OLMo-2's RMSNorm(H·r)); a
+            # gain of shape (H, r) normalises each head on its own (Cohere's LayerNorm((H, r)))
             weight = getattr(norm, "weight", None)
             shape = getattr(norm, "normalized_shape", None)
             width = (
-                weight.numel()
+                (weight.numel() if weight.dim() == 1 else 0)
                 if isinstance(weight, Tensor)
                 else (
                     math.prod(shape)
-                    if isinstance(shape, tuple)
+                    if isinstance(shape, tuple) and len(shape) == 1
                     else (shape if isinstance(shape, int) else 0)
                 )
             )
@@ -825,6 +969,8 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
     softcap = getattr(module, "attn_logit_softcapping", None)
     if isinstance(softcap, (int, float)) and softcap > 0:
         flags["softcap"] = float(softcap)
+    if isinstance(getattr(module, "sinks", None), Tensor):  # GPT-OSS: a logit per head
+        flags["attention_sinks"] = True
     window = _pos_int(getattr(module, "sliding_window", None))
     if window and not config_window:  # the config's window wins (ModernBERT keeps window/2 + 1)
         flags["sliding_window"] = window
@@ -938,6 +1084,11 @@ def plan_from_module(
         rotary, flags["rotary"] = True, True
     elif rotary is False and _rotary_in_tower(model, name) and not flags.get("alibi"):
         rotary, flags["rotary"] = True, True
+    use_rope = getattr(module, "use_rope", None)  # Llama-4 / SmolLM3 NoPE layers: 0 or False
+    if isinstance(use_rope, (bool, int)) and not use_rope:
+        rotary = False
+        for key in ("rotary", "partial_rotary", "rope_attention_factor"):
+            flags.pop(key, None)
     for mod in (module, inner):
         if mod is None:
             continue
@@ -1114,5 +1265,7 @@ def plan_from_checkpoint(
         for qn in ("q_norm", "q_layernorm"):
             if _join(prefix, f"{qn}.weight") in names:
                 plan.flags["qk_norm"] = "per_head"  # the width is checked when the tensor is read
+        if _join(prefix, "sinks") in names:
+            plan.flags["attention_sinks"] = True
         plans.append(finish_notes(plan))
     return plans
