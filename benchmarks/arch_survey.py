@@ -244,7 +244,7 @@ def survey_one(mt: str, max_params: int) -> dict[str, Any]:
     if model is None:
         return rec
     _classify(model, rec)
-    depth = max((base[k] for k in LAYER_KEYS if _is_int(base.get(k))), default=0)
+    depth = _depth(base)
     if rec["cat"] in ("c", "d") and label == "tiny" and depth > LAYERS:
         # hybrids (Jamba, Zamba, ...) may have no attention layer among the first two blocks
         deeper = min(depth, DEEPER)
@@ -258,6 +258,13 @@ def survey_one(mt: str, max_params: int) -> dict[str, Any]:
                 retry["build"] = f"tiny, {deeper} layers"
                 return retry
     return rec
+
+
+def _depth(d: dict[str, Any]) -> int:
+    """The largest layer count in a config dict or its sub-config dicts."""
+    own = [d[k] for k in LAYER_KEYS if _is_int(d.get(k))]
+    subs = [_depth(v) for k, v in d.items() if isinstance(v, dict) and SUB_CONFIG.search(k)]
+    return max([0, *own, *subs])
 
 
 def _build(
@@ -380,6 +387,139 @@ def worker(types: list[str], jsonl: Path, timeout: int, max_params: int) -> None
             gc.collect()
 
 
+# ----------------------------------------------------------------------------------- verify
+
+
+def verify_one(mt: str, build: str) -> dict[str, Any]:
+    """Rebuild ``mt`` as the survey did, then check every extracted layer that a text-only
+    forward (``input_ids``, positions 0) calls with tests/test_architectures.py's own harness
+    (``_randomize``, ``_record``, ``_check``; QK-norms and sinks neutralised as there): per-head
+    contexts, the model's probabilities and the output through W_O, causal mask first, then
+    none. Returns counts of layers that pass, fail, or were not called."""
+    import inspect
+
+    import torch
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import test_architectures as harness
+
+    from rankdecay.heads import attention_heads
+
+    kind_cls = _model_class_name(mt)
+    assert kind_cls is not None
+    cfg_cls, model_cls = CONFIG_MAPPING[mt], getattr(transformers, kind_cls[1])
+    base = cfg_cls().to_dict()
+    if build.startswith("tiny"):
+        depth = re.search(r"(\d+) layers", build)
+        config = cfg_cls(**shrink(base, True, int(depth.group(1)) if depth else LAYERS))
+    elif build == "depth-only":
+        config = cfg_cls(**shrink(base, False))
+    else:
+        config = cfg_cls()
+    config._attn_implementation = "eager"
+    for sub in config.sub_configs if hasattr(config, "sub_configs") else ():
+        sub_cfg = getattr(config, sub, None)
+        if sub_cfg is not None and hasattr(sub_cfg, "_attn_implementation"):
+            sub_cfg._attn_implementation = "eager"
+    if hasattr(config, "_experts_implementation"):
+        config._experts_implementation = "eager"
+    model = harness._randomize(model_cls(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            layers = attention_heads(model)
+    harness._no_qk_norm(model)
+    harness._no_sinks(model)
+    params = inspect.signature(model.forward).parameters
+    inputs: dict[str, Any] = {"input_ids": harness._ids()}
+    if "position_ids" in params:
+        inputs["position_ids"] = harness._pos0()
+    if "attention_mask" in params:  # without it, positions all 0 read as packed sequences
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if "decoder_input_ids" in params:
+        inputs["decoder_input_ids"] = harness._ids(seed=3)
+    recs, handles = harness._record(model, layers)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    out: dict[str, Any] = {"type": mt, "ok": 0, "fail": [], "not_called": 0}
+    for lh, rec in zip(layers, recs):
+        if not rec.z or not rec.xq or rec.xq[0].dim() != 3:
+            out["not_called"] += 1
+            continue
+        errors = []
+        for causal in (True, False):
+            try:
+                harness._check(
+                    lh, rec.xq[0], rec.xk[0], rec.xv[0], rec.z[0], rec.out[0], causal, None
+                )
+                break
+            except Exception as err:  # noqa: BLE001 - a mismatch is a result here
+                errors.append(str(err).splitlines()[0][:120])
+        else:
+            gap = min(_p_gap(lh, rec, causal) for causal in (True, False))
+            if gap < 1e-4:  # float32 softmax on large tiny-model scores, not a wrong factor
+                out["ok"] += 1
+                out["rounding"] = max(out.get("rounding", 0.0), gap)
+                continue
+            out["fail"].append(
+                f"{lh.name}: max |P - P_model| {gap:.2g} ({errors[-1][:60]}; flags {sorted(lh.flags)})"
+            )
+            continue
+        out["ok"] += 1
+    return out
+
+
+def _p_gap(lh: Any, rec: Any, causal: bool) -> float:
+    """max |softmax(scale·q·kᵀ) − P_model| (P_model = z · pinv(X_v W_V), as in the harness)."""
+    import torch
+
+    q = torch.einsum("btd,hdr->bhtr", rec.xq[0], lh.W_Q)
+    k = torch.einsum("bsd,hdr->bhsr", rec.xk[0], lh.W_K)
+    v = torch.einsum("bsd,hdr->bhsr", rec.xv[0], lh.W_V)
+    scores = lh.scale * q @ k.mT
+    if causal:
+        n, m = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(n, m, dtype=torch.bool).triu(1), float("-inf"))
+    z = rec.z[0].reshape(*rec.z[0].shape[:-1], lh.n_heads, -1).transpose(1, 2)
+    if z.shape[-1] != v.shape[-1] or z.shape[-2] != v.shape[-2]:
+        return float("inf")
+    return float((scores.softmax(-1) - z @ torch.linalg.pinv(v)).abs().max())
+
+
+def verify_all(jsonl: Path, out_jsonl: Path, timeout: int) -> None:
+    """``verify_one`` for every (a), (a*) and (b) record of ``jsonl``, one model at a time."""
+    import torch
+
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGALRM, _alarm)
+    results, _ = read_results(jsonl)
+    done, _ = read_results(out_jsonl)
+    with out_jsonl.open("a") as f:
+        for mt, rec in results.items():
+            if rec["cat"] not in ("a", "a*", "b") or mt in done:
+                continue
+            signal.alarm(timeout)
+            try:
+                res = verify_one(mt, rec.get("build", "tiny"))
+            except Timeout:
+                res = {"type": mt, "error": f"timed out after {timeout} s"}
+            except Exception as err:  # noqa: BLE001
+                res = {
+                    "type": mt,
+                    "error": f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}",
+                }
+            finally:
+                signal.alarm(0)
+            f.write(json.dumps(res) + "\n")
+            f.flush()
+
+
 # ----------------------------------------------------------------------------------- parent
 
 
@@ -460,9 +600,24 @@ def _cell(s: object) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def report(types: list[str], jsonl: Path, command: str) -> str:
+def _verdict(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return ""
+    if "error" in v:
+        return f"not run: {v['error'][:80]}"
+    n = v["ok"] + len(v["fail"])
+    text = f"{v['ok']}/{n} ok" + (f", {v['not_called']} not called" if v["not_called"] else "")
+    if "rounding" in v:
+        text += f" (P within {v['rounding']:.0e}: float32 softmax)"
+    return text + (f"; FAIL {v['fail'][0][:160]}" if v["fail"] else "")
+
+
+def report(types: list[str], jsonl: Path, command: str, verify: Path | None = None) -> str:
     results, _ = read_results(jsonl)
     recs = [results[mt] for mt in types if mt in results]
+    checks, _ = read_results(verify) if verify is not None else ({}, [])
+    for r in recs:
+        r["verdict"] = _verdict(checks.get(r["type"]))
     counts = Counter(r["cat"] for r in recs)
     built = len(recs) - counts["e"]
     with_attn = counts["a"] + counts["a*"] + counts["b"] + counts["c"]
@@ -484,6 +639,19 @@ def report(types: list[str], jsonl: Path, command: str) -> str:
     ]
     for cat, label in CATEGORY.items():
         lines.append(f"| {label} | {counts[cat]} |")
+    if checks:
+        ran = [c for c in checks.values() if "error" not in c and c["ok"] + len(c["fail"])]
+        clean = [c for c in ran if not c["fail"]]
+        lines += [
+            "",
+            f"Forward check (`--verify`: tests/test_architectures.py's `_check` on every layer a "
+            f"text-only forward calls, positions 0, biases zeroed, QK-norms and sinks off, causal "
+            f"mask or none): {len(checks)} extracted types tried, {len(ran)} ran, "
+            f"**{len(clean)} with every checked layer reproduced**, "
+            f"{len(ran) - len(clean)} with a mismatch (the 'check' column; expected where a flag "
+            "says the scores carry a term W_QK has not, e.g. relative position bias or ALiBi), "
+            f"{len(checks) - len(ran)} not run (inputs other than input_ids, or errors).",
+        ]
     families = Counter(
         f for r in recs if r["cat"] in ("a", "a*", "b") for f in r.get("families", [])
     )
@@ -502,14 +670,14 @@ def report(types: list[str], jsonl: Path, command: str) -> str:
         lines += ["", f"## {CATEGORY[cat]}: {len(rows)}", ""]
         if cat in ("a", "a*", "b"):
             lines += [
-                "| type | class | built | layers | family | flags | note |",
-                "|---|---|---|---|---|---|---|",
+                "| type | class | built | layers | family | flags | check | note |",
+                "|---|---|---|---|---|---|---|---|",
             ]
             for r in rows:
                 lines.append(
                     f"| {r['type']} | {r.get('class', '')} | {r.get('build', '')} | {r.get('layers', '')} | "
                     f"{_cell(', '.join(r.get('families', [])))} | {_cell(', '.join(r.get('flags', [])))} | "
-                    f"{_cell(r.get('why', ''))[:300]} |"
+                    f"{_cell(r['verdict'])} | {_cell(r.get('why', ''))[:300]} |"
                 )
         elif cat == "d":
             lines += [
@@ -540,8 +708,24 @@ def main() -> None:
     ap.add_argument("--types", default="")
     ap.add_argument("--resume", action="store_true", help="keep results already in --jsonl")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-verify", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--verify",
+        default="",
+        help="JSON-lines file: forward-check the extracted types of --jsonl into it, then report",
+    )
+    ap.add_argument("--redo", default="", help="types whose records are dropped and rerun")
     args = ap.parse_args()
     jsonl = Path(args.jsonl)
+    if args.worker_verify:
+        cap = int(args.mem_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        warnings.filterwarnings("ignore")
+        import logging
+
+        logging.disable(logging.WARNING)
+        verify_all(jsonl, Path(args.verify), args.timeout)
+        return
     if args.worker:
         cap = int(args.mem_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -554,12 +738,37 @@ def main() -> None:
     types = args.types.split(",") if args.types else all_types()
     if not args.resume and jsonl.exists():
         jsonl.unlink()
+    redo = set(args.redo.split(",")) if args.redo else set()
+    for path in (jsonl, Path(args.verify) if args.verify else None):
+        if redo and path is not None and path.exists():
+            keep = [
+                ln for ln in path.read_text().splitlines() if json.loads(ln)["type"] not in redo
+            ]
+            path.write_text("".join(ln + "\n" for ln in keep))
     t0 = time.perf_counter()
     run_all(types, jsonl, args.timeout, args.max_params, args.mem_gb)
-    command = "nice -n 10 python benchmarks/arch_survey.py" + (
-        f" --types {args.types}" if args.types else ""
+    verify = Path(args.verify) if args.verify else None
+    if verify is not None:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--jsonl",
+            str(jsonl),
+            "--verify",
+            str(verify),
+            "--worker-verify",
+            "--timeout",
+            str(args.timeout),
+            "--mem-gb",
+            str(args.mem_gb),
+        ]
+        subprocess.run(cmd, check=False)
+    command = (
+        "nice -n 10 python benchmarks/arch_survey.py"
+        + (f" --types {args.types}" if args.types else "")
+        + (" --verify FILE" if verify else "")
     )
-    text = report(types, jsonl, command)
+    text = report(types, jsonl, command, verify)
     Path(args.out).write_text(text, encoding="utf-8")
     print(text.split("\n## ", 1)[0])
     print(f"wall time {time.perf_counter() - t0:.0f} s; report: {args.out}")
