@@ -820,6 +820,93 @@ CASES: dict[str, Case] = {
         "Llama-4",
         neutralise=_no_qk_norm,
     ),
+    # survey fixes: fused splits and name-table entries (docs/arch_survey.md)
+    "persimmon": Case(
+        _lm(t.PersimmonConfig, t.PersimmonModel, qk_layernorm=True),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Persimmon",
+        flags={"partial_rotary": 0.5, "qk_norm": "per_head"},
+        neutralise=_no_qk_norm,
+    ),
+    "gpt_neox_japanese": Case(
+        _lm(t.GPTNeoXJapaneseConfig, t.GPTNeoXJapaneseModel, intermediate_multiple_size=2),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "GPT-NeoX-Japanese",
+        flags={"rotary": True},
+    ),
+    "bark_semantic": Case(
+        lambda: t.BarkSemanticModel(
+            t.BarkSemanticConfig(
+                input_vocab_size=50,
+                output_vocab_size=50,
+                hidden_size=D,
+                num_layers=L,
+                num_heads=H,
+                block_size=16,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _always,
+        L,
+        "Bark",
+    ),
+    "blip2_vision": Case(
+        lambda: t.Blip2VisionModel(
+            t.Blip2VisionConfig(
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                intermediate_size=2 * D,
+                image_size=8,
+                patch_size=4,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"pixel_values": _pixels()},
+        _never,
+        L,
+        "BLIP",
+    ),
+    "wav2vec2_conformer": Case(
+        lambda: t.Wav2Vec2ConformerModel(
+            t.Wav2Vec2ConformerConfig(
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                intermediate_size=2 * D,
+                conv_dim=(16, 16),
+                conv_stride=(5, 2),
+                conv_kernel=(10, 3),
+                num_feat_extract_layers=2,
+                conv_depthwise_kernel_size=3,
+                position_embeddings_type="relative",
+                max_source_positions=64,
+            )
+        ),
+        lambda m: {
+            "input_values": torch.randn(
+                B, 80, generator=torch.Generator().manual_seed(8), dtype=torch.float64
+            )
+        },
+        _never,
+        L,
+        "Conformer",
+        flags={"relative_position_bias": True},
+    ),
+    "openai_gpt": Case(  # class "Attention" like timm's, but Conv1D c_attn: the name table
+        lambda: t.OpenAIGPTModel(
+            t.OpenAIGPTConfig(vocab_size=50, n_embd=D, n_layer=L, n_head=H, n_positions=16)
+        ),
+        lambda m: {"input_ids": _ids()},
+        _always,
+        L,
+        "name table",
+    ),
     "peft_lora_llama": Case(
         _peft_llama, _causal_lm_inputs, _always, L, "Llama", flags={"lora": True}
     ),
@@ -830,6 +917,7 @@ ZERO = {
     "t5": (r"relative_attention_bias",),
     "mpnet": (r"relative_attention_bias",),
     "deberta_v2": (r"rel_embeddings",),
+    "wav2vec2_conformer": (r"linear_pos", r"pos_bias_u", r"pos_bias_v"),
 }
 
 
@@ -1301,7 +1389,8 @@ CHECKPOINT_CASES = [
     "falcon", "falcon_mq", "falcon_head_qkv", "codegen", "phi3", "phi", "gptj", "opt", "bart", "whisper", "t5", "clip",
     "bert", "distilbert", "albert", "deberta_v2", "modernbert", "mpnet", "vit", "vision_encoder_decoder",
     "qwen3", "qwen3_moe", "gemma3", "olmo2", "mixtral", "qwen2_moe", "phimoe", "stablelm", "cohere",
-    "granite", "gpt_oss", "llama4_text", "phi3_longrope",
+    "granite", "gpt_oss", "llama4_text", "phi3_longrope", "persimmon", "gpt_neox_japanese",
+    "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic",
 ]  # fmt: skip
 
 

@@ -56,9 +56,9 @@ __all__ = [
 # ------------------------------------------------------------------------------- name tables
 
 #: query projection names, first match wins ("self.query": BERT's <attention>.self.query).
-Q_NAMES = ("q_proj", "query", "q", "q_lin", "query_proj", "Wq", "wq", "to_q", "q_attn")
-K_NAMES = ("k_proj", "key", "k", "k_lin", "key_proj", "Wk", "wk", "to_k")
-V_NAMES = ("v_proj", "value", "v", "v_lin", "value_proj", "Wv", "wv", "to_v")
+Q_NAMES = ("q_proj", "query", "q", "q_lin", "query_proj", "Wq", "wq", "to_q", "q_attn", "linear_q")
+K_NAMES = ("k_proj", "key", "k", "k_lin", "key_proj", "Wk", "wk", "to_k", "linear_k")
+V_NAMES = ("v_proj", "value", "v", "v_lin", "value_proj", "Wv", "wv", "to_v", "linear_v")
 #: output projection names (relative to the attention module; "output.dense" is BERT's).
 O_NAMES = (
     "o_proj",
@@ -73,6 +73,9 @@ O_NAMES = (
     "to_out.0",
     "out",
     "output.dense",
+    "linear_out",  # conformers (Wav2Vec2-Conformer/-BERT, FastSpeech2-Conformer)
+    "projection",  # BLIP / BLIP-2 / InstructBLIP vision
+    "projection_layer",  # InternVL vision
 )
 #: fused q,k,v projections and the split spec used when the family does not say otherwise
 #: (``query_key_value`` has no default: GPT-NeoX/BLOOM and Falcon lay it out differently).
@@ -81,6 +84,7 @@ FUSED_NAMES: dict[str, str | None] = {
     "Wqkv": "qkv",
     "qkv_proj": "qkv",
     "c_attn": "qkv",
+    "att_proj": "qkv",  # Bark
     "query_key_value": None,
 }
 #: attribute names (in the parent) of cross-attention modules.
@@ -397,6 +401,41 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         flags="rotary (partial: rotary_dim)",
         tested_by=("gptj",),
     ),
+    Architecture(
+        "Persimmon / Fuyu",
+        ("PersimmonAttention",),
+        ("persimmon", "fuyu"),
+        "head_qkv",
+        "query_key_value",
+        flags="rotary (partial), QK-norm per head (qk_layernorm)",
+        tested_by=("persimmon",),
+    ),
+    Architecture(
+        "GPT-NeoX-Japanese",
+        ("GPTNeoXJapaneseAttention",),
+        ("gpt_neox_japanese",),
+        "head_qkv",
+        "query_key_value",
+        flags="rotary (partial)",
+        tested_by=("gpt_neox_japanese",),
+    ),
+    Architecture(
+        "OpenAI GPT (live: by the name table; class Attention is shared with timm)",
+        (),
+        ("openai-gpt",),
+        "qkv",
+        "c_attn",
+        in_out=True,
+        tested_by=("openai_gpt",),
+    ),
+    Architecture(
+        "Bark",
+        ("BarkSelfAttention",),
+        ("bark",),
+        "qkv",
+        "att_proj",
+        tested_by=("bark_semantic",),
+    ),
     Architecture("OPT", ("OPTAttention",), ("opt",), tested_by=("opt",)),
     Architecture(
         "BART",
@@ -434,6 +473,25 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         tested_by=("bert", "bert_decoder", "roberta", "minilm_real"),
     ),
     Architecture("ViT", ("ViTAttention",), ("vit",), tested_by=("vit", "vision_encoder_decoder")),
+    Architecture(
+        "BLIP / BLIP-2 / InstructBLIP (vision)",
+        ("BlipAttention", "Blip2Attention", "InstructBlipAttention", "InstructBlipVideoAttention"),
+        ("blip_vision_model", "blip_2_vision_model", "instructblip_vision_model"),
+        "qkv",
+        "qkv",
+        tested_by=("blip2_vision",),
+    ),
+    Architecture(
+        "Wav2Vec2-Conformer / Wav2Vec2-BERT / FastSpeech2-Conformer",
+        (
+            "Wav2Vec2ConformerSelfAttention",
+            "Wav2Vec2BertSelfAttention",
+            "FastSpeech2ConformerAttention",
+        ),
+        ("wav2vec2-conformer", "wav2vec2-bert"),
+        flags="relative position scores (pos_bias_u/v, linear_pos) or rotary",
+        tested_by=("wav2vec2_conformer",),
+    ),
     Architecture(
         "DistilBERT", ("DistilBertSelfAttention",), ("distilbert",), tested_by=("distilbert",)
     ),
@@ -768,7 +826,9 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
     softcap = cfg_get(config, "attn_logit_softcapping")
     if isinstance(softcap, (int, float)) and softcap > 0:
         flags["softcap"] = float(softcap)
-    pos_type = cfg_get(config, "position_embedding_type")
+    pos_type = cfg_get(config, "position_embedding_type", "position_embeddings_type")
+    if pos_type == "rotary" and not alibi:  # Wav2Vec2-Conformer's position_embeddings_type
+        rotary, flags["rotary"] = True, True
     if (
         cfg_get(config, "relative_attention_num_buckets") is not None
         or cfg_get(config, "relative_attention") is True
@@ -975,7 +1035,9 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
     if window and not config_window:  # the config's window wins (ModernBERT keeps window/2 + 1)
         flags["sliding_window"] = window
     if getattr(module, "has_relative_attention_bias", None) is not None or any(
-        "relative_position_bias" in n or "relative_attention_bias" in n
+        "relative_position_bias" in n
+        or "relative_attention_bias" in n
+        or n.split(".")[0] in ("pos_bias_u", "linear_pos", "distance_embedding")  # conformers
         for n, _ in module.named_parameters()
     ):
         flags["relative_position_bias"] = True
@@ -1006,6 +1068,8 @@ def plan_from_module(
     head count from the key projection's width (separate) or the attributes (fused).
     """
     arch = _BY_CLASS.get(type(module).__name__, GENERIC)
+    if arch.fused and _find(module, [arch.fused]) is None:  # a class name shared by families
+        arch = GENERIC  # (timm's and OpenAI GPT's are both "Attention")
     o = _find(module, O_NAMES)
     if o is None:
         return None
