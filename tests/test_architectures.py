@@ -898,6 +898,33 @@ CASES: dict[str, Case] = {
         "Conformer",
         flags={"relative_position_bias": True},
     ),
+    "pix2struct_vision": Case(  # out-projection named "output"; unscaled scores (T5-style)
+        lambda: t.Pix2StructVisionModel(
+            t.Pix2StructVisionConfig(
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                d_kv=8,
+                d_ff=2 * D,
+                patch_embed_hidden_size=12,
+                seq_len=16,
+            )
+        ),
+        lambda m: {
+            "flattened_patches": torch.cat(
+                [
+                    torch.zeros(B, T, 2, dtype=torch.float64),
+                    torch.randn(
+                        B, T, 12, generator=torch.Generator().manual_seed(9), dtype=torch.float64
+                    ),
+                ],
+                -1,
+            )
+        },
+        _never,
+        L,
+        "name table",
+    ),
     "openai_gpt": Case(  # class "Attention" like timm's, but Conv1D c_attn: the name table
         lambda: t.OpenAIGPTModel(
             t.OpenAIGPTConfig(vocab_size=50, n_embd=D, n_layer=L, n_head=H, n_positions=16)

@@ -76,6 +76,7 @@ O_NAMES = (
     "linear_out",  # conformers (Wav2Vec2-Conformer/-BERT, FastSpeech2-Conformer)
     "projection",  # BLIP / BLIP-2 / InstructBLIP vision
     "projection_layer",  # InternVL vision
+    "output",  # Pix2Struct / Kosmos-2.5 vision (after "output.dense": BERT's output is a block)
 )
 #: fused q,k,v projections and the split spec used when the family does not say otherwise
 #: (``query_key_value`` has no default: GPT-NeoX/BLOOM and Falcon lay it out differently).
@@ -1090,7 +1091,7 @@ def plan_from_module(
         q, k, v = (_find(inner, names) for names in (Q_NAMES, K_NAMES, V_NAMES))
         assert q and k and v
         q, k, v = ((_join(self_name, t[0]), t[1]) for t in (q, k, v))  # type: ignore[assignment]
-    elif o[0].startswith("output."):
+    elif o[0].startswith("output.") and o[0] != "output.weight":
         return None  # q/k/v here but the output projection two levels down: not this module
     config = tower_config(model, name)
     objs = (module, inner, config)
