@@ -923,7 +923,44 @@ CASES: dict[str, Case] = {
         },
         _never,
         L,
-        "name table",
+        "Pix2Struct",
+    ),
+    "gpt_neo": Case(  # unscaled scores; layer 1 local (window 16 > T)
+        lambda: t.GPTNeoModel(
+            t.GPTNeoConfig(
+                vocab_size=50,
+                hidden_size=D,
+                num_layers=L,
+                num_heads=H,
+                intermediate_size=2 * D,
+                attention_types=[[["global", "local"], 1]],
+                window_size=16,
+                max_position_embeddings=16,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _always,
+        L,
+        "GPT-Neo",
+    ),
+    "openai_privacy_filter": Case(  # q and k each scaled by r^(-1/4); bidirectional; sinks
+        _lm(
+            t.OpenAIPrivacyFilterConfig,
+            t.OpenAIPrivacyFilterModel,
+            pad_token_id=0,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            experts_implementation="eager",
+        ),
+        _causal_lm_inputs,
+        _never,
+        L,
+        "privacy filter",
+        flags={"attention_sinks": True},
+        neutralise=_no_sinks,
     ),
     "openai_gpt": Case(  # class "Attention" like timm's, but Conv1D c_attn: the name table
         lambda: t.OpenAIGPTModel(
@@ -1253,6 +1290,24 @@ def test_flags_of_newer_decoders() -> None:
     assert all(any("attention sinks" in n for n in lh.notes) for lh in gpt_oss)
     granite = attention_heads(CASES["granite"].build())
     assert all(lh.scale == pytest.approx(0.3) for lh in granite)
+    neo = attention_heads(CASES["gpt_neo"].build())
+    assert [lh.flags.get("sliding_window") for lh in neo] == [None, 16]
+    mpt = t.MptModel(t.MptConfig(d_model=D, n_heads=H, n_layers=1, vocab_size=50))
+    assert all(lh.flags.get("alibi") and not lh.rotary for lh in attention_heads(mpt))
+    roformer = _lm(t.RoFormerConfig, t.RoFormerModel, embedding_size=D)()
+    assert all(lh.rotary for lh in attention_heads(roformer))
+    afmoe = _lm(
+        t.AfmoeConfig,
+        t.AfmoeModel,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+    )()
+    gated = attention_heads(afmoe)
+    assert all(lh.flags.get("output_gate") for lh in gated)
+    assert all(any("output gate" in n for n in lh.notes) for lh in gated)
 
 
 def test_scale_rules() -> None:
@@ -1417,7 +1472,8 @@ CHECKPOINT_CASES = [
     "bert", "distilbert", "albert", "deberta_v2", "modernbert", "mpnet", "vit", "vision_encoder_decoder",
     "qwen3", "qwen3_moe", "gemma3", "olmo2", "mixtral", "qwen2_moe", "phimoe", "stablelm", "cohere",
     "granite", "gpt_oss", "llama4_text", "phi3_longrope", "persimmon", "gpt_neox_japanese",
-    "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic",
+    "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
+    "gpt_neo", "openai_privacy_filter",
 ]  # fmt: skip
 
 

@@ -88,6 +88,8 @@ FUSED_NAMES: dict[str, str | None] = {
     "att_proj": "qkv",  # Bark
     "query_key_value": None,
 }
+#: data-dependent gates on the attention output (AFMoE, Beam, Laguna, MuseSpark): flag only.
+GATE_NAMES = ("gate_proj", "g_proj", "o_gate")
 #: attribute names (in the parent) of cross-attention modules.
 CROSS_NAMES = (
     "encoder_attn",
@@ -199,6 +201,10 @@ def _scale_attention_multiplier(config: object, r: int, block: int) -> float:
     return float(value) if isinstance(value, (int, float)) else r**-0.5
 
 
+def _scale_qk_each(config: object, r: int, block: int) -> float:
+    return r**-0.5  # q and k each multiplied by r^(-1/4) (the module's `scaling`)
+
+
 def _scale_gpt2(config: object, r: int, block: int) -> float:
     scale = r**-0.5 if cfg_get(config, "scale_attn_weights") in (None, True) else 1.0
     if cfg_get(config, "scale_attn_by_inverse_layer_idx"):
@@ -214,6 +220,7 @@ SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
     "query_pre_attn": ("1/√query_pre_attn_scalar", _scale_query_pre_attn),
     "gpt2": ("1/√r (÷ (layer+1) with scale_attn_by_inverse_layer_idx)", _scale_gpt2),
     "attention_multiplier": ("attention_multiplier (config)", _scale_attention_multiplier),
+    "qk_each": ("1/√r (q and k each × r^(-1/4))", _scale_qk_each),
 }
 
 #: module attributes holding the model's own scale (live modules: preferred over the rule).
@@ -436,6 +443,30 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "qkv",
         "att_proj",
         tested_by=("bark_semantic",),
+    ),
+    Architecture(
+        "Pix2Struct (vision, text)",
+        ("Pix2StructVisionAttention", "Pix2StructTextAttention"),
+        ("pix2struct", "pix2struct_vision_model", "pix2struct_text_model"),
+        scale="one",
+        flags="out-projection `output`; relative position bias (text)",
+        tested_by=("pix2struct_vision",),
+    ),
+    Architecture(
+        "GPT-Neo",
+        ("GPTNeoSelfAttention",),
+        ("gpt_neo",),
+        scale="one",
+        flags="sliding window (local layers: window_size)",
+        tested_by=("gpt_neo",),
+    ),
+    Architecture(
+        "OpenAI privacy filter",
+        ("OpenAIPrivacyFilterAttention",),
+        ("openai_privacy_filter",),
+        scale="qk_each",
+        flags="rotary (YaRN), attention sinks, bidirectional sliding window",
+        tested_by=("openai_privacy_filter",),
     ),
     Architecture("OPT", ("OPTAttention",), ("opt",), tested_by=("opt",)),
     Architecture(
@@ -788,7 +819,11 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
     """(rotary, flags) that a config alone tells: rotary / partial rotary, ALiBi, soft-cap,
     relative position bias, sliding window. ``block`` is the layer's index in its stack."""
     flags: dict[str, object] = {}
-    alibi = bool(cfg_get(config, "alibi")) or cfg_get(config, "model_type") == "bloom"
+    alibi = (
+        bool(cfg_get(config, "alibi"))
+        or bool(cfg_get(cfg_get(config, "attn_config"), "alibi"))  # MPT
+        or cfg_get(config, "model_type") == "bloom"
+    )
     rotary = not alibi and any(
         cfg_get(config, key) is not None
         for key in (
@@ -799,6 +834,7 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
             "rotary_pct",
             "rotary_emb_base",
             "global_rope_theta",
+            "rotary_value",  # RoFormer (rotary sinusoidal positions; True: values rotated too)
         )
     )
     no_rope = cfg_get(config, "no_rope_layers")  # Llama-4, SmolLM3: 0 marks a NoPE layer
@@ -843,6 +879,9 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
             block < len(layer_types) and layer_types[block] == "sliding_attention"
         ):
             flags["sliding_window"] = window
+    kinds = cfg_get(config, "attention_layers")  # GPT-Neo: "global" / "local" per layer
+    if isinstance(kinds, (list, tuple)) and block < len(kinds) and kinds[block] == "local":
+        flags["sliding_window"] = _pos_int(cfg_get(config, "window_size")) or True
     local = _pos_int(cfg_get(config, "local_attention"))
     every = _pos_int(cfg_get(config, "global_attn_every_n_layers"))
     if local and every and block % every:  # ModernBERT's local layers
@@ -887,6 +926,11 @@ def _notes_for(
     if plan_flags.get("attention_sinks"):
         notes.append(
             "attention sinks: a learned per-head logit joins each softmax (rows sum to < 1); not part of W_QK"
+        )
+    if plan_flags.get("output_gate"):
+        notes.append(
+            "output gate: each head's context is multiplied by a gate computed from the input "
+            "before W_O; the OV circuit shown is the ungated one"
         )
     if plan_flags.get("relative_position_bias"):
         notes.append("relative position scores are added to the QK scores and are not part of W_QK")
@@ -1032,6 +1076,8 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
         flags["softcap"] = float(softcap)
     if isinstance(getattr(module, "sinks", None), Tensor):  # GPT-OSS: a logit per head
         flags["attention_sinks"] = True
+    if any(isinstance(getattr(module, g, None), nn.Module) for g in GATE_NAMES):
+        flags["output_gate"] = True
     window = _pos_int(getattr(module, "sliding_window", None))
     if window and not config_window:  # the config's window wins (ModernBERT keeps window/2 + 1)
         flags["sliding_window"] = window
@@ -1186,6 +1232,8 @@ def _live_scale(
     r: int,
     block: int,
 ) -> float:
+    if arch.scale == "qk_each":  # the module's `scaling` multiplies q and k each
+        return _scale_qk_each(config, r, block)
     if arch.scale == "inv_sqrt":
         for mod in (module, inner):
             for attr in _SCALE_ATTRS:
