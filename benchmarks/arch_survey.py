@@ -32,8 +32,18 @@ miss) and listed.
 Each model is built in a worker subprocess (restarted if one crashes), one core, memory capped
 by ``RLIMIT_AS``; results go to a JSON-lines file, then a markdown report.
 
-Run:  nice -n 10 python benchmarks/arch_survey.py [--out docs/arch_survey.md]
+``--verify FILE`` then rebuilds every extracted type (a, a*, b) and checks each layer that a
+text-only forward (``input_ids``, positions 0, an all-ones attention mask) calls with
+tests/test_architectures.py's harness (``_randomize``, ``_record``, ``_check``, QK-norms and
+sinks neutralised): causal mask first, then none; a layer whose probabilities differ by less
+than 1e-4 counts as reproduced (float32 softmax on large tiny-model scores). A mismatch is
+expected where a flag names a score term W_QK lacks (relative position bias, ALiBi, soft-cap,
+output gate); any other is a gap (docs/metrics.md lists them).
+
+Run:  nice -n 10 python benchmarks/arch_survey.py [--out docs/arch_survey.md] [--verify FILE]
         [--jsonl /tmp/arch_survey.jsonl] [--timeout 60] [--types llama,qwen3] [--resume]
+        [--redo TYPES]
+(the full run with --verify: 814 s on one core of this machine)
 """
 
 from __future__ import annotations
