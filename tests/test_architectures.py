@@ -97,6 +97,9 @@ class Case:
     bias: Callable[[LayerHeads, int], Tensor] | None = None  # extra score term (B, H, T, S)
     calls_per_layer: int = 1
     flags: dict[str, object] = field(default_factory=dict)  # flags every layer must carry
+    #: run after extraction, before the forward: turns off what the check leaves out of the
+    #: scores (QK-norms, attention sinks), so that the model computes softmax(scale·q·kᵀ)
+    neutralise: Callable[[nn.Module], None] | None = None
 
 
 def _always(lh: LayerHeads) -> bool:
@@ -118,6 +121,26 @@ def _lm(config_cls: Any, model_cls: Any, **kw: Any) -> Callable[[], nn.Module]:
     )
     base.update(kw)
     return lambda: model_cls(config_cls(**base))
+
+
+QK_NORMS = ("q_norm", "k_norm", "q_layernorm", "k_layernorm", "qk_norm")
+
+
+def _no_qk_norm(model: nn.Module) -> None:
+    """Replace every attention module's QK-norm (per head, full width, Llama-4's weightless L2
+    norm) by the identity: the factors give the raw q·kᵀ, the norm is a flag."""
+    for module in list(model.modules()):
+        for name in QK_NORMS:
+            if isinstance(getattr(module, name, None), nn.Module):
+                setattr(module, name, nn.Identity())
+
+
+def _no_sinks(model: nn.Module) -> None:
+    """GPT-OSS: a per-head sink logit joins each softmax; −∞ removes it (a flag, not W_QK)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(getattr(module, "sinks", None), nn.Parameter):
+                module.sinks.fill_(float("-inf"))
 
 
 def _causal_lm_inputs(m: nn.Module) -> dict[str, Any]:
@@ -382,6 +405,28 @@ CASES: dict[str, Case] = {
         L,
         "Phi-3",
     ),
+    "phi3_longrope": Case(  # LongRoPE scales cos/sin by √(1 + ln 4 / ln 16): m² in the scale
+        _lm(
+            t.Phi3Config,
+            t.Phi3Model,
+            num_key_value_heads=2,
+            pad_token_id=0,
+            max_position_embeddings=64,
+            original_max_position_embeddings=16,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "short_factor": [1.0] * 4,
+                "long_factor": [2.0] * 4,
+                "original_max_position_embeddings": 16,
+            },
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Phi-3",
+        flags={"rope_attention_factor": math.sqrt(1 + math.log(4) / math.log(16))},
+    ),
     "phi": Case(
         _lm(t.PhiConfig, t.PhiModel, partial_rotary_factor=0.5),
         _causal_lm_inputs,
@@ -619,6 +664,313 @@ CASES: dict[str, Case] = {
         "ViT",
         kinds=("self", "cross"),
     ),
+    # decoder families the per-module name table covers without a row of their own (survey:
+    # docs/arch_survey.md); each checked here against its own forward
+    "qwen3": Case(
+        _lm(t.Qwen3Config, t.Qwen3Model, num_key_value_heads=2, head_dim=8),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Qwen3",
+        flags={"qk_norm": "per_head", "rotary": True},
+        neutralise=_no_qk_norm,
+    ),
+    "qwen3_moe": Case(
+        _lm(
+            t.Qwen3MoeConfig,
+            t.Qwen3MoeModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            head_dim=8,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Qwen3",
+        flags={"qk_norm": "per_head"},
+        neutralise=_no_qk_norm,
+    ),
+    "gemma3": Case(
+        _lm(
+            t.Gemma3TextConfig,
+            t.Gemma3TextModel,
+            num_key_value_heads=2,
+            head_dim=8,
+            query_pre_attn_scalar=16,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Gemma-3",
+        flags={"qk_norm": "per_head", "rotary": True},
+        neutralise=_no_qk_norm,
+    ),
+    "olmo2": Case(
+        _lm(t.Olmo2Config, t.Olmo2Model, num_key_value_heads=2),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "OLMo-2",
+        flags={"qk_norm": "full"},
+        neutralise=_no_qk_norm,
+    ),
+    "mixtral": Case(
+        _lm(
+            t.MixtralConfig,
+            t.MixtralModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Mixtral",
+    ),
+    "qwen2_moe": Case(
+        _lm(
+            t.Qwen2MoeConfig,
+            t.Qwen2MoeModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=16,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Qwen2-MoE",
+    ),
+    "phimoe": Case(
+        _lm(
+            t.PhimoeConfig,
+            t.PhimoeModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Phi-3.5-MoE",
+    ),
+    "stablelm": Case(
+        _lm(t.StableLmConfig, t.StableLmModel, num_key_value_heads=2, qk_layernorm=True),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "StableLM",
+        flags={"partial_rotary": 0.25, "qk_norm": "per_head"},
+        neutralise=_no_qk_norm,
+    ),
+    "cohere": Case(
+        _lm(t.CohereConfig, t.CohereModel, num_key_value_heads=2, use_qk_norm=True),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Cohere",
+        flags={"qk_norm": "per_head", "rotary": True},
+        neutralise=_no_qk_norm,
+    ),
+    "granite": Case(  # attention_multiplier: the score scale is not 1/√r
+        _lm(t.GraniteConfig, t.GraniteModel, num_key_value_heads=2, attention_multiplier=0.3),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Granite",
+    ),
+    "gpt_oss": Case(
+        _lm(
+            t.GptOssConfig,
+            t.GptOssModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            head_dim=8,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "GPT-OSS",
+        flags={"attention_sinks": True, "rotary": True},
+        neutralise=_no_sinks,
+    ),
+    "llama4_text": Case(  # layer 1 is a NoPE layer (no_rope_layer_interval=2)
+        _lm(
+            t.Llama4TextConfig,
+            t.Llama4TextModel,
+            experts_implementation="eager",  # grouped_mm has no float64
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size_mlp=2 * D,
+            num_local_experts=2,
+            no_rope_layer_interval=2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Llama-4",
+        neutralise=_no_qk_norm,
+    ),
+    # survey fixes: fused splits and name-table entries (docs/arch_survey.md)
+    "persimmon": Case(
+        _lm(t.PersimmonConfig, t.PersimmonModel, qk_layernorm=True),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Persimmon",
+        flags={"partial_rotary": 0.5, "qk_norm": "per_head"},
+        neutralise=_no_qk_norm,
+    ),
+    "gpt_neox_japanese": Case(
+        _lm(t.GPTNeoXJapaneseConfig, t.GPTNeoXJapaneseModel, intermediate_multiple_size=2),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "GPT-NeoX-Japanese",
+        flags={"rotary": True},
+    ),
+    "bark_semantic": Case(
+        lambda: t.BarkSemanticModel(
+            t.BarkSemanticConfig(
+                input_vocab_size=50,
+                output_vocab_size=50,
+                hidden_size=D,
+                num_layers=L,
+                num_heads=H,
+                block_size=16,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _always,
+        L,
+        "Bark",
+    ),
+    "blip2_vision": Case(
+        lambda: t.Blip2VisionModel(
+            t.Blip2VisionConfig(
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                intermediate_size=2 * D,
+                image_size=8,
+                patch_size=4,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"pixel_values": _pixels()},
+        _never,
+        L,
+        "BLIP",
+    ),
+    "wav2vec2_conformer": Case(
+        lambda: t.Wav2Vec2ConformerModel(
+            t.Wav2Vec2ConformerConfig(
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                intermediate_size=2 * D,
+                conv_dim=(16, 16),
+                conv_stride=(5, 2),
+                conv_kernel=(10, 3),
+                num_feat_extract_layers=2,
+                conv_depthwise_kernel_size=3,
+                position_embeddings_type="relative",
+                max_source_positions=64,
+            )
+        ),
+        lambda m: {
+            "input_values": torch.randn(
+                B, 80, generator=torch.Generator().manual_seed(8), dtype=torch.float64
+            )
+        },
+        _never,
+        L,
+        "Conformer",
+        flags={"relative_position_bias": True},
+    ),
+    "pix2struct_vision": Case(  # out-projection named "output"; unscaled scores (T5-style)
+        lambda: t.Pix2StructVisionModel(
+            t.Pix2StructVisionConfig(
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                d_kv=8,
+                d_ff=2 * D,
+                patch_embed_hidden_size=12,
+                seq_len=16,
+            )
+        ),
+        lambda m: {
+            "flattened_patches": torch.cat(
+                [
+                    torch.zeros(B, T, 2, dtype=torch.float64),
+                    torch.randn(
+                        B, T, 12, generator=torch.Generator().manual_seed(9), dtype=torch.float64
+                    ),
+                ],
+                -1,
+            )
+        },
+        _never,
+        L,
+        "Pix2Struct",
+    ),
+    "gpt_neo": Case(  # unscaled scores; layer 1 local (window 16 > T)
+        lambda: t.GPTNeoModel(
+            t.GPTNeoConfig(
+                vocab_size=50,
+                hidden_size=D,
+                num_layers=L,
+                num_heads=H,
+                intermediate_size=2 * D,
+                attention_types=[[["global", "local"], 1]],
+                window_size=16,
+                max_position_embeddings=16,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _always,
+        L,
+        "GPT-Neo",
+    ),
+    "openai_privacy_filter": Case(  # q and k each scaled by r^(-1/4); bidirectional; sinks
+        _lm(
+            t.OpenAIPrivacyFilterConfig,
+            t.OpenAIPrivacyFilterModel,
+            pad_token_id=0,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            experts_implementation="eager",
+        ),
+        _causal_lm_inputs,
+        _never,
+        L,
+        "privacy filter",
+        flags={"attention_sinks": True},
+        neutralise=_no_sinks,
+    ),
+    "openai_gpt": Case(  # class "Attention" like timm's, but Conv1D c_attn: the name table
+        lambda: t.OpenAIGPTModel(
+            t.OpenAIGPTConfig(vocab_size=50, n_embd=D, n_layer=L, n_head=H, n_positions=16)
+        ),
+        lambda m: {"input_ids": _ids()},
+        _always,
+        L,
+        "name table",
+    ),
     "peft_lora_llama": Case(
         _peft_llama, _causal_lm_inputs, _always, L, "Llama", flags={"lora": True}
     ),
@@ -629,6 +981,7 @@ ZERO = {
     "t5": (r"relative_attention_bias",),
     "mpnet": (r"relative_attention_bias",),
     "deberta_v2": (r"rel_embeddings",),
+    "wav2vec2_conformer": (r"linear_pos", r"pos_bias_u", r"pos_bias_v"),
 }
 
 
@@ -727,6 +1080,8 @@ def _run(name: str) -> tuple[list[LayerHeads], list[Recorded]]:
         warnings.simplefilter("error", UnrecognizedAttentionWarning)
         with torch.no_grad():
             layers = attention_heads(model, strict=True)
+    if case.neutralise is not None:
+        case.neutralise(model)
     recs, handles = _record(model, layers)
     try:
         with torch.no_grad():
@@ -923,6 +1278,38 @@ def test_flags_partial_rotary_qk_norm_softcap_window() -> None:
     assert all(not lh.flags for lh in bert)
 
 
+def test_flags_of_newer_decoders() -> None:
+    """Llama-4: rotary + weightless L2 QK-norm on RoPE layers, neither on NoPE layers; GPT-OSS:
+    attention sinks flagged and noted; Granite: its attention_multiplier is the scale."""
+    llama4 = attention_heads(CASES["llama4_text"].build())
+    assert llama4[0].rotary and llama4[0].flags.get("qk_norm") == "per_head"
+    assert not llama4[1].rotary and "rotary" not in llama4[1].flags
+    assert "qk_norm" not in llama4[1].flags
+    gpt_oss = attention_heads(CASES["gpt_oss"].build())
+    assert all(lh.flags["attention_sinks"] for lh in gpt_oss)
+    assert all(any("attention sinks" in n for n in lh.notes) for lh in gpt_oss)
+    granite = attention_heads(CASES["granite"].build())
+    assert all(lh.scale == pytest.approx(0.3) for lh in granite)
+    neo = attention_heads(CASES["gpt_neo"].build())
+    assert [lh.flags.get("sliding_window") for lh in neo] == [None, 16]
+    mpt = t.MptModel(t.MptConfig(d_model=D, n_heads=H, n_layers=1, vocab_size=50))
+    assert all(lh.flags.get("alibi") and not lh.rotary for lh in attention_heads(mpt))
+    roformer = _lm(t.RoFormerConfig, t.RoFormerModel, embedding_size=D)()
+    assert all(lh.rotary for lh in attention_heads(roformer))
+    afmoe = _lm(
+        t.AfmoeConfig,
+        t.AfmoeModel,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+    )()
+    gated = attention_heads(afmoe)
+    assert all(lh.flags.get("output_gate") for lh in gated)
+    assert all(any("output gate" in n for n in lh.notes) for lh in gated)
+
+
 def test_scale_rules() -> None:
     t5 = [lh.scale for lh in attention_heads(CASES["t5"].build())]
     assert t5 == [1.0] * (3 * L)
@@ -1083,6 +1470,10 @@ CHECKPOINT_CASES = [
     "llama_gqa", "mistral_mqa", "qwen2_gqa", "gemma2", "gpt2", "gpt_bigcode", "gpt_neox", "bloom",
     "falcon", "falcon_mq", "falcon_head_qkv", "codegen", "phi3", "phi", "gptj", "opt", "bart", "whisper", "t5", "clip",
     "bert", "distilbert", "albert", "deberta_v2", "modernbert", "mpnet", "vit", "vision_encoder_decoder",
+    "qwen3", "qwen3_moe", "gemma3", "olmo2", "mixtral", "qwen2_moe", "phimoe", "stablelm", "cohere",
+    "granite", "gpt_oss", "llama4_text", "phi3_longrope", "persimmon", "gpt_neox_japanese",
+    "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
+    "gpt_neo", "openai_privacy_filter",
 ]  # fmt: skip
 
 

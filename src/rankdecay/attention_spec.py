@@ -56,9 +56,9 @@ __all__ = [
 # ------------------------------------------------------------------------------- name tables
 
 #: query projection names, first match wins ("self.query": BERT's <attention>.self.query).
-Q_NAMES = ("q_proj", "query", "q", "q_lin", "query_proj", "Wq", "wq", "to_q", "q_attn")
-K_NAMES = ("k_proj", "key", "k", "k_lin", "key_proj", "Wk", "wk", "to_k")
-V_NAMES = ("v_proj", "value", "v", "v_lin", "value_proj", "Wv", "wv", "to_v")
+Q_NAMES = ("q_proj", "query", "q", "q_lin", "query_proj", "Wq", "wq", "to_q", "q_attn", "linear_q")
+K_NAMES = ("k_proj", "key", "k", "k_lin", "key_proj", "Wk", "wk", "to_k", "linear_k")
+V_NAMES = ("v_proj", "value", "v", "v_lin", "value_proj", "Wv", "wv", "to_v", "linear_v")
 #: output projection names (relative to the attention module; "output.dense" is BERT's).
 O_NAMES = (
     "o_proj",
@@ -73,6 +73,10 @@ O_NAMES = (
     "to_out.0",
     "out",
     "output.dense",
+    "linear_out",  # conformers (Wav2Vec2-Conformer/-BERT, FastSpeech2-Conformer)
+    "projection",  # BLIP / BLIP-2 / InstructBLIP vision
+    "projection_layer",  # InternVL vision
+    "output",  # Pix2Struct / Kosmos-2.5 vision (after "output.dense": BERT's output is a block)
 )
 #: fused q,k,v projections and the split spec used when the family does not say otherwise
 #: (``query_key_value`` has no default: GPT-NeoX/BLOOM and Falcon lay it out differently).
@@ -81,8 +85,11 @@ FUSED_NAMES: dict[str, str | None] = {
     "Wqkv": "qkv",
     "qkv_proj": "qkv",
     "c_attn": "qkv",
+    "att_proj": "qkv",  # Bark
     "query_key_value": None,
 }
+#: data-dependent gates on the attention output (AFMoE, Beam, Laguna, MuseSpark): flag only.
+GATE_NAMES = ("gate_proj", "g_proj", "o_gate")
 #: attribute names (in the parent) of cross-attention modules.
 CROSS_NAMES = (
     "encoder_attn",
@@ -189,6 +196,15 @@ def _scale_query_pre_attn(config: object, r: int, block: int) -> float:
     return float(scalar) ** -0.5 if scalar else r**-0.5
 
 
+def _scale_attention_multiplier(config: object, r: int, block: int) -> float:
+    value = cfg_get(config, "attention_multiplier")
+    return float(value) if isinstance(value, (int, float)) else r**-0.5
+
+
+def _scale_qk_each(config: object, r: int, block: int) -> float:
+    return r**-0.5  # q and k each multiplied by r^(-1/4) (the module's `scaling`)
+
+
 def _scale_gpt2(config: object, r: int, block: int) -> float:
     scale = r**-0.5 if cfg_get(config, "scale_attn_weights") in (None, True) else 1.0
     if cfg_get(config, "scale_attn_by_inverse_layer_idx"):
@@ -203,6 +219,8 @@ SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
     "deberta": ("1/√(r·(1 + #{c2p, p2c}))", _scale_deberta),
     "query_pre_attn": ("1/√query_pre_attn_scalar", _scale_query_pre_attn),
     "gpt2": ("1/√r (÷ (layer+1) with scale_attn_by_inverse_layer_idx)", _scale_gpt2),
+    "attention_multiplier": ("attention_multiplier (config)", _scale_attention_multiplier),
+    "qk_each": ("1/√r (q and k each × r^(-1/4))", _scale_qk_each),
 }
 
 #: module attributes holding the model's own scale (live modules: preferred over the rule).
@@ -241,12 +259,69 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         tested_by=("llama_gqa", "mistral_mqa", "qwen2_gqa"),
     ),
     Architecture(
-        "Gemma-2",
-        ("Gemma2Attention",),
-        ("gemma2",),
+        "Gemma-2 / Gemma-3",
+        ("Gemma2Attention", "Gemma3Attention"),
+        ("gemma2", "gemma3", "gemma3_text"),
         scale="query_pre_attn",
-        flags="rotary, logit soft-cap, sliding window",
-        tested_by=("gemma2",),
+        flags="rotary, logit soft-cap, sliding window; QK-norm per head (Gemma-3)",
+        tested_by=("gemma2", "gemma3"),
+    ),
+    Architecture(
+        "Qwen3 / Qwen3-MoE",
+        ("Qwen3Attention", "Qwen3MoeAttention"),
+        ("qwen3", "qwen3_moe"),
+        flags="rotary, QK-norm per head",
+        tested_by=("qwen3", "qwen3_moe"),
+    ),
+    Architecture(
+        "OLMo-2",
+        ("Olmo2Attention",),
+        ("olmo2",),
+        flags="rotary, QK-norm full width (H·r)",
+        tested_by=("olmo2",),
+    ),
+    Architecture(
+        "Mixtral / Qwen2-MoE / Phi-3.5-MoE (MoE MLPs)",
+        ("MixtralAttention", "Qwen2MoeAttention", "PhimoeAttention"),
+        ("mixtral", "qwen2_moe", "phimoe"),
+        flags="rotary, sliding window",
+        tested_by=("mixtral", "qwen2_moe", "phimoe"),
+    ),
+    Architecture(
+        "StableLM",
+        ("StableLmAttention",),
+        ("stablelm",),
+        flags="rotary (partial: partial_rotary_factor), QK-norm per head (qk_layernorm)",
+        tested_by=("stablelm",),
+    ),
+    Architecture(
+        "Cohere (Command-R)",
+        ("CohereAttention",),
+        ("cohere",),
+        flags="rotary (interleaved), QK-norm per head (use_qk_norm)",
+        tested_by=("cohere",),
+    ),
+    Architecture(
+        "Granite / Granite-MoE",
+        ("GraniteAttention", "GraniteMoeAttention"),
+        ("granite", "granitemoe"),
+        scale="attention_multiplier",
+        flags="rotary",
+        tested_by=("granite",),
+    ),
+    Architecture(
+        "GPT-OSS",
+        ("GptOssAttention",),
+        ("gpt_oss",),
+        flags="rotary (YaRN: cos/sin × m, m² in the scale), attention sinks, sliding window",
+        tested_by=("gpt_oss",),
+    ),
+    Architecture(
+        "Llama-4 (text)",
+        ("Llama4TextAttention",),
+        ("llama4_text", "llama4"),
+        flags="rotary on RoPE layers, none on NoPE layers; weightless L2 QK-norm (RoPE layers)",
+        tested_by=("llama4_text",),
     ),
     Architecture(
         "GPT-2",
@@ -317,8 +392,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("phi3",),
         "qkv",
         "qkv_proj",
-        flags="rotary",
-        tested_by=("phi3",),
+        flags="rotary (LongRoPE: cos/sin × m, m² in the scale)",
+        tested_by=("phi3", "phi3_longrope"),
     ),
     Architecture(
         "Phi",
@@ -333,6 +408,65 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("gptj",),
         flags="rotary (partial: rotary_dim)",
         tested_by=("gptj",),
+    ),
+    Architecture(
+        "Persimmon / Fuyu",
+        ("PersimmonAttention",),
+        ("persimmon", "fuyu"),
+        "head_qkv",
+        "query_key_value",
+        flags="rotary (partial), QK-norm per head (qk_layernorm)",
+        tested_by=("persimmon",),
+    ),
+    Architecture(
+        "GPT-NeoX-Japanese",
+        ("GPTNeoXJapaneseAttention",),
+        ("gpt_neox_japanese",),
+        "head_qkv",
+        "query_key_value",
+        flags="rotary (partial)",
+        tested_by=("gpt_neox_japanese",),
+    ),
+    Architecture(
+        "OpenAI GPT (live: by the name table; class Attention is shared with timm)",
+        (),
+        ("openai-gpt",),
+        "qkv",
+        "c_attn",
+        in_out=True,
+        tested_by=("openai_gpt",),
+    ),
+    Architecture(
+        "Bark",
+        ("BarkSelfAttention",),
+        ("bark",),
+        "qkv",
+        "att_proj",
+        tested_by=("bark_semantic",),
+    ),
+    Architecture(
+        "Pix2Struct (vision, text)",
+        ("Pix2StructVisionAttention", "Pix2StructTextAttention"),
+        ("pix2struct", "pix2struct_vision_model", "pix2struct_text_model"),
+        scale="one",
+        flags="out-projection `output`; relative position bias (text)",
+        tested_by=("pix2struct_vision",),
+    ),
+    Architecture(
+        "GPT-Neo",
+        ("GPTNeoSelfAttention",),
+        ("gpt_neo",),
+        scale="one",
+        flags="sliding window (local layers: window_size)",
+        tested_by=("gpt_neo",),
+    ),
+    Architecture(
+        "OpenAI privacy filter",
+        ("OpenAIPrivacyFilterAttention",),
+        ("openai_privacy_filter",),
+        scale="qk_each",
+        flags="rotary (YaRN), attention sinks, bidirectional sliding window",
+        tested_by=("openai_privacy_filter",),
     ),
     Architecture("OPT", ("OPTAttention",), ("opt",), tested_by=("opt",)),
     Architecture(
@@ -371,6 +505,25 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         tested_by=("bert", "bert_decoder", "roberta", "minilm_real"),
     ),
     Architecture("ViT", ("ViTAttention",), ("vit",), tested_by=("vit", "vision_encoder_decoder")),
+    Architecture(
+        "BLIP / BLIP-2 / InstructBLIP (vision)",
+        ("BlipAttention", "Blip2Attention", "InstructBlipAttention", "InstructBlipVideoAttention"),
+        ("blip_vision_model", "blip_2_vision_model", "instructblip_vision_model"),
+        "qkv",
+        "qkv",
+        tested_by=("blip2_vision",),
+    ),
+    Architecture(
+        "Wav2Vec2-Conformer / Wav2Vec2-BERT / FastSpeech2-Conformer",
+        (
+            "Wav2Vec2ConformerSelfAttention",
+            "Wav2Vec2BertSelfAttention",
+            "FastSpeech2ConformerAttention",
+        ),
+        ("wav2vec2-conformer", "wav2vec2-bert"),
+        flags="relative position scores (pos_bias_u/v, linear_pos) or rotary",
+        tested_by=("wav2vec2_conformer",),
+    ),
     Architecture(
         "DistilBERT", ("DistilBertSelfAttention",), ("distilbert",), tested_by=("distilbert",)
     ),
@@ -613,11 +766,64 @@ def split_heads(
 # ------------------------------------------------------------------------------- flags
 
 
+def rope_attention_factor(config: object, block: int) -> float:
+    """The factor m by which the rotary embedding multiplies cos and sin (q and k each: m² on
+    the rotated scores), as transformers' ``modeling_rope_utils`` computes it; 1 if none.
+
+    YaRN: ``attention_factor``, else 0.1·μ·ln s + 1 (μ = mscale; the ratio of the two
+    ``mscale``/``mscale_all_dim`` values when both are set), s = ``factor`` or
+    max_position / original_max_position (s ≤ 1 → 1). LongRoPE: ``attention_factor``, else
+    √(1 + ln s / ln original_max_position). Per-layer-type parameters (Gemma-3) follow
+    ``layer_types[block]``.
+    """
+    params = cfg_get(config, "rope_parameters", "rope_scaling")
+    if (
+        isinstance(params, Mapping)
+        and params
+        and all(isinstance(v, Mapping) for v in params.values())
+    ):
+        layer_types = cfg_get(config, "layer_types")
+        kind = (
+            layer_types[block]
+            if isinstance(layer_types, (list, tuple)) and block < len(layer_types)
+            else None
+        )
+        params = params.get(kind) if kind is not None else None
+    if not isinstance(params, Mapping):
+        return 1.0
+    rope_type = params.get("rope_type") or params.get("type")
+    if rope_type not in ("yarn", "longrope"):
+        return 1.0
+    given = params.get("attention_factor")
+    if isinstance(given, (int, float)):
+        return float(given)
+    original = params.get("original_max_position_embeddings") or cfg_get(
+        config, "original_max_position_embeddings"
+    )
+    factor = params.get("factor")
+    if factor is None and original:
+        factor = cfg_get(config, "max_position_embeddings") / original
+    if not isinstance(factor, (int, float)) or factor <= 1:
+        return 1.0
+    if rope_type == "longrope":
+        return math.sqrt(1 + math.log(factor) / math.log(original)) if original else 1.0
+
+    def mscale(value: float = 1.0) -> float:
+        return 0.1 * value * math.log(factor) + 1.0
+
+    mu, mu_all = params.get("mscale"), params.get("mscale_all_dim")
+    return float(mscale(mu) / mscale(mu_all)) if mu and mu_all else mscale()
+
+
 def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[str, object]]:
     """(rotary, flags) that a config alone tells: rotary / partial rotary, ALiBi, soft-cap,
     relative position bias, sliding window. ``block`` is the layer's index in its stack."""
     flags: dict[str, object] = {}
-    alibi = bool(cfg_get(config, "alibi")) or cfg_get(config, "model_type") == "bloom"
+    alibi = (
+        bool(cfg_get(config, "alibi"))
+        or bool(cfg_get(cfg_get(config, "attn_config"), "alibi"))  # MPT
+        or cfg_get(config, "model_type") == "bloom"
+    )
     rotary = not alibi and any(
         cfg_get(config, key) is not None
         for key in (
@@ -628,8 +834,17 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
             "rotary_pct",
             "rotary_emb_base",
             "global_rope_theta",
+            "rotary_value",  # RoFormer (rotary sinusoidal positions; True: values rotated too)
         )
     )
+    no_rope = cfg_get(config, "no_rope_layers")  # Llama-4, SmolLM3: 0 marks a NoPE layer
+    if (
+        rotary
+        and isinstance(no_rope, (list, tuple))
+        and block < len(no_rope)
+        and not no_rope[block]
+    ):
+        rotary = False
     if alibi:
         flags["alibi"] = True
     if rotary:
@@ -642,10 +857,15 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
             fraction = rdim / head_dim
         if isinstance(fraction, (int, float)) and 0 < fraction < 1:
             flags["partial_rotary"] = float(fraction)
+        factor = rope_attention_factor(config, block)
+        if factor != 1.0:
+            flags["rope_attention_factor"] = factor
     softcap = cfg_get(config, "attn_logit_softcapping")
     if isinstance(softcap, (int, float)) and softcap > 0:
         flags["softcap"] = float(softcap)
-    pos_type = cfg_get(config, "position_embedding_type")
+    pos_type = cfg_get(config, "position_embedding_type", "position_embeddings_type")
+    if pos_type == "rotary" and not alibi:  # Wav2Vec2-Conformer's position_embeddings_type
+        rotary, flags["rotary"] = True, True
     if (
         cfg_get(config, "relative_attention_num_buckets") is not None
         or cfg_get(config, "relative_attention") is True
@@ -659,6 +879,9 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
             block < len(layer_types) and layer_types[block] == "sliding_attention"
         ):
             flags["sliding_window"] = window
+    kinds = cfg_get(config, "attention_layers")  # GPT-Neo: "global" / "local" per layer
+    if isinstance(kinds, (list, tuple)) and block < len(kinds) and kinds[block] == "local":
+        flags["sliding_window"] = _pos_int(cfg_get(config, "window_size")) or True
     local = _pos_int(cfg_get(config, "local_attention"))
     every = _pos_int(cfg_get(config, "global_attn_every_n_layers"))
     if local and every and block % every:  # ModernBERT's local layers
@@ -688,8 +911,27 @@ def _notes_for(
         notes.append(
             f"QK-norm ({plan_flags['qk_norm']}): q and k are normalized before the product; W_QK is the raw W_Q W_Kᵀ"
         )
+    if "rope_attention_factor" in plan_flags:
+        m = plan_flags["rope_attention_factor"]
+        notes.append(
+            f"rotary cos/sin scaled by {m:.4g}: the rotated part of q·kᵀ by {m:.4g}²"
+            + (
+                " (not in the scale: partial rotary)"
+                if "partial_rotary" in plan_flags
+                else " (in the scale)"
+            )
+        )
     if "softcap" in plan_flags:
         notes.append(f"logit soft-cap {plan_flags['softcap']}: scores pass through c·tanh(s/c)")
+    if plan_flags.get("attention_sinks"):
+        notes.append(
+            "attention sinks: a learned per-head logit joins each softmax (rows sum to < 1); not part of W_QK"
+        )
+    if plan_flags.get("output_gate"):
+        notes.append(
+            "output gate: each head's context is multiplied by a gate computed from the input "
+            "before W_O; the OV circuit shown is the ungated one"
+        )
     if plan_flags.get("relative_position_bias"):
         notes.append("relative position scores are added to the QK scores and are not part of W_QK")
     if "sliding_window" in plan_flags:
@@ -698,7 +940,12 @@ def _notes_for(
 
 
 def finish_notes(plan: AttentionPlan) -> AttentionPlan:
-    """Fill ``plan.notes`` from its flags (after ``n_kv_heads`` is known)."""
+    """Fill ``plan.notes`` from its flags (after ``n_kv_heads`` is known); a rotary embedding
+    that scales cos and sin by m (YaRN, LongRoPE: flag ``rope_attention_factor``) multiplies
+    the whole head's scores by m² when it rotates the whole head, so the scale takes it."""
+    factor = plan.flags.get("rope_attention_factor")
+    if plan.rotary and isinstance(factor, float) and "partial_rotary" not in plan.flags:
+        plan.scale *= factor**2
     plan.notes = plan.notes + _notes_for(plan.flags, plan.kind, plan.n_heads, plan.n_kv_heads)
     return plan
 
@@ -806,17 +1053,19 @@ def _is_cross(module: nn.Module, name: str, inner: nn.Module | None) -> bool:
 def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dict[str, object]:
     """Flags only a live module tells: QK-norm width, its own soft-cap / window / rotary dims."""
     flags: dict[str, object] = {}
-    for qn in ("q_norm", "q_layernorm", "query_norm"):
+    for qn in ("q_norm", "q_layernorm", "query_norm", "qk_norm"):  # qk_norm: Llama-4's L2 norm
         norm = getattr(module, qn, None)
         if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
+            # "full" only when one norm spans all H·r features (OLMo-2's RMSNorm(H·r)); a
+            # gain of shape (H, r) normalises each head on its own (Cohere's LayerNorm((H, r)))
             weight = getattr(norm, "weight", None)
             shape = getattr(norm, "normalized_shape", None)
             width = (
-                weight.numel()
+                (weight.numel() if weight.dim() == 1 else 0)
                 if isinstance(weight, Tensor)
                 else (
                     math.prod(shape)
-                    if isinstance(shape, tuple)
+                    if isinstance(shape, tuple) and len(shape) == 1
                     else (shape if isinstance(shape, int) else 0)
                 )
             )
@@ -825,11 +1074,17 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
     softcap = getattr(module, "attn_logit_softcapping", None)
     if isinstance(softcap, (int, float)) and softcap > 0:
         flags["softcap"] = float(softcap)
+    if isinstance(getattr(module, "sinks", None), Tensor):  # GPT-OSS: a logit per head
+        flags["attention_sinks"] = True
+    if any(isinstance(getattr(module, g, None), nn.Module) for g in GATE_NAMES):
+        flags["output_gate"] = True
     window = _pos_int(getattr(module, "sliding_window", None))
     if window and not config_window:  # the config's window wins (ModernBERT keeps window/2 + 1)
         flags["sliding_window"] = window
     if getattr(module, "has_relative_attention_bias", None) is not None or any(
-        "relative_position_bias" in n or "relative_attention_bias" in n
+        "relative_position_bias" in n
+        or "relative_attention_bias" in n
+        or n.split(".")[0] in ("pos_bias_u", "linear_pos", "distance_embedding")  # conformers
         for n, _ in module.named_parameters()
     ):
         flags["relative_position_bias"] = True
@@ -860,6 +1115,8 @@ def plan_from_module(
     head count from the key projection's width (separate) or the attributes (fused).
     """
     arch = _BY_CLASS.get(type(module).__name__, GENERIC)
+    if arch.fused and _find(module, [arch.fused]) is None:  # a class name shared by families
+        arch = GENERIC  # (timm's and OpenAI GPT's are both "Attention")
     o = _find(module, O_NAMES)
     if o is None:
         return None
@@ -880,7 +1137,7 @@ def plan_from_module(
         q, k, v = (_find(inner, names) for names in (Q_NAMES, K_NAMES, V_NAMES))
         assert q and k and v
         q, k, v = ((_join(self_name, t[0]), t[1]) for t in (q, k, v))  # type: ignore[assignment]
-    elif o[0].startswith("output."):
+    elif o[0].startswith("output.") and o[0] != "output.weight":
         return None  # q/k/v here but the output projection two levels down: not this module
     config = tower_config(model, name)
     objs = (module, inner, config)
@@ -938,6 +1195,11 @@ def plan_from_module(
         rotary, flags["rotary"] = True, True
     elif rotary is False and _rotary_in_tower(model, name) and not flags.get("alibi"):
         rotary, flags["rotary"] = True, True
+    use_rope = getattr(module, "use_rope", None)  # Llama-4 / SmolLM3 NoPE layers: 0 or False
+    if isinstance(use_rope, (bool, int)) and not use_rope:
+        rotary = False
+        for key in ("rotary", "partial_rotary", "rope_attention_factor"):
+            flags.pop(key, None)
     for mod in (module, inner):
         if mod is None:
             continue
@@ -970,6 +1232,8 @@ def _live_scale(
     r: int,
     block: int,
 ) -> float:
+    if arch.scale == "qk_each":  # the module's `scaling` multiplies q and k each
+        return _scale_qk_each(config, r, block)
     if arch.scale == "inv_sqrt":
         for mod in (module, inner):
             for attr in _SCALE_ATTRS:
@@ -1114,5 +1378,7 @@ def plan_from_checkpoint(
         for qn in ("q_norm", "q_layernorm"):
             if _join(prefix, f"{qn}.weight") in names:
                 plan.flags["qk_norm"] = "per_head"  # the width is checked when the tensor is read
+        if _join(prefix, "sinks") in names:
+            plan.flags["attention_sinks"] = True
         plans.append(finish_notes(plan))
     return plans
