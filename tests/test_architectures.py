@@ -1567,3 +1567,43 @@ def test_low_rank_decay_through_split_specs(name: str) -> None:
             torch.testing.assert_close(torch.linalg.svdvals(lh.W_Q), sq - c, rtol=0, atol=1e-10)
             if lh.kv_head_index is None:
                 torch.testing.assert_close(torch.linalg.svdvals(lh.W_K), sk - c, rtol=0, atol=1e-10)
+
+
+FORM_CASES = {  # family → (config class, model class): attention that is not plain softmax
+    "diffllama": ("DiffLlamaConfig", "DiffLlamaModel", "DiffLlamaAttention"),
+    "bitnet": ("BitNetConfig", "BitNetModel", "BitNetAttention"),
+    "doge": ("DogeConfig", "DogeModel", "DogeAttention"),
+    "longformer": ("LongformerConfig", "LongformerModel", "LongformerSelfAttention"),
+    "nystromformer": ("NystromformerConfig", "NystromformerModel", "NystromformerSelfAttention"),
+    "yoso": ("YosoConfig", "YosoModel", "YosoSelfAttention"),
+    "llama": ("LlamaConfig", "LlamaModel", None),  # control: plain softmax, no flag
+}
+
+
+@pytest.mark.parametrize("family", list(FORM_CASES))
+def test_attention_that_is_not_plain_softmax_is_flagged_and_noted(family: str) -> None:
+    """Families whose q/k/v/o extract but whose attention is not softmax(scale·q·kᵀ)·v (the
+    survey's forward check found them: differential, dynamic-mask, sparse, approximate, a norm
+    before W_O) carry the ``attention_form`` flag and a note saying the spectra describe the
+    weights, not the attention map; Llama (plain softmax) carries neither."""
+    from rankdecay.attention_spec import ATTENTION_FORMS
+
+    config_cls, model_cls, attn_cls = FORM_CASES[family]
+    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
+    kw |= dict(vocab_size=64, max_position_embeddings=64)
+    if family in ("diffllama", "bitnet", "doge", "llama"):
+        kw["num_key_value_heads"] = 2
+    if family == "longformer":
+        kw["attention_window"] = 4
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        (lh,) = attention_heads(model, strict=True)
+    notes = [n for n in lh.notes if n.startswith("not plain softmax attention")]
+    if attn_cls is None:
+        assert "attention_form" not in lh.flags and not notes
+        return
+    assert attn_cls in {type(m).__name__ for m in model.modules()}  # the table names real classes
+    assert lh.flags["attention_form"] == ATTENTION_FORMS[attn_cls]
+    assert len(notes) == 1 and ATTENTION_FORMS[attn_cls] in notes[0]

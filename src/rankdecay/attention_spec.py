@@ -907,6 +907,11 @@ def _notes_for(
             )
     if plan_flags.get("alibi"):
         notes.append("ALiBi: a per-head linear position bias is added to the QK scores")
+    if "attention_form" in plan_flags:
+        notes.append(
+            f"not plain softmax attention ({plan_flags['attention_form']}): the spectra describe "
+            "W_Q·W_Kᵀ and W_V·W_O, not the model's attention map alone"
+        )
     if "qk_norm" in plan_flags:
         notes.append(
             f"QK-norm ({plan_flags['qk_norm']}): q and k are normalized before the product; W_QK is the raw W_Q W_Kᵀ"
@@ -1050,9 +1055,30 @@ def _is_cross(module: nn.Module, name: str, inner: nn.Module | None) -> bool:
     return any("Cross" in type(m).__name__ for m in (module, inner) if m is not None)
 
 
+#: attention modules whose q/k/v/o the name table finds but whose attention is not
+#: softmax(scale·q·kᵀ + bias)·v then W_O, found by ``benchmarks/arch_survey.py --verify``: their
+#: W_Q·W_Kᵀ and W_V·W_O spectra describe the weights, not the model's attention map alone.
+#: Flag "attention_form" (and a note) = what differs.
+ATTENTION_FORMS: dict[str, str] = {
+    "DiffLlamaAttention": "differential attention, the difference of two softmax maps",
+    "DogeAttention": "a dynamic mask bias computed from the values is added to the scores",
+    "InklingAttention": "convolutions act on the keys and values",
+    "BitNetAttention": "a norm sits between the heads and the output projection",
+    "LongformerSelfAttention": "sliding-window attention plus global tokens with their own q/k/v",
+    "PegasusXGlobalLocalAttention": "block-local attention plus global tokens",
+    "NystromformerSelfAttention": "a Nyström approximation of the softmax",
+    "YosoSelfAttention": "an LSH (YOSO) approximation of the softmax",
+    "T5Gemma2MergedAttention": "self- and cross-attention share one softmax",
+}
+
+
 def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dict[str, object]:
-    """Flags only a live module tells: QK-norm width, its own soft-cap / window / rotary dims."""
+    """Flags only a live module tells: QK-norm width, its own soft-cap / window / rotary dims,
+    and an attention form other than softmax(scale·q·kᵀ) (:data:`ATTENTION_FORMS`)."""
     flags: dict[str, object] = {}
+    form = ATTENTION_FORMS.get(type(module).__name__)
+    if form is not None:
+        flags["attention_form"] = form
     for qn in ("q_norm", "q_layernorm", "query_norm", "qk_norm"):  # qk_norm: Llama-4's L2 norm
         norm = getattr(module, qn, None)
         if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
