@@ -38,6 +38,7 @@ from rankdecay.heads import (
     UnrecognizedAttentionWarning,
     UnsupportedModelError,
     attention_heads,
+    unrecognized_attention,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -1607,3 +1608,25 @@ def test_attention_that_is_not_plain_softmax_is_flagged_and_noted(family: str) -
     assert attn_cls in {type(m).__name__ for m in model.modules()}  # the table names real classes
     assert lh.flags["attention_form"] == ATTENTION_FORMS[attn_cls]
     assert len(notes) == 1 and ATTENTION_FORMS[attn_cls] in notes[0]
+
+
+def test_mlps_feed_forwards_residuals_and_bias_tables_are_not_taken_for_attention() -> None:
+    """A module named like attention (or with key/value children) whose class name ends in MLP,
+    FeedForward, Residual or Bias (EdgeTAM, RWKV, Inkling-2, Phi-4 had such false warnings) does
+    not warn; the same children under an ``…Attention`` name still do."""
+
+    def holder(cls_name: str) -> nn.Module:
+        kind = type(cls_name, (nn.Module,), {})
+        m = kind()
+        m.key, m.value = nn.Linear(D, D), nn.Linear(D, D)
+        return m
+
+    for name in (
+        "VideoMemoryAttentionMLP",
+        "RwkvFeedForward",
+        "BlockAttentionResidual",
+        "RelativeAttentionBias",
+    ):
+        model = nn.Sequential(holder(name))
+        assert unrecognized_attention(model, []) == []
+    assert unrecognized_attention(nn.Sequential(holder("OddAttention")), []) == ["0"]

@@ -468,9 +468,18 @@ class Scan:
     unrecognized: dict[str, str]
 
 
+#: class-name endings of modules that are named after attention or hold key/value-like children
+#: but are not attention (EdgeTAM's ``…MemoryAttentionMLP``, RWKV's ``RwkvFeedForward`` with
+#: ``key``/``value``, Inkling-2's ``…BlockAttentionResidual``, Phi-4's ``…RelativeAttentionBias``)
+NOT_ATTENTION_SUFFIXES = ("MLP", "FeedForward", "Residual", "Bias")
+
+
 def _looks_like_attention(module: nn.Module) -> bool:
-    """Class name with "Attention"/"Attn", or q/k/v-like children, and parameters of its own."""
+    """Class name with "Attention"/"Attn", or q/k/v-like children, and parameters of its own;
+    not a class whose name ends in one of :data:`NOT_ATTENTION_SUFFIXES`."""
     cls = type(module).__name__
+    if cls.endswith(NOT_ATTENTION_SUFFIXES):
+        return False
     named = "Attention" in cls or "Attn" in cls
     children = {n for n, _ in module.named_children()}
     qkv_like = sum(1 for t in (Q_NAMES, K_NAMES, V_NAMES) if children & set(t)) >= 2 or bool(
