@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 from rankdecay.analyze import analyze  # noqa: E402
+from rankdecay.heads import attention_heads  # noqa: E402
 from rankdecay.mla import is_mla_attention, mla_layer_heads  # noqa: E402
 from rankdecay.spectra import factored_svdvals_chain  # noqa: E402
 
@@ -129,6 +130,11 @@ def test_rotary_part_flagged_and_scale_from_module() -> None:
     assert lh.W_Q.shape == (H, D, NOPE) and lh.W_V.shape == (H, D, V) and lh.W_O.shape == (H, V, D)
     assert lh.chains["qk"][0][0].dim() == 2  # the shared down-projection, decomposed once
     assert not is_mla_attention(nn.Linear(3, 3))
+    # its family is the registry's MLA row (it was empty)
+    from rankdecay.attention_spec import ARCHITECTURES
+
+    assert lh.family in {a.family for a in ARCHITECTURES} and "MLA" in lh.family
+    assert {x.family for x in attention_heads(model)} == {lh.family}
 
 
 def test_analyze_uses_the_chain_svd_and_matches_dense() -> None:

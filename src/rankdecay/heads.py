@@ -548,7 +548,7 @@ def scan_attention(model: nn.Module, *, fold_norm: bool = False, **options: obje
                 lh = mla[1](
                     name, module, tower_config(model, name), len(layers), fold_norm=fold_norm
                 )
-                add(lh, module, "DeepSeek-V2/V3 (MLA)")
+                add(lh, module, lh.family)
                 return
             plan = plan_from_module(model, name, module, len(layers))
             if plan is not None:

@@ -48,7 +48,10 @@ from torch import Tensor, nn
 
 from .layer_heads import LayerHeads, UnsupportedModelError
 
-__all__ = ["is_mla_attention", "mla_layer_heads"]
+__all__ = ["MLA_FAMILY", "is_mla_attention", "mla_layer_heads"]
+
+#: the family name of MLA layers (the row of rankdecay.attention_spec.ARCHITECTURES)
+MLA_FAMILY = "DeepSeek-V2/V3 (MLA)"
 
 _REQUIRED = ("kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
 
@@ -198,4 +201,5 @@ def mla_layer_heads(
         notes=tuple(notes),
         flags={"rotary": True, "mla": True, "rotary_part": rotary_part},
         chains={"qk": (a_qk, (latent, k_up)), "ov": ((latent, v_up), (W_O.mT,))},
+        family=MLA_FAMILY,
     )
