@@ -643,3 +643,27 @@ def test_damaged_sweep_index_is_one_sentence(
     ):
         code, err = _cli(argv, capsys)
         assert code == 2 and "sweep.json" in _one_error_line(err), (argv[0], err)
+
+
+def test_dry_run_refuses_an_output_directory_the_run_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rankdecay sweep --dry-run --out DIR` with DIR a non-empty non-sweep folder (or a run
+    directory) ends as the real sweep does: exit 2, one sentence, nothing written; an empty or
+    new folder still lists the planned runs and stays as it was."""
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    for out, says in ((foreign, "not empty"), (run_dir, "run directory")):
+        before = sorted(p.name for p in out.iterdir())
+        for dry in (["--dry-run"], []):
+            argv = ["sweep", "recall", "--grid", "optim.lr=0.001,0.002", "--out", str(out), *dry]
+            code, err = _cli(argv, capsys)
+            assert code == 2 and says in _one_error_line(err), (dry, err)
+        assert sorted(p.name for p in out.iterdir()) == before
+    fresh = tmp_path / "fresh"
+    code, err = _cli(["sweep", "recall", "--out", str(fresh), "--dry-run"], capsys)
+    assert code == 0 and not fresh.exists(), err

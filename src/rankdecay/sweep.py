@@ -1011,17 +1011,10 @@ def run_sweep(
     engine = executor_cls(**executor_options)
     out_path = Path(out) if out is not None else default_out(spec)
     out_path = out_path.expanduser().resolve()
+    # validate --out before touching it (a dry run refuses what the run would refuse)
+    index = SweepIndex(out_path, spec, engine.describe())
     if dry_run:
-        if (out_path / SWEEP_FILE).exists():
-            rows = SweepIndex(out_path, spec, engine.describe()).rows
-        else:
-            rows = [
-                {"name": run_name(spec, p, s), "point": p, "seed": s, "status": "pending"}
-                for s in spec.seeds
-                for p in spec.points()
-            ]
-        return SweepResult(out_path, rows, {}, [])
-    SweepIndex(out_path, spec, engine.describe())  # validate --out before touching it
+        return SweepResult(out_path, index.rows, {}, [])
     with _lock(out_path):
         remove_temp_files(out_path)  # left by a sweep killed mid-write of sweep.json
         index = SweepIndex(out_path, spec, engine.describe())
