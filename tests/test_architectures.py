@@ -136,6 +136,20 @@ def _no_qk_norm(model: nn.Module) -> None:
                 setattr(module, name, nn.Identity())
 
 
+def _no_qk_norm_open_gate(model: nn.Module) -> None:
+    """Gated attention (Qwen3-Next): no QK-norm, and each head's output gate held open —
+    a bias of +40 on the gate rows [H, 2, r][:, 1] of q_proj (whose weights are there too)
+    makes sigmoid(gate) = 1 to rounding, so the out-projection reads the plain context."""
+    _no_qk_norm(model)
+    for module in model.modules():
+        q = getattr(module, "q_proj", None)
+        if type(module).__name__ == "Qwen3NextAttention" and isinstance(q, nn.Linear):
+            r = int(module.head_dim)
+            bias = torch.zeros(q.out_features, dtype=q.weight.dtype)
+            bias.view(-1, 2, r)[:, 1] = 40.0
+            q.bias = nn.Parameter(bias)
+
+
 def _no_sinks(model: nn.Module) -> None:
     """GPT-OSS: a per-head sink logit joins each softmax; −∞ removes it (a flag, not W_QK)."""
     with torch.no_grad():
@@ -675,6 +689,26 @@ CASES: dict[str, Case] = {
         "Qwen3",
         flags={"qk_norm": "per_head", "rotary": True},
         neutralise=_no_qk_norm,
+    ),
+    "qwen3_next": Case(
+        _lm(
+            t.Qwen3NextConfig,
+            t.Qwen3NextModel,
+            experts_implementation="eager",
+            num_key_value_heads=2,
+            head_dim=8,
+            layer_types=["full_attention"] * L,
+            num_experts=2,
+            num_experts_per_tok=1,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=16,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Qwen3-Next",
+        flags={"qk_norm": "per_head", "rotary": True, "output_gate": True},
+        neutralise=_no_qk_norm_open_gate,
     ),
     "qwen3_moe": Case(
         _lm(
@@ -1474,7 +1508,7 @@ CHECKPOINT_CASES = [
     "qwen3", "qwen3_moe", "gemma3", "olmo2", "mixtral", "qwen2_moe", "phimoe", "stablelm", "cohere",
     "granite", "gpt_oss", "llama4_text", "phi3_longrope", "persimmon", "gpt_neox_japanese",
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
-    "gpt_neo", "openai_privacy_filter",
+    "gpt_neo", "openai_privacy_filter", "qwen3_next",
 ]  # fmt: skip
 
 

@@ -237,6 +237,8 @@ class Architecture:
     ``config.json`` ``model_type`` values (checkpoints on disk). ``layout``/``fused`` say how
     q, k, v are stored; ``scale`` names a :data:`SCALE_RULES` entry; ``flags`` and ``tested_by``
     are documentation (``tested_by``: the case ids of tests/test_architectures.py).
+    ``q_gate``: the query projection's rows are [H, 2, r], each head's query followed by its
+    output gate (gated attention: context_h ← context_h·sigmoid(gate_h) before W_O).
     """
 
     family: str
@@ -248,6 +250,7 @@ class Architecture:
     scale: str = "inv_sqrt"
     flags: str = ""
     tested_by: tuple[str, ...] = ()
+    q_gate: bool = False
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -272,6 +275,14 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("qwen3", "qwen3_moe"),
         flags="rotary, QK-norm per head",
         tested_by=("qwen3", "qwen3_moe"),
+    ),
+    Architecture(
+        "Qwen3-Next / Qwen3.5 (gated attention)",
+        ("Qwen3NextAttention", "Qwen3_5Attention", "Qwen3_5MoeAttention"),
+        ("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text"),
+        flags="rotary (partial), QK-norm per head, output gate: q_proj rows [H, 2, r]",
+        tested_by=("qwen3_next",),
+        q_gate=True,
     ),
     Architecture(
         "OLMo-2",
@@ -599,6 +610,8 @@ def architectures_table() -> str:
     ]
     for arch in ARCHITECTURES:
         layout = LAYOUTS.get(arch.layout, arch.layout)
+        if arch.q_gate:
+            layout += "; q rows [H, 2, r]: query, then output gate"
         where = f"`{arch.fused}` " if arch.fused else ""
         if arch.in_out:
             where += "(stored in×out) "
@@ -617,7 +630,8 @@ class AttentionPlan:
     Tensor names are full parameter names (relative to the model, or keys of a checkpoint):
     ``q``, ``k``, ``v``, ``o`` (separate) or ``fused`` (+ ``q`` for a fused [k | v]).
     ``in_out``: tensors stored (d_in, d_out) (GPT-2's Conv1D) instead of nn.Linear's (d_out, d_in).
-    ``n_kv_heads`` None: read from the key projection's width.
+    ``n_kv_heads`` None: read from the key projection's width. ``q_gate``: q's rows are
+    [H, 2, r] (query, then an output gate per head; :class:`Architecture`).
     """
 
     name: str
@@ -638,6 +652,7 @@ class AttentionPlan:
     rotary: bool = False
     flags: dict[str, object] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    q_gate: bool = False
 
     @property
     def qk_params(self) -> tuple[str, ...]:
@@ -707,8 +722,9 @@ def split_heads(
         Wq, Wk, Wv = get(plan.q), get(plan.k), get(plan.v)
         k_width = _out_dim(Wk, plan.in_out)
         Hkv = plan.n_kv_heads or k_width // r
+        per_head = 2 if plan.q_gate else 1  # gated: [query | gate] per head
         if (
-            _out_dim(Wq, plan.in_out) != H * r
+            _out_dim(Wq, plan.in_out) != per_head * H * r
             or k_width != Hkv * r
             or _out_dim(Wv, plan.in_out) != Hkv * r
         ):
@@ -716,7 +732,8 @@ def split_heads(
                 f"{plan.name}: q/k/v widths {_out_dim(Wq, plan.in_out)}/{k_width}/{_out_dim(Wv, plan.in_out)} "
                 f"do not split into {H} query heads of size {r}"
             )
-        base = {"q": torch.arange(H * r).view(H, r), "k": torch.arange(Hkv * r).view(Hkv, r)}
+        q_rows = torch.arange(per_head * H * r).view(H, per_head, r)[:, 0]  # (H, r)
+        base = {"q": q_rows, "k": torch.arange(Hkv * r).view(Hkv, r)}
         W_Q = _rows_of(Wq, base["q"], plan.in_out)
         W_K = _rows_of(Wk, base["k"], plan.in_out)
         W_V = _rows_of(Wv, base["k"], plan.in_out)
@@ -1215,6 +1232,7 @@ def plan_from_module(
         assert q and k and v
         plan.q, plan.k, plan.v = (_join(name, t[0]) for t in (q, k, v))
         plan.n_kv_heads = _out_dim(k[1].weight, _is_in_out(k[1])) // r
+        plan.q_gate = arch.q_gate
     plan.scale = _live_scale(module, inner, arch, config, r, block)
     rotary, flags = config_flags(config, r, block)
     if not rotary and config is None and _rotary_in_tower(model, name):
@@ -1238,6 +1256,8 @@ def plan_from_module(
         flags.pop("rotary", None)
         flags.pop("partial_rotary", None)
         rotary = False
+    if plan.q_gate:
+        flags["output_gate"] = True
     plan.rotary, plan.flags = rotary, flags
     return finish_notes(plan)
 
@@ -1375,7 +1395,7 @@ def plan_from_checkpoint(
             kind=kind,
         )
         if q and k and v:
-            plan.q, plan.k, plan.v = q, k, v
+            plan.q, plan.k, plan.v, plan.q_gate = q, k, v, arch.q_gate
             Hkv = _first_int((cfg,), ("num_key_value_heads",))
             plan.n_kv_heads = Hkv if Hkv is not None and arch.layout == "separate" else None
         else:
@@ -1406,5 +1426,7 @@ def plan_from_checkpoint(
                 plan.flags["qk_norm"] = "per_head"  # the width is checked when the tensor is read
         if _join(prefix, "sinks") in names:
             plan.flags["attention_sinks"] = True
+        if plan.q_gate:
+            plan.flags["output_gate"] = True
         plans.append(finish_notes(plan))
     return plans
