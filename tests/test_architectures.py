@@ -1584,18 +1584,29 @@ def test_attention_roles_and_parameter_names(name: str) -> None:
             assert roles[n] == ("attn_qk" if n in lh.qk_params else "attn_ov"), n
 
 
-@pytest.mark.parametrize("name", ["gpt_neox", "falcon", "codegen", "gpt_bigcode", "gpt2"])
+@pytest.mark.parametrize(
+    "name", ["gpt_neox", "falcon", "codegen", "gpt_bigcode", "gpt2", "qwen3_next"]
+)
 def test_low_rank_decay_through_split_specs(name: str) -> None:
     """LowRankDecay(granularity="head") moves each head's σ(W_Q^h), σ(W_K^h) by exactly −c,
-    whether the head is a strided view (GPT-NeoX, GPT-2) or a gather (Falcon, CodeGen)."""
+    whether the head is a strided view (GPT-NeoX, GPT-2) or a gather (Falcon, CodeGen); a gated
+    q projection's gate rows (Qwen3-Next) stay as they were."""
     from rankdecay.decay import LowRankDecay
 
     model = CASES[name].build().double()
     c = 1e-3
+    gates = {
+        n: p.detach().view(-1, 2, p.shape[0] // (2 * H), p.shape[1])[:, 1].clone()
+        for n, p in model.named_parameters()
+        if name == "qwen3_next" and n.endswith("q_proj.weight")
+    }
     with torch.no_grad():
         before = attention_heads(model)
         sv = [(torch.linalg.svdvals(lh.W_Q), torch.linalg.svdvals(lh.W_K)) for lh in before]
     LowRankDecay(model, c, target="qk", granularity="head", scale_by_lr=False).step()
+    for n, g in gates.items():
+        p = model.get_parameter(n).detach()
+        torch.testing.assert_close(p.view(-1, 2, p.shape[0] // (2 * H), p.shape[1])[:, 1], g)
     with torch.no_grad():
         after = attention_heads(model)
         for (sq, sk), lh in zip(sv, after):
