@@ -1675,3 +1675,26 @@ def test_mlps_feed_forwards_residuals_and_bias_tables_are_not_taken_for_attentio
         model = nn.Sequential(holder(name))
         assert unrecognized_attention(model, []) == []
     assert unrecognized_attention(nn.Sequential(holder("OddAttention")), []) == ["0"]
+
+
+def test_hybrid_linear_attention_layers_are_named_not_skipped_silently() -> None:
+    """Qwen3-Next with one full-attention and one linear-attention (Gated DeltaNet) layer: the
+    full one is extracted, the linear one (no softmax QK circuit) is named in the warning."""
+    model = _lm(
+        t.Qwen3NextConfig,
+        t.Qwen3NextModel,
+        num_key_value_heads=2,
+        head_dim=8,
+        layer_types=["full_attention", "linear_attention"],
+        num_experts=2,
+        num_experts_per_tok=1,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=16,
+        linear_num_value_heads=2,
+        linear_num_key_heads=2,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+    )()
+    with pytest.warns(UnrecognizedAttentionWarning, match=r"layers\.1\.linear_attn"):
+        layers = attention_heads(model)
+    assert [lh.name for lh in layers] == ["layers.0.self_attn"]

@@ -475,12 +475,14 @@ NOT_ATTENTION_SUFFIXES = ("MLP", "FeedForward", "Residual", "Bias")
 
 
 def _looks_like_attention(module: nn.Module) -> bool:
-    """Class name with "Attention"/"Attn", or q/k/v-like children, and parameters of its own;
-    not a class whose name ends in one of :data:`NOT_ATTENTION_SUFFIXES`."""
+    """Class name with "Attention"/"Attn" (or "DeltaNet": the linear attention of hybrids such
+    as Qwen3-Next, which has no softmax QK circuit to extract, so it is named in the warning),
+    or q/k/v-like children, and parameters of its own; not a class whose name ends in one of
+    :data:`NOT_ATTENTION_SUFFIXES`."""
     cls = type(module).__name__
     if cls.endswith(NOT_ATTENTION_SUFFIXES):
         return False
-    named = "Attention" in cls or "Attn" in cls
+    named = "Attention" in cls or "Attn" in cls or "DeltaNet" in cls
     children = {n for n, _ in module.named_children()}
     qkv_like = sum(1 for t in (Q_NAMES, K_NAMES, V_NAMES) if children & set(t)) >= 2 or bool(
         children & set(FUSED_NAMES)
