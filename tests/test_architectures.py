@@ -143,7 +143,8 @@ def _no_qk_norm_open_gate(model: nn.Module) -> None:
     _no_qk_norm(model)
     for module in model.modules():
         q = getattr(module, "q_proj", None)
-        if type(module).__name__ == "Qwen3NextAttention" and isinstance(q, nn.Linear):
+        gated = ("Qwen3NextAttention", "Qwen3_5Attention", "Qwen3_5MoeAttention")
+        if type(module).__name__ in gated and isinstance(q, nn.Linear):
             r = int(module.head_dim)
             bias = torch.zeros(q.out_features, dtype=q.weight.dtype)
             bias.view(-1, 2, r)[:, 1] = 40.0
@@ -702,6 +703,21 @@ CASES: dict[str, Case] = {
             num_experts_per_tok=1,
             moe_intermediate_size=16,
             shared_expert_intermediate_size=16,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Qwen3-Next",
+        flags={"qk_norm": "per_head", "rotary": True, "output_gate": True},
+        neutralise=_no_qk_norm_open_gate,
+    ),
+    "qwen3_5_text": Case(
+        _lm(
+            t.Qwen3_5TextConfig,
+            t.Qwen3_5TextModel,
+            num_key_value_heads=2,
+            head_dim=8,
+            layer_types=["full_attention"] * L,
         ),
         _causal_lm_inputs,
         _always,
@@ -1508,7 +1524,7 @@ CHECKPOINT_CASES = [
     "qwen3", "qwen3_moe", "gemma3", "olmo2", "mixtral", "qwen2_moe", "phimoe", "stablelm", "cohere",
     "granite", "gpt_oss", "llama4_text", "phi3_longrope", "persimmon", "gpt_neox_japanese",
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
-    "gpt_neo", "openai_privacy_filter", "qwen3_next",
+    "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
 ]  # fmt: skip
 
 

@@ -281,7 +281,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("Qwen3NextAttention", "Qwen3_5Attention", "Qwen3_5MoeAttention"),
         ("qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text"),
         flags="rotary (partial), QK-norm per head, output gate: q_proj rows [H, 2, r]",
-        tested_by=("qwen3_next",),
+        tested_by=("qwen3_next", "qwen3_5_text"),
         q_gate=True,
     ),
     Architecture(
