@@ -655,11 +655,14 @@ def _result(summary: Mapping[str, Any], wall: float) -> dict[str, Any]:
     }
 
 
-def _member(task: RunTask) -> EnsembleMember | None:
-    """The ensemble member of ``task`` (not yet marked for resume); None when it cannot join one."""
+def _member(task: RunTask) -> EnsembleMember | str:
+    """The ensemble member of ``task`` (not yet marked for resume), or why it cannot join one."""
     exp, cfg = task.build()
-    if exp.trainer != "train" or unsupported_reason(cfg) is not None:
-        return None
+    if exp.trainer != "train":
+        return f"experiment {exp.name!r} is not trained by rankdecay.train"
+    reason = unsupported_reason(cfg)
+    if reason is not None:
+        return reason
     return EnsembleMember(cfg, Path(task.run_dir), exp.name, task.preset, exp.verdict)
 
 
@@ -732,12 +735,9 @@ class EnsembleExecutor(LocalExecutor):
         reasons: dict[str, int] = {}
         for t in tasks:
             member = _member(t)
-            if member is None:
+            if isinstance(member, str):  # why it cannot join an ensemble
                 solo.append(t)
-                exp, cfg = t.build()
-                why = unsupported_reason(cfg) if exp.trainer == "train" else None
-                why = why or f"experiment {exp.name!r} is not trained by rankdecay.train"
-                reasons[why] = reasons.get(why, 0) + 1
+                reasons[member] = reasons.get(member, 0) + 1
                 continue
             cfgs[t.index] = member.cfg
             key = (ensemble_key(member.cfg), checkpoint_step(member.run_dir))
