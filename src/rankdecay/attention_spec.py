@@ -962,9 +962,12 @@ def _notes_for(
 
 
 def finish_notes(plan: AttentionPlan) -> AttentionPlan:
-    """Fill ``plan.notes`` from its flags (after ``n_kv_heads`` is known); a rotary embedding
+    """Fill ``plan.notes`` from its flags (after ``n_kv_heads`` is known; a gated q adds the
+    ``output_gate`` flag first); a rotary embedding
     that scales cos and sin by m (YaRN, LongRoPE: flag ``rope_attention_factor``) multiplies
     the whole head's scores by m² when it rotates the whole head, so the scale takes it."""
+    if plan.q_gate:  # gated attention: the gate rows of q (live and checkpoint plans alike)
+        plan.flags["output_gate"] = True
     factor = plan.flags.get("rope_attention_factor")
     if plan.rotary and isinstance(factor, float) and "partial_rotary" not in plan.flags:
         plan.scale *= factor**2
@@ -1256,8 +1259,6 @@ def plan_from_module(
         flags.pop("rotary", None)
         flags.pop("partial_rotary", None)
         rotary = False
-    if plan.q_gate:
-        flags["output_gate"] = True
     plan.rotary, plan.flags = rotary, flags
     return finish_notes(plan)
 
@@ -1426,7 +1427,5 @@ def plan_from_checkpoint(
                 plan.flags["qk_norm"] = "per_head"  # the width is checked when the tensor is read
         if _join(prefix, "sinks") in names:
             plan.flags["attention_sinks"] = True
-        if plan.q_gate:
-            plan.flags["output_gate"] = True
         plans.append(finish_notes(plan))
     return plans
