@@ -4,6 +4,8 @@ rows as the local process pool for the same grid and seeds."""
 from __future__ import annotations
 
 import math
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,35 @@ def test_ray_executor_matches_local(tmp_path: Path) -> None:
     assert not ray.is_initialized()
     after = (tmp_path / "ray" / ours["runs"][0]["run_dir"] / "summary.json").stat().st_mtime_ns
     assert before == after
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("address", ["closed-port", "auto"])
+def test_unreachable_cluster_is_one_sentence_and_writes_nothing(
+    tmp_path: Path, address: str, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """No cluster at the address: exit 2 at once (Ray itself would retry a dead host:port for
+    minutes), one sentence naming the address, and no sweep directory left behind."""
+    if ray.is_initialized():  # pragma: no cover - another test left one running
+        ray.shutdown()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if address == "auto":
+        # `ray start` writes the address of a running cluster here; a fresh temp dir has none
+        monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray_tmp"))
+    else:
+        address = f"127.0.0.1:{_closed_port()}"
+    out = tmp_path / "sweep"
+    argv = ["sweep", "factorization", "--seeds", "1", "--grid", "weight_decay=0.1"]
+    argv += ["--executor", "ray", "--ray-address", address, "--no-progress", "--out", str(out)]
+    start = time.monotonic()
+    assert main(argv) == 2
+    assert time.monotonic() - start < 60
+    err = capsys.readouterr().err
+    assert f"Ray at {address}" in err and "Traceback" not in err
+    assert not out.exists()
+    assert not ray.is_initialized()

@@ -39,10 +39,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -252,6 +253,14 @@ class Executor(abc.ABC):
     def describe(self) -> str:
         return self.name
 
+    def session(self) -> contextlib.AbstractContextManager[Any]:
+        """Acquire what :meth:`run_all` needs (a cluster connection, …) for the length of a sweep.
+
+        The sweep enters it before it writes anything, so an executor that cannot start (no
+        cluster at the address) fails with the sweep directory untouched. Default: nothing.
+        """
+        return contextlib.nullcontext()
+
 
 def _watch_parent(parent_pid: int) -> None:
     """Exit this worker at once when the sweep process dies (so no orphan keeps writing)."""
@@ -401,6 +410,22 @@ def _ray_execute(task: RunTask) -> dict[str, Any]:
     return execute_task(task)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise at once if a ``host:port`` (or ``ray://host:port``) Ray address takes no connection:
+    ``ray.init`` would retry it for minutes. ``auto`` and other forms are left to Ray."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address.strip())
+    if match is None:
+        return
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=timeout).close()
+    except OSError as exc:
+        raise RankdecayError(
+            f"cannot reach Ray at {address} ({exc.strerror or exc}); start a cluster there with "
+            "`ray start --head` or check the address.",
+            param="ray_address",
+        ) from None
+
+
 class RayExecutor(Executor):
     """Each run is one Ray task needing ``threads_per_worker`` CPUs and ``gpus_per_run`` GPUs.
 
@@ -460,7 +485,10 @@ class RayExecutor(Executor):
             slots = min(slots, int(resources.get("GPU", 0) // self.gpus))
         return max(1, slots)
 
-    def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Any]:
+        """Connect to Ray (start a local instance, or join ``ray_address``) and check that it can
+        hold a run; shut down on exit what this call started. Yields the ``ray`` module."""
         try:
             import ray
         except ImportError:
@@ -472,6 +500,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
             if self.address:
+                _check_reachable(self.address)
                 kwargs["address"] = self.address
             else:
                 kwargs["include_dashboard"] = False
@@ -484,19 +513,30 @@ class RayExecutor(Executor):
                     param="ray_address",
                 ) from None
             started_here = True
-        if self.gpus > 0 and not self.address:
-            try:
-                n_gpus = ray.cluster_resources().get("GPU", 0)
-            except Exception:  # noqa: BLE001
-                n_gpus = None
-            if n_gpus == 0:
-                if started_here:
-                    ray.shutdown()
-                raise RankdecayValueError(
-                    f"gpus_per_run={self.gpus:g} but this Ray instance has no GPUs; use 0 or "
-                    "connect to a cluster with GPU nodes (ray_address).",
-                    param=("gpus_per_run", "ray_address"),
-                )
+        try:
+            if self.gpus > 0 and not self.address:
+                try:
+                    n_gpus = ray.cluster_resources().get("GPU", 0)
+                except Exception:  # noqa: BLE001
+                    n_gpus = None
+                if n_gpus == 0:
+                    raise RankdecayValueError(
+                        f"gpus_per_run={self.gpus:g} but this Ray instance has no GPUs; use 0 or "
+                        "connect to a cluster with GPU nodes (ray_address).",
+                        param=("gpus_per_run", "ray_address"),
+                    )
+            yield ray
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
+        with self.session() as ray:
+            self._run_all(ray, tasks, on_event)
+
+    def _run_all(
+        self, ray: Any, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]
+    ) -> None:
         remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=0)(_ray_execute)
         pending = list(tasks)
         pending.reverse()
@@ -522,8 +562,6 @@ class RayExecutor(Executor):
             for ref in in_flight:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)
-            if started_here:
-                ray.shutdown()
 
 
 def add_ensemble_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1015,7 +1053,11 @@ def run_sweep(
     index = SweepIndex(out_path, spec, engine.describe())
     if dry_run:
         return SweepResult(out_path, index.rows, {}, [])
-    with _lock(out_path):
+    with contextlib.ExitStack() as stack:
+        if any(row["status"] != "finished" for row in index.rows):
+            # connect (e.g. to a Ray cluster) before writing anything: a failure leaves no trace
+            stack.enter_context(engine.session())
+        stack.enter_context(_lock(out_path))
         remove_temp_files(out_path)  # left by a sweep killed mid-write of sweep.json
         index = SweepIndex(out_path, spec, engine.describe())
         index.save()
