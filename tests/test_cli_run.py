@@ -241,14 +241,22 @@ class _ClosedPipe(io.TextIOBase):
         return self._fd
 
 
+@pytest.mark.parametrize("command", ["sweep", "list", "list grokking"])
 def test_closed_stdout_ends_quietly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A reader that closes the pipe early is no error of ours: no traceback, nothing on stderr,
-    status 141 (what a shell reports for SIGPIPE), and stdout now points at /dev/null."""
+    status 141 (what a shell reports for SIGPIPE), and stdout now points at /dev/null — also
+    where rich prints the table (its own handler exits 1)."""
+    argv = command.split()
+    if command == "sweep":
+        argv += ["recall", "--dry-run", "--out", str(tmp_path / "sweep")]
     with (tmp_path / "stdout").open("w") as held:
         monkeypatch.setattr(sys, "stdout", _ClosedPipe(held.fileno()))
-        code = main(["sweep", "recall", "--dry-run", "--out", str(tmp_path / "sweep")])
+        code = main(argv)
         assert os.path.samestat(os.fstat(held.fileno()), os.stat(os.devnull))
     monkeypatch.undo()
     assert code == 141

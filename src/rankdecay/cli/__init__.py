@@ -25,10 +25,14 @@ import argparse
 import importlib
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RankdecayError
 
-__all__ = ["COMMANDS", "build_parser", "flag_for", "main", "show_warning"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["COMMANDS", "build_parser", "flag_for", "main", "show_warning", "stdout_console"]
 
 #: command → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -76,6 +80,19 @@ def build_parser(
 def show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
     """Warnings as one line on stderr: ``rankdecay: warning: <sentence>`` (no source line)."""
     print(f"rankdecay: warning: {message}", file=sys.stderr)
+
+
+def stdout_console(**options: Any) -> Console:
+    """A rich ``Console`` (``options`` as for it) whose broken pipe ends the command like every
+    other write to a closed stdout: :func:`main` returns 141. rich's own handler exits with 1."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Console(**options)
 
 
 def flag_for(parser: argparse.ArgumentParser, param: str, config_key: bool = False) -> str | None:

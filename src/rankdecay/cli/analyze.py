@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RankdecayError
-from . import show_warning
+from . import show_warning, stdout_console
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..analyze import SpectralReport
@@ -310,7 +310,6 @@ def _write_html(report: SpectralReport, path: str) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     from ..analyze import analyze
     from ..spectra import DEFAULT_RTOL
@@ -327,7 +326,7 @@ def run_cli(args: argparse.Namespace) -> int:
             adapters=getattr(args, "adapters", False),
             strict=getattr(args, "strict", False),
         )
-    console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
+    console = stdout_console(width=None if sys.stdout.isatty() else 160, soft_wrap=False)
     if report.model.get("kind") == "lora_adapters":
         console.print(render_adapter_table(report.records, report.model))
     else:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import flatten
 from ..experiments import Experiment, get_experiment, list_experiments
+from . import stdout_console
 
 __all__ = ["config_table", "configure_parser", "run_cli"]
 
@@ -65,10 +66,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = stdout_console()
     if not args.experiment:
         table = Table(title="rankdecay experiments")
         for col in ("experiment", "reproduces", "presets", "description"):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RankdecayError, RankdecayValueError
+from . import stdout_console
 
 __all__ = ["add_log_to_argument", "configure_parser", "run_cli"]
 
@@ -60,10 +61,9 @@ def add_log_to_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _print_verdict(summary: Mapping[str, Any], run_dir: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=False)
+    console = stdout_console(stderr=False)
     rows = summary.get("verdict") or []
     if rows:
         table = Table(title=f"{summary.get('experiment')} — verdict")
