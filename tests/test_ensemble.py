@@ -17,6 +17,7 @@ from rankdecay.ensemble import (
     BatchedOptimizer,
     EnsembleExecutor,
     EnsembleMember,
+    _run_group,
     auto_members,
     batched_forward,
     ensemble_key,
@@ -464,6 +465,10 @@ def test_runs_the_ensemble_cannot_batch_are_named(capsys: pytest.CaptureFixture[
     assert "2 of 4 run(s) train one at a time" in err and "train.early_stop_above" in err
     EnsembleExecutor(members=2).plan(tasks[2:])
     assert capsys.readouterr().err == ""  # nothing to say when every run batches
+    # a group handed to a worker with a run that cannot join fails with the reason, not a crash
+    (result,) = {r["error"] for r in _run_group(tasks[1:3], None)}
+    assert result.startswith("RankdecayValueError: run r1 cannot join an ensemble: ")
+    assert "train.early_stop_above" in result
 
 
 def test_sweep_with_the_ensemble_executor(tmp_path: Path) -> None:

@@ -672,12 +672,16 @@ def _run_group(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, 
         set_threads(threads)
     t0 = time.perf_counter()
     try:
-        members = [m for m in map(_member, tasks) if m is not None]
-        for m in members:
+        members = []
+        for task in tasks:  # the plan found each joinable; a str here would be a bug
+            m = _member(task)
+            if isinstance(m, str):
+                raise RankdecayValueError(f"run {task.name} cannot join an ensemble: {m}")
             m.resume = needs_resume(m.run_dir)  # a checkpoint (intact or not) or a history
             if not m.resume and m.run_dir.exists():
                 with DirLock(m.run_dir):  # refused while another process writes the run
                     shutil.rmtree(m.run_dir)  # started, never checkpointed: nothing to resume
+            members.append(m)
         sums = train_ensemble(members)
     except Exception as exc:  # noqa: BLE001 - report as failed runs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
