@@ -34,7 +34,7 @@ by ``RLIMIT_AS``; results go to a JSON-lines file, then a markdown report.
 
 ``--verify FILE`` then rebuilds every extracted type (a, a*, b) and checks each layer that a
 text-only forward (``input_ids``, positions 0, an all-ones attention mask) calls with
-tests/test_architectures.py's harness (``_randomize``, ``_record``, ``_check``, QK-norms and
+tests/test_architectures.py's harness (``_randomize``, ``_record``, ``_check``, QK-norms, output gates and
 sinks neutralised): causal mask first, then none; a layer whose probabilities differ by less
 than 1e-4 counts as reproduced (float32 softmax on large tiny-model scores). A mismatch is
 expected where a flag names a score term W_QK lacks (relative position bias, ALiBi, soft-cap,
@@ -209,7 +209,12 @@ def _model_class_name(mt: str) -> tuple[str, str] | None:
 
 
 def _broad_attention(model: Any) -> list[tuple[str, str]]:
+    """Modules the broader test calls attention-like; a class the library rules out by name
+    (``…MLP``, ``…FeedForward``, ``…Residual``, ``…Bias``: heads.NOT_ATTENTION_SUFFIXES) counts
+    only with a fused qkv child or an ``in_proj_weight``."""
     from torch import nn
+
+    from rankdecay.heads import NOT_ATTENTION_SUFFIXES
 
     found = []
     for name, module in model.named_modules():
@@ -220,7 +225,8 @@ def _broad_attention(model: Any) -> list[tuple[str, str]]:
         cls = type(module).__name__
         children = {n for n, _ in module.named_children()}
         params = {n for n, _ in module.named_parameters(recurse=False)}
-        if BROAD_NAME.search(cls) or children & set(BROAD_CHILDREN) or "in_proj_weight" in params:
+        named = BROAD_NAME.search(cls) and not cls.endswith(NOT_ATTENTION_SUFFIXES)
+        if named or children & set(BROAD_CHILDREN) or "in_proj_weight" in params:
             found.append((name, cls))
     return found
 
@@ -403,7 +409,8 @@ def worker(types: list[str], jsonl: Path, timeout: int, max_params: int) -> None
 def verify_one(mt: str, build: str) -> dict[str, Any]:
     """Rebuild ``mt`` as the survey did, then check every extracted layer that a text-only
     forward (``input_ids``, positions 0) calls with tests/test_architectures.py's own harness
-    (``_randomize``, ``_record``, ``_check``; QK-norms and sinks neutralised as there): per-head
+    (``_randomize``, ``_record``, ``_check``; QK-norms, output gates and sinks neutralised as
+    there): per-head
     contexts, the model's probabilities and the output through W_O, causal mask first, then
     none. Returns counts of layers that pass, fail, or were not called."""
     import inspect
@@ -440,7 +447,7 @@ def verify_one(mt: str, build: str) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         with torch.no_grad():
             layers = attention_heads(model)
-    harness._no_qk_norm(model)
+    harness._no_qk_norm_open_gate(model)  # QK-norms off; gated attention's gate held open
     harness._no_sinks(model)
     params = inspect.signature(model.forward).parameters
     inputs: dict[str, Any] = {"input_ids": harness._ids()}
@@ -655,7 +662,7 @@ def report(types: list[str], jsonl: Path, command: str, verify: Path | None = No
         lines += [
             "",
             f"Forward check (`--verify`: tests/test_architectures.py's `_check` on every layer a "
-            f"text-only forward calls, positions 0, biases zeroed, QK-norms and sinks off, causal "
+            f"text-only forward calls, positions 0, biases zeroed, QK-norms, output gates and sinks off, causal "
             f"mask or none): {len(checks)} extracted types tried, {len(ran)} ran, "
             f"**{len(clean)} with every checked layer reproduced**, "
             f"{len(ran) - len(clean)} with a mismatch (the 'check' column; expected where a flag "
