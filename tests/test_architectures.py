@@ -1711,6 +1711,10 @@ def test_hybrid_linear_attention_layers_are_named_not_skipped_silently() -> None
         linear_key_head_dim=8,
         linear_value_head_dim=8,
     )()
-    with pytest.warns(UnrecognizedAttentionWarning, match=r"layers\.1\.linear_attn"):
+    with pytest.warns(UnrecognizedAttentionWarning, match=r"layers\.1\.linear_attn") as caught:
         layers = attention_heads(model)
     assert [lh.name for lh in layers] == ["layers.0.self_attn"]
+    # the warning says why (a kind without a softmax q·kᵀ circuit), not "teach rankdecay"
+    (message,) = {str(w.message) for w in caught}
+    assert "linear attention (gated delta rule): no softmax q·kᵀ circuit" in message
+    assert "register_adapter" not in message and "nothing to extract there" in message

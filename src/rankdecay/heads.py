@@ -474,6 +474,31 @@ class Scan:
 NOT_ATTENTION_SUFFIXES = ("MLP", "FeedForward", "Residual", "Bias")
 
 
+#: class-name fragments of attention-like modules that compute no softmax(scale·q·kᵀ) over all
+#: pairs, so there is no W_QK to extract; the warning names the reason instead of asking for an
+#: adapter (their weights still get no attention role)
+NO_SOFTMAX_CIRCUIT: dict[str, str] = {
+    "DeltaNet": "linear attention (gated delta rule)",
+    "LightningAttention": "linear (lightning) attention",
+    "LinearSelfAttention": "linear attention",
+    "AdditiveAttention": "additive attention",
+    "DeformableAttention": "deformable attention (sampled offsets, no q·kᵀ)",
+    "RwkvSelfAttention": "RWKV time mixing (a recurrence)",
+    "xLSTMLayer": "mLSTM matrix memory (a recurrence)",
+    "LSHSelfAttention": "LSH attention within hashed buckets",
+    "GatedAttention": "a feature gate (softmax over features, no q·kᵀ)",
+}
+
+
+def no_softmax_reason(module: nn.Module) -> str | None:
+    """Why ``module`` has no softmax q·kᵀ circuit (:data:`NO_SOFTMAX_CIRCUIT`), or None."""
+    cls = type(module).__name__
+    for fragment, reason in NO_SOFTMAX_CIRCUIT.items():
+        if fragment in cls:
+            return f"{reason}: no softmax q·kᵀ circuit to extract"
+    return None
+
+
 def _looks_like_attention(module: nn.Module) -> bool:
     """Class name with "Attention"/"Attn" (or "DeltaNet": the linear attention of hybrids such
     as Qwen3-Next, which has no softmax QK circuit to extract, so it is named in the warning),
@@ -568,9 +593,11 @@ def scan_attention(model: nn.Module, *, fold_norm: bool = False, **options: obje
             visit(child, _join(name, child_name))
 
     visit(model, "")
-    unrecognized = {n: failed.get(n, "no rule recognises it") for n in failed}
+    unrecognized = dict(failed)
     for n in unrecognized_attention(model, layers):
         unrecognized.setdefault(n, "no rule recognises it")
+    for n in unrecognized:
+        unrecognized[n] = no_softmax_reason(_submodule(model, n) or model) or unrecognized[n]
     return Scan(layers, families, unrecognized)
 
 
@@ -581,10 +608,13 @@ def _unrecognized_message(model: nn.Module, unrecognized: Mapping[str, str]) -> 
         for n, why in items[:3]
     )
     more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+    fix = "teach rankdecay the module with rankdecay.register_adapter (see docs/metrics.md)"
+    if all("no softmax q·kᵀ circuit" in why for _, why in items):
+        fix = "nothing to extract there, by their kind"
     return (
         f"{len(items)} module(s) of {type(model).__name__} look like attention but were not "
         f"extracted: {shown}{more} — their heads are missing and their weights get no attention "
-        "role; teach rankdecay the module with rankdecay.register_adapter (see docs/metrics.md)."
+        f"role; {fix}."
     )
 
 
