@@ -485,7 +485,6 @@ NO_SOFTMAX_CIRCUIT: dict[str, str] = {
     "DeformableAttention": "deformable attention (sampled offsets, no q·kᵀ)",
     "RwkvSelfAttention": "RWKV time mixing (a recurrence)",
     "xLSTMLayer": "mLSTM matrix memory (a recurrence)",
-    "LSHSelfAttention": "LSH attention within hashed buckets",
     "GatedAttention": "a feature gate (softmax over features, no q·kᵀ)",
 }
 
