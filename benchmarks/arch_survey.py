@@ -444,8 +444,9 @@ def verify_one(mt: str, build: str) -> dict[str, Any]:
     harness._no_sinks(model)
     params = inspect.signature(model.forward).parameters
     inputs: dict[str, Any] = {"input_ids": harness._ids()}
-    if "position_ids" in params:
-        inputs["position_ids"] = harness._pos0()
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "position_ids" in params or takes_kwargs:  # multimodal wrappers (OmniASR, MOSS-Transcribe)
+        inputs["position_ids"] = harness._pos0()  # pass it to their language model in **kwargs
     if "attention_mask" in params:  # without it, positions all 0 read as packed sequences
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     if "decoder_input_ids" in params:
@@ -453,7 +454,14 @@ def verify_one(mt: str, build: str) -> dict[str, Any]:
     recs, handles = harness._record(model, layers)
     try:
         with torch.no_grad():
-            model(**inputs)
+            try:
+                model(**inputs)
+            except TypeError:  # **kwargs that do not take position_ids: positions as the model sets
+                if "position_ids" in params:
+                    raise
+                inputs.pop("position_ids")
+                recs, handles = _rerecord(harness, model, layers, handles)
+                model(**inputs)
     finally:
         for h in handles:
             h.remove()
@@ -462,6 +470,8 @@ def verify_one(mt: str, build: str) -> dict[str, Any]:
         if not rec.z or not rec.xq or rec.xq[0].dim() != 3:
             out["not_called"] += 1
             continue
+        if rec.xq[0].shape[:2] == (harness.T, harness.B):  # time-first (T, B, d): FSMT
+            rec = harness._batch_first(rec)
         errors = []
         for causal in (True, False):
             try:
@@ -483,6 +493,13 @@ def verify_one(mt: str, build: str) -> dict[str, Any]:
             continue
         out["ok"] += 1
     return out
+
+
+def _rerecord(harness: Any, model: Any, layers: list[Any], handles: list[Any]) -> tuple[Any, Any]:
+    """Fresh recordings (the failed call may have left partial ones)."""
+    for h in handles:
+        h.remove()
+    return harness._record(model, layers)
 
 
 def _p_gap(lh: Any, rec: Any, causal: bool) -> float:

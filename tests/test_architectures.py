@@ -101,6 +101,7 @@ class Case:
     #: run after extraction, before the forward: turns off what the check leaves out of the
     #: scores (QK-norms, attention sinks), so that the model computes softmax(scale·q·kᵀ)
     neutralise: Callable[[nn.Module], None] | None = None
+    time_first: bool = False  # activations (T, B, d) (FSMT): transposed before the check
 
 
 def _always(lh: LayerHeads) -> bool:
@@ -1025,6 +1026,57 @@ CASES: dict[str, Case] = {
     "peft_lora_llama": Case(
         _peft_llama, _causal_lm_inputs, _always, L, "Llama", flags={"lora": True}
     ),
+    "bart_uneven_heads": Case(  # decoder heads ≠ encoder heads (the checkpoint plan read both
+        lambda: t.BartModel(  # from encoder_attention_heads, splitting the decoder's wrongly)
+            t.BartConfig(
+                vocab_size=50,
+                d_model=D,
+                encoder_layers=L,
+                decoder_layers=L,
+                encoder_attention_heads=H,
+                decoder_attention_heads=H // 2,
+                encoder_ffn_dim=2 * D,
+                decoder_ffn_dim=2 * D,
+                max_position_embeddings=16,
+                attn_implementation="eager",
+            )
+        ),
+        _seq2seq_inputs,
+        _decoder_self,
+        3 * L,
+        "BART",
+        kinds=("self", "cross"),
+    ),
+    # gap helper "odd" (issue 14): time-first activations, BERT-style fused/odd self modules
+    "fsmt": Case(  # activations (T, B, d): the harness transposes them (time_first)
+        lambda: t.FSMTModel(
+            t.FSMTConfig(
+                src_vocab_size=50,
+                tgt_vocab_size=50,
+                d_model=D,
+                encoder_layers=L,
+                decoder_layers=L,
+                encoder_attention_heads=H,
+                decoder_attention_heads=H,
+                encoder_ffn_dim=2 * D,
+                decoder_ffn_dim=2 * D,
+                max_position_embeddings=16,
+                pad_token_id=1,
+                bos_token_id=0,
+                eos_token_id=2,
+                decoder_start_token_id=2,
+            )
+        ),
+        # with use_cache on (the default) FSMTModel builds no causal mask, so in this call the
+        # decoder reads every position (use_cache=False would mask, but its mask builder
+        # overflows in float64: fill_with_neg_inf puts float64's min into a float32 tensor)
+        _seq2seq_inputs,
+        _never,
+        3 * L,
+        "name table",
+        kinds=("self", "cross"),
+        time_first=True,
+    ),
 }
 
 #: parameters zeroed so that position-dependent score terms vanish (their tables, not W_QK)
@@ -1063,6 +1115,13 @@ class Recorded:
     xv: list[Tensor] = field(default_factory=list)
     z: list[Tensor] = field(default_factory=list)
     out: list[Tensor] = field(default_factory=list)
+
+
+def _batch_first(rec: Recorded) -> Recorded:
+    """The recordings of a time-first module ((T, B, d), FSMT) as (B, T, d)."""
+    return Recorded(
+        *([x.transpose(0, 1) for x in getattr(rec, f.name)] for f in dataclasses.fields(rec))
+    )
 
 
 def _record(model: nn.Module, layers: list[LayerHeads]) -> tuple[list[Recorded], list[Any]]:
@@ -1159,6 +1218,7 @@ def test_factors_reproduce_the_models_own_attention(name: str) -> None:
     with torch.no_grad():
         for lh, rec in zip(layers, recs):
             assert len(rec.z) == case.calls_per_layer, (lh.name, len(rec.z))
+            rec = _batch_first(rec) if case.time_first else rec
             for call in range(case.calls_per_layer):
                 bias = case.bias(lh, rec.xk[call].shape[1]) if case.bias else None
                 _check(
@@ -1525,6 +1585,7 @@ CHECKPOINT_CASES = [
     "granite", "gpt_oss", "llama4_text", "phi3_longrope", "persimmon", "gpt_neox_japanese",
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
     "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
+    "fsmt", "bart_uneven_heads",
 ]  # fmt: skip
 
 

@@ -485,7 +485,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("BartAttention",),
         ("bart",),
         flags="cross-attention (decoder)",
-        tested_by=("bart",),
+        tested_by=("bart", "bart_uneven_heads"),
     ),
     Architecture(
         "Whisper",
@@ -594,6 +594,14 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         (),
         "in_proj [3, H, r]",
         tested_by=("mha",),
+    ),
+    # gap helper "odd" (issue 14)
+    Architecture(
+        "FSMT (live: by the name table; class Attention; activations (T, B, d))",
+        (),
+        ("fsmt",),
+        flags="cross-attention (decoder)",
+        tested_by=("fsmt",),
     ),
 )
 
@@ -1377,6 +1385,8 @@ def plan_from_checkpoint(
             (cfg,),
             ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads"),
         )
+        if re.search(r"(^|\.)decoder\.", prefix):  # BART-style configs: the decoder's own count
+            H = _first_int((cfg,), ("decoder_attention_heads", "num_decoder_attention_heads")) or H
         hidden = _first_int((cfg,), ("hidden_size", "n_embd", "d_model", "dim"))
         r = _first_int((cfg,), ("head_dim", "d_kv"))
         if H is None or (r is None and hidden is None):
