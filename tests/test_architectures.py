@@ -1077,6 +1077,41 @@ CASES: dict[str, Case] = {
         kinds=("self", "cross"),
         time_first=True,
     ),
+    "deberta_v1": Case(  # fused in_proj [H, 3, r] in `self`, out-projection in `output.dense`
+        _lm(
+            t.DebertaConfig,
+            t.DebertaModel,
+            relative_attention=True,
+            pos_att_type=["c2p", "p2c"],
+            max_relative_positions=8,
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "DeBERTa (v1)",
+        flags={"relative_position_bias": True},
+    ),
+    "timesformer": Case(  # per layer a time attention (over frames) and a space attention
+        lambda: t.TimesformerModel(
+            t.TimesformerConfig(
+                image_size=8,
+                patch_size=4,
+                num_frames=2,
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                intermediate_size=2 * D,
+            )
+        ),
+        lambda m: {
+            "pixel_values": torch.randn(
+                B, 2, 3, 8, 8, generator=torch.Generator().manual_seed(10), dtype=torch.float64
+            )
+        },
+        _never,
+        2 * L,
+        "TimeSformer",
+    ),
 }
 
 #: parameters zeroed so that position-dependent score terms vanish (their tables, not W_QK)
@@ -1085,6 +1120,7 @@ ZERO = {
     "mpnet": (r"relative_attention_bias",),
     "deberta_v2": (r"rel_embeddings",),
     "wav2vec2_conformer": (r"linear_pos", r"pos_bias_u", r"pos_bias_v"),
+    "deberta_v1": (r"rel_embeddings",),
 }
 
 
@@ -1585,7 +1621,7 @@ CHECKPOINT_CASES = [
     "granite", "gpt_oss", "llama4_text", "phi3_longrope", "persimmon", "gpt_neox_japanese",
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
     "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
-    "fsmt", "bart_uneven_heads",
+    "fsmt", "bart_uneven_heads", "deberta_v1", "timesformer",
 ]  # fmt: skip
 
 
@@ -1775,3 +1811,39 @@ def test_hybrid_linear_attention_layers_are_named_not_skipped_silently() -> None
     with pytest.warns(UnrecognizedAttentionWarning, match=r"layers\.1\.linear_attn"):
         layers = attention_heads(model)
     assert [lh.name for lh in layers] == ["layers.0.self_attn"]
+
+
+def test_deberta_v1_talking_heads_scale_and_timesformer_post_projection() -> None:
+    """DeBERTa v1: talking heads (scores and probabilities mixed across heads) carry the
+    ``attention_form`` flag in the live and the checkpoint plan; its scale counts every entry
+    of pos_att_type (1 + 3 here: the module divides q by √(r·(1 + len(pos_att_type))), v2 counts
+    only c2p/p2c). TimeSformer: the time attention's output goes through temporal_dense after
+    W_O (flag ``post_projection``, both paths); the space attention has no such map."""
+    from rankdecay.attention_spec import TALKING_HEADS
+    from rankdecay.heads import plan_from_checkpoint
+
+    model = _lm(
+        t.DebertaConfig,
+        t.DebertaModel,
+        relative_attention=True,
+        pos_att_type=["c2p", "p2c", "p2p"],
+        talking_head=True,
+    )()
+    live = attention_heads(model, strict=True)
+    disk = plan_from_checkpoint(model.config.to_dict(), list(model.state_dict()))
+    for lh in [*live, *disk]:
+        assert lh.flags["attention_form"] == TALKING_HEADS
+        assert lh.scale == pytest.approx((4 * (D // H)) ** -0.5, rel=1e-12)
+    space_time = attention_heads(CASES["timesformer"].build())
+    posts = {lh.name: lh.flags.get("post_projection") for lh in space_time}
+    tf = CASES["timesformer"].build()
+    disk_posts = {
+        p.name: p.flags.get("post_projection")
+        for p in plan_from_checkpoint(tf.config.to_dict(), list(tf.state_dict()))
+    }
+    assert posts == disk_posts
+    assert posts == {
+        f"encoder.layer.{i}.{kind}": ("temporal_dense" if kind == "temporal_attention" else None)
+        for i in range(L)
+        for kind in ("attention", "temporal_attention")
+    }

@@ -191,6 +191,10 @@ def _scale_deberta(config: object, r: int, block: int) -> float:
     return (r * factor) ** -0.5
 
 
+def _scale_deberta_v1(config: object, r: int, block: int) -> float:
+    return (r * (1 + len(cfg_get(config, "pos_att_type") or []))) ** -0.5
+
+
 def _scale_query_pre_attn(config: object, r: int, block: int) -> float:
     scalar = cfg_get(config, "query_pre_attn_scalar")
     return float(scalar) ** -0.5 if scalar else r**-0.5
@@ -217,6 +221,7 @@ SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
     "inv_sqrt": ("1/√r", _scale_inv_sqrt),
     "one": ("1 (no scaling)", _scale_one),
     "deberta": ("1/√(r·(1 + #{c2p, p2c}))", _scale_deberta),
+    "deberta_v1": ("1/√(r·(1 + len(pos_att_type)))", _scale_deberta_v1),
     "query_pre_attn": ("1/√query_pre_attn_scalar", _scale_query_pre_attn),
     "gpt2": ("1/√r (÷ (layer+1) with scale_attn_by_inverse_layer_idx)", _scale_gpt2),
     "attention_multiplier": ("attention_multiplier (config)", _scale_attention_multiplier),
@@ -597,6 +602,27 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     # gap helper "odd" (issue 14)
     Architecture(
+        "DeBERTa (v1)",
+        ("DebertaAttention",),
+        ("deberta",),
+        "head_qkv",
+        "self.in_proj",
+        scale="deberta_v1",
+        flags="relative position bias (disentangled c2p/p2c); talking heads flagged; "
+        "out-projection in the parent's output.dense",
+        tested_by=("deberta_v1",),
+    ),
+    Architecture(
+        "TimeSformer (space and time attention)",
+        ("TimeSformerAttention",),
+        ("timesformer",),
+        "qkv",
+        "attention.qkv",
+        flags="out-projection in the parent's output.dense; the time attention's output passes "
+        "through the layer's temporal_dense (flag post_projection)",
+        tested_by=("timesformer",),
+    ),
+    Architecture(
         "FSMT (live: by the name table; class Attention; activations (T, B, d))",
         (),
         ("fsmt",),
@@ -888,6 +914,8 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
     softcap = cfg_get(config, "attn_logit_softcapping")
     if isinstance(softcap, (int, float)) and softcap > 0:
         flags["softcap"] = float(softcap)
+    if cfg_get(config, "talking_head"):  # DeBERTa v1: head_logits_proj / head_weights_proj
+        flags["attention_form"] = TALKING_HEADS
     pos_type = cfg_get(config, "position_embedding_type", "position_embeddings_type")
     if pos_type == "rotary" and not alibi:  # Wav2Vec2-Conformer's position_embeddings_type
         rotary, flags["rotary"] = True, True
@@ -912,6 +940,20 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
     if local and every and block % every:  # ModernBERT's local layers
         flags["sliding_window"] = local
     return rotary, flags
+
+
+#: the attention_form of DeBERTa v1 with ``talking_head``
+TALKING_HEADS = "talking heads: scores and probabilities are mixed across heads (H×H maps)"
+#: attention modules (last name) whose output the parent passes through one more linear map
+#: (TimeSformer: temporal_attention → temporal_dense): flag ``post_projection`` = its name.
+POST_PROJECTIONS = {"temporal_attention": "temporal_dense"}
+
+
+def _post_projection(name: str, has: Callable[[str], bool]) -> str | None:
+    """The parent's extra linear map after ``name``'s W_O (:data:`POST_PROJECTIONS`), if any."""
+    parent, _, last = name.rpartition(".")
+    extra = POST_PROJECTIONS.get(last)
+    return extra if extra is not None and has(_join(parent, extra)) else None
 
 
 def _notes_for(
@@ -966,6 +1008,11 @@ def _notes_for(
         notes.append("relative position scores are added to the QK scores and are not part of W_QK")
     if "sliding_window" in plan_flags:
         notes.append(f"sliding window of {plan_flags['sliding_window']} positions")
+    if "post_projection" in plan_flags:
+        notes.append(
+            f"the output passes through {plan_flags['post_projection']} (one more linear map) "
+            "after W_O; the OV circuit shown ends at W_O"
+        )
     return tuple(notes)
 
 
@@ -1179,6 +1226,8 @@ def plan_from_module(
     v = _find(module, V_NAMES)
     fused = _find(module, [arch.fused] if arch.fused else FUSED_NAMES)
     inner: nn.Module | None = None
+    if fused is not None and arch.fused and "." in arch.fused:  # fused inside a BERT-style child
+        inner = module.get_submodule(arch.fused.rsplit(".", 1)[0])
     if not (q and k and v) and fused is None:
         self_name = _bert_self(module)
         if (
@@ -1191,7 +1240,7 @@ def plan_from_module(
         q, k, v = (_find(inner, names) for names in (Q_NAMES, K_NAMES, V_NAMES))
         assert q and k and v
         q, k, v = ((_join(self_name, t[0]), t[1]) for t in (q, k, v))  # type: ignore[assignment]
-    elif o[0].startswith("output.") and o[0] != "output.weight":
+    elif o[0].startswith("output.") and o[0] != "output.weight" and inner is None:
         return None  # q/k/v here but the output projection two levels down: not this module
     config = tower_config(model, name)
     objs = (module, inner, config)
@@ -1267,6 +1316,9 @@ def plan_from_module(
         flags.pop("rotary", None)
         flags.pop("partial_rotary", None)
         rotary = False
+    post = _post_projection(name, lambda n: _projection(_sub(model, n)) is not None)
+    if post is not None:
+        flags["post_projection"] = post
     plan.rotary, plan.flags = rotary, flags
     return finish_notes(plan)
 
@@ -1303,9 +1355,9 @@ def _live_scale(
         if getattr(module, "scale_attn_by_inverse_layer_idx", False):
             scale /= float(getattr(module, "layer_idx", 0) + 1)
         return scale
-    if arch.scale == "deberta":
+    if arch.scale in ("deberta", "deberta_v1"):
         pos = getattr(inner, "pos_att_type", None) or cfg_get(config, "pos_att_type") or []
-        return _scale_deberta({"pos_att_type": list(pos)}, r, block)
+        return SCALE_RULES[arch.scale][1]({"pos_att_type": list(pos)}, r, block)
     if arch.scale == "one":
         value = getattr(module, "scaling", None)
         return float(value) if isinstance(value, (int, float)) else 1.0
@@ -1437,5 +1489,8 @@ def plan_from_checkpoint(
                 plan.flags["qk_norm"] = "per_head"  # the width is checked when the tensor is read
         if _join(prefix, "sinks") in names:
             plan.flags["attention_sinks"] = True
+        post = _post_projection(prefix, lambda n: f"{n}.weight" in names)
+        if post is not None:
+            plan.flags["post_projection"] = post
         plans.append(finish_notes(plan))
     return plans
