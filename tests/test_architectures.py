@@ -96,7 +96,7 @@ class Case:
     family: str
     kinds: tuple[str, ...] = ("self",)
     bias: Callable[[LayerHeads, int], Tensor] | None = None  # extra score term (B, H, T, S)
-    calls_per_layer: int = 1
+    calls_per_layer: int | Callable[[LayerHeads], int] = 1  # a number, or one per layer
     flags: dict[str, object] = field(default_factory=dict)  # flags every layer must carry
     #: run after extraction, before the forward: turns off what the check leaves out of the
     #: scores (QK-norms, attention sinks), so that the model computes softmax(scale·q·kᵀ)
@@ -150,6 +150,14 @@ def _no_qk_norm_open_gate(model: nn.Module) -> None:
             bias = torch.zeros(q.out_features, dtype=q.weight.dtype)
             bias.view(-1, 2, r)[:, 1] = 40.0
             q.bias = nn.Parameter(bias)
+
+
+def _zero_params(model: nn.Module, pattern: str) -> None:
+    """Zero the parameters whose names match ``pattern`` (a path the check leaves out)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if re.search(pattern, name):
+                p.zero_()
 
 
 def _no_sinks(model: nn.Module) -> None:
@@ -1091,6 +1099,44 @@ CASES: dict[str, Case] = {
         "DeBERTa (v1)",
         flags={"relative_position_bias": True},
     ),
+    "convbert": Case(  # 2 attention heads (H / head_ratio) of d/4; the span convolutions'
+        _lm(t.ConvBertConfig, t.ConvBertModel, embedding_size=D),  # output is zeroed
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "ConvBERT",
+        flags={"span_convolution": 2},
+        neutralise=lambda m: _zero_params(m, r"conv_out_layer\.weight$"),
+    ),
+    "lxmert": Case(  # language, vision, and one cross-modal layer called in both directions
+        lambda: t.LxmertModel(
+            t.LxmertConfig(
+                vocab_size=50,
+                hidden_size=D,
+                num_attention_heads=H,
+                intermediate_size=2 * D,
+                l_layers=1,
+                x_layers=1,
+                r_layers=1,
+                visual_feat_dim=12,
+                visual_pos_dim=4,
+            )
+        ),
+        lambda m: {
+            "input_ids": _ids(),
+            "visual_feats": torch.randn(
+                B, 5, 12, generator=torch.Generator().manual_seed(11), dtype=torch.float64
+            ),
+            "visual_pos": torch.rand(
+                B, 5, 4, generator=torch.Generator().manual_seed(12), dtype=torch.float64
+            ),
+        },
+        _never,
+        5,
+        "LXMERT",
+        kinds=("self", "cross"),
+        calls_per_layer=lambda lh: 2 if lh.kind == "cross" else 1,
+    ),
     "timesformer": Case(  # per layer a time attention (over frames) and a space attention
         lambda: t.TimesformerModel(
             t.TimesformerConfig(
@@ -1211,7 +1257,8 @@ def _check(
         scores = scores.masked_fill(torch.ones(n, s, dtype=torch.bool).triu(1), float("-inf"))
     P = scores.softmax(-1)
     ctx = P @ v
-    z_heads = z.reshape(*z.shape[:-1], Hh, r).transpose(1, 2)
+    parts = z.shape[-1] // (Hh * r)  # > 1: out-projection input [parts, H, r] (ConvBERT)
+    z_heads = z.reshape(*z.shape[:-1], parts, Hh, r)[..., 0, :, :].transpose(1, 2)
     torch.testing.assert_close(ctx, z_heads, **TOL)
     assert v.shape[-2] <= r and torch.linalg.matrix_rank(v).min() == v.shape[-2]
     P_model = z_heads @ torch.linalg.pinv(v)
@@ -1253,9 +1300,11 @@ def test_factors_reproduce_the_models_own_attention(name: str) -> None:
         ]
     with torch.no_grad():
         for lh, rec in zip(layers, recs):
-            assert len(rec.z) == case.calls_per_layer, (lh.name, len(rec.z))
+            calls = case.calls_per_layer
+            calls = calls(lh) if callable(calls) else calls
+            assert len(rec.z) == calls, (lh.name, len(rec.z))
             rec = _batch_first(rec) if case.time_first else rec
-            for call in range(case.calls_per_layer):
+            for call in range(calls):
                 bias = case.bias(lh, rec.xk[call].shape[1]) if case.bias else None
                 _check(
                     lh,
@@ -1621,7 +1670,7 @@ CHECKPOINT_CASES = [
     "granite", "gpt_oss", "llama4_text", "phi3_longrope", "persimmon", "gpt_neox_japanese",
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
     "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
-    "fsmt", "bart_uneven_heads", "deberta_v1", "timesformer",
+    "fsmt", "bart_uneven_heads", "deberta_v1", "timesformer", "convbert", "lxmert",
 ]  # fmt: skip
 
 

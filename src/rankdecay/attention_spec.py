@@ -98,6 +98,7 @@ CROSS_NAMES = (
     "cross_attn",
     "cross_attention",
     "multihead_attn",
+    "visual_attention",  # LXMERT's cross-modal layer (language ↔ vision)
 )
 
 #: split specs of a fused projection's output rows (H query heads, H_kv key/value heads, r).
@@ -244,6 +245,8 @@ class Architecture:
     are documentation (``tested_by``: the case ids of tests/test_architectures.py).
     ``q_gate``: the query projection's rows are [H, 2, r], each head's query followed by its
     output gate (gated attention: context_h ← context_h·sigmoid(gate_h) before W_O).
+    ``o_parts``: the out-projection reads [o_parts, H, r] (ConvBERT: the H attention heads'
+    contexts, then H span-convolution heads' outputs); W_O^h is head h of part 0.
     """
 
     family: str
@@ -256,6 +259,7 @@ class Architecture:
     flags: str = ""
     tested_by: tuple[str, ...] = ()
     q_gate: bool = False
+    o_parts: int = 1
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -602,6 +606,24 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     # gap helper "odd" (issue 14)
     Architecture(
+        "ConvBERT (attention heads of a mixed attention/convolution block)",
+        ("ConvBertAttention",),
+        ("convbert",),
+        scale="inv_sqrt",
+        flags="H/head_ratio attention heads of size d/(2·H/head_ratio); the out-projection "
+        "reads [2, H, r]: the attention heads, then span convolutions (flag span_convolution)",
+        tested_by=("convbert",),
+        o_parts=2,
+    ),
+    Architecture(
+        "LXMERT (language, vision and cross-modal layers)",
+        ("LxmertSelfAttentionLayer", "LxmertCrossAttentionLayer"),
+        ("lxmert",),
+        flags="cross-attention (visual_attention: one module, called language→vision and "
+        "vision→language)",
+        tested_by=("lxmert",),
+    ),
+    Architecture(
         "DeBERTa (v1)",
         ("DebertaAttention",),
         ("deberta",),
@@ -646,6 +668,8 @@ def architectures_table() -> str:
         layout = LAYOUTS.get(arch.layout, arch.layout)
         if arch.q_gate:
             layout += "; q rows [H, 2, r]: query, then output gate"
+        if arch.o_parts > 1:
+            layout += f"; out-projection input [{arch.o_parts}, H, r], attention in part 0"
         where = f"`{arch.fused}` " if arch.fused else ""
         if arch.in_out:
             where += "(stored in×out) "
@@ -665,7 +689,8 @@ class AttentionPlan:
     ``q``, ``k``, ``v``, ``o`` (separate) or ``fused`` (+ ``q`` for a fused [k | v]).
     ``in_out``: tensors stored (d_in, d_out) (GPT-2's Conv1D) instead of nn.Linear's (d_out, d_in).
     ``n_kv_heads`` None: read from the key projection's width. ``q_gate``: q's rows are
-    [H, 2, r] (query, then an output gate per head; :class:`Architecture`).
+    [H, 2, r] (query, then an output gate per head; :class:`Architecture`). ``o_parts``: the
+    out-projection's input is [o_parts, H, r], the heads' contexts are part 0 (:class:`Architecture`).
     """
 
     name: str
@@ -687,6 +712,7 @@ class AttentionPlan:
     flags: dict[str, object] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     q_gate: bool = False
+    o_parts: int = 1
 
     @property
     def qk_params(self) -> tuple[str, ...]:
@@ -797,12 +823,17 @@ def split_heads(
         W_V = _rows_of(W, rows["v"], plan.in_out)
     Wo = get(plan.o)
     in_width = int(Wo.shape[0] if plan.in_out else Wo.shape[1])
-    if in_width != H * r:
-        raise PlanError(f"{plan.name}: output projection input width {in_width} is not {H}·{r}")
-    if plan.in_out:  # (H·r, d_out)
-        W_O = Wo.reshape(H, r, Wo.shape[-1])
-    else:  # (d_out, H·r)
-        W_O = Wo.reshape(Wo.shape[0], H, r).permute(1, 2, 0)
+    parts = plan.o_parts  # [parts, H, r]: the heads' contexts are part 0
+    if in_width != H * parts * r:
+        raise PlanError(
+            f"{plan.name}: output projection input width {in_width} is not {H}·"
+            + (f"{parts}·" if parts > 1 else "")
+            + f"{r}"
+        )
+    if plan.in_out:  # (parts·H·r, d_out)
+        W_O = Wo.reshape(parts, H, r, Wo.shape[-1])[0]
+    else:  # (d_out, parts·H·r)
+        W_O = Wo.reshape(Wo.shape[0], parts, H, r)[:, 0].permute(1, 2, 0)
     kv_index: tuple[int, ...] | None = None
     if Hkv != H:
         if Hkv <= 0 or H % Hkv:
@@ -961,7 +992,9 @@ def _notes_for(
 ) -> tuple[str, ...]:
     notes: list[str] = []
     if kind == "cross":
-        notes.append("cross-attention: keys/values read the encoder's hidden states")
+        notes.append(
+            "cross-attention: keys/values read another sequence (an encoder's states, another modality)"
+        )
     if Hkv is not None and Hkv != H:
         notes.append(
             f"grouped-query attention: {Hkv} key/value heads shared by {H} query heads ({H // Hkv} each)"
@@ -1008,6 +1041,12 @@ def _notes_for(
         notes.append("relative position scores are added to the QK scores and are not part of W_QK")
     if "sliding_window" in plan_flags:
         notes.append(f"sliding window of {plan_flags['sliding_window']} positions")
+    if "span_convolution" in plan_flags:
+        notes.append(
+            f"mixed block: the out-projection also reads {plan_flags['span_convolution']} "
+            "span-convolution heads (input columns [2, H, r][1]); they are not attention and "
+            "not part of W_O"
+        )
     if "post_projection" in plan_flags:
         notes.append(
             f"the output passes through {plan_flags['post_projection']} (one more linear map) "
@@ -1023,6 +1062,8 @@ def finish_notes(plan: AttentionPlan) -> AttentionPlan:
     the whole head's scores by m² when it rotates the whole head, so the scale takes it."""
     if plan.q_gate:  # gated attention: the gate rows of q (live and checkpoint plans alike)
         plan.flags["output_gate"] = True
+    if plan.o_parts > 1:  # ConvBERT: the out-projection also reads span-convolution heads
+        plan.flags["span_convolution"] = plan.n_heads
     factor = plan.flags.get("rope_attention_factor")
     if plan.rotary and isinstance(factor, float) and "partial_rotary" not in plan.flags:
         plan.scale *= factor**2
@@ -1245,9 +1286,9 @@ def plan_from_module(
     config = tower_config(model, name)
     objs = (module, inner, config)
     H = _first_int(objs, _H_ATTRS)
-    r = _first_int((module, inner), _R_ATTRS)
     q_layer = (q or fused)[1]  # type: ignore[index]
     q_width = _out_dim(q_layer.weight, _is_in_out(q_layer))
+    r = _head_size(module, inner, H, q_width if q and not arch.q_gate else None)
     if r is None:
         r = _first_int((config,), ("head_dim", "d_kv"))
         if r is not None and H is not None and H * r != (q_width if q else H * r):
@@ -1293,6 +1334,7 @@ def plan_from_module(
         plan.q, plan.k, plan.v = (_join(name, t[0]) for t in (q, k, v))
         plan.n_kv_heads = _out_dim(k[1].weight, _is_in_out(k[1])) // r
         plan.q_gate = arch.q_gate
+    plan.o_parts = arch.o_parts
     plan.scale = _live_scale(module, inner, arch, config, r, block)
     rotary, flags = config_flags(config, r, block)
     if not rotary and config is None and _rotary_in_tower(model, name):
@@ -1321,6 +1363,22 @@ def plan_from_module(
         flags["post_projection"] = post
     plan.rotary, plan.flags = rotary, flags
     return finish_notes(plan)
+
+
+def _head_size(
+    module: nn.Module, inner: nn.Module | None, H: int | None, q_width: int | None
+) -> int | None:
+    """The head size from the module's attributes (:data:`_R_ATTRS`, first set wins), except
+    that with a separate q of width ``q_width`` an attribute with H·r ≠ q_width is passed over
+    (LXMERT's ``head_size`` is H·r; its ``attention_head_size`` is r)."""
+    first = _first_int((module, inner), _R_ATTRS)
+    if first is None or H is None or q_width is None or H * first == q_width:
+        return first
+    for attr in _R_ATTRS:
+        value = _first_int((module, inner), (attr,))
+        if value is not None and H * value == q_width:
+            return value
+    return first
 
 
 def _falcon_layout(module: nn.Module, H: int, Hkv: int | None) -> tuple[str, int]:
@@ -1425,7 +1483,7 @@ def plan_from_checkpoint(
         q, k, v = (first(prefix, t) for t in (Q_NAMES, K_NAMES, V_NAMES))
         fused = first(prefix, [arch.fused] if arch.fused else FUSED_NAMES)
         if not (q and k and v) and fused is None:
-            for under in ("self",):
+            for under in ("self", "att"):  # BERT's self; LXMERT's cross-modal att
                 q, k, v = (first(prefix, t, under) for t in (Q_NAMES, K_NAMES, V_NAMES))
                 if q and k and v:
                     break
@@ -1443,6 +1501,9 @@ def plan_from_checkpoint(
         r = _first_int((cfg,), ("head_dim", "d_kv"))
         if H is None or (r is None and hidden is None):
             continue
+        if arch.o_parts > 1:  # ConvBERT: H/head_ratio attention heads of d/(2·H/head_ratio)
+            H = max(1, H // (_first_int((cfg,), ("head_ratio",)) or 1))
+            r = r or hidden // H // arch.o_parts  # type: ignore[operator]
         r = r or hidden // H  # type: ignore[operator]
         block = _block_index(prefix)
         kind = "cross" if prefix.rsplit(".", 1)[-1] in CROSS_NAMES else "self"
@@ -1456,6 +1517,7 @@ def plan_from_checkpoint(
             scale=SCALE_RULES[arch.scale][1](cfg, r, block),
             in_out=arch.in_out,
             kind=kind,
+            o_parts=arch.o_parts,
         )
         if q and k and v:
             plan.q, plan.k, plan.v, plan.q_gate = q, k, v, arch.q_gate
