@@ -102,6 +102,9 @@ class Case:
     #: scores (QK-norms, attention sinks), so that the model computes softmax(scale·q·kᵀ)
     neutralise: Callable[[nn.Module], None] | None = None
     time_first: bool = False  # activations (T, B, d) (FSMT): transposed before the check
+    #: a forward check of its own (model, extracted layers), run instead of the recorded
+    #: per-head one, with its own rolled control (JetMoE: routed per-token experts)
+    check: Callable[[nn.Module, list[LayerHeads]], None] | None = None
 
 
 def _always(lh: LayerHeads) -> bool:
@@ -286,6 +289,56 @@ def _ved() -> nn.Module:
     model = t.VisionEncoderDecoderModel(cfg)
     model.set_attn_implementation("eager")
     return model
+
+
+def _moa_output(lh: LayerHeads, router: Tensor, top_k: int, x: Tensor) -> Tensor:
+    """JetMoE's attention output rebuilt from the factors: per head h = e·H_kv + j,
+    ctx_h = softmax(scale·(x W_Q^h)(x W_K^h)ᵀ + causal) x W_V^h; expert e's output
+    Σ_j ctx_{e·H_kv+j} W_O^{e·H_kv+j}; the token's output Σ_e g_e(t)·(expert e's), g = softmax
+    over the router's top-k logits (the model's own router weight ``router``, (E, d))."""
+    Bx, Tx, _ = x.shape
+    q = torch.einsum("btd,hdr->bhtr", x, lh.W_Q)
+    k = torch.einsum("bsd,hdr->bhsr", x, lh.W_K)
+    v = torch.einsum("bsd,hdr->bhsr", x, lh.W_V)
+    scores = lh.scale * q @ k.mT
+    scores = scores.masked_fill(torch.ones(Tx, Tx, dtype=torch.bool).triu(1), float("-inf"))
+    ctx = scores.softmax(-1) @ v
+    E = router.shape[0]
+    per_expert = torch.einsum("bhtr,hre->bthe", ctx, lh.W_O).view(Bx, Tx, E, -1, x.shape[-1])
+    logits = (x @ router.T).float()  # the model routes in float32
+    top, index = logits.topk(top_k, -1)
+    gates = torch.zeros(Bx, Tx, E, dtype=x.dtype).scatter(-1, index, top.softmax(-1).to(x.dtype))
+    return torch.einsum("bte,bted->btd", gates, per_expert.sum(3))
+
+
+def _jetmoe_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """Each JetMoE attention layer's output equals :func:`_moa_output` of its factors; with the
+    heads rolled (another expert's query and output for each head) it does not."""
+    seen: dict[str, tuple[Tensor, Tensor]] = {}
+    handles = []
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+
+        def hook(
+            _m: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = lh.name
+        ) -> None:
+            seen[name] = (kwargs.get("hidden_states", args[0] if args else None), output[0])
+
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), position_ids=_pos0(), attention_mask=torch.ones(B, T))
+    finally:
+        for h in handles:
+            h.remove()
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        router, top_k = module.experts.router.layer.weight.detach(), int(module.top_k)
+        x, out = seen[lh.name]
+        torch.testing.assert_close(_moa_output(lh, router, top_k, x), out, **TOL)
+        rolled = dataclasses.replace(lh, W_Q=lh.W_Q.roll(1, 0), W_O=lh.W_O.roll(1, 0))
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(_moa_output(rolled, router, top_k, x), out, **TOL)
 
 
 CASES: dict[str, Case] = {
@@ -1137,6 +1190,22 @@ CASES: dict[str, Case] = {
         kinds=("self", "cross"),
         calls_per_layer=lambda lh: 2 if lh.kind == "cross" else 1,
     ),
+    "jetmoe": Case(  # 3 experts × 2 key/value heads = 6 heads; 2 experts per token
+        _lm(
+            t.JetMoeConfig,
+            t.JetMoeModel,
+            num_key_value_heads=2,
+            kv_channels=8,
+            num_local_experts=3,
+            num_experts_per_tok=2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "JetMoE",
+        flags={"attention_experts": 3, "rotary": True},
+        check=_jetmoe_check,
+    ),
     "timesformer": Case(  # per layer a time attention (over frames) and a space attention
         lambda: t.TimesformerModel(
             t.TimesformerConfig(
@@ -1288,6 +1357,17 @@ def _run(name: str) -> tuple[list[LayerHeads], list[Recorded]]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_factors_reproduce_the_models_own_attention(name: str) -> None:
     case = CASES[name]
+    if case.check is not None:
+        model = _build(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnrecognizedAttentionWarning)
+            with torch.no_grad():
+                layers = attention_heads(model, strict=True)
+        assert len(layers) == case.n_layers and all(case.family in lh.family for lh in layers)
+        for key, value in case.flags.items():
+            assert all(lh.flags.get(key) == value for lh in layers), [lh.flags for lh in layers]
+        case.check(model, layers)
+        return
     layers, recs = _run(name)
     assert len(layers) == case.n_layers, [lh.name for lh in layers]
     assert {lh.kind for lh in layers} == set(case.kinds)
@@ -1671,6 +1751,7 @@ CHECKPOINT_CASES = [
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
     "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
     "fsmt", "bart_uneven_heads", "deberta_v1", "timesformer", "convbert", "lxmert",
+    "jetmoe",
 ]  # fmt: skip
 
 
@@ -1747,7 +1828,7 @@ def test_attention_roles_and_parameter_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["gpt_neox", "falcon", "codegen", "gpt_bigcode", "gpt2", "qwen3_next"]
+    "name", ["gpt_neox", "falcon", "codegen", "gpt_bigcode", "gpt2", "qwen3_next", "jetmoe"]
 )
 def test_low_rank_decay_through_split_specs(name: str) -> None:
     """LowRankDecay(granularity="head") moves each head's σ(W_Q^h), σ(W_K^h) by exactly −c,

@@ -109,7 +109,12 @@ LAYOUTS: dict[str, str] = {
     "grouped": "[H_kv, g+2, r] — per key/value head its g = H/H_kv query heads, then k, then v",
     "codegen": "[4, 3, H/4, r] — 4 model-parallel blocks, each [q | v | k] of H/4 heads",
     "kv": "[2, H_kv, r] — fused k, v (cross-attention; q separate)",
+    "moa": "mixture of attention heads: q [E, H_kv·r] and o [E, ·, H_kv·r] per expert "
+    "(`experts.input_linear`, `experts.output_linear`), `kv_proj` [2, H_kv, r] shared; "
+    "head e·H_kv + j = expert e on key/value head j",
 }
+#: JetMoE's per-expert projections (layout "moa"), relative to the attention module.
+MOA_NAMES = {"q": "experts.input_linear.weight", "o": "experts.output_linear.weight"}
 
 
 def fused_rows(layout: str, n_heads: int, n_kv_heads: int, head_dim: int) -> dict[str, Tensor]:
@@ -606,6 +611,16 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     # gap helper "odd" (issue 14)
     Architecture(
+        "JetMoE (mixture of attention heads)",
+        ("JetMoeAttention",),
+        ("jetmoe",),
+        "moa",
+        "kv_proj",
+        flags="rotary; E·H_kv heads, one per (expert, key/value head) (flag attention_experts "
+        "= E); per token num_experts_per_tok experts, gated",
+        tested_by=("jetmoe",),
+    ),
+    Architecture(
         "ConvBERT (attention heads of a mixed attention/convolution block)",
         ("ConvBertAttention",),
         ("convbert",),
@@ -718,7 +733,7 @@ class AttentionPlan:
     def qk_params(self) -> tuple[str, ...]:
         if self.layout == "separate":
             return tuple(n for n in (self.q, self.k) if n)
-        if self.layout == "kv":
+        if self.layout in ("kv", "moa"):
             return tuple(n for n in (self.q, self.fused) if n)
         return (self.fused,) if self.fused else ()
 
@@ -777,6 +792,8 @@ def split_heads(
     a width does not fit the head counts.
     """
     H, r = plan.n_heads, plan.head_dim
+    if plan.layout == "moa":
+        return _split_moa(plan, get)
     if plan.layout == "separate":
         assert plan.q and plan.k and plan.v
         Wq, Wk, Wv = get(plan.q), get(plan.k), get(plan.v)
@@ -843,6 +860,77 @@ def split_heads(
         idx = torch.tensor(kv_index, device=W_K.device)
         W_K, W_V = W_K.index_select(0, idx), W_V.index_select(0, idx)
     return W_Q, W_K, W_V, W_O, kv_index
+
+
+def _split_moa(
+    plan: AttentionPlan, get: Callable[[str], Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[int, ...] | None]:
+    """:func:`split_heads` of a mixture of attention heads (JetMoE, layout "moa").
+
+    q: (E, H_kv·r, d) per expert, fused [k | v]: (2·H_kv·r, d), o: (E, d, H_kv·r) per expert.
+    Head h = e·H_kv + j: W_Q^h = q[e] rows j·r…, W_O^h = o[e] columns j·r… (transposed), and
+    key/value head j (``kv_head_index[h] = h mod H_kv``) — the model's repeat of k, v over its
+    top-k slots pairs slot s's query head j with key head j.
+    """
+    assert plan.q and plan.fused and plan.n_kv_heads
+    Wq, Wkv, Wo = get(plan.q), get(plan.fused), get(plan.o)
+    Hkv, r, H = plan.n_kv_heads, plan.head_dim, plan.n_heads
+    E = int(Wq.shape[0]) if Wq.dim() == 3 else 0
+    if (
+        Wq.dim() != 3
+        or Wo.dim() != 3
+        or E * Hkv != H
+        or Wq.shape[1] != Hkv * r
+        or Wo.shape[0] != E
+        or Wo.shape[2] != Hkv * r
+        or Wkv.shape[0] != 2 * Hkv * r
+    ):
+        raise PlanError(
+            f"{plan.name}: expert projections {tuple(Wq.shape)}, {tuple(Wo.shape)} and k/v "
+            f"{tuple(Wkv.shape)} do not fit {H} heads = experts × {Hkv} key/value heads of size {r}"
+        )
+    W_Q = Wq.reshape(H, r, Wq.shape[-1]).mT  # (E·H_kv, d, r), a view
+    rows = fused_rows("kv", Hkv, Hkv, r)
+    kv_index = tuple(h % Hkv for h in range(H))
+    idx = torch.tensor(kv_index, device=Wkv.device)
+    W_K = _rows_of(Wkv, rows["k"], False).index_select(0, idx)
+    W_V = _rows_of(Wkv, rows["v"], False).index_select(0, idx)
+    W_O = Wo.reshape(E, Wo.shape[1], Hkv, r).permute(0, 2, 3, 1).reshape(H, r, Wo.shape[1])
+    return W_Q, W_K, W_V, W_O, (kv_index if Hkv != H else None)
+
+
+def _moa_plan(
+    name: str, layer: int, arch: Architecture, config: object, block: int
+) -> AttentionPlan | None:
+    """The plan of a JetMoE attention module at ``name`` (live or checkpoint: both read the
+    head counts from the config — num_local_experts E, num_key_value_heads, kv_channels)."""
+    E = _first_int((config,), ("num_local_experts",))
+    Hkv = _first_int((config,), ("num_key_value_heads",))
+    r = _first_int((config,), ("kv_channels", "head_dim"))
+    if E is None or Hkv is None or r is None or arch.fused is None:
+        return None
+    plan = AttentionPlan(
+        name=name,
+        layer=layer,
+        family=arch.family,
+        o=_join(name, MOA_NAMES["o"]),
+        n_heads=E * Hkv,
+        head_dim=r,
+        scale=SCALE_RULES[arch.scale][1](config, r, block),
+        q=_join(name, MOA_NAMES["q"]),
+        fused=_join(name, f"{arch.fused}.weight"),
+        layout="moa",
+        n_kv_heads=Hkv,
+    )
+    plan.rotary, plan.flags = config_flags(config, r, block)
+    plan.flags["attention_experts"] = E
+    top_k = _first_int((config,), ("num_experts_per_tok",))
+    plan.notes = (
+        f"mixture of attention heads: head h is expert h // {Hkv}'s query and output projection "
+        f"on key/value head h mod {Hkv}; each token uses {top_k} of the {E} experts, their "
+        "outputs weighted by the router's gate (the OV circuit shown is ungated)",
+    )
+    return finish_notes(plan)
 
 
 # ------------------------------------------------------------------------------- flags
@@ -1257,6 +1345,10 @@ def plan_from_module(
     head count from the key projection's width (separate) or the attributes (fused).
     """
     arch = _BY_CLASS.get(type(module).__name__, GENERIC)
+    if arch.layout == "moa":
+        block = _first_int((module,), ("layer_idx",))
+        block = block if block is not None else _block_index(name)
+        return _moa_plan(name, layer, arch, tower_config(model, name), block)
     if arch.fused and _find(module, [arch.fused]) is None:  # a class name shared by families
         arch = GENERIC  # (timm's and OpenAI GPT's are both "Attention")
     o = _find(module, O_NAMES)
@@ -1459,6 +1551,8 @@ def plan_from_checkpoint(
     arch0 = _BY_MODEL_TYPE.get(str(config.get("model_type", "")), GENERIC)
     prefixes: set[str] = set()
     for full in names:
+        if arch0.layout == "moa" and full.endswith("." + MOA_NAMES["o"]):
+            prefixes.add(full[: -len(MOA_NAMES["o"]) - 1])
         for o_name in O_NAMES:
             suffix = f"{o_name}.weight"
             if full == suffix or full.endswith("." + suffix):
@@ -1478,6 +1572,11 @@ def plan_from_checkpoint(
     for prefix in sorted(prefixes, key=natural):
         cfg = _sub_config(config, prefix)
         arch = _BY_MODEL_TYPE.get(str(cfg.get("model_type", "")), arch0)
+        if arch.layout == "moa":
+            if _join(prefix, MOA_NAMES["o"]) in names:
+                moa = _moa_plan(prefix, len(plans), arch, cfg, _block_index(prefix))
+                plans.extend([moa] if moa is not None else [])
+            continue
         o = first(prefix, O_NAMES)
         assert o is not None
         q, k, v = (first(prefix, t) for t in (Q_NAMES, K_NAMES, V_NAMES))
