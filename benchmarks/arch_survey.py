@@ -440,7 +440,8 @@ def verify_one(mt: str, build: str) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         with torch.no_grad():
             layers = attention_heads(model)
-    harness._no_qk_norm(model)
+    harness._no_qk_norm_open_gate(model)  # QK-norms off; gated attention (Qwen3-Next): gate open
+    harness._zero_params(model, r"conv_out_layer\.weight$")  # ConvBERT's span convolutions
     harness._no_sinks(model)
     params = inspect.signature(model.forward).parameters
     inputs: dict[str, Any] = {"input_ids": harness._ids()}
@@ -513,7 +514,8 @@ def _p_gap(lh: Any, rec: Any, causal: bool) -> float:
     if causal:
         n, m = scores.shape[-2:]
         scores = scores.masked_fill(torch.ones(n, m, dtype=torch.bool).triu(1), float("-inf"))
-    z = rec.z[0].reshape(*rec.z[0].shape[:-1], lh.n_heads, -1).transpose(1, 2)
+    r = lh.W_Q.shape[-1]  # out-projection input [parts, H, r]: the heads are part 0 (ConvBERT)
+    z = rec.z[0].reshape(*rec.z[0].shape[:-1], -1, lh.n_heads, r)[..., 0, :, :].transpose(1, 2)
     if z.shape[-1] != v.shape[-1] or z.shape[-2] != v.shape[-2]:
         return float("inf")
     return float((scores.softmax(-1) - z @ torch.linalg.pinv(v)).abs().max())
