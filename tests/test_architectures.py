@@ -255,6 +255,19 @@ def _peft_llama() -> nn.Module:
     return model
 
 
+def _enc_dec_sizes(decoder_heads: int = H) -> dict[str, int]:
+    """The tiny encoder–decoder sizes (BART-style config names) of the seq2seq cases."""
+    return dict(
+        d_model=D,
+        encoder_layers=L,
+        decoder_layers=L,
+        encoder_attention_heads=H,
+        decoder_attention_heads=decoder_heads,
+        encoder_ffn_dim=2 * D,
+        decoder_ffn_dim=2 * D,
+    )
+
+
 def _seq2seq_inputs(m: nn.Module) -> dict[str, Any]:
     return {"input_ids": _ids(), "decoder_input_ids": _ids(seed=3)}
 
@@ -1091,13 +1104,7 @@ CASES: dict[str, Case] = {
         lambda: t.BartModel(  # from encoder_attention_heads, splitting the decoder's wrongly)
             t.BartConfig(
                 vocab_size=50,
-                d_model=D,
-                encoder_layers=L,
-                decoder_layers=L,
-                encoder_attention_heads=H,
-                decoder_attention_heads=H // 2,
-                encoder_ffn_dim=2 * D,
-                decoder_ffn_dim=2 * D,
+                **_enc_dec_sizes(decoder_heads=H // 2),
                 max_position_embeddings=16,
                 attn_implementation="eager",
             )
@@ -1114,13 +1121,7 @@ CASES: dict[str, Case] = {
             t.FSMTConfig(
                 src_vocab_size=50,
                 tgt_vocab_size=50,
-                d_model=D,
-                encoder_layers=L,
-                decoder_layers=L,
-                encoder_attention_heads=H,
-                decoder_attention_heads=H,
-                encoder_ffn_dim=2 * D,
-                decoder_ffn_dim=2 * D,
+                **_enc_dec_sizes(),
                 max_position_embeddings=16,
                 pad_token_id=1,
                 bos_token_id=0,
