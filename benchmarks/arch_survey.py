@@ -447,12 +447,14 @@ def verify_one(mt: str, build: str) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         with torch.no_grad():
             layers = attention_heads(model)
-    harness._no_qk_norm_open_gate(model)  # QK-norms off; gated attention's gate held open
+    harness._no_qk_norm_open_gate(model)  # QK-norms off; gated attention (Qwen3-Next): gate open
+    harness._zero_params(model, r"conv_out_layer\.weight$")  # ConvBERT's span convolutions
     harness._no_sinks(model)
     params = inspect.signature(model.forward).parameters
     inputs: dict[str, Any] = {"input_ids": harness._ids()}
-    if "position_ids" in params:
-        inputs["position_ids"] = harness._pos0()
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "position_ids" in params or takes_kwargs:  # multimodal wrappers (OmniASR, MOSS-Transcribe)
+        inputs["position_ids"] = harness._pos0()  # pass it to their language model in **kwargs
     if "attention_mask" in params:  # without it, positions all 0 read as packed sequences
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     if "decoder_input_ids" in params:
@@ -460,7 +462,14 @@ def verify_one(mt: str, build: str) -> dict[str, Any]:
     recs, handles = harness._record(model, layers)
     try:
         with torch.no_grad():
-            model(**inputs)
+            try:
+                model(**inputs)
+            except TypeError:  # **kwargs that do not take position_ids: positions as the model sets
+                if "position_ids" in params:
+                    raise
+                inputs.pop("position_ids")
+                recs, handles = _rerecord(harness, model, layers, handles)
+                model(**inputs)
     finally:
         for h in handles:
             h.remove()
@@ -469,6 +478,8 @@ def verify_one(mt: str, build: str) -> dict[str, Any]:
         if not rec.z or not rec.xq or rec.xq[0].dim() != 3:
             out["not_called"] += 1
             continue
+        if rec.xq[0].shape[:2] == (harness.T, harness.B):  # time-first (T, B, d): FSMT
+            rec = harness._batch_first(rec)
         errors = []
         for causal in (True, False):
             try:
@@ -492,6 +503,13 @@ def verify_one(mt: str, build: str) -> dict[str, Any]:
     return out
 
 
+def _rerecord(harness: Any, model: Any, layers: list[Any], handles: list[Any]) -> tuple[Any, Any]:
+    """Fresh recordings (the failed call may have left partial ones)."""
+    for h in handles:
+        h.remove()
+    return harness._record(model, layers)
+
+
 def _p_gap(lh: Any, rec: Any, causal: bool) -> float:
     """max |softmax(scale·q·kᵀ) − P_model| (P_model = z · pinv(X_v W_V), as in the harness)."""
     import torch
@@ -503,7 +521,8 @@ def _p_gap(lh: Any, rec: Any, causal: bool) -> float:
     if causal:
         n, m = scores.shape[-2:]
         scores = scores.masked_fill(torch.ones(n, m, dtype=torch.bool).triu(1), float("-inf"))
-    z = rec.z[0].reshape(*rec.z[0].shape[:-1], lh.n_heads, -1).transpose(1, 2)
+    r = lh.W_Q.shape[-1]  # out-projection input [parts, H, r]: the heads are part 0 (ConvBERT)
+    z = rec.z[0].reshape(*rec.z[0].shape[:-1], -1, lh.n_heads, r)[..., 0, :, :].transpose(1, 2)
     if z.shape[-1] != v.shape[-1] or z.shape[-2] != v.shape[-2]:
         return float("inf")
     return float((scores.softmax(-1) - z @ torch.linalg.pinv(v)).abs().max())

@@ -96,11 +96,15 @@ class Case:
     family: str
     kinds: tuple[str, ...] = ("self",)
     bias: Callable[[LayerHeads, int], Tensor] | None = None  # extra score term (B, H, T, S)
-    calls_per_layer: int = 1
+    calls_per_layer: int | Callable[[LayerHeads], int] = 1  # a number, or one per layer
     flags: dict[str, object] = field(default_factory=dict)  # flags every layer must carry
     #: run after extraction, before the forward: turns off what the check leaves out of the
     #: scores (QK-norms, attention sinks), so that the model computes softmax(scale·q·kᵀ)
     neutralise: Callable[[nn.Module], None] | None = None
+    time_first: bool = False  # activations (T, B, d) (FSMT): transposed before the check
+    #: a forward check of its own (model, extracted layers), run instead of the recorded
+    #: per-head one, with its own rolled control (JetMoE: routed per-token experts)
+    check: Callable[[nn.Module, list[LayerHeads]], None] | None = None
 
 
 def _always(lh: LayerHeads) -> bool:
@@ -149,6 +153,14 @@ def _no_qk_norm_open_gate(model: nn.Module) -> None:
             bias = torch.zeros(q.out_features, dtype=q.weight.dtype)
             bias.view(-1, 2, r)[:, 1] = 40.0
             q.bias = nn.Parameter(bias)
+
+
+def _zero_params(model: nn.Module, pattern: str) -> None:
+    """Zero the parameters whose names match ``pattern`` (a path the check leaves out)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if re.search(pattern, name):
+                p.zero_()
 
 
 def _no_sinks(model: nn.Module) -> None:
@@ -243,6 +255,19 @@ def _peft_llama() -> nn.Module:
     return model
 
 
+def _enc_dec_sizes(decoder_heads: int = H) -> dict[str, int]:
+    """The tiny encoder–decoder sizes (BART-style config names) of the seq2seq cases."""
+    return dict(
+        d_model=D,
+        encoder_layers=L,
+        decoder_layers=L,
+        encoder_attention_heads=H,
+        decoder_attention_heads=decoder_heads,
+        encoder_ffn_dim=2 * D,
+        decoder_ffn_dim=2 * D,
+    )
+
+
 def _seq2seq_inputs(m: nn.Module) -> dict[str, Any]:
     return {"input_ids": _ids(), "decoder_input_ids": _ids(seed=3)}
 
@@ -277,6 +302,56 @@ def _ved() -> nn.Module:
     model = t.VisionEncoderDecoderModel(cfg)
     model.set_attn_implementation("eager")
     return model
+
+
+def _moa_output(lh: LayerHeads, router: Tensor, top_k: int, x: Tensor) -> Tensor:
+    """JetMoE's attention output rebuilt from the factors: per head h = e·H_kv + j,
+    ctx_h = softmax(scale·(x W_Q^h)(x W_K^h)ᵀ + causal) x W_V^h; expert e's output
+    Σ_j ctx_{e·H_kv+j} W_O^{e·H_kv+j}; the token's output Σ_e g_e(t)·(expert e's), g = softmax
+    over the router's top-k logits (the model's own router weight ``router``, (E, d))."""
+    Bx, Tx, _ = x.shape
+    q = torch.einsum("btd,hdr->bhtr", x, lh.W_Q)
+    k = torch.einsum("bsd,hdr->bhsr", x, lh.W_K)
+    v = torch.einsum("bsd,hdr->bhsr", x, lh.W_V)
+    scores = lh.scale * q @ k.mT
+    scores = scores.masked_fill(torch.ones(Tx, Tx, dtype=torch.bool).triu(1), float("-inf"))
+    ctx = scores.softmax(-1) @ v
+    E = router.shape[0]
+    per_expert = torch.einsum("bhtr,hre->bthe", ctx, lh.W_O).view(Bx, Tx, E, -1, x.shape[-1])
+    logits = (x @ router.T).float()  # the model routes in float32
+    top, index = logits.topk(top_k, -1)
+    gates = torch.zeros(Bx, Tx, E, dtype=x.dtype).scatter(-1, index, top.softmax(-1).to(x.dtype))
+    return torch.einsum("bte,bted->btd", gates, per_expert.sum(3))
+
+
+def _jetmoe_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """Each JetMoE attention layer's output equals :func:`_moa_output` of its factors; with the
+    heads rolled (another expert's query and output for each head) it does not."""
+    seen: dict[str, tuple[Tensor, Tensor]] = {}
+    handles = []
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+
+        def hook(
+            _m: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = lh.name
+        ) -> None:
+            seen[name] = (kwargs.get("hidden_states", args[0] if args else None), output[0])
+
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), position_ids=_pos0(), attention_mask=torch.ones(B, T))
+    finally:
+        for h in handles:
+            h.remove()
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        router, top_k = module.experts.router.layer.weight.detach(), int(module.top_k)
+        x, out = seen[lh.name]
+        torch.testing.assert_close(_moa_output(lh, router, top_k, x), out, **TOL)
+        rolled = dataclasses.replace(lh, W_Q=lh.W_Q.roll(1, 0), W_O=lh.W_O.roll(1, 0))
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(_moa_output(rolled, router, top_k, x), out, **TOL)
 
 
 CASES: dict[str, Case] = {
@@ -1025,6 +1100,134 @@ CASES: dict[str, Case] = {
     "peft_lora_llama": Case(
         _peft_llama, _causal_lm_inputs, _always, L, "Llama", flags={"lora": True}
     ),
+    "bart_uneven_heads": Case(  # decoder heads ≠ encoder heads (the checkpoint plan read both
+        lambda: t.BartModel(  # from encoder_attention_heads, splitting the decoder's wrongly)
+            t.BartConfig(
+                vocab_size=50,
+                **_enc_dec_sizes(decoder_heads=H // 2),
+                max_position_embeddings=16,
+                attn_implementation="eager",
+            )
+        ),
+        _seq2seq_inputs,
+        _decoder_self,
+        3 * L,
+        "BART",
+        kinds=("self", "cross"),
+    ),
+    # gap helper "odd" (issue 14): time-first activations, BERT-style fused/odd self modules
+    "fsmt": Case(  # activations (T, B, d): the harness transposes them (time_first)
+        lambda: t.FSMTModel(
+            t.FSMTConfig(
+                src_vocab_size=50,
+                tgt_vocab_size=50,
+                **_enc_dec_sizes(),
+                max_position_embeddings=16,
+                pad_token_id=1,
+                bos_token_id=0,
+                eos_token_id=2,
+                decoder_start_token_id=2,
+            )
+        ),
+        # with use_cache on (the default) FSMTModel builds no causal mask, so in this call the
+        # decoder reads every position (use_cache=False would mask, but its mask builder
+        # overflows in float64: fill_with_neg_inf puts float64's min into a float32 tensor)
+        _seq2seq_inputs,
+        _never,
+        3 * L,
+        "name table",
+        kinds=("self", "cross"),
+        time_first=True,
+    ),
+    "deberta_v1": Case(  # fused in_proj [H, 3, r] in `self`, out-projection in `output.dense`
+        _lm(
+            t.DebertaConfig,
+            t.DebertaModel,
+            relative_attention=True,
+            pos_att_type=["c2p", "p2c"],
+            max_relative_positions=8,
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "DeBERTa (v1)",
+        flags={"relative_position_bias": True},
+    ),
+    "convbert": Case(  # 2 attention heads (H / head_ratio) of d/4; the span convolutions'
+        _lm(t.ConvBertConfig, t.ConvBertModel, embedding_size=D),  # output is zeroed
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "ConvBERT",
+        flags={"span_convolution": 2},
+        neutralise=lambda m: _zero_params(m, r"conv_out_layer\.weight$"),
+    ),
+    "lxmert": Case(  # language, vision, and one cross-modal layer called in both directions
+        lambda: t.LxmertModel(
+            t.LxmertConfig(
+                vocab_size=50,
+                hidden_size=D,
+                num_attention_heads=H,
+                intermediate_size=2 * D,
+                l_layers=1,
+                x_layers=1,
+                r_layers=1,
+                visual_feat_dim=12,
+                visual_pos_dim=4,
+            )
+        ),
+        lambda m: {
+            "input_ids": _ids(),
+            "visual_feats": torch.randn(
+                B, 5, 12, generator=torch.Generator().manual_seed(11), dtype=torch.float64
+            ),
+            "visual_pos": torch.rand(
+                B, 5, 4, generator=torch.Generator().manual_seed(12), dtype=torch.float64
+            ),
+        },
+        _never,
+        5,
+        "LXMERT",
+        kinds=("self", "cross"),
+        calls_per_layer=lambda lh: 2 if lh.kind == "cross" else 1,
+    ),
+    "jetmoe": Case(  # 3 experts × 2 key/value heads = 6 heads; 2 experts per token
+        _lm(
+            t.JetMoeConfig,
+            t.JetMoeModel,
+            num_key_value_heads=2,
+            kv_channels=8,
+            num_local_experts=3,
+            num_experts_per_tok=2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "JetMoE",
+        flags={"attention_experts": 3, "rotary": True},
+        check=_jetmoe_check,
+    ),
+    "timesformer": Case(  # per layer a time attention (over frames) and a space attention
+        lambda: t.TimesformerModel(
+            t.TimesformerConfig(
+                image_size=8,
+                patch_size=4,
+                num_frames=2,
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                intermediate_size=2 * D,
+            )
+        ),
+        lambda m: {
+            "pixel_values": torch.randn(
+                B, 2, 3, 8, 8, generator=torch.Generator().manual_seed(10), dtype=torch.float64
+            )
+        },
+        _never,
+        2 * L,
+        "TimeSformer",
+    ),
 }
 
 #: parameters zeroed so that position-dependent score terms vanish (their tables, not W_QK)
@@ -1033,6 +1236,7 @@ ZERO = {
     "mpnet": (r"relative_attention_bias",),
     "deberta_v2": (r"rel_embeddings",),
     "wav2vec2_conformer": (r"linear_pos", r"pos_bias_u", r"pos_bias_v"),
+    "deberta_v1": (r"rel_embeddings",),
 }
 
 
@@ -1063,6 +1267,13 @@ class Recorded:
     xv: list[Tensor] = field(default_factory=list)
     z: list[Tensor] = field(default_factory=list)
     out: list[Tensor] = field(default_factory=list)
+
+
+def _batch_first(rec: Recorded) -> Recorded:
+    """The recordings of a time-first module ((T, B, d), FSMT) as (B, T, d)."""
+    return Recorded(
+        *([x.transpose(0, 1) for x in getattr(rec, f.name)] for f in dataclasses.fields(rec))
+    )
 
 
 def _record(model: nn.Module, layers: list[LayerHeads]) -> tuple[list[Recorded], list[Any]]:
@@ -1116,7 +1327,8 @@ def _check(
         scores = scores.masked_fill(torch.ones(n, s, dtype=torch.bool).triu(1), float("-inf"))
     P = scores.softmax(-1)
     ctx = P @ v
-    z_heads = z.reshape(*z.shape[:-1], Hh, r).transpose(1, 2)
+    parts = z.shape[-1] // (Hh * r)  # > 1: out-projection input [parts, H, r] (ConvBERT)
+    z_heads = z.reshape(*z.shape[:-1], parts, Hh, r)[..., 0, :, :].transpose(1, 2)
     torch.testing.assert_close(ctx, z_heads, **TOL)
     assert v.shape[-2] <= r and torch.linalg.matrix_rank(v).min() == v.shape[-2]
     P_model = z_heads @ torch.linalg.pinv(v)
@@ -1146,6 +1358,17 @@ def _run(name: str) -> tuple[list[LayerHeads], list[Recorded]]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_factors_reproduce_the_models_own_attention(name: str) -> None:
     case = CASES[name]
+    if case.check is not None:
+        model = _build(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnrecognizedAttentionWarning)
+            with torch.no_grad():
+                layers = attention_heads(model, strict=True)
+        assert len(layers) == case.n_layers and all(case.family in lh.family for lh in layers)
+        for key, value in case.flags.items():
+            assert all(lh.flags.get(key) == value for lh in layers), [lh.flags for lh in layers]
+        case.check(model, layers)
+        return
     layers, recs = _run(name)
     assert len(layers) == case.n_layers, [lh.name for lh in layers]
     assert {lh.kind for lh in layers} == set(case.kinds)
@@ -1158,8 +1381,11 @@ def test_factors_reproduce_the_models_own_attention(name: str) -> None:
         ]
     with torch.no_grad():
         for lh, rec in zip(layers, recs):
-            assert len(rec.z) == case.calls_per_layer, (lh.name, len(rec.z))
-            for call in range(case.calls_per_layer):
+            calls = case.calls_per_layer
+            calls = calls(lh) if callable(calls) else calls
+            assert len(rec.z) == calls, (lh.name, len(rec.z))
+            rec = _batch_first(rec) if case.time_first else rec
+            for call in range(calls):
                 bias = case.bias(lh, rec.xk[call].shape[1]) if case.bias else None
                 _check(
                     lh,
@@ -1525,6 +1751,8 @@ CHECKPOINT_CASES = [
     "granite", "gpt_oss", "llama4_text", "phi3_longrope", "persimmon", "gpt_neox_japanese",
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
     "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
+    "fsmt", "bart_uneven_heads", "deberta_v1", "timesformer", "convbert", "lxmert",
+    "jetmoe",
 ]  # fmt: skip
 
 
@@ -1601,7 +1829,7 @@ def test_attention_roles_and_parameter_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["gpt_neox", "falcon", "codegen", "gpt_bigcode", "gpt2", "qwen3_next"]
+    "name", ["gpt_neox", "falcon", "codegen", "gpt_bigcode", "gpt2", "qwen3_next", "jetmoe"]
 )
 def test_low_rank_decay_through_split_specs(name: str) -> None:
     """LowRankDecay(granularity="head") moves each head's σ(W_Q^h), σ(W_K^h) by exactly −c,
@@ -1718,3 +1946,39 @@ def test_hybrid_linear_attention_layers_are_named_not_skipped_silently() -> None
     (message,) = {str(w.message) for w in caught}
     assert "linear attention (gated delta rule): no softmax q·kᵀ circuit" in message
     assert "register_adapter" not in message and "nothing to extract there" in message
+
+
+def test_deberta_v1_talking_heads_scale_and_timesformer_post_projection() -> None:
+    """DeBERTa v1: talking heads (scores and probabilities mixed across heads) carry the
+    ``attention_form`` flag in the live and the checkpoint plan; its scale counts every entry
+    of pos_att_type (1 + 3 here: the module divides q by √(r·(1 + len(pos_att_type))), v2 counts
+    only c2p/p2c). TimeSformer: the time attention's output goes through temporal_dense after
+    W_O (flag ``post_projection``, both paths); the space attention has no such map."""
+    from rankdecay.attention_spec import TALKING_HEADS
+    from rankdecay.heads import plan_from_checkpoint
+
+    model = _lm(
+        t.DebertaConfig,
+        t.DebertaModel,
+        relative_attention=True,
+        pos_att_type=["c2p", "p2c", "p2p"],
+        talking_head=True,
+    )()
+    live = attention_heads(model, strict=True)
+    disk = plan_from_checkpoint(model.config.to_dict(), list(model.state_dict()))
+    for lh in [*live, *disk]:
+        assert lh.flags["attention_form"] == TALKING_HEADS
+        assert lh.scale == pytest.approx((4 * (D // H)) ** -0.5, rel=1e-12)
+    space_time = attention_heads(CASES["timesformer"].build())
+    posts = {lh.name: lh.flags.get("post_projection") for lh in space_time}
+    tf = CASES["timesformer"].build()
+    disk_posts = {
+        p.name: p.flags.get("post_projection")
+        for p in plan_from_checkpoint(tf.config.to_dict(), list(tf.state_dict()))
+    }
+    assert posts == disk_posts
+    assert posts == {
+        f"encoder.layer.{i}.{kind}": ("temporal_dense" if kind == "temporal_attention" else None)
+        for i in range(L)
+        for kind in ("attention", "temporal_attention")
+    }

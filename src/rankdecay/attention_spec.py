@@ -98,6 +98,7 @@ CROSS_NAMES = (
     "cross_attn",
     "cross_attention",
     "multihead_attn",
+    "visual_attention",  # LXMERT's cross-modal layer (language ↔ vision)
 )
 
 #: split specs of a fused projection's output rows (H query heads, H_kv key/value heads, r).
@@ -108,7 +109,12 @@ LAYOUTS: dict[str, str] = {
     "grouped": "[H_kv, g+2, r] — per key/value head its g = H/H_kv query heads, then k, then v",
     "codegen": "[4, 3, H/4, r] — 4 model-parallel blocks, each [q | v | k] of H/4 heads",
     "kv": "[2, H_kv, r] — fused k, v (cross-attention; q separate)",
+    "moa": "mixture of attention heads: q [E, H_kv·r] and o [E, ·, H_kv·r] per expert "
+    "(`experts.input_linear`, `experts.output_linear`), `kv_proj` [2, H_kv, r] shared; "
+    "head e·H_kv + j = expert e on key/value head j",
 }
+#: JetMoE's per-expert projections (layout "moa"), relative to the attention module.
+MOA_NAMES = {"q": "experts.input_linear.weight", "o": "experts.output_linear.weight"}
 
 
 def fused_rows(layout: str, n_heads: int, n_kv_heads: int, head_dim: int) -> dict[str, Tensor]:
@@ -191,6 +197,10 @@ def _scale_deberta(config: object, r: int, block: int) -> float:
     return (r * factor) ** -0.5
 
 
+def _scale_deberta_v1(config: object, r: int, block: int) -> float:
+    return (r * (1 + len(cfg_get(config, "pos_att_type") or []))) ** -0.5
+
+
 def _scale_query_pre_attn(config: object, r: int, block: int) -> float:
     scalar = cfg_get(config, "query_pre_attn_scalar")
     return float(scalar) ** -0.5 if scalar else r**-0.5
@@ -217,6 +227,7 @@ SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
     "inv_sqrt": ("1/√r", _scale_inv_sqrt),
     "one": ("1 (no scaling)", _scale_one),
     "deberta": ("1/√(r·(1 + #{c2p, p2c}))", _scale_deberta),
+    "deberta_v1": ("1/√(r·(1 + len(pos_att_type)))", _scale_deberta_v1),
     "query_pre_attn": ("1/√query_pre_attn_scalar", _scale_query_pre_attn),
     "gpt2": ("1/√r (÷ (layer+1) with scale_attn_by_inverse_layer_idx)", _scale_gpt2),
     "attention_multiplier": ("attention_multiplier (config)", _scale_attention_multiplier),
@@ -239,6 +250,8 @@ class Architecture:
     are documentation (``tested_by``: the case ids of tests/test_architectures.py).
     ``q_gate``: the query projection's rows are [H, 2, r], each head's query followed by its
     output gate (gated attention: context_h ← context_h·sigmoid(gate_h) before W_O).
+    ``o_parts``: the out-projection reads [o_parts, H, r] (ConvBERT: the H attention heads'
+    contexts, then H span-convolution heads' outputs); W_O^h is head h of part 0.
     """
 
     family: str
@@ -251,6 +264,7 @@ class Architecture:
     flags: str = ""
     tested_by: tuple[str, ...] = ()
     q_gate: bool = False
+    o_parts: int = 1
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -485,7 +499,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("BartAttention",),
         ("bart",),
         flags="cross-attention (decoder)",
-        tested_by=("bart",),
+        tested_by=("bart", "bart_uneven_heads"),
     ),
     Architecture(
         "Whisper",
@@ -595,6 +609,63 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "in_proj [3, H, r]",
         tested_by=("mha",),
     ),
+    # gap helper "odd" (issue 14)
+    Architecture(
+        "JetMoE (mixture of attention heads)",
+        ("JetMoeAttention",),
+        ("jetmoe",),
+        "moa",
+        "kv_proj",
+        flags="rotary; E·H_kv heads, one per (expert, key/value head) (flag attention_experts "
+        "= E); per token num_experts_per_tok experts, gated",
+        tested_by=("jetmoe",),
+    ),
+    Architecture(
+        "ConvBERT (attention heads of a mixed attention/convolution block)",
+        ("ConvBertAttention",),
+        ("convbert",),
+        scale="inv_sqrt",
+        flags="H/head_ratio attention heads of size d/(2·H/head_ratio); the out-projection "
+        "reads [2, H, r]: the attention heads, then span convolutions (flag span_convolution)",
+        tested_by=("convbert",),
+        o_parts=2,
+    ),
+    Architecture(
+        "LXMERT (language, vision and cross-modal layers)",
+        ("LxmertSelfAttentionLayer", "LxmertCrossAttentionLayer"),
+        ("lxmert",),
+        flags="cross-attention (visual_attention: one module, called language→vision and "
+        "vision→language)",
+        tested_by=("lxmert",),
+    ),
+    Architecture(
+        "DeBERTa (v1)",
+        ("DebertaAttention",),
+        ("deberta",),
+        "head_qkv",
+        "self.in_proj",
+        scale="deberta_v1",
+        flags="relative position bias (disentangled c2p/p2c); talking heads flagged; "
+        "out-projection in the parent's output.dense",
+        tested_by=("deberta_v1",),
+    ),
+    Architecture(
+        "TimeSformer (space and time attention)",
+        ("TimeSformerAttention",),
+        ("timesformer",),
+        "qkv",
+        "attention.qkv",
+        flags="out-projection in the parent's output.dense; the time attention's output passes "
+        "through the layer's temporal_dense (flag post_projection)",
+        tested_by=("timesformer",),
+    ),
+    Architecture(
+        "FSMT (live: by the name table; class Attention; activations (T, B, d))",
+        (),
+        ("fsmt",),
+        flags="cross-attention (decoder)",
+        tested_by=("fsmt",),
+    ),
 )
 
 _BY_CLASS = {cls: arch for arch in ARCHITECTURES for cls in arch.classes}
@@ -612,6 +683,8 @@ def architectures_table() -> str:
         layout = LAYOUTS.get(arch.layout, arch.layout)
         if arch.q_gate:
             layout += "; q rows [H, 2, r]: query, then output gate"
+        if arch.o_parts > 1:
+            layout += f"; out-projection input [{arch.o_parts}, H, r], attention in part 0"
         where = f"`{arch.fused}` " if arch.fused else ""
         if arch.in_out:
             where += "(stored in×out) "
@@ -631,7 +704,8 @@ class AttentionPlan:
     ``q``, ``k``, ``v``, ``o`` (separate) or ``fused`` (+ ``q`` for a fused [k | v]).
     ``in_out``: tensors stored (d_in, d_out) (GPT-2's Conv1D) instead of nn.Linear's (d_out, d_in).
     ``n_kv_heads`` None: read from the key projection's width. ``q_gate``: q's rows are
-    [H, 2, r] (query, then an output gate per head; :class:`Architecture`).
+    [H, 2, r] (query, then an output gate per head; :class:`Architecture`). ``o_parts``: the
+    out-projection's input is [o_parts, H, r], the heads' contexts are part 0 (:class:`Architecture`).
     """
 
     name: str
@@ -653,12 +727,13 @@ class AttentionPlan:
     flags: dict[str, object] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     q_gate: bool = False
+    o_parts: int = 1
 
     @property
     def qk_params(self) -> tuple[str, ...]:
         if self.layout == "separate":
             return tuple(n for n in (self.q, self.k) if n)
-        if self.layout == "kv":
+        if self.layout in ("kv", "moa"):
             return tuple(n for n in (self.q, self.fused) if n)
         return (self.fused,) if self.fused else ()
 
@@ -717,6 +792,8 @@ def split_heads(
     a width does not fit the head counts.
     """
     H, r = plan.n_heads, plan.head_dim
+    if plan.layout == "moa":
+        return _split_moa(plan, get)
     if plan.layout == "separate":
         assert plan.q and plan.k and plan.v
         Wq, Wk, Wv = get(plan.q), get(plan.k), get(plan.v)
@@ -763,12 +840,17 @@ def split_heads(
         W_V = _rows_of(W, rows["v"], plan.in_out)
     Wo = get(plan.o)
     in_width = int(Wo.shape[0] if plan.in_out else Wo.shape[1])
-    if in_width != H * r:
-        raise PlanError(f"{plan.name}: output projection input width {in_width} is not {H}·{r}")
-    if plan.in_out:  # (H·r, d_out)
-        W_O = Wo.reshape(H, r, Wo.shape[-1])
-    else:  # (d_out, H·r)
-        W_O = Wo.reshape(Wo.shape[0], H, r).permute(1, 2, 0)
+    parts = plan.o_parts  # [parts, H, r]: the heads' contexts are part 0
+    if in_width != H * parts * r:
+        raise PlanError(
+            f"{plan.name}: output projection input width {in_width} is not {H}·"
+            + (f"{parts}·" if parts > 1 else "")
+            + f"{r}"
+        )
+    if plan.in_out:  # (parts·H·r, d_out)
+        W_O = Wo.reshape(parts, H, r, Wo.shape[-1])[0]
+    else:  # (d_out, parts·H·r)
+        W_O = Wo.reshape(Wo.shape[0], parts, H, r)[:, 0].permute(1, 2, 0)
     kv_index: tuple[int, ...] | None = None
     if Hkv != H:
         if Hkv <= 0 or H % Hkv:
@@ -778,6 +860,77 @@ def split_heads(
         idx = torch.tensor(kv_index, device=W_K.device)
         W_K, W_V = W_K.index_select(0, idx), W_V.index_select(0, idx)
     return W_Q, W_K, W_V, W_O, kv_index
+
+
+def _split_moa(
+    plan: AttentionPlan, get: Callable[[str], Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[int, ...] | None]:
+    """:func:`split_heads` of a mixture of attention heads (JetMoE, layout "moa").
+
+    q: (E, H_kv·r, d) per expert, fused [k | v]: (2·H_kv·r, d), o: (E, d, H_kv·r) per expert.
+    Head h = e·H_kv + j: W_Q^h = q[e] rows j·r…, W_O^h = o[e] columns j·r… (transposed), and
+    key/value head j (``kv_head_index[h] = h mod H_kv``) — the model's repeat of k, v over its
+    top-k slots pairs slot s's query head j with key head j.
+    """
+    assert plan.q and plan.fused and plan.n_kv_heads
+    Wq, Wkv, Wo = get(plan.q), get(plan.fused), get(plan.o)
+    Hkv, r, H = plan.n_kv_heads, plan.head_dim, plan.n_heads
+    E = int(Wq.shape[0]) if Wq.dim() == 3 else 0
+    if (
+        Wq.dim() != 3
+        or Wo.dim() != 3
+        or E * Hkv != H
+        or Wq.shape[1] != Hkv * r
+        or Wo.shape[0] != E
+        or Wo.shape[2] != Hkv * r
+        or Wkv.shape[0] != 2 * Hkv * r
+    ):
+        raise PlanError(
+            f"{plan.name}: expert projections {tuple(Wq.shape)}, {tuple(Wo.shape)} and k/v "
+            f"{tuple(Wkv.shape)} do not fit {H} heads = experts × {Hkv} key/value heads of size {r}"
+        )
+    W_Q = Wq.reshape(H, r, Wq.shape[-1]).mT  # (E·H_kv, d, r), a view
+    rows = fused_rows("kv", Hkv, Hkv, r)
+    kv_index = tuple(h % Hkv for h in range(H))
+    idx = torch.tensor(kv_index, device=Wkv.device)
+    W_K = _rows_of(Wkv, rows["k"], False).index_select(0, idx)
+    W_V = _rows_of(Wkv, rows["v"], False).index_select(0, idx)
+    W_O = Wo.reshape(E, Wo.shape[1], Hkv, r).permute(0, 2, 3, 1).reshape(H, r, Wo.shape[1])
+    return W_Q, W_K, W_V, W_O, (kv_index if Hkv != H else None)
+
+
+def _moa_plan(
+    name: str, layer: int, arch: Architecture, config: object, block: int
+) -> AttentionPlan | None:
+    """The plan of a JetMoE attention module at ``name`` (live or checkpoint: both read the
+    head counts from the config — num_local_experts E, num_key_value_heads, kv_channels)."""
+    E = _first_int((config,), ("num_local_experts",))
+    Hkv = _first_int((config,), ("num_key_value_heads",))
+    r = _first_int((config,), ("kv_channels", "head_dim"))
+    if E is None or Hkv is None or r is None or arch.fused is None:
+        return None
+    plan = AttentionPlan(
+        name=name,
+        layer=layer,
+        family=arch.family,
+        o=_join(name, MOA_NAMES["o"]),
+        n_heads=E * Hkv,
+        head_dim=r,
+        scale=SCALE_RULES[arch.scale][1](config, r, block),
+        q=_join(name, MOA_NAMES["q"]),
+        fused=_join(name, f"{arch.fused}.weight"),
+        layout="moa",
+        n_kv_heads=Hkv,
+    )
+    plan.rotary, plan.flags = config_flags(config, r, block)
+    plan.flags["attention_experts"] = E
+    top_k = _first_int((config,), ("num_experts_per_tok",))
+    plan.notes = (
+        f"mixture of attention heads: head h is expert h // {Hkv}'s query and output projection "
+        f"on key/value head h mod {Hkv}; each token uses {top_k} of the {E} experts, their "
+        "outputs weighted by the router's gate (the OV circuit shown is ungated)",
+    )
+    return finish_notes(plan)
 
 
 # ------------------------------------------------------------------------------- flags
@@ -880,6 +1033,8 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
     softcap = cfg_get(config, "attn_logit_softcapping")
     if isinstance(softcap, (int, float)) and softcap > 0:
         flags["softcap"] = float(softcap)
+    if cfg_get(config, "talking_head"):  # DeBERTa v1: head_logits_proj / head_weights_proj
+        flags["attention_form"] = TALKING_HEADS
     pos_type = cfg_get(config, "position_embedding_type", "position_embeddings_type")
     if pos_type == "rotary" and not alibi:  # Wav2Vec2-Conformer's position_embeddings_type
         rotary, flags["rotary"] = True, True
@@ -906,12 +1061,28 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
     return rotary, flags
 
 
+#: the attention_form of DeBERTa v1 with ``talking_head``
+TALKING_HEADS = "talking heads: scores and probabilities are mixed across heads (H×H maps)"
+#: attention modules (last name) whose output the parent passes through one more linear map
+#: (TimeSformer: temporal_attention → temporal_dense): flag ``post_projection`` = its name.
+POST_PROJECTIONS = {"temporal_attention": "temporal_dense"}
+
+
+def _post_projection(name: str, has: Callable[[str], bool]) -> str | None:
+    """The parent's extra linear map after ``name``'s W_O (:data:`POST_PROJECTIONS`), if any."""
+    parent, _, last = name.rpartition(".")
+    extra = POST_PROJECTIONS.get(last)
+    return extra if extra is not None and has(_join(parent, extra)) else None
+
+
 def _notes_for(
     plan_flags: Mapping[str, object], kind: str, H: int, Hkv: int | None
 ) -> tuple[str, ...]:
     notes: list[str] = []
     if kind == "cross":
-        notes.append("cross-attention: keys/values read the encoder's hidden states")
+        notes.append(
+            "cross-attention: keys/values read another sequence (an encoder's states, another modality)"
+        )
     if Hkv is not None and Hkv != H:
         notes.append(
             f"grouped-query attention: {Hkv} key/value heads shared by {H} query heads ({H // Hkv} each)"
@@ -958,6 +1129,17 @@ def _notes_for(
         notes.append("relative position scores are added to the QK scores and are not part of W_QK")
     if "sliding_window" in plan_flags:
         notes.append(f"sliding window of {plan_flags['sliding_window']} positions")
+    if "span_convolution" in plan_flags:
+        notes.append(
+            f"mixed block: the out-projection also reads {plan_flags['span_convolution']} "
+            "span-convolution heads (input columns [2, H, r][1]); they are not attention and "
+            "not part of W_O"
+        )
+    if "post_projection" in plan_flags:
+        notes.append(
+            f"the output passes through {plan_flags['post_projection']} (one more linear map) "
+            "after W_O; the OV circuit shown ends at W_O"
+        )
     return tuple(notes)
 
 
@@ -968,6 +1150,8 @@ def finish_notes(plan: AttentionPlan) -> AttentionPlan:
     the whole head's scores by m² when it rotates the whole head, so the scale takes it."""
     if plan.q_gate:  # gated attention: the gate rows of q (live and checkpoint plans alike)
         plan.flags["output_gate"] = True
+    if plan.o_parts > 1:  # ConvBERT: the out-projection also reads span-convolution heads
+        plan.flags["span_convolution"] = plan.n_heads
     factor = plan.flags.get("rope_attention_factor")
     if plan.rotary and isinstance(factor, float) and "partial_rotary" not in plan.flags:
         plan.scale *= factor**2
@@ -1161,6 +1345,10 @@ def plan_from_module(
     head count from the key projection's width (separate) or the attributes (fused).
     """
     arch = _BY_CLASS.get(type(module).__name__, GENERIC)
+    if arch.layout == "moa":
+        block = _first_int((module,), ("layer_idx",))
+        block = block if block is not None else _block_index(name)
+        return _moa_plan(name, layer, arch, tower_config(model, name), block)
     if arch.fused and _find(module, [arch.fused]) is None:  # a class name shared by families
         arch = GENERIC  # (timm's and OpenAI GPT's are both "Attention")
     o = _find(module, O_NAMES)
@@ -1171,6 +1359,8 @@ def plan_from_module(
     v = _find(module, V_NAMES)
     fused = _find(module, [arch.fused] if arch.fused else FUSED_NAMES)
     inner: nn.Module | None = None
+    if fused is not None and arch.fused and "." in arch.fused:  # fused inside a BERT-style child
+        inner = module.get_submodule(arch.fused.rsplit(".", 1)[0])
     if not (q and k and v) and fused is None:
         self_name = _bert_self(module)
         if (
@@ -1183,14 +1373,14 @@ def plan_from_module(
         q, k, v = (_find(inner, names) for names in (Q_NAMES, K_NAMES, V_NAMES))
         assert q and k and v
         q, k, v = ((_join(self_name, t[0]), t[1]) for t in (q, k, v))  # type: ignore[assignment]
-    elif o[0].startswith("output.") and o[0] != "output.weight":
+    elif o[0].startswith("output.") and o[0] != "output.weight" and inner is None:
         return None  # q/k/v here but the output projection two levels down: not this module
     config = tower_config(model, name)
     objs = (module, inner, config)
     H = _first_int(objs, _H_ATTRS)
-    r = _first_int((module, inner), _R_ATTRS)
     q_layer = (q or fused)[1]  # type: ignore[index]
     q_width = _out_dim(q_layer.weight, _is_in_out(q_layer))
+    r = _head_size(module, inner, H, q_width if q and not arch.q_gate else None)
     if r is None:
         r = _first_int((config,), ("head_dim", "d_kv"))
         if r is not None and H is not None and H * r != (q_width if q else H * r):
@@ -1236,6 +1426,7 @@ def plan_from_module(
         plan.q, plan.k, plan.v = (_join(name, t[0]) for t in (q, k, v))
         plan.n_kv_heads = _out_dim(k[1].weight, _is_in_out(k[1])) // r
         plan.q_gate = arch.q_gate
+    plan.o_parts = arch.o_parts
     plan.scale = _live_scale(module, inner, arch, config, r, block)
     rotary, flags = config_flags(config, r, block)
     if not rotary and config is None and _rotary_in_tower(model, name):
@@ -1259,8 +1450,27 @@ def plan_from_module(
         flags.pop("rotary", None)
         flags.pop("partial_rotary", None)
         rotary = False
+    post = _post_projection(name, lambda n: _projection(_sub(model, n)) is not None)
+    if post is not None:
+        flags["post_projection"] = post
     plan.rotary, plan.flags = rotary, flags
     return finish_notes(plan)
+
+
+def _head_size(
+    module: nn.Module, inner: nn.Module | None, H: int | None, q_width: int | None
+) -> int | None:
+    """The head size from the module's attributes (:data:`_R_ATTRS`, first set wins), except
+    that with a separate q of width ``q_width`` an attribute with H·r ≠ q_width is passed over
+    (LXMERT's ``head_size`` is H·r; its ``attention_head_size`` is r)."""
+    first = _first_int((module, inner), _R_ATTRS)
+    if first is None or H is None or q_width is None or H * first == q_width:
+        return first
+    for attr in _R_ATTRS:
+        value = _first_int((module, inner), (attr,))
+        if value is not None and H * value == q_width:
+            return value
+    return first
 
 
 def _falcon_layout(module: nn.Module, H: int, Hkv: int | None) -> tuple[str, int]:
@@ -1295,9 +1505,9 @@ def _live_scale(
         if getattr(module, "scale_attn_by_inverse_layer_idx", False):
             scale /= float(getattr(module, "layer_idx", 0) + 1)
         return scale
-    if arch.scale == "deberta":
+    if arch.scale in ("deberta", "deberta_v1"):
         pos = getattr(inner, "pos_att_type", None) or cfg_get(config, "pos_att_type") or []
-        return _scale_deberta({"pos_att_type": list(pos)}, r, block)
+        return SCALE_RULES[arch.scale][1]({"pos_att_type": list(pos)}, r, block)
     if arch.scale == "one":
         value = getattr(module, "scaling", None)
         return float(value) if isinstance(value, (int, float)) else 1.0
@@ -1341,6 +1551,8 @@ def plan_from_checkpoint(
     arch0 = _BY_MODEL_TYPE.get(str(config.get("model_type", "")), GENERIC)
     prefixes: set[str] = set()
     for full in names:
+        if arch0.layout == "moa" and full.endswith("." + MOA_NAMES["o"]):
+            prefixes.add(full[: -len(MOA_NAMES["o"]) - 1])
         for o_name in O_NAMES:
             suffix = f"{o_name}.weight"
             if full == suffix or full.endswith("." + suffix):
@@ -1360,12 +1572,17 @@ def plan_from_checkpoint(
     for prefix in sorted(prefixes, key=natural):
         cfg = _sub_config(config, prefix)
         arch = _BY_MODEL_TYPE.get(str(cfg.get("model_type", "")), arch0)
+        if arch.layout == "moa":
+            if _join(prefix, MOA_NAMES["o"]) in names:
+                moa = _moa_plan(prefix, len(plans), arch, cfg, _block_index(prefix))
+                plans.extend([moa] if moa is not None else [])
+            continue
         o = first(prefix, O_NAMES)
         assert o is not None
         q, k, v = (first(prefix, t) for t in (Q_NAMES, K_NAMES, V_NAMES))
         fused = first(prefix, [arch.fused] if arch.fused else FUSED_NAMES)
         if not (q and k and v) and fused is None:
-            for under in ("self",):
+            for under in ("self", "att"):  # BERT's self; LXMERT's cross-modal att
                 q, k, v = (first(prefix, t, under) for t in (Q_NAMES, K_NAMES, V_NAMES))
                 if q and k and v:
                     break
@@ -1377,10 +1594,15 @@ def plan_from_checkpoint(
             (cfg,),
             ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads"),
         )
+        if re.search(r"(^|\.)decoder\.", prefix):  # BART-style configs: the decoder's own count
+            H = _first_int((cfg,), ("decoder_attention_heads", "num_decoder_attention_heads")) or H
         hidden = _first_int((cfg,), ("hidden_size", "n_embd", "d_model", "dim"))
         r = _first_int((cfg,), ("head_dim", "d_kv"))
         if H is None or (r is None and hidden is None):
             continue
+        if arch.o_parts > 1:  # ConvBERT: H/head_ratio attention heads of d/(2·H/head_ratio)
+            H = max(1, H // (_first_int((cfg,), ("head_ratio",)) or 1))
+            r = r or hidden // H // arch.o_parts  # type: ignore[operator]
         r = r or hidden // H  # type: ignore[operator]
         block = _block_index(prefix)
         kind = "cross" if prefix.rsplit(".", 1)[-1] in CROSS_NAMES else "self"
@@ -1394,6 +1616,7 @@ def plan_from_checkpoint(
             scale=SCALE_RULES[arch.scale][1](cfg, r, block),
             in_out=arch.in_out,
             kind=kind,
+            o_parts=arch.o_parts,
         )
         if q and k and v:
             plan.q, plan.k, plan.v, plan.q_gate = q, k, v, arch.q_gate
@@ -1427,5 +1650,8 @@ def plan_from_checkpoint(
                 plan.flags["qk_norm"] = "per_head"  # the width is checked when the tensor is read
         if _join(prefix, "sinks") in names:
             plan.flags["attention_sinks"] = True
+        post = _post_projection(prefix, lambda n: f"{n}.weight" in names)
+        if post is not None:
+            plan.flags["post_projection"] = post
         plans.append(finish_notes(plan))
     return plans
