@@ -1027,6 +1027,90 @@ CASES: dict[str, Case] = {
     ),
 }
 
+
+# -- value heads of their own size / count (gap helper vhead2) --------------------------------
+
+
+def _audio(config_cls: str, model_cls: str, **kw: Any) -> Callable[[], nn.Module]:
+    """A Nemotron audio encoder (SDPA: the only forward that runs when k and v differ in heads)."""
+    base = dict(hidden_size=D, num_hidden_layers=L, num_attention_heads=H, intermediate_size=2 * D)
+    base.update(kw)
+
+    def build() -> nn.Module:
+        mod = __import__(f"transformers.models.{model_cls}", fromlist=["_"])
+        return getattr(mod, config_cls + "Model")(getattr(mod, config_cls + "Config")(**base))
+
+    return build
+
+
+def _audio_inputs(m: nn.Module) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    return {"inputs_embeds": x, "position_ids": _pos0()}
+
+
+CASES.update(
+    {
+        "mimo_v2_flash": Case(  # r = 12, r_v = 8; layer 1: sliding window, 2× K/V heads, sinks
+            _lm(
+                t.MiMoV2FlashConfig,
+                t.MiMoV2FlashModel,
+                num_key_value_heads=1,
+                head_dim=12,
+                v_head_dim=8,
+                layer_types=["full_attention", "sliding_attention"],
+                mlp_layer_types=["dense", "dense"],
+                sliding_window=16,
+            ),
+            _causal_lm_inputs,
+            _always,
+            L,
+            "MiMo-V2-Flash",
+            flags={"rotary": True, "value_scale": 0.707},
+            neutralise=_no_sinks,
+        ),
+        "nemotron3_5_transcribe": Case(  # bidirectional audio encoder, LayerNorm QK-norm
+            _audio(
+                "Nemotron3_5TranscribeAsrAudio",
+                "nemotron3_5_transcribe.modeling_nemotron3_5_transcribe",
+                attn_implementation="eager",
+            ),
+            _audio_inputs,
+            _never,
+            L,
+            "Nemotron",
+            flags={"rotary": True, "qk_norm": "per_head"},
+            neutralise=_no_qk_norm,
+        ),
+        "nemotron3_diarization": Case(
+            _audio(
+                "Nemotron3DiarizationAudio",
+                "nemotron3_diarization.modeling_nemotron3_diarization",
+                attn_implementation="eager",
+            ),
+            _audio_inputs,
+            _never,
+            L,
+            "Nemotron",
+            flags={"rotary": True},
+        ),
+        "nemotron3_diarization_kv2": Case(  # k: 2 heads, v: 4 heads (query head h: k h//2, v h)
+            _audio(
+                "Nemotron3DiarizationAudio",
+                "nemotron3_diarization.modeling_nemotron3_diarization",
+                num_key_value_heads=2,
+                attn_implementation="sdpa",
+            ),
+            _audio_inputs,
+            _never,
+            L,
+            "Nemotron",
+            flags={"rotary": True},
+        ),
+    }
+)
+
+
 #: parameters zeroed so that position-dependent score terms vanish (their tables, not W_QK)
 ZERO = {
     "t5": (r"relative_attention_bias",),
@@ -1103,11 +1187,11 @@ def _check(
     causal: bool,
     bias: Tensor | None,
 ) -> None:
-    Hh, r = lh.n_heads, lh.W_Q.shape[-1]
+    Hh, r = lh.n_heads, lh.W_V.shape[-1]  # r: the value head size (r_v; r_qk may differ)
     assert lh.scale is not None
     q = torch.einsum("btd,hdr->bhtr", xq, lh.W_Q)
     k = torch.einsum("bsd,hdr->bhsr", xk, lh.W_K)
-    v = torch.einsum("bsd,hdr->bhsr", xv, lh.W_V)
+    v = torch.einsum("bsd,hdr->bhsr", xv, lh.W_V) * float(lh.flags.get("value_scale", 1.0))  # type: ignore[arg-type]
     scores = lh.scale * q @ k.mT
     if bias is not None:
         scores = scores + bias
@@ -1526,6 +1610,12 @@ CHECKPOINT_CASES = [
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
     "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
 ]  # fmt: skip
+CHECKPOINT_CASES += [
+    "mimo_v2_flash",
+    "nemotron3_5_transcribe",
+    "nemotron3_diarization",
+    "nemotron3_diarization_kv2",
+]
 
 
 @pytest.mark.parametrize("name", CHECKPOINT_CASES)
@@ -1548,10 +1638,11 @@ def test_checkpoint_plan_equals_live_extraction(name: str) -> None:
                 getattr(disk, field_name), getattr(ref, field_name), rtol=0, atol=0
             )
         assert disk.scale == pytest.approx(ref.scale, rel=1e-12), plan.name
-        assert (disk.kind, disk.rotary, disk.kv_head_index) == (
+        assert (disk.kind, disk.rotary, disk.kv_head_index, disk.v_head_index) == (
             ref.kind,
             ref.rotary,
             ref.kv_head_index,
+            ref.v_head_index,
         )
         assert disk.qk_params == ref.qk_params and disk.ov_params == ref.ov_params
         shared = {k for k in ref.flags if k not in ("qk_norm", "lora")}

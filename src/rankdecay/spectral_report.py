@@ -250,7 +250,7 @@ def _sides(lh: LayerHeads, circuit: str) -> tuple[_Side, _Side]:
         a_chain, b_chain = lh.chains[circuit]
         return _Side(chain=tuple(a_chain)), _Side(chain=tuple(b_chain))
     A, B = lh.factors(circuit)
-    kv = lh.kv_head_index
+    kv = lh.head_index(circuit)  # key heads (qk) or value heads (ov): they may differ
     if kv is None:
         return _Side(A), _Side(B)
     distinct = list(dict.fromkeys(kv))  # key/value heads in order of first use
@@ -413,7 +413,7 @@ def _spectra_records(
                     "name": lh.name,
                     "head": h,
                     "circuit": c,
-                    "kv_head": lh.kv_head_index[h] if lh.kv_head_index is not None else h,
+                    "kv_head": lh.shared_head(c, h),
                     "rtol": rtol,
                     "rank": int(ranks[h]),
                 }
