@@ -1111,6 +1111,50 @@ CASES.update(
 )
 
 
+@pytest.mark.parametrize("name", ["mimo_v2_flash", "nemotron3_diarization_kv2"])
+def test_value_heads_of_their_own_size_or_count_downstream(name: str) -> None:
+    """Value heads of size r_v ≠ r (MiMo) or H_v ≠ H_kv heads (Nemotron, k: 2, v: 4): analyze's
+    OV σ per query head equal the dense SVD of v_proj/o_proj slices cut by hand (rank ≤ r_v),
+    its ``kv_head`` column names the value head read, and LowRankDecay per head lowers each
+    distinct value head's σ by exactly c (the value map, not the key map, picks them)."""
+    from rankdecay.analyze import analyze
+    from rankdecay.decay import LowRankDecay
+
+    model = _build(name)
+    report = analyze(model)
+    for lh in attention_heads(model):
+        attn = model.get_submodule(lh.name)
+        Wv, Wo = attn.v_proj.weight, attn.o_proj.weight  # (H_v·r_v, d), (d, H·r_v)
+        rv = Wo.shape[1] // H
+        Hv = Wv.shape[0] // rv
+        assert rv == (8 if name == "mimo_v2_flash" else D // H) and lh.W_V.shape[-1] == rv
+        rows = sorted(
+            (r for r in report.records if r["name"] == lh.name and r["circuit"] == "ov"),
+            key=lambda r: r["head"],
+        )
+        for h, rec in enumerate(rows):
+            j = h // (H // Hv)
+            ov = Wv[j * rv : (j + 1) * rv].T @ Wo[:, h * rv : (h + 1) * rv].T
+            ref = torch.linalg.svdvals(ov)
+            got = torch.tensor(rec["singular_values"], dtype=torch.float64)
+            assert len(got) <= rv and float(ref[rv:].abs().sum()) < 1e-10  # rank ≤ r_v
+            torch.testing.assert_close(got, ref[: len(got)], rtol=1e-9, atol=1e-12)
+            assert rec["kv_head"] == j
+    c = 1e-3
+    with torch.no_grad():
+        per_head = {
+            lh.name: torch.linalg.svdvals(
+                model.get_submodule(lh.name).v_proj.weight.detach().view(-1, rv, D)
+            )
+            for lh in attention_heads(model)
+        }
+    LowRankDecay(model, c, target="attention", granularity="head", scale_by_lr=False).step()
+    with torch.no_grad():
+        for n, sv in per_head.items():
+            after = torch.linalg.svdvals(model.get_submodule(n).v_proj.weight.view(-1, rv, D))
+            torch.testing.assert_close(after, sv - c, rtol=0, atol=1e-10)
+
+
 #: parameters zeroed so that position-dependent score terms vanish (their tables, not W_QK)
 ZERO = {
     "t5": (r"relative_attention_bias",),
