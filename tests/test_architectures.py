@@ -1155,6 +1155,31 @@ def test_value_heads_of_their_own_size_or_count_downstream(name: str) -> None:
             torch.testing.assert_close(after, sv - c, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize(
+    "name,note",
+    [
+        ("mimo_v2_flash", "value heads of size 8, query/key heads of size 12"),
+        ("nemotron3_diarization_kv2", "4 query heads read 2 key heads (head h: key head h // 2)"),
+    ],
+)
+def test_value_head_notes_and_flags_live_equal_checkpoint(name: str, note: str) -> None:
+    """The notes that say how the OV spectrum reads (r_v ≠ r; value heads grouped unlike the
+    key heads, with no "grouped-query" note claiming they share) and the flags are the same from
+    the live module and from the checkpoint's tensor names (where K/V counts come from widths)."""
+    from rankdecay.heads import layer_heads_from_tensors, plan_from_checkpoint
+
+    model = _build(name)
+    live = {lh.name: lh for lh in attention_heads(model)}
+    state = model.state_dict()
+    for plan in plan_from_checkpoint(model.config.to_dict(), list(state)):
+        disk = layer_heads_from_tensors(plan, state.__getitem__)
+        assert (disk.notes, disk.flags) == (live[plan.name].notes, live[plan.name].flags)
+        assert sum(note in n for n in disk.notes) == 1, disk.notes
+        if name == "nemotron3_diarization_kv2":
+            assert disk.flags["value_heads"] == H
+            assert not any(n.startswith("grouped-query") for n in disk.notes)
+
+
 #: parameters zeroed so that position-dependent score terms vanish (their tables, not W_QK)
 ZERO = {
     "t5": (r"relative_attention_bias",),

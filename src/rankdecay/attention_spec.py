@@ -976,6 +976,11 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
     return rotary, flags
 
 
+def gqa_note(H: int, Hkv: int) -> str:
+    """The note of a layer whose H query heads share H_kv key/value heads."""
+    return f"grouped-query attention: {Hkv} key/value heads shared by {H} query heads ({H // Hkv} each)"
+
+
 def _notes_for(
     plan_flags: Mapping[str, object], kind: str, H: int, Hkv: int | None
 ) -> tuple[str, ...]:
@@ -983,9 +988,7 @@ def _notes_for(
     if kind == "cross":
         notes.append("cross-attention: keys/values read the encoder's hidden states")
     if Hkv is not None and Hkv != H:
-        notes.append(
-            f"grouped-query attention: {Hkv} key/value heads shared by {H} query heads ({H // Hkv} each)"
-        )
+        notes.append(gqa_note(H, Hkv))
     if plan_flags.get("rotary"):
         notes.append("rotary embeddings: QK circuit at relative offset 0")
         if "partial_rotary" in plan_flags:

@@ -57,6 +57,7 @@ from .attention_spec import (
     AttentionPlan,
     PlanError,
     finish_notes,
+    gqa_note,
     is_lora_layer,
     plan_from_checkpoint,
     plan_from_module,
@@ -299,6 +300,8 @@ def layer_heads_from_tensors(plan: AttentionPlan, get: Callable[[str], Tensor]) 
     if plan.rotary:
         flags["rotary"] = True
     notes = plan.notes
+    if kv_index is not None and plan.n_kv_heads is None and v_index is None:
+        notes = (gqa_note(plan.n_heads, len(set(kv_index))), *notes)  # K/V heads from widths
     if v_index is not None:  # key and value projections of different head counts
         H, Hk, Hv = plan.n_heads, len(set(kv_index or range(plan.n_heads))), len(set(v_index))
         flags["value_heads"] = Hv
