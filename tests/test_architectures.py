@@ -1079,7 +1079,7 @@ CASES.update(
             _never,
             L,
             "Nemotron",
-            flags={"rotary": True, "qk_norm": "per_head"},
+            flags={"rotary": True, "qk_norm": "per_head", "partial_rotary": 0.5},
             neutralise=_no_qk_norm,
         ),
         "nemotron3_diarization": Case(

@@ -589,8 +589,13 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         "Nemotron 3.5 Transcribe / Nemotron 3 Diarization (audio encoders)",
         ("Nemotron3_5TranscribeAttention", "Nemotron3DiarizationAttention"),
-        ("nemotron3_5_transcribe_asr_audio", "nemotron3_diarization_audio"),
-        flags="rotary, QK-norm per head (Transcribe); v has H heads even when k has H_kv < H",
+        (
+            "nemotron3_5_transcribe_asr_audio",
+            "nemotron3_5_transcribe_word_timestamp",
+            "nemotron3_diarization_audio",
+        ),
+        flags="rotary (partial in Transcribe), QK-norm per head (Transcribe); "
+        "v keeps H heads when k has H_kv < H (value_heads)",
         tested_by=("nemotron3_5_transcribe", "nemotron3_diarization", "nemotron3_diarization_kv2"),
     ),
     Architecture(
