@@ -1122,6 +1122,7 @@ def test_value_heads_of_their_own_size_or_count_downstream(name: str) -> None:
 
     model = _build(name)
     report = analyze(model)
+    assert report.model.get("d_v") == (8 if name == "mimo_v2_flash" else None)
     for lh in attention_heads(model):
         attn = model.get_submodule(lh.name)
         Wv, Wo = attn.v_proj.weight, attn.o_proj.weight  # (H_v·r_v, d), (d, H·r_v)

@@ -439,6 +439,8 @@ def _model_info(
 
     n_heads = [lh.n_heads for lh in layers]
     n_kv = [lh.n_kv_heads for lh in layers]
+    d_head = [int(lh.W_Q.shape[2]) for lh in layers]
+    d_v = [int(lh.W_V.shape[2]) for lh in layers]  # value heads of their own size (MiMo): d_v
     return {
         "source": source,
         "model_class": model_class,
@@ -449,7 +451,8 @@ def _model_info(
         "n_heads": uniform(n_heads),
         "n_kv_heads": uniform(n_kv),
         "d_model": uniform([int(lh.W_Q.shape[1]) for lh in layers]),
-        "d_head": uniform([int(lh.W_Q.shape[2]) for lh in layers]),
+        "d_head": uniform(d_head),
+        **({"d_v": uniform(d_v)} if d_v != d_head else {}),
         "d_kv": uniform([int(lh.W_K.shape[1]) for lh in layers]),
         "rotary": any(lh.rotary for lh in layers),
         "gqa": any(lh.kv_head_index is not None for lh in layers),
