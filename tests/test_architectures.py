@@ -1230,6 +1230,160 @@ CASES: dict[str, Case] = {
     ),
 }
 
+
+# -- value heads of their own size / count (gap helper vhead2) --------------------------------
+
+
+def _audio(config_cls: str, model_cls: str, **kw: Any) -> Callable[[], nn.Module]:
+    """A Nemotron audio encoder (SDPA: the only forward that runs when k and v differ in heads)."""
+    base = dict(hidden_size=D, num_hidden_layers=L, num_attention_heads=H, intermediate_size=2 * D)
+    base.update(kw)
+
+    def build() -> nn.Module:
+        mod = __import__(f"transformers.models.{model_cls}", fromlist=["_"])
+        return getattr(mod, config_cls + "Model")(getattr(mod, config_cls + "Config")(**base))
+
+    return build
+
+
+def _audio_inputs(m: nn.Module) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    return {"inputs_embeds": x, "position_ids": _pos0()}
+
+
+CASES.update(
+    {
+        "mimo_v2_flash": Case(  # r = 12, r_v = 8; layer 1: sliding window, 2× K/V heads, sinks
+            _lm(
+                t.MiMoV2FlashConfig,
+                t.MiMoV2FlashModel,
+                num_key_value_heads=1,
+                head_dim=12,
+                v_head_dim=8,
+                layer_types=["full_attention", "sliding_attention"],
+                mlp_layer_types=["dense", "dense"],
+                sliding_window=16,
+            ),
+            _causal_lm_inputs,
+            _always,
+            L,
+            "MiMo-V2-Flash",
+            flags={"rotary": True, "value_scale": 0.707},
+            neutralise=_no_sinks,
+        ),
+        "nemotron3_5_transcribe": Case(  # bidirectional audio encoder, LayerNorm QK-norm
+            _audio(
+                "Nemotron3_5TranscribeAsrAudio",
+                "nemotron3_5_transcribe.modeling_nemotron3_5_transcribe",
+                attn_implementation="eager",
+            ),
+            _audio_inputs,
+            _never,
+            L,
+            "Nemotron",
+            flags={"rotary": True, "qk_norm": "per_head", "partial_rotary": 0.5},
+            neutralise=_no_qk_norm,
+        ),
+        "nemotron3_diarization": Case(
+            _audio(
+                "Nemotron3DiarizationAudio",
+                "nemotron3_diarization.modeling_nemotron3_diarization",
+                attn_implementation="eager",
+            ),
+            _audio_inputs,
+            _never,
+            L,
+            "Nemotron",
+            flags={"rotary": True},
+        ),
+        "nemotron3_diarization_kv2": Case(  # k: 2 heads, v: 4 heads (query head h: k h//2, v h)
+            _audio(
+                "Nemotron3DiarizationAudio",
+                "nemotron3_diarization.modeling_nemotron3_diarization",
+                num_key_value_heads=2,
+                attn_implementation="sdpa",
+            ),
+            _audio_inputs,
+            _never,
+            L,
+            "Nemotron",
+            flags={"rotary": True},
+        ),
+    }
+)
+
+
+@pytest.mark.parametrize("name", ["mimo_v2_flash", "nemotron3_diarization_kv2"])
+def test_value_heads_of_their_own_size_or_count_downstream(name: str) -> None:
+    """Value heads of size r_v ≠ r (MiMo) or H_v ≠ H_kv heads (Nemotron, k: 2, v: 4): analyze's
+    OV σ per query head equal the dense SVD of v_proj/o_proj slices cut by hand (rank ≤ r_v),
+    its ``kv_head`` column names the value head read, and LowRankDecay per head lowers each
+    distinct value head's σ by exactly c (the value map, not the key map, picks them)."""
+    from rankdecay.analyze import analyze
+    from rankdecay.decay import LowRankDecay
+
+    model = _build(name)
+    report = analyze(model)
+    assert report.model.get("d_v") == (8 if name == "mimo_v2_flash" else None)
+    for lh in attention_heads(model):
+        attn = model.get_submodule(lh.name)
+        Wv, Wo = attn.v_proj.weight, attn.o_proj.weight  # (H_v·r_v, d), (d, H·r_v)
+        rv = Wo.shape[1] // H
+        Hv = Wv.shape[0] // rv
+        assert rv == (8 if name == "mimo_v2_flash" else D // H) and lh.W_V.shape[-1] == rv
+        rows = sorted(
+            (r for r in report.records if r["name"] == lh.name and r["circuit"] == "ov"),
+            key=lambda r: r["head"],
+        )
+        for h, rec in enumerate(rows):
+            j = h // (H // Hv)
+            ov = Wv[j * rv : (j + 1) * rv].T @ Wo[:, h * rv : (h + 1) * rv].T
+            ref = torch.linalg.svdvals(ov)
+            got = torch.tensor(rec["singular_values"], dtype=torch.float64)
+            assert len(got) <= rv and float(ref[rv:].abs().sum()) < 1e-10  # rank ≤ r_v
+            torch.testing.assert_close(got, ref[: len(got)], rtol=1e-9, atol=1e-12)
+            assert rec["kv_head"] == j
+    c = 1e-3
+    with torch.no_grad():
+        per_head = {
+            lh.name: torch.linalg.svdvals(
+                model.get_submodule(lh.name).v_proj.weight.detach().view(-1, rv, D)
+            )
+            for lh in attention_heads(model)
+        }
+    LowRankDecay(model, c, target="attention", granularity="head", scale_by_lr=False).step()
+    with torch.no_grad():
+        for n, sv in per_head.items():
+            after = torch.linalg.svdvals(model.get_submodule(n).v_proj.weight.view(-1, rv, D))
+            torch.testing.assert_close(after, sv - c, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "name,note",
+    [
+        ("mimo_v2_flash", "value heads of size 8, query/key heads of size 12"),
+        ("nemotron3_diarization_kv2", "4 query heads read 2 key heads (head h: key head h // 2)"),
+    ],
+)
+def test_value_head_notes_and_flags_live_equal_checkpoint(name: str, note: str) -> None:
+    """The notes that say how the OV spectrum reads (r_v ≠ r; value heads grouped unlike the
+    key heads, with no "grouped-query" note claiming they share) and the flags are the same from
+    the live module and from the checkpoint's tensor names (where K/V counts come from widths)."""
+    from rankdecay.heads import layer_heads_from_tensors, plan_from_checkpoint
+
+    model = _build(name)
+    live = {lh.name: lh for lh in attention_heads(model)}
+    state = model.state_dict()
+    for plan in plan_from_checkpoint(model.config.to_dict(), list(state)):
+        disk = layer_heads_from_tensors(plan, state.__getitem__)
+        assert (disk.notes, disk.flags) == (live[plan.name].notes, live[plan.name].flags)
+        assert sum(note in n for n in disk.notes) == 1, disk.notes
+        if name == "nemotron3_diarization_kv2":
+            assert disk.flags["value_heads"] == H
+            assert not any(n.startswith("grouped-query") for n in disk.notes)
+
+
 #: parameters zeroed so that position-dependent score terms vanish (their tables, not W_QK)
 ZERO = {
     "t5": (r"relative_attention_bias",),
@@ -1314,11 +1468,11 @@ def _check(
     causal: bool,
     bias: Tensor | None,
 ) -> None:
-    Hh, r = lh.n_heads, lh.W_Q.shape[-1]
+    Hh, r = lh.n_heads, lh.W_V.shape[-1]  # r: the value head size (r_v; r_qk may differ)
     assert lh.scale is not None
     q = torch.einsum("btd,hdr->bhtr", xq, lh.W_Q)
     k = torch.einsum("bsd,hdr->bhsr", xk, lh.W_K)
-    v = torch.einsum("bsd,hdr->bhsr", xv, lh.W_V)
+    v = torch.einsum("bsd,hdr->bhsr", xv, lh.W_V) * float(lh.flags.get("value_scale", 1.0))  # type: ignore[arg-type]
     scores = lh.scale * q @ k.mT
     if bias is not None:
         scores = scores + bias
@@ -1754,6 +1908,12 @@ CHECKPOINT_CASES = [
     "fsmt", "bart_uneven_heads", "deberta_v1", "timesformer", "convbert", "lxmert",
     "jetmoe",
 ]  # fmt: skip
+CHECKPOINT_CASES += [
+    "mimo_v2_flash",
+    "nemotron3_5_transcribe",
+    "nemotron3_diarization",
+    "nemotron3_diarization_kv2",
+]
 
 
 @pytest.mark.parametrize("name", CHECKPOINT_CASES)
@@ -1776,10 +1936,11 @@ def test_checkpoint_plan_equals_live_extraction(name: str) -> None:
                 getattr(disk, field_name), getattr(ref, field_name), rtol=0, atol=0
             )
         assert disk.scale == pytest.approx(ref.scale, rel=1e-12), plan.name
-        assert (disk.kind, disk.rotary, disk.kv_head_index) == (
+        assert (disk.kind, disk.rotary, disk.kv_head_index, disk.v_head_index) == (
             ref.kind,
             ref.rotary,
             ref.kv_head_index,
+            ref.v_head_index,
         )
         assert disk.qk_params == ref.qk_params and disk.ov_params == ref.ov_params
         shared = {k for k in ref.flags if k not in ("qk_norm", "lora")}

@@ -677,6 +677,35 @@ _FAMILIES: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+_FAMILIES.update(  # value heads of their own size (MiMo: r_v = 8 ≠ r = 12) or count (k 2, v 4)
+    {
+        "mimo_v2_flash": lambda: transformers.MiMoV2FlashModel(
+            transformers.MiMoV2FlashConfig(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=1,
+                head_dim=12,
+                v_head_dim=8,
+                intermediate_size=64,
+                vocab_size=50,
+                layer_types=["full_attention", "sliding_attention"],
+                mlp_layer_types=["dense", "dense"],
+            )
+        ),
+        "nemotron3_diarization_kv2": lambda: transformers.Nemotron3DiarizationAudioModel(
+            transformers.Nemotron3DiarizationAudioConfig(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+            )
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("family", sorted(_FAMILIES))
 def test_streaming_equals_in_memory_across_layouts(family: str, tmp_path: Path) -> None:
     """Fused [H,3,r] / grouped / [3,H,r] splits, cross-attention and two towers, sharded."""

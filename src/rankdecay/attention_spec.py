@@ -51,6 +51,7 @@ __all__ = [
     "plan_from_checkpoint",
     "plan_from_module",
     "split_heads",
+    "split_heads_v",
 ]
 
 # ------------------------------------------------------------------------------- name tables
@@ -252,6 +253,8 @@ class Architecture:
     output gate (gated attention: context_h ← context_h·sigmoid(gate_h) before W_O).
     ``o_parts``: the out-projection reads [o_parts, H, r] (ConvBERT: the H attention heads'
     contexts, then H span-convolution heads' outputs); W_O^h is head h of part 0.
+    ``v_head``: the value heads have their own size (config ``v_head_dim``) and the key/value
+    head count may change per layer (read from the key projection's width).
     """
 
     family: str
@@ -265,6 +268,7 @@ class Architecture:
     tested_by: tuple[str, ...] = ()
     q_gate: bool = False
     o_parts: int = 1
+    v_head: bool = False
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -586,6 +590,28 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         flags="QK-norm (qk_norm=True)",
         tested_by=("timm_vit",),
     ),
+    # -- value heads of their own size / count (gap helper vhead2) --
+    Architecture(
+        "MiMo-V2-Flash (value head size ≠ query/key head size)",
+        ("MiMoV2FlashAttention",),
+        ("mimo_v2_flash",),
+        flags="rotary (partial), value scale, "
+        "sliding-window layers with twice the K/V heads and attention sinks",
+        tested_by=("mimo_v2_flash",),
+        v_head=True,
+    ),
+    Architecture(
+        "Nemotron 3.5 Transcribe / Nemotron 3 Diarization (audio encoders)",
+        ("Nemotron3_5TranscribeAttention", "Nemotron3DiarizationAttention"),
+        (
+            "nemotron3_5_transcribe_asr_audio",
+            "nemotron3_5_transcribe_word_timestamp",
+            "nemotron3_diarization_audio",
+        ),
+        flags="rotary (partial in Transcribe), QK-norm per head (Transcribe); "
+        "v keeps H heads when k has H_kv < H (value_heads)",
+        tested_by=("nemotron3_5_transcribe", "nemotron3_diarization", "nemotron3_diarization_kv2"),
+    ),
     Architecture(
         "DeepSeek-V2/V3 (MLA)",
         ("DeepseekV2Attention", "DeepseekV3Attention"),
@@ -685,6 +711,8 @@ def architectures_table() -> str:
             layout += "; q rows [H, 2, r]: query, then output gate"
         if arch.o_parts > 1:
             layout += f"; out-projection input [{arch.o_parts}, H, r], attention in part 0"
+        if arch.v_head:
+            layout += "; v rows [H_kv, r_v], o columns [H, r_v] (r_v = v_head_dim)"
         where = f"`{arch.fused}` " if arch.fused else ""
         if arch.in_out:
             where += "(stored in×out) "
@@ -728,6 +756,8 @@ class AttentionPlan:
     notes: tuple[str, ...] = ()
     q_gate: bool = False
     o_parts: int = 1
+    #: value head size r_v when it differs from the query/key head size r (MiMo-V2-Flash)
+    v_head_dim: int | None = None
 
     @property
     def qk_params(self) -> tuple[str, ...]:
@@ -787,33 +817,66 @@ def split_heads(
     """(W_Q, W_K, W_V, W_O, kv_head_index) of one attention module, per query head.
 
     ``get(name)`` returns the tensor named in the plan (a parameter, or a checkpoint tensor).
-    W_Q (H, d, r), W_K / W_V (H, d_kv, r) — a key/value head shared by g query heads is repeated
-    (query head h uses key/value head h // g), W_O (H, r, d_model). Raises :class:`PlanError` if
-    a width does not fit the head counts.
+    W_Q (H, d, r), W_K (H, d_kv, r), W_V (H, d_kv, r_v), W_O (H, r_v, d_model) with r_v =
+    ``plan.v_head_dim`` or r — a key/value head shared by g query heads is repeated (query head
+    h uses key/value head h // g). The value heads follow the key heads' grouping; where the
+    value projection has its own head count H_v (:func:`split_heads_v`) query head h reads
+    value head h // (H/H_v). Raises :class:`PlanError` if a width does not fit the head counts.
+    """
+    W_Q, W_K, W_V, W_O, kv_index, _ = split_heads_v(plan, get)
+    return W_Q, W_K, W_V, W_O, kv_index
+
+
+def _group_index(H: int, Hg: int, name: str, what: str) -> tuple[int, ...] | None:
+    """Query head h → shared head h // (H/Hg); None when Hg = H."""
+    if Hg == H:
+        return None
+    if Hg <= 0 or H % Hg:
+        raise PlanError(f"{name}: {H} query heads cannot share {Hg} {what} heads")
+    g = H // Hg
+    return tuple(h // g for h in range(H))
+
+
+def split_heads_v(
+    plan: AttentionPlan, get: Callable[[str], Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[int, ...] | None, tuple[int, ...] | None]:
+    """:func:`split_heads` plus the value-head index: (W_Q, W_K, W_V, W_O, kv_head_index,
+    v_head_index), v_head_index None when the value heads follow ``kv_head_index``.
+
+    Separate projections: H_kv = k width / r, H_v = v width / r_v (r_v = ``plan.v_head_dim`` or
+    r), each dividing H; query head h reads key head h // (H/H_kv) and value head h // (H/H_v)
+    (what SDPA's ``enable_gqa`` computes when k and v have different head counts).
     """
     H, r = plan.n_heads, plan.head_dim
     if plan.layout == "moa":
-        return _split_moa(plan, get)
+        return (*_split_moa(plan, get), None)
+    rv = plan.v_head_dim or r
+    v_index: tuple[int, ...] | None = None
     if plan.layout == "separate":
         assert plan.q and plan.k and plan.v
         Wq, Wk, Wv = get(plan.q), get(plan.k), get(plan.v)
-        k_width = _out_dim(Wk, plan.in_out)
+        k_width, v_width = _out_dim(Wk, plan.in_out), _out_dim(Wv, plan.in_out)
         Hkv = plan.n_kv_heads or k_width // r
+        Hv = v_width // rv if plan.v_head_dim else Hkv
+        if plan.v_head_dim is None and v_width != Hkv * r and v_width % r == 0:
+            Hv = v_width // r  # value projection with its own head count (Nemotron audio)
         per_head = 2 if plan.q_gate else 1  # gated: [query | gate] per head
         if (
             _out_dim(Wq, plan.in_out) != per_head * H * r
             or k_width != Hkv * r
-            or _out_dim(Wv, plan.in_out) != Hkv * r
+            or v_width != Hv * rv
         ):
             raise PlanError(
-                f"{plan.name}: q/k/v widths {_out_dim(Wq, plan.in_out)}/{k_width}/{_out_dim(Wv, plan.in_out)} "
+                f"{plan.name}: q/k/v widths {_out_dim(Wq, plan.in_out)}/{k_width}/{v_width} "
                 f"do not split into {H} query heads of size {r}"
+                + (f" (values of size {rv})" if rv != r else "")
             )
         q_rows = torch.arange(per_head * H * r).view(H, per_head, r)[:, 0]  # (H, r)
-        base = {"q": q_rows, "k": torch.arange(Hkv * r).view(Hkv, r)}
-        W_Q = _rows_of(Wq, base["q"], plan.in_out)
-        W_K = _rows_of(Wk, base["k"], plan.in_out)
-        W_V = _rows_of(Wv, base["k"], plan.in_out)
+        W_Q = _rows_of(Wq, q_rows, plan.in_out)
+        W_K = _rows_of(Wk, torch.arange(Hkv * r).view(Hkv, r), plan.in_out)
+        W_V = _rows_of(Wv, torch.arange(Hv * rv).view(Hv, rv), plan.in_out)
+        if Hv != Hkv:
+            v_index = _group_index(H, Hv, plan.name, "value") or tuple(range(H))
     else:
         assert plan.fused
         W = get(plan.fused)
@@ -825,6 +888,7 @@ def split_heads(
             or width != _fused_width(plan.layout, H, Hkv, r)
             or (plan.layout in ("head_qkv", "codegen") and Hkv != H)
             or (plan.layout == "codegen" and H % 4)
+            or rv != r
         ):
             raise PlanError(
                 f"{plan.name}: fused projection width {width} does not fit the {plan.layout} split "
@@ -840,26 +904,24 @@ def split_heads(
         W_V = _rows_of(W, rows["v"], plan.in_out)
     Wo = get(plan.o)
     in_width = int(Wo.shape[0] if plan.in_out else Wo.shape[1])
-    parts = plan.o_parts  # [parts, H, r]: the heads' contexts are part 0
-    if in_width != H * parts * r:
+    parts = plan.o_parts  # [parts, H, r_v]: the heads' contexts are part 0
+    if in_width != H * parts * rv:
         raise PlanError(
             f"{plan.name}: output projection input width {in_width} is not {H}·"
             + (f"{parts}·" if parts > 1 else "")
-            + f"{r}"
+            + f"{rv}"
         )
-    if plan.in_out:  # (parts·H·r, d_out)
-        W_O = Wo.reshape(parts, H, r, Wo.shape[-1])[0]
-    else:  # (d_out, parts·H·r)
-        W_O = Wo.reshape(Wo.shape[0], parts, H, r)[:, 0].permute(1, 2, 0)
-    kv_index: tuple[int, ...] | None = None
-    if Hkv != H:
-        if Hkv <= 0 or H % Hkv:
-            raise PlanError(f"{plan.name}: {H} query heads cannot share {Hkv} key/value heads")
-        g = H // Hkv
-        kv_index = tuple(h // g for h in range(H))
-        idx = torch.tensor(kv_index, device=W_K.device)
-        W_K, W_V = W_K.index_select(0, idx), W_V.index_select(0, idx)
-    return W_Q, W_K, W_V, W_O, kv_index
+    if plan.in_out:  # (parts·H·r_v, d_out)
+        W_O = Wo.reshape(parts, H, rv, Wo.shape[-1])[0]
+    else:  # (d_out, parts·H·r_v)
+        W_O = Wo.reshape(Wo.shape[0], parts, H, rv)[:, 0].permute(1, 2, 0)
+    kv_index = _group_index(H, Hkv, plan.name, "key/value")
+    if kv_index is not None:
+        W_K = W_K.index_select(0, torch.tensor(kv_index, device=W_K.device))
+    v_rep = kv_index if v_index is None else _group_index(H, len(set(v_index)), plan.name, "value")
+    if v_rep is not None:
+        W_V = W_V.index_select(0, torch.tensor(v_rep, device=W_V.device))
+    return W_Q, W_K, W_V, W_O, kv_index, v_index
 
 
 def _split_moa(
@@ -1021,7 +1083,16 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
         flags["rotary"] = True
         fraction = cfg_get(config, "partial_rotary_factor", "rotary_pct")
         if fraction is None:  # transformers ≥ 5 keeps it inside rope_parameters
-            fraction = cfg_get(cfg_get(config, "rope_parameters"), "partial_rotary_factor")
+            params = cfg_get(config, "rope_parameters")
+            layer_types = cfg_get(config, "layer_types")
+            if (  # per layer type (MiMo-V2-Flash, Gemma-3): {layer_type: {...}}
+                isinstance(params, Mapping)
+                and isinstance(layer_types, (list, tuple))
+                and block < len(layer_types)
+                and isinstance(params.get(layer_types[block]), Mapping)
+            ):
+                params = params[layer_types[block]]
+            fraction = cfg_get(params, "partial_rotary_factor")
         rdim = _pos_int(cfg_get(config, "rotary_dim"))
         if fraction is None and rdim is not None:
             fraction = rdim / head_dim
@@ -1035,6 +1106,10 @@ def config_flags(config: object, head_dim: int, block: int) -> tuple[bool, dict[
         flags["softcap"] = float(softcap)
     if cfg_get(config, "talking_head"):  # DeBERTa v1: head_logits_proj / head_weights_proj
         flags["attention_form"] = TALKING_HEADS
+    value_scale = cfg_get(config, "attention_value_scale")  # MiMo-V2-Flash: v ← c·v
+    if isinstance(value_scale, (int, float)) and not isinstance(value_scale, bool):
+        if value_scale != 1:
+            flags["value_scale"] = float(value_scale)
     pos_type = cfg_get(config, "position_embedding_type", "position_embeddings_type")
     if pos_type == "rotary" and not alibi:  # Wav2Vec2-Conformer's position_embeddings_type
         rotary, flags["rotary"] = True, True
@@ -1075,6 +1150,11 @@ def _post_projection(name: str, has: Callable[[str], bool]) -> str | None:
     return extra if extra is not None and has(_join(parent, extra)) else None
 
 
+def gqa_note(H: int, Hkv: int) -> str:
+    """The note of a layer whose H query heads share H_kv key/value heads."""
+    return f"grouped-query attention: {Hkv} key/value heads shared by {H} query heads ({H // Hkv} each)"
+
+
 def _notes_for(
     plan_flags: Mapping[str, object], kind: str, H: int, Hkv: int | None
 ) -> tuple[str, ...]:
@@ -1084,9 +1164,7 @@ def _notes_for(
             "cross-attention: keys/values read another sequence (an encoder's states, another modality)"
         )
     if Hkv is not None and Hkv != H:
-        notes.append(
-            f"grouped-query attention: {Hkv} key/value heads shared by {H} query heads ({H // Hkv} each)"
-        )
+        notes.append(gqa_note(H, Hkv))
     if plan_flags.get("rotary"):
         notes.append("rotary embeddings: QK circuit at relative offset 0")
         if "partial_rotary" in plan_flags:
@@ -1125,6 +1203,11 @@ def _notes_for(
             "output gate: each head's context is multiplied by a gate computed from the input "
             "before W_O; the OV circuit shown is the ungated one"
         )
+    if "value_scale" in plan_flags:
+        notes.append(
+            f"values multiplied by {plan_flags['value_scale']:.4g}: the model's OV circuit is "
+            "that multiple of the W_V·W_O shown"
+        )
     if plan_flags.get("relative_position_bias"):
         notes.append("relative position scores are added to the QK scores and are not part of W_QK")
     if "sliding_window" in plan_flags:
@@ -1156,6 +1239,11 @@ def finish_notes(plan: AttentionPlan) -> AttentionPlan:
     if plan.rotary and isinstance(factor, float) and "partial_rotary" not in plan.flags:
         plan.scale *= factor**2
     plan.notes = plan.notes + _notes_for(plan.flags, plan.kind, plan.n_heads, plan.n_kv_heads)
+    if plan.v_head_dim is not None:  # MiMo-V2-Flash
+        plan.notes += (
+            f"value heads of size {plan.v_head_dim}, query/key heads of size {plan.head_dim}: "
+            f"the OV circuit has rank ≤ {plan.v_head_dim}, the QK circuit ≤ {plan.head_dim}",
+        )
     return plan
 
 
@@ -1426,6 +1514,8 @@ def plan_from_module(
         plan.q, plan.k, plan.v = (_join(name, t[0]) for t in (q, k, v))
         plan.n_kv_heads = _out_dim(k[1].weight, _is_in_out(k[1])) // r
         plan.q_gate = arch.q_gate
+        rv = _pos_int(getattr(module, "v_head_dim", None))  # MiMo-V2-Flash: r_v ≠ r
+        plan.v_head_dim = rv if rv is not None and rv != r else None
     plan.o_parts = arch.o_parts
     plan.scale = _live_scale(module, inner, arch, config, r, block)
     rotary, flags = config_flags(config, r, block)
@@ -1622,6 +1712,10 @@ def plan_from_checkpoint(
             plan.q, plan.k, plan.v, plan.q_gate = q, k, v, arch.q_gate
             Hkv = _first_int((cfg,), ("num_key_value_heads",))
             plan.n_kv_heads = Hkv if Hkv is not None and arch.layout == "separate" else None
+            rv = _pos_int(cfg.get("v_head_dim")) if arch.v_head else None
+            if arch.v_head:  # the key/value head count may change per layer: read the width
+                plan.n_kv_heads = None
+                plan.v_head_dim = rv if rv is not None and rv != r else None
         else:
             layout = arch.layout if arch.fused else FUSED_NAMES.get(fused.rsplit(".", 2)[-2])  # type: ignore[union-attr]
             Hkv = _first_int((cfg,), ("num_key_value_heads", "num_kv_heads", "n_head_kv"))

@@ -469,9 +469,9 @@ def _attn_view(layer: LayerHeads, which: str, granularity: str) -> Tensor:
     if which == "Q":
         W = layer.W_Q
     elif which == "K":
-        W = _unique_kv(layer.W_K, layer.kv_head_index)
-    elif which == "V":
-        W = _unique_kv(layer.W_V, layer.kv_head_index)
+        W = _unique_kv(layer.W_K, layer.head_index("qk"))
+    elif which == "V":  # the value heads may be grouped differently from the key heads
+        W = _unique_kv(layer.W_V, layer.head_index("ov"))
     else:
         W = layer.W_O
     if granularity == "head":

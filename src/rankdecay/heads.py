@@ -57,10 +57,11 @@ from .attention_spec import (
     AttentionPlan,
     PlanError,
     finish_notes,
+    gqa_note,
     is_lora_layer,
     plan_from_checkpoint,
     plan_from_module,
-    split_heads,
+    split_heads_v,
     tower_config,
 )
 from .errors import RankdecayTypeError
@@ -290,7 +291,7 @@ def layer_heads_from_tensors(plan: AttentionPlan, get: Callable[[str], Tensor]) 
     :class:`UnsupportedModelError`.
     """
     try:
-        W_Q, W_K, W_V, W_O, kv_index = split_heads(plan, get)
+        W_Q, W_K, W_V, W_O, kv_index, v_index = split_heads_v(plan, get)
     except PlanError as err:
         raise UnsupportedModelError(
             f"{err}; register an adapter for it with rankdecay.register_adapter."
@@ -298,6 +299,16 @@ def layer_heads_from_tensors(plan: AttentionPlan, get: Callable[[str], Tensor]) 
     flags = dict(plan.flags)
     if plan.rotary:
         flags["rotary"] = True
+    notes = plan.notes
+    if kv_index is not None and plan.n_kv_heads is None and v_index is None:
+        notes = (gqa_note(plan.n_heads, len(set(kv_index))), *notes)  # K/V heads from widths
+    if v_index is not None:  # key and value projections of different head counts
+        H, Hk, Hv = plan.n_heads, len(set(kv_index or range(plan.n_heads))), len(set(v_index))
+        flags["value_heads"] = Hv
+        notes = tuple(n for n in notes if not n.startswith("grouped-query attention")) + (
+            f"key and value heads differ in number: {H} query heads read {Hk} key heads "
+            f"(head h: key head h // {H // Hk}) and {Hv} value heads (value head h // {H // Hv})",
+        )
     return LayerHeads(
         layer=plan.layer,
         name=plan.name,
@@ -306,11 +317,12 @@ def layer_heads_from_tensors(plan: AttentionPlan, get: Callable[[str], Tensor]) 
         W_V=W_V,
         W_O=W_O,
         kv_head_index=kv_index,
+        v_head_index=v_index,
         rotary=plan.rotary,
         scale=plan.scale,
         qk_params=plan.qk_params,
         ov_params=plan.ov_params,
-        notes=plan.notes,
+        notes=notes,
         flags=flags,
         kind=plan.kind,
         family=plan.family,

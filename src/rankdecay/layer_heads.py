@@ -21,9 +21,11 @@ __all__ = ["LayerHeads", "UnrecognizedAttentionWarning", "UnsupportedModelError"
 class LayerHeads:
     """The attention factors of one layer, per **query** head.
 
-    Shapes: ``W_Q`` (H, d_model, d_head), ``W_K`` (H, d_kv, d_head), ``W_V`` (H, d_kv, d_head),
-    ``W_O`` (H, d_head, d_model); H is the number of query heads. d_kv = d_model unless the
+    Shapes: ``W_Q`` (H, d_model, d_head), ``W_K`` (H, d_kv, d_head), ``W_V`` (H, d_kv, d_v),
+    ``W_O`` (H, d_v, d_model); H is the number of query heads. d_kv = d_model unless the
     layer attends to a memory of another width (``nn.MultiheadAttention`` with ``kdim``/``vdim``).
+    d_v = d_head unless the value heads have their own size (MiMo-V2-Flash's ``v_head_dim``): the
+    QK circuit is then of rank ≤ d_head and the OV circuit of rank ≤ d_v.
     """
 
     layer: int
@@ -56,6 +58,22 @@ class LayerHeads:
     chains: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] | None = None
     #: the row of rankdecay.attention_spec.ARCHITECTURES (or other rule) that extracted it.
     family: str = ""
+    #: the value head each query head uses when the value projection has its own head count
+    #: (key and value projections of different widths); None: the same as ``kv_head_index``.
+    v_head_index: tuple[int, ...] | None = None
+
+    def head_index(self, circuit: str) -> tuple[int, ...] | None:
+        """The shared head each query head reads on the B side of "qk" (its key head) or the A
+        side of "ov" (its value head); None when every query head has its own."""
+        if circuit == "qk" or self.v_head_index is None:
+            return self.kv_head_index
+        index = self.v_head_index
+        return None if index == tuple(range(len(index))) else index
+
+    def shared_head(self, circuit: str, head: int) -> int:
+        """The key head (qk) or value head (ov) query head ``head`` reads."""
+        index = self.head_index(circuit)
+        return head if index is None else index[head]
 
     @property
     def n_heads(self) -> int:

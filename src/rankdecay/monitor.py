@@ -23,8 +23,8 @@ stable rank is the quantity Low-Rank Decay compresses (REPRODUCTIONS.md R4).
 
 Records are plain dicts in the ``spectra.jsonl`` format of :mod:`rankdecay.runio`, with the
 vocabulary of :func:`rankdecay.analyze` records (``layer``, ``name`` = the attention module's
-path, ``head``, ``circuit``, ``kv_head`` = the key/value head the query head reads, ``rtol``, the
-metrics, ``singular_values``) plus ``step`` and ``kind``:
+path, ``head``, ``circuit``, ``kv_head`` = the key head (qk) or value head (ov) the query head
+reads, ``rtol``, the metrics, ``singular_values``) plus ``step`` and ``kind``:
 ``{"step", "kind": "circuit", "layer", "name", "head", "circuit", "kv_head", "rtol", <metrics>,
 "singular_values"}`` and
 ``{"step", "kind": "matrix", "layer", "name", "head": None, "matrix": "W_Q"|"W_K", <metrics>, ...}``.
@@ -99,7 +99,7 @@ def circuit_records(
                     "name": lh.name,
                     "head": h,
                     "circuit": circuit,
-                    "kv_head": lh.kv_head_index[h] if lh.kv_head_index is not None else h,
+                    "kv_head": lh.shared_head(circuit, h),
                     "rtol": rtol,
                 }
                 for name, values in metrics.items():

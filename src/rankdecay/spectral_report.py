@@ -250,7 +250,7 @@ def _sides(lh: LayerHeads, circuit: str) -> tuple[_Side, _Side]:
         a_chain, b_chain = lh.chains[circuit]
         return _Side(chain=tuple(a_chain)), _Side(chain=tuple(b_chain))
     A, B = lh.factors(circuit)
-    kv = lh.kv_head_index
+    kv = lh.head_index(circuit)  # key heads (qk) or value heads (ov): they may differ
     if kv is None:
         return _Side(A), _Side(B)
     distinct = list(dict.fromkeys(kv))  # key/value heads in order of first use
@@ -413,7 +413,7 @@ def _spectra_records(
                     "name": lh.name,
                     "head": h,
                     "circuit": c,
-                    "kv_head": lh.kv_head_index[h] if lh.kv_head_index is not None else h,
+                    "kv_head": lh.shared_head(c, h),
                     "rtol": rtol,
                     "rank": int(ranks[h]),
                 }
@@ -439,6 +439,8 @@ def _model_info(
 
     n_heads = [lh.n_heads for lh in layers]
     n_kv = [lh.n_kv_heads for lh in layers]
+    d_head = [int(lh.W_Q.shape[2]) for lh in layers]
+    d_v = [int(lh.W_V.shape[2]) for lh in layers]  # value heads of their own size (MiMo): d_v
     return {
         "source": source,
         "model_class": model_class,
@@ -449,7 +451,8 @@ def _model_info(
         "n_heads": uniform(n_heads),
         "n_kv_heads": uniform(n_kv),
         "d_model": uniform([int(lh.W_Q.shape[1]) for lh in layers]),
-        "d_head": uniform([int(lh.W_Q.shape[2]) for lh in layers]),
+        "d_head": uniform(d_head),
+        **({"d_v": uniform(d_v)} if d_v != d_head else {}),
         "d_kv": uniform([int(lh.W_K.shape[1]) for lh in layers]),
         "rotary": any(lh.rotary for lh in layers),
         "gqa": any(lh.kv_head_index is not None for lh in layers),

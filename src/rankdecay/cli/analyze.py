@@ -93,7 +93,8 @@ def _header(report: SpectralReport, wide: bool = True) -> str:
         f"{m.get('source') or m.get('model_class')}: {m.get('model_class')}",
         f"{m.get('n_layers')} layers × {heads} heads"
         + (f" ({kv} kv heads, GQA)" if m.get("gqa") else ""),
-        f"d_model {m.get('d_model')}, d_head {m.get('d_head')}",
+        f"d_model {m.get('d_model')}, d_head {m.get('d_head')}"
+        + (f", d_v {m['d_v']}" if "d_v" in m else ""),
     ]
     flags = []
     if m.get("rotary"):

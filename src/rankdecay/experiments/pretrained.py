@@ -113,7 +113,7 @@ def balance_rows(
                 A = A.detach().to(torch.float64)
                 B = B.detach().to(torch.float64)
                 H, d, r = A.shape
-                if lh.kv_head_index is not None:
+                if lh.head_index(circuit) is not None:
                     # GQA/MQA: the per-head factors repeat shared K/V heads, so their concatenation
                     # would count those weights several times; no per-matrix row for such layers
                     continue
