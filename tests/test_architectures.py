@@ -2143,3 +2143,23 @@ def test_deberta_v1_talking_heads_scale_and_timesformer_post_projection() -> Non
         for i in range(L)
         for kind in ("attention", "temporal_attention")
     }
+
+
+@pytest.mark.parametrize("name", ["deberta_v1", "timesformer", "lxmert", "convbert"])
+def test_bert_style_fused_and_split_heads_stream_like_in_memory(name: str, tmp_path: Path) -> None:
+    """The save_pretrained files of DeBERTa v1, TimeSformer, LXMERT and ConvBERT stream to the
+    report of the in-memory model: same modules in the same order (LXMERT registers layer,
+    x_layers, r_layers, and its cross-modal layer first in a block), same spectra to 1e-12."""
+    import numpy as np
+
+    from rankdecay import analyze
+
+    model = _build(name)
+    model.save_pretrained(tmp_path / "m")
+    streamed, live = analyze(tmp_path / "m"), analyze(model)
+    assert streamed.model["streamed"] is True and len(streamed.records) == len(live.records) > 0
+    for a, b in zip(live.records, streamed.records):
+        keys = ("layer", "name", "head", "circuit", "kv_head")
+        assert [a[k] for k in keys] == [b[k] for k in keys]
+        sa, sb = np.asarray(a["singular_values"]), np.asarray(b["singular_values"])
+        assert np.abs(sa - sb).max() <= 1e-12 * sa.max()

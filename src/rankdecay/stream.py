@@ -122,6 +122,10 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
 
 #: sibling modules that Hugging Face models register in this order (encoder before decoder)
 _TOWER_ORDER = {"encoder": 0, "decoder": 1}
+#: stacks registered after their generic siblings (LXMERT: layer, then x_layers, then r_layers)
+_LATE_STACKS = {"x_layers": 0, "r_layers": 1}
+#: attention registered before the self-attention of its block (LXMERT's cross-modal layer)
+_CROSS_FIRST = {"visual_attention"}
 
 
 def _module_order(plans: Sequence[Any]) -> list[Any]:
@@ -135,11 +139,14 @@ def _module_order(plans: Sequence[Any]) -> list[Any]:
             return (1, int(part), "")
         if part in _TOWER_ORDER:
             return (0, _TOWER_ORDER[part], "")
+        if part in _LATE_STACKS:
+            return (3, _LATE_STACKS[part], "")
         return (2, 0, part)
 
     def key(plan: Any) -> tuple[Any, ...]:
         parts = str(plan.name).split(".")
         cross = 1 if getattr(plan, "kind", "self") == "cross" else 0
+        cross = -1 if parts[-1] in _CROSS_FIRST else cross
         return (*[token(p) for p in parts[:-1]], (cross, 0, parts[-1]))
 
     ordered = sorted(plans, key=key)
