@@ -163,6 +163,15 @@ def _zero_params(model: nn.Module, pattern: str) -> None:
                 p.zero_()
 
 
+def _no_qk_or_value_norm(model: nn.Module) -> None:
+    """Gemma-4 vision: QK-norms off, and the per-head RMS norm of the values (``v_norm``, a
+    flag) replaced by the identity, so the context is P·(x W_V)."""
+    _no_qk_norm(model)
+    for module in list(model.modules()):
+        if isinstance(getattr(module, "v_norm", None), nn.Module):
+            module.v_norm = nn.Identity()
+
+
 def _no_sinks(model: nn.Module) -> None:
     """GPT-OSS: a per-head sink logit joins each softmax; −∞ removes it (a flag, not W_QK)."""
     with torch.no_grad():
@@ -1206,6 +1215,32 @@ CASES: dict[str, Case] = {
         "JetMoE",
         flags={"attention_experts": 3, "rotary": True},
         check=_jetmoe_check,
+    ),
+    "gemma4_vision": Case(  # q/k/v/o wrapped in Gemma4ClippableLinear (clip ranges ±inf here)
+        lambda: t.Gemma4VisionModel(
+            t.Gemma4VisionConfig(
+                hidden_size=D,
+                intermediate_size=2 * D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                num_key_value_heads=H,
+                head_dim=D // H,
+                patch_size=2,
+                position_embedding_size=16,
+                pooling_kernel_size=1,
+                use_clipped_linears=True,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {  # T patches at 2-D position (0, 0): the 2-D rotary is the identity
+            "pixel_values": torch.rand(B, T, 3 * 2 * 2, generator=torch.Generator().manual_seed(2)),
+            "pixel_position_ids": torch.zeros(B, T, 2, dtype=torch.long),
+        },
+        _never,
+        L,
+        "Gemma-4 vision",
+        flags={"rotary": True, "qk_norm": "per_head", "value_norm": True, "clipped_linears": True},
+        neutralise=_no_qk_or_value_norm,
     ),
     "timesformer": Case(  # per layer a time attention (over frames) and a space attention
         lambda: t.TimesformerModel(

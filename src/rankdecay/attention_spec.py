@@ -613,6 +613,15 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         tested_by=("nemotron3_5_transcribe", "nemotron3_diarization", "nemotron3_diarization_kv2"),
     ),
     Architecture(
+        "Gemma-4 vision (projections wrapped in Gemma4ClippableLinear)",
+        ("Gemma4VisionAttention",),
+        (),
+        scale="one",
+        flags="2-D rotary, QK-norm per head, value norm (value_norm), "
+        "clipped projections (clipped_linears)",
+        tested_by=("gemma4_vision",),
+    ),
+    Architecture(
         "DeepSeek-V2/V3 (MLA)",
         ("DeepseekV2Attention", "DeepseekV3Attention"),
         ("deepseek_v3",),
@@ -1218,6 +1227,16 @@ def _notes_for(
             "span-convolution heads (input columns [2, H, r][1]); they are not attention and "
             "not part of W_O"
         )
+    if plan_flags.get("value_norm"):
+        notes.append(
+            "value norm: each head's values are RMS-normalised (per token) before the softmax "
+            "average; the OV circuit shown is W_V·W_O without that normalisation"
+        )
+    if plan_flags.get("clipped_linears"):
+        notes.append(
+            "clipped projections: the model clamps the inputs and outputs of q/k/v/o to learned "
+            "ranges; the factors are exact inside those ranges"
+        )
     if "post_projection" in plan_flags:
         notes.append(
             f"the output passes through {plan_flags['post_projection']} (one more linear map) "
@@ -1270,14 +1289,25 @@ def is_lora_layer(module: nn.Module) -> bool:
     )
 
 
+#: child names under which a wrapper without parameters of its own holds the linear layer that
+#: is its projection (Gemma-4 vision/audio: ``Gemma4ClippableLinear.linear``, which may clamp its
+#: input and output: flag ``clipped_linears``)
+LINEAR_WRAPPERS = ("linear",)
+
+
 def _projection(module: nn.Module | None) -> tuple[str, nn.Module] | None:
     """(weight suffix, layer holding the weight) of a linear-like projection: ``nn.Linear``,
-    transformers' ``Conv1D``, or a PEFT LoRA layer around one (→ "base_layer.weight")."""
+    transformers' ``Conv1D``, a PEFT LoRA layer around one (→ "base_layer.weight"), or a wrapper
+    holding one under a :data:`LINEAR_WRAPPERS` name (→ "linear.weight")."""
     if module is None:
         return None
     if is_lora_layer(module):
         inner = _projection(module.base_layer)
         return None if inner is None else (_join("base_layer", inner[0]), inner[1])
+    for child in LINEAR_WRAPPERS:
+        wrapped = getattr(module, child, None)
+        if isinstance(wrapped, nn.Linear) and next(module.parameters(False), None) is None:
+            return _join(child, "weight"), wrapped
     weight = getattr(module, "weight", None)
     if isinstance(weight, Tensor) and weight.dim() == 2:
         return "weight", module
@@ -1396,6 +1426,11 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
         flags["attention_sinks"] = True
     if any(isinstance(getattr(module, g, None), nn.Module) for g in GATE_NAMES):
         flags["output_gate"] = True
+    v_norm = getattr(module, "v_norm", None)  # Gemma-4 vision/audio: RMS-normalised values
+    if isinstance(v_norm, nn.Module) and not isinstance(v_norm, nn.Identity):
+        flags["value_norm"] = True
+    if any(getattr(c, "use_clipped_linears", False) for c in module.children()):
+        flags["clipped_linears"] = True
     window = _pos_int(getattr(module, "sliding_window", None))
     if window and not config_window:  # the config's window wins (ModernBERT keeps window/2 + 1)
         flags["sliding_window"] = window
