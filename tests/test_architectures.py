@@ -2178,6 +2178,25 @@ def test_deberta_v1_talking_heads_scale_and_timesformer_post_projection() -> Non
         for i in range(L)
         for kind in ("attention", "temporal_attention")
     }
+    # fold_norm folds the norm each attention reads: temporal_layernorm before the time
+    # attention, layernorm_before before the space attention (diag(γ)·W, γ random here)
+    tf = _randomize(tf)
+    raw = {lh.name: lh for lh in attention_heads(tf)}
+    for lh in attention_heads(tf, fold_norm=True):
+        block, _, kind = lh.name.rpartition(".")
+        norm = "temporal_layernorm" if kind == "temporal_attention" else "layernorm_before"
+        gain = tf.get_parameter(f"{block}.{norm}.weight").detach()
+        assert any(norm in note for note in lh.notes), lh.notes
+        torch.testing.assert_close(lh.W_Q, gain[:, None] * raw[lh.name].W_Q, rtol=0, atol=0)
+    # a hub config.json stores DeBERTa's pos_att_type as "c2p|p2c": the checkpoint plan reads
+    # that string like the config class does (3 terms → 1/√(3r), not len("c2p|p2c") = 7)
+    dv1 = CASES["deberta_v1"].build()
+    as_hub = {**dv1.config.to_dict(), "pos_att_type": "c2p|p2c"}
+    as_list = {**dv1.config.to_dict(), "pos_att_type": ["c2p", "p2c"]}
+    names = list(dv1.state_dict())
+    hub_scales = [p.scale for p in plan_from_checkpoint(as_hub, names)]
+    list_scales = [p.scale for p in plan_from_checkpoint(as_list, names)]
+    assert hub_scales == list_scales == [pytest.approx((3 * (D // H)) ** -0.5)] * len(hub_scales)
 
 
 @pytest.mark.parametrize("name", ["deberta_v1", "timesformer", "lxmert", "convbert"])

@@ -192,14 +192,23 @@ def _scale_one(config: object, r: int, block: int) -> float:
     return 1.0
 
 
-def _scale_deberta(config: object, r: int, block: int) -> float:
+def _pos_att_types(config: object) -> list[str]:
+    """DeBERTa's ``pos_att_type``: a list, or in a hub ``config.json`` a string "c2p|p2c"
+    (which the config class splits; a raw checkpoint config does not)."""
     pos = cfg_get(config, "pos_att_type") or []
+    if isinstance(pos, str):
+        return [p.strip() for p in pos.lower().split("|") if p.strip()]
+    return [str(p) for p in pos]
+
+
+def _scale_deberta(config: object, r: int, block: int) -> float:
+    pos = _pos_att_types(config)
     factor = 1 + sum(1 for p in ("c2p", "p2c") if p in pos)
     return (r * factor) ** -0.5
 
 
 def _scale_deberta_v1(config: object, r: int, block: int) -> float:
-    return (r * (1 + len(cfg_get(config, "pos_att_type") or []))) ** -0.5
+    return (r * (1 + len(_pos_att_types(config)))) ** -0.5
 
 
 def _scale_query_pre_attn(config: object, r: int, block: int) -> float:

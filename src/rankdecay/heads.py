@@ -391,7 +391,10 @@ _BERT_LAYER = re.compile(
 def _bert_norm_plan(model: nn.Module, name: str, cross: bool) -> _NormPlan:
     if cross:
         return _NormPlan(why_not="cross-attention reads the encoder's states")
-    pre = _pre_norm(model, name, ("layernorm_before", "layer_norm1", "ln_1"))
+    norms = ("layernorm_before", "layer_norm1", "ln_1")
+    if name.endswith(".temporal_attention"):  # TimeSformer: its own norm before time attention
+        norms = ("temporal_layernorm",)
+    pre = _pre_norm(model, name, norms)
     if pre is not None:  # pre-norm (e.g. v4-style ViT)
         return _NormPlan(query=pre, key_value=pre)
     # post-norm (BERT): the input is the output of the previous block's last LayerNorm,
