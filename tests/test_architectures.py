@@ -1242,6 +1242,17 @@ CASES: dict[str, Case] = {
         flags={"rotary": True, "qk_norm": "per_head", "value_norm": True, "clipped_linears": True},
         neutralise=_no_qk_or_value_norm,
     ),
+    "moshi": Case(  # q/k/v/o wrapped in MoshiLinear (one nn.Linear: no per-codebook weights)
+        _lm(t.MoshiConfig, t.MoshiModel, head_dim=D // H, ffn_dim=2 * D, audio_vocab_size=50),
+        lambda m: {  # positions all 0 without a mask would read as packed one-token sequences
+            **_causal_lm_inputs(m),
+            "attention_mask": torch.ones(B, T, dtype=torch.long),
+        },
+        _always,
+        L,
+        "q/k/v/o by name table",
+        flags={"rotary": True},
+    ),
     "timesformer": Case(  # per layer a time attention (over frames) and a space attention
         lambda: t.TimesformerModel(
             t.TimesformerConfig(

@@ -1298,9 +1298,11 @@ def is_lora_layer(module: nn.Module) -> bool:
     )
 
 
-#: child names under which a wrapper without parameters of its own holds the linear layer that
-#: is its projection (Gemma-4 vision/audio: ``Gemma4ClippableLinear.linear``, which may clamp its
-#: input and output: flag ``clipped_linears``)
+#: child names under which a wrapper holds the linear layer that is its projection, as its only
+#: child and with no parameters of its own (Gemma-4 vision: ``Gemma4ClippableLinear.linear``,
+#: which may clamp its input and output: flag ``clipped_linears``; Moshi's ``MoshiLinear`` without
+#: per-codebook weights). A wrapper with more inside (Inkling-2's query projection and its L2
+#: clip) is not unwrapped.
 LINEAR_WRAPPERS = ("linear",)
 
 
@@ -1313,9 +1315,13 @@ def _projection(module: nn.Module | None) -> tuple[str, nn.Module] | None:
     if is_lora_layer(module):
         inner = _projection(module.base_layer)
         return None if inner is None else (_join("base_layer", inner[0]), inner[1])
-    for child in LINEAR_WRAPPERS:
+    for child in LINEAR_WRAPPERS:  # only child, no parameters of its own: nothing else to do
         wrapped = getattr(module, child, None)
-        if isinstance(wrapped, nn.Linear) and next(module.parameters(False), None) is None:
+        if (
+            isinstance(wrapped, nn.Linear)
+            and list(module.children()) == [wrapped]
+            and next(module.parameters(False), None) is None
+        ):
             return _join(child, "weight"), wrapped
     weight = getattr(module, "weight", None)
     if isinstance(weight, Tensor) and weight.dim() == 2:
