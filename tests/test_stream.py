@@ -415,6 +415,35 @@ def test_config_sizes_beyond_the_files_fail_fast_without_allocating(
     assert _rss_mb() - before < 200
 
 
+def test_sub_config_of_a_tower_the_weights_do_not_hold(tmp_path: Path) -> None:
+    """A standalone MoshiModel keeps its depth decoder's config (8 layers) but not its weights:
+    analysed like any model (it was refused as "the config does not belong to these weights");
+    an absurd sub-config count is still refused at once."""
+    model = transformers.MoshiModel(
+        transformers.MoshiConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            head_dim=8,
+            ffn_dim=64,
+            audio_vocab_size=50,
+        )
+    )
+    path = tmp_path / "moshi"
+    model.save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    assert config["depth_decoder_config"]["num_hidden_layers"] > 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StreamingFallbackWarning)
+        report = analyze(path)
+    assert len({r["layer"] for r in report.records}) == 2
+    config["depth_decoder_config"]["num_hidden_layers"] = 10**6
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptCheckpointError, match="1000000"):
+        _within(30, lambda: analyze(path))
+
+
 def test_heads_from_config_that_do_not_fit_the_tensors(tmp_path: Path) -> None:
     path = _saved(tmp_path)
     config = json.loads((path / "config.json").read_text())

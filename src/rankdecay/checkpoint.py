@@ -530,6 +530,10 @@ LAYER_KEYS = (
 )
 
 
+#: a sub-config's layer count above this is refused at once whatever the weights hold
+MAX_SUB_LAYERS = 1024
+
+
 def _layer_counts(config: Mapping[str, Any], depth: int = 0) -> Iterable[tuple[str, int]]:
     for key, value in config.items():
         if key in LAYER_KEYS and isinstance(value, int) and not isinstance(value, bool):
@@ -542,16 +546,24 @@ def check_config_sizes(config: Mapping[str, Any], index: CheckpointIndex) -> Non
     """Refuse a config whose layer counts exceed what the tensor names hold, before building.
 
     Layers are numbered path components of the tensor names (``layers.31.``, ``h.11.``): a config
-    declaring n layers needs some name with index n − 1. (Widths are checked by building the
-    model on the meta device, or by the streaming plan's dry run on the header shapes.)
+    declaring n layers needs some name with index n − 1. Where the config has a top-level count,
+    the counts of its sub-configs are held only to :data:`MAX_SUB_LAYERS` (a sub-config may
+    describe a tower the weights do not hold). (Widths are checked by building the model on the
+    meta device, or by the streaming plan's dry run on the header shapes.)
     """
     top = -1
     for name in index.specs:
         for part in name.split("."):
             if part.isdigit() and len(part) < 10:
                 top = max(top, int(part))
-    for key, value in _layer_counts(config):
-        if value < 0 or value > max(top + 1, 1):
+    counts = list(_layer_counts(config))
+    top_level = [(k, v) for k, v in counts if k in config and config[k] == v]
+    for key, value in counts:
+        # where the config has a top-level count, a sub-config may describe a tower these
+        # weights do not hold (a standalone MoshiModel keeps its depth decoder's config): it is
+        # refused here only when absurd; the meta-device size check sees the rest
+        lenient = bool(top_level) and (key, value) not in top_level
+        if value < 0 or value > (MAX_SUB_LAYERS if lenient else max(top + 1, 1)):
             raise CorruptCheckpointError(
                 f"{index.directory / 'config.json'} sets {key} = {value}, but the weights hold "
                 f"numbered blocks up to {top + 1}; the config does not belong to these weights — "
