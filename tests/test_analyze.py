@@ -105,17 +105,24 @@ def test_records_match_dense_svd_and_metric_definitions() -> None:
 
 def test_one_batched_svd_call_for_equal_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, ...]] = []
-    real = report_mod.r_factor
+    r_calls: list[tuple[int, ...]] = []
+    real, real_r = report_mod.gram, report_mod.r_factor
 
     def counting(X: torch.Tensor) -> torch.Tensor:
         calls.append(tuple(X.shape))
         assert X.dtype == torch.float64
         return real(X)
 
-    monkeypatch.setattr(report_mod, "r_factor", counting)
+    def counting_r(X: torch.Tensor) -> torch.Tensor:
+        r_calls.append(tuple(X.shape))
+        return real_r(X)
+
+    monkeypatch.setattr(report_mod, "gram", counting)
+    monkeypatch.setattr(report_mod, "r_factor", counting_r)
     analyze(_gpt2())
-    # every factor (both sides) of every head of every layer, both circuits, in one QR call
-    assert calls == [(L * H * 4, D, D // H)]
+    # every factor (both sides) of every head of every layer, both circuits, in one Gram call;
+    # random init is well conditioned: no product needs the R route
+    assert calls == [(L * H * 4, D, D // H)] and r_calls == []
     calls.clear()
     analyze(nn.MultiheadAttention(D, H, kdim=20, vdim=24))  # W_Q, W_Oᵀ (d), W_K (kdim), W_V (vdim)
     assert len(calls) == 3

@@ -96,13 +96,13 @@ def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyP
     torch.manual_seed(0)
     model = transformers.LlamaModel(cfg).eval()
     rows: list[int] = []
-    real = report_mod.r_factor
+    real = report_mod.gram
 
     def counting(X: torch.Tensor) -> torch.Tensor:
         rows.append(X.shape[0])
         return real(X)
 
-    monkeypatch.setattr(report_mod, "r_factor", counting)
+    monkeypatch.setattr(report_mod, "gram", counting)
     report = analyze_mod.analyze(model)
     # per layer: qk → 8 W_Q + 2 W_K; ov → 2 W_V + 8 W_O
     assert sum(rows) == 2 * (8 + 2 + 2 + 8)

@@ -49,6 +49,14 @@ def _dense_svdvals(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.linalg.svd(P, compute_uv=False))
 
 
+def _r_route(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """σ(A·Bᵀ) by the R route alone: σ(R_A R_Bᵀ) with R from ``r_factor`` (what
+    ``factored_svdvals`` falls back to where the Gram eigenvalue route cannot vouch for σ)."""
+    from rankdecay.spectra import r_factor
+
+    return torch.linalg.svdvals(r_factor(A) @ r_factor(B).mT)
+
+
 def _rank_deficient(d: int, r: int, k: int, g: torch.Generator) -> torch.Tensor:
     """A d×r factor of rank k."""
     return torch.randn(d, k, generator=g, dtype=torch.float64) @ torch.randn(
@@ -270,8 +278,8 @@ def test_r_factor_accuracy_up_to_condition_1e8_and_beyond(cond: float, which: st
     if which == "shared_basis":  # σ(A·Bᵀ) = s² spans cond² — the smallest far below u·σ₁
         B = A @ torch.linalg.qr(torch.randn(r, r, generator=g, dtype=torch.float64))[0]
     ref = _dense_svdvals(A, B)[:r]
-    s = factored_svdvals(A, B)
-    assert ((s - ref).abs() <= 1e-10 * ref[0]).all(), float((s - ref).abs().max() / ref[0])
+    for s in (factored_svdvals(A, B), _r_route(A, B)):  # the kernel, and its R route alone
+        assert ((s - ref).abs() <= 1e-10 * ref[0]).all(), float((s - ref).abs().max() / ref[0])
     # and a Gram-based R (one Cholesky pass) fails the same bound at cond 1e8 when A carries
     # the small singular values: the reason the kernel keeps Householder (negative control)
     if cond == 1e8 and which == "A":
@@ -289,10 +297,10 @@ def test_r_factor_in_batches_equals_one_call(monkeypatch: pytest.MonkeyPatch) ->
     g = torch.Generator().manual_seed(11)
     A = torch.randn(3, 5, 40, 6, generator=g, dtype=torch.float64)
     B = torch.randn(3, 5, 30, 6, generator=g, dtype=torch.float64)
-    whole = spectra_mod.factored_svdvals(A, B)
+    whole = _r_route(A, B)
     monkeypatch.setattr(spectra_mod, "QR_BATCH_ELEMENTS", 2 * 40 * 6)  # 2 matrices per call
     calls = _count_calls(monkeypatch, "_r_one_call")
-    split = spectra_mod.factored_svdvals(A, B)
+    split = _r_route(A, B)
     assert max(calls) <= 3 and len(calls) > 2
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-13)
     ref = _dense_svdvals(A[2, 4], B[2, 4])[:6]
@@ -310,7 +318,7 @@ def test_r_factor_gram_route_taken_and_accurate_below_threshold(
     A = torch.stack([_with_cond(200, 16, cond, g) for _ in range(3)])
     B = torch.stack([_with_cond(150, 16, cond, g) for _ in range(3)])
     householder = _count_calls(monkeypatch, "_r_householder")
-    s = factored_svdvals(A, B)
+    s = _r_route(A, B)
     # κ_F(R) ≤ r·κ₂ ≈ 220 at cond 100 (r = 16) < CHOLESKY_MAX_COND: all on the Gram route
     assert householder == []
     for i in range(3):
@@ -337,12 +345,12 @@ def test_r_factor_falls_back_per_matrix(monkeypatch: pytest.MonkeyPatch) -> None
     B = torch.stack([_with_cond(90, 12, 10.0, g) for _ in range(3)])
     refs = [_dense_svdvals(A[i], B[i])[:12] for i in range(3)]
     sent = _count_calls(monkeypatch, "_r_householder")
-    s = factored_svdvals(A, B)
+    s = _r_route(A, B)
     assert sent == [2]  # A's two bad matrices, in one call; B and A[0] on the Gram route
     for i in range(3):
         assert ((s[i] - refs[i]).abs() <= 1e-10 * refs[i][0]).all(), i
     monkeypatch.setattr(spectra_mod, "CHOLESKY_MAX_COND", 0.0)  # all Householder
-    s_qr = factored_svdvals(A, B)
+    s_qr = _r_route(A, B)
     assert ((s - s_qr).abs() <= 1e-12 * s_qr[..., :1]).all()
 
 
@@ -362,14 +370,14 @@ def test_r_factor_gram_route_anti_aligned_pair_at_the_threshold(
     s = torch.logspace(0, -math.log10(200.0), r, dtype=torch.float64)
     A, B = (U * s) @ V.mT, (W * s.flip(0)) @ V.mT
     householder = _count_calls(monkeypatch, "_r_householder")
-    got = factored_svdvals(A, B)
+    got = _r_route(A, B)
     assert householder == []
     ref = _dense_svdvals(A, B)[:r]
     assert ((got - ref).abs() <= 1e-10 * ref[0]).all(), float((got - ref).abs().max() / ref[0])
     # the same pair at κ₂ = 2000 (κ_F ≈ 5e3) is sent to Householder, factor by factor
     s = torch.logspace(0, -math.log10(2000.0), r, dtype=torch.float64)
     A, B = (U * s) @ V.mT, (W * s.flip(0)) @ V.mT
-    got = factored_svdvals(A, B)
+    got = _r_route(A, B)
     assert householder == [1, 1]
     ref = _dense_svdvals(A, B)[:r]
     assert ((got - ref).abs() <= 1e-10 * ref[0]).all()

@@ -2,8 +2,9 @@
 
 One record per (layer, query head, circuit) holds the singular values σ of the circuit
 W_c^{ℓ,h} = A·Bᵀ (factors from :class:`~rankdecay.heads.LayerHeads`; "qk" → (W_Q, W_K),
-"ov" → (W_V, W_Oᵀ)) computed in float64 from the factors — thin QR of each side, A = Q_A R_A,
-B = Q_B R_B, then σ(A·Bᵀ) = σ(R_A R_Bᵀ) (:mod:`rankdecay.spectra`), never the d×d product — and the
+"ov" → (W_V, W_Oᵀ)) computed in float64 from the factors — the r×r Grams AᵀA, BᵀB and one
+r×r eigenvalue problem per product, or where that cannot vouch for every σ to 1e-10·σ₁, thin QR
+of each side, σ(A·Bᵀ) = σ(R_A R_Bᵀ) (:mod:`rankdecay.spectra`), never the d×d product — and the
 metrics of :data:`METRICS`. Products of equal factor shapes (typically every head of every layer,
 both circuits) are stacked into one batched call, split into chunks only to bound memory.
 
@@ -31,10 +32,13 @@ from .runio import atomic_write_json, atomic_write_text, read_json
 from .spectra import (
     DEFAULT_RTOL,
     QR_BATCH_ELEMENTS,
+    FactoredSpectrum,
     chain_r,
+    gram,
     r_factor,
     require_finite,
     spectral_metrics,
+    spectrum_from_grams,
     spectrum_from_r,
 )
 
@@ -263,24 +267,27 @@ def _sides(lh: LayerHeads, circuit: str) -> tuple[_Side, _Side]:
 
 
 def _stack_float64(pieces: list[Tensor]) -> Tensor:
-    """Stack (nᵢ, d, r) factors of any float dtype into one float64 (N, d, r) tensor laid out
-    column-major per matrix (what LAPACK's geqrf wants): one copy pass, cast included."""
+    """Stack (nᵢ, d, r) factors of any float dtype into one float64 (N, d, r) tensor: one copy
+    pass, cast included, in the pieces' own memory order (row-major per matrix when their rows
+    are contiguous, else column-major), so the copy reads memory in order."""
     n = sum(p.shape[0] for p in pieces)
     d, r = pieces[0].shape[-2:]
-    out = torch.empty(n, r, d, dtype=torch.float64, device=pieces[0].device)
+    row_major = pieces[0].stride(-1) == 1
+    shape = (n, d, r) if row_major else (n, r, d)
+    out = torch.empty(shape, dtype=torch.float64, device=pieces[0].device)
     start = 0
     for p in pieces:
-        out[start : start + p.shape[0]].copy_(p.mT)
+        out[start : start + p.shape[0]].copy_(p if row_major else p.mT)
         start += p.shape[0]
-    return out.mT
+    return out if row_major else out.mT
 
 
-def _batched_r(pieces: list[tuple[Any, Tensor | None]], matrix_elements: int) -> dict[Any, Tensor]:
-    """R factors (n, k, r) of equal-shape factor stacks (n, d, r), keyed like ``pieces``.
+def _batched_grams(pieces: list[tuple[Any, Tensor]], matrix_elements: int) -> dict[Any, Tensor]:
+    """Grams XᵀX (n, r, r) of equal-shape factor stacks X (n, d, r), keyed like ``pieces``.
 
-    QR in cache-sized batches (:data:`_QR_BATCH_ELEMENTS`): cast and stack a few MiB of factors
-    in float64, decompose them in one batched call, keep only the small R; the float64 copy of
-    the whole model is never held, and the copy stays in cache for the QR.
+    In cache-sized batches (:data:`_QR_BATCH_ELEMENTS`): cast and stack a few MiB of factors in
+    float64, one batched Gram product, keep only the small r×r results; the float64 copy of the
+    whole model is never held. The cast factors' finiteness is checked for free: tr(XᵀX) = ‖X‖_F².
     """
     per_batch = max(1, _QR_BATCH_ELEMENTS // max(1, matrix_elements))
     parts: dict[Any, list[Tensor]] = {key: [] for key, _ in pieces}
@@ -288,16 +295,16 @@ def _batched_r(pieces: list[tuple[Any, Tensor | None]], matrix_elements: int) ->
 
     def flush() -> None:
         X = _stack_float64([t for _, t in batch])
-        require_finite(X)
-        R_all = r_factor(X)
+        G_all = gram(X)
+        if not bool(torch.isfinite(G_all.diagonal(dim1=-2, dim2=-1).sum())):
+            require_finite(X)
         start = 0
         for key, t in batch:
-            parts[key].append(R_all[start : start + t.shape[0]])
+            parts[key].append(G_all[start : start + t.shape[0]])
             start += t.shape[0]
         batch.clear()
 
     for key, factor in pieces:
-        assert factor is not None
         for h in range(0, factor.shape[0], per_batch):
             part = factor[h : h + per_batch]
             if sum(t.shape[0] for _, t in batch) + part.shape[0] > per_batch:
@@ -314,33 +321,79 @@ def _side_elements(side: _Side) -> int:
     return sum(t.numel() for t in side.chain or ())
 
 
-def _chunk_rs(
+def _indexed(X: Tensor, side: _Side) -> Tensor:
+    return X if side.index is None else X[list(side.index)]
+
+
+def _side_r(side: _Side, n_heads: int, j: int) -> Tensor:
+    """R (H, k, r) of one side per query head: Householder/Cholesky R of the float64 factor
+    (:func:`r_factor`) or the chain's QR cascade (:func:`chain_r`)."""
+    if side.factor is not None:
+        X = _stack_float64([side.factor])
+        require_finite(X)
+        return _indexed(r_factor(X), side)
+    R = chain_r(side.chain or (), side="A" if j == 0 else "B")
+    return R.expand(n_heads, *R.shape[-2:]) if R.dim() == 2 else R
+
+
+def _chunk_spectra(
     layers: list[LayerHeads], chunk: list[tuple[int, str]]
-) -> dict[tuple[int, str], tuple[Tensor, Tensor]]:
-    """R_A, R_B (H, k, r) per item of a chunk: every distinct factor of equal shape in one
-    batched Householder QR (:func:`r_factor`), chains by their QR cascade (:func:`chain_r`)."""
+) -> dict[tuple[int, str], FactoredSpectrum]:
+    """σ, balance and norm gap (per query head) of every item of a chunk.
+
+    Factor sides with d ≥ r: every distinct factor of equal shape in one batched Gram product
+    (:func:`_batched_grams`; a key/value factor shared by g query heads once), then all products
+    of equal r in one Gram eigenvalue call (:func:`spectrum_from_grams`). The products that route
+    cannot vouch for to 1e-10·σ₁ (ill-conditioned, rank-collapsed), and every item with a side of
+    fewer than r rows or a chain (MLA, LoRA), take the R route: σ(R_A R_Bᵀ) with R by
+    :func:`r_factor` or the chain's QR cascade (:func:`spectrum_from_r`).
+    """
     sides = {item: _sides(layers[item[0]], item[1]) for item in chunk}
+
+    def gram_side(side: _Side) -> bool:
+        return side.factor is not None and side.factor.shape[-2] >= side.factor.shape[-1]
+
+    on_gram = [item for item, pair in sides.items() if all(map(gram_side, pair))]
     groups: dict[tuple[int, ...], list[tuple[tuple[int, str], int]]] = {}
-    rs: dict[tuple[tuple[int, str], int], Tensor] = {}
-    for item, pair in sides.items():
-        for j, side in enumerate(pair):
-            if side.factor is not None:
-                groups.setdefault(tuple(side.factor.shape[1:]), []).append((item, j))
-            else:
-                R = chain_r(side.chain or (), side="A" if j == 0 else "B")
-                H = layers[item[0]].n_heads
-                rs[(item, j)] = R.expand(H, *R.shape[-2:]) if R.dim() == 2 else R
+    for item in on_gram:
+        for j, side in enumerate(sides[item]):
+            assert side.factor is not None
+            groups.setdefault(tuple(side.factor.shape[1:]), []).append((item, j))
+    grams: dict[tuple[tuple[int, str], int], Tensor] = {}
     for (d, r), members in groups.items():
-        rs.update(_batched_r([(key, sides[key[0]][key[1]].factor) for key in members], d * r))
-    out: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
-    for item, pair in sides.items():
-        R_pair = []
-        for j, side in enumerate(pair):
-            R = rs[(item, j)]
-            if side.index is not None:
-                R = R[list(side.index)]
-            R_pair.append(R)
-        out[item] = (R_pair[0], R_pair[1])
+        pieces = [(key, sides[key[0]][key[1]].factor) for key in members]
+        grams.update(_batched_grams(pieces, d * r))  # type: ignore[arg-type]
+
+    def r_route(item: tuple[int, str], heads: Tensor | None = None) -> FactoredSpectrum:
+        R_A, R_B = (_side_r(side, layers[item[0]].n_heads, j) for j, side in enumerate(sides[item]))
+        return (
+            spectrum_from_r(R_A, R_B) if heads is None else spectrum_from_r(R_A[heads], R_B[heads])
+        )
+
+    out: dict[tuple[int, str], FactoredSpectrum] = {}
+    by_r: dict[int, list[tuple[int, str]]] = {}
+    for item in on_gram:
+        by_r.setdefault(grams[(item, 0)].shape[-1], []).append(item)
+    for members in by_r.values():
+        G = [
+            torch.cat([_indexed(grams[(item, j)], sides[item][j]) for item in members])
+            for j in (0, 1)
+        ]
+        spec, ok = spectrum_from_grams(G[0], G[1])
+        start = 0
+        for item in members:
+            n = layers[item[0]].n_heads
+            rows = FactoredSpectrum(*(t[start : start + n] for t in spec))
+            bad = ~ok[start : start + n]
+            if bool(bad.any()):
+                fixed = r_route(item, bad)
+                for t, f in zip(rows, fixed):
+                    t[bad] = f
+            out[item] = rows
+            start += n
+    for item in sides:
+        if item not in out:
+            out[item] = r_route(item)
     return out
 
 
@@ -349,10 +402,11 @@ def _spectra_records(
 ) -> list[dict[str, Any]]:
     """One record per (layer, query head, circuit).
 
-    Work per chunk of (layer, circuit) items: the R factor of every *distinct* factor (a key/value
-    head shared by g query heads is decomposed once), all factors of equal shape in one batched
-    QR after one float64 cast-and-stack pass; MLA/LoRA chains by QR cascades; then the small
-    cores R_A R_Bᵀ of equal shape in one batched SVD (:func:`spectrum_from_r`: σ, balance, gap).
+    Work per chunk of (layer, circuit) items (:func:`_chunk_spectra`): the Gram of every
+    *distinct* factor (a key/value head shared by g query heads once), all factors of equal shape
+    in one batched product after one float64 cast-and-stack pass; then σ, balance and gap of all
+    products of equal shape in one batched call; the R route where the Gram route cannot vouch
+    for the σ, and for MLA/LoRA chains.
     """
     items = [(li, c) for li in range(len(layers)) for c in circuits]
     # Chunks: consecutive items whose distinct factor elements stay under the budget.
@@ -378,17 +432,15 @@ def _spectra_records(
     results: dict[tuple[int, str], dict[str, Tensor]] = {}
     try:
         for chunk in chunks:
-            rs = _chunk_rs(layers, chunk)
-            cores: dict[tuple[int, ...], list[tuple[int, str]]] = {}
-            for item, (R_A, R_B) in rs.items():
-                cores.setdefault((R_A.shape[-2], R_B.shape[-2], R_A.shape[-1]), []).append(item)
-            for members in cores.values():
-                R_A = torch.cat([rs[item][0] for item in members])
-                R_B = torch.cat([rs[item][1] for item in members])
-                s, bal, gap = spectrum_from_r(R_A, R_B)  # (N, k), (N,), (N,)
+            spectra = _chunk_spectra(layers, chunk)
+            shapes: dict[int, list[tuple[int, str]]] = {}
+            for item, spec in spectra.items():
+                shapes.setdefault(spec.singular_values.shape[-1], []).append(item)
+            for members in shapes.values():  # metrics of equal-length spectra in one call
+                s = torch.cat([spectra[item].singular_values for item in members])
                 metrics = spectral_metrics(s, rtol)
-                metrics["balance"] = bal
-                metrics["norm_gap"] = gap
+                metrics["balance"] = torch.cat([spectra[item].balance for item in members])
+                metrics["norm_gap"] = torch.cat([spectra[item].norm_gap for item in members])
                 metrics["singular_values"] = s
                 start = 0
                 for item in members:
