@@ -9,7 +9,10 @@ For A ∈ ℝ^{d₁×r} and B ∈ ℝ^{d₂×r} take thin QR factorizations A = 
 
     A·Bᵀ = Q_A (R_A R_Bᵀ) Q_Bᵀ,
 
-and since Q_A, Q_B have orthonormal columns, σ(A·Bᵀ) = σ(R_A R_Bᵀ), a k₁×k₂ matrix. The cost is
+and since Q_A, Q_B have orthonormal columns, σ(A·Bᵀ) = σ(R_A R_Bᵀ), a k₁×k₂ matrix (the *R route*).
+In float64 the kernel first tries the cheaper *Gram route*, σ(A·Bᵀ)² = λ(Lᵀ·AᵀA·L) with
+BᵀB = L·Lᵀ (:func:`gram_svdvals`), keeping its σ only where an a-posteriori estimate vouches for
+them to 1e-10·σ₁ (:data:`GRAM_MAX_Q`) and taking the R route for the rest. The cost is
 O(d·r²) per product instead of O(d³) for the SVD of the materialized d₁×d₂ product, and every
 leading dimension (layer, head, …) is batched. The result has min(d₁, d₂, r) values, which is
 all the non-zero ones (rank(A·Bᵀ) ≤ r); the remaining singular values of the d₁×d₂ product are 0.
