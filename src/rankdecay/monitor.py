@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from .errors import RankdecayTypeError, RankdecayValueError
 from .heads import LayerHeads, attention_heads
 from .runio import append_jsonl
-from .spectra import DEFAULT_RTOL, spectral_metrics
+from .spectra import DEFAULT_RTOL, factored_spectrum, spectral_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from .analyze import SpectralReport
@@ -80,16 +80,10 @@ def circuit_records(
     for lh in layers:
         for circuit in circuits:
             A, B = lh.factors(circuit)
-            A = A.detach().to(torch.float64)
-            B = B.detach().to(torch.float64)
-            Q_A, R_A = torch.linalg.qr(A, mode="reduced")
-            Q_B, R_B = torch.linalg.qr(B, mode="reduced")
-            s = torch.linalg.svdvals(R_A @ R_B.mT)  # (H, k)
+            # σ (H, k), ‖AᵀA − BᵀB‖_F and ½(‖A‖² + ‖B‖²) − ‖ABᵀ‖_*, float64, from one pass
+            s, balance, gap = factored_spectrum(A.detach(), B.detach())
             metrics = _metrics_lists(s, rtol)
-            # ‖AᵀA − BᵀB‖_F and ½(‖A‖² + ‖B‖²) − ‖ABᵀ‖_* (spectra.balance / spectra.norm_gap,
-            # computed here from the σ already at hand instead of a second SVD).
-            bal = torch.linalg.matrix_norm(A.mT @ A - B.mT @ B).tolist()
-            gap = (0.5 * (A.pow(2).sum((-2, -1)) + B.pow(2).sum((-2, -1))) - s.sum(-1)).tolist()
+            bal, gap = balance.tolist(), gap.tolist()
             sv = s.tolist() if keep_singular_values else None
             for h in range(s.shape[0]):
                 rec: dict[str, Any] = {
