@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import RankdecayValueError
+from .layer_heads import select_heads
 
 __all__ = [
     "ARCHITECTURES",
@@ -935,10 +936,10 @@ def split_heads_v(
         W_O = Wo.reshape(Wo.shape[0], parts, H, rv)[:, 0].permute(1, 2, 0)
     kv_index = _group_index(H, Hkv, plan.name, "key/value")
     if kv_index is not None:
-        W_K = W_K.index_select(0, torch.tensor(kv_index, device=W_K.device))
+        W_K = select_heads(W_K, torch.tensor(kv_index, device=W_K.device))
     v_rep = kv_index if v_index is None else _group_index(H, len(set(v_index)), plan.name, "value")
     if v_rep is not None:
-        W_V = W_V.index_select(0, torch.tensor(v_rep, device=W_V.device))
+        W_V = select_heads(W_V, torch.tensor(v_rep, device=W_V.device))
     return W_Q, W_K, W_V, W_O, kv_index, v_index
 
 
@@ -973,8 +974,8 @@ def _split_moa(
     rows = fused_rows("kv", Hkv, Hkv, r)
     kv_index = tuple(h % Hkv for h in range(H))
     idx = torch.tensor(kv_index, device=Wkv.device)
-    W_K = _rows_of(Wkv, rows["k"], False).index_select(0, idx)
-    W_V = _rows_of(Wkv, rows["v"], False).index_select(0, idx)
+    W_K = select_heads(_rows_of(Wkv, rows["k"], False), idx)
+    W_V = select_heads(_rows_of(Wkv, rows["v"], False), idx)
     W_O = Wo.reshape(E, Wo.shape[1], Hkv, r).permute(0, 2, 3, 1).reshape(H, r, Wo.shape[1])
     return W_Q, W_K, W_V, W_O, (kv_index if Hkv != H else None)
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .errors import RankdecayError, RankdecayValueError
 
-__all__ = ["LayerHeads", "UnrecognizedAttentionWarning", "UnsupportedModelError"]
+__all__ = ["LayerHeads", "UnrecognizedAttentionWarning", "UnsupportedModelError", "select_heads"]
 
 
 @dataclass
@@ -99,3 +99,16 @@ class UnsupportedModelError(RankdecayError, ValueError):
 class UnrecognizedAttentionWarning(UserWarning):
     """A module that looks like attention (by its class name or its q/k/v-like children) was not
     extracted: its heads are missing from spectra and its weights get no attention role."""
+
+
+def select_heads(W: Tensor, index: Tensor) -> Tensor:
+    """``W.index_select(0, index)`` for a per-head stack W (H, a, b), copied in W's memory order.
+
+    A head stack is often a transposed view of a projection weight (each head (a, b) stored
+    column-major); selecting along the transposed view copies it in order, several times faster
+    than a strided gather (a grouped-query K/V expansion of a Llama-3-8B layer: 71 → 20 ms).
+    The result equals ``W.index_select(0, index)``; its heads keep W's per-head layout.
+    """
+    if W.dim() == 3 and W.stride(-2) == 1 and W.stride(-1) != 1:
+        return W.mT.index_select(0, index).mT
+    return W.index_select(0, index)

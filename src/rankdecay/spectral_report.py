@@ -28,6 +28,7 @@ from torch import Tensor
 from ._version import __version__
 from .errors import MissingExtraError, RankdecayFileNotFoundError, RankdecayValueError
 from .heads import LayerHeads
+from .layer_heads import select_heads
 from .runio import atomic_write_json, atomic_write_text, read_json
 from .spectra import (
     DEFAULT_RTOL,
@@ -262,8 +263,8 @@ def _sides(lh: LayerHeads, circuit: str) -> tuple[_Side, _Side]:
     row = {j: i for i, j in enumerate(distinct)}
     index = tuple(row[j] for j in kv)
     if circuit == "qk":  # B = W_K is the shared one
-        return _Side(A), _Side(B.index_select(0, first), index)
-    return _Side(A.index_select(0, first), index), _Side(B)  # ov: A = W_V is shared
+        return _Side(A), _Side(select_heads(B, first), index)
+    return _Side(select_heads(A, first), index), _Side(B)  # ov: A = W_V is shared
 
 
 def _stack_float64(pieces: list[Tensor]) -> Tensor:
