@@ -110,6 +110,46 @@ def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyP
     assert all(rec["kv_head"] == rec["head"] // 4 for rec in report.records)
 
 
+def test_analyze_recomputes_only_the_refused_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GQA (8 query heads, 2 K/V heads): query head 5 of layer 1 collapsed to rank 1, so its QK
+    product is refused by the Gram route (q above GRAM_MAX_Q). The R route runs once, on that
+    head's W_Q and the one W_K it reads; every record still equals a dense float64 SVD."""
+    import importlib
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers = pytest.importorskip("transformers")
+    analyze_mod = importlib.import_module("rankdecay.analyze")
+    report_mod = importlib.import_module("rankdecay.spectral_report")
+    cfg = transformers.LlamaConfig(
+        hidden_size=64,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        intermediate_size=32,
+        vocab_size=50,
+        head_dim=8,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaModel(cfg).eval()
+    with torch.no_grad():
+        rows = model.layers[1].self_attn.q_proj.weight[5 * 8 : 6 * 8]  # head 5: (8, 64)
+        rows.copy_(torch.outer(torch.randn(8), torch.randn(64)))
+    calls: list[tuple[int, ...]] = []
+    real = report_mod.r_factor
+
+    def counting(X: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(X.shape))
+        return real(X)
+
+    monkeypatch.setattr(report_mod, "r_factor", counting)
+    report = analyze_mod.analyze(model)
+    assert calls == [(1, 64, 8), (1, 64, 8)]  # head 5's W_Q, and W_K of key head 1
+    _assert_records_match_dense(report, model, 8)
+    rec = next(r for r in report.records if (r["layer"], r["head"], r["circuit"]) == (1, 5, "qk"))
+    assert rec["rank"] == 1
+
+
 def test_analyze_qr_batches_split_factor_stacks_without_changing_results(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
