@@ -133,3 +133,23 @@ def test_console_script_sets_passive_wait_policy_before_torch() -> None:
     assert _wait_policy("/usr/local/bin/rankdecay", None) == "PASSIVE"
     assert _wait_policy("/usr/local/bin/rankdecay", "ACTIVE") == "ACTIVE"  # the user's choice
     assert _wait_policy("/home/me/train.py", None) == "None"  # a library user is left alone
+
+
+def test_set_threads_limits_an_already_loaded_numpy_blas() -> None:
+    """In a fresh process (the thread counts are process-global): numpy loaded first with its
+    default pool, then set_threads(1) → every BLAS pool numpy loaded runs one thread."""
+    pytest.importorskip("threadpoolctl")
+    code = (
+        "import numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from rankdecay.threads import set_threads\n"
+        "before = [d['num_threads'] for d in threadpool_info() if d['user_api'] == 'blas']\n"
+        "set_threads(1)\n"
+        "pools = [d['num_threads'] for d in threadpool_info() if d['user_api'] == 'blas']\n"
+        "assert pools and set(pools) == {1}, pools\n"
+        "import os\n"
+        "assert len(os.sched_getaffinity(0)) == 1 or max(before) > 1, before  # a real change\n"
+    )
+    drop = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

@@ -143,12 +143,19 @@ def set_threads(threads: int) -> None:
     """Limit this process's intra-op parallelism (torch, OpenMP, MKL) to ``threads``.
 
     Also sets :data:`THREAD_ENV_VARS` so that processes started from this one inherit the count,
-    and one inter-op thread (when torch still allows changing it).
+    and one inter-op thread (when torch still allows changing it). numpy's BLAS (the spectra
+    kernel's Gram products, :func:`rankdecay.spectra.gram`) reads those variables when numpy is
+    loaded; if it already is, its pool is resized through ``threadpoolctl`` where installed.
     """
     if threads < 1:
         raise ThreadCountError(f"threads must be at least 1, got {threads}; use 1 or more.")
     for var in THREAD_ENV_VARS:
         os.environ[var] = str(threads)
+    if "numpy" in sys.modules:
+        with contextlib.suppress(ImportError):
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=threads, user_api="blas")
     import torch
 
     torch.set_num_threads(threads)
