@@ -73,17 +73,14 @@ def _assert_records_match_dense(report, model: torch.nn.Module, k: int) -> None:
         assert (s - dense).abs().max() <= 1e-12 * dense[0]
 
 
-def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """GQA: 8 query heads share 2 key/value heads; the QR runs on 2 K (and 2 V) factors per
-    layer, not 8, and every head's σ still equals a dense float64 SVD of its own W_Q W_Kᵀ."""
+def _gqa_llama():  # type: ignore[no-untyped-def]
+    """(rankdecay.analyze, rankdecay.spectral_report, a 2-layer LlamaModel with 8 query heads
+    sharing 2 key/value heads of size 8, d_model 64, seeded random init)."""
+    import importlib
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = pytest.importorskip("transformers")
-    import importlib
-
-    analyze_mod = importlib.import_module("rankdecay.analyze")
-    report_mod = importlib.import_module("rankdecay.spectral_report")
     cfg = transformers.LlamaConfig(
         hidden_size=64,
         num_attention_heads=8,
@@ -95,6 +92,14 @@ def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyP
     )
     torch.manual_seed(0)
     model = transformers.LlamaModel(cfg).eval()
+    modules = (importlib.import_module(f"rankdecay.{m}") for m in ("analyze", "spectral_report"))
+    return (*modules, model)
+
+
+def test_analyze_decomposes_each_shared_kv_head_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GQA: 8 query heads share 2 key/value heads; the QR runs on 2 K (and 2 V) factors per
+    layer, not 8, and every head's σ still equals a dense float64 SVD of its own W_Q W_Kᵀ."""
+    analyze_mod, report_mod, model = _gqa_llama()
     rows: list[int] = []
     real = report_mod.gram
 
@@ -114,24 +119,7 @@ def test_analyze_recomputes_only_the_refused_heads(monkeypatch: pytest.MonkeyPat
     """GQA (8 query heads, 2 K/V heads): query head 5 of layer 1 collapsed to rank 1, so its QK
     product is refused by the Gram route (q above GRAM_MAX_Q). The R route runs once, on that
     head's W_Q and the one W_K it reads; every record still equals a dense float64 SVD."""
-    import importlib
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers = pytest.importorskip("transformers")
-    analyze_mod = importlib.import_module("rankdecay.analyze")
-    report_mod = importlib.import_module("rankdecay.spectral_report")
-    cfg = transformers.LlamaConfig(
-        hidden_size=64,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        intermediate_size=32,
-        vocab_size=50,
-        head_dim=8,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaModel(cfg).eval()
+    analyze_mod, report_mod, model = _gqa_llama()
     with torch.no_grad():
         rows = model.layers[1].self_attn.q_proj.weight[5 * 8 : 6 * 8]  # head 5: (8, 64)
         rows.copy_(torch.outer(torch.randn(8), torch.randn(64)))
