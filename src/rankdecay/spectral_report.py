@@ -339,14 +339,18 @@ def _side_r(side: _Side, n_heads: int, j: int, heads: Tensor | None = None) -> T
     """R (h, k, r) of one side for query heads ``heads`` (all H when None): Householder/Cholesky
     R of the float64 factor (:func:`r_factor`; only the rows those heads read are cast) or the
     chain's QR cascade (:func:`chain_r`)."""
-    if heads is None:
-        heads = torch.arange(n_heads)
     if side.factor is not None:
-        rows = heads if side.index is None else torch.tensor(side.index)[heads]
-        X = _stack_float64([side.factor[rows.to(side.factor.device)]])
+        if heads is None:  # every distinct factor once (a shared K/V head too), then per head
+            X = _stack_float64([side.factor])
+        else:
+            rows = heads if side.index is None else torch.tensor(side.index)[heads]
+            X = _stack_float64([side.factor[rows.to(side.factor.device)]])
         require_finite(X)
-        return r_factor(X)
+        R = r_factor(X)
+        return _indexed(R, side) if heads is None else R
     R = chain_r(side.chain or (), side="A" if j == 0 else "B")
+    if heads is None:
+        return R.expand(n_heads, *R.shape[-2:]) if R.dim() == 2 else R
     return R.expand(len(heads), *R.shape[-2:]) if R.dim() == 2 else R[heads.to(R.device)]
 
 
