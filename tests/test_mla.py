@@ -329,13 +329,14 @@ def test_v4_rotary_acts_on_the_trailing_dims_only() -> None:
         torch.testing.assert_close(my_out, out, rtol=1e-4, atol=1e-5)
 
 
-def test_v4_analyze_roles_and_no_warning() -> None:
+def test_v4_analyze_roles_and_no_warning(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """analyze: QK and OV records for every layer's heads, equal to the dense σ; no
     UnrecognizedAttentionWarning; roles and parameter names are those the factors depend on."""
     import warnings
 
     from rankdecay.decay import param_roles
     from rankdecay.layer_heads import UnrecognizedAttentionWarning
+    from rankdecay.spectral_report import SpectralReport
 
     model = _v4_model()
     with warnings.catch_warnings():
@@ -345,6 +346,15 @@ def test_v4_analyze_roles_and_no_warning() -> None:
         report = analyze(model)
     assert [lh.name for lh in layers] == [f"layers.{i}.self_attn" for i in range(3)]
     assert len(report.records) == 3 * V4_H * 2
+    flags = report.model["flags"]
+    assert all(flags[f"layers.{i}.self_attn"]["attention_sinks"] for i in range(3))
+    assert [("attention_form" in flags[f"layers.{i}.self_attn"]) for i in range(3)] == [
+        False,
+        True,
+        True,
+    ]
+    report.summary()
+    assert SpectralReport.from_json(report.to_json(tmp_path / "r.json")).model["flags"] == flags
     for lh in layers:
         for c in ("qk", "ov"):
             if c in lh.chains:
@@ -372,7 +382,35 @@ def test_v4_analyze_roles_and_no_warning() -> None:
             assert roles[n] == "attn_qk", n
         for n in lh.ov_params:
             assert roles[n] == ("attn_qk" if n in lh.qk_params else "attn_ov"), n
+    # W_O^h = (o_a_proj block of head h)ᵀ (o_b_proj columns of its group)ᵀ, by hand
+    attn = model.layers[0].self_attn
+    per = V4_H // V4_GROUPS
+    W_a = attn.o_a_proj.weight.detach().double().view(V4_GROUPS, V4_OLORA, per, V4_HEAD)
+    W_b = attn.o_b_proj.weight.detach().double().view(V4_D, V4_GROUPS, V4_OLORA)
+    for h in range(V4_H):
+        g, loc = divmod(h, per)
+        W_O = W_a[g, :, loc].T @ W_b[:, g].T  # (D_head, d)
+        torch.testing.assert_close(layers[0].W_O[h].double(), W_O, rtol=1e-6, atol=1e-7)
+    # fold_norm: σ of diag(γ_in)·W_qaᵀ·diag(γ_q)·W_qb^hᵀ · (diag(γ_in)·W_kvᵀ·diag(γ_kv))ᵀ and of
+    # diag(γ_in)·W_kvᵀ·diag(γ_kv) · W_O^h, written here from the raw module weights
     folded = analyze(model, fold_norm=True)
+    g_in = model.layers[0].input_layernorm.weight.detach().double()
+    g_q = attn.q_a_norm.weight.detach().double()
+    g_kv = attn.kv_norm.weight.detach().double()
+    W_qa = attn.q_a_proj.weight.detach().double()
+    W_qb = attn.q_b_proj.weight.detach().double().view(V4_H, V4_HEAD, V4_QLORA)
+    K = g_in[:, None] * attn.kv_proj.weight.detach().double().T * g_kv  # (d, D_head)
+    Q = (g_in[:, None] * W_qa.T * g_q) @ W_qb.mT  # (H, d, D_head)
+    O = layers[0].W_O.double()
+    for c, M in (("qk", Q @ K.T), ("ov", K @ O)):
+        recs = sorted(
+            (r for r in folded.records if r["layer"] == 0 and r["circuit"] == c),
+            key=lambda r: r["head"],
+        )
+        s = torch.tensor([r["singular_values"] for r in recs], dtype=torch.float64)
+        dense = torch.linalg.svdvals(M)[:, : s.shape[1]]
+        # the fold happens in the weights' float32 before the float64 cast: float32 tolerance
+        assert ((s - dense).abs().amax(-1) <= 1e-6 * dense[:, 0]).all(), c
     s_raw = torch.tensor([r["singular_values"] for r in report.records if r["circuit"] == "qk"])
     s_fold = torch.tensor([r["singular_values"] for r in folded.records if r["circuit"] == "qk"])
     assert (s_raw - s_fold).abs().max() > 1e-3 * s_fold.max()  # the gains matter

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from .layer_heads import LayerHeads, UnsupportedModelError
@@ -287,8 +288,9 @@ def dsv4_layer_heads(
       included, as for other partial-rotary families), as the chain
       ((W_qaᵀ (d, q_lora), W_qb^hᵀ (H, q_lora, D)), (W_kvᵀ (d, D),)); W_Q materialized (H, d, D),
       W_K the shared key head (a view, ``kv_head_index`` all 0).
-    - OV: W_OV^h = W_kvᵀ · W_O^h with W_O^h = W_a^hᵀ W_b^{g(h)}ᵀ (D, d), materialized (H, D, d);
-      W_V the shared value head (the same kv_proj). The value's trailing p dims are rotated by
+    - OV: W_OV^h = W_kvᵀ · W_O^h with W_O^h = W_a^hᵀ W_b^{g(h)}ᵀ (D, d), materialized (H, D, d)
+      (multiplied in float64, stored in at least float32: a bfloat16 product would round the
+      circuit); W_V the shared value head (the same kv_proj). The value's trailing p dims are rotated by
       the key's position and back by the query's: the circuit is exact for them at relative
       offset 0 (flag ``rotary_part``).
 
@@ -356,7 +358,10 @@ def dsv4_layer_heads(
     per = H // G
     W_a = o_a.weight.reshape(G, o_lora, per, D).permute(0, 2, 3, 1)  # (G, per, D, o_lora)
     W_b = o_b.weight.reshape(d, G, o_lora).permute(1, 2, 0)  # (G, o_lora, d)
-    W_O = (W_a @ W_b[:, None]).reshape(H, D, d)  # (H, D, d)
+    # the product in float64, kept in at least float32: a bfloat16 W_O would round the OV
+    # circuit itself to bfloat16 (relative 4e-3), far above the spectra's precision
+    dt = torch.promote_types(o_a.weight.dtype, torch.float32)
+    W_O = (W_a.double() @ W_b[:, None].double()).reshape(H, D, d).to(dt)  # (H, D, d)
     scale = getattr(module, "scaling", None)
     scale = float(scale) if isinstance(scale, (int, float)) else 1.0 / math.sqrt(D)
     flags: dict[str, object] = {"rotary": True, "mqa": True}
@@ -408,8 +413,16 @@ def dsv4_layer_heads(
         )
     notes.append(
         f"output projection grouped low-rank: W_O^h = o_a_proj block of head h ({G} groups of "
-        f"{per} heads, rank {o_lora}) then o_b_proj's columns of its group, materialized"
+        f"{per} heads, rank {o_lora}) then o_b_proj's columns of its group, materialized (the "
+        "product in float64, kept in at least float32)"
     )
+    hc = getattr(config, "hc_mult", None)
+    if isinstance(hc, int) and hc > 1:
+        notes.append(
+            f"hyper-connections: the residual is {hc} streams; the attention reads a "
+            "data-dependent mix of them (then input_layernorm) and its output is added to each "
+            "with a data-dependent weight, outside W_V·W_O"
+        )
     if any(getattr(m, "bias", None) is not None for m in (q_a, q_b, kv, o_a, o_b)):
         notes.append("biases are not part of the circuits")
     q_params = (f"{name}.q_a_proj.weight", f"{name}.q_b_proj.weight")
