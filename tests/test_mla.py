@@ -194,7 +194,7 @@ V4_H, V4_D, V4_HEAD, V4_QLORA, V4_GROUPS, V4_OLORA, V4_ROPE = 4, 32, 16, 12, 2, 
 V4_TYPES = ["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"]
 
 
-def _v4_model(rates: tuple[int, int] = (8, 16)) -> nn.Module:
+def _v4_model(rates: tuple[int, int] = (8, 16), **extra: object) -> nn.Module:
     cfg = transformers.DeepseekV4Config(
         vocab_size=50, hidden_size=V4_D, moe_intermediate_size=8, num_hidden_layers=3,
         num_attention_heads=V4_H, num_key_value_heads=1, head_dim=V4_HEAD,
@@ -203,6 +203,7 @@ def _v4_model(rates: tuple[int, int] = (8, 16)) -> nn.Module:
         index_n_heads=2, index_head_dim=8, index_topk=4, sliding_window=8, hc_mult=2,
         layer_types=V4_TYPES, num_hash_layers=0,
         compress_rates={"compressed_sparse_attention": rates[0], "heavily_compressed_attention": rates[1]},
+        **extra,
     )  # fmt: skip
     cfg._attn_implementation = "eager"
     torch.manual_seed(0)
@@ -301,6 +302,19 @@ def test_v4_flags_notes_and_raw_weights() -> None:
     _, probs = _v4_own_forward(model, attn, x, torch.zeros(1, 5, dtype=torch.long))
     _, raw_probs = _v4_from_factors(raw, attn, x)
     assert (raw_probs - probs).abs().max() > 1e-3
+
+
+def test_v4_yarn_attention_factor_of_the_compress_rotary_is_flagged() -> None:
+    """cos, sin × m on the CSA/HCA layers (YaRN "compress" rotary with attention_factor m)."""
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    model = _v4_model(
+        rope_parameters={**yarn, "attention_factor": 1.3}, max_position_embeddings=256
+    )
+    x = torch.zeros(1, 1, V4_D)
+    cos, _ = model.rotary_emb(x, torch.zeros(1, 1, dtype=torch.long), layer_type="compress")
+    assert torch.allclose(cos, torch.full_like(cos, 1.3))  # the model scales the rotary dims
+    found = [lh.flags.get("rope_attention_factor") for lh in attention_heads(model)]
+    assert found == [None, 1.3, 1.3]  # sliding layers: plain "main" rotary
 
 
 def test_v4_rotary_acts_on_the_trailing_dims_only() -> None:

@@ -376,6 +376,16 @@ def dsv4_layer_heads(
         "value": "rotated by the key's position, rotated back by the query's: in the OV "
         "circuit at relative offset 0",
     }
+    rope = getattr(config, "rope_parameters", None)
+    rope = rope.get(getattr(module, "rope_layer_type", None)) if isinstance(rope, dict) else None
+    factor = rope.get("attention_factor") if isinstance(rope, dict) else None
+    if isinstance(factor, (int, float)) and rope.get("rope_type", "default") != "default":  # type: ignore[union-attr]
+        if factor != 1.0:  # cos, sin × m: the rotary dims of q·k (and of the value) by m²
+            flags["rope_attention_factor"] = float(factor)
+            notes.append(
+                f"rotary cos/sin scaled by {factor:.4g}: the rotated part of q·kᵀ, and the "
+                f"value's rotary dims, by {factor:.4g}² (not in the scale: partial rotary)"
+            )
     flags["qk_norm"] = "per_head"
     flags["attention_sinks"] = isinstance(getattr(module, "sinks", None), Tensor)
     window = getattr(module, "sliding_window", None)
