@@ -378,8 +378,9 @@ def dsv4_layer_heads(
     }
     rope = getattr(config, "rope_parameters", None)
     rope = rope.get(getattr(module, "rope_layer_type", None)) if isinstance(rope, dict) else None
-    factor = rope.get("attention_factor") if isinstance(rope, dict) else None
-    if isinstance(factor, (int, float)) and rope.get("rope_type", "default") != "default":  # type: ignore[union-attr]
+    rope = rope if isinstance(rope, dict) else {}
+    factor = rope.get("attention_factor")
+    if isinstance(factor, (int, float)) and rope.get("rope_type", "default") != "default":
         if factor != 1.0:  # cos, sin × m: the rotary dims of q·k (and of the value) by m²
             flags["rope_attention_factor"] = float(factor)
             notes.append(
