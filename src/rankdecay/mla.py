@@ -1,5 +1,8 @@
 """Multi-head latent attention (MLA, DeepSeek-V2/V3): per-head circuits as chains of factors.
 
+DeepSeek-V4's attention (low-rank queries, one key/value head shared by all query heads, a
+grouped low-rank output projection) is extracted here as well: :func:`dsv4_layer_heads`.
+
 An MLA module (Hugging Face ``DeepseekV2Attention`` / ``DeepseekV3Attention`` and clones with the
 same parameter names) computes, for a residual-stream row x ∈ ℝ^d and query head h
 (``nn.Linear`` weights are out×in, y = x Wᵀ):
