@@ -1624,6 +1624,7 @@ ELSEWHERE = {  # rows checked against their models' forward in other test files
     "minilm_real": "tests/test_heads.py::test_hf_factors_reproduce_forward",
     "roberta": "tests/test_heads.py::test_hf_factors_reproduce_forward",
     "deepseek_v3": "tests/test_mla.py (H14b) + dispatch below",
+    "deepseek_v4": "tests/test_mla.py::test_v4_factors_reproduce_the_models_own_attention",
     "llava": "test_multi_tower_models_cover_every_tower",
 }
 

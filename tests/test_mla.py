@@ -184,3 +184,247 @@ def test_analyze_fold_norm_folds_pre_norm_and_latent_gains() -> None:
     s_raw = torch.tensor([r["singular_values"] for r in raw.records if r["circuit"] == "qk"])
     s_fold = torch.tensor([r["singular_values"] for r in report.records if r["circuit"] == "qk"])
     assert (s_raw - s_fold).abs().max() > 1e-3 * s_fold.max()  # the gains matter
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepSeek-V4: low-rank queries, one shared key/value head, grouped low-rank output projection
+# ---------------------------------------------------------------------------------------------
+
+V4_H, V4_D, V4_HEAD, V4_QLORA, V4_GROUPS, V4_OLORA, V4_ROPE = 4, 32, 16, 12, 2, 6, 4
+V4_TYPES = ["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"]
+
+
+def _v4_model(rates: tuple[int, int] = (8, 16), **extra: object) -> nn.Module:
+    cfg = transformers.DeepseekV4Config(
+        vocab_size=50, hidden_size=V4_D, moe_intermediate_size=8, num_hidden_layers=3,
+        num_attention_heads=V4_H, num_key_value_heads=1, head_dim=V4_HEAD,
+        q_lora_rank=V4_QLORA, partial_rotary_factor=V4_ROPE / V4_HEAD, n_routed_experts=4,
+        num_experts_per_tok=2, n_shared_experts=1, o_groups=V4_GROUPS, o_lora_rank=V4_OLORA,
+        index_n_heads=2, index_head_dim=8, index_topk=4, sliding_window=8, hc_mult=2,
+        layer_types=V4_TYPES, num_hash_layers=0,
+        compress_rates={"compressed_sparse_attention": rates[0], "heavily_compressed_attention": rates[1]},
+        **extra,
+    )  # fmt: skip
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.DeepseekV4Model(cfg).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == "DeepseekV4RMSNorm":
+                m.weight.uniform_(0.5, 1.5)
+            elif isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, 1.5 / m.in_features**0.5)
+            if isinstance(getattr(m, "sinks", None), nn.Parameter):
+                m.sinks.uniform_(-1.0, 1.0)
+    return model
+
+
+def _v4_prepare(attn: nn.Module, norms: str) -> None:
+    """q_b_norm (no gain: a per-token, per-head 1/rms) off; q_a_norm, kv_norm gain-only or off."""
+    attn.q_b_norm = nn.Identity()
+    for attr in ("q_a_norm", "kv_norm"):
+        norm = getattr(attn, attr)
+        setattr(attn, attr, _GainOnly(norm.weight) if norms == "gain" else nn.Identity())
+
+
+def _v4_own_forward(model: nn.Module, attn: nn.Module, x: torch.Tensor, pos: torch.Tensor):  # type: ignore[no-untyped-def]
+    emb = {k: model.rotary_emb(x, pos, layer_type=k) for k in ("main", "compress")}
+    with torch.no_grad():
+        out, probs = attn(x, position_embeddings=emb, position_ids=pos, attention_mask=None)
+    return out.double(), probs.double()
+
+
+def _v4_from_factors(lh, attn: nn.Module, x: torch.Tensor, roll_q: int = 0, roll_o: int = 0):  # type: ignore[no-untyped-def]
+    """Per-head probabilities (sink logit in the softmax, then dropped) and the output, from the
+    QK chain and the OV factors (W_V, W_O) alone."""
+    a_qk, b_qk = lh.chains["qk"]
+    W_QK = torch.roll(_prod(a_qk), roll_q, 0) @ _prod(b_qk).mT  # (H, d, d)
+    W_OV = lh.W_V.double() @ torch.roll(lh.W_O.double(), roll_o, 0)  # (H, d, d)
+    X = x[0].double()
+    scores = lh.scale * X @ W_QK @ X.T  # (H, T, T)
+    sinks = attn.sinks.detach().double()[:, None, None].expand(-1, X.shape[0], 1)
+    probs = torch.softmax(torch.cat([scores, sinks], -1), dim=-1)[..., :-1]
+    out = (probs @ X @ W_OV).sum(0)
+    return out[None], probs[None]
+
+
+@pytest.mark.parametrize("norms", ["identity", "gain"])
+def test_v4_factors_reproduce_the_models_own_attention(norms: str) -> None:
+    """Every layer type (sliding, CSA, HCA) at positions 0, the sequence shorter than the
+    compression rates (so the compressors add no entry): probabilities and output through
+    o_a_proj/o_b_proj from our factors; rolled heads (query side, out-projection) fail."""
+    from rankdecay.mla import DSV4_FAMILY, dsv4_layer_heads, is_dsv4_attention
+
+    model = _v4_model()
+    x = torch.randn(1, 7, V4_D)
+    pos = torch.zeros(1, 7, dtype=torch.long)
+    for li, kind in enumerate(V4_TYPES):
+        attn = model.layers[li].self_attn
+        assert is_dsv4_attention(attn) and not is_mla_attention(attn)
+        _v4_prepare(attn, norms)
+        lh = dsv4_layer_heads(
+            f"layers.{li}.self_attn", attn, model.config, li, fold_norm=norms == "gain"
+        )
+        assert lh.family == DSV4_FAMILY and lh.n_heads == V4_H and lh.n_kv_heads == 1
+        out, probs = _v4_own_forward(model, attn, x, pos)
+        my_out, my_probs = _v4_from_factors(lh, attn, x)
+        torch.testing.assert_close(my_probs, probs, rtol=0, atol=2e-5)
+        torch.testing.assert_close(my_out, out, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(lh.W_Q.double(), _prod(lh.chains["qk"][0]), rtol=1e-5, atol=1e-6)
+        # negative controls: heads rolled on the query side, or on the output side
+        _, wrong = _v4_from_factors(lh, attn, x, roll_q=1)
+        assert (wrong - probs).abs().max() > 1e-3
+        wrong_out, _ = _v4_from_factors(lh, attn, x, roll_o=1)
+        assert (wrong_out - out).abs().max() > 1e-3
+        assert ("attention_form" in lh.flags) == (kind != "sliding_attention"), kind
+
+
+def test_v4_flags_notes_and_raw_weights() -> None:
+    from rankdecay.mla import dsv4_layer_heads
+
+    model = _v4_model()
+    attn = model.layers[1].self_attn
+    lh = dsv4_layer_heads("layers.1.self_attn", attn, model.config, 1)
+    assert lh.scale == pytest.approx(attn.scaling) and lh.scale == pytest.approx(V4_HEAD**-0.5)
+    assert lh.flags["partial_rotary"] == V4_ROPE / V4_HEAD
+    assert lh.flags["rotary_part"]["dims_per_head"] == V4_ROPE == model.config.qk_rope_head_dim
+    assert lh.flags["qk_norm"] == "per_head" and lh.flags["attention_sinks"] is True
+    assert lh.flags["sliding_window"] == 8
+    assert lh.flags["output_groups"] == {"groups": V4_GROUPS, "rank": V4_OLORA}
+    assert "compressed sparse" in str(lh.flags["attention_form"])
+    assert any("not folded" in n for n in lh.notes) and any("sinks" in n for n in lh.notes)
+    assert lh.W_Q.shape == (V4_H, V4_D, V4_HEAD) and lh.W_O.shape == (V4_H, V4_HEAD, V4_D)
+    assert lh.kv_head_index == (0,) * V4_H and lh.chains["qk"][1][0].dim() == 2
+    # raw weights ignore the gains, which matter
+    _v4_prepare(attn, "gain")
+    raw = dsv4_layer_heads("a", attn, model.config, 1)
+    x = torch.randn(1, 5, V4_D)
+    _, probs = _v4_own_forward(model, attn, x, torch.zeros(1, 5, dtype=torch.long))
+    _, raw_probs = _v4_from_factors(raw, attn, x)
+    assert (raw_probs - probs).abs().max() > 1e-3
+
+
+def test_v4_yarn_attention_factor_of_the_compress_rotary_is_flagged() -> None:
+    """cos, sin × m on the CSA/HCA layers (YaRN "compress" rotary with attention_factor m)."""
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+    model = _v4_model(
+        rope_parameters={**yarn, "attention_factor": 1.3}, max_position_embeddings=256
+    )
+    x = torch.zeros(1, 1, V4_D)
+    cos, _ = model.rotary_emb(x, torch.zeros(1, 1, dtype=torch.long), layer_type="compress")
+    assert torch.allclose(cos, torch.full_like(cos, 1.3))  # the model scales the rotary dims
+    found = [lh.flags.get("rope_attention_factor") for lh in attention_heads(model)]
+    assert found == [None, 1.3, 1.3]  # sliding layers: plain "main" rotary
+
+
+def test_v4_rotary_acts_on_the_trailing_dims_only() -> None:
+    """With the trailing rope_head_dim rows of each query head and of kv_proj zeroed, the model's
+    attention no longer depends on the positions and equals our factors' at any position: the
+    rotary dims are those flagged (the rest of the circuit is position-free)."""
+    from rankdecay.mla import dsv4_layer_heads
+
+    model = _v4_model()
+    x = torch.randn(1, 7, V4_D)
+    pos = torch.arange(3, 10)[None]
+    for li in (0, 2):  # "main" and "compress" rotary
+        attn = model.layers[li].self_attn
+        _v4_prepare(attn, "identity")
+        _, moved = _v4_own_forward(model, attn, x, pos)  # control: positions matter before
+        assert (
+            _v4_from_factors(dsv4_layer_heads("a", attn, model.config, li), attn, x)[1] - moved
+        ).abs().max() > 1e-3
+        with torch.no_grad():
+            attn.q_b_proj.weight.view(V4_H, V4_HEAD, -1)[:, -V4_ROPE:] = 0
+            attn.kv_proj.weight[-V4_ROPE:] = 0
+        lh = dsv4_layer_heads("a", attn, model.config, li)
+        out, probs = _v4_own_forward(model, attn, x, pos)
+        my_out, my_probs = _v4_from_factors(lh, attn, x)
+        torch.testing.assert_close(my_probs, probs, rtol=0, atol=2e-5)
+        torch.testing.assert_close(my_out, out, rtol=1e-4, atol=1e-5)
+
+
+def test_v4_analyze_roles_and_no_warning(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """analyze: QK and OV records for every layer's heads, equal to the dense σ; no
+    UnrecognizedAttentionWarning; roles and parameter names are those the factors depend on."""
+    import warnings
+
+    from rankdecay.decay import param_roles
+    from rankdecay.layer_heads import UnrecognizedAttentionWarning
+    from rankdecay.spectral_report import SpectralReport
+
+    model = _v4_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        layers = attention_heads(model, strict=True)
+        roles = param_roles(model, strict=True)
+        report = analyze(model)
+    assert [lh.name for lh in layers] == [f"layers.{i}.self_attn" for i in range(3)]
+    assert len(report.records) == 3 * V4_H * 2
+    flags = report.model["flags"]
+    assert all(flags[f"layers.{i}.self_attn"]["attention_sinks"] for i in range(3))
+    assert [("attention_form" in flags[f"layers.{i}.self_attn"]) for i in range(3)] == [
+        False,
+        True,
+        True,
+    ]
+    report.summary()
+    assert SpectralReport.from_json(report.to_json(tmp_path / "r.json")).model["flags"] == flags
+    for lh in layers:
+        for c in ("qk", "ov"):
+            if c in lh.chains:
+                a, b = lh.chains[c]
+                M = _prod(a) @ _prod(b).mT
+            else:
+                M = lh.W_V.double() @ lh.W_O.double()
+            recs = sorted(
+                (r for r in report.records if r["layer"] == lh.layer and r["circuit"] == c),
+                key=lambda r: r["head"],
+            )
+            s = torch.tensor([r["singular_values"] for r in recs], dtype=torch.float64)
+            # qk: the chain's reduced rank (q_lora < head_dim); ov: head_dim values
+            assert s.shape == (V4_H, V4_QLORA if c == "qk" else V4_HEAD), (c, s.shape)
+            dense = torch.linalg.svdvals(M)[:, : s.shape[1]]
+            assert ((s - dense).abs().amax(-1) <= 1e-12 * dense[:, 0]).all(), (lh.layer, c)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for lh in attention_heads(model):
+        for circuit, listed in (("qk", lh.qk_params), ("ov", lh.ov_params)):
+            A, B = lh.factors(circuit)
+            grads = torch.autograd.grad(A.sum() + B.sum(), list(params.values()), allow_unused=True)
+            touched = {n for n, g in zip(params, grads) if g is not None and g.abs().sum() > 0}
+            assert touched == set(listed), (circuit, touched, listed)
+        for n in lh.qk_params:
+            assert roles[n] == "attn_qk", n
+        for n in lh.ov_params:
+            assert roles[n] == ("attn_qk" if n in lh.qk_params else "attn_ov"), n
+    # W_O^h = (o_a_proj block of head h)ᵀ (o_b_proj columns of its group)ᵀ, by hand
+    attn = model.layers[0].self_attn
+    per = V4_H // V4_GROUPS
+    W_a = attn.o_a_proj.weight.detach().double().view(V4_GROUPS, V4_OLORA, per, V4_HEAD)
+    W_b = attn.o_b_proj.weight.detach().double().view(V4_D, V4_GROUPS, V4_OLORA)
+    for h in range(V4_H):
+        g, loc = divmod(h, per)
+        W_O = W_a[g, :, loc].T @ W_b[:, g].T  # (D_head, d)
+        torch.testing.assert_close(layers[0].W_O[h].double(), W_O, rtol=1e-6, atol=1e-7)
+    # fold_norm: σ of diag(γ_in)·W_qaᵀ·diag(γ_q)·W_qb^hᵀ · (diag(γ_in)·W_kvᵀ·diag(γ_kv))ᵀ and of
+    # diag(γ_in)·W_kvᵀ·diag(γ_kv) · W_O^h, written here from the raw module weights
+    folded = analyze(model, fold_norm=True)
+    g_in = model.layers[0].input_layernorm.weight.detach().double()
+    g_q = attn.q_a_norm.weight.detach().double()
+    g_kv = attn.kv_norm.weight.detach().double()
+    W_qa = attn.q_a_proj.weight.detach().double()
+    W_qb = attn.q_b_proj.weight.detach().double().view(V4_H, V4_HEAD, V4_QLORA)
+    K = g_in[:, None] * attn.kv_proj.weight.detach().double().T * g_kv  # (d, D_head)
+    Q = (g_in[:, None] * W_qa.T * g_q) @ W_qb.mT  # (H, d, D_head)
+    O = layers[0].W_O.double()
+    for c, M in (("qk", Q @ K.T), ("ov", K @ O)):
+        recs = sorted(
+            (r for r in folded.records if r["layer"] == 0 and r["circuit"] == c),
+            key=lambda r: r["head"],
+        )
+        s = torch.tensor([r["singular_values"] for r in recs], dtype=torch.float64)
+        dense = torch.linalg.svdvals(M)[:, : s.shape[1]]
+        # the fold happens in the weights' float32 before the float64 cast: float32 tolerance
+        assert ((s - dense).abs().amax(-1) <= 1e-6 * dense[:, 0]).all(), c
+    s_raw = torch.tensor([r["singular_values"] for r in report.records if r["circuit"] == "qk"])
+    s_fold = torch.tensor([r["singular_values"] for r in folded.records if r["circuit"] == "qk"])
+    assert (s_raw - s_fold).abs().max() > 1e-3 * s_fold.max()  # the gains matter

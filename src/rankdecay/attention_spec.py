@@ -640,6 +640,17 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         tested_by=("deepseek_v3",),
     ),
     Architecture(
+        "DeepSeek-V4 (shared-KV MQA, low-rank q, grouped low-rank output)",
+        ("DeepseekV4Attention",),
+        (),
+        "q_a_proj → q_b_proj [H, r]; kv_proj one head read as key and value; o_a_proj grouped "
+        "[G, o_lora, H/G·r] → o_b_proj [d, G·o_lora] (W_O^h materialized)",
+        flags="rotary (partial, trailing dims; QK and OV at relative offset 0), QK-norm per "
+        "head (q_b_norm, no gain), attention sinks, sliding window; compressed KV of CSA/HCA "
+        "layers (attention_form)",
+        tested_by=("deepseek_v4",),
+    ),
+    Architecture(
         "PEFT LoRA (any family above)",
         ("LoraLayer",),
         (),

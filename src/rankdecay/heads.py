@@ -465,12 +465,13 @@ def _fold_layer(model: nn.Module, lh: LayerHeads, module: nn.Module) -> LayerHea
 # ---------------------------------------------------------------------------------------------
 
 
-def _mla() -> tuple[Callable[[nn.Module], bool], Callable[..., LayerHeads]] | None:
+def _mla() -> list[tuple[Callable[[nn.Module], bool], Callable[..., LayerHeads]]]:
+    """The latent/low-rank attention rules of :mod:`rankdecay.mla`: DeepSeek-V2/V3 MLA, V4."""
     try:
-        from .mla import is_mla_attention, mla_layer_heads
+        from .mla import dsv4_layer_heads, is_dsv4_attention, is_mla_attention, mla_layer_heads
     except ImportError:  # pragma: no cover - mla.py is part of the same release
-        return None
-    return is_mla_attention, mla_layer_heads
+        return []
+    return [(is_mla_attention, mla_layer_heads), (is_dsv4_attention, dsv4_layer_heads)]
 
 
 @dataclass
@@ -585,12 +586,13 @@ def scan_attention(model: nn.Module, *, fold_norm: bool = False, **options: obje
                 plan = _mha_plan(name, module, len(layers))
                 add(layer_heads_from_tensors(plan, model.get_parameter), module, plan.family)
                 return
-            if mla is not None and mla[0](module):
-                lh = mla[1](
-                    name, module, tower_config(model, name), len(layers), fold_norm=fold_norm
-                )
-                add(lh, module, lh.family)
-                return
+            for is_rule, extract in mla:
+                if is_rule(module):
+                    lh = extract(
+                        name, module, tower_config(model, name), len(layers), fold_norm=fold_norm
+                    )
+                    add(lh, module, lh.family)
+                    return
             plan = plan_from_module(model, name, module, len(layers))
             if plan is not None:
                 notes: list[str] = []

@@ -1,5 +1,8 @@
 """Multi-head latent attention (MLA, DeepSeek-V2/V3): per-head circuits as chains of factors.
 
+DeepSeek-V4's attention (low-rank queries, one key/value head shared by all query heads, a
+grouped low-rank output projection) is extracted here as well: :func:`dsv4_layer_heads`.
+
 An MLA module (Hugging Face ``DeepseekV2Attention`` / ``DeepseekV3Attention`` and clones with the
 same parameter names) computes, for a residual-stream row x ∈ ℝ^d and query head h
 (``nn.Linear`` weights are out×in, y = x Wᵀ):
@@ -44,11 +47,19 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from .layer_heads import LayerHeads, UnsupportedModelError
 
-__all__ = ["MLA_FAMILY", "is_mla_attention", "mla_layer_heads"]
+__all__ = [
+    "DSV4_FAMILY",
+    "MLA_FAMILY",
+    "dsv4_layer_heads",
+    "is_dsv4_attention",
+    "is_mla_attention",
+    "mla_layer_heads",
+]
 
 #: the family name of MLA layers (the row of rankdecay.attention_spec.ARCHITECTURES)
 MLA_FAMILY = "DeepSeek-V2/V3 (MLA)"
@@ -202,4 +213,248 @@ def mla_layer_heads(
         flags={"rotary": True, "mla": True, "rotary_part": rotary_part},
         chains={"qk": (a_qk, (latent, k_up)), "ov": ((latent, v_up), (W_O.mT,))},
         family=MLA_FAMILY,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepSeek-V4: low-rank queries, one shared key/value head, grouped low-rank output projection
+# ---------------------------------------------------------------------------------------------
+
+#: the family name of DeepSeek-V4 layers (the row of rankdecay.attention_spec.ARCHITECTURES)
+DSV4_FAMILY = "DeepSeek-V4 (shared-KV MQA, low-rank q, grouped low-rank output)"
+
+#: what the compressor of a CSA/HCA layer adds to the attention (flag ``attention_form``)
+DSV4_FORMS = {
+    "compressed_sparse_attention": "compressed sparse attention (CSA): gated pools of key/value "
+    "windows, selected per query by a lightning indexer, join the keys/values of the sliding "
+    "window",
+    "heavily_compressed_attention": "heavily compressed attention (HCA): gated pools of long "
+    "key/value windows join the keys/values of the sliding window",
+}
+
+
+def is_dsv4_attention(module: nn.Module) -> bool:
+    """True for a DeepSeek-V4-style module (Hugging Face ``DeepseekV4Attention``): ``q_a_proj``,
+    ``q_b_proj``, ``kv_proj`` and ``o_b_proj`` linears, a grouped ``o_a_proj`` (a linear with an
+    int ``n_groups``) and no ``kv_a_proj_with_mqa`` (that is V2/V3 MLA)."""
+    if isinstance(getattr(module, "kv_a_proj_with_mqa", None), nn.Module):
+        return False
+    if not all(
+        isinstance(getattr(module, p, None), nn.Linear)
+        for p in ("q_a_proj", "q_b_proj", "kv_proj", "o_a_proj", "o_b_proj")
+    ):
+        return False
+    groups = getattr(module.o_a_proj, "n_groups", None)
+    return isinstance(groups, int) and not isinstance(groups, bool) and groups > 0
+
+
+def _rope_dims(module: nn.Module, config: object | None, D: int) -> int:
+    """Rotary dims per head: the layer's rope type's ``partial_rotary_factor`` (as the model's
+    rotary embedding computes it), else the config's ``qk_rope_head_dim``."""
+    params = getattr(config, "rope_parameters", None)
+    kind = getattr(module, "rope_layer_type", None)
+    if isinstance(params, dict) and isinstance(params.get(kind), dict):
+        fraction = params[kind].get("partial_rotary_factor", 1.0)
+        if isinstance(fraction, (int, float)):
+            return int(D * fraction)
+    p = getattr(config, "qk_rope_head_dim", None)
+    return p if isinstance(p, int) and 0 <= p <= D else D
+
+
+def dsv4_layer_heads(
+    name: str,
+    module: nn.Module,
+    config: object | None,
+    layer: int,
+    *,
+    fold_norm: bool = False,
+) -> LayerHeads:
+    """The per-head QK and OV circuits of one DeepSeek-V4 attention module.
+
+    The module (``nn.Linear`` weights out×in, y = x Wᵀ; H heads of size D, G output groups of
+    H/G heads, o_lora the per-group output rank) computes for a residual row x:
+
+        c_q = norm_q(x W_qaᵀ)                       q_a_proj (q_lora, d), q_a_norm (gain γ_q)
+        q^h = rms_h(c_q W_qb^hᵀ)                    q_b_proj (H·D, q_lora), q_b_norm (no gain)
+        kv  = norm_kv(x W_kvᵀ)                      kv_proj (D, d), kv_norm (gain γ_kv): the one
+                                                    key head, and the one value head, of all H
+        s^h_ij = scale · q^h_i · kv_j (rotary on the trailing p dims of q and kv), a learned
+        sink logit per head in each softmax; the context's trailing p dims are rotated back by
+        the query's position, then
+        o_i = Σ_h ctx^h_i W_a^hᵀ W_b^{g(h)}ᵀ           o_a_proj (G·o_lora, H·D/G, grouped: head h
+                                                    is block (g, ·) × (l, ·) of group g = h // (H/G)),
+                                                    o_b_proj (d, G·o_lora), columns of group g
+
+    In the convention of :mod:`rankdecay.heads` (circuits A·Bᵀ):
+
+    - QK: W_QK^h = (W_qaᵀ W_qb^hᵀ)(W_kvᵀ)ᵀ, all D dims, at relative offset 0 (the rotary dims
+      included, as for other partial-rotary families), as the chain
+      ((W_qaᵀ (d, q_lora), W_qb^hᵀ (H, q_lora, D)), (W_kvᵀ (d, D),)); W_Q materialized (H, d, D),
+      W_K the shared key head (a view, ``kv_head_index`` all 0).
+    - OV: W_OV^h = W_kvᵀ · W_O^h with W_O^h = W_a^hᵀ W_b^{g(h)}ᵀ (D, d), materialized (H, D, d)
+      (multiplied in float64, stored in at least float32: a bfloat16 product would round the
+      circuit); W_V the shared value head (the same kv_proj). The value's trailing p dims are rotated by
+      the key's position and back by the query's: the circuit is exact for them at relative
+      offset 0 (flag ``rotary_part``).
+
+    Norm gains γ_q (between W_qa and W_qb) and γ_kv (after W_kv) are not folded by default (raw
+    weights); ``fold_norm=True`` folds them (the per-token 1/rms scalars stay out, and q_b_norm
+    has no gain: flag ``qk_norm`` "per_head"). Sinks, sliding window and the compressor of
+    CSA/HCA layers are flagged (``attention_sinks``, ``sliding_window``, ``attention_form``).
+    """
+    H = _dim(module, config, name, "num_heads", "num_attention_heads")
+    D = _dim(module, config, name, "head_dim")
+    q_a, q_b, kv, o_a, o_b = (
+        module.q_a_proj,
+        module.q_b_proj,
+        module.kv_proj,
+        module.o_a_proj,
+        module.o_b_proj,
+    )
+    G = int(o_a.n_groups)
+    d = q_a.in_features
+    q_lora = q_a.out_features
+    if H % G or o_a.out_features % G:
+        raise UnsupportedModelError(
+            f"{name}: {H} heads or o_a_proj's {o_a.out_features} outputs do not split into "
+            f"{G} groups; register an adapter for it with rankdecay.register_adapter."
+        )
+    o_lora = o_a.out_features // G
+    expected = {
+        "q_b_proj": ((q_b.out_features, q_b.in_features), (H * D, q_lora)),
+        "kv_proj": ((kv.out_features, kv.in_features), (D, d)),
+        "o_a_proj": ((o_a.in_features,), (H * D // G,)),
+        "o_b_proj": ((o_b.out_features, o_b.in_features), (d, G * o_lora)),
+    }
+    for what, (got, want) in expected.items():
+        if got != want:
+            raise UnsupportedModelError(
+                f"{name}: {what} has shape {got}, expected {want} from heads={H}, head_dim={D}, "
+                f"groups={G}, d={d}; register an adapter for it with rankdecay.register_adapter."
+            )
+    p = _rope_dims(module, config, D)
+    notes: list[str] = []
+    q_up = q_b.weight.reshape(H, D, q_lora).mT  # (H, q_lora, D)
+    key = kv.weight.mT  # (d, D): the one key head, and the one value head
+    value = key
+    if fold_norm:
+        folded = []
+        if (g := _gain(getattr(module, "q_a_norm", None))) is not None:
+            q_up = q_up * g.to(q_up.dtype)[None, :, None]
+            folded.append("q_a_norm")
+        if (g := _gain(getattr(module, "kv_norm", None))) is not None:
+            key = value = key * g.to(key.dtype)
+            folded.append("kv_norm")
+        notes.append(
+            f"DeepSeek-V4 norm gains folded between the factors ({', '.join(folded) or 'none found'})"
+        )
+    else:
+        notes.append(
+            "DeepSeek-V4 norm gains (q_a_norm, kv_norm) not folded: raw weights "
+            "(fold_norm=True folds them)"
+        )
+    q_down = q_a.weight.mT  # (d, q_lora), shared by every head
+    W_Q = q_down @ q_up  # (H, d, D)
+    W_K = key.expand(H, d, D)
+    W_V = value.expand(H, d, D)
+    # head h = (group g, local l): o_a rows [g·o_lora, (g+1)·o_lora), columns [l·D, (l+1)·D)
+    per = H // G
+    W_a = o_a.weight.reshape(G, o_lora, per, D).permute(0, 2, 3, 1)  # (G, per, D, o_lora)
+    W_b = o_b.weight.reshape(d, G, o_lora).permute(1, 2, 0)  # (G, o_lora, d)
+    # the product in float64, kept in at least float32: a bfloat16 W_O would round the OV
+    # circuit itself to bfloat16 (relative 4e-3), far above the spectra's precision
+    dt = torch.promote_types(o_a.weight.dtype, torch.float32)
+    W_O = (W_a.double() @ W_b[:, None].double()).reshape(H, D, d).to(dt)  # (H, D, d)
+    scale = getattr(module, "scaling", None)
+    scale = float(scale) if isinstance(scale, (int, float)) else 1.0 / math.sqrt(D)
+    flags: dict[str, object] = {"rotary": True, "mqa": True}
+    if 0 < p < D:
+        flags["partial_rotary"] = p / D
+    flags["rotary_part"] = {
+        "dims_per_head": p,
+        "query": f"the trailing {p} of each head's {D} rows of {name}.q_b_proj",
+        "key": f"the trailing {p} rows of {name}.kv_proj (one key head shared by all query heads)",
+        "interleaved": True,
+        "in_circuit": True,
+        "value": "rotated by the key's position, rotated back by the query's: in the OV "
+        "circuit at relative offset 0",
+    }
+    rope = getattr(config, "rope_parameters", None)
+    rope = rope.get(getattr(module, "rope_layer_type", None)) if isinstance(rope, dict) else None
+    rope = rope if isinstance(rope, dict) else {}
+    factor = rope.get("attention_factor")
+    if isinstance(factor, (int, float)) and rope.get("rope_type", "default") != "default":
+        if factor != 1.0:  # cos, sin × m: the rotary dims of q·k (and of the value) by m²
+            flags["rope_attention_factor"] = float(factor)
+            notes.append(
+                f"rotary cos/sin scaled by {factor:.4g}: the rotated part of q·kᵀ, and the "
+                f"value's rotary dims, by {factor:.4g}² (not in the scale: partial rotary)"
+            )
+    flags["qk_norm"] = "per_head"
+    flags["attention_sinks"] = isinstance(getattr(module, "sinks", None), Tensor)
+    window = getattr(module, "sliding_window", None)
+    if isinstance(window, int) and not isinstance(window, bool) and window > 0:
+        flags["sliding_window"] = window
+    flags["output_groups"] = {"groups": G, "rank": o_lora}
+    layer_type = getattr(module, "layer_type", None)
+    compressor = getattr(module, "compressor", None)
+    if isinstance(compressor, nn.Module):
+        flags["attention_form"] = DSV4_FORMS.get(
+            str(layer_type),
+            f"{type(compressor).__name__}: compressed keys/values join those of the window",
+        )
+        notes.append(
+            f"not plain softmax attention ({flags['attention_form']}): the spectra describe "
+            "W_Q·W_Kᵀ and W_V·W_O, not the model's attention map alone; the compressor's own "
+            "projections are not extracted"
+        )
+    if not flags["attention_sinks"]:
+        del flags["attention_sinks"]
+    notes.append(
+        f"DeepSeek-V4: one key/value head (kv_proj) read as both key and value by all {H} query "
+        f"heads; QK over all {D} dims of a head at relative offset 0 (rotary on the trailing "
+        f"{p}, interleaved); the value's rotary dims are rotated back at the query's position, "
+        "so OV is exact for them at relative offset 0"
+    )
+    notes.append(
+        "QK-norm (per_head): q_b_norm rescales each query head by 1/rms (no gain) and kv_norm "
+        "each key/value row by 1/rms: per-token scalars, not in W_QK"
+    )
+    if "attention_sinks" in flags:
+        notes.append(
+            "attention sinks: a learned per-head logit joins each softmax (rows sum to < 1); "
+            "not part of W_QK"
+        )
+    notes.append(
+        f"output projection grouped low-rank: W_O^h = o_a_proj block of head h ({G} groups of "
+        f"{per} heads, rank {o_lora}) then o_b_proj's columns of its group, materialized (the "
+        "product in float64, kept in at least float32)"
+    )
+    hc = getattr(config, "hc_mult", None)
+    if isinstance(hc, int) and hc > 1:
+        notes.append(
+            f"hyper-connections: the residual is {hc} streams; the attention reads a "
+            "data-dependent mix of them (then input_layernorm) and its output is added to each "
+            "with a data-dependent weight, outside W_V·W_O"
+        )
+    if any(getattr(m, "bias", None) is not None for m in (q_a, q_b, kv, o_a, o_b)):
+        notes.append("biases are not part of the circuits")
+    q_params = (f"{name}.q_a_proj.weight", f"{name}.q_b_proj.weight")
+    kv_param = f"{name}.kv_proj.weight"
+    return LayerHeads(
+        layer=layer,
+        name=name,
+        W_Q=W_Q,
+        W_K=W_K,
+        W_V=W_V,
+        W_O=W_O,
+        kv_head_index=(0,) * H,
+        rotary=True,
+        scale=scale,
+        qk_params=(*q_params, kv_param),
+        ov_params=(kv_param, f"{name}.o_a_proj.weight", f"{name}.o_b_proj.weight"),
+        notes=tuple(notes),
+        flags=flags,
+        chains={"qk": ((q_down, q_up), (key,))},
+        family=DSV4_FAMILY,
     )
