@@ -428,3 +428,30 @@ def test_v4_analyze_roles_and_no_warning(tmp_path) -> None:  # type: ignore[no-u
     s_raw = torch.tensor([r["singular_values"] for r in report.records if r["circuit"] == "qk"])
     s_fold = torch.tensor([r["singular_values"] for r in folded.records if r["circuit"] == "qk"])
     assert (s_raw - s_fold).abs().max() > 1e-3 * s_fold.max()  # the gains matter
+
+
+def test_v4_saved_directory_loads_through_transformers_renamings(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """save_pretrained writes DeepSeek-V4 under its original key names (layers.N.attn.wq_a, …);
+    analyze(DIR) applies transformers' checkpoint renamings and equals analyze(model). Without
+    the renamings (negative control) the attention tensors are missing and the load is refused."""
+    import importlib
+    import warnings
+
+    from rankdecay.errors import RankdecayError
+
+    analyze_mod = importlib.import_module("rankdecay.analyze")  # the module, not the function
+
+    model = _v4_model()
+    model.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the streaming fallback's warning (no V4 stream plan)
+        on_disk = analyze(str(tmp_path)).records
+        want = analyze(model).records
+        assert len(on_disk) == len(want) == 3 * 2 * V4_H
+        for a, b in zip(on_disk, want):
+            assert (a["layer"], a["head"], a["circuit"]) == (b["layer"], b["head"], b["circuit"])
+            s, t = torch.tensor(a["singular_values"]), torch.tensor(b["singular_values"])
+            assert (s - t).abs().max() <= 1e-12 * t[0]
+        monkeypatch.setattr(analyze_mod, "_hf_renamed", lambda model, state: state)
+        with pytest.raises(RankdecayError, match="lack"):
+            analyze(str(tmp_path))

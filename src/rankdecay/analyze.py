@@ -157,6 +157,34 @@ def _read_state_dict(directory: Path, index: CheckpointIndex | None = None) -> d
     return index.read(index.specs)
 
 
+def _hf_renamed(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with transformers' checkpoint key renamings for this model applied.
+
+    transformers ≥ 5 loads some families from their original key names (DeepSeek-V4's
+    ``layers.N.attn.wq_a`` → ``layers.N.self_attn.q_a_proj``, ...) and ``save_pretrained`` writes
+    them back that way (``transformers.conversion_mapping``). Only the pure renamings are applied;
+    converters that merge or split tensors (MoE experts, fused qkv chunks) are not, so a tensor
+    that needs one stays unmatched and is reported missing. Unchanged when transformers has no
+    mapping (or no such API).
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+
+        renames = [t for t in get_model_conversion_mapping(model) if type(t) is WeightRenaming]
+    except Exception:  # older transformers, or a model the mapping code does not handle
+        return state
+    if not renames:
+        return state
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        new = key
+        for rename in renames:
+            new = rename.rename_source_key(new)[0]
+        out[new] = value
+    return out
+
+
 def _match_prefix(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Add or strip the model's ``base_model_prefix`` (e.g. "bert.") so checkpoint keys match."""
     keys = set(model.state_dict())
@@ -263,7 +291,12 @@ def load_model(
                 "re-save the model with save_pretrained."
             )
         model = _build_hf_model(hf_config, directory)
-        state = _match_prefix(model, _read_state_dict(directory, index))
+        raw = _read_state_dict(directory, index)
+        keys = set(model.state_dict())
+        state = max(
+            (_match_prefix(model, raw), _match_prefix(model, _hf_renamed(model, raw))),
+            key=lambda sd: len(keys.intersection(sd)),
+        )
         try:
             missing, _unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:
