@@ -226,6 +226,12 @@ def _scale_qk_each(config: object, r: int, block: int) -> float:
     return r**-0.5  # q and k each multiplied by r^(-1/4) (the module's `scaling`)
 
 
+def _scale_gemma4_audio(config: object, r: int, block: int) -> float:
+    # Gemma4AudioAttention: q × r^(-1/2)/ln 2 (q_scale), k × ln(1+e)/ln 2 (k_scale); the learned
+    # per-dimension factor softplus(per_dim_scale) on q is not a scalar (flag per_dim_scale)
+    return r**-0.5 / math.log(2) * math.log(1 + math.e) / math.log(2)
+
+
 def _scale_gpt2(config: object, r: int, block: int) -> float:
     scale = r**-0.5 if cfg_get(config, "scale_attn_weights") in (None, True) else 1.0
     if cfg_get(config, "scale_attn_by_inverse_layer_idx"):
@@ -243,6 +249,11 @@ SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
     "gpt2": ("1/√r (÷ (layer+1) with scale_attn_by_inverse_layer_idx)", _scale_gpt2),
     "attention_multiplier": ("attention_multiplier (config)", _scale_attention_multiplier),
     "qk_each": ("1/√r (q and k each × r^(-1/4))", _scale_qk_each),
+    "gemma4_audio": (
+        "1/√r · ln(1+e)/ln²2 (q_scale·k_scale); q also × softplus(per_dim_scale) per dim "
+        "(flag, not folded)",
+        _scale_gemma4_audio,
+    ),
 }
 
 #: module attributes holding the model's own scale (live modules: preferred over the rule).
@@ -265,6 +276,8 @@ class Architecture:
     contexts, then H span-convolution heads' outputs); W_O^h is head h of part 0.
     ``v_head``: the value heads have their own size (config ``v_head_dim``) and the key/value
     head count may change per layer (read from the key projection's width).
+    ``o_names``: the out-projection's names for these classes, tried before :data:`O_NAMES`
+    (Gemma-4 audio: ``post``, a name too generic for the shared table).
     """
 
     family: str
@@ -279,6 +292,7 @@ class Architecture:
     q_gate: bool = False
     o_parts: int = 1
     v_head: bool = False
+    o_names: tuple[str, ...] = ()
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -632,6 +646,18 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         tested_by=("gemma4_vision",),
     ),
     Architecture(
+        "Gemma-4 audio (conformer; projections wrapped in Gemma4ClippableLinear)",
+        ("Gemma4AudioAttention",),
+        (),
+        scale="gemma4_audio",
+        flags="per-dimension query scale softplus(per_dim_scale) (per_dim_scale: W_QK = "
+        "W_Q·diag(s)·W_Kᵀ, raw W_Q reported), relative position scores (relative_k_proj), "
+        "logit soft-cap, chunked local attention (sliding_window = past + 1 + future), "
+        "clipped projections (clipped_linears)",
+        tested_by=("gemma4_audio",),
+        o_names=("post",),
+    ),
+    Architecture(
         "DeepSeek-V2/V3 (MLA)",
         ("DeepseekV2Attention", "DeepseekV3Attention"),
         ("deepseek_v3",),
@@ -743,6 +769,8 @@ def architectures_table() -> str:
             layout += f"; out-projection input [{arch.o_parts}, H, r], attention in part 0"
         if arch.v_head:
             layout += "; v rows [H_kv, r_v], o columns [H, r_v] (r_v = v_head_dim)"
+        if arch.o_names:
+            layout += "; out-projection " + " or ".join(f"`{n}`" for n in arch.o_names)
         where = f"`{arch.fused}` " if arch.fused else ""
         if arch.in_out:
             where += "(stored in×out) "
@@ -1238,6 +1266,12 @@ def _notes_for(
             f"values multiplied by {plan_flags['value_scale']:.4g}: the model's OV circuit is "
             "that multiple of the W_V·W_O shown"
         )
+    if "per_dim_scale" in plan_flags:
+        notes.append(
+            f"per-dimension query scale: q is multiplied by softplus({plan_flags['per_dim_scale']}) "
+            "before the product, so the model's QK circuit is W_Q·diag(s)·W_Kᵀ; W_Q is reported "
+            "raw (folding diag(s) into W_Q would be exact — it is one fixed diagonal per layer)"
+        )
     if plan_flags.get("relative_position_bias"):
         notes.append("relative position scores are added to the QK scores and are not part of W_QK")
     if "sliding_window" in plan_flags:
@@ -1446,9 +1480,11 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
             )
             flags["qk_norm"] = "full" if width == H * r and H > 1 else "per_head"
             break
-    softcap = getattr(module, "attn_logit_softcapping", None)
-    if isinstance(softcap, (int, float)) and softcap > 0:
-        flags["softcap"] = float(softcap)
+    for attr in ("attn_logit_softcapping", "attention_logits_soft_cap"):  # Gemma-2, Gemma-4 audio
+        softcap = getattr(module, attr, None)
+        if isinstance(softcap, (int, float)) and not isinstance(softcap, bool) and softcap > 0:
+            flags["softcap"] = float(softcap)
+            break
     if isinstance(getattr(module, "sinks", None), Tensor):  # GPT-OSS: a logit per head
         flags["attention_sinks"] = True
     if any(isinstance(getattr(module, g, None), nn.Module) for g in GATE_NAMES):
@@ -1458,17 +1494,40 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
         flags["value_norm"] = True
     if any(getattr(c, "use_clipped_linears", False) for c in module.children()):
         flags["clipped_linears"] = True
+    chunk = _chunked_window(module)
+    if chunk is not None:  # Gemma-4 audio: chunked local attention, past + 1 + future keys
+        flags["sliding_window"] = chunk[1] + 1 + chunk[2]
     window = _pos_int(getattr(module, "sliding_window", None))
     if window and not config_window:  # the config's window wins (ModernBERT keeps window/2 + 1)
         flags["sliding_window"] = window
     if getattr(module, "has_relative_attention_bias", None) is not None or any(
         "relative_position_bias" in n
         or "relative_attention_bias" in n
-        or n.split(".")[0] in ("pos_bias_u", "linear_pos", "distance_embedding")  # conformers
+        or n.split(".")[0]
+        in ("pos_bias_u", "linear_pos", "distance_embedding", "relative_k_proj")  # conformers
         for n, _ in module.named_parameters()
     ):
         flags["relative_position_bias"] = True
     return flags
+
+
+def _chunked_window(module: nn.Module) -> tuple[int, int, int] | None:
+    """(chunk size, past, future) of a chunked local attention (Gemma-4 audio: blocks of
+    ``chunk_size`` queries, each reading a context of ``max_past_horizon`` earlier and
+    ``max_future_horizon`` later positions around its block; the encoder's mask then keeps, for
+    query i, the keys i − past … i + future), else None."""
+    chunk = _pos_int(getattr(module, "chunk_size", None))
+    past, future = (getattr(module, a, None) for a in ("max_past_horizon", "max_future_horizon"))
+    if chunk is None or not all(isinstance(x, int) and x >= 0 for x in (past, future)):
+        return None
+    return chunk, int(past), int(future)  # type: ignore[arg-type]
+
+
+def _query_dim_scale(module: nn.Module, name: str) -> dict[str, object]:
+    """Flag ``per_dim_scale``: the full name of a learned per-dimension query scale (Gemma-4
+    audio: q ← q·softplus(per_dim_scale), a diagonal between W_Q and W_Kᵀ), left out of W_Q."""
+    param = getattr(module, "per_dim_scale", None)
+    return {"per_dim_scale": _join(name, "per_dim_scale")} if isinstance(param, nn.Parameter) else {}
 
 
 def _rotary_in_tower(model: nn.Module, name: str) -> bool:
@@ -1501,7 +1560,7 @@ def plan_from_module(
         return _moa_plan(name, layer, arch, tower_config(model, name), block)
     if arch.fused and _find(module, [arch.fused]) is None:  # a class name shared by families
         arch = GENERIC  # (timm's and OpenAI GPT's are both "Attention")
-    o = _find(module, O_NAMES)
+    o = _find(module, arch.o_names + O_NAMES)
     if o is None:
         return None
     q = _find(module, Q_NAMES)
@@ -1597,6 +1656,14 @@ def plan_from_module(
         rdim = _pos_int(getattr(mod, "rotary_ndims", None) or getattr(mod, "rotary_dim", None))
         if rotary and rdim and rdim < r:
             flags["partial_rotary"] = rdim / r
+    flags.update(_query_dim_scale(module, name))
+    chunk = _chunked_window(module)
+    if chunk is not None:
+        plan.notes += (
+            f"chunked local attention: blocks of {chunk[0]} queries; query i reads keys "
+            f"i − {chunk[1]} … i + {chunk[2]} (the encoder's mask), the positions counted by "
+            "sliding_window",
+        )
     if kind == "cross":
         flags["cross_attention"] = True
         flags.pop("rotary", None)
@@ -1643,6 +1710,11 @@ def _live_scale(
 ) -> float:
     if arch.scale == "qk_each":  # the module's `scaling` multiplies q and k each
         return _scale_qk_each(config, r, block)
+    if arch.scale == "gemma4_audio":  # the module's own q_scale · k_scale
+        qs, ks = getattr(module, "q_scale", None), getattr(module, "k_scale", None)
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (qs, ks)):
+            return float(qs) * float(ks)  # type: ignore[arg-type]
+        return _scale_gemma4_audio(config, r, block)
     if arch.scale == "inv_sqrt":
         for mod in (module, inner):
             for attr in _SCALE_ATTRS:
