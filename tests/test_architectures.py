@@ -363,6 +363,105 @@ def _jetmoe_check(model: nn.Module, layers: list[LayerHeads]) -> None:
             torch.testing.assert_close(_moa_output(rolled, router, top_k, x), out, **TOL)
 
 
+def _gemma4_audio_compare(
+    lh: LayerHeads, rec: dict[str, Tensor], s: Tensor, module: nn.Module, left: int, right: int
+) -> None:
+    """One Gemma-4 audio attention call rebuilt from the factors, in float64: per head
+    P_h = softmax(scale·(x W_Q^h diag(s))(x W_K^h)ᵀ + window), the window written out from the
+    config as transformers' ``sliding_window_mask_function((left − 1, right))`` reads it
+    (0 ≤ i − j < left − 1 or 0 < j − i < right), relative position scores and soft-cap off.
+    P_h equals the probabilities the module returns (query i in block b = i // C, row i mod C;
+    key j in context column past_h + j − b·C, past_h = the module's max_past_horizon; the
+    other columns must hold no mass), P_h x W_V^h equals head h of ``post``'s input and
+    Σ_h (P_h x W_V^h) W_O^h ``post``'s output."""
+    x = rec["x"].double()
+    n = x.shape[1]
+    q = torch.einsum("btd,hdr->bhtr", x, lh.W_Q.double()) * s
+    k = torch.einsum("bsd,hdr->bhsr", x, lh.W_K.double())
+    v = torch.einsum("bsd,hdr->bhsr", x, lh.W_V.double())
+    assert lh.scale is not None
+    scores = lh.scale * q @ k.mT
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    dist = i - j
+    allowed = ((dist >= 0) & (dist < left - 1)) | ((dist < 0) & (-dist < right))
+    P = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    ctx = P @ v
+    probs = rec["probs"].double()  # (B, H, blocks, C, context)
+    C, width, past_h = probs.shape[3], probs.shape[4], int(module.max_past_horizon)
+    col = past_h + j - (i // C) * C
+    inside = (col >= 0) & (col < width)
+    rows = probs[:, :, i // C, i % C, col.clamp(0, width - 1)]  # (B, H, n, n)
+    P_model = rows * inside
+    torch.testing.assert_close(P, P_model, **P_TOL)
+    whole = probs.flatten(2, 3)[:, :, :n].sum(-1)  # every context column of query i
+    torch.testing.assert_close(whole, P_model.sum(-1), **P_TOL)  # no mass elsewhere
+    z = rec["z"].double()
+    torch.testing.assert_close(ctx, z.view(*z.shape[:2], lh.n_heads, -1).transpose(1, 2), **P_TOL)
+    out = torch.einsum("bhtr,hre->bte", ctx, lh.W_O.double())
+    torch.testing.assert_close(out, rec["out"].double(), **P_TOL)
+
+
+def _gemma4_audio_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """Gemma-4 audio (Gemma4AudioAttention, eager float32 only): relative position scores
+    (relative_k_proj) zeroed and the soft-cap set to 1e10 (c·tanh(s/c) = s), a full forward of
+    the encoder on T frames (one chunk); each call equals :func:`_gemma4_audio_compare` with
+    s = softplus(per_dim_scale) (the parameter the ``per_dim_scale`` flag names). Controls:
+    heads rolled, and s left out (the flag is not decoration), each must fail."""
+    model.float()  # the module computes q, k, v in float32 and cannot run in float64
+    recs: dict[str, dict[str, Tensor]] = {}
+    handles = []
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        with torch.no_grad():
+            module.relative_k_proj.weight.zero_()
+            module.softcap.fill_(1e10)
+        rec: dict[str, Tensor] = {}
+        recs[lh.name] = rec
+
+        def pre(_m: nn.Module, args: tuple, kwargs: dict, rec: dict = rec) -> None:
+            rec["x"] = kwargs.get("hidden_states", args[0] if args else None)
+
+        def post(_m: nn.Module, args: tuple, output: Any, rec: dict = rec) -> None:
+            rec["probs"] = output[1]
+
+        def o_in(_m: nn.Module, args: tuple, rec: dict = rec) -> None:
+            rec["z"] = args[0]
+
+        def o_out(_m: nn.Module, args: tuple, output: Tensor, rec: dict = rec) -> None:
+            rec["out"] = output
+
+        handles += [
+            module.register_forward_pre_hook(pre, with_kwargs=True),
+            module.register_forward_hook(post),
+            module.post.register_forward_pre_hook(o_in),
+            module.post.register_forward_hook(o_out),
+        ]
+    try:
+        with torch.no_grad():
+            feats = torch.randn(B, 4 * T, 8, generator=torch.Generator().manual_seed(4))
+            model(input_features=feats)  # two stride-2 convolutions: 4·T frames → T
+    finally:
+        for h in handles:
+            h.remove()
+    cfg = model.config
+    left, right = cfg.attention_context_left, cfg.attention_context_right
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        assert lh.flags["sliding_window"] == (left - 1) + max(right - 1, 0)
+        s_name = lh.flags["per_dim_scale"]
+        assert s_name == f"{lh.name}.per_dim_scale"
+        s = torch.nn.functional.softplus(model.get_parameter(str(s_name)).detach().double())
+        rec = recs[lh.name]
+        _gemma4_audio_compare(lh, rec, s, module, left, right)
+        rolled = dataclasses.replace(
+            lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+        )
+        with pytest.raises(AssertionError):
+            _gemma4_audio_compare(rolled, rec, s, module, left, right)
+        with pytest.raises(AssertionError):
+            _gemma4_audio_compare(lh, rec, torch.ones_like(s), module, left, right)
+
+
 CASES: dict[str, Case] = {
     "llama_gqa": Case(
         _lm(t.LlamaConfig, t.LlamaModel, num_key_value_heads=2),
@@ -1241,6 +1340,32 @@ CASES: dict[str, Case] = {
         "Gemma-4 vision",
         flags={"rotary": True, "qk_norm": "per_head", "value_norm": True, "clipped_linears": True},
         neutralise=_no_qk_or_value_norm,
+    ),
+    "gemma4_audio": Case(  # out-projection `post`; per_dim_scale, relative_k_proj, soft-cap
+        lambda: t.Gemma4AudioModel(
+            t.Gemma4AudioConfig(
+                hidden_size=D,
+                num_hidden_layers=L,
+                num_attention_heads=H,
+                subsampling_conv_channels=[8, 4],  # 8 mel bins in
+                output_proj_dims=D,
+                attention_chunk_size=4,  # T = 6 frames: two blocks
+                attention_context_left=4,  # keys i − 2 … i + 2 (window 5)
+                attention_context_right=3,
+                attn_implementation="eager",
+            )
+        ),
+        lambda m: {},  # the check runs its own forward
+        _never,  # the check writes the window out itself
+        L,
+        "Gemma-4 audio",
+        flags={
+            "clipped_linears": True,
+            "relative_position_bias": True,
+            "softcap": 50.0,
+            "sliding_window": 5,
+        },
+        check=_gemma4_audio_check,
     ),
     "moshi": Case(  # q/k/v/o wrapped in MoshiLinear (one nn.Linear: no per-codebook weights)
         _lm(t.MoshiConfig, t.MoshiModel, head_dim=D // H, ffn_dim=2 * D, audio_vocab_size=50),

@@ -1512,22 +1512,28 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
 
 
 def _chunked_window(module: nn.Module) -> tuple[int, int, int] | None:
-    """(chunk size, past, future) of a chunked local attention (Gemma-4 audio: blocks of
-    ``chunk_size`` queries, each reading a context of ``max_past_horizon`` earlier and
-    ``max_future_horizon`` later positions around its block; the encoder's mask then keeps, for
-    query i, the keys i − past … i + future), else None."""
+    """(chunk size, past, future) of a chunked local attention, else None.
+
+    Gemma-4 audio: blocks of ``chunk_size`` queries, each gathering a context of
+    ``max_past_horizon`` = L − 1 earlier and ``max_future_horizon`` = R later positions around
+    its block (L, R: ``attention_context_left`` / ``_right``); the encoder's mask
+    (``sliding_window_mask_function((L − 1, R))``: 0 ≤ i − j < L − 1 or 0 < j − i < R) then keeps
+    for query i the keys i − (L − 2) … i + (R − 1), one fewer on each side than the context.
+    """
     chunk = _pos_int(getattr(module, "chunk_size", None))
     past, future = (getattr(module, a, None) for a in ("max_past_horizon", "max_future_horizon"))
     if chunk is None or not all(isinstance(x, int) and x >= 0 for x in (past, future)):
         return None
-    return chunk, int(past), int(future)  # type: ignore[arg-type]
+    return chunk, max(int(past) - 1, 0), max(int(future) - 1, 0)  # type: ignore[arg-type]
 
 
 def _query_dim_scale(module: nn.Module, name: str) -> dict[str, object]:
     """Flag ``per_dim_scale``: the full name of a learned per-dimension query scale (Gemma-4
     audio: q ← q·softplus(per_dim_scale), a diagonal between W_Q and W_Kᵀ), left out of W_Q."""
     param = getattr(module, "per_dim_scale", None)
-    return {"per_dim_scale": _join(name, "per_dim_scale")} if isinstance(param, nn.Parameter) else {}
+    return (
+        {"per_dim_scale": _join(name, "per_dim_scale")} if isinstance(param, nn.Parameter) else {}
+    )
 
 
 def _rotary_in_tower(model: nn.Module, name: str) -> bool:
@@ -1661,8 +1667,8 @@ def plan_from_module(
     if chunk is not None:
         plan.notes += (
             f"chunked local attention: blocks of {chunk[0]} queries; query i reads keys "
-            f"i − {chunk[1]} … i + {chunk[2]} (the encoder's mask), the positions counted by "
-            "sliding_window",
+            f"i − {chunk[1]} … i + {chunk[2]} (the encoder's mask; the block's gathered context "
+            "is one wider on each side), the positions counted by sliding_window",
         )
     if kind == "cross":
         flags["cross_attention"] = True
