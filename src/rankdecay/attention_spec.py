@@ -250,7 +250,7 @@ SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
     "attention_multiplier": ("attention_multiplier (config)", _scale_attention_multiplier),
     "qk_each": ("1/√r (q and k each × r^(-1/4))", _scale_qk_each),
     "gemma4_audio": (
-        "1/√r · ln(1+e)/ln²2 (q_scale·k_scale); q also × softplus(per_dim_scale) per dim "
+        "1/√r · ln(1+e)/(ln 2)² (q_scale·k_scale); q also × softplus(per_dim_scale) per dim "
         "(flag, not folded)",
         _scale_gemma4_audio,
     ),
