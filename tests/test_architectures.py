@@ -1819,6 +1819,68 @@ def test_multi_tower_models_cover_every_tower() -> None:
     assert {lh.name.split(".")[0] for lh in ved_layers} == {"encoder", "decoder"}
 
 
+def test_gemma4_multimodal_model_extracts_its_audio_tower() -> None:
+    """Gemma4Model (text, vision and audio towers): every tower's attention extracted with no
+    warning; the audio tower's layers carry the Gemma-4 audio row, the same factors as the
+    tower analysed alone, q/k/v/post their attention roles, and analyze runs through."""
+    from rankdecay.analyze import analyze
+    from rankdecay.decay import param_roles
+
+    audio = t.Gemma4AudioConfig(
+        hidden_size=D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        subsampling_conv_channels=[8, 4],
+        output_proj_dims=D,
+    )
+    text = t.Gemma4TextConfig(
+        vocab_size=64,
+        hidden_size=D,
+        intermediate_size=2 * D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        num_key_value_heads=2,
+        head_dim=D // H,
+        global_head_dim=D // H,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=64,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    vision = t.Gemma4VisionConfig(
+        hidden_size=D,
+        intermediate_size=2 * D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        num_key_value_heads=H,
+        head_dim=D // H,
+        patch_size=2,
+        position_embedding_size=16,
+        pooling_kernel_size=1,
+    )
+    model = t.Gemma4Model(
+        t.Gemma4Config(text_config=text, vision_config=vision, audio_config=audio)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        layers = attention_heads(model, strict=True)
+        roles = param_roles(model, strict=True)
+        analyze(model)
+    towers = {lh.name.split(".")[0] for lh in layers}
+    assert towers == {"language_model", "vision_tower", "audio_tower"} and len(layers) == 3 * L
+    audio_layers = [lh for lh in layers if lh.name.startswith("audio_tower.")]
+    alone = attention_heads(model.audio_tower)
+    for a, b in zip(alone, audio_layers, strict=True):
+        assert "Gemma-4 audio" in b.family and b.name == f"audio_tower.{a.name}"
+        assert b.flags["per_dim_scale"] == f"{b.name}.per_dim_scale"
+        torch.testing.assert_close(a.W_Q, b.W_Q)
+        torch.testing.assert_close(a.W_O, b.W_O)
+        prefix = b.name + "."
+        assert roles[prefix + "q_proj.linear.weight"] == roles[prefix + "k_proj.linear.weight"]
+        assert roles[prefix + "q_proj.linear.weight"] == "attn_qk"
+        assert roles[prefix + "v_proj.linear.weight"] == "attn_ov"
+        assert roles[prefix + "post.linear.weight"] == "attn_ov"
+
+
 def test_deepseek_v3_dispatches_to_mla() -> None:
     mla = pytest.importorskip("rankdecay.mla")
     cfg = t.DeepseekV3Config(
