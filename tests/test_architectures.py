@@ -462,6 +462,79 @@ def _gemma4_audio_check(model: nn.Module, layers: list[LayerHeads]) -> None:
             _gemma4_audio_compare(lh, rec, torch.ones_like(s), module, left, right)
 
 
+def _gemma3n_audio_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """Gemma-3n audio (Gemma3nAudioConformerAttention: q/k/v in ``attn``, ``post`` beside it;
+    float64): relative position scores (``relative_position_embedding.pos_proj``) zeroed and
+    the soft-cap set to 1e10, a full encoder forward on T frames (two chunks). Per head
+    P_h = softmax(scale·(x W_Q^h diag(s))(x W_K^h)ᵀ + window), s = softplus(per_dim_scale), the
+    window written out from the config (keys i − (left − 1) … i + right, the module's own
+    ``local_causal_valid_mask``): P_h x W_V^h equals head h of ``attn``'s output (= ``post``'s
+    input), the module's probabilities recovered as ctx_h·pinv(x W_V^h) equal P_h, and
+    Σ_h (P_h x W_V^h) W_O^h ``post``'s output. Controls: heads rolled, s left out."""
+    recs: dict[str, dict[str, Tensor]] = {}
+    handles = []
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        with torch.no_grad():
+            module.attn.relative_position_embedding.pos_proj.weight.zero_()
+            module.attn.softcap.fill_(1e10)
+        rec: dict[str, Tensor] = {}
+        recs[lh.name] = rec
+
+        def attn_io(_m: nn.Module, args: tuple, output: Tensor, rec: dict = rec) -> None:
+            rec["x"], rec["ctx"] = args[0], output
+
+        def o_io(_m: nn.Module, args: tuple, output: Tensor, rec: dict = rec) -> None:
+            rec["z"], rec["out"] = args[0], output
+
+        handles += [
+            module.attn.register_forward_hook(attn_io),
+            module.post.register_forward_hook(o_io),
+        ]
+    try:
+        with torch.no_grad():
+            mel = torch.randn(B, 4 * T, 8, generator=torch.Generator().manual_seed(4)).double()
+            model(mel, torch.zeros(B, 4 * T, dtype=torch.bool))  # True would mark padding
+    finally:
+        for h in handles:
+            h.remove()
+    cfg = model.config
+    past, future = cfg.conf_attention_context_left - 1, cfg.conf_attention_context_right
+
+    def compare(lh: LayerHeads, rec: dict[str, Tensor], s: Tensor) -> None:
+        x, n = rec["x"], rec["x"].shape[1]
+        q = torch.einsum("btd,hdr->bhtr", x, lh.W_Q) * s
+        k = torch.einsum("bsd,hdr->bhsr", x, lh.W_K)
+        v = torch.einsum("bsd,hdr->bhsr", x, lh.W_V)
+        assert lh.scale is not None
+        i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        allowed = (j - i >= -past) & (j - i <= future)
+        P = (lh.scale * q @ k.mT).masked_fill(~allowed, float("-inf")).softmax(-1)
+        ctx = P @ v
+        torch.testing.assert_close(ctx, rec["ctx"].transpose(1, 2), **TOL)
+        z = rec["z"]
+        torch.testing.assert_close(ctx, z.view(*z.shape[:2], lh.n_heads, -1).transpose(1, 2), **TOL)
+        assert torch.linalg.matrix_rank(v).min() == n
+        P_model = rec["ctx"].transpose(1, 2) @ torch.linalg.pinv(v)
+        torch.testing.assert_close(P, P_model, **P_TOL)
+        torch.testing.assert_close(torch.einsum("bhtr,hre->bte", ctx, lh.W_O), rec["out"], **TOL)
+
+    for lh in layers:
+        assert lh.flags["sliding_window"] == past + 1 + future
+        s_name = lh.flags["per_dim_scale"]
+        assert s_name == f"{lh.name}.attn.per_dim_scale"
+        s = torch.nn.functional.softplus(model.get_parameter(str(s_name)).detach())
+        rec = recs[lh.name]
+        compare(lh, rec, s)
+        rolled = dataclasses.replace(
+            lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+        )
+        with pytest.raises(AssertionError):
+            compare(rolled, rec, s)
+        with pytest.raises(AssertionError):
+            compare(lh, rec, torch.ones_like(s))
+
+
 CASES: dict[str, Case] = {
     "llama_gqa": Case(
         _lm(t.LlamaConfig, t.LlamaModel, num_key_value_heads=2),
@@ -1366,6 +1439,28 @@ CASES: dict[str, Case] = {
             "sliding_window": 5,
         },
         check=_gemma4_audio_check,
+    ),
+    "gemma3n_audio": Case(  # q/k/v in `attn`, out-projection `post` beside it; per_dim_scale
+        lambda: __import__(
+            "transformers.models.gemma3n.modeling_gemma3n", fromlist=["_"]
+        ).Gemma3nAudioEncoder(
+            t.Gemma3nAudioConfig(
+                hidden_size=D,
+                conf_num_hidden_layers=L,
+                conf_num_attention_heads=H,
+                sscp_conv_channel_size=[8, 4],
+                input_feat_size=8,  # 8 mel bins in
+                conf_attention_chunk_size=4,  # T = 6 frames: two blocks
+                conf_attention_context_left=3,  # keys i − 2 … i + 2 (window 5)
+                conf_attention_context_right=2,
+            )
+        ),
+        lambda m: {},  # the check runs its own forward
+        _never,  # the check writes the window out itself
+        L,
+        "Gemma-3n audio",
+        flags={"relative_position_bias": True, "softcap": 50.0, "sliding_window": 5},
+        check=_gemma3n_audio_check,
     ),
     "moshi": Case(  # q/k/v/o wrapped in MoshiLinear (one nn.Linear: no per-codebook weights)
         _lm(t.MoshiConfig, t.MoshiModel, head_dim=D // H, ffn_dim=2 * D, audio_vocab_size=50),

@@ -232,6 +232,11 @@ def _scale_gemma4_audio(config: object, r: int, block: int) -> float:
     return r**-0.5 / math.log(2) * math.log(1 + math.e) / math.log(2)
 
 
+def _scale_gemma3n_audio(config: object, r: int, block: int) -> float:
+    # Gemma3nAudioAttention: q × r^(-1/2)/softplus(0) = r^(-1/2)/ln 2 (q_scale), k unscaled
+    return r**-0.5 / math.log(2)
+
+
 def _scale_gpt2(config: object, r: int, block: int) -> float:
     scale = r**-0.5 if cfg_get(config, "scale_attn_weights") in (None, True) else 1.0
     if cfg_get(config, "scale_attn_by_inverse_layer_idx"):
@@ -253,6 +258,10 @@ SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
         "1/√r · ln(1+e)/(ln 2)² (q_scale·k_scale); q also × softplus(per_dim_scale) per dim "
         "(flag, not folded)",
         _scale_gemma4_audio,
+    ),
+    "gemma3n_audio": (
+        "1/√r · 1/ln 2 (q_scale); q also × softplus(per_dim_scale) per dim (flag, not folded)",
+        _scale_gemma3n_audio,
     ),
 }
 
@@ -655,6 +664,17 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "logit soft-cap, chunked local attention (sliding_window = past + 1 + future), "
         "clipped projections (clipped_linears)",
         tested_by=("gemma4_audio",),
+        o_names=("post",),
+    ),
+    Architecture(
+        "Gemma-3n audio (conformer; q/k/v in the child `attn`, out-projection `post` beside it)",
+        ("Gemma3nAudioConformerAttention",),
+        (),
+        scale="gemma3n_audio",
+        flags="per-dimension query scale softplus(per_dim_scale) (per_dim_scale, raw W_Q "
+        "reported), relative position scores (relative_position_embedding), logit soft-cap, "
+        "chunked local attention (sliding_window = past + 1 + future)",
+        tested_by=("gemma3n_audio",),
         o_names=("post",),
     ),
     Architecture(
@@ -1504,27 +1524,39 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
         "relative_position_bias" in n
         or "relative_attention_bias" in n
         or n.split(".")[0]
-        in ("pos_bias_u", "linear_pos", "distance_embedding", "relative_k_proj")  # conformers
+        in (  # conformers; Gemma-4 / Gemma-3n audio
+            "pos_bias_u",
+            "linear_pos",
+            "distance_embedding",
+            "relative_k_proj",
+            "relative_position_embedding",
+        )
         for n, _ in module.named_parameters()
     ):
         flags["relative_position_bias"] = True
     return flags
 
 
-def _chunked_window(module: nn.Module) -> tuple[int, int, int] | None:
-    """(chunk size, past, future) of a chunked local attention, else None.
+def _chunked_window(module: nn.Module) -> tuple[int, int, int, str] | None:
+    """(chunk size, past, future, whose mask) of a chunked local attention, else None.
 
     Gemma-4 audio: blocks of ``chunk_size`` queries, each gathering a context of
     ``max_past_horizon`` = L − 1 earlier and ``max_future_horizon`` = R later positions around
     its block (L, R: ``attention_context_left`` / ``_right``); the encoder's mask
     (``sliding_window_mask_function((L − 1, R))``: 0 ≤ i − j < L − 1 or 0 < j − i < R) then keeps
     for query i the keys i − (L − 2) … i + (R − 1), one fewer on each side than the context.
+    Gemma-3n audio masks inside the module (``local_causal_valid_mask``): keys i − (L − 1) …
+    i + R, the whole context.
     """
     chunk = _pos_int(getattr(module, "chunk_size", None))
     past, future = (getattr(module, a, None) for a in ("max_past_horizon", "max_future_horizon"))
     if chunk is None or not all(isinstance(x, int) and x >= 0 for x in (past, future)):
         return None
-    return chunk, max(int(past) - 1, 0), max(int(future) - 1, 0)  # type: ignore[arg-type]
+    if isinstance(getattr(module, "local_causal_valid_mask", None), Tensor):
+        own = "the module's own mask over the block's gathered context"
+        return chunk, int(past), int(future), own  # type: ignore[arg-type]
+    encoder = "the encoder's mask; the block's gathered context is one wider on each side"
+    return chunk, max(int(past) - 1, 0), max(int(future) - 1, 0), encoder  # type: ignore[arg-type]
 
 
 def _query_dim_scale(module: nn.Module, name: str) -> dict[str, object]:
@@ -1574,17 +1606,17 @@ def plan_from_module(
     v = _find(module, V_NAMES)
     fused = _find(module, [arch.fused] if arch.fused else FUSED_NAMES)
     inner: nn.Module | None = None
+    inner_name = ""
     if fused is not None and arch.fused and "." in arch.fused:  # fused inside a BERT-style child
-        inner = module.get_submodule(arch.fused.rsplit(".", 1)[0])
+        inner_name = arch.fused.rsplit(".", 1)[0]
+        inner = module.get_submodule(inner_name)
     if not (q and k and v) and fused is None:
         self_name = _bert_self(module)
-        if (
-            self_name is None
-            or o[0] != "output.dense.weight"
-            and not o[0].startswith("output.dense.")
-        ):
+        bert_o = o[0] == "output.dense.weight" or o[0].startswith("output.dense.")
+        own_o = o[0].split(".")[0] in arch.o_names  # Gemma-3n audio: attn.{q,k,v} + post
+        if self_name is None or not (bert_o or own_o):
             return None
-        inner = module.get_submodule(self_name)
+        inner, inner_name = module.get_submodule(self_name), self_name
         q, k, v = (_find(inner, names) for names in (Q_NAMES, K_NAMES, V_NAMES))
         assert q and k and v
         q, k, v = ((_join(self_name, t[0]), t[1]) for t in (q, k, v))  # type: ignore[assignment]
@@ -1663,12 +1695,20 @@ def plan_from_module(
         if rotary and rdim and rdim < r:
             flags["partial_rotary"] = rdim / r
     flags.update(_query_dim_scale(module, name))
-    chunk = _chunked_window(module)
+    if inner is not None:
+        flags.update(_query_dim_scale(inner, _join(name, inner_name)))
+    chunk = _chunked_window(module) or (_chunked_window(inner) if inner is not None else None)
     if chunk is not None:
         plan.notes += (
             f"chunked local attention: blocks of {chunk[0]} queries; query i reads keys "
-            f"i − {chunk[1]} … i + {chunk[2]} (the encoder's mask; the block's gathered context "
-            "is one wider on each side), the positions counted by sliding_window",
+            f"i − {chunk[1]} … i + {chunk[2]} ({chunk[3]}), the positions counted by "
+            "sliding_window",
+        )
+    clip = getattr(module, "gradient_clipping", None)  # Gemma-3n audio: clamp after `post`
+    if isinstance(clip, Tensor) and clip.numel() == 1:
+        plan.notes += (
+            f"the module clamps its out-projection's output to ±{float(clip):.3g}; the factors "
+            "are exact inside that range",
         )
     if kind == "cross":
         flags["cross_attention"] = True
@@ -1716,11 +1756,15 @@ def _live_scale(
 ) -> float:
     if arch.scale == "qk_each":  # the module's `scaling` multiplies q and k each
         return _scale_qk_each(config, r, block)
-    if arch.scale == "gemma4_audio":  # the module's own q_scale · k_scale
-        qs, ks = getattr(module, "q_scale", None), getattr(module, "k_scale", None)
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (qs, ks)):
-            return float(qs) * float(ks)  # type: ignore[arg-type]
-        return _scale_gemma4_audio(config, r, block)
+    if arch.scale in ("gemma4_audio", "gemma3n_audio"):  # the module's own q_scale (· k_scale)
+        for mod in (module, inner):
+            qs = getattr(mod, "q_scale", None) if mod is not None else None
+            ks = getattr(mod, "k_scale", 1.0)
+            if isinstance(qs, Tensor) and qs.numel() == 1:  # Gemma-3n: a buffer
+                qs = float(qs)
+            if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (qs, ks)):
+                return float(qs) * float(ks)  # type: ignore[arg-type]
+        return SCALE_RULES[arch.scale][1](config, r, block)
     if arch.scale == "inv_sqrt":
         for mod in (module, inner):
             for attr in _SCALE_ATTRS:
