@@ -1976,6 +1976,22 @@ def test_gemma4_multimodal_model_extracts_its_audio_tower() -> None:
         assert roles[prefix + "post.linear.weight"] == "attn_ov"
 
 
+def test_relative_k_proj_is_flagged_beyond_gemma() -> None:
+    """``relative_k_proj`` (Transformer-XL-style relative scores, with ``bias_u``/``bias_v``) marks
+    relative position scores wherever it sits: Parakeet's encoder, extracted by the name table,
+    had carried no flag for them."""
+    model = t.ParakeetEncoder(
+        t.ParakeetEncoderConfig(
+            hidden_size=D, num_hidden_layers=L, num_attention_heads=H, intermediate_size=2 * D
+        )
+    )
+    layers = attention_heads(model, strict=True)
+    assert len(layers) == L and all(lh.flags.get("relative_position_bias") for lh in layers)
+    assert all(
+        "relative position scores are added to the QK scores" in " ".join(lh.notes) for lh in layers
+    )
+
+
 def test_deepseek_v3_dispatches_to_mla() -> None:
     mla = pytest.importorskip("rankdecay.mla")
     cfg = t.DeepseekV3Config(
