@@ -261,6 +261,85 @@ def _rope_dims(module: nn.Module, config: object | None, D: int) -> int:
     return p if isinstance(p, int) and 0 <= p <= D else D
 
 
+def _dsv4_flags(
+    module: nn.Module, config: object | None, name: str, H: int, D: int, p: int, G: int, o_lora: int
+) -> tuple[dict[str, object], list[str]]:
+    """The flags and notes of one DeepSeek-V4 attention module (see :func:`dsv4_layer_heads`)."""
+    notes: list[str] = []
+    per = H // G
+    flags: dict[str, object] = {"rotary": True, "mqa": True}
+    if 0 < p < D:
+        flags["partial_rotary"] = p / D
+    flags["rotary_part"] = {
+        "dims_per_head": p,
+        "query": f"the trailing {p} of each head's {D} rows of {name}.q_b_proj",
+        "key": f"the trailing {p} rows of {name}.kv_proj (one key head shared by all query heads)",
+        "interleaved": True,
+        "in_circuit": True,
+        "value": "rotated by the key's position, rotated back by the query's: in the OV "
+        "circuit at relative offset 0",
+    }
+    rope = getattr(config, "rope_parameters", None)
+    rope = rope.get(getattr(module, "rope_layer_type", None)) if isinstance(rope, dict) else None
+    rope = rope if isinstance(rope, dict) else {}
+    factor = rope.get("attention_factor")
+    if isinstance(factor, (int, float)) and rope.get("rope_type", "default") != "default":
+        if factor != 1.0:  # cos, sin × m: the rotary dims of q·k (and of the value) by m²
+            flags["rope_attention_factor"] = float(factor)
+            notes.append(
+                f"rotary cos/sin scaled by {factor:.4g}: the rotated part of q·kᵀ, and the "
+                f"value's rotary dims, by {factor:.4g}² (not in the scale: partial rotary)"
+            )
+    flags["qk_norm"] = "per_head"
+    flags["attention_sinks"] = isinstance(getattr(module, "sinks", None), Tensor)
+    window = getattr(module, "sliding_window", None)
+    if isinstance(window, int) and not isinstance(window, bool) and window > 0:
+        flags["sliding_window"] = window
+    flags["output_groups"] = {"groups": G, "rank": o_lora}
+    layer_type = getattr(module, "layer_type", None)
+    compressor = getattr(module, "compressor", None)
+    if isinstance(compressor, nn.Module):
+        flags["attention_form"] = DSV4_FORMS.get(
+            str(layer_type),
+            f"{type(compressor).__name__}: compressed keys/values join those of the window",
+        )
+        notes.append(
+            f"not plain softmax attention ({flags['attention_form']}): the spectra describe "
+            "W_Q·W_Kᵀ and W_V·W_O, not the model's attention map alone; the compressor's own "
+            "projections are not extracted"
+        )
+    if not flags["attention_sinks"]:
+        del flags["attention_sinks"]
+    notes.append(
+        f"DeepSeek-V4: one key/value head (kv_proj) read as both key and value by all {H} query "
+        f"heads; QK over all {D} dims of a head at relative offset 0 (rotary on the trailing "
+        f"{p}, interleaved); the value's rotary dims are rotated back at the query's position, "
+        "so OV is exact for them at relative offset 0"
+    )
+    notes.append(
+        "QK-norm (per_head): q_b_norm rescales each query head by 1/rms (no gain) and kv_norm "
+        "each key/value row by 1/rms: per-token scalars, not in W_QK"
+    )
+    if "attention_sinks" in flags:
+        notes.append(
+            "attention sinks: a learned per-head logit joins each softmax (rows sum to < 1); "
+            "not part of W_QK"
+        )
+    notes.append(
+        f"output projection grouped low-rank: W_O^h = o_a_proj block of head h ({G} groups of "
+        f"{per} heads, rank {o_lora}) then o_b_proj's columns of its group, materialized (the "
+        "product in float64, kept in at least float32)"
+    )
+    hc = getattr(config, "hc_mult", None)
+    if isinstance(hc, int) and hc > 1:
+        notes.append(
+            f"hyper-connections: the residual is {hc} streams; the attention reads a "
+            "data-dependent mix of them (then input_layernorm) and its output is added to each "
+            "with a data-dependent weight, outside W_V·W_O"
+        )
+    return flags, notes
+
+
 def dsv4_layer_heads(
     name: str,
     module: nn.Module,
@@ -367,76 +446,8 @@ def dsv4_layer_heads(
     W_O = (W_a.double() @ W_b[:, None].double()).reshape(H, D, d).to(dt)  # (H, D, d)
     scale = getattr(module, "scaling", None)
     scale = float(scale) if isinstance(scale, (int, float)) else 1.0 / math.sqrt(D)
-    flags: dict[str, object] = {"rotary": True, "mqa": True}
-    if 0 < p < D:
-        flags["partial_rotary"] = p / D
-    flags["rotary_part"] = {
-        "dims_per_head": p,
-        "query": f"the trailing {p} of each head's {D} rows of {name}.q_b_proj",
-        "key": f"the trailing {p} rows of {name}.kv_proj (one key head shared by all query heads)",
-        "interleaved": True,
-        "in_circuit": True,
-        "value": "rotated by the key's position, rotated back by the query's: in the OV "
-        "circuit at relative offset 0",
-    }
-    rope = getattr(config, "rope_parameters", None)
-    rope = rope.get(getattr(module, "rope_layer_type", None)) if isinstance(rope, dict) else None
-    rope = rope if isinstance(rope, dict) else {}
-    factor = rope.get("attention_factor")
-    if isinstance(factor, (int, float)) and rope.get("rope_type", "default") != "default":
-        if factor != 1.0:  # cos, sin × m: the rotary dims of q·k (and of the value) by m²
-            flags["rope_attention_factor"] = float(factor)
-            notes.append(
-                f"rotary cos/sin scaled by {factor:.4g}: the rotated part of q·kᵀ, and the "
-                f"value's rotary dims, by {factor:.4g}² (not in the scale: partial rotary)"
-            )
-    flags["qk_norm"] = "per_head"
-    flags["attention_sinks"] = isinstance(getattr(module, "sinks", None), Tensor)
-    window = getattr(module, "sliding_window", None)
-    if isinstance(window, int) and not isinstance(window, bool) and window > 0:
-        flags["sliding_window"] = window
-    flags["output_groups"] = {"groups": G, "rank": o_lora}
-    layer_type = getattr(module, "layer_type", None)
-    compressor = getattr(module, "compressor", None)
-    if isinstance(compressor, nn.Module):
-        flags["attention_form"] = DSV4_FORMS.get(
-            str(layer_type),
-            f"{type(compressor).__name__}: compressed keys/values join those of the window",
-        )
-        notes.append(
-            f"not plain softmax attention ({flags['attention_form']}): the spectra describe "
-            "W_Q·W_Kᵀ and W_V·W_O, not the model's attention map alone; the compressor's own "
-            "projections are not extracted"
-        )
-    if not flags["attention_sinks"]:
-        del flags["attention_sinks"]
-    notes.append(
-        f"DeepSeek-V4: one key/value head (kv_proj) read as both key and value by all {H} query "
-        f"heads; QK over all {D} dims of a head at relative offset 0 (rotary on the trailing "
-        f"{p}, interleaved); the value's rotary dims are rotated back at the query's position, "
-        "so OV is exact for them at relative offset 0"
-    )
-    notes.append(
-        "QK-norm (per_head): q_b_norm rescales each query head by 1/rms (no gain) and kv_norm "
-        "each key/value row by 1/rms: per-token scalars, not in W_QK"
-    )
-    if "attention_sinks" in flags:
-        notes.append(
-            "attention sinks: a learned per-head logit joins each softmax (rows sum to < 1); "
-            "not part of W_QK"
-        )
-    notes.append(
-        f"output projection grouped low-rank: W_O^h = o_a_proj block of head h ({G} groups of "
-        f"{per} heads, rank {o_lora}) then o_b_proj's columns of its group, materialized (the "
-        "product in float64, kept in at least float32)"
-    )
-    hc = getattr(config, "hc_mult", None)
-    if isinstance(hc, int) and hc > 1:
-        notes.append(
-            f"hyper-connections: the residual is {hc} streams; the attention reads a "
-            "data-dependent mix of them (then input_layernorm) and its output is added to each "
-            "with a data-dependent weight, outside W_V·W_O"
-        )
+    flags, more = _dsv4_flags(module, config, name, H, D, p, G, o_lora)
+    notes.extend(more)
     if any(getattr(m, "bias", None) is not None for m in (q_a, q_b, kv, o_a, o_b)):
         notes.append("biases are not part of the circuits")
     q_params = (f"{name}.q_a_proj.weight", f"{name}.q_b_proj.weight")
