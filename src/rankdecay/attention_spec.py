@@ -233,6 +233,12 @@ def _scale_gpt2(config: object, r: int, block: int) -> float:
     return scale
 
 
+def _scale_mla(config: object, r: int, block: int) -> float:
+    from .mla import mla_scale  # r = n + p: the non-rotary and rotary dims of a query head
+
+    return mla_scale(config, r)
+
+
 #: score scale rules: name → (config, head_dim r, block index) ↦ scale (scores = scale·q·kᵀ).
 SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
     "inv_sqrt": ("1/√r", _scale_inv_sqrt),
@@ -243,6 +249,7 @@ SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
     "gpt2": ("1/√r (÷ (layer+1) with scale_attn_by_inverse_layer_idx)", _scale_gpt2),
     "attention_multiplier": ("attention_multiplier (config)", _scale_attention_multiplier),
     "qk_each": ("1/√r (q and k each × r^(-1/4))", _scale_qk_each),
+    "mla": ("1/√(n + p), × mscale² with YaRN mscale_all_dim", _scale_mla),
 }
 
 #: module attributes holding the model's own scale (live modules: preferred over the rule).
@@ -634,8 +641,9 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         "DeepSeek-V2/V3 (MLA)",
         ("DeepseekV2Attention", "DeepseekV3Attention"),
-        ("deepseek_v3",),
+        ("deepseek_v2", "deepseek_v3"),
         "mla",
+        scale="mla",
         flags="decoupled rotary part (reported, not in W_QK)",
         tested_by=("deepseek_v3",),
     ),
@@ -1724,6 +1732,15 @@ def plan_from_checkpoint(
     for prefix in sorted(prefixes, key=natural):
         cfg = _sub_config(config, prefix)
         arch = _BY_MODEL_TYPE.get(str(cfg.get("model_type", "")), arch0)
+        if arch.layout == "mla":  # DeepSeek-V2/V3: rankdecay.mla, the rule of the live modules
+            from .mla import mla_plan_from_checkpoint
+
+            declared = _pos_int(cfg.get("num_hidden_layers"))
+            if declared is not None and _block_index(prefix) >= declared:
+                continue  # DeepSeek-V3's multi-token-prediction layer: transformers skips it too
+            mla = mla_plan_from_checkpoint(prefix, cfg, names, len(plans))
+            plans.extend([mla] if mla is not None else [])  # type: ignore[list-item]
+            continue
         if arch.layout == "moa":
             if _join(prefix, MOA_NAMES["o"]) in names:
                 moa = _moa_plan(prefix, len(plans), arch, cfg, _block_index(prefix))
