@@ -211,17 +211,25 @@ def mla_layer_heads(
     tensors = {plan.weight(part): getattr(module, part).weight for part in (*parts, *_KV_O)}
     plan.bias = any(getattr(module, part).bias is not None for part in (parts[-1], *_KV_O))
     for field_, norm in (("q_norm", "q_a_layernorm"), ("kv_norm", "kv_a_layernorm")):
-        if (field_ == "kv_norm" or lora_q) and (g := _gain(getattr(module, norm, None))) is not None:
+        if (field_ == "kv_norm" or lora_q) and (
+            g := _gain(getattr(module, norm, None))
+        ) is not None:
             tensors[plan.weight(norm)] = g
             setattr(plan, field_, plan.weight(norm))
     return mla_heads_from_tensors(plan, tensors.__getitem__, fold_norm=fold_norm)
+
+
+#: ``rope_interleave`` of a config.json that omits it (the config class's default: the hub's
+#: DeepSeek-V3 config.json predates the key; DeepseekV2Config has none)
+_ROPE_INTERLEAVE_DEFAULT = {"deepseek_v3": True}
 
 
 def mla_plan_from_checkpoint(
     prefix: str, config: Mapping[str, Any], names: Set[str], layer: int
 ) -> MLAPlan | None:
     """The :class:`MLAPlan` of the MLA module at ``prefix`` of a checkpoint from its tensor
-    names and (sub-)``config.json``, or None when ``prefix`` has no MLA projections. Sizes come
+    names and (sub-)``config.json``, or None when ``prefix`` has no MLA projection (one of them
+    missing is named by the dry run that reads the plan's tensors). Sizes come
     from ``num_attention_heads``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim`` and
     ``kv_lora_rank`` (the tensors' widths are checked against them when read), the scale from
     :func:`mla_scale`; queries are low-rank when ``q_a_proj``/``q_b_proj`` are present (V3,
@@ -230,11 +238,9 @@ def mla_plan_from_checkpoint(
     def has(part: str, what: str = "weight") -> bool:
         return f"{prefix}.{part}.{what}" in names
 
-    if not all(has(part) for part in _KV_O):
-        return None
-    lora_q = has("q_a_proj") and has("q_b_proj")
-    if not (lora_q or has("q_proj")):
-        return None
+    if not any(has(part) for part in ("kv_a_proj_with_mqa", "kv_b_proj", "q_a_proj", "q_b_proj")):
+        return None  # no MLA projection: not an MLA module (a missing one is named when read)
+    lora_q = has("q_a_proj") or has("q_b_proj") or not has("q_proj")
     dims = {}
     for key in ("num_attention_heads", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
         value = config.get(key)
@@ -251,7 +257,9 @@ def mla_plan_from_checkpoint(
             "module needs; fix config.json (save it with the model's config class)."
         )
     n, p = dims["qk_nope_head_dim"], dims["qk_rope_head_dim"]
-    interleaved = config.get("rope_interleave")
+    interleaved = config.get(
+        "rope_interleave", _ROPE_INTERLEAVE_DEFAULT.get(config.get("model_type"))
+    )
     q_last = "q_b_proj" if lora_q else "q_proj"
     return MLAPlan(
         name=prefix,
