@@ -890,7 +890,10 @@ def test_mla_reads_one_layer_of_attention_tensors_at_a_time(
     single = tmp_path / "mtp"
     model.save_pretrained(single)
     save_file(state, str(single / "model.safetensors"), metadata={"format": "pt"})
-    assert analyze(single).model["layer_names"] == ["layers.0.self_attn", "layers.1.self_attn"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither planned nor reported as missed
+        report = analyze(single)
+    assert report.model["layer_names"] == ["layers.0.self_attn", "layers.1.self_attn"]
 
 
 def test_mla_fold_norm_uses_the_in_memory_rule(tmp_path: Path) -> None:
@@ -905,3 +908,22 @@ def test_mla_fold_norm_uses_the_in_memory_rule(tmp_path: Path) -> None:
     _same(analyze(model, fold_norm=True), report)
     with pytest.raises(AssertionError):
         _same(analyze(model), report)
+
+
+def test_mla_module_the_plan_does_not_cover_is_named(tmp_path: Path) -> None:
+    """An MLA module (``kv_a_proj_with_mqa``, ``q_a_proj``) in a model type the plan does not
+    read as MLA is named in the warning, not silently left out of the streamed report."""
+    from safetensors.torch import save_file
+
+    from rankdecay.heads import UnrecognizedAttentionWarning
+
+    model = _llama()
+    path = tmp_path / "m"
+    model.save_pretrained(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    for part, shape in (("q_a_proj", (16, 64)), ("kv_a_proj_with_mqa", (12, 64))):
+        state[f"extra.0.self_attn.{part}.weight"] = torch.zeros(shape)
+    state["extra.0.self_attn.o_proj.weight"] = torch.zeros(64, 64)
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.warns(UnrecognizedAttentionWarning, match="extra.0.self_attn"):
+        assert analyze(path).model["n_layers"] == 3

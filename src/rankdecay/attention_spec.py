@@ -1695,6 +1695,18 @@ def _sub_config(config: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
     return config
 
 
+def is_unloaded_mtp_layer(config: Mapping[str, Any], prefix: str) -> bool:
+    """``prefix`` is in DeepSeek-V3's multi-token-prediction layer ``layers.<num_hidden_layers>``
+    (an MLA model's block beyond the declared depth), which transformers does not load (its
+    ``_keys_to_ignore_on_load_unexpected``): not planned, and not reported as missed."""
+    cfg = _sub_config(config, prefix)
+    arch = _BY_MODEL_TYPE.get(str(cfg.get("model_type", "")))
+    declared = _pos_int(cfg.get("num_hidden_layers"))
+    if arch is None or arch.layout != "mla" or declared is None:
+        return False
+    return re.search(r"(^|\.)\d+(\.|$)", prefix) is not None and _block_index(prefix) >= declared
+
+
 def plan_from_checkpoint(
     config: Mapping[str, Any], tensor_names: Iterable[str]
 ) -> list[AttentionPlan]:
@@ -1735,9 +1747,8 @@ def plan_from_checkpoint(
         if arch.layout == "mla":  # DeepSeek-V2/V3: rankdecay.mla, the rule of the live modules
             from .mla import mla_plan_from_checkpoint
 
-            declared = _pos_int(cfg.get("num_hidden_layers"))
-            if declared is not None and _block_index(prefix) >= declared:
-                continue  # DeepSeek-V3's multi-token-prediction layer: transformers skips it too
+            if is_unloaded_mtp_layer(config, prefix):
+                continue
             mla = mla_plan_from_checkpoint(prefix, cfg, names, len(plans))
             plans.extend([mla] if mla is not None else [])  # type: ignore[list-item]
             continue

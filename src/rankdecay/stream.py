@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attention_spec import FUSED_NAMES, Q_NAMES, _pos_int, cfg_get
+from .attention_spec import FUSED_NAMES, Q_NAMES, _pos_int, cfg_get, is_unloaded_mtp_layer
 from .checkpoint import (
     FLOAT_DTYPES,
     CheckpointIndex,
@@ -155,17 +155,23 @@ def _module_order(plans: Sequence[Any]) -> list[Any]:
     return ordered
 
 
-def _unplanned_attention(index: CheckpointIndex, planned: Sequence[_Planned]) -> list[str]:
-    """Modules with a query-like or fused-qkv tensor (``P.<q_proj|query|qkv|c_attn|…>.weight``)
-    that no plan reads: attention the name-based plan missed."""
+#: projections only latent/low-rank attention has (MLA of a model type the plan does not cover)
+MLA_MARKERS = ("kv_a_proj_with_mqa", "q_a_proj")
+
+
+def _unplanned_attention(
+    index: CheckpointIndex, planned: Sequence[_Planned], config: Mapping[str, Any]
+) -> list[str]:
+    """Modules with a query-like, fused-qkv or MLA tensor (``P.<q_proj|query|qkv|c_attn|
+    kv_a_proj_with_mqa|…>.weight``) that no plan reads: attention the name-based plan missed."""
     used = {n for p in planned for n in p.names}
-    q_like = set(Q_NAMES) | set(FUSED_NAMES)
+    q_like = set(Q_NAMES) | set(FUSED_NAMES) | set(MLA_MARKERS)
     modules = set()
     for name in index.specs:
         parts = name.split(".")
         if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in q_like and name not in used:
             modules.add(".".join(parts[:-2]))
-    return sorted(modules)
+    return sorted(m for m in modules if not is_unloaded_mtp_layer(config, m))
 
 
 def _check_config_fits(
@@ -279,7 +285,7 @@ def analyze_directory(
             )
         return None
     planned = _dry_run(plans, index)
-    missed = _unplanned_attention(index, planned)
+    missed = _unplanned_attention(index, planned, config)
     if missed:
         warnings.warn(
             f"{directory}: {len(missed)} attention-like module(s) are not covered by the streaming "
