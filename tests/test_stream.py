@@ -927,3 +927,63 @@ def test_mla_module_the_plan_does_not_cover_is_named(tmp_path: Path) -> None:
     save_file(state, str(path / "model.safetensors"))
     with pytest.warns(UnrecognizedAttentionWarning, match="extra.0.self_attn"):
         assert analyze(path).model["n_layers"] == 3
+
+
+@pytest.mark.parametrize("q_lora", [16, None])
+def test_mla_checkpoint_plan_builds_the_live_layer_heads(q_lora: int | None) -> None:
+    """plan_from_checkpoint(config.json, names) + layer_heads_from_tensors(state_dict) gives the
+    live rule's LayerHeads bit for bit (factors, chains, flags, notes, scale, params); with
+    materialize=False (what streaming uses) the chains are the same and W_Q, W_K, W_V stay meta."""
+    from rankdecay.heads import attention_heads, layer_heads_from_tensors, plan_from_checkpoint
+
+    model = _deepseek("V2", q_lora)
+    live = {lh.name: lh for lh in attention_heads(model)}
+    state = model.state_dict()
+    plans = plan_from_checkpoint(json.loads(model.config.to_json_string()), list(state))
+    assert [p.name for p in plans] == list(live)
+    for plan in plans:
+        ref = live[plan.name]
+        for materialize in (True, False):
+            disk = layer_heads_from_tensors(plan, state.__getitem__, materialize=materialize)
+            for f in (
+                "layer",
+                "name",
+                "flags",
+                "notes",
+                "scale",
+                "qk_params",
+                "ov_params",
+                "family",
+            ):
+                assert getattr(disk, f) == getattr(ref, f), f
+            assert disk.W_O.equal(ref.W_O)
+            for circuit in ("qk", "ov"):
+                for got, want in zip(disk.chains[circuit], ref.chains[circuit], strict=True):  # type: ignore[index]
+                    assert all(g.equal(w) for g, w in zip(got, want, strict=True))
+            for f in ("W_Q", "W_K", "W_V"):  # products: torch.matmul of a (d, ·) by a batch
+                got, want = getattr(disk, f), getattr(ref, f)  # rounds differently for tensors
+                assert (got.shape, got.dtype) == (want.shape, want.dtype)  # with requires_grad
+                if materialize or (f == "W_Q" and q_lora is None):
+                    atol = 1e-6 * float(want.abs().max())  # float32 rounding of the sums
+                    torch.testing.assert_close(got, want, rtol=1e-6, atol=atol)
+                else:
+                    assert got.is_meta
+
+
+def test_mla_legacy_rope_scaling_in_config_json(tmp_path: Path) -> None:
+    """A hub config.json that still says rope_scaling {"type": "yarn", …} (DeepSeek-V2-Lite,
+    V3) gives the scale transformers gives it."""
+    model = _deepseek("V2", None, rope_scaling=_YARN)
+    model.save_pretrained(tmp_path / "ds")
+    config = json.loads((tmp_path / "ds" / "config.json").read_text())
+    params = config.pop("rope_parameters")
+    params["type"] = params.pop("rope_type")
+    config["rope_scaling"] = params
+    (tmp_path / "ds" / "config.json").write_text(json.dumps(config))
+    streamed = analyze(tmp_path / "ds")
+    assert streamed.model["streamed"] is True
+    assert streamed.model["scale"] == pytest.approx(analyze(model).model["scale"], rel=1e-15)
+    assert streamed.model["scale"] == pytest.approx(
+        analyze(load_model(tmp_path / "ds")).model["scale"], rel=1e-15
+    )
+    assert streamed.model["scale"] != pytest.approx(10**-0.5)

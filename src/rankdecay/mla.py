@@ -279,12 +279,21 @@ def mla_plan_from_checkpoint(
 
 
 def mla_heads_from_tensors(
-    plan: MLAPlan, get: Callable[[str], Tensor], *, fold_norm: bool = False
+    plan: MLAPlan,
+    get: Callable[[str], Tensor],
+    *,
+    fold_norm: bool = False,
+    materialize: bool = True,
 ) -> LayerHeads:
     """The :class:`~rankdecay.heads.LayerHeads` of one MLA module from its plan and a tensor
     lookup (a live module's parameters, or tensors read from a checkpoint): the one rule of
     both paths. Widths that do not fit the plan's sizes raise :class:`UnsupportedModelError`;
-    the norm gains are read (``get(plan.q_norm)`` …) only with ``fold_norm``."""
+    the norm gains are read (``get(plan.q_norm)`` …) only with ``fold_norm``.
+
+    ``materialize=False`` leaves the effective W_Q, W_K, W_V as meta tensors of their shapes and
+    dtypes (no data): for a caller that takes the spectra from ``chains`` alone (checkpoint
+    streaming), which then skips the d·q_lora·H·n and 2·d·kv_lora·H·n multiply-adds per layer
+    (a DeepSeek-V3 layer: about 0.6 TFLOP and three 235 MB bfloat16 products)."""
     name = plan.name
     H, n, p, v, kv_lora = plan.n_heads, plan.nope, plan.rope, plan.v_dim, plan.kv_lora
     q_params = plan.q_params
@@ -337,15 +346,22 @@ def mla_heads_from_tensors(
             "MLA latent norm gains (q_a_layernorm, kv_a_layernorm) not folded: raw weights "
             "(fold_norm=True folds them between the factors)"
         )
+
+    def product(a: Tensor, b: Tensor) -> Tensor:  # (d, ·) @ (H, ·, m) → (H, d, m)
+        if materialize:
+            return a @ b
+        shape, dtype = (b.shape[0], a.shape[0], b.shape[-1]), torch.promote_types(a.dtype, b.dtype)
+        return torch.empty(shape, dtype=dtype, device="meta")
+
     if q_a is not None:
         q_down = q_a.mT  # (d, q_lora), shared by every head
         a_qk: tuple[Tensor, ...] = (q_down, q_nope)
-        W_Q = q_down @ q_nope  # (H, d, n)
+        W_Q = product(q_down, q_nope)  # (H, d, n)
     else:
         a_qk = (q_nope,)
         W_Q = q_nope
-    W_K = latent @ k_up  # (H, d, n)
-    W_V = latent @ v_up  # (H, d, v)
+    W_K = product(latent, k_up)  # (H, d, n)
+    W_V = product(latent, v_up)  # (H, d, v)
     kv_params = (plan.weight("kv_a_proj_with_mqa"), plan.weight("kv_b_proj"))
     rotary_part = {
         "dims_per_head": p,

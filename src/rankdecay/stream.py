@@ -230,7 +230,8 @@ def _stream_records(
                 assert ahead is not None
                 tensors = ahead.result()
                 ahead = pool.submit(read, i + 1) if i + 1 < len(planned) else None
-                lh = layer_heads_from_tensors(item.plan, tensors.__getitem__)
+                # the spectra of chains (MLA) need no materialized W_Q, W_K, W_V
+                lh = layer_heads_from_tensors(item.plan, tensors.__getitem__, materialize=False)
                 with torch.no_grad():
                     records.extend(_spectra_records([lh], circuits, rtol, False))
                 del lh, tensors
