@@ -6,7 +6,8 @@ the header shapes (so a config that does not fit its files fails before any data
 memory allocated), and then, for one attention module at a time:
 
     read its q/k/v/o tensors (memory-mapped, any of float32/bf16/fp16/fp64)
-      → per-head factors (``heads.layer_heads_from_tensors``, the live-module rules)
+      → per-head factors (``heads.layer_heads_from_tensors``, the live-module rules; an MLA
+        layer of DeepSeek-V2/V3 by ``mla.mla_heads_from_tensors``, its chains only)
       → singular values and metrics in float64 (``spectral_report._spectra_records``)
 
 while a background thread already pages in the next module's tensors (one layer ahead). Peak
