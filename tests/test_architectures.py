@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import torch
+from roles_check import assert_params_are_the_factors
 from torch import Tensor, nn
 
 from rankdecay.attention_spec import ARCHITECTURES, architectures_table
@@ -2319,19 +2320,7 @@ def test_attention_roles_and_parameter_names(name: str) -> None:
 
     model = CASES[name].build()
     roles = param_roles(model, strict=True)
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    for lh in attention_heads(model):
-        for circuit, listed in (("qk", lh.qk_params), ("ov", lh.ov_params)):
-            A, B_ = lh.factors(circuit)
-            grads = torch.autograd.grad(
-                A.sum() + B_.sum(), list(params.values()), allow_unused=True
-            )
-            touched = {n for n, g in zip(params, grads) if g is not None and g.abs().sum() > 0}
-            assert touched == set(listed), (circuit, touched, listed)
-        for n in lh.qk_params:
-            assert roles[n] == "attn_qk", n
-        for n in lh.ov_params:
-            assert roles[n] == ("attn_qk" if n in lh.qk_params else "attn_ov"), n
+    assert_params_are_the_factors(model, roles)
 
 
 @pytest.mark.parametrize(

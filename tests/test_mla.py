@@ -11,6 +11,8 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
+from roles_check import assert_params_are_the_factors  # noqa: E402
+
 from rankdecay.analyze import analyze  # noqa: E402
 from rankdecay.heads import attention_heads  # noqa: E402
 from rankdecay.mla import is_mla_attention, mla_layer_heads  # noqa: E402
@@ -385,17 +387,7 @@ def test_v4_analyze_roles_and_no_warning(tmp_path) -> None:  # type: ignore[no-u
             assert s.shape == (V4_H, V4_QLORA if c == "qk" else V4_HEAD), (c, s.shape)
             dense = torch.linalg.svdvals(M)[:, : s.shape[1]]
             assert ((s - dense).abs().amax(-1) <= 1e-12 * dense[:, 0]).all(), (lh.layer, c)
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    for lh in attention_heads(model):
-        for circuit, listed in (("qk", lh.qk_params), ("ov", lh.ov_params)):
-            A, B = lh.factors(circuit)
-            grads = torch.autograd.grad(A.sum() + B.sum(), list(params.values()), allow_unused=True)
-            touched = {n for n, g in zip(params, grads) if g is not None and g.abs().sum() > 0}
-            assert touched == set(listed), (circuit, touched, listed)
-        for n in lh.qk_params:
-            assert roles[n] == "attn_qk", n
-        for n in lh.ov_params:
-            assert roles[n] == ("attn_qk" if n in lh.qk_params else "attn_ov"), n
+    assert_params_are_the_factors(model, roles)
     # W_O^h = (o_a_proj block of head h)ᵀ (o_b_proj columns of its group)ᵀ, by hand
     attn = model.layers[0].self_attn
     per = V4_H // V4_GROUPS

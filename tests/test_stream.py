@@ -746,3 +746,244 @@ def test_streaming_equals_in_memory_across_layouts(family: str, tmp_path: Path) 
         streamed = analyze(tmp_path / family)
     assert streamed.model["streamed"] is True
     _same(analyze(model), streamed)  # same order, names, heads and values
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-head latent attention (DeepSeek-V2/V3): planned from tensor names + config.json
+# ---------------------------------------------------------------------------------------------
+
+
+def _deepseek(version: str, q_lora: int | None, **options: Any) -> nn.Module:
+    torch.manual_seed(5)
+    config = getattr(transformers, f"Deepseek{version}Config")(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=q_lora,
+        kv_lora_rank=8,
+        qk_nope_head_dim=6,
+        qk_rope_head_dim=4,
+        v_head_dim=5,
+        intermediate_size=40,
+        moe_intermediate_size=20,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        first_k_dense_replace=1,
+        vocab_size=50,
+        **options,
+    )
+    return getattr(transformers, f"Deepseek{version}Model")(config).eval()
+
+
+_YARN = {
+    "rope_type": "yarn",
+    "factor": 4.0,
+    "mscale": 1.0,
+    "mscale_all_dim": 1.0,
+    "original_max_position_embeddings": 1024,
+}
+
+
+@pytest.mark.parametrize(
+    "version,q_lora,shard,options",
+    [
+        ("V3", 16, "20KB", {}),
+        ("V2", None, "20KB", {}),  # V2-Lite: one q_proj, no query LoRA
+        ("V2", 12, None, {}),
+        ("V3", 16, None, {"rope_scaling": _YARN}),  # scale × mscale²
+    ],
+)
+def test_mla_streams_and_equals_in_memory(
+    version: str, q_lora: int | None, shard: str | None, options: dict[str, Any], tmp_path: Path
+) -> None:
+    model = _deepseek(version, q_lora, **options)
+    path = tmp_path / "ds"
+    model.save_pretrained(path, **({"max_shard_size": shard} if shard else {}))
+    assert (path / "model.safetensors.index.json").is_file() == (shard is not None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StreamingFallbackWarning)
+        streamed = analyze(path)
+    assert streamed.model["streamed"] is True
+    in_memory = analyze(model)
+    _same(in_memory, streamed)
+    for key in ("layer_names", "scale", "notes", "flags", "n_heads", "d_head", "d_v", "rotary"):
+        assert streamed.model[key] == in_memory.model[key], key
+    assert streamed.model["flags"]["layers.0.self_attn"]["mla"] is True
+    if options:
+        assert streamed.model["scale"] != pytest.approx(10**-0.5)
+
+
+def test_mla_negative_control_permuted_heads_differ(tmp_path: Path) -> None:
+    """The equality above can fail: heads 0 and 1 of kv_b_proj swapped on disk change the
+    streamed records of every layer (and only the head labels of kv_b_proj's rows move)."""
+    from safetensors.torch import save_file
+
+    model = _deepseek("V3", 16)
+    path = tmp_path / "ds"
+    model.save_pretrained(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    for i in range(2):
+        w = state[f"layers.{i}.self_attn.kv_b_proj.weight"].reshape(4, 11, 8)
+        state[f"layers.{i}.self_attn.kv_b_proj.weight"] = w[[1, 0, 2, 3]].reshape(44, 8)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(AssertionError):
+        _same(analyze(model), analyze(path))
+
+
+def test_mla_missing_or_misfit_tensor_is_one_sentence_before_any_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import save_file
+
+    model = _deepseek("V3", 16)
+    path = tmp_path / "ds"
+    model.save_pretrained(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    del state["layers.1.self_attn.kv_b_proj.weight"]
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    reads: list[Any] = []
+    monkeypatch.setattr(CheckpointIndex, "read", lambda self, names: reads.append(names))
+    with pytest.raises(CorruptCheckpointError, match=r"lack 'layers\.1\.self_attn\.kv_b_proj") as e:
+        analyze(path)
+    assert isinstance(e.value, RankdecayError) and "save_pretrained" in str(e.value)
+    assert main(["analyze", str(path), "--no-progress"]) == 2
+    assert "kv_b_proj" in capsys.readouterr().err
+    config = json.loads((path / "config.json").read_text())
+    config["kv_lora_rank"] = 6  # the widths of kv_a_proj_with_mqa / kv_b_proj no longer fit
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptCheckpointError, match="do not fit.*kv_a_proj_with_mqa"):
+        analyze(path)
+    assert reads == []  # nothing was read: the dry run on the headers refused both
+
+
+def test_mla_reads_one_layer_of_attention_tensors_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import save_file
+
+    model = _deepseek("V3", 16)
+    path = tmp_path / "ds"
+    model.save_pretrained(path, max_shard_size="20KB")
+    calls: list[list[str]] = []
+    original = CheckpointIndex.read
+
+    def spy(self: CheckpointIndex, names: Any) -> Any:
+        calls.append(list(names))
+        return original(self, names)
+
+    monkeypatch.setattr(CheckpointIndex, "read", spy)
+    analyze(path)
+    parts = {"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"}
+    assert [sorted(c) for c in calls] == [
+        sorted(f"layers.{i}.self_attn.{p}.weight" for p in parts) for i in range(2)
+    ]  # one layer per read, its five projections, no norm, MLP or embedding tensor
+
+    # DeepSeek-V3's multi-token-prediction layer (layers.<num_hidden_layers>, which
+    # transformers does not load) is not planned either
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    for k in list(state):
+        if k.startswith("layers.0."):
+            state["layers.2." + k[len("layers.0.") :]] = state[k].clone()
+    single = tmp_path / "mtp"
+    model.save_pretrained(single)
+    save_file(state, str(single / "model.safetensors"), metadata={"format": "pt"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither planned nor reported as missed
+        report = analyze(single)
+    assert report.model["layer_names"] == ["layers.0.self_attn", "layers.1.self_attn"]
+
+
+def test_mla_fold_norm_uses_the_in_memory_rule(tmp_path: Path) -> None:
+    model = _deepseek("V3", 16)
+    with torch.no_grad():  # gains ≠ 1, so folding them changes the spectra
+        for name, p in model.named_parameters():
+            if name.endswith("_layernorm.weight"):
+                p.uniform_(0.5, 2.0)
+    model.save_pretrained(tmp_path / "ds")
+    report = analyze(tmp_path / "ds", fold_norm=True)
+    assert "streamed" not in report.model and report.model["fold_norm"] is True
+    _same(analyze(model, fold_norm=True), report)
+    with pytest.raises(AssertionError):
+        _same(analyze(model), report)
+
+
+def test_mla_module_the_plan_does_not_cover_is_named(tmp_path: Path) -> None:
+    """An MLA module (``kv_a_proj_with_mqa``, ``q_a_proj``) in a model type the plan does not
+    read as MLA is named in the warning, not silently left out of the streamed report."""
+    from safetensors.torch import save_file
+
+    from rankdecay.heads import UnrecognizedAttentionWarning
+
+    model = _llama()
+    path = tmp_path / "m"
+    model.save_pretrained(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    for part, shape in (("q_a_proj", (16, 64)), ("kv_a_proj_with_mqa", (12, 64))):
+        state[f"extra.0.self_attn.{part}.weight"] = torch.zeros(shape)
+    state["extra.0.self_attn.o_proj.weight"] = torch.zeros(64, 64)
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.warns(UnrecognizedAttentionWarning, match="extra.0.self_attn"):
+        assert analyze(path).model["n_layers"] == 3
+
+
+@pytest.mark.parametrize("q_lora", [16, None])
+def test_mla_checkpoint_plan_builds_the_live_layer_heads(q_lora: int | None) -> None:
+    """plan_from_checkpoint(config.json, names) + layer_heads_from_tensors(state_dict) gives the
+    live rule's LayerHeads bit for bit (factors, chains, flags, notes, scale, params); with
+    materialize=False (what streaming uses) the chains are the same and W_Q, W_K, W_V stay meta."""
+    from rankdecay.heads import attention_heads, layer_heads_from_tensors, plan_from_checkpoint
+
+    model = _deepseek("V2", q_lora)
+    live = {lh.name: lh for lh in attention_heads(model)}
+    state = model.state_dict()
+    plans = plan_from_checkpoint(json.loads(model.config.to_json_string()), list(state))
+    assert [p.name for p in plans] == list(live)
+    for plan in plans:
+        ref = live[plan.name]
+        for materialize in (True, False):
+            disk = layer_heads_from_tensors(plan, state.__getitem__, materialize=materialize)
+            for f in (
+                "layer",
+                "name",
+                "flags",
+                "notes",
+                "scale",
+                "qk_params",
+                "ov_params",
+                "family",
+            ):
+                assert getattr(disk, f) == getattr(ref, f), f
+            assert disk.W_O.equal(ref.W_O)
+            for circuit in ("qk", "ov"):
+                for got, want in zip(disk.chains[circuit], ref.chains[circuit], strict=True):  # type: ignore[index]
+                    assert all(g.equal(w) for g, w in zip(got, want, strict=True))
+            for f in ("W_Q", "W_K", "W_V"):  # products: torch.matmul of a (d, ·) by a batch
+                got, want = getattr(disk, f), getattr(ref, f)  # rounds differently for tensors
+                assert (got.shape, got.dtype) == (want.shape, want.dtype)  # with requires_grad
+                if materialize or (f == "W_Q" and q_lora is None):
+                    atol = 1e-6 * float(want.abs().max())  # float32 rounding of the sums
+                    torch.testing.assert_close(got, want, rtol=1e-6, atol=atol)
+                else:
+                    assert got.is_meta
+
+
+def test_mla_legacy_rope_scaling_in_config_json(tmp_path: Path) -> None:
+    """A hub config.json that still says rope_scaling {"type": "yarn", …} (DeepSeek-V2-Lite,
+    V3) gives the scale transformers gives it."""
+    model = _deepseek("V2", None, rope_scaling=_YARN)
+    model.save_pretrained(tmp_path / "ds")
+    config = json.loads((tmp_path / "ds" / "config.json").read_text())
+    params = config.pop("rope_parameters")
+    params["type"] = params.pop("rope_type")
+    config["rope_scaling"] = params
+    (tmp_path / "ds" / "config.json").write_text(json.dumps(config))
+    streamed = analyze(tmp_path / "ds")
+    assert streamed.model["streamed"] is True
+    assert streamed.model["scale"] == pytest.approx(analyze(model).model["scale"], rel=1e-15)
+    assert streamed.model["scale"] == pytest.approx(
+        analyze(load_model(tmp_path / "ds")).model["scale"], rel=1e-15
+    )
+    assert streamed.model["scale"] != pytest.approx(10**-0.5)

@@ -244,6 +244,12 @@ def _scale_gpt2(config: object, r: int, block: int) -> float:
     return scale
 
 
+def _scale_mla(config: object, r: int, block: int) -> float:
+    from .mla import mla_scale  # r = n + p: the non-rotary and rotary dims of a query head
+
+    return mla_scale(config, r)
+
+
 #: score scale rules: name → (config, head_dim r, block index) ↦ scale (scores = scale·q·kᵀ).
 SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
     "inv_sqrt": ("1/√r", _scale_inv_sqrt),
@@ -263,6 +269,7 @@ SCALE_RULES: dict[str, tuple[str, ScaleRule]] = {
         "1/√r · 1/ln 2 (q_scale); q also × softplus(per_dim_scale) per dim (flag, not folded)",
         _scale_gemma3n_audio,
     ),
+    "mla": ("1/√(n + p), × mscale² with YaRN mscale_all_dim", _scale_mla),
 }
 
 #: module attributes holding the model's own scale (live modules: preferred over the rule).
@@ -680,8 +687,9 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         "DeepSeek-V2/V3 (MLA)",
         ("DeepseekV2Attention", "DeepseekV3Attention"),
-        ("deepseek_v3",),
+        ("deepseek_v2", "deepseek_v3"),
         "mla",
+        scale="mla",
         flags="decoupled rotary part (reported, not in W_QK)",
         tested_by=("deepseek_v3",),
     ),
@@ -1809,6 +1817,18 @@ def _sub_config(config: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
     return config
 
 
+def is_unloaded_mtp_layer(config: Mapping[str, Any], prefix: str) -> bool:
+    """``prefix`` is in DeepSeek-V3's multi-token-prediction layer ``layers.<num_hidden_layers>``
+    (an MLA model's block beyond the declared depth), which transformers does not load (its
+    ``_keys_to_ignore_on_load_unexpected``): not planned, and not reported as missed."""
+    cfg = _sub_config(config, prefix)
+    arch = _BY_MODEL_TYPE.get(str(cfg.get("model_type", "")))
+    declared = _pos_int(cfg.get("num_hidden_layers"))
+    if arch is None or arch.layout != "mla" or declared is None:
+        return False
+    return re.search(r"(^|\.)\d+(\.|$)", prefix) is not None and _block_index(prefix) >= declared
+
+
 def plan_from_checkpoint(
     config: Mapping[str, Any], tensor_names: Iterable[str]
 ) -> list[AttentionPlan]:
@@ -1846,6 +1866,14 @@ def plan_from_checkpoint(
     for prefix in sorted(prefixes, key=natural):
         cfg = _sub_config(config, prefix)
         arch = _BY_MODEL_TYPE.get(str(cfg.get("model_type", "")), arch0)
+        if arch.layout == "mla":  # DeepSeek-V2/V3: rankdecay.mla, the rule of the live modules
+            from .mla import mla_plan_from_checkpoint
+
+            if is_unloaded_mtp_layer(config, prefix):
+                continue
+            mla = mla_plan_from_checkpoint(prefix, cfg, names, len(plans))
+            plans.extend([mla] if mla is not None else [])  # type: ignore[list-item]
+            continue
         if arch.layout == "moa":
             if _join(prefix, MOA_NAMES["o"]) in names:
                 moa = _moa_plan(prefix, len(plans), arch, cfg, _block_index(prefix))

@@ -66,6 +66,7 @@ from .attention_spec import (
 )
 from .errors import RankdecayTypeError
 from .layer_heads import LayerHeads, UnrecognizedAttentionWarning, UnsupportedModelError
+from .mla import MLAPlan, mla_heads_from_tensors
 
 __all__ = [
     "AttentionAdapter",
@@ -282,14 +283,21 @@ def _mha_plan(name: str, mha: nn.MultiheadAttention, layer: int) -> AttentionPla
 # ---------------------------------------------------------------------------------------------
 
 
-def layer_heads_from_tensors(plan: AttentionPlan, get: Callable[[str], Tensor]) -> LayerHeads:
+def layer_heads_from_tensors(
+    plan: AttentionPlan | MLAPlan, get: Callable[[str], Tensor], *, materialize: bool = True
+) -> LayerHeads:
     """The :class:`LayerHeads` of one attention module from its plan and a tensor lookup.
 
     ``get(name)`` returns the tensor a plan names: a model's parameter (the live path, where
     LoRA layers resolve to their effective weight) or a tensor read from a checkpoint. The split
-    rules are :func:`rankdecay.attention_spec.split_heads`; widths that do not fit the plan raise
-    :class:`UnsupportedModelError`.
+    rules are :func:`rankdecay.attention_spec.split_heads`, and for an MLA plan (a checkpoint's
+    DeepSeek-V2/V3 layer) :func:`rankdecay.mla.mla_heads_from_tensors`, the rule of the live
+    MLA modules; widths that do not fit the plan raise :class:`UnsupportedModelError`.
+    ``materialize=False`` (MLA plans only; see :func:`rankdecay.mla.mla_heads_from_tensors`):
+    the effective W_Q, W_K, W_V stay meta tensors, for callers that use the chains alone.
     """
+    if isinstance(plan, MLAPlan):
+        return mla_heads_from_tensors(plan, get, materialize=materialize)
     try:
         W_Q, W_K, W_V, W_O, kv_index, v_index = split_heads_v(plan, get)
     except PlanError as err:

@@ -6,7 +6,8 @@ the header shapes (so a config that does not fit its files fails before any data
 memory allocated), and then, for one attention module at a time:
 
     read its q/k/v/o tensors (memory-mapped, any of float32/bf16/fp16/fp64)
-      → per-head factors (``heads.layer_heads_from_tensors``, the live-module rules)
+      → per-head factors (``heads.layer_heads_from_tensors``, the live-module rules; an MLA
+        layer of DeepSeek-V2/V3 by ``mla.mla_heads_from_tensors``, its chains only)
       → singular values and metrics in float64 (``spectral_report._spectra_records``)
 
 while a background thread already pages in the next module's tensors (one layer ahead). Peak
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attention_spec import FUSED_NAMES, Q_NAMES, _pos_int, cfg_get
+from .attention_spec import FUSED_NAMES, Q_NAMES, _pos_int, cfg_get, is_unloaded_mtp_layer
 from .checkpoint import (
     FLOAT_DTYPES,
     CheckpointIndex,
@@ -155,17 +156,23 @@ def _module_order(plans: Sequence[Any]) -> list[Any]:
     return ordered
 
 
-def _unplanned_attention(index: CheckpointIndex, planned: Sequence[_Planned]) -> list[str]:
-    """Modules with a query-like or fused-qkv tensor (``P.<q_proj|query|qkv|c_attn|…>.weight``)
-    that no plan reads: attention the name-based plan missed."""
+#: projections only latent/low-rank attention has (MLA of a model type the plan does not cover)
+MLA_MARKERS = ("kv_a_proj_with_mqa", "q_a_proj")
+
+
+def _unplanned_attention(
+    index: CheckpointIndex, planned: Sequence[_Planned], config: Mapping[str, Any]
+) -> list[str]:
+    """Modules with a query-like, fused-qkv or MLA tensor (``P.<q_proj|query|qkv|c_attn|
+    kv_a_proj_with_mqa|…>.weight``) that no plan reads: attention the name-based plan missed."""
     used = {n for p in planned for n in p.names}
-    q_like = set(Q_NAMES) | set(FUSED_NAMES)
+    q_like = set(Q_NAMES) | set(FUSED_NAMES) | set(MLA_MARKERS)
     modules = set()
     for name in index.specs:
         parts = name.split(".")
         if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in q_like and name not in used:
             modules.add(".".join(parts[:-2]))
-    return sorted(modules)
+    return sorted(m for m in modules if not is_unloaded_mtp_layer(config, m))
 
 
 def _check_config_fits(
@@ -224,7 +231,8 @@ def _stream_records(
                 assert ahead is not None
                 tensors = ahead.result()
                 ahead = pool.submit(read, i + 1) if i + 1 < len(planned) else None
-                lh = layer_heads_from_tensors(item.plan, tensors.__getitem__)
+                # the spectra of chains (MLA) need no materialized W_Q, W_K, W_V
+                lh = layer_heads_from_tensors(item.plan, tensors.__getitem__, materialize=False)
                 with torch.no_grad():
                     records.extend(_spectra_records([lh], circuits, rtol, False))
                 del lh, tensors
@@ -279,7 +287,7 @@ def analyze_directory(
             )
         return None
     planned = _dry_run(plans, index)
-    missed = _unplanned_attention(index, planned)
+    missed = _unplanned_attention(index, planned, config)
     if missed:
         warnings.warn(
             f"{directory}: {len(missed)} attention-like module(s) are not covered by the streaming "
