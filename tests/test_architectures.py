@@ -1915,13 +1915,8 @@ def test_multi_tower_models_cover_every_tower() -> None:
     assert {lh.name.split(".")[0] for lh in ved_layers} == {"encoder", "decoder"}
 
 
-def test_gemma4_multimodal_model_extracts_its_audio_tower() -> None:
-    """Gemma4Model (text, vision and audio towers): every tower's attention extracted with no
-    warning; the audio tower's layers carry the Gemma-4 audio row, the same factors as the
-    tower analysed alone, q/k/v/post their attention roles, and analyze runs through."""
-    from rankdecay.analyze import analyze
-    from rankdecay.decay import param_roles
-
+def _gemma4_multimodal() -> nn.Module:
+    """A tiny Gemma4Model: text, vision and audio towers, random weights."""
     audio = t.Gemma4AudioConfig(
         hidden_size=D,
         num_hidden_layers=L,
@@ -1953,9 +1948,17 @@ def test_gemma4_multimodal_model_extracts_its_audio_tower() -> None:
         position_embedding_size=16,
         pooling_kernel_size=1,
     )
-    model = t.Gemma4Model(
-        t.Gemma4Config(text_config=text, vision_config=vision, audio_config=audio)
-    )
+    return t.Gemma4Model(t.Gemma4Config(text_config=text, vision_config=vision, audio_config=audio))
+
+
+def test_gemma4_multimodal_model_extracts_its_audio_tower() -> None:
+    """Gemma4Model (text, vision and audio towers): every tower's attention extracted with no
+    warning; the audio tower's layers carry the Gemma-4 audio row, the same factors as the
+    tower analysed alone, q/k/v/post their attention roles, and analyze runs through."""
+    from rankdecay.analyze import analyze
+    from rankdecay.decay import param_roles
+
+    model = _gemma4_multimodal()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnrecognizedAttentionWarning)
         layers = attention_heads(model, strict=True)
@@ -1975,6 +1978,22 @@ def test_gemma4_multimodal_model_extracts_its_audio_tower() -> None:
         assert roles[prefix + "q_proj.linear.weight"] == "attn_qk"
         assert roles[prefix + "v_proj.linear.weight"] == "attn_ov"
         assert roles[prefix + "post.linear.weight"] == "attn_ov"
+
+
+def test_gemma4_checkpoint_streaming_names_the_towers_it_does_not_plan(tmp_path: Path) -> None:
+    """A saved Gemma4Model streams its text tower; the vision and audio towers' projections are
+    wrapped (``…q_proj.linear.weight``), which the checkpoint plan does not read: analyze(DIR)
+    must say so (it was silent), and the in-memory load covers all three towers."""
+    from rankdecay.analyze import analyze, load_model
+
+    _gemma4_multimodal().save_pretrained(tmp_path)
+    with pytest.warns(UnrecognizedAttentionWarning, match="not covered by the streaming plan"):
+        streamed = analyze(tmp_path)
+    assert {r["name"].split(".")[0] for r in streamed.records} == {"language_model"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        towers = {lh.name.split(".")[0] for lh in attention_heads(load_model(tmp_path))}
+    assert towers == {"language_model", "vision_tower", "audio_tower"}
 
 
 def test_relative_k_proj_is_flagged_beyond_gemma() -> None:

@@ -40,7 +40,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attention_spec import FUSED_NAMES, Q_NAMES, _pos_int, cfg_get, is_unloaded_mtp_layer
+from .attention_spec import (
+    FUSED_NAMES,
+    LINEAR_WRAPPERS,
+    Q_NAMES,
+    _pos_int,
+    cfg_get,
+    is_unloaded_mtp_layer,
+)
 from .checkpoint import (
     FLOAT_DTYPES,
     CheckpointIndex,
@@ -167,11 +174,17 @@ def _unplanned_attention(
     kv_a_proj_with_mqa|…>.weight``) that no plan reads: attention the name-based plan missed."""
     used = {n for p in planned for n in p.names}
     q_like = set(Q_NAMES) | set(FUSED_NAMES) | set(MLA_MARKERS)
+    wrappers = {*LINEAR_WRAPPERS, "base_layer"}  # P.q_proj.linear.weight (Gemma-4), PEFT's
     modules = set()
     for name in index.specs:
         parts = name.split(".")
-        if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in q_like and name not in used:
-            modules.add(".".join(parts[:-2]))
+        if parts[-1] != "weight" or name in used:
+            continue
+        end = len(parts) - 1
+        while end > 1 and parts[end - 1] in wrappers:
+            end -= 1
+        if end >= 1 and parts[end - 1] in q_like:
+            modules.add(".".join(parts[: end - 1]))
     return sorted(m for m in modules if not is_unloaded_mtp_layer(config, m))
 
 
