@@ -200,9 +200,12 @@ def test_uncovered_architecture_falls_back_with_a_warning(tmp_path: Path) -> Non
 
 
 def test_fold_norm_uses_the_in_memory_path(tmp_path: Path) -> None:
+    """fold_norm needs the norm layers, so the whole model is built: said, with its size (it was
+    silent, which on a 70B directory meant an unannounced ~280 GB load)."""
     model = _gpt2()
     model.save_pretrained(tmp_path / "g")
-    report = analyze(tmp_path / "g", fold_norm=True)
+    with pytest.warns(StreamingFallbackWarning, match="fold_norm needs the norm layers.*GiB"):
+        report = analyze(tmp_path / "g", fold_norm=True)
     assert "streamed" not in report.model and report.model["fold_norm"] is True
     _same(analyze(model, fold_norm=True), report)
 

@@ -290,14 +290,13 @@ def analyze_directory(
         if not plans and reason is None:
             model_type = config.get("model_type", "?")
             reason = f"the attention of model_type {model_type!r} is not covered by the {how}"
-    if reason is not None:
-        if not fold_norm:
-            warnings.warn(
-                f"{directory}: {reason}; building the whole model in memory instead "
-                f"(about {index.total_numel * 4 / 2**30:.1f} GiB in float32).",
-                StreamingFallbackWarning,
-                stacklevel=3,
-            )
+    if reason is not None:  # fold_norm included: the user asked for it, not for the memory
+        warnings.warn(
+            f"{directory}: {reason}; building the whole model in memory instead "
+            f"(about {index.total_numel * 4 / 2**30:.1f} GiB in float32).",
+            StreamingFallbackWarning,
+            stacklevel=3,
+        )
         return None
     planned = _dry_run(plans, index)
     missed = _unplanned_attention(index, planned, config)
