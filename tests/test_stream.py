@@ -990,3 +990,72 @@ def test_mla_legacy_rope_scaling_in_config_json(tmp_path: Path) -> None:
         analyze(load_model(tmp_path / "ds")).model["scale"], rel=1e-15
     )
     assert streamed.model["scale"] != pytest.approx(10**-0.5)
+
+
+def _fp8_checkpoint(tmp_path: Path, block: tuple[int, int]) -> tuple[Path, nn.Module]:
+    """A DeepSeek-V3 directory whose attention projections are stored as FP8 with per-block
+    ``weight_scale_inv`` (DeepSeek's own format), and the model holding the dequantized weights."""
+    from safetensors.torch import load_file, save_file
+
+    model = _deepseek("V3", 12)
+    directory = tmp_path / "fp8"
+    model.save_pretrained(directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": list(block)}
+    (directory / "config.json").write_text(json.dumps(config))
+    state = load_file(directory / "model.safetensors")
+    projections = ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
+    params = dict(model.named_parameters())
+    for name in [n for n in state if n.split(".")[-2] in projections and n.endswith("weight")]:
+        W = state[name].float()
+        rows, cols = W.shape
+        pad = torch.zeros(-(-rows // block[0]) * block[0], -(-cols // block[1]) * block[1])
+        pad[:rows, :cols] = W.abs()
+        amax = pad.unflatten(0, (-1, block[0])).unflatten(2, (-1, block[1])).amax((1, 3))
+        scale = (amax / 448.0).clamp_min(1e-12)  # e4m3's largest value
+        wide = scale.repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
+        state[name] = (W / wide).to(torch.float8_e4m3fn)
+        state[name + "_scale_inv"] = scale
+        with torch.no_grad():  # the model the FP8 file stands for: W_fp8 · s
+            params[name].copy_(state[name].float() * wide)
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    return directory, model
+
+
+def test_fp8_block_scaled_checkpoint_streams_dequantized(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeepSeek-V3-style FP8 weights with per-block weight_scale_inv (blocks 8×16, not dividing
+    every shape) stream as W·s in float32: equal to analyze() of the dequantized model. Negative
+    controls: reading the FP8 values without their scales differs; a scale tensor that does not
+    tile its weight is refused before any read."""
+    directory, model = _fp8_checkpoint(tmp_path, (8, 16))
+    _same(analyze(model), analyze(directory))
+    import rankdecay.checkpoint as checkpoint_mod
+
+    with monkeypatch.context() as patch:  # the scales dropped
+        patch.setattr(checkpoint_mod, "dequantize_block_fp8", lambda W, s, block: W.float())
+        with pytest.raises(AssertionError):
+            _same(analyze(model), analyze(directory))
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"]["weight_block_size"] = [4, 16]
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptCheckpointError, match="weight_scale_inv.*blocks"):
+        analyze(directory)
+
+
+def test_fp8_checkpoint_in_memory_dequantized_and_unscaled_refused(tmp_path: Path) -> None:
+    """The in-memory loader (fold_norm, or a family the plan does not cover) dequantizes FP8
+    weights with their block scales too; an FP8 weight without scales is refused in one sentence
+    instead of being cast to float as if the 8-bit values were the weights."""
+    from safetensors.torch import load_file, save_file
+
+    directory, model = _fp8_checkpoint(tmp_path, (8, 16))
+    loaded = load_model(directory)
+    _same(analyze(model), analyze(loaded))
+    state = load_file(directory / "model.safetensors")
+    for name in [n for n in state if n.endswith("_scale_inv")]:
+        del state[name]
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CorruptCheckpointError, match="float8_e4m3fn without scales"):
+        load_model(directory)

@@ -39,11 +39,13 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import (
+    FLOAT_DTYPES,
     CheckpointIndex,
     CorruptCheckpointError,
     ModelNotFoundError,
     UnsafePathError,
     check_config_sizes,
+    fp8_block_size,
     hub_id_error,
     looks_like_hub_id,
     read_model_config,
@@ -154,7 +156,7 @@ def resolve_source(source: str | os.PathLike[str]) -> Path:
 def _read_state_dict(directory: Path, index: CheckpointIndex | None = None) -> dict[str, Tensor]:
     """All tensors of a model directory (headers and shard paths validated; memory-mapped)."""
     index = index if index is not None else CheckpointIndex.open(directory)
-    return index.read(index.specs)
+    return index.read_dequantized(index.specs)
 
 
 def _hf_renamed(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -291,12 +293,20 @@ def load_model(
                 "re-save the model with save_pretrained."
             )
         model = _build_hf_model(hf_config, directory)
+        index.fp8_block = fp8_block_size(config_dict)
         raw = _read_state_dict(directory, index)
-        keys = set(model.state_dict())
+        own = model.state_dict()
         state = max(
             (_match_prefix(model, raw), _match_prefix(model, _hf_renamed(model, raw))),
-            key=lambda sd: len(keys.intersection(sd)),
+            key=lambda sd: len(own.keys() & sd.keys()),
         )
+        for name, tensor in state.items():  # load_state_dict would cast them without a word
+            if name in own and own[name].is_floating_point() and tensor.dtype not in FLOAT_DTYPES:
+                raise CorruptCheckpointError(
+                    f"{name} in {directory} is stored as {str(tensor.dtype).replace('torch.', '')} "
+                    "without scales rankdecay can apply (a quantized checkpoint?); rankdecay reads "
+                    "float32, bfloat16, float16 or float64 weights — analyse the unquantized model."
+                )
         try:
             missing, _unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:

@@ -57,7 +57,9 @@ __all__ = [
     "TensorSpec",
     "UnsafePathError",
     "check_config_sizes",
+    "dequantize_block_fp8",
     "exception_reason",
+    "fp8_block_size",
     "hub_id_error",
     "looks_like_hub_id",
     "open_regular",
@@ -89,6 +91,8 @@ SAFETENSORS_DTYPES: dict[str, tuple[torch.dtype, int]] = {
 }
 #: dtypes whose attention weights rankdecay reads (cast to float64 for the spectra)
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+#: 8-bit float weights that a checkpoint may store with per-block scales (DeepSeek-V3's FP8)
+FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -370,6 +374,28 @@ def _shard_path(directory: Path, name: object, index: Path) -> Path:
     return directory / name
 
 
+def fp8_block_size(config: Mapping[str, Any]) -> tuple[int, int]:
+    """(rows, columns) of the weight blocks that share one scale in an FP8 checkpoint, from
+    config.json's ``quantization_config.weight_block_size`` (DeepSeek-V3: [128, 128])."""
+    quant = config.get("quantization_config")
+    block = quant.get("weight_block_size") if isinstance(quant, Mapping) else None
+    if (
+        isinstance(block, (list, tuple))
+        and len(block) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)
+    ):
+        return int(block[0]), int(block[1])
+    return 128, 128
+
+
+def dequantize_block_fp8(W: Tensor, scale_inv: Tensor, block: tuple[int, int]) -> Tensor:
+    """float32 W·s of an FP8 weight W (out, in) with one scale per block (b₀, b₁):
+    ``scale_inv`` (⌈out/b₀⌉, ⌈in/b₁⌉), as DeepSeek-V3's checkpoints store ``weight_scale_inv``."""
+    rows, cols = W.shape
+    s = scale_inv.float().repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)
+    return W.float() * s[:, :cols]
+
+
 class CheckpointIndex:
     """Every tensor of a model directory, from headers only; data read on demand.
 
@@ -388,6 +414,32 @@ class CheckpointIndex:
         self.specs = specs
         self.kind = kind
         self._bin_state = bin_state
+        #: block size of FP8 weights with per-block scales (set from config.json by the reader)
+        self.fp8_block: tuple[int, int] = (128, 128)
+
+    def fp8_scale(self, name: str) -> str | None:
+        """The name of the per-block scale of an FP8 weight ``name`` (``…weight_scale_inv``), or
+        None when ``name`` is not such a weight."""
+        spec = self.specs.get(name)
+        scale = name + "_scale_inv"
+        if spec is None or spec.dtype not in FP8_DTYPES or scale not in self.specs:
+            return None
+        return scale
+
+    def check_fp8_scale(self, name: str) -> None:
+        """Refuse, in one sentence, an FP8 weight whose scale tensor does not tile it in blocks of
+        :attr:`fp8_block`."""
+        scale = self.fp8_scale(name)
+        assert scale is not None
+        spec, sspec = self.specs[name], self.specs[scale]
+        b0, b1 = self.fp8_block
+        want = (-(-spec.shape[0] // b0), -(-spec.shape[1] // b1)) if len(spec.shape) == 2 else None
+        if want is None or sspec.shape != want or sspec.dtype not in FLOAT_DTYPES:
+            raise CorruptCheckpointError(
+                f"{scale} in {sspec.file} is {sspec.shape} {str(sspec.dtype).replace('torch.', '')}, "
+                f"not the float scales of {name} {spec.shape} in {b0}×{b1} blocks "
+                "(quantization_config.weight_block_size); fix config.json or re-save the model."
+            )
 
     @classmethod
     def open(cls, directory: Path) -> CheckpointIndex:
@@ -469,6 +521,16 @@ class CheckpointIndex:
                 tuple(t.shape) != spec.shape or t.dtype != spec.dtype
             ):  # pragma: no cover - changed on disk
                 raise _bad_header(spec.file, f"tensor {n!r} changed since its header was read")
+        return out
+
+    def read_dequantized(self, names: Iterable[str]) -> dict[str, Tensor]:
+        """:meth:`read`, with every FP8 weight that has a per-block scale returned as float32
+        W·s (:func:`dequantize_block_fp8`); the scales are read too but not returned."""
+        wanted = list(dict.fromkeys(names))
+        scales = {n: s for n in wanted if (s := self.fp8_scale(n)) is not None}
+        out = self.read([*wanted, *scales.values()])
+        for n, s in scales.items():
+            out[n] = dequantize_block_fp8(out[n], out.pop(s), self.fp8_block)
         return out
 
 

@@ -53,6 +53,7 @@ from .checkpoint import (
     CheckpointIndex,
     CorruptCheckpointError,
     exception_reason,
+    fp8_block_size,
     read_model_config,
 )
 from .errors import RankdecayError
@@ -104,6 +105,10 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
                     f"the weights in {index.directory} lack {name!r}, which config.json and the "
                     "other tensor names call for; the checkpoint is incomplete — re-save it with save_pretrained."
                 )
+            if index.fp8_scale(name) is not None:  # FP8 with per-block scales: read as float32
+                index.check_fp8_scale(name)
+                used.append(name)
+                return torch.empty(spec.shape, dtype=torch.float32, device="meta")
             if spec.dtype not in FLOAT_DTYPES:
                 raise CorruptCheckpointError(
                     f"{name} in {spec.file} is stored as {str(spec.dtype).replace('torch.', '')} "
@@ -233,7 +238,7 @@ def _stream_records(
     progress: bool,
 ) -> list[dict[str, Any]]:
     def read(i: int) -> Mapping[str, Tensor]:
-        return _page_in(index.read(planned[i].names))
+        return _page_in(index.read_dequantized(planned[i].names))
 
     bar = _progress_context(progress, len(planned), "attention layers (streamed)")
     records: list[dict[str, Any]] = []
@@ -277,6 +282,7 @@ def analyze_directory(
         return None
     config = read_model_config(directory)
     index = CheckpointIndex.open(directory)
+    index.fp8_block = fp8_block_size(config)
     how = "name-based attention plan (heads.plan_from_checkpoint)"
     reason = None
     plans: list[Any] = []
