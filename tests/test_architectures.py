@@ -1985,8 +1985,9 @@ def test_gemma4_checkpoint_streams_its_vision_and_audio_towers(tmp_path: Path) -
     wrapped, ``…q_proj.linear.weight``; audio's out-projection is ``post``), planned from tensor
     names and ``vision_config`` / ``audio_config``: no warning, the in-memory records to 1e-12
     relative, in the in-memory order, and the vision/audio layers' family, scale, flags and
-    notes those of the live rules. Negative controls: heads permuted on disk change the records;
-    a tower projection that does not split into its config's heads is refused in one sentence."""
+    notes those of the live rules. Negative controls: a wrapped projection no plan reads is still
+    named in a warning; heads permuted on disk change the records; a tower projection that does
+    not split into its config's heads is refused in one sentence."""
     import numpy as np
     from safetensors.torch import load_file, save_file
 
@@ -2032,6 +2033,10 @@ def test_gemma4_checkpoint_streams_its_vision_and_audio_towers(tmp_path: Path) -
     assert towers_checked == 2 * L
 
     state = load_file(str(tmp_path / "model.safetensors"))
+    extra = dict(state, **{"extra_tower.layers.0.attn.q_proj.linear.weight": torch.zeros(D, D)})
+    save_file(extra, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.warns(UnrecognizedAttentionWarning, match="extra_tower.layers.0.attn"):
+        assert len(analyze(tmp_path).records) == len(streamed.records)  # wrapped, unplanned
     q = "vision_tower.encoder.layers.0.self_attn.q_proj.linear.weight"
     r = D // H
     state[q] = state[q].reshape(H, r, D).roll(1, 0).reshape(H * r, D).contiguous()
