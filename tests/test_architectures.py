@@ -1980,20 +1980,80 @@ def test_gemma4_multimodal_model_extracts_its_audio_tower() -> None:
         assert roles[prefix + "post.linear.weight"] == "attn_ov"
 
 
-def test_gemma4_checkpoint_streaming_names_the_towers_it_does_not_plan(tmp_path: Path) -> None:
-    """A saved Gemma4Model streams its text tower; the vision and audio towers' projections are
-    wrapped (``…q_proj.linear.weight``), which the checkpoint plan does not read: analyze(DIR)
-    must say so (it was silent), and the in-memory load covers all three towers."""
-    from rankdecay.analyze import analyze, load_model
+def test_gemma4_checkpoint_streams_its_vision_and_audio_towers(tmp_path: Path) -> None:
+    """A saved Gemma4Model streams all three towers (the vision and audio towers' projections are
+    wrapped, ``…q_proj.linear.weight``; audio's out-projection is ``post``), planned from tensor
+    names and ``vision_config`` / ``audio_config``: no warning, the in-memory records to 1e-12
+    relative, in the in-memory order, and the vision/audio layers' family, scale, flags and
+    notes those of the live rules. Negative controls: a wrapped projection no plan reads is still
+    named in a warning; heads permuted on disk change the records; a tower projection that does
+    not split into its config's heads is refused in one sentence."""
+    import numpy as np
+    from safetensors.torch import load_file, save_file
 
-    _gemma4_multimodal().save_pretrained(tmp_path)
-    with pytest.warns(UnrecognizedAttentionWarning, match="not covered by the streaming plan"):
-        streamed = analyze(tmp_path)
-    assert {r["name"].split(".")[0] for r in streamed.records} == {"language_model"}
+    from rankdecay.analyze import analyze
+    from rankdecay.checkpoint import CheckpointIndex, CorruptCheckpointError, read_model_config
+    from rankdecay.heads import plan_from_checkpoint
+    from rankdecay.stream import StreamingFallbackWarning, _dry_run
+
+    torch.manual_seed(7)
+    model = _gemma4_multimodal().eval()
+    model.save_pretrained(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnrecognizedAttentionWarning)
-        towers = {lh.name.split(".")[0] for lh in attention_heads(load_model(tmp_path))}
-    assert towers == {"language_model", "vision_tower", "audio_tower"}
+        warnings.simplefilter("error", StreamingFallbackWarning)
+        streamed = analyze(tmp_path)
+        in_memory = analyze(model)
+        live = attention_heads(model, strict=True)
+    assert streamed.model["streamed"] is True
+    towers = [r["name"].split(".")[0] for r in streamed.records]
+    assert list(dict.fromkeys(towers)) == ["vision_tower", "language_model", "audio_tower"]
+    assert len(streamed.records) == len(in_memory.records)
+    for a, b in zip(streamed.records, in_memory.records, strict=True):
+        keys = ("layer", "name", "head", "circuit", "kv_head", "rank")
+        assert [a[k] for k in keys] == [b[k] for k in keys]
+        sa, sb = np.asarray(a["singular_values"]), np.asarray(b["singular_values"])
+        assert sa.shape == sb.shape and np.all(np.abs(sa - sb) <= 1e-12 * np.abs(sb))
+    config, index = read_model_config(tmp_path), CheckpointIndex.open(tmp_path)
+    planned = {
+        p.plan.name: p.meta for p in _dry_run(plan_from_checkpoint(config, index.specs), index)
+    }
+    towers_checked = 0
+    for lh in live:
+        if lh.name.split(".")[0] in ("vision_tower", "audio_tower"):
+            meta = planned[lh.name]
+            assert (meta.family, meta.scale, meta.flags, meta.notes, meta.rotary) == (
+                lh.family,
+                lh.scale,
+                lh.flags,
+                lh.notes,
+                lh.rotary,
+            )
+            towers_checked += 1
+    assert towers_checked == 2 * L
+
+    state = load_file(str(tmp_path / "model.safetensors"))
+    extra = dict(state, **{"extra_tower.layers.0.attn.q_proj.linear.weight": torch.zeros(D, D)})
+    save_file(extra, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.warns(UnrecognizedAttentionWarning, match="extra_tower.layers.0.attn"):
+        assert len(analyze(tmp_path).records) == len(streamed.records)  # wrapped, unplanned
+    q = "vision_tower.encoder.layers.0.self_attn.q_proj.linear.weight"
+    r = D // H
+    state[q] = state[q].reshape(H, r, D).roll(1, 0).reshape(H * r, D).contiguous()
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    permuted = analyze(tmp_path)
+    changed = {
+        (a["name"], a["circuit"])
+        for a, b in zip(permuted.records, streamed.records, strict=True)
+        if not np.allclose(a["singular_values"], b["singular_values"], rtol=1e-6)
+    }
+    assert changed == {("vision_tower.encoder.layers.0.self_attn", "qk")}
+    k = "audio_tower.layers.1.self_attn.k_proj.linear.weight"
+    state[k] = state[k][: D - 2].contiguous()  # 30 rows: not whole heads of 8
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CorruptCheckpointError, match="do not fit the head counts") as info:
+        analyze(tmp_path)
+    assert "\n" not in str(info.value) and str(info.value).endswith("save_pretrained.")
 
 
 def test_relative_k_proj_is_flagged_beyond_gemma() -> None:

@@ -229,7 +229,7 @@ def _scale_qk_each(config: object, r: int, block: int) -> float:
 def _scale_gemma4_audio(config: object, r: int, block: int) -> float:
     # Gemma4AudioAttention: q × r^(-1/2)/ln 2 (q_scale), k × ln(1+e)/ln 2 (k_scale); the learned
     # per-dimension factor softplus(per_dim_scale) on q is not a scalar (flag per_dim_scale)
-    return r**-0.5 / math.log(2) * math.log(1 + math.e) / math.log(2)
+    return (r**-0.5 / math.log(2)) * (math.log(1 + math.e) / math.log(2))  # the module's order
 
 
 def _scale_gemma3n_audio(config: object, r: int, block: int) -> float:
@@ -294,6 +294,8 @@ class Architecture:
     head count may change per layer (read from the key projection's width).
     ``o_names``: the out-projection's names for these classes, tried before :data:`O_NAMES`
     (Gemma-4 audio: ``post``, a name too generic for the shared table).
+    ``value_norm``: values normalised without a tensor on disk; ``linear_wrapped``: projections
+    stored as ``P.<proj>.linear.weight`` (see the fields).
     """
 
     family: str
@@ -309,6 +311,12 @@ class Architecture:
     o_parts: int = 1
     v_head: bool = False
     o_names: tuple[str, ...] = ()
+    #: the module RMS-normalises its values with no gain (Gemma-4 vision's ``v_norm``): no tensor
+    #: on disk tells it, so a checkpoint plan sets flag ``value_norm`` from the row
+    value_norm: bool = False
+    #: its projections sit behind a :data:`LINEAR_WRAPPERS` child (Gemma4ClippableLinear): a
+    #: checkpoint plan reads ``P.<proj>.linear.weight`` for this row's model types only
+    linear_wrapped: bool = False
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -655,16 +663,18 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         "Gemma-4 vision (projections wrapped in Gemma4ClippableLinear)",
         ("Gemma4VisionAttention",),
-        (),
+        ("gemma4_vision",),
         scale="one",
         flags="2-D rotary, QK-norm per head, value norm (value_norm), "
         "clipped projections (clipped_linears)",
         tested_by=("gemma4_vision",),
+        value_norm=True,
+        linear_wrapped=True,
     ),
     Architecture(
         "Gemma-4 audio (conformer; projections wrapped in Gemma4ClippableLinear)",
         ("Gemma4AudioAttention",),
-        (),
+        ("gemma4_audio",),
         scale="gemma4_audio",
         flags="per-dimension query scale softplus(per_dim_scale) (per_dim_scale: W_QK = "
         "W_Q·diag(s)·W_Kᵀ, raw W_Q reported), relative position scores (relative_k_proj), "
@@ -672,6 +682,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "clipped projections (clipped_linears)",
         tested_by=("gemma4_audio",),
         o_names=("post",),
+        linear_wrapped=True,
     ),
     Architecture(
         "Gemma-3n audio (conformer; q/k/v in the child `attn`, out-projection `post` beside it)",
@@ -1529,20 +1540,27 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
     if window and not config_window:  # the config's window wins (ModernBERT keeps window/2 + 1)
         flags["sliding_window"] = window
     if getattr(module, "has_relative_attention_bias", None) is not None or any(
-        "relative_position_bias" in n
-        or "relative_attention_bias" in n
-        or n.split(".")[0]
-        in (  # conformers; Gemma-4 / Gemma-3n audio
+        is_relative_position_param(n) for n, _ in module.named_parameters()
+    ):
+        flags["relative_position_bias"] = True
+    return flags
+
+
+def is_relative_position_param(name: str) -> bool:
+    """``name`` (relative to an attention module; a live parameter or a checkpoint tensor) is a
+    relative-position parameter: T5/BERT-style biases, conformers', Gemma-4 / Gemma-3n audio's."""
+    return (
+        "relative_position_bias" in name
+        or "relative_attention_bias" in name
+        or name.split(".")[0]
+        in (
             "pos_bias_u",
             "linear_pos",
             "distance_embedding",
             "relative_k_proj",
             "relative_position_embedding",
         )
-        for n, _ in module.named_parameters()
-    ):
-        flags["relative_position_bias"] = True
-    return flags
+    )
 
 
 def _chunked_window(module: nn.Module) -> tuple[int, int, int, str] | None:
@@ -1556,15 +1574,35 @@ def _chunked_window(module: nn.Module) -> tuple[int, int, int, str] | None:
     Gemma-3n audio masks inside the module (``local_causal_valid_mask``): keys i − (L − 1) …
     i + R, the whole context.
     """
-    chunk = _pos_int(getattr(module, "chunk_size", None))
     past, future = (getattr(module, a, None) for a in ("max_past_horizon", "max_future_horizon"))
-    if chunk is None or not all(isinstance(x, int) and x >= 0 for x in (past, future)):
+    own_mask = isinstance(getattr(module, "local_causal_valid_mask", None), Tensor)
+    return chunked_window(getattr(module, "chunk_size", None), past, future, own_mask)
+
+
+def chunked_window(
+    chunk: object, past: object, future: object, own_mask: bool
+) -> tuple[int, int, int, str] | None:
+    """:func:`_chunked_window` from the module's values: ``chunk_size``, ``max_past_horizon``,
+    ``max_future_horizon`` and whether it masks inside (``local_causal_valid_mask``)."""
+    size = _pos_int(chunk)
+    if size is None or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (past, future)
+    ):
         return None
-    if isinstance(getattr(module, "local_causal_valid_mask", None), Tensor):
+    if own_mask:
         own = "the module's own mask over the block's gathered context"
-        return chunk, int(past), int(future), own  # type: ignore[arg-type]
+        return size, int(past), int(future), own  # type: ignore[call-overload]
     encoder = "the encoder's mask; the block's gathered context is one wider on each side"
-    return chunk, max(int(past) - 1, 0), max(int(future) - 1, 0), encoder  # type: ignore[arg-type]
+    return size, max(int(past) - 1, 0), max(int(future) - 1, 0), encoder  # type: ignore[call-overload]
+
+
+def chunked_window_note(chunk: tuple[int, int, int, str]) -> str:
+    """The note of a chunked local attention (:func:`chunked_window`)."""
+    return (
+        f"chunked local attention: blocks of {chunk[0]} queries; query i reads keys "
+        f"i − {chunk[1]} … i + {chunk[2]} ({chunk[3]}), the positions counted by "
+        "sliding_window"
+    )
 
 
 def _query_dim_scale(module: nn.Module, name: str) -> dict[str, object]:
@@ -1707,11 +1745,7 @@ def plan_from_module(
         flags.update(_query_dim_scale(inner, _join(name, inner_name)))
     chunk = _chunked_window(module) or (_chunked_window(inner) if inner is not None else None)
     if chunk is not None:
-        plan.notes += (
-            f"chunked local attention: blocks of {chunk[0]} queries; query i reads keys "
-            f"i − {chunk[1]} … i + {chunk[2]} ({chunk[3]}), the positions counted by "
-            "sliding_window",
-        )
+        plan.notes += (chunked_window_note(chunk),)
     clip = getattr(module, "gradient_clipping", None)  # Gemma-3n audio: clamp after `post`
     if isinstance(clip, Tensor) and clip.numel() == 1:
         plan.notes += (
@@ -1814,7 +1848,58 @@ def _sub_config(config: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
         sub = config.get(key)
         if isinstance(sub, Mapping) and any(w in prefix for w in words):
             return {**config, **sub}
+    sub = config.get("audio_config")  # only an audio tower a row plans (Gemma-4 audio)
+    if (
+        isinstance(sub, Mapping)
+        and "audio" in prefix
+        and str(sub.get("model_type", "")) in _BY_MODEL_TYPE
+    ):
+        return {**config, **sub}
     return config
+
+
+def _wrapped_weight(prefix: str, name: str, names: set[str], wrapped: bool) -> str | None:
+    """``prefix.name.weight``, or with ``wrapped`` (:attr:`Architecture.linear_wrapped`) the
+    same behind a :data:`LINEAR_WRAPPERS` child (``prefix.name.linear.weight``), if held."""
+    wrappers = LINEAR_WRAPPERS if wrapped else ()
+    for weight in ("weight", *(_join(w, "weight") for w in wrappers)):
+        full = _join(_join(prefix, name), weight)
+        if full in names:
+            return full
+    return None
+
+
+def _checkpoint_module_flags(
+    plan: AttentionPlan, arch: Architecture, cfg: Mapping[str, Any], names: set[str]
+) -> None:
+    """Flags and notes that the live rules (:func:`_module_flags`, :func:`_query_dim_scale`,
+    :func:`_chunked_window`) read from a module, here from its tensor names and config: value
+    norm (the row), clipped projections (``use_clipped_linears`` and wrapped weights), relative
+    position parameters, a per-dimension query scale, and Gemma-4 audio's soft-cap and chunked
+    window (the module attributes Gemma4AudioAttention sets from its config)."""
+    prefix = plan.name
+    own = [n[len(prefix) + 1 :] for n in names if n.startswith(prefix + ".")]
+    flags = plan.flags
+    if arch.value_norm:
+        flags["value_norm"] = True
+    wrapped = {n.rsplit(".", 2)[0] for n in own if n.rsplit(".", 2)[1:] == ["linear", "weight"]}
+    if cfg.get("use_clipped_linears") is True and wrapped:
+        flags["clipped_linears"] = True
+    if any(is_relative_position_param(n) for n in own):
+        flags["relative_position_bias"] = True
+    if "per_dim_scale" in own:
+        flags["per_dim_scale"] = _join(prefix, "per_dim_scale")
+    if "gemma4_audio" not in arch.model_types:
+        return
+    softcap = cfg.get("attention_logit_cap")
+    if isinstance(softcap, (int, float)) and not isinstance(softcap, bool) and softcap > 0:
+        flags["softcap"] = float(softcap)
+    left, right = cfg.get("attention_context_left"), cfg.get("attention_context_right")
+    past = left - 1 if isinstance(left, int) and not isinstance(left, bool) else None
+    chunk = chunked_window(cfg.get("attention_chunk_size"), past, right, False)
+    if chunk is not None:
+        flags["sliding_window"] = chunk[1] + 1 + chunk[2]
+        plan.notes += (chunked_window_note(chunk),)
 
 
 def is_unloaded_mtp_layer(config: Mapping[str, Any], prefix: str) -> bool:
@@ -1844,19 +1929,25 @@ def plan_from_checkpoint(
     names = set(tensor_names)
     arch0 = _BY_MODEL_TYPE.get(str(config.get("model_type", "")), GENERIC)
     prefixes: set[str] = set()
+    o_names = (*O_NAMES, *dict.fromkeys(n for a in _BY_MODEL_TYPE.values() for n in a.o_names))
     for full in names:
         if arch0.layout == "moa" and full.endswith("." + MOA_NAMES["o"]):
             prefixes.add(full[: -len(MOA_NAMES["o"]) - 1])
-        for o_name in O_NAMES:
+        parts = full.split(".")
+        if len(parts) > 2 and parts[-2] in LINEAR_WRAPPERS:  # P.o_proj.linear.weight
+            full = ".".join(parts[:-2] + parts[-1:])
+        for o_name in o_names:
             suffix = f"{o_name}.weight"
             if full == suffix or full.endswith("." + suffix):
                 prefixes.add(full[: -len(suffix)].rstrip("."))
     plans: list[AttentionPlan] = []
 
-    def first(prefix: str, table: Iterable[str], under: str = "") -> str | None:
+    def first(
+        prefix: str, table: Iterable[str], under: str = "", wrapped: bool = False
+    ) -> str | None:
         for n in table:
-            full = _join(_join(prefix, under), f"{n}.weight")
-            if full in names:
+            full = _wrapped_weight(_join(prefix, under), n, names, wrapped)
+            if full is not None:
                 return full
         return None
 
@@ -1879,9 +1970,11 @@ def plan_from_checkpoint(
                 moa = _moa_plan(prefix, len(plans), arch, cfg, _block_index(prefix))
                 plans.extend([moa] if moa is not None else [])
             continue
-        o = first(prefix, O_NAMES)
-        assert o is not None
-        q, k, v = (first(prefix, t) for t in (Q_NAMES, K_NAMES, V_NAMES))
+        wrapped = arch.linear_wrapped
+        o = first(prefix, (*arch.o_names, *O_NAMES), wrapped=wrapped)
+        if o is None:  # a row's own out-projection name (`post`), or wrapped, under another row
+            continue
+        q, k, v = (first(prefix, t, wrapped=wrapped) for t in (Q_NAMES, K_NAMES, V_NAMES))
         fused = first(prefix, [arch.fused] if arch.fused else FUSED_NAMES)
         if not (q and k and v) and fused is None:
             for under in ("self", "att"):  # BERT's self; LXMERT's cross-modal att
@@ -1956,6 +2049,7 @@ def plan_from_checkpoint(
                 plan.flags["qk_norm"] = "per_head"  # the width is checked when the tensor is read
         if _join(prefix, "sinks") in names:
             plan.flags["attention_sinks"] = True
+        _checkpoint_module_flags(plan, arch, cfg, names)
         post = _post_projection(prefix, lambda n: f"{n}.weight" in names)
         if post is not None:
             plan.flags["post_projection"] = post

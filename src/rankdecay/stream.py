@@ -139,13 +139,20 @@ _TOWER_ORDER = {"encoder": 0, "decoder": 1}
 _LATE_STACKS = {"x_layers": 0, "r_layers": 1}
 #: attention registered before the self-attention of its block (LXMERT's cross-modal layer)
 _CROSS_FIRST = {"visual_attention"}
+#: top-level towers in the order a ``model_type`` registers them (Gemma4Model / Gemma3nModel:
+#: vision, text, then audio — not the alphabetical order of their names)
+TOWERS_BY_MODEL_TYPE = {
+    "gemma4": ("vision_tower", "language_model", "audio_tower"),
+    "gemma3n": ("vision_tower", "language_model", "audio_tower"),
+}
 
 
-def _module_order(plans: Sequence[Any]) -> list[Any]:
+def _module_order(plans: Sequence[Any], towers: Sequence[str] = ()) -> list[Any]:
     """Plans in the order a model registers its modules, as far as names tell: path components
     compared with numbers as numbers, ``encoder`` before ``decoder``, and within one block the
     self-attention before the cross-attention (BART's ``self_attn`` before ``encoder_attn``);
-    ``layer`` renumbered to match, so a streamed report lists layers as the in-memory one does."""
+    top-level ``towers`` (:data:`TOWERS_BY_MODEL_TYPE`) first, in their order; ``layer``
+    renumbered to match, so a streamed report lists layers as the in-memory one does."""
 
     def token(part: str) -> tuple[int, int, str]:
         if part.isdigit():
@@ -160,7 +167,9 @@ def _module_order(plans: Sequence[Any]) -> list[Any]:
         parts = str(plan.name).split(".")
         cross = 1 if getattr(plan, "kind", "self") == "cross" else 0
         cross = -1 if parts[-1] in _CROSS_FIRST else cross
-        return (*[token(p) for p in parts[:-1]], (cross, 0, parts[-1]))
+        tower = [(-1, list(towers).index(parts[0]), "")] if parts[0] in towers else []
+        rest = parts[1:-1] if tower else parts[:-1]
+        return (*tower, *[token(p) for p in rest], (cross, 0, parts[-1]))
 
     ordered = sorted(plans, key=key)
     if all(hasattr(p, "layer") and dataclasses.is_dataclass(p) for p in ordered):
@@ -290,7 +299,8 @@ def analyze_directory(
         reason = "fold_norm needs the norm layers, which the name-based plan does not read"
     else:
         try:
-            plans = _module_order(plan_from_checkpoint(config, list(index.specs)))
+            towers = TOWERS_BY_MODEL_TYPE.get(str(config.get("model_type", "")), ())
+            plans = _module_order(plan_from_checkpoint(config, list(index.specs)), towers)
         except UnsupportedModelError as exc:
             reason = str(exc)
         if not plans and reason is None:
