@@ -2053,5 +2053,11 @@ def plan_from_checkpoint(
         post = _post_projection(prefix, lambda n: f"{n}.weight" in names)
         if post is not None:
             plan.flags["post_projection"] = post
+        if arch is GENERIC:  # e.g. Gemma-4's text tower: its module scales by 1, not 1/√r
+            plan.notes += (
+                f"scale 1/√{r} assumed: model_type {str(cfg.get('model_type', '?'))!r} is not in "
+                "rankdecay's table and a checkpoint does not say how its attention scales the "
+                "scores (the module's own scale is read in memory: analyze(load_model(DIR)))",
+            )
         plans.append(finish_notes(plan))
     return plans
