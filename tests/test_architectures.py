@@ -536,6 +536,22 @@ def _gemma3n_audio_check(model: nn.Module, layers: list[LayerHeads]) -> None:
             compare(lh, rec, torch.ones_like(s))
 
 
+def _gemma4_vision_config(**extra: Any) -> Any:
+    """A tiny Gemma4VisionConfig (D wide, L layers, H heads of D/H, 2×2 patches)."""
+    return t.Gemma4VisionConfig(
+        hidden_size=D,
+        intermediate_size=2 * D,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        num_key_value_heads=H,
+        head_dim=D // H,
+        patch_size=2,
+        position_embedding_size=16,
+        pooling_kernel_size=1,
+        **extra,
+    )
+
+
 CASES: dict[str, Case] = {
     "llama_gqa": Case(
         _lm(t.LlamaConfig, t.LlamaModel, num_key_value_heads=2),
@@ -1391,19 +1407,7 @@ CASES: dict[str, Case] = {
     ),
     "gemma4_vision": Case(  # q/k/v/o wrapped in Gemma4ClippableLinear (clip ranges ±inf here)
         lambda: t.Gemma4VisionModel(
-            t.Gemma4VisionConfig(
-                hidden_size=D,
-                intermediate_size=2 * D,
-                num_hidden_layers=L,
-                num_attention_heads=H,
-                num_key_value_heads=H,
-                head_dim=D // H,
-                patch_size=2,
-                position_embedding_size=16,
-                pooling_kernel_size=1,
-                use_clipped_linears=True,
-                attn_implementation="eager",
-            )
+            _gemma4_vision_config(use_clipped_linears=True, attn_implementation="eager")
         ),
         lambda m: {  # T patches at 2-D position (0, 0): the 2-D rotary is the identity
             "pixel_values": torch.rand(B, T, 3 * 2 * 2, generator=torch.Generator().manual_seed(2)),
@@ -1937,17 +1941,7 @@ def _gemma4_multimodal() -> nn.Module:
         vocab_size_per_layer_input=64,
         layer_types=["sliding_attention", "full_attention"],
     )
-    vision = t.Gemma4VisionConfig(
-        hidden_size=D,
-        intermediate_size=2 * D,
-        num_hidden_layers=L,
-        num_attention_heads=H,
-        num_key_value_heads=H,
-        head_dim=D // H,
-        patch_size=2,
-        position_embedding_size=16,
-        pooling_kernel_size=1,
-    )
+    vision = _gemma4_vision_config()
     return t.Gemma4Model(t.Gemma4Config(text_config=text, vision_config=vision, audio_config=audio))
 
 
