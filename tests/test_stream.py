@@ -1059,3 +1059,36 @@ def test_fp8_checkpoint_in_memory_dequantized_and_unscaled_refused(tmp_path: Pat
     save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CorruptCheckpointError, match="float8_e4m3fn without scales"):
         load_model(directory)
+
+
+def test_kv_shared_layers_are_warned_not_taken_for_missing_shards(tmp_path: Path) -> None:
+    """Gemma-4's KV-shared layers (num_kv_shared_layers) hold q and o but no k, v: neither path
+    extracts them. Streaming used to refuse the directory as 'the config or the shards do not
+    belong together'; now it names them in a warning, as the in-memory path does, and the other
+    layers' records equal analyze(model)."""
+    from rankdecay.heads import UnrecognizedAttentionWarning
+
+    transformers_ = pytest.importorskip("transformers")
+    config = transformers_.Gemma4TextConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        global_head_dim=8,
+        hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=64,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        num_kv_shared_layers=2,
+    )
+    torch.manual_seed(0)
+    model = transformers_.Gemma4TextModel(config).eval()
+    model.save_pretrained(tmp_path / "g4")
+    with pytest.warns(UnrecognizedAttentionWarning, match=r"layers\.2\.self_attn"):
+        streamed = analyze(tmp_path / "g4")
+    with pytest.warns(UnrecognizedAttentionWarning, match=r"layers\.2\.self_attn"):
+        in_memory = analyze(model)
+    assert streamed.model["layer_names"] == ["layers.0.self_attn", "layers.1.self_attn"]
+    _same(streamed, in_memory)

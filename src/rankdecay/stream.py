@@ -203,12 +203,14 @@ def _unplanned_attention(
 
 
 def _check_config_fits(
-    config: Mapping[str, Any], planned: Sequence[_Planned], directory: Path
+    config: Mapping[str, Any], planned: Sequence[_Planned], directory: Path, unplanned: int = 0
 ) -> None:
     """A config declaring more layers than the files hold attention for, or a width no attention
-    module has, is refused (the config and the weights do not belong together)."""
+    module has, is refused (the config and the weights do not belong together). ``unplanned``:
+    attention modules in the files that no plan reads (already named in a warning; e.g. Gemma-4's
+    KV-shared layers, which hold q and o but no k, v), counted as held."""
     declared = _pos_int(cfg_get(config, *LAYER_COUNT_KEYS))
-    if declared is not None and declared > len(planned):
+    if declared is not None and declared > len(planned) + unplanned:
         raise CorruptCheckpointError(
             f"{directory / 'config.json'} declares {declared} layers but the weights hold attention "
             f"tensors for {len(planned)}; the config or the shards do not belong together — restore "
@@ -324,7 +326,7 @@ def analyze_directory(
             UnrecognizedAttentionWarning,
             stacklevel=3,
         )
-    _check_config_fits(config, planned, directory)
+    _check_config_fits(config, planned, directory, len(missed))
     show = progress if progress is not None else (len(planned) >= 4 and sys.stderr.isatty())
     records = _stream_records(planned, index, circuits, rtol, bool(show))
     layers = [p.meta for p in planned]
