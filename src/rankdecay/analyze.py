@@ -48,6 +48,7 @@ from .checkpoint import (
     fp8_block_size,
     hub_id_error,
     looks_like_hub_id,
+    quantized_weight_error,
     read_model_config,
 )
 from .errors import (
@@ -302,11 +303,7 @@ def load_model(
         )
         for name, tensor in state.items():  # load_state_dict would cast them without a word
             if name in own and own[name].is_floating_point() and tensor.dtype not in FLOAT_DTYPES:
-                raise CorruptCheckpointError(
-                    f"{name} in {directory} is stored as {str(tensor.dtype).replace('torch.', '')} "
-                    "without scales rankdecay can apply (a quantized checkpoint?); rankdecay reads "
-                    "float32, bfloat16, float16 or float64 weights — analyse the unquantized model."
-                )
+                raise quantized_weight_error(name, directory, tensor.dtype)
         try:
             missing, _unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:

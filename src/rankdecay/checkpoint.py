@@ -63,6 +63,7 @@ __all__ = [
     "hub_id_error",
     "looks_like_hub_id",
     "open_regular",
+    "quantized_weight_error",
     "read_json_file",
     "read_model_config",
     "read_safetensors_header",
@@ -372,6 +373,16 @@ def _shard_path(directory: Path, name: object, index: Path) -> Path:
             "inside it — fix the index or move the shard into the directory."
         )
     return directory / name
+
+
+def quantized_weight_error(name: str, where: Path, dtype: torch.dtype) -> CorruptCheckpointError:
+    """The one sentence for a weight stored in a dtype rankdecay does not read (and no per-block
+    scale to dequantize it with)."""
+    return CorruptCheckpointError(
+        f"{name} in {where} is stored as {str(dtype).replace('torch.', '')} without scales "
+        "rankdecay can apply (a quantized checkpoint?); rankdecay reads float32, bfloat16, float16 "
+        "or float64 weights — analyse the unquantized model."
+    )
 
 
 def fp8_block_size(config: Mapping[str, Any]) -> tuple[int, int]:

@@ -73,6 +73,7 @@ __all__ = [
     "r_factor",
     "rank",
     "require_finite",
+    "require_finite_gram",
     "spectral_metrics",
     "spectrum_from_grams",
     "spectrum_from_r",
@@ -165,18 +166,21 @@ def spectrum_from_grams(G_A: Tensor, G_B: Tensor) -> tuple[FactoredSpectrum, Ten
     1e-10·σ₁, and the caller recomputes them from the factors (:func:`spectrum_from_r`).
     """
     s, ok = gram_svdvals(G_A, G_B)
+    return _gram_spectrum(s, G_A, G_B), ok
+
+
+def _gram_spectrum(s: Tensor, G_A: Tensor, G_B: Tensor) -> FactoredSpectrum:
+    """σ with the balance ‖G_A − G_B‖_F and the gap ½(tr G_A + tr G_B) − Σσ."""
     bal = torch.linalg.matrix_norm(G_A - G_B)
-    return FactoredSpectrum(s, bal, 0.5 * (_trace(G_A) + _trace(G_B)) - s.sum(-1)), ok
+    return FactoredSpectrum(s, bal, 0.5 * (_trace(G_A) + _trace(G_B)) - s.sum(-1))
 
 
 def _svdvals_and_grams(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """σ(A·Bᵀ) by the Gram route, the R route for the products it cannot vouch for; AᵀA, BᵀB."""
     r = A.shape[-1]
     G_A, G_B = gram(A), gram(B)
-    # tr(XᵀX) = ‖X‖_F² is NaN/Inf iff X holds NaN/Inf (or overflows): the finiteness check for free
-    if not bool(torch.isfinite(_trace(G_A).sum() + _trace(G_B).sum())):
-        require_finite(A)
-        require_finite(B)
+    require_finite_gram(A, G_A)
+    require_finite_gram(B, G_B)
     s, ok = gram_svdvals(G_A, G_B)
     if not bool(ok.all()):  # the R route for the products the Gram route cannot vouch for
         batch = s.shape[:-1]
@@ -185,6 +189,13 @@ def _svdvals_and_grams(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B_bad = B.expand(*batch, *B.shape[-2:])[bad]
         s[bad] = torch.linalg.svdvals(r_factor(A_bad) @ r_factor(B_bad).mT)[..., :r]
     return s, G_A, G_B
+
+
+def require_finite_gram(X: Tensor, G: Tensor, what: str = "a factor") -> None:
+    """:func:`require_finite` for X whose Gram G = XᵀX is at hand: tr(G) = ‖X‖_F² is NaN/Inf
+    iff X holds NaN/Inf (or its squares overflow), so the full pass over X runs only then."""
+    if not bool(torch.isfinite(_trace(G).sum())):
+        require_finite(X, what)
 
 
 def _gram_route(A: Tensor, B: Tensor) -> bool:
@@ -222,7 +233,8 @@ def gram_svdvals(G_A: Tensor, G_B: Tensor) -> tuple[Tensor, Tensor]:
     moves each λ by ≲ u‖A‖²‖B‖², so σᵢ by ≲ u‖A‖²‖B‖²/σᵢ: harmless for a well-conditioned product,
     √u·σ₁ for a rank-deficient one. Each product's bound is estimated a posteriori by
     q = u·tr(G_A)·tr(G_B) / (r·σ̃₁·σ̃_r); measured over 5000 random pairs (r = 1…96, condition
-    numbers 1…1e5 on each side, aligned, anti-aligned and independent bases, tests/test_spectra.py),
+    numbers 1…1e5 on each side, aligned, anti-aligned and independent bases:
+    benchmarks/gram_route_calibration.py; tests/test_gram_svdvals.py holds the bound),
     the error is at most 6·q·σ₁. ``ok`` is True where q ≤ :data:`GRAM_MAX_Q` (so the σ are within
     3e-12·σ₁ of exact) and the Cholesky succeeded; callers recompute the rest another way.
 
@@ -418,9 +430,7 @@ def factored_spectrum(
         require_finite(A)
         require_finite(B)
         return spectrum_from_r(r_factor(A), r_factor(B))
-    s, G_A, G_B = _svdvals_and_grams(A, B)
-    bal = torch.linalg.matrix_norm(G_A - G_B)
-    return FactoredSpectrum(s, bal, 0.5 * (_trace(G_A) + _trace(G_B)) - s.sum(-1))
+    return _gram_spectrum(*_svdvals_and_grams(A, B))
 
 
 def factored_svd(

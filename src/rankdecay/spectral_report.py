@@ -38,6 +38,7 @@ from .spectra import (
     gram,
     r_factor,
     require_finite,
+    require_finite_gram,
     spectral_metrics,
     spectrum_from_grams,
     spectrum_from_r,
@@ -306,8 +307,7 @@ def _batched_grams(pieces: list[tuple[Any, Tensor]], matrix_elements: int) -> di
     def flush() -> None:
         X = _stack_float64([t for _, t in batch], buffer)
         G_all = gram(X)  # new memory (the buffer is overwritten by the next batch)
-        if not bool(torch.isfinite(G_all.diagonal(dim1=-2, dim2=-1).sum())):
-            require_finite(X)
+        require_finite_gram(X, G_all)
         start = 0
         for key, t in batch:
             parts[key].append(G_all[start : start + t.shape[0]])

@@ -54,6 +54,7 @@ from .checkpoint import (
     CorruptCheckpointError,
     exception_reason,
     fp8_block_size,
+    quantized_weight_error,
     read_model_config,
 )
 from .errors import RankdecayError
@@ -110,11 +111,7 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
                 used.append(name)
                 return torch.empty(spec.shape, dtype=torch.float32, device="meta")
             if spec.dtype not in FLOAT_DTYPES:
-                raise CorruptCheckpointError(
-                    f"{name} in {spec.file} is stored as {str(spec.dtype).replace('torch.', '')} "
-                    "(a quantized checkpoint?); rankdecay reads float32, bfloat16, float16 or "
-                    "float64 weights — analyse the unquantized model."
-                )
+                raise quantized_weight_error(name, spec.file, spec.dtype)
             used.append(name)
             return spec.meta()
 
