@@ -1,0 +1,92 @@
+"""The native Gram kernel (src/rankdecay/_gram.c) behind ``spectra.gram``: XᵀX equal to numpy's
+float64 product to rounding, exactly symmetric, the same whatever the thread count, and the BLAS
+fallback wherever it does not run (r % 16 ≠ 0, a strided X, no build, no AVX-512)."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import rankdecay.spectra as spectra_mod
+from rankdecay.spectra import factored_svdvals, gram, gram_kernel
+
+native = pytest.mark.skipif(
+    gram_kernel() != "native (AVX-512)", reason="the native Gram kernel does not run on this CPU"
+)
+
+
+def _reference(X: torch.Tensor) -> np.ndarray:
+    Xn = X.numpy()
+    return np.einsum("...dr,...ds->...rs", Xn, Xn, optimize=False)  # no BLAS: plain sums
+
+
+def _close(G: torch.Tensor, X: torch.Tensor) -> None:
+    """|G − XᵀX| ≤ 4·d·u·‖x_i‖‖x_j‖ elementwise: the bound of any summation order."""
+    d = X.shape[-2]
+    col = np.sqrt((X.numpy() ** 2).sum(-2))  # (..., r)
+    bound = 4 * d * 2.0**-53 * col[..., :, None] * col[..., None, :]
+    assert np.all(np.abs(G.numpy() - _reference(X)) <= bound)
+
+
+def test_an_install_with_a_c_compiler_builds_the_kernel() -> None:
+    """setup.py's extension is optional (an install without a compiler still works); with gcc at
+    hand, as on CI, a missing module means the build broke."""
+    if platform.machine() not in ("x86_64", "AMD64") or shutil.which("cc") is None:
+        pytest.skip("no C compiler or not x86-64: the BLAS computes the Grams")
+    assert spectra_mod._native is not None, "rankdecay._gram was not built: see setup.py"
+
+
+@native
+@pytest.mark.parametrize(("shape", "r"), [((), 16), ((3,), 64), ((2, 5), 80), ((4,), 128)])
+@pytest.mark.parametrize("d", [1, 15, 129, 300])
+def test_native_gram_equals_the_float64_product(shape: tuple[int, ...], r: int, d: int) -> None:
+    X = torch.randn(*shape, d, r, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
+    X[..., 0] *= 1e6  # columns of very different scales: the bound is per entry
+    G = spectra_mod._native_gram(X)
+    assert G is not None and G.shape == (*shape, r, r)
+    assert torch.equal(G, G.mT)  # both triangles written, the lower one copied
+    _close(G, X)
+
+
+@native
+def test_native_gram_does_not_depend_on_the_thread_count() -> None:
+    X = torch.randn(7, 200, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gram(X)
+        torch.set_num_threads(2)
+        two = gram(X)
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("r", [8, 24, 64])
+def test_gram_takes_the_blas_where_the_kernel_does_not_run(r: int) -> None:
+    """r not a multiple of 16, a strided X: no kernel call, and the same Gram to rounding."""
+    X = torch.randn(3, 50, r, dtype=torch.float64, generator=torch.Generator().manual_seed(r))
+    strided = X.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
+    assert not strided.is_contiguous()
+    assert spectra_mod._native_gram(strided) is None
+    if r % 16:
+        assert spectra_mod._native_gram(X) is None
+    _close(gram(strided), X)
+    _close(gram(X), X)
+
+
+def test_spectra_do_not_depend_on_which_code_computes_the_grams(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(12, 256, 64, dtype=torch.float64, generator=g)
+    B = torch.randn(12, 256, 64, dtype=torch.float64, generator=g)
+    s = factored_svdvals(A, B)
+    monkeypatch.setattr(spectra_mod, "_native", None)
+    assert gram_kernel() == "BLAS (numpy)"
+    s_blas = factored_svdvals(A, B)
+    assert torch.allclose(s, s_blas, rtol=0, atol=1e-12 * float(s_blas.max()))
