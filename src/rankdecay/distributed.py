@@ -1,26 +1,9 @@
-"""Data-parallel training under ``torchrun``: DistributedDataParallel with exact resume.
-
-``rankdecay run <experiment>`` launched as ::
-
-    torchrun --nproc_per_node N -m rankdecay.cli run lm --out runs/lm-ddp ...
-    # (or: python -m torch.distributed.run --nproc_per_node N -m rankdecay.cli run lm ...)
-
-sees ``WORLD_SIZE > 1`` and ``RANK`` in its environment; :func:`rankdecay.train.train` then hands
-the run to :func:`train_distributed`, which sets up the process group and runs the one loop
-(:func:`rankdecay.loop.train_runs`) with a DDP :class:`rankdecay.engine.ModelEngine`:
-
-- process group: ``nccl`` when the run's device is CUDA (rank r uses ``cuda:LOCAL_RANK``),
-  ``gloo`` on CPU; rendezvous from the ``MASTER_ADDR``/``MASTER_PORT`` torchrun sets.
-- data: ``train.batch_size`` is the **global** batch, sharded over the ranks so that the update
-  equals the 1-process update (:mod:`rankdecay.engine`).
-- logged training loss/accuracy are all-reduced each step, so every rank accumulates the global
-  means and agrees on NaN detection; a SIGINT/SIGTERM on any rank stops every rank.
-- rank 0 alone writes the run directory (config, metrics, spectra, summary, checkpoints) and
-  evaluates; its metrics rows reach the other ranks, so early stopping ends every rank alike.
-- resume (``--resume DIR``): rank 0 verifies the checkpoint and the logs, then every rank loads
-  that checkpoint (weights, optimizer state, running sums, RNG), so the continued run equals an
-  uninterrupted one. The checkpoint format is that of a single-process run: a DDP run can be
-  resumed on one process and vice versa (with the same global batch).
+"""Data-parallel training under ``torchrun`` (docs/scaling.md §3): :func:`train_distributed`
+sets up the process group (``nccl`` on CUDA with rank r on ``cuda:LOCAL_RANK``, else ``gloo``)
+and runs the one loop (:func:`rankdecay.loop.train_runs`) with a DDP
+:class:`rankdecay.engine.ModelEngine` (sharding and its exactness: :mod:`rankdecay.engine`).
+Checkpoints are in the single-process format, so a DDP run resumes on one process and vice
+versa (with the same global batch).
 """
 
 from __future__ import annotations
@@ -48,10 +31,6 @@ class DistInfo(NamedTuple):
     rank: int
     world_size: int
     local_rank: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def _env_int(name: str, default: int) -> int:
@@ -91,6 +70,12 @@ def train_distributed(
 
     Returns the run summary on every rank (rank 0 writes it).
     """
+    spec = RunSpec(cfg, Path(run_dir), experiment, preset, verdict, resume)
+    return train_spec_distributed(spec, progress)
+
+
+def train_spec_distributed(spec: RunSpec, progress: bool = True) -> dict[str, Any]:
+    cfg = spec.cfg
     check_run_config(cfg)
     info = dist_info()
     shard_rows(cfg.train.batch_size, info.rank, info.world_size)  # refuse an uneven split first
@@ -108,9 +93,8 @@ def train_distributed(
         )
         created = True
     try:
-        label = f"{experiment} (DDP×{info.world_size})"
+        label = f"{spec.experiment} (DDP×{info.world_size})"
         engine = ModelEngine(label, device, info.rank, info.world_size)
-        spec = RunSpec(cfg, Path(run_dir), experiment, preset, verdict, resume)
         summary = train_runs(engine, [spec], progress=progress)[0]
         dist.barrier()
         return summary

@@ -11,13 +11,12 @@ step's global batch ``task.train_batch(step, B)`` (pure in (seed, step)) and kee
 [r·B/W, (r+1)·B/W); DDP averages the gradients, so with equal shards the update equals the
 1-process update on the global batch: ∇(1/W Σ_r mean_{i∈shard r} ℓᵢ) = ∇ mean_{i∈B} ℓᵢ.
 (Sequence tasks with ignored targets (−100) can have unequal valid-token counts per shard; then
-the shards are weighted equally, not by tokens.) The logged loss and accuracy are all-reduced,
-so every rank accumulates the global means; rank 0 evaluates and writes. Low-Rank Decay runs
-after every step on every rank and keeps the (identical) weights identical.
+the shards are weighted equally, not by tokens.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -50,36 +49,11 @@ T = TypeVar("T")
 
 
 def build_model(model_cfg: ModelConfig, task: Any) -> nn.Module:
-    """The experiment's TinyTransformer with the task's sizes filled in.
-
-    Fields of the model config that describe the data (vocabulary, outputs, sequence length,
-    readout) are taken from the task (:func:`rankdecay.validation.filled_model_config`), so a
-    config never disagrees with its data.
-    """
+    """The experiment's TinyTransformer with the task's sizes filled in
+    (:func:`rankdecay.validation.filled_model_config`)."""
     from .models import TinyTransformer
 
     return TinyTransformer(filled_model_config(model_cfg, task))
-
-
-def _weight_decay_spec(optim: OptimConfig) -> float | dict[str, float]:
-    """``optim.weight_decay`` for every role, overridden per role by ``weight_decay_by_role``
-    (roles of :func:`rankdecay.param_roles`, or "attention" for both attention roles)."""
-    if not optim.weight_decay_by_role:
-        return float(optim.weight_decay)
-    return {
-        "default": float(optim.weight_decay),
-        **{k: float(v) for k, v in optim.weight_decay_by_role.items()},
-    }
-
-
-def _betas(optim: OptimConfig) -> tuple[float, float]:
-    betas = tuple(optim.betas)
-    if len(betas) != 2:
-        raise RankdecayValueError(
-            f"optim.betas needs two values, got {list(betas)}; set optim.betas to e.g. 0.9,0.98.",
-            param="optim.betas",
-        )
-    return betas  # type: ignore[return-value]
 
 
 def build_optimizer(
@@ -96,29 +70,19 @@ def build_optimizer(
             f"optim.lr must be a positive number, got {optim.lr}; set optim.lr to e.g. 1e-3.",
             param="optim.lr",
         )
-    groups: Any = param_groups(model, _weight_decay_spec(optim))
+    groups: Any = param_groups(model, {"default": optim.weight_decay, **optim.weight_decay_by_role})
     opt: torch.optim.Optimizer
     if optim.name == "adamw":
-        opt = torch.optim.AdamW(groups, lr=optim.lr, betas=_betas(optim), eps=optim.eps)
+        opt = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
     elif optim.name == "adam":
-        opt = torch.optim.Adam(groups, lr=optim.lr, betas=_betas(optim), eps=optim.eps)
+        opt = torch.optim.Adam(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
     else:
         opt = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum)
     for g in opt.param_groups:
         g["initial_lr"] = optim.lr
     decay = None
     if lrd is not None and lrd.strength > 0:
-        decay = LowRankDecay(
-            model,
-            strength=lrd.strength,
-            target=lrd.target,
-            granularity=lrd.granularity,
-            polar=lrd.polar,
-            mode=lrd.mode,
-            scale_by_lr=lrd.scale_by_lr,
-            polar_steps=lrd.polar_steps,
-        )
-        decay.attach(opt)
+        decay = LowRankDecay(model, **dataclasses.asdict(lrd)).attach(opt)
     return opt, decay
 
 
@@ -303,7 +267,7 @@ class ModelEngine(Engine):
 
     def summary_fields(self) -> dict[str, Any]:
         if not self.ddp:
-            return super().summary_fields()
+            return {}
         local = self.shard.stop - self.shard.start
         return {
             "world_size": self.world_size,

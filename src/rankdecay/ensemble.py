@@ -1,11 +1,9 @@
-"""Batched-ensemble training: many runs of one model shape trained together in one process.
+"""Batched-ensemble training: runs of one model shape trained together in one process.
 
-A sweep's grid points that share the model's shape (they differ in seed, weight decay, LRD
-strength, data fraction, learning rate, arm, …) are stacked: every parameter of the M members
-becomes one tensor of shape (M, *shape), every step trains all members with batched kernels, and
-each member still gets its own run directory, metrics, spectra, summary and checkpoints — in the
-format of :func:`rankdecay.train.train` (they are written by the same loop,
-:func:`rankdecay.loop.train_runs`, with the :class:`StackEngine`).
+Every parameter of the M members becomes one (M, *shape) tensor, every step trains all members
+with batched kernels, and each member's run directory is written by the same loop as a solo run
+(:func:`rankdecay.loop.train_runs` with the :class:`StackEngine`). Usage, limits and sizing:
+docs/scaling.md §1.
 
 Exactness. Member i's computation is that of a solo run of its config, batched:
 
@@ -26,25 +24,6 @@ Exactness. Member i's computation is that of a solo run of its config, batched:
 
 Members therefore match solo runs to float rounding (tested; with ``polar="newton_schulz"`` to
 the Newton–Schulz tolerance, since the batch's iteration count is that of its slowest member).
-
-Not batched (the executor runs these solo): experiments not built on ``train`` (e.g.
-factorization, attention-svm), LRD ``granularity="product"``. With ``train.compile`` the training
-step's batched forward (and so its backward) goes through ``torch.compile``; evaluation stays
-eager. Members whose training batches differ in shape (e.g. full-batch
-training on different data fractions) are split into sub-ensembles automatically.
-
-Checkpoints and resume: every ``checkpoint_every`` steps each member writes its own checkpoint in
-the solo format (weights; optimizer state under the solo optimizer's parameter indices; running
-sums; RNG) — so a member can be resumed by ``rankdecay run --resume DIR`` alone, and an ensemble
-resumes from its members' checkpoints. Members resumed together must be at the same step; the
-executor groups them by checkpoint step. A member whose loss turns NaN/Inf fails alone (its
-summary says so); the others go on.
-
-Ensemble size: :func:`member_bytes` estimates one member's memory (parameters, gradients and
-optimizer states: 4 copies of the parameters; activations of a training batch and of an
-evaluation chunk); :func:`auto_members` fits as many as half the free memory
-(:func:`rankdecay.device.available_memory`) allows, on a CPU at most :func:`cpu_members` (wider
-batched tensors fall out of the caches); ``--members N`` overrides it.
 """
 
 from __future__ import annotations
@@ -54,7 +33,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -73,8 +51,7 @@ from .errors import RankdecayValueError
 from .loop import Engine, RunSpec, lr_at, optimizer_settings, train_runs
 from .models import functional_forward
 from .run_config import ModelConfig, RunConfig
-from .runfiles import checkpoint_step, needs_resume
-from .runlock import DirLock
+from .runfiles import checkpoint_step
 from .runstate import _rng_state, _rng_tensors, _seed_everything, _set_rng
 from .sweep import (
     LocalExecutor,
@@ -82,6 +59,8 @@ from .sweep import (
     RunTask,
     add_ensemble_arguments,
     execute_task,
+    resume_or_clear,
+    run_result,
     set_threads,
 )
 from .update import Hyper, adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
@@ -148,18 +127,9 @@ def _rope_tables(model: nn.Module) -> tuple[Tensor, Tensor] | None:
 
 
 class BatchedOptimizer:
-    """AdamW / Adam / SGD over stacked parameters with per-member hyperparameters.
-
-    Args:
-        params: name → stacked leaf (M, *shape); name: "adamw" | "adam" | "sgd";
-        weight_decay: name → per-member weight decays (M,); betas, eps, momentum: per member.
-
-    ``step(lrs)`` applies one update with per-member learning rates: :func:`rankdecay.update.adam_`
-    / :func:`~rankdecay.update.sgd_` with every hyperparameter an (M, 1, …) column (decoupled
-    decay for AdamW, L2 added to the gradient for Adam and SGD). ``state[name]`` holds
-    "exp_avg", "exp_avg_sq" (Adam*) or "momentum_buffer" (SGD with momentum) as (M, *shape)
-    tensors; ``t`` is the step count.
-    """
+    """AdamW / Adam / SGD (:func:`rankdecay.update.adam_` / :func:`~rankdecay.update.sgd_`) over
+    stacked leaves (M, *shape), every hyperparameter an (M, 1, …) column; ``state[name]`` holds
+    the torch-named buffers as (M, *shape) tensors, ``t`` the step count."""
 
     def __init__(
         self,
@@ -204,9 +174,7 @@ class BatchedOptimizer:
             if self.name == "sgd":
                 sgd_(p, p.grad, st.get("momentum_buffer"), step=self.t, lr=lr, **h)
             else:
-                exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
-                decoupled = self.name == "adamw"
-                adam_(p, p.grad, exp_avg, exp_avg_sq, step=self.t, lr=lr, decoupled=decoupled, **h)
+                adam_(p, p.grad, **st, step=self.t, lr=lr, decoupled=self.name == "adamw", **h)
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -214,16 +182,9 @@ class BatchedOptimizer:
 
 
 class BatchedLowRankDecay:
-    """:class:`rankdecay.decay.LowRankDecay` (matrix / head granularity) over stacked weights.
-
-    Args:
-        cfg: the members' ModelConfig; params: name → stacked leaf; target, granularity,
-        polar, mode: shared by the members; strengths, scale_by_lr: per member.
-
-    ``step(lrs)``: W ← W − Δ per member i, Δ = :func:`rankdecay.update.low_rank_decay_delta` of
-    its matrices (or heads) with c_i = strength_i·lr_i (``scale_by_lr``) or strength_i. The
-    options are checked by :func:`rankdecay.decay.check_lrd_options` (every member's strength).
-    """
+    """:class:`rankdecay.decay.LowRankDecay` (matrix / head granularity) over stacked weights:
+    target, granularity, polar, mode shared; strengths, scale_by_lr per member, so member i's
+    step is c_i = strength_i·lr_i (``scale_by_lr``) or strength_i."""
 
     def __init__(
         self,
@@ -388,13 +349,8 @@ CPU_ACTIVATION_BUDGET = 12 * 2**20
 
 def cpu_members(cfg: RunConfig, task: Any) -> int:
     """Largest CPU ensemble whose widest activation, batch·T·max(d_model, d_mlp, 3·H·d_head)
-    floats per member, fits in :data:`CPU_ACTIVATION_BUDGET` (≥ 1).
-
-    On a CPU the batched kernels are no cheaper per member than a solo run's, and M-fold wider
-    tensors fall out of the caches: R4's step (3 MiB per member) costs 41, 43, 47, 48, 53 ms per
-    member at M = 2, 4, 8, 16, 32 against 46–51 ms solo (``benchmarks/ensemble_step.py``,
-    docs/benchmarks.md). The budget keeps R4 at 4 members; tiny models, where per-op overhead
-    dominates and batching pays, get many more.
+    floats per member, fits in :data:`CPU_ACTIVATION_BUDGET` (≥ 1): on a CPU wider batched
+    tensors fall out of the caches (measurements: docs/benchmarks.md, benchmarks/ensemble_step.py).
     """
     mcfg = filled_model_config(cfg.model, task)
     T = mcfg.seq_len
@@ -429,15 +385,11 @@ def train_ensemble(
     *,
     progress: bool = False,
     forward: str = "batched",
-    on_done: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``members`` (same :func:`ensemble_key`) together; return their summaries in order.
 
-    Each member's run directory is written as :func:`rankdecay.train.train` would (by the same
-    loop, :func:`rankdecay.loop.train_runs`, with a :class:`StackEngine`). ``forward``:
-    "batched" (:func:`batched_forward`) or "vmap" (:func:`vmap_forward`). ``on_done(i,
-    summary)`` is called as each member ends. Members whose training batches differ in shape
-    (e.g. full-batch training on different data fractions) train in separate stacks.
+    ``forward``: "batched" (:func:`batched_forward`) or "vmap" (:func:`vmap_forward`). Members
+    whose training batches differ in shape train in separate stacks.
     """
     for m in members:
         reason = unsupported_reason(m.cfg)
@@ -457,15 +409,8 @@ def train_ensemble(
         groups.setdefault(_batch_shape(m.cfg) if len(members) > 1 else (), []).append(i)
     summaries: list[dict[str, Any]] = [{} for _ in members]
     for index in groups.values():
-
-        def done(j: int, summary: dict[str, Any], index: list[int] = index) -> None:
-            if on_done is not None:
-                on_done(index[j], summary)
-
         stack = [members[i] for i in index]
-        got = train_runs(
-            StackEngine(forward), stack, progress=progress, raise_failures=False, on_done=done
-        )
+        got = train_runs(StackEngine(forward), stack, progress=progress, raise_failures=False)
         for i, summary in zip(index, got):
             summaries[i] = summary
     return summaries
@@ -479,7 +424,6 @@ class StackEngine(Engine):
 
     def __init__(self, forward: str = "batched") -> None:
         self.forward_kind = forward
-        self.label = "ensemble"
 
     def build(self, cfgs: Sequence[RunConfig]) -> None:
         tc = self.tc = cfgs[0].train
@@ -549,8 +493,9 @@ class StackEngine(Engine):
         self.train_forward = maybe_compile(self.fwd, tc.compile)
         self.amp = autocast(self.device, tc.amp)
         d = self.device
-        sets = [{k: (x.to(d), y.to(d)) for k, (x, y) in t.eval_sets().items()} for t in self.tasks]
-        self.eval_sets = sets
+        self.eval_sets = [
+            {k: (x.to(d), y.to(d)) for k, (x, y) in t.eval_sets().items()} for t in self.tasks
+        ]
         self.eval_cache: dict[int, list[dict[str, float]]] = {}
 
     def fwd(self, x: Tensor) -> Tensor:
@@ -644,17 +589,6 @@ class StackEngine(Engine):
 # ============================================================================ executor
 
 
-def _result(summary: Mapping[str, Any], wall: float) -> dict[str, Any]:
-    status = str(summary.get("status", "failed"))
-    return {
-        "status": status,
-        "error": summary.get("error") if status != "finished" else None,
-        "wall_s": wall,
-        "final": summary.get("final", {}),
-        "verdict": summary.get("verdict", []),
-    }
-
-
 def _member(task: RunTask) -> EnsembleMember | str:
     """The ensemble member of ``task`` (not yet marked for resume), or why it cannot join one."""
     exp, cfg = task.build()
@@ -677,10 +611,7 @@ def _run_group(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, 
             m = _member(task)
             if isinstance(m, str):
                 raise RankdecayValueError(f"run {task.name} cannot join an ensemble: {m}")
-            m.resume = needs_resume(m.run_dir)  # a checkpoint (intact or not) or a history
-            if not m.resume and m.run_dir.exists():
-                with DirLock(m.run_dir):  # refused while another process writes the run
-                    shutil.rmtree(m.run_dir)  # started, never checkpointed: nothing to resume
+            m.resume = resume_or_clear(m.run_dir)
             members.append(m)
         sums = train_ensemble(members)
     except Exception as exc:  # noqa: BLE001 - report as failed runs
@@ -690,7 +621,7 @@ def _run_group(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, 
             tasks
         )
     wall = time.perf_counter() - t0
-    return [_result(s, wall) for s in sums]
+    return [run_result(s, wall) for s in sums]
 
 
 def _solo(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, Any]]:

@@ -222,7 +222,9 @@ def train_runs(
         for r in runs:  # failed before the loop: nothing may block the same --out
             if r.started and not r.spec.resume and not r.writer.summary_written:
                 r.writer.abandon()
-        err = _write_error(runs, exc, None)
+        path = str(getattr(exc, "path", ""))  # the run whose file could not be written
+        owner = next((r for r in runs if path.startswith(str(r.writer.dir))), runs[0])
+        err = write_failure(owner.writer, exc, None)
         if err is not None:
             raise err from None
         raise
@@ -521,15 +523,6 @@ def _on_main(engine: Engine, fn: Callable[[], T]) -> T:
     if message is not None:
         raise RankdecayError(message)
     return result
-
-
-def _write_error(
-    runs: Sequence[_Run], exc: BaseException, step: int | None
-) -> RankdecayError | None:
-    """:func:`write_failure` for the run whose file could not be written."""
-    path = str(getattr(exc, "path", ""))
-    owner = next((r for r in runs if path.startswith(str(r.writer.dir))), runs[0])
-    return write_failure(owner.writer, exc, step)
 
 
 # ----------------------------------------------------------------------------- schedule

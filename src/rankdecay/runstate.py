@@ -48,15 +48,13 @@ class RunState:
 
     step: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    loss_sum: Tensor = field(default=None)  # type: ignore[assignment]
-    acc_sum: Tensor = field(default=None)  # type: ignore[assignment]
+    loss_sum: Tensor = field(init=False)
+    acc_sum: Tensor = field(init=False)
     count: int = 0
 
     def __post_init__(self) -> None:
-        if self.loss_sum is None:
-            self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        if self.acc_sum is None:
-            self.acc_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.acc_sum = torch.zeros_like(self.loss_sum)
 
     def accumulate(self, loss: Tensor, acc: Tensor) -> None:
         self.loss_sum.add_(loss.detach())
@@ -165,9 +163,6 @@ def _optimizer_from_parts(
         if "betas" in g:
             g["betas"] = tuple(g["betas"])  # JSON made the tuple a list
     opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-# ----------------------------------------------------------------------------- signals / progress
 
 
 def _seed_everything(seed: int) -> None:

@@ -173,6 +173,28 @@ def run_status(run_dir: str | Path) -> str:
         return "missing"
 
 
+def resume_or_clear(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a checkpoint (intact or not) or a history to resume; a
+    directory started but never checkpointed is removed (under its lock)."""
+    resume = needs_resume(run_dir)
+    if not resume and run_dir.exists():
+        with DirLock(run_dir):  # refused while another process writes the run
+            shutil.rmtree(run_dir)
+    return resume
+
+
+def run_result(summary: Mapping[str, Any], wall: float, default: str = "failed") -> dict[str, Any]:
+    """A run's summary as an executor's result: status, error, wall_s, final, verdict."""
+    status = str(summary.get("status", default))
+    return {
+        "status": status,
+        "error": summary.get("error") if status != "finished" else None,
+        "wall_s": wall,
+        "final": summary.get("final", {}),
+        "verdict": summary.get("verdict", []),
+    }
+
+
 def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]:
     """Run one task in this process and return ``{"status", "error", "wall_s", "final", "verdict"}``.
 
@@ -187,24 +209,14 @@ def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]
         if set_thread_count:
             set_threads(task.threads)
         exp, cfg = task.build()
-        resume = needs_resume(run_dir)  # a checkpoint (intact or not) or a history
-        if not resume and run_dir.exists():
-            with DirLock(run_dir):  # refused while another process writes the run
-                shutil.rmtree(run_dir)  # started, never checkpointed: nothing to resume
+        resume = resume_or_clear(run_dir)
         (run_dir / "error.txt").unlink(missing_ok=True)
         kwargs: dict[str, Any] = {"resume": resume, "progress": False}
         with contextlib.suppress(TypeError, ValueError):
             if "preset" in inspect.signature(exp.run).parameters:
                 kwargs["preset"] = task.preset  # recorded in the run's config.json
         summary = exp.run(cfg, run_dir, **kwargs) or {}
-        status = str(summary.get("status", "finished"))
-        return {
-            "status": status,
-            "error": summary.get("error") if status != "finished" else None,
-            "wall_s": time.perf_counter() - t0,
-            "final": summary.get("final", {}),
-            "verdict": summary.get("verdict", []),
-        }
+        return run_result(summary, time.perf_counter() - t0, default="finished")
     except KeyboardInterrupt:
         return {"status": "interrupted", "error": "interrupted", "wall_s": time.perf_counter() - t0}
     except BaseException as exc:  # noqa: BLE001 - a failing run must not stop the sweep

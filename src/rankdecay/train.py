@@ -1,20 +1,7 @@
-"""One training run: :func:`train` turns an experiment's config into a run directory.
-
-Every transformer experiment (recall, grokking, lm, vit) is a config with the fields
-
-    seed: int, task: <task config with build(seed)>, model: ModelConfig,
-    optim: OptimConfig, lrd: LRDConfig, train: TrainConfig
-
-(:class:`rankdecay.run_config.RunConfig`). The pieces live where their job is:
-
-- :mod:`rankdecay.loop` — the run's lifecycle (run directory, resume, summaries, logging
-  cadence, NaN/Inf and signal handling), :func:`lr_at`, :func:`optimizer_settings`;
-- :mod:`rankdecay.engine` — one model: :func:`build_model`, :func:`build_optimizer`,
-  :func:`loss_and_accuracy`, :func:`evaluate`, and the engine the loop calls;
-- :mod:`rankdecay.runstate` — :class:`RunState` and the checkpoint's contents;
-- :mod:`rankdecay.runfiles` — :class:`RunWriter`, the run directory on disk.
-
-Under ``torchrun`` :func:`train` hands the run to :func:`rankdecay.distributed.train_distributed`.
+"""One training run: :func:`train` turns an experiment's config
+(:class:`rankdecay.run_config.RunConfig`) into a run directory; under ``torchrun`` it hands the
+run to :func:`rankdecay.distributed.train_distributed`. Re-exports the pieces of
+docs/training.md "Reusing the pieces" (they live in loop, engine, runstate, runfiles).
 """
 
 from __future__ import annotations
@@ -22,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .device import resolve_device as resolve_device
-from .distributed import launched_distributed, train_distributed
+from .distributed import launched_distributed, train_spec_distributed
 from .engine import ModelEngine, build_model, build_optimizer, evaluate, loss_and_accuracy
 from .loop import RunSpec, Verdict, lr_at, train_runs
 from .loop import _StopFlag as _StopFlag
@@ -68,15 +54,7 @@ def train(
     :class:`~rankdecay.errors.NonFiniteLossError` after writing ``status: "failed"``; SIGINT /
     SIGTERM save a checkpoint and return with ``status: "interrupted"``.
     """
-    if launched_distributed():  # under torchrun: DistributedDataParallel (rankdecay.distributed)
-        return train_distributed(
-            cfg,
-            run_dir,
-            resume=resume,
-            progress=progress,
-            experiment=experiment,
-            preset=preset,
-            verdict=verdict,
-        )
     spec = RunSpec(cfg, Path(run_dir), experiment, preset, verdict, resume)
+    if launched_distributed():  # under torchrun: DistributedDataParallel (rankdecay.distributed)
+        return train_spec_distributed(spec, progress)
     return train_runs(ModelEngine(experiment), [spec], progress=progress)[0]

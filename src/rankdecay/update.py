@@ -22,18 +22,10 @@ rounding, tested): with step t ≥ 1 (the count after this step), learning rate 
 - :func:`clip_grad_norm_`: g ← g·min(1, c/(‖g‖ + 10⁻⁶)) with ‖g‖ the global 2-norm over all the
   gradients (per member with ``members=True``), as ``torch.nn.utils.clip_grad_norm_``.
 
-Low-Rank Decay (:func:`low_rank_decay_delta`): for a batch of matrices X (…, m, n) with thin SVD
-X = U Σ Vᵀ and a step c ≥ 0 (per matrix, broadcasting as (…, 1, 1)) it returns Δ, applied as
-X ← X − Δ by the caller (which knows where X lives):
-
-- ``mode="subtract"``: Δ = c·polar(X) = c·U Vᵀ (σᵢ → σᵢ − c, singular vectors kept), with the
-  polar factor of :func:`rankdecay.polar.polar` ("svd", "newton_schulz" with ``tol``/``max_iter``,
-  or "newton_schulz_fixed" with ``polar_steps`` — not the polar factor, see there);
-- ``mode="svt"``: Δ = X − U max(Σ − c, 0) Vᵀ, the proximal step of c‖X‖_* (exact SVD).
-
-:class:`rankdecay.decay.LowRankDecay` (one model, any architecture, through views) and
-:class:`rankdecay.ensemble.BatchedLowRankDecay` (stacked members) both call it; the options are
-validated once, by :func:`rankdecay.decay.check_lrd_options`.
+Low-Rank Decay (:func:`low_rank_decay_delta`, called by :class:`rankdecay.decay.LowRankDecay`
+and :class:`rankdecay.ensemble.BatchedLowRankDecay`): X = U Σ Vᵀ, step c ≥ 0, X ← X − Δ with
+Δ = c·polar(X) = c·U Vᵀ (``mode="subtract"``: σᵢ → σᵢ − c) or Δ = X − U max(Σ − c, 0) Vᵀ
+(``mode="svt"``, the proximal step of c‖X‖_*).
 """
 
 from __future__ import annotations
