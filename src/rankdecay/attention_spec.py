@@ -1368,10 +1368,14 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _sub(module: nn.Module, path: str) -> nn.Module | None:
-    try:
-        return module.get_submodule(path)
-    except AttributeError:
-        return None
+    """``module.get_submodule(path)``, or None where there is none: read from the registered
+    children (``_modules``) without raising, as the name tables probe many absent names."""
+    sub: nn.Module | None = module
+    for part in path.split(".") if path else ():
+        sub = sub._modules.get(part)  # type: ignore[union-attr]
+        if sub is None:
+            return None
+    return sub
 
 
 def is_lora_layer(module: nn.Module) -> bool:
