@@ -58,12 +58,13 @@ def test_native_gram_does_not_depend_on_the_thread_count() -> None:
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = gram(X)
+        one = gram(X), spectra_mod._native_congruence(gram(X), gram(X + 1))
         torch.set_num_threads(2)
-        two = gram(X)
+        two = gram(X), spectra_mod._native_congruence(gram(X), gram(X + 1))
     finally:
         torch.set_num_threads(saved)
-    assert torch.equal(one, two)
+    assert one[1] is not None and two[1] is not None
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1][0], two[1][0])
 
 
 @pytest.mark.parametrize("r", [8, 24, 64])
@@ -90,3 +91,42 @@ def test_spectra_do_not_depend_on_which_code_computes_the_grams(
     assert gram_kernel() == "BLAS (numpy)"
     s_blas = factored_svdvals(A, B)
     assert torch.allclose(s, s_blas, rtol=0, atol=1e-12 * float(s_blas.max()))
+
+
+def _spd(n: int, r: int, seed: int) -> torch.Tensor:
+    X = torch.randn(n, 3 * r, r, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return (X.mT @ X).contiguous()
+
+
+@native
+@pytest.mark.parametrize("r", [16, 64, 128])
+def test_native_congruence_equals_cholesky_and_two_products(r: int) -> None:
+    """Lᵀ·G_A·L with G_B = L·Lᵀ against numpy's Cholesky and products, to rounding."""
+    G_A, G_B = _spd(5, r, r), _spd(5, r, r + 1)
+    out = spectra_mod._native_congruence(G_A, G_B)
+    assert out is not None
+    M, info = out
+    assert torch.equal(info, torch.zeros(5, dtype=torch.int32))
+    assert torch.equal(M, M.mT)
+    L = np.linalg.cholesky(G_B.numpy())
+    ref = np.swapaxes(L, -1, -2) @ G_A.numpy() @ L
+    scale = np.linalg.norm(G_A.numpy(), axis=(-2, -1)) * np.linalg.norm(G_B.numpy(), axis=(-2, -1))
+    assert np.all(np.abs(M.numpy() - ref).max(axis=(-2, -1)) <= 8 * r * 2.0**-53 * scale)
+
+
+@native
+def test_native_congruence_flags_a_gram_that_is_not_positive_definite() -> None:
+    """The failed item gets its pivot in ``info`` and M = 0; the others are untouched by it, and
+    gram_svdvals refuses exactly that product (its caller recomputes it by the R route)."""
+    G_A, G_B = _spd(4, 64, 1), _spd(4, 64, 2)
+    G_B[1, 10, 10] = -1.0  # pivot 11 is not positive
+    G_B[2, 0, 0] = float("nan")
+    out = spectra_mod._native_congruence(G_A, G_B)
+    assert out is not None
+    M, info = out
+    assert info.tolist()[0] == 0 and info.tolist()[3] == 0
+    assert info[1] > 0 and info[2] == 1
+    assert torch.equal(M[1], torch.zeros(64, 64, dtype=torch.float64))
+    ok_items = spectra_mod._native_congruence(G_A[[0, 3]].contiguous(), G_B[[0, 3]].contiguous())
+    assert ok_items is not None and torch.equal(ok_items[0], M[[0, 3]])
+    assert spectra_mod.gram_svdvals(G_A, G_B)[1].tolist() == [True, False, False, True]

@@ -32,7 +32,7 @@ Metrics (on singular values σ₁ ≥ σ₂ ≥ … ≥ 0, shape (..., k))
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -248,18 +248,45 @@ def _native_gram(X: Tensor) -> Tensor | None:
     if _native is None or not X.is_contiguous() or X.numel() == 0 or r % 16:
         return None
     G = torch.empty(*X.shape[:-2], r, r, dtype=torch.float64)
-    n = G.numel() // (r * r)
+    size = X.element_size()
+
+    def run(i: int, n: int) -> bool:  # items i … i + n − 1
+        x, g = X.data_ptr() + i * d * r * size, G.data_ptr() + i * r * r * size
+        return bool(_native.gram(x, n, d, r, g))
+
+    return G if _over_threads(G.numel() // (r * r), run) else None
+
+
+def _native_congruence(G_A: Tensor, G_B: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(Lᵀ G_A L, info) with G_B = L·Lᵀ by the native kernel (info: the failed pivot, 0 where G_B
+    is positive definite; there the result is 0); None where the kernel does not run."""
+    r = G_A.shape[-1]
+    tensors = (G_A, G_B)
+    if _native is None or r % 16 or G_A.shape != G_B.shape or G_A.numel() == 0:
+        return None
+    if not all(t.device.type == "cpu" and t.dtype == torch.float64 for t in tensors):
+        return None
+    if not all(t.is_contiguous() and not t.requires_grad for t in tensors):
+        return None
+    M = torch.empty_like(G_A)
+    info = torch.empty(G_A.shape[:-2], dtype=torch.int32)
+    step = r * r * M.element_size()
+
+    def run(i: int, n: int) -> bool:  # items i … i + n − 1
+        a, b, m = (t.data_ptr() + i * step for t in (G_A, G_B, M))
+        return bool(_native.congruence(a, b, n, r, m, info.data_ptr() + 4 * i))
+
+    return (M, info) if _over_threads(info.numel(), run) else None
+
+
+def _over_threads(n: int, run: Callable[[int, int], bool]) -> bool:
+    """``run(i, count)`` over items 0 … n − 1 in one contiguous chunk per torch thread (a native
+    kernel releases the GIL); True where every chunk ran."""
     step = -(-n // min(torch.get_num_threads(), n))
-    item = X.element_size()
-
-    def run(i: int) -> bool:  # items i … i + step − 1; the kernel releases the GIL
-        x, g = X.data_ptr() + i * d * r * item, G.data_ptr() + i * r * r * item
-        return bool(_native.gram(x, min(step, n - i), d, r, g))
-
     if step == n:
-        return G if run(0) else None
+        return run(0, n)
     with ThreadPoolExecutor(-(-n // step)) as pool:
-        return G if all(pool.map(run, range(0, n, step))) else None
+        return all(pool.map(lambda i: run(i, min(step, n - i)), range(0, n, step)))
 
 
 def gram_svdvals(G_A: Tensor, G_B: Tensor) -> tuple[Tensor, Tensor]:
@@ -280,8 +307,13 @@ def gram_svdvals(G_A: Tensor, G_B: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         σ (..., r) descending, and ok (...,) bool. Leading dims of G_A and G_B broadcast.
     """
-    L, info = torch.linalg.cholesky_ex(G_B)  # G_B = L·Lᵀ, (..., r, r)
-    lam = torch.linalg.eigvalsh(_matmul(_matmul(L.mT, G_A), L))  # ascending
+    native = _native_congruence(G_A, G_B)  # Lᵀ G_A L in one pass, L's zeros skipped
+    if native is not None:
+        M, info = native
+    else:
+        L, info = torch.linalg.cholesky_ex(G_B)  # G_B = L·Lᵀ, (..., r, r)
+        M = _matmul(_matmul(L.mT, G_A), L)
+    lam = torch.linalg.eigvalsh(M)  # ascending
     s = lam.clamp_min(0).sqrt().flip(-1)
     r = G_A.shape[-1]
     traces = _trace(G_A) * _trace(G_B)
