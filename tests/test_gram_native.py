@@ -67,12 +67,26 @@ def test_native_gram_does_not_depend_on_the_thread_count() -> None:
     assert torch.equal(one[0], two[0]) and torch.equal(one[1][0], two[1][0])
 
 
+@native
+@pytest.mark.parametrize("d", [2, 7, 8, 300])
+def test_native_gram_of_a_factor_stored_column_major(d: int) -> None:
+    """X (…, d, r) whose transpose is contiguous (an nn.Linear's q/k/v head as (d_model, r)):
+    the kernel's dot-product tiles, equal to the float64 product to rounding."""
+    g = torch.Generator().manual_seed(d)
+    X = torch.randn(2, 3, 64, d, dtype=torch.float64, generator=g).mT
+    assert not X.is_contiguous() and X.mT.is_contiguous()
+    X[..., 1] *= 1e-6
+    G = spectra_mod._native_gram(X)
+    assert G is not None and torch.equal(G, G.mT)
+    _close(G, X)
+
+
 @pytest.mark.parametrize("r", [8, 24, 64])
 def test_gram_takes_the_blas_where_the_kernel_does_not_run(r: int) -> None:
     """r not a multiple of 16, a strided X: no kernel call, and the same Gram to rounding."""
     X = torch.randn(3, 50, r, dtype=torch.float64, generator=torch.Generator().manual_seed(r))
-    strided = X.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
-    assert not strided.is_contiguous()
+    strided = X.transpose(0, 1).contiguous().transpose(0, 1)  # same values, neither layout
+    assert not strided.is_contiguous() and not strided.mT.is_contiguous()
     assert spectra_mod._native_gram(strided) is None
     if r % 16:
         assert spectra_mod._native_gram(X) is None

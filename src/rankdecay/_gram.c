@@ -1,7 +1,8 @@
 /* rankdecay._gram: batched Gram matrices G = XᵀX of small float64 factors, one core each.
  *
- * gram(x, batch, n, k, g) -> bool
- *   x: address of `batch` C-contiguous float64 matrices X (n × k), back to back;
+ * gram(x, batch, n, k, g, transposed=False) -> bool
+ *   x: address of `batch` C-contiguous float64 matrices X (n × k), back to back — or, with
+ *      `transposed`, of their transposes Xᵀ (k × n) (factors stored column-major);
  *   g: address of `batch` float64 outputs G (k × k), written whole (both triangles).
  *   Returns False, writing nothing, where this build or this CPU cannot run the kernel
  *   (no AVX-512F, k not a multiple of 16); the caller then uses its BLAS.
@@ -9,8 +10,9 @@
  * Why: OpenBLAS's syrk runs a 768×64 Gram (the attention factor of GPT-2-small) at ~40 % of its
  * GEMM rate — the k = 64 panel is too thin for its packing to pay. Here each 8 × 16 tile of the
  * upper triangle of G stays in 16 AVX-512 registers while a block of RB rows of X (in L1/L2)
- * streams past: per row, two 16-wide loads, eight broadcasts, sixteen FMAs. Each G[i][j] is the
- * sum over rows in row order, whatever the thread count, so results do not depend on it.
+ * streams past: per row, two 16-wide loads, eight broadcasts, sixteen FMAs. Stored as Xᵀ, each
+ * 4 × 4 tile is sixteen dot products of rows held as 8-wide partial sums. Each G[i][j] is summed
+ * in one fixed order whatever the thread count, so results do not depend on it.
  * The GIL is released: callers split a batch over threads.
  */
 #define PY_SSIZE_T_CLEAN
@@ -53,10 +55,49 @@ __attribute__((target("avx512f"))) static void gram_rows(const double *X, size_t
   }
 }
 
-static void gram_one(const double *X, size_t n, size_t k, double *G) {
-  memset(G, 0, k * k * sizeof(double));
-  for (size_t r0 = 0; r0 < n; r0 += RB)
-    gram_rows(X, r0, r0 + RB < n ? r0 + RB : n, k, G);
+#define SUM8(v) ((v)[0] + (v)[1] + (v)[2] + (v)[3] + (v)[4] + (v)[5] + (v)[6] + (v)[7])
+#define DOTS(OP)                                                                                   \
+  OP(0, 0) OP(0, 1) OP(0, 2) OP(0, 3) OP(1, 0) OP(1, 1) OP(1, 2) OP(1, 3) OP(2, 0) OP(2, 1)        \
+  OP(2, 2) OP(2, 3) OP(3, 0) OP(3, 1) OP(3, 2) OP(3, 3)
+#define DOT_ZERO(a, b) v8d d##a##b = {0};
+#define DOT_FMA(a, b) d##a##b += u##a * w##b;
+#define DOT_SUM(a, b) g[a * k + b] = SUM8(d##a##b);
+
+/* G = Y·Yᵀ for Y = Xᵀ (k × n) row-major (a factor stored column-major), k % 4 == 0: each 4 × 4
+ * tile of G's upper triangle is sixteen dot products of rows of Y, eight-wide partial sums in
+ * registers over all n columns, added across lanes once at the end. */
+__attribute__((target("avx512f"))) static void gram_cols(const double *Y, size_t n, size_t k,
+                                                         double *G) {
+  size_t n8 = n / 8 * 8;
+  for (size_t i0 = 0; i0 < k; i0 += 4) {
+    const double *y0 = Y + i0 * n, *y1 = y0 + n, *y2 = y1 + n, *y3 = y2 + n;
+    for (size_t j0 = i0; j0 < k; j0 += 4) {
+      const double *z0 = Y + j0 * n, *z1 = z0 + n, *z2 = z1 + n, *z3 = z2 + n;
+      DOTS(DOT_ZERO)
+      for (size_t c = 0; c < n8; c += 8) {
+        v8d u0 = LD(y0 + c), u1 = LD(y1 + c), u2 = LD(y2 + c), u3 = LD(y3 + c);
+        v8d w0 = LD(z0 + c), w1 = LD(z1 + c), w2 = LD(z2 + c), w3 = LD(z3 + c);
+        DOTS(DOT_FMA)
+      }
+      double *g = G + i0 * k + j0;
+      DOTS(DOT_SUM)
+      for (size_t c = n8; c < n; c++) /* the last n % 8 columns */
+        for (size_t a = 0; a < 4; a++)
+          for (size_t b = 0; b < 4; b++)
+            g[a * k + b] += Y[(i0 + a) * n + c] * Y[(j0 + b) * n + c];
+    }
+  }
+}
+
+/* G = XᵀX for X (n × k) row-major, or (`transposed`) for X stored as Xᵀ (k × n) row-major. */
+static void gram_one(const double *X, size_t n, size_t k, int transposed, double *G) {
+  if (transposed) {
+    gram_cols(X, n, k, G);
+  } else {
+    memset(G, 0, k * k * sizeof(double));
+    for (size_t r0 = 0; r0 < n; r0 += RB)
+      gram_rows(X, r0, r0 + RB < n ? r0 + RB : n, k, G);
+  }
   for (size_t i = 0; i < k; i++) /* the lower triangle from the upper */
     for (size_t j = 0; j < i; j++)
       G[i * k + j] = G[j * k + i];
@@ -162,8 +203,9 @@ static PyObject *congruence(PyObject *self, PyObject *args) {
 
 static PyObject *gram(PyObject *self, PyObject *args) {
   Py_ssize_t x, batch, n, k, g;
+  int transposed = 0;
   (void)self;
-  if (!PyArg_ParseTuple(args, "nnnnn", &x, &batch, &n, &k, &g))
+  if (!PyArg_ParseTuple(args, "nnnnn|p", &x, &batch, &n, &k, &g, &transposed))
     return NULL;
   if (batch < 0 || n < 0 || k < 0) {
     PyErr_SetString(PyExc_ValueError, "gram: batch, n and k must be non-negative");
@@ -172,7 +214,8 @@ static PyObject *gram(PyObject *self, PyObject *args) {
 #if RD_HAVE_KERNEL
   if (kernel_runs((size_t)k)) {
     Py_BEGIN_ALLOW_THREADS for (Py_ssize_t b = 0; b < batch; b++)
-        gram_one((const double *)x + b * n * k, (size_t)n, (size_t)k, (double *)g + b * k * k);
+        gram_one((const double *)x + b * n * k, (size_t)n, (size_t)k, transposed,
+                 (double *)g + b * k * k);
     Py_END_ALLOW_THREADS Py_RETURN_TRUE;
   }
 #endif
@@ -190,7 +233,7 @@ static PyObject *available(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"gram", gram, METH_VARARGS, "gram(x, batch, n, k, g) -> bool: G = XᵀX, see the C source."},
+    {"gram", gram, METH_VARARGS, "gram(x, batch, n, k, g, transposed=False) -> bool: G = XᵀX, see the C source."},
     {"congruence", congruence, METH_VARARGS,
      "congruence(a, b, batch, k, m, info): M = Lᵀ·A·L with B = L·Lᵀ, see the C source."},
     {"available", available, METH_NOARGS, "available() -> bool: whether this CPU runs the kernel."},

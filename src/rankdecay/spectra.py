@@ -219,12 +219,13 @@ def _gram_route(A: Tensor, B: Tensor) -> bool:
 def gram(X: Tensor) -> Tensor:
     """The Gram matrix XᵀX (..., r, r) of X (..., d, r).
 
-    A CPU float64 tensor outside autograd goes to the native kernel where it runs (contiguous X,
-    r a multiple of 16, an AVX-512 CPU: :func:`gram_kernel`; ≈ 1.3× faster than OpenBLAS's
-    ``syrk`` on 768×64 factors, docs/benchmarks.md), split over torch's thread count; otherwise
-    through numpy's ``matmul`` on a transposed view, which its BLAS computes as a symmetric rank-k
-    update (``syrk``: d·r² multiply-adds, half a GEMM's, and ≈ 1.6× faster than torch's batched
-    GEMM for 768×64 factors). Anything else through torch's ``X.mT @ X``.
+    A CPU float64 tensor outside autograd goes to the native kernel where it runs (X stored
+    row- or column-major, r a multiple of 16, an AVX-512 CPU: :func:`gram_kernel`; 1.5–1.8×
+    faster than OpenBLAS's ``syrk`` on 768×64 factors, docs/benchmarks.md), split over torch's
+    thread count; otherwise through numpy's ``matmul`` on a transposed view, which its BLAS
+    computes as a symmetric rank-k update (``syrk``: d·r² multiply-adds, half a GEMM's, and
+    ≈ 1.6× faster than torch's batched GEMM for 768×64 factors). Anything else through torch's
+    ``X.mT @ X``.
     """
     if X.device.type == "cpu" and X.dtype == torch.float64 and not X.requires_grad:
         G = _native_gram(X)
@@ -245,14 +246,15 @@ def gram_kernel(r: int = 64) -> str:
 def _native_gram(X: Tensor) -> Tensor | None:
     """XᵀX by the native kernel, the batch split over torch's threads; None where it does not run."""
     d, r = X.shape[-2:]
-    if _native is None or not X.is_contiguous() or X.numel() == 0 or r % 16:
+    transposed = not X.is_contiguous() and X.mT.is_contiguous()  # stored column-major
+    if _native is None or not (X.is_contiguous() or transposed) or X.numel() == 0 or r % 16:
         return None
     G = torch.empty(*X.shape[:-2], r, r, dtype=torch.float64)
     size = X.element_size()
 
     def run(i: int, n: int) -> bool:  # items i … i + n − 1
         x, g = X.data_ptr() + i * d * r * size, G.data_ptr() + i * r * r * size
-        return bool(_native.gram(x, n, d, r, g))
+        return bool(_native.gram(x, n, d, r, g, transposed))
 
     return G if _over_threads(G.numel() // (r * r), run) else None
 
