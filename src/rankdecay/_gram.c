@@ -6,6 +6,9 @@
  *   g: address of `batch` float64 outputs G (k × k), written whole (both triangles).
  *   Returns False, writing nothing, where this build or this CPU cannot run the kernel
  *   (no AVX-512F, k not a multiple of 16); the caller then uses its BLAS.
+ * congruence(a, b, batch, k, m, info) -> bool
+ *   per item M = Lᵀ·A·L with B = L·Lᵀ (the Gram route's symmetric eigenproblem, spectra.py),
+ *   info the failed Cholesky pivot; False under the same conditions as gram.
  *
  * Why: OpenBLAS's syrk runs a 768×64 Gram (the attention factor of GPT-2-small) at ~40 % of its
  * GEMM rate — the k = 64 panel is too thin for its packing to pay. Here each 8 × 16 tile of the
@@ -13,13 +16,14 @@
  * streams past: per row, two 16-wide loads, eight broadcasts, sixteen FMAs. Stored as Xᵀ, each
  * 4 × 4 tile is sixteen dot products of rows held as 8-wide partial sums. Each G[i][j] is summed
  * in one fixed order whatever the thread count, so results do not depend on it.
- * The GIL is released: callers split a batch over threads.
+ * The GIL is released: callers split a batch over threads. Built with -DRD_NO_KERNEL (or not
+ * for x86 with GCC/clang) the module has no kernel and every call returns False.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(RD_NO_KERNEL)
 #define RD_HAVE_KERNEL 1
 #define RB 128 /* rows of X per pass: 128 × k doubles stay in L2 */
 
