@@ -360,8 +360,8 @@ def _chunk_spectra(
     """σ, balance and norm gap (per query head) of every item of a chunk.
 
     Factor sides with d ≥ r: every distinct factor of equal shape in one batched Gram product
-    (:func:`_batched_grams`; a key/value factor shared by g query heads once), then all products
-    of equal r in one Gram eigenvalue call (:func:`spectrum_from_grams`). The products that route
+    (:func:`_batched_grams`; a key/value factor shared by g query heads once), then each item's
+    products in one Gram eigenvalue call (:func:`spectrum_from_grams`). The products that route
     cannot vouch for to 1e-10·σ₁ (ill-conditioned, rank-collapsed), and every item with a side of
     fewer than r rows or a chain (MLA, LoRA), take the R route: σ(R_A R_Bᵀ) with R by
     :func:`r_factor` or the chain's QR cascade (:func:`spectrum_from_r`).
@@ -389,26 +389,16 @@ def _chunk_spectra(
         return spectrum_from_r(R_A, R_B)
 
     out: dict[tuple[int, str], FactoredSpectrum] = {}
-    by_r: dict[int, list[tuple[int, str]]] = {}
-    for item in on_gram:
-        by_r.setdefault(grams[(item, 0)].shape[-1], []).append(item)
-    for members in by_r.values():
-        G = [
-            torch.cat([_indexed(grams[(item, j)], sides[item][j]) for item in members])
-            for j in (0, 1)
-        ]
-        spec, ok = spectrum_from_grams(G[0], G[1])
-        start = 0
-        for item in members:
-            n = layers[item[0]].n_heads
-            rows = FactoredSpectrum(*(t[start : start + n] for t in spec))
-            bad = ~ok[start : start + n]
-            if bool(bad.any()):
-                fixed = r_route(item, bad.nonzero().flatten().cpu())
-                for t, f in zip(rows, fixed):
-                    t[bad] = f
-            out[item] = rows
-            start += n
+    for item in on_gram:  # per item: its Grams are slices of the batches, nothing is copied
+        spec, ok = spectrum_from_grams(
+            *(_indexed(grams[(item, j)], sides[item][j]) for j in (0, 1))
+        )
+        bad = ~ok
+        if bool(bad.any()):
+            fixed = r_route(item, bad.nonzero().flatten().cpu())
+            for t, f in zip(spec, fixed):
+                t[bad] = f
+        out[item] = spec
     for item in sides:
         if item not in out:
             out[item] = r_route(item)
@@ -422,8 +412,8 @@ def _spectra_records(
 
     Work per chunk of (layer, circuit) items (:func:`_chunk_spectra`): the Gram of every
     *distinct* factor (a key/value head shared by g query heads once), all factors of equal shape
-    in one batched product after one float64 cast-and-stack pass; then σ, balance and gap of all
-    products of equal shape in one batched call; the R route where the Gram route cannot vouch
+    in one batched product after one float64 cast-and-stack pass; then σ, balance and gap of each
+    item's products in one batched call; the R route where the Gram route cannot vouch
     for the σ, and for MLA/LoRA chains.
     """
     items = [(li, c) for li in range(len(layers)) for c in circuits]
