@@ -25,3 +25,18 @@ def test_select_heads_equals_index_select(layout: str) -> None:
     assert got.shape == (8, 20, 8)
     if layout != "contiguous":
         assert got.stride(-2) == 1  # copied in the source's order: heads stay column-major
+
+
+@pytest.mark.parametrize(
+    ("heads", "view"),
+    [([0, 4, 8, 12], True), ([3], True), ([0, 1, 2], True), ([0, 2, 3], False), ([5, 1], False)],
+)
+def test_distinct_heads_are_a_view_where_evenly_spaced(heads: list[int], view: bool) -> None:
+    """spectral_report._heads: the first query head of each key/value group, X[heads] — a view of
+    the expanded stack where the heads are evenly spaced (no copy), else a copy."""
+    from rankdecay.spectral_report import _heads
+
+    X = torch.randn(16, 6, 4, generator=torch.Generator().manual_seed(1))
+    got = _heads(X, heads)
+    assert torch.equal(got, X[heads])
+    assert (got.untyped_storage().data_ptr() == X.untyped_storage().data_ptr()) == view

@@ -260,12 +260,21 @@ def _sides(lh: LayerHeads, circuit: str) -> tuple[_Side, _Side]:
     if kv is None:
         return _Side(A), _Side(B)
     distinct = list(dict.fromkeys(kv))  # key/value heads in order of first use
-    first = torch.tensor([kv.index(j) for j in distinct], device=A.device)
+    first = [kv.index(j) for j in distinct]
     row = {j: i for i, j in enumerate(distinct)}
     index = tuple(row[j] for j in kv)
     if circuit == "qk":  # B = W_K is the shared one
-        return _Side(A), _Side(select_heads(B, first), index)
-    return _Side(select_heads(A, first), index), _Side(B)  # ov: A = W_V is shared
+        return _Side(A), _Side(_heads(B, first), index)
+    return _Side(_heads(A, first), index), _Side(B)  # ov: A = W_V is shared
+
+
+def _heads(X: Tensor, heads: list[int]) -> Tensor:
+    """X[heads] for a head stack X (H, a, b): a view where ``heads`` are evenly spaced (grouped
+    query attention's first head of each group), else a copy (:func:`select_heads`)."""
+    step = heads[1] - heads[0] if len(heads) > 1 else 1
+    if step > 0 and heads == list(range(heads[0], heads[0] + step * len(heads), step)):
+        return X[heads[0] :: step][: len(heads)]
+    return select_heads(X, torch.tensor(heads, device=X.device))
 
 
 def _stack_float64(pieces: list[Tensor], buffer: Tensor | None = None) -> Tensor:
