@@ -1405,6 +1405,24 @@ CASES: dict[str, Case] = {
         flags={"attention_experts": 3, "rotary": True},
         check=_jetmoe_check,
     ),
+    "gemma4_text": Case(  # Gemma4TextAttention: scale 1, v_norm; no KV-shared layers here
+        _lm(
+            t.Gemma4TextConfig,
+            t.Gemma4TextModel,
+            num_key_value_heads=2,
+            head_dim=8,
+            global_head_dim=8,
+            hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=50,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+        _causal_lm_inputs,
+        _always,
+        L,
+        "Gemma-4 text",
+        flags={"rotary": True, "qk_norm": "per_head", "value_norm": True},
+        neutralise=_no_qk_or_value_norm,
+    ),
     "gemma4_vision": Case(  # q/k/v/o wrapped in Gemma4ClippableLinear (clip ranges ±inf here)
         lambda: t.Gemma4VisionModel(
             _gemma4_vision_config(use_clipped_linears=True, attn_implementation="eager")
@@ -2002,12 +2020,9 @@ def test_gemma4_checkpoint_streams_its_vision_and_audio_towers(tmp_path: Path) -
     assert streamed.model["streamed"] is True
     towers = [r["name"].split(".")[0] for r in streamed.records]
     assert list(dict.fromkeys(towers)) == ["vision_tower", "language_model", "audio_tower"]
-    # the text tower (model_type gemma4_text, not in the table) streams by the generic rule,
-    # whose 1/√r scale is not Gemma-4's 1: its notes say the scale is assumed; the towers with
-    # a row do not
+    # every tower has a row (the text tower: Gemma-4 text, scale 1): no scale is assumed
     for name, notes in streamed.model["notes"].items():
-        assumed = any("assumed" in n and "gemma4_text" in n for n in notes)
-        assert assumed == name.startswith("language_model."), (name, notes)
+        assert not any("assumed" in n for n in notes), (name, notes)
     assert len(streamed.records) == len(in_memory.records)
     for a, b in zip(streamed.records, in_memory.records, strict=True):
         keys = ("layer", "name", "head", "circuit", "kv_head", "rank")
@@ -2020,7 +2035,7 @@ def test_gemma4_checkpoint_streams_its_vision_and_audio_towers(tmp_path: Path) -
     }
     towers_checked = 0
     for lh in live:
-        if lh.name.split(".")[0] in ("vision_tower", "audio_tower"):
+        if lh.name.split(".")[0] in ("vision_tower", "audio_tower", "language_model"):
             meta = planned[lh.name]
             assert (meta.family, meta.scale, meta.flags, meta.notes, meta.rotary) == (
                 lh.family,
@@ -2030,7 +2045,7 @@ def test_gemma4_checkpoint_streams_its_vision_and_audio_towers(tmp_path: Path) -
                 lh.rotary,
             )
             towers_checked += 1
-    assert towers_checked == 2 * L
+    assert towers_checked == 3 * L
 
     state = load_file(str(tmp_path / "model.safetensors"))
     extra = dict(state, **{"extra_tower.layers.0.attn.q_proj.linear.weight": torch.zeros(D, D)})

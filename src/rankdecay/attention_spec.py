@@ -336,6 +336,16 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         tested_by=("gemma2", "gemma3"),
     ),
     Architecture(
+        "Gemma-4 text",
+        ("Gemma4TextAttention",),
+        ("gemma4_text",),
+        scale="one",
+        flags="rotary (partial on full-attention layers), QK-norm per head, value norm "
+        "(value_norm), sliding window; KV-shared layers (q and o only) are named in a warning",
+        tested_by=("gemma4_text",),
+        value_norm=True,
+    ),
+    Architecture(
         "Qwen3 / Qwen3-MoE",
         ("Qwen3Attention", "Qwen3MoeAttention"),
         ("qwen3", "qwen3_moe"),
