@@ -109,7 +109,6 @@ def solo(arm: str, reps: int) -> dict[str, float]:
 
 def ensemble(M: int, reps: int, compile_: bool) -> dict[str, float]:
     from rankdecay import ensemble as E
-    from rankdecay.decay import param_roles
     from rankdecay.engine import evaluate_members
     from rankdecay.train import build_optimizer, optimizer_settings
 
@@ -124,17 +123,9 @@ def ensemble(M: int, reps: int, compile_: bool) -> dict[str, float]:
     bo = E.BatchedOptimizer(P, o0.name, wd, [tuple(o0.betas)] * M, [o0.eps] * M, [0.0] * M)
     lrds = [s[1] for s in settings]
     on = next(lr for lr in lrds if lr.strength > 0)
-    blrd = E.BatchedLowRankDecay(
-        models[0].cfg,
-        P,
-        param_roles(models[0]),
-        on.target,
-        on.granularity,
-        on.polar,
-        on.mode,
-        [lr.strength for lr in lrds],
-        [lr.scale_by_lr for lr in lrds],
-    )
+    form = {k: getattr(on, k) for k in ("target", "granularity", "polar", "mode")}
+    strengths, scale = [lr.strength for lr in lrds], [lr.scale_by_lr for lr in lrds]
+    blrd = E.BatchedLowRankDecay(models[0], P, strengths, scale, **form)
     B = cfgs[0].train.batch_size
     X, Y = E._stack_batches([t.train_batch(0, B) for t in tasks])
     mcfg = models[0].cfg

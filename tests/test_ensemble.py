@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rankdecay.decay import LowRankDecay, param_roles
+from rankdecay.decay import LowRankDecay
 from rankdecay.ensemble import (
     BatchedLowRankDecay,
     BatchedOptimizer,
@@ -188,17 +188,22 @@ def test_batched_evaluation_equals_each_members_evaluate(variant: dict, chunk: i
 
 
 @pytest.mark.parametrize(
-    "target,granularity,mode",
+    "target,granularity,mode,off",
     [
-        ("qk", "matrix", "subtract"),
-        ("attention", "head", "subtract"),
-        ("matrices", "matrix", "svt"),
+        ("qk", "matrix", "subtract", 1),
+        ("attention", "head", "subtract", 1),
+        ("attention", "head", "svt", None),  # every member decays: no row selection
+        ("matrices", "matrix", "svt", 1),
     ],
 )
-def test_batched_lrd_matches_low_rank_decay(target: str, granularity: str, mode: str) -> None:
+def test_batched_lrd_matches_low_rank_decay(
+    target: str, granularity: str, mode: str, off: int | None
+) -> None:
     models = _members(VARIANTS[0])
     cfg = models[0].cfg
-    strengths, scale, lrs = [0.05, 0.0, 0.2], [True, False, False], [0.5, 1.0, 0.1]
+    strengths, scale, lrs = [0.05, 0.1, 0.2], [True, False, False], [0.5, 1.0, 0.1]
+    if off is not None:
+        strengths[off] = 0.0
     refs = []
     for m, s, sb, lr in zip(models, strengths, scale, lrs):
         ref = TinyTransformer(cfg)
@@ -208,14 +213,14 @@ def test_batched_lrd_matches_low_rank_decay(target: str, granularity: str, mode:
                 ref, s, target=target, granularity=granularity, mode=mode, scale_by_lr=sb
             ).step(lr)
         refs.append(ref)
-    roles = param_roles(models[0])
     P = stack_models(models)
-    BatchedLowRankDecay(cfg, P, roles, target, granularity, "svd", mode, strengths, scale).step(lrs)
+    form = {"target": target, "granularity": granularity, "mode": mode}
+    BatchedLowRankDecay(models[0], P, strengths, scale, **form).step(lrs)
     for i, ref in enumerate(refs):
         for n, p in ref.named_parameters():
             torch.testing.assert_close(P[n][i].detach(), p.detach(), rtol=1e-5, atol=1e-6)
     with pytest.raises(RankdecayError, match="granularity"):
-        BatchedLowRankDecay(cfg, P, roles, "qk", "product", "svd", "subtract", strengths, scale)
+        BatchedLowRankDecay(models[0], P, strengths, scale, granularity="product")
 
 
 TINY = [

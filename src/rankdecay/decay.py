@@ -740,6 +740,24 @@ class LowRankDecay:
         """Names of the parameters this decay modifies."""
         return sorted({v.owner for v in self._views})
 
+    def strided_views(self) -> list[tuple[str, tuple[int, ...], tuple[int, ...], int]]:
+        """Every matrix (batch of head matrices) the decay acts on as (owner name, size, stride,
+        storage offset from the owner's first element): ``p.as_strided(size, stride,
+        p.storage_offset() + offset)`` is it, without a copy. Raises
+        :class:`~rankdecay.errors.RankdecayValueError` where one is not a strided view of its
+        owner (product granularity; key/value heads shared unevenly)."""
+        out = []
+        for v in self._views:
+            if v.strided is None:
+                raise RankdecayValueError(
+                    f"LowRankDecay's {v.key} is not a strided view of {v.owner!r}; use "
+                    "granularity='matrix' (or 'head' on a model without shared key/value heads).",
+                    param="granularity",
+                )
+            (size, stride, offset), (_, _, owner_offset) = v.strided
+            out.append((v.owner, size, stride, offset - owner_offset))
+        return out
+
     # ---------------------------------------------------------------- optimizer plumbing
     def attach(self, optimizer: torch.optim.Optimizer) -> LowRankDecay:
         """Run the decay after every ``optimizer.step()``, with each parameter's current group lr."""

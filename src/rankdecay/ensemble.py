@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DataclassInstance
-from .decay import check_lrd_options, param_roles
+from .decay import LowRankDecay, check_lrd_options
 from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
 from .engine import build_model, build_optimizer, evaluate_members
 from .errors import RankdecayValueError
@@ -182,59 +182,38 @@ class BatchedOptimizer:
 
 
 class BatchedLowRankDecay:
-    """:class:`rankdecay.decay.LowRankDecay` (matrix / head granularity) over stacked weights:
-    target, granularity, polar, mode shared; strengths, scale_by_lr per member, so member i's
-    step is c_i = strength_i·lr_i (``scale_by_lr``) or strength_i."""
+    """:class:`rankdecay.decay.LowRankDecay` over stacked members: the matrices member 0's decay
+    acts on (:meth:`~rankdecay.decay.LowRankDecay.strided_views` of its weights, which are views
+    of the stack), lifted to (M, …) by the member stride. ``options`` (target, granularity
+    "matrix" or "head", polar, mode, polar_steps) are shared; member i's step is
+    c_i = strength_i·lr_i (``scale_by_lr[i]``) or strength_i."""
 
     def __init__(
         self,
-        cfg: ModelConfig,
-        params: Mapping[str, Tensor],
-        roles: Mapping[str, str],
-        target: str,
-        granularity: str,
-        polar: str,
-        mode: str,
+        model: nn.Module,
+        stacked: Mapping[str, Tensor],
         strengths: Sequence[float],
         scale_by_lr: Sequence[bool],
-        polar_steps: int = 5,
+        **options: Any,
     ) -> None:
-        for s in strengths:
-            check_lrd_options(s, target, granularity, mode, polar, polar_steps)
-        if granularity not in ("matrix", "head"):
+        if options.get("granularity", "matrix") not in ("matrix", "head"):
             raise RankdecayValueError(
-                f"the ensemble supports LRD granularity matrix or head, got {granularity!r}; "
-                "run it with the local executor.",
+                f"the ensemble supports LRD granularity matrix or head, got "
+                f"{options['granularity']!r}; run it with the local executor.",
                 param="executor",
             )
-        self.cfg = cfg
-        self.params = dict(params)
-        self.granularity, self.polar, self.mode = granularity, polar, mode
-        self.polar_steps = polar_steps  # polar="newton_schulz_fixed" only
+        solo = LowRankDecay(model, 1.0, **options)  # checks the options, finds the matrices
+        for s in strengths:
+            check_lrd_options(s, solo.target, solo.granularity, solo.mode, solo.polar)
+        self.mode, self.polar = solo.mode, solo.polar
+        self.polar_steps = solo.polar_steps  # polar="newton_schulz_fixed" only
         self.strengths = list(map(float, strengths))
         self.scale_by_lr = list(map(bool, scale_by_lr))
-        which = ("q", "k") if target == "qk" else ("q", "k", "v", "o")
-        names = [f"blocks.{i}.attn.{w}.weight" for i in range(cfg.n_layers) for w in which]
-        if target == "matrices":
-            names += [n for n, r in roles.items() if r == "mlp" and self.params[n].dim() >= 3]
-        self.names = [n for n in names if n in self.params]
-
-    def _blocks(self, name: str, W: Tensor) -> Tensor:
-        """The matrices the decay acts on, (M, n, a, b), as a view-like copy of the stored W."""
-        M = W.shape[0]
-        if self.granularity == "matrix" or ".attn." not in name:
-            return W.reshape(M, 1, W.shape[1], -1)
-        H, dh = self.cfg.n_heads, self.cfg.head_dim
-        if name.endswith(".o.weight"):  # (M, d, H·dh) → per head (M, H, d, dh)
-            return W.reshape(M, W.shape[1], H, dh).permute(0, 2, 1, 3)
-        return W.reshape(M, H, dh, W.shape[2])  # q/k/v (M, H·dh, d) → (M, H, dh, d)
-
-    def _unblock(self, name: str, D: Tensor, shape: Sequence[int]) -> Tensor:
-        """Inverse of :meth:`_blocks`: (M', n, a, b) → the stored layout (M', *shape)."""
-        out = (len(D), *shape)
-        if self.granularity == "head" and name.endswith(".attn.o.weight"):
-            return D.permute(0, 2, 1, 3).reshape(out)
-        return D.reshape(out)
+        self.views: list[Tensor] = []  # (M, *size) in-place views of the stacked weights
+        for name, size, stride, offset in solo.strided_views():
+            S = stacked[name].detach()
+            at = S.storage_offset() + offset
+            self.views.append(S.as_strided((len(S), *size), (S.stride(0), *stride), at))
 
     @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
@@ -244,28 +223,21 @@ class BatchedLowRankDecay:
         on = [i for i, c in enumerate(cs) if c != 0.0]
         if not on:
             return
-        device = self.params[self.names[0]].device
-        rows = None if len(on) == len(cs) else torch.tensor(on, device=device)
-        blocks: dict[str, Tensor] = {}
-        for n in self.names:
-            W = self.params[n].detach()
-            blocks[n] = self._blocks(n, W if rows is None else W.index_select(0, rows))
-        buckets: dict[tuple[Any, ...], list[str]] = {}  # matrices of one shape: one batched call
-        for n, X in blocks.items():
-            buckets.setdefault((X.shape[1:], X.dtype), []).append(n)
-        for names in buckets.values():
-            X = torch.cat([blocks[n] for n in names], dim=1)  # (M_on, n_total, a, b)
+        rows = None if len(on) == len(cs) else torch.tensor(on, device=self.views[0].device)
+        buckets: dict[tuple[Any, ...], list[Tensor]] = {}  # matrices of one shape: one call
+        for W in self.views:
+            buckets.setdefault((W.shape[1:], W.dtype), []).append(W)
+        for views in buckets.values():
+            X = torch.stack([W if rows is None else W.index_select(0, rows) for W in views], 1)
             X = torch.nan_to_num(X)  # a failed (NaN) member must not break the batched SVD
-            c = X.new_tensor([cs[i] for i in on]).view(-1, 1, 1, 1)
+            c = X.new_tensor([cs[i] for i in on]).view(-1, *([1] * (X.dim() - 1)))
             mode, polar, steps = self.mode, self.polar, self.polar_steps
             delta, _ = low_rank_decay_delta(X, c, mode=mode, polar=polar, polar_steps=steps)
-            for n, D in zip(names, delta.split([blocks[n].shape[1] for n in names], dim=1)):
-                W = self.params[n]
-                D = self._unblock(n, D, W.shape[1:])
+            for j, W in enumerate(views):  # (M_on, n_views, …)
                 if rows is None:
-                    W.data.sub_(D)
+                    W.sub_(delta[:, j])
                 else:
-                    W.data.index_add_(0, rows, D, alpha=-1.0)
+                    W.index_add_(0, rows, delta[:, j], alpha=-1.0)
 
 
 def member_weight_decays(
@@ -473,18 +445,10 @@ class StackEngine(Engine):
         self.lrd = None
         on = [lrd for lrd in lrds if lrd.strength > 0]
         if on:
-            self.lrd = BatchedLowRankDecay(
-                models[0].cfg,
-                self.stacked,
-                param_roles(models[0]),
-                on[0].target,
-                on[0].granularity,
-                on[0].polar,
-                on[0].mode,
-                [lrd.strength for lrd in lrds],
-                [lrd.scale_by_lr for lrd in lrds],
-                polar_steps=on[0].polar_steps,
-            )
+            form = dataclasses.asdict(on[0])  # the members share it (ensemble_key)
+            del form["strength"], form["scale_by_lr"]
+            strengths, scale = [lrd.strength for lrd in lrds], [lrd.scale_by_lr for lrd in lrds]
+            self.lrd = BatchedLowRankDecay(models[0], self.stacked, strengths, scale, **form)
         self.clips = [o.grad_clip for o in optims]
         self.lrs = [lr_at(step, o, tc.steps) for o in optims]
         self.rope = _rope_tables(models[0])
