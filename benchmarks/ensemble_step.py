@@ -118,9 +118,7 @@ def ensemble(M: int, reps: int, compile_: bool) -> dict[str, float]:
     pre = [build_optimizer(m, o, None)[0] for m, (o, _) in zip(models, settings)]
     own = [dict(m.named_parameters()) for m in models]
     P = E.stack_models(models)
-    wd = E.member_weight_decays(pre, own)
-    o0 = settings[0][0]
-    bo = E.BatchedOptimizer(P, o0.name, wd, [tuple(o0.betas)] * M, [o0.eps] * M, [0.0] * M)
+    bo = E.BatchedOptimizer(P, pre, own)
     lrds = [s[1] for s in settings]
     on = next(lr for lr in lrds if lr.strength > 0)
     form = {k: getattr(on, k) for k in ("target", "granularity", "polar", "mode")}

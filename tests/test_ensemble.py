@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -119,18 +121,19 @@ def test_batched_optimizer_matches_torch_per_member(name: str) -> None:
     mom = [0.9, 0.0, 0.5] if name == "sgd" else [0.9] * M
     clip = [0.5, 0.0, 2.0]
     stacked = {n: v.clone().requires_grad_(True) for n, v in init.items()}
-    opt = BatchedOptimizer(stacked, name, wds, betas, eps, mom)
-    solo = []
-    for i in range(M):
+
+    def member(i: int) -> tuple[dict[str, torch.nn.Parameter], torch.optim.Optimizer]:
         ps = {n: torch.nn.Parameter(v[i].clone()) for n, v in init.items()}
         groups = [{"params": [ps[n]], "weight_decay": wds[n][i]} for n in shapes]
         if name == "adamw":
-            o = torch.optim.AdamW(groups, lr=lrs[i], betas=betas[i], eps=eps[i])
-        elif name == "adam":
-            o = torch.optim.Adam(groups, lr=lrs[i], betas=betas[i], eps=eps[i])
-        else:
-            o = torch.optim.SGD(groups, lr=lrs[i], momentum=mom[i])
-        solo.append((ps, o))
+            return ps, torch.optim.AdamW(groups, lr=lrs[i], betas=betas[i], eps=eps[i])
+        if name == "adam":
+            return ps, torch.optim.Adam(groups, lr=lrs[i], betas=betas[i], eps=eps[i])
+        return ps, torch.optim.SGD(groups, lr=lrs[i], momentum=mom[i])
+
+    solo = [member(i) for i in range(M)]  # the references
+    own = [member(i) for i in range(M)]  # the members' optimizers the batched one reads
+    opt = BatchedOptimizer(stacked, [o for _, o in own], [ps for ps, _ in own])
     for step in range(6):
         g = {n: torch.randn(M, *s) for n, s in shapes.items()}
         for n in shapes:
@@ -648,3 +651,19 @@ def test_vmap_forward_trains_like_the_batched_forward(tmp_path: Path) -> None:
         (weights["batched0"][k] - weights["batched1"][k]).abs().max() for k in weights["batched0"]
     )
     assert gap > 1e-4  # the two members really differ (other seed, arm, lr)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: torch.optim.AdamW([p], amsgrad=True),
+        lambda p: torch.optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True),
+        lambda p: torch.optim.RMSprop([p]),
+    ],
+    ids=["amsgrad", "nesterov", "rmsprop"],
+)
+def test_batched_optimizer_refuses_what_it_does_not_run(make: Callable[..., Any]) -> None:
+    """An update the batched rules do not implement is refused, not run as plain AdamW/SGD."""
+    p = torch.nn.Parameter(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="local executor"):
+        BatchedOptimizer({"w": torch.zeros(1, 2, 3)}, [make(p)], [{"w": p}])

@@ -76,7 +76,6 @@ __all__ = [
     "cpu_members",
     "ensemble_key",
     "member_bytes",
-    "member_weight_decays",
     "stack_models",
     "train_ensemble",
     "unsupported_reason",
@@ -127,33 +126,58 @@ def _rope_tables(model: nn.Module) -> tuple[Tensor, Tensor] | None:
 
 
 class BatchedOptimizer:
-    """AdamW / Adam / SGD (:func:`rankdecay.update.adam_` / :func:`~rankdecay.update.sgd_`) over
-    stacked leaves (M, *shape), every hyperparameter an (M, 1, …) column; ``state[name]`` holds
-    the torch-named buffers as (M, *shape) tensors, ``t`` the step count."""
+    """The members' own optimizers (torch's AdamW, Adam or SGD, member i's over its parameters
+    ``members[i]``) run as one: :func:`rankdecay.update.adam_` / :func:`~rankdecay.update.sgd_`
+    over the stacked leaves ``params`` (M, *shape), every hyperparameter an (M, 1, …) column
+    read from the group that holds the parameter in member i's optimizer (weight decay, betas,
+    eps, momentum; the learning rates are given to :meth:`step`). ``state[name]`` holds the
+    torch-named buffers as (M, *shape) tensors, started from the members' states (a resumed
+    member's moments), whose entries become views of them: each member's optimizer keeps its
+    solo state, so its checkpoint needs no translation. ``t`` is the step count."""
 
     def __init__(
         self,
         params: Mapping[str, Tensor],
-        name: str,
-        weight_decay: Mapping[str, Sequence[float]],
-        betas: Sequence[tuple[float, float]],
-        eps: Sequence[float],
-        momentum: Sequence[float],
+        optimizers: Sequence[torch.optim.Optimizer],
+        members: Sequence[Mapping[str, Tensor]],
     ) -> None:
-        self.params, self.name, self.t = dict(params), name, 0
-        adam = name in ("adamw", "adam")
-        keys = ("exp_avg", "exp_avg_sq") if adam else ("momentum_buffer",) if any(momentum) else ()
-        self.state = {n: {k: torch.zeros_like(p) for k in keys} for n, p in params.items()}
+        names = {type(o).__name__.lower() for o in optimizers}
+        groups = [{id(p): g for g in o.param_groups for p in g["params"]} for o in optimizers]
+        flags = ("amsgrad", "maximize", "nesterov", "dampening")
+        if (
+            len(names) > 1
+            or not names <= {"adamw", "adam", "sgd"}
+            or any(g.get(f) for o in optimizers for g in o.param_groups for f in flags)
+        ):
+            raise RankdecayValueError(
+                f"the ensemble runs AdamW, Adam or SGD with torch's default flags ({', '.join(flags)} "
+                f"off), one type for all members; got {sorted(names)}; use the local executor.",
+                param="executor",
+            )
+        self.params, self.name, self.t = dict(params), names.pop(), 0
+        adam = self.name != "sgd"
+        self.state: dict[str, dict[str, Tensor]] = {}
         self.hyper: dict[str, dict[str, Hyper]] = {}
         for n, p in self.params.items():
+            gs = [groups[i][id(m[n])] for i, m in enumerate(members)]
             col = functools.partial(member_column, like=p)
+            momentum = [g.get("momentum", 0.0) for g in gs]
             h: dict[str, Hyper] = {"momentum": col(momentum)}
             if adam:
-                h = {"beta1": col([b[0] for b in betas]), "beta2": col([b[1] for b in betas])}
-                h["eps"] = col(eps)
+                beta1, beta2 = zip(*(g["betas"] for g in gs))
+                h = {"beta1": col(beta1), "beta2": col(beta2), "eps": col([g["eps"] for g in gs])}
             # a parameter no member decays gets the number 0 (the update skips the decay)
-            h["weight_decay"] = col(weight_decay[n]) if any(weight_decay[n]) else 0.0
+            decay = [g["weight_decay"] for g in gs]
+            h["weight_decay"] = col(decay) if any(decay) else 0.0
             self.hyper[n] = h
+            keys = ("exp_avg", "exp_avg_sq") if adam else ("momentum_buffer",) * any(momentum)
+            self.state[n] = {k: torch.zeros_like(p) for k in keys}
+            for k, buf in self.state[n].items():
+                for i, (o, m) in enumerate(zip(optimizers, members)):
+                    st = o.state[m[n]]
+                    if k in st:
+                        buf[i].copy_(st[k])
+                    st[k] = buf[i]
 
     @torch.no_grad()
     def clip_(self, max_norms: Sequence[float]) -> None:
@@ -238,19 +262,6 @@ class BatchedLowRankDecay:
                     W.sub_(delta[:, j])
                 else:
                     W.index_add_(0, rows, delta[:, j], alpha=-1.0)
-
-
-def member_weight_decays(
-    optimizers: Sequence[torch.optim.Optimizer], params: Sequence[Mapping[str, Tensor]]
-) -> dict[str, list[float]]:
-    """Parameter name → the weight decay each member's own optimizer gives it (from its param
-    groups, e.g. per-role decay), in member order: the ``weight_decay`` of :class:`BatchedOptimizer`."""
-    out: dict[str, list[float]] = {n: [] for n in params[0]}
-    for opt, named in zip(optimizers, params):
-        of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
-        for n in out:
-            out[n].append(float(of[id(named[n])]))
-    return out
 
 
 # ============================================================================ members
@@ -424,24 +435,8 @@ class StackEngine(Engine):
         self.stacked = stack_models(models)
         self.names = list(self.stacked)
         optims, lrds = zip(*self.settings)
-        self.opt = BatchedOptimizer(
-            self.stacked,
-            optims[0].name,
-            member_weight_decays(self.opts, params),
-            betas=[tuple(o.betas) for o in optims],  # type: ignore[misc]
-            eps=[o.eps for o in optims],
-            momentum=[o.momentum for o in optims],
-        )
+        self.opt = BatchedOptimizer(self.stacked, self.opts, params)
         self.opt.t = step
-        # each solo optimizer's state becomes views of the batched state (after taking over
-        # what a resumed member's checkpoint loaded into it)
-        for n, state in self.opt.state.items():
-            for key, buf in state.items():
-                for i, o in enumerate(self.opts):
-                    st = o.state[params[i][n]]
-                    if key in st:
-                        buf[i].copy_(st[key])
-                    st[key] = buf[i]
         self.lrd = None
         on = [lrd for lrd in lrds if lrd.strength > 0]
         if on:
