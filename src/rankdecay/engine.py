@@ -86,25 +86,30 @@ def build_optimizer(
     return opt, decay
 
 
-def loss_and_accuracy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def loss_and_accuracy(logits: Tensor, y: Tensor, *, members: bool = False) -> tuple[Tensor, Tensor]:
     """Mean cross-entropy and accuracy of logits (..., C) against integer targets (...).
 
-    Targets equal to −100 are ignored. Both results are 0-dim tensors (no host sync). Half-precision
-    logits (autocast) are upcast to float32 first; float32/float64 logits are used as they are.
+    Targets equal to −100 are ignored: with V the other targets, loss = Σ_V CE / |V| and
+    acc = |{argmax = target} ∩ V| / |V|. Both are 0-dim tensors (no host sync); with
+    ``members=True`` logits (M, ..., C) and targets (M, ...) give (M,) tensors, member i's over
+    its own targets. Half-precision logits (autocast) are upcast to float32 first;
+    float32/float64 logits are used as they are.
     """
     if y.dtype.is_floating_point:
         raise RankdecayTypeError(
             f"targets must be integer class indices, got {y.dtype}; pass y as a long tensor.",
             param="y",
         )
-    C = logits.shape[-1]
-    z = loss_precision(logits).reshape(-1, C)
+    z = loss_precision(logits).reshape(-1, logits.shape[-1])
     t = y.reshape(-1)
-    loss = F.cross_entropy(z, t, ignore_index=-100)
+    shape = (y.shape[0] if members else 1, -1)
+    ce = F.cross_entropy(z, t, ignore_index=-100, reduction="none").view(shape)
     with torch.no_grad():
-        valid = t != -100
-        acc = ((z.argmax(-1) == t) & valid).sum() / valid.sum().clamp_min(1)
-    return loss, acc
+        valid = (t != -100).view(shape)
+        count = valid.sum(1).clamp_min(1)
+        acc = ((z.argmax(-1) == t).view(shape) & valid).sum(1) / count
+    loss = ce.sum(1) / count
+    return (loss, acc) if members else (loss[0], acc[0])
 
 
 @torch.no_grad()

@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DataclassInstance
 from .decay import LowRankDecay, check_lrd_options
-from .device import autocast, loss_precision, maybe_compile, param_dtype, resolve_device
-from .engine import build_model, build_optimizer, evaluate_members
+from .device import autocast, maybe_compile, param_dtype, resolve_device
+from .engine import build_model, build_optimizer, evaluate_members, loss_and_accuracy
 from .errors import RankdecayValueError
 from .loop import Engine, RunSpec, lr_at, optimizer_settings, train_runs
 from .models import functional_forward
@@ -475,11 +474,7 @@ class StackEngine(Engine):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with self.amp:
             logits = self.train_forward(x)
-        z = loss_precision(logits)
-        C = z.shape[-1]
-        ce = F.cross_entropy(z.reshape(-1, C), y.reshape(-1), ignore_index=-100, reduction="none")
-        valid = y.reshape(M, -1) != -100
-        losses = ce.reshape(M, -1).sum(1) / valid.sum(1).clamp_min(1)
+        losses, accs = loss_and_accuracy(logits, y, members=True)
         self.opt.zero_grad()
         losses.sum().backward()
         if not all(live):
@@ -493,9 +488,6 @@ class StackEngine(Engine):
         self.opt.step(self.lrs)
         if self.lrd is not None:
             self.lrd.step(self.lrs)
-        with torch.no_grad():
-            hit = (z.argmax(-1) == y).reshape(M, -1) & valid
-            accs = hit.sum(1) / valid.sum(1).clamp_min(1)
         return list(losses), list(accs)
 
     def evaluate(self, step: int) -> list[dict[str, float]]:
