@@ -156,6 +156,11 @@ def run(
     return summary
 
 
+def exit_job(tasks: Any, threads: int | None) -> list[dict[str, Any]]:
+    """A job function of ``LocalExecutor.run_jobs`` whose worker process dies at once (exit 7)."""
+    os._exit(7)
+
+
 def _figures(sweep: SweepData) -> list[ReportFigure]:
     """A fraction × weight-decay grid gets the grokking phase diagram (what report tests read)."""
     if {"fraction", "weight_decay"} <= set(sweep.grid):

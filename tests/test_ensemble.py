@@ -514,6 +514,59 @@ def test_sweep_with_the_ensemble_executor(tmp_path: Path) -> None:
     assert again.executed == []
 
 
+def test_two_workers_train_the_ensembles_of_one_worker(tmp_path: Path) -> None:
+    """workers=2: each ensemble is one job of the local executor's spawned pool; every run ends
+    as in the in-process path (workers=1) with the same ensembles."""
+    rows = {}
+    for workers in (1, 2):
+        result = run_sweep(
+            "grokking",
+            preset="quick",
+            grid={"arm": ["l2", "lrd"], "task.train_fraction": [0.5]},
+            fixed=[*TINY, "train.steps=10"],
+            seeds="0,1",
+            out=tmp_path / f"w{workers}",
+            executor="ensemble",
+            members=2,
+            workers=workers,
+            threads_per_worker=1,
+        )
+        assert result.counts["finished"] == 4 and result.exit_code == 0
+        index = json.loads((tmp_path / f"w{workers}" / "sweep.json").read_text())
+        rows[workers] = {row["name"]: row for row in index["runs"]}
+    assert rows[1].keys() == rows[2].keys()
+    for name, row in rows[2].items():
+        one, two = (
+            json.loads((tmp_path / f"w{w}" / rows[w][name]["run_dir"] / "summary.json").read_text())
+            for w in (1, 2)
+        )
+        assert two["status"] == "finished" and two["ensemble_size"] == 2
+        assert two["final"] == pytest.approx(one["final"], rel=1e-6, abs=1e-9)
+        assert two["verdict"] == one["verdict"]
+        assert row["final"] == pytest.approx(rows[1][name]["final"], rel=1e-6, abs=1e-9)
+
+
+def test_a_worker_dying_in_an_ensemble_job_fails_only_that_jobs_runs(tmp_path: Path) -> None:
+    """A job of two runs whose worker exits: both runs fail with the exit code, the other job
+    (a solo toy run in the other worker) finishes."""
+    import sweep_toy
+
+    from rankdecay.sweep import _execute_one
+
+    grokking = "rankdecay.experiments.grokking:EXPERIMENT"
+    group = [RunTask(i, f"r{i}", grokking, "quick", {}, i, str(tmp_path / f"r{i}")) for i in (0, 1)]
+    toy = RunTask(2, "toy", "sweep_toy:EXPERIMENT", "quick", {}, 0, str(tmp_path / "toy"))
+    events = []
+    jobs = [(sweep_toy.exit_job, group), (_execute_one, [toy])]
+    EnsembleExecutor(workers=2, threads_per_worker=1).run_jobs(jobs, events.append)
+    assert sorted(e.index for e in events if e.kind == "start") == [0, 1, 2]
+    done = {e.index: e.result for e in events if e.kind == "done"}
+    assert sorted(done) == [0, 1, 2] and done[2]["status"] == "finished"
+    for i in (0, 1):
+        assert done[i]["status"] == "failed"
+        assert done[i]["error"] == "worker process died (exit code 7) while running this run"
+
+
 @pytest.mark.rounding
 def test_float64_ensemble_equals_solo_runs_to_rounding(tmp_path: Path) -> None:
     """In float64 the only difference between an ensemble member and its solo run is the order of

@@ -56,8 +56,8 @@ from .sweep import (
     LocalExecutor,
     RunEvent,
     RunTask,
+    _execute_one,
     add_ensemble_arguments,
-    execute_task,
     resume_or_clear,
     run_result,
     set_threads,
@@ -575,11 +575,6 @@ def _run_group(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, 
     return [run_result(s, wall) for s in sums]
 
 
-def _solo(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, Any]]:
-    """Worker entry point: one task that cannot join an ensemble, as the local executor runs it."""
-    return [execute_task(tasks[0], set_thread_count=threads is not None)]
-
-
 class EnsembleExecutor(LocalExecutor):
     """``--executor ensemble``: stack compatible runs and train each stack in one process.
 
@@ -587,6 +582,9 @@ class EnsembleExecutor(LocalExecutor):
     ``workers`` (processes training ensembles in parallel, default 1, each with
     ``threads_per_worker`` = CPUs // workers threads, checked as by the local executor). Runs
     that cannot be batched (:func:`unsupported_reason`) run one by one as with the local executor.
+    With workers > 1 each ensemble (or solo run) is one job of the local executor's pool
+    (:meth:`~rankdecay.sweep.LocalExecutor.run_jobs`): a worker that dies fails only the runs of
+    the job it held and is replaced.
     """
 
     name = "ensemble"
@@ -651,7 +649,7 @@ class EnsembleExecutor(LocalExecutor):
 
     def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
         ensembles, solo = self.plan(tasks)
-        jobs = [(_run_group, group) for group in ensembles] + [(_solo, [t]) for t in solo]
+        jobs = [(_run_group, group) for group in ensembles] + [(_execute_one, [t]) for t in solo]
         if self.workers == 1:
             set_threads(self.threads)
             for run, group in jobs:
@@ -660,26 +658,4 @@ class EnsembleExecutor(LocalExecutor):
                 for t, res in zip(group, run(group, None)):
                     on_event(RunEvent("done", t.index, res))
             return
-        import concurrent.futures as cf
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as pool:
-            futures = {pool.submit(run, group, self.threads): group for run, group in jobs}
-            for group in futures.values():
-                for t in group:
-                    on_event(RunEvent("start", t.index))
-            try:
-                for fut in cf.as_completed(futures):
-                    try:
-                        results = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - a dead worker fails its runs
-                        error = f"worker failed: {type(exc).__name__}: {exc}"
-                        results = [{"status": "failed", "error": error, "wall_s": None}]
-                        results *= len(futures[fut])
-                    for t, res in zip(futures[fut], results):
-                        on_event(RunEvent("done", t.index, res))
-            except KeyboardInterrupt:
-                for fut in futures:
-                    fut.cancel()
-                raise
+        self.run_jobs(jobs, on_event)

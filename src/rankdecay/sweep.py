@@ -283,23 +283,30 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _worker_main(conn: Any, threads: int, parent_pid: int) -> None:
-    """Local worker process: receive tasks on ``conn`` until ``None``, send back results."""
+    """Local worker process: receive jobs ``(fn, tasks)`` on ``conn`` until ``None``, send back
+    ``fn(tasks, None)`` (this process's thread count is already set)."""
     for var in THREAD_ENV_VARS:
         os.environ[var] = str(threads)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     set_threads(threads)
     while True:
         try:
-            task = conn.recv()
+            job = conn.recv()
         except (EOFError, OSError, KeyboardInterrupt):
             return
-        if task is None:
+        if job is None:
             return
-        result = execute_task(task, set_thread_count=False)
+        fn, tasks = job
+        results = fn(tasks, None)
         try:
-            conn.send(result)
+            conn.send(results)
         except (OSError, BrokenPipeError):
             return
+
+
+def _execute_one(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, Any]]:
+    """Job function of one task run as the local executor runs it: ``[execute_task(tasks[0])]``."""
+    return [execute_task(tasks[0], set_thread_count=threads is not None)]
 
 
 class LocalExecutor(Executor):
@@ -308,7 +315,7 @@ class LocalExecutor(Executor):
     ``workers × threads_per_worker`` may not exceed the CPUs available to this process
     (:func:`rankdecay.threads.check_budget`); the default ``threads_per_worker`` is
     ``physical cores // workers``. A worker that dies (segfault, out of memory) fails only the run
-    it held and is replaced.
+    it held (:meth:`run_jobs`: every run of the job it held) and is replaced.
     """
 
     name = "local"
@@ -335,11 +342,21 @@ class LocalExecutor(Executor):
         return f"local ({self.workers} worker(s) × {self.threads} thread(s))"
 
     def run_all(self, tasks: Sequence[RunTask], on_event: Callable[[RunEvent], None]) -> None:
+        self.run_jobs([(_execute_one, [t]) for t in tasks], on_event)
+
+    def run_jobs(
+        self,
+        jobs: Sequence[tuple[Callable[..., list[dict[str, Any]]], Sequence[RunTask]]],
+        on_event: Callable[[RunEvent], None],
+    ) -> None:
+        """Run each job ``(fn, tasks)`` in a worker as ``fn(tasks, None)`` (``fn`` a picklable
+        top-level function returning one :func:`execute_task` result per task): the job's tasks
+        start when it is handed out and end with their results when it returns."""
         import multiprocessing
         from multiprocessing.connection import wait
 
         ctx = multiprocessing.get_context("spawn")
-        queue = list(tasks)
+        queue = list(jobs)
         queue.reverse()
         workers: list[dict[str, Any]] = []
 
@@ -350,49 +367,50 @@ class LocalExecutor(Executor):
             )
             proc.start()
             child_conn.close()
-            return {"proc": proc, "conn": parent_conn, "task": None}
+            return {"proc": proc, "conn": parent_conn, "job": None}
 
         try:
             for _ in range(min(self.workers, len(queue))):
                 workers.append(start_worker())
             while True:
                 for w in workers:
-                    if w["task"] is None and queue:
-                        task = queue.pop()
-                        w["conn"].send(task)
-                        w["task"] = task
-                        on_event(RunEvent("start", task.index))
-                busy = [w for w in workers if w["task"] is not None]
+                    if w["job"] is None and queue:
+                        job = queue.pop()
+                        w["conn"].send(job)
+                        w["job"] = job
+                        for t in job[1]:
+                            on_event(RunEvent("start", t.index))
+                busy = [w for w in workers if w["job"] is not None]
                 if not busy:
                     break
                 ready = wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy], 1.0)
                 for i, w in enumerate(workers):
-                    task = w["task"]
-                    if task is None or (w["conn"] not in ready and w["proc"].sentinel not in ready):
+                    job = w["job"]
+                    if job is None or (w["conn"] not in ready and w["proc"].sentinel not in ready):
                         continue
-                    result: dict[str, Any] | None = None
+                    results: list[dict[str, Any]] | None = None
                     try:
                         if w["conn"].poll():
-                            result = w["conn"].recv()
+                            results = w["conn"].recv()
                     except (EOFError, OSError):
-                        result = None
-                    if result is None:  # the process died holding this task
+                        results = None
+                    if results is None:  # the process died holding this job
                         w["proc"].join(1.0)
                         code = w["proc"].exitcode
-                        result = {
-                            "status": "failed",
-                            "error": f"worker process died (exit code {_signal_name(code)}) while running this run",
-                            "wall_s": None,
-                        }
+                        error = f"worker process died (exit code {_signal_name(code)}) while running this run"
+                        results = [
+                            {"status": "failed", "error": error, "wall_s": None} for _ in job[1]
+                        ]
                         w["conn"].close()
                         workers[i] = (
                             start_worker()
                             if queue
-                            else {"proc": w["proc"], "conn": None, "task": None, "dead": True}
+                            else {"proc": w["proc"], "conn": None, "job": None, "dead": True}
                         )
                     else:
-                        w["task"] = None
-                    on_event(RunEvent("done", task.index, result))
+                        w["job"] = None
+                    for t, result in zip(job[1], results):
+                        on_event(RunEvent("done", t.index, result))
                 workers = [w for w in workers if not w.get("dead")]
         finally:
             self._shutdown(workers)
@@ -401,7 +419,7 @@ class LocalExecutor(Executor):
     def _shutdown(workers: list[dict[str, Any]]) -> None:
         for w in workers:
             with contextlib.suppress(OSError, ValueError, AttributeError):
-                if w["task"] is None:
+                if w["job"] is None:
                     w["conn"].send(None)
                 # a busy worker (interrupted) finds the pipe closed once its run returns, and exits;
                 # its run directory (summary.json, checkpoint) already records the outcome
