@@ -26,11 +26,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +41,7 @@ from .device import spectra_monitor
 from .errors import NonFiniteLossError, RankdecayError, RankdecayTypeError, RankdecayValueError
 from .integrations.loggers import close_sinks, log_to_sinks, open_run_sinks, run_scalars
 from .monitor import summarize_records
+from .progress import ProgressBar, StopFlag
 from .run_config import LRDConfig, OptimConfig, RunConfig, TrainConfig
 from .runfiles import RunWriter
 from .runstate import (
@@ -66,6 +65,14 @@ __all__ = [
 
 T = TypeVar("T")
 Verdict = Callable[[RunResult], list[dict[str, Any]]]
+#: metrics-row keys the progress bar shows, and their labels
+SHOWN = {
+    "loss": "loss",
+    "acc": "acc",
+    "val_acc": "val acc",
+    "test_acc": "test acc",
+    "qk_rank": "QK rank",
+}
 
 
 # ----------------------------------------------------------------------------- engine and runs
@@ -254,6 +261,7 @@ class _Loop:
         self.tc: TrainConfig = runs[0].spec.cfg.train  # the runs share their loop settings
         self.progress = progress
         self.on_done = on_done
+        self.shown: dict[str, str] = {}  # the progress bar's text, label → value
         for slot, r in enumerate(runs):
             r.slot = slot
 
@@ -335,9 +343,9 @@ class _Loop:
     def run(self) -> None:
         self.prepare()
         engine, tc, runs = self.engine, self.tc, self.runs
-        self.bar = _Progress(self.progress and engine.main, tc.steps, self.step0, engine.label)
+        self.bar = ProgressBar(self.progress and engine.main, tc.steps, engine.label, self.step0)
         self.t0 = time.perf_counter()
-        stop = _StopFlag()
+        stop = StopFlag()
         step = self.step0
         try:
             with stop.installed():
@@ -385,7 +393,7 @@ class _Loop:
     def bookkeeping(self, step: int, force: bool = False) -> None:
         """A metrics row of every live run at ``step`` (:meth:`row`); a NaN/Inf training loss
         fails its run."""
-        shown = None
+        shown: dict[str, Any] = {}
         for r in self.live():
             try:
                 row = self.row(r, step, force)
@@ -394,7 +402,10 @@ class _Loop:
                 continue
             r.early.update(row)
             shown = shown or row
-        self.bar.update(step, shown)
+        for key, label in SHOWN.items():  # the bar keeps each value until it is logged again
+            if shown.get(key) is not None:
+                self.shown[label] = f"{label} {shown[key]:.3g}"
+        self.bar.update(step, text="  ".join(self.shown.values()))
 
     def row(self, r: _Run, step: int, force: bool) -> dict[str, Any]:
         """Run r's metrics row at ``step``: running loss/acc + lr (log steps), evaluation (eval
@@ -551,76 +562,6 @@ def lr_at(t: int, optim: OptimConfig, total_steps: int) -> float:
     span = max(1, total_steps - w)
     progress = min(1.0, max(0.0, (t - w) / span))
     return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-# ----------------------------------------------------------------------------- signals / progress
-
-
-class _StopFlag:
-    """Turns SIGINT / SIGTERM into a flag the loop checks once per step (a second Ctrl-C aborts)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    @contextmanager
-    def installed(self) -> Iterator[_StopFlag]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handler)
-        try:
-            yield self
-        finally:
-            for sig, old in self._old.items():
-                signal.signal(sig, old)
-
-
-class _Progress:
-    """A rich progress bar over the steps, showing the latest logged values of :data:`SHOWN`."""
-
-    SHOWN = {
-        "loss": "loss",
-        "acc": "acc",
-        "val_acc": "val acc",
-        "test_acc": "test acc",
-        "qk_rank": "QK rank",
-    }
-
-    def __init__(self, enabled: bool, total: int, start: int, label: str) -> None:
-        self._p: Any = None
-        self.info: dict[str, str] = {}
-        if enabled:
-            import rich.progress as rp
-
-            self._p = rp.Progress(
-                rp.TextColumn("[bold]{task.description}"),
-                rp.BarColumn(),
-                rp.MofNCompleteColumn(),
-                rp.TimeRemainingColumn(),
-                rp.TextColumn("{task.fields[info]}"),
-                transient=False,
-            )
-            self._p.start()
-            self._task = self._p.add_task(label, total=total, completed=start, info="")
-
-    def update(self, step: int, values: Mapping[str, Any] | None = None) -> None:
-        if self._p is not None:
-            for key, label in self.SHOWN.items():
-                if values and values.get(key) is not None:
-                    self.info[label] = f"{label} {values[key]:.3g}"
-            self._p.update(self._task, completed=step, info="  ".join(self.info.values()))
-
-    def close(self) -> None:
-        if self._p is not None:
-            self._p.stop()
 
 
 # ----------------------------------------------------------------------------- rows and summaries

@@ -29,6 +29,7 @@ from ._version import __version__
 from .errors import MissingExtraError, RankdecayFileNotFoundError, RankdecayValueError
 from .heads import LayerHeads
 from .layer_heads import select_heads
+from .progress import ProgressBar
 from .runio import atomic_write_json, atomic_write_text, read_json
 from .spectra import (
     DEFAULT_RTOL,
@@ -214,25 +215,6 @@ class SpectralReport:
                 "to_pandas() needs pandas; install it with `pip install pandas`."
             ) from None
         return pd.DataFrame.from_records(self.records, columns=list(RECORD_FIELDS))
-
-
-def _progress_context(enabled: bool, total: int, description: str) -> Any:
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    progress.start()
-    progress.add_task(description, total=total)
-    return progress
 
 
 @dataclass
@@ -445,7 +427,7 @@ def _spectra_records(
         if progress is not None
         else (n_products >= 512 and len(chunks) > 1 and sys.stderr.isatty())
     )
-    bar = _progress_context(bool(show), len(chunks), "spectra")
+    bar = ProgressBar(bool(show), len(chunks), "spectra", transient=True)
     results: dict[tuple[int, str], dict[str, Tensor]] = {}
     try:
         for chunk in chunks:
@@ -464,11 +446,9 @@ def _spectra_records(
                     n = layers[item[0]].n_heads
                     results[item] = {k: v[start : start + n] for k, v in metrics.items()}
                     start += n
-            if bar is not None:
-                bar.advance(bar.task_ids[0])
+            bar.update(advance=1)
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.close()
     records: list[dict[str, Any]] = []
     for li, lh in enumerate(layers):
         for c in circuits:

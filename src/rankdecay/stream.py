@@ -65,7 +65,8 @@ from .heads import (
     layer_heads_from_tensors,
     plan_from_checkpoint,
 )
-from .spectral_report import SpectralReport, _model_info, _progress_context, _spectra_records
+from .progress import ProgressBar
+from .spectral_report import SpectralReport, _model_info, _spectra_records
 
 __all__ = ["StreamingFallbackWarning", "analyze_directory", "is_run_directory"]
 
@@ -248,7 +249,7 @@ def _stream_records(
     def read(i: int) -> Mapping[str, Tensor]:
         return _page_in(index.read_dequantized(planned[i].names))
 
-    bar = _progress_context(progress, len(planned), "attention layers (streamed)")
+    bar = ProgressBar(progress, len(planned), "attention layers (streamed)", transient=True)
     records: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rankdecay-prefetch") as pool:
         ahead: Future[Mapping[str, Tensor]] | None = pool.submit(read, 0) if planned else None
@@ -262,13 +263,11 @@ def _stream_records(
                 with torch.no_grad():
                     records.extend(_spectra_records([lh], circuits, rtol, False))
                 del lh, tensors
-                if bar is not None:
-                    bar.advance(bar.task_ids[0])
+                bar.update(advance=1)
         finally:
             if ahead is not None:
                 ahead.cancel()
-            if bar is not None:
-                bar.stop()
+            bar.close()
     return records
 
 

@@ -55,6 +55,7 @@ from .errors import (
     RankdecayTypeError,
     RankdecayValueError,
 )
+from .progress import ProgressBar
 from .runfiles import needs_resume
 from .runio import atomic_write_json, read_json, remove_temp_files
 from .runlock import DirectoryLockedError, DirLock
@@ -1000,52 +1001,15 @@ class SweepResult:
         return min(self.n_failed, MAX_EXIT)
 
 
-class _Progress:
-    """One bar for the whole sweep: finished / running / failed counts."""
-
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("[bold]sweep"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._task = self._progress.add_task("sweep", total=total, completed=done, counts="")
-        self._progress.start()
-
-    def update(self, counts: Mapping[str, int]) -> None:
-        if self._progress is None:
-            return
-        text = (
-            f"[green]{counts.get('finished', 0)} done[/] · [cyan]{counts.get('running', 0)} running[/]"
-            f" · [red]{counts.get('failed', 0)} failed[/]"
-        )
-        if counts.get("interrupted"):
-            text += f" · [yellow]{counts['interrupted']} interrupted[/]"
-        done = counts.get("finished", 0) + counts.get("failed", 0)
-        self._progress.update(self._task, completed=done, counts=text)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+def _show_counts(bar: ProgressBar, counts: Mapping[str, int]) -> None:
+    """The sweep bar: runs ended (finished or failed) of all, and the counts by status."""
+    text = (
+        f"[green]{counts.get('finished', 0)} done[/] · [cyan]{counts.get('running', 0)} running[/]"
+        f" · [red]{counts.get('failed', 0)} failed[/]"
+    )
+    if counts.get("interrupted"):
+        text += f" · [yellow]{counts['interrupted']} interrupted[/]"
+    bar.update(counts.get("finished", 0) + counts.get("failed", 0), text=text)
 
 
 def run_sweep(
@@ -1108,7 +1072,8 @@ def run_sweep(
                     threads=threads,
                 )
             )
-        bar = _Progress(len(index.rows), len(index.rows) - len(todo), progress and bool(tasks))
+        total, done = len(index.rows), len(index.rows) - len(todo)
+        bar = ProgressBar(progress and bool(tasks), total, "sweep", done)
         executed: list[str] = []
 
         def on_event(event: RunEvent) -> None:
@@ -1124,7 +1089,7 @@ def run_sweep(
                 row["wall_s"] = result.get("wall_s")
                 row["final"] = result.get("final") or {}
             index.save()
-            bar.update(index.counts())
+            _show_counts(bar, index.counts())
 
         interrupted = False
         try:
@@ -1137,7 +1102,7 @@ def run_sweep(
                 if row["status"] == "running":
                     row["status"] = "interrupted"
             index.save()
-            bar.update(index.counts())
+            _show_counts(bar, index.counts())
             bar.close()
         return SweepResult(out_path, index.rows, index.counts(), executed, interrupted)
 

@@ -12,7 +12,6 @@ from typing import Any
 from .distributed import launched_distributed, train_spec_distributed
 from .engine import ModelEngine, build_model, build_optimizer, evaluate, loss_and_accuracy
 from .loop import RunSpec, Verdict, lr_at, train_runs
-from .loop import _StopFlag as _StopFlag
 from .loop import optimizer_settings as optimizer_settings
 from .run_config import LRDConfig, OptimConfig, RunConfig, TrainConfig
 from .runfiles import RunWriter

@@ -43,6 +43,7 @@ import numpy as np
 
 from ..config import to_dict
 from ..errors import RankdecayError, RankdecayFileExistsError, RankdecayValueError
+from ..progress import ProgressBar, StopFlag
 from ..runio import (
     append_jsonl,
     atomic_write_json,
@@ -137,27 +138,6 @@ def _ms(values: np.ndarray) -> str:
     return f"{values.mean():.4f} ± {values.std():.4f}"
 
 
-class _Bar:
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.progress = None
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn()
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("attention-svm", total=total)
-
-    def advance(self, k: int = 1, description: str | None = None) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=k, description=description)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
 class _Stopped(Exception):
     """Raised at the next safe point after SIGINT / SIGTERM."""
 
@@ -247,7 +227,6 @@ def run(
     import torch
 
     from ..runlock import DirLock
-    from ..train import _StopFlag
 
     run_dir = Path(run_dir)
     _validate(cfg)
@@ -287,8 +266,8 @@ def run(
         )
         t0 = time.perf_counter()
         todo = n_blocks - len(done)
-        bar = _Bar(progress, todo * (cfg.steps + cfg.n_seeds) + 1)
-        stop = _StopFlag()
+        bar = ProgressBar(progress, todo * (cfg.steps + cfg.n_seeds) + 1, "attention-svm")
+        stop = StopFlag()
         threads = torch.get_num_threads()
         # one thread: the tensors hold a few thousand entries, and on a busy machine extra
         # OpenMP / BLAS threads only spin (a shortened quick preset under load: 12 s of CPU with
@@ -361,7 +340,7 @@ def _done_tags(run_dir: Path) -> list[str]:
 def _run(
     cfg: AttentionSVMConfig,
     run_dir: Path,
-    bar: _Bar,
+    bar: ProgressBar,
     done: dict[str, dict[str, Any]],
     stop: Any,
 ) -> dict[str, Any]:
@@ -378,7 +357,7 @@ def _run(
     def tick(k: int = 1, description: str | None = None) -> None:
         if stop.signal is not None:
             raise _Stopped
-        bar.advance(k, description)
+        bar.update(advance=k, label=description)
 
     for param in cfg.parameterizations:
         for loss in cfg.losses:
@@ -394,7 +373,7 @@ def _run(
     append_jsonl(run_dir / "metrics.jsonl", [metric_rows[s] for s in sorted(metric_rows)])
     final["conservation"], rows = _conservation(cfg, data, lambda _it: tick(0))
     verdict.extend(rows)
-    bar.advance(1, "conservation")
+    bar.update(advance=1, label="conservation")
     return {
         "final": final,
         "verdict": verdict,
