@@ -39,6 +39,7 @@ __all__ = [
     "ModelEngine",
     "build_model",
     "build_optimizer",
+    "build_run",
     "evaluate",
     "evaluate_members",
     "loss_and_accuracy",
@@ -84,6 +85,25 @@ def build_optimizer(
     if lrd is not None and lrd.strength > 0:
         decay = LowRankDecay(model, **dataclasses.asdict(lrd)).attach(opt)
     return opt, decay
+
+
+def build_run(
+    cfg: RunConfig, device: torch.device, *, lrd: bool = True, check: bool = False
+) -> tuple[Any, nn.Module, torch.optim.Optimizer]:
+    """(task, model, optimizer) of ``cfg`` as every trainer builds a run: seed, task, model (on
+    ``device`` in the run's dtype; ``check``: its memory checked first), optimizer (+ LRD when
+    ``lrd``); off the CPU the task makes its batches on ``device``."""
+    _seed_everything(cfg.seed)
+    task = cfg.task.build(cfg.seed)
+    if check:
+        check_memory(cfg, task, device)
+    dtype = param_dtype(cfg.train.dtype, cfg.train.amp)
+    model = build_model(cfg.model, task).to(device=device, dtype=dtype).train()
+    optim, lrd_cfg = optimizer_settings(cfg)
+    optimizer = build_optimizer(model, optim, lrd_cfg if lrd else None)[0]
+    if device.type != "cpu" and callable(getattr(task, "to", None)):
+        task.to(device)
+    return task, model, optimizer
 
 
 def loss_and_accuracy(logits: Tensor, y: Tensor, *, members: bool = False) -> tuple[Tensor, Tensor]:
@@ -213,18 +233,9 @@ class ModelEngine(Engine):
         tc = self.tc = cfg.train
         self.device = self.device or resolve_device(tc.device)
         self.shard = shard_rows(tc.batch_size, self.rank, self.world_size)
-        _seed_everything(cfg.seed)
-        self.task = cfg.task.build(cfg.seed)
-        if not self.ddp:
-            check_memory(cfg, self.task, self.device)  # refuses an absurd model/batch early
-        self.model = build_model(cfg.model, self.task)
-        self.model.to(device=self.device, dtype=param_dtype(tc.dtype, tc.amp)).train()
-        optim, lrd = optimizer_settings(cfg)
-        self.optimizer, _lrd = build_optimizer(self.model, optim, lrd)
-        self.clip = optim.grad_clip
+        self.task, self.model, self.optimizer = build_run(cfg, self.device, check=not self.ddp)
+        self.clip = optimizer_settings(cfg)[0].grad_clip
         self.amp = autocast(self.device, tc.amp)
-        if self.device.type != "cpu" and callable(getattr(self.task, "to", None)):
-            self.task.to(self.device)  # batches are then made on the device
         sets = self.task.eval_sets().items() if self.main else ()  # rank 0 evaluates
         self.eval_sets = {k: (x.to(self.device), y.to(self.device)) for k, (x, y) in sets}
 

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from .config import DataclassInstance
 from .decay import LowRankDecay, check_lrd_options
 from .device import autocast, maybe_compile, param_dtype, resolve_device
-from .engine import build_model, build_optimizer, evaluate_members, loss_and_accuracy
+from .engine import build_model, build_run, evaluate_members, loss_and_accuracy
 from .errors import RankdecayValueError
 from .loop import Engine, RunSpec, lr_at, optimizer_settings, train_runs
 from .models import functional_forward
@@ -412,18 +412,14 @@ class StackEngine(Engine):
         self.M = len(cfgs)
         self.label = f"ensemble of {self.M}"
         self.device = resolve_device(tc.device)
-        dtype = param_dtype(tc.dtype, tc.amp)
         self.settings = [optimizer_settings(cfg) for cfg in cfgs]
-        self.tasks, self.models, self.opts, self.rngs = [], [], [], []
-        for cfg, (optim, _lrd) in zip(cfgs, self.settings):  # each member as its solo run
-            _seed_everything(cfg.seed)
-            self.tasks.append(cfg.task.build(cfg.seed))
-            model = build_model(cfg.model, self.tasks[-1]).to(device=self.device, dtype=dtype)
-            self.models.append(model.train())
-            self.opts.append(build_optimizer(model, optim)[0])  # LRD: the batched one
+        built, self.rngs = [], []
+        for cfg in cfgs:  # each member as its solo run (LRD: the batched one)
+            built.append(build_run(cfg, self.device, lrd=False))
             # the RNG state its solo run has from here on (training draws none: tasks are pure
             # in (seed, step)); member i's checkpoints store it, as the solo run's do
             self.rngs.append((_rng_state(), _rng_tensors()))
+        self.tasks, self.models, self.opts = map(list, zip(*built))
 
     def solo(self, i: int) -> tuple[nn.Module, torch.optim.Optimizer]:
         return self.models[i], self.opts[i]
