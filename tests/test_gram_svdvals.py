@@ -151,6 +151,26 @@ def test_zero_and_non_finite_factors() -> None:
             factored_spectrum(B, A)
 
 
+@pytest.mark.parametrize("r", [8, 16, 64])
+def test_finite_factors_whose_grams_overflow(r: int) -> None:
+    """|entries| ~ 1e170: AᵀA overflows (Inf, and NaN off the diagonal) though A·Bᵀ is finite.
+    The Gram route must hand those products to the R route (not fail in the eigensolver), the
+    balance must not be NaN: 0 for balanced factors, Inf where the true value is beyond float
+    range. Negative control: the unscaled balance formula does give NaN here."""
+    gen = torch.Generator().manual_seed(r)
+    A = torch.randn(3, 96, r, dtype=torch.float64, generator=gen)
+    B = torch.randn(3, 80, r, dtype=torch.float64, generator=gen)
+    big = A * 1e170
+    for i in range(3):
+        assert _error(factored_svdvals(big[i], B[i]), _dense_svdvals(big[i], B[i])) < 1e-12
+    spec = factored_spectrum(big, B)
+    assert torch.isinf(spec.balance).all() and torch.isinf(spec.norm_gap).all()
+    assert (spectra_mod.balance(big, big) == 0).all()
+    assert torch.isnan(torch.linalg.matrix_norm(big.mT @ big - big.mT @ big)).any()
+    plain = torch.linalg.matrix_norm(A.mT @ A - B.mT @ B)
+    assert torch.equal(spectra_mod.balance(A, B), plain)  # power-of-two scaling: exact
+
+
 @pytest.mark.parametrize("layout", ["row", "column", "expanded", "grad", "float32"])
 def test_gram_equals_xtx(layout: str) -> None:
     """gram(X) = XᵀX whatever the memory layout (numpy's syrk for CPU float64, torch otherwise)."""

@@ -315,12 +315,16 @@ def gram_svdvals(G_A: Tensor, G_B: Tensor) -> tuple[Tensor, Tensor]:
     else:
         L, info = torch.linalg.cholesky_ex(G_B)  # G_B = L·Lᵀ, (..., r, r)
         M = _matmul(_matmul(L.mT, G_A), L)
+    # finite factors whose squares overflow (|x| ≳ 1e154) give an Inf Gram: not this route's
+    finite = torch.isfinite(M).flatten(-2).all(-1)
+    if not bool(finite.all()):
+        M = torch.where(finite[..., None, None], M, 0.0)
     lam = torch.linalg.eigvalsh(M)  # ascending
     s = lam.clamp_min(0).sqrt().flip(-1)
     r = G_A.shape[-1]
     traces = _trace(G_A) * _trace(G_B)
     q = _UNIT_ROUNDOFF * traces / (r * s[..., 0] * s[..., -1])  # NaN or inf where σ̃_r = 0
-    return s, (info == 0) & (q <= GRAM_MAX_Q)
+    return s, (info == 0) & (q <= GRAM_MAX_Q) & finite
 
 
 def _matmul(X: Tensor, Y: Tensor) -> Tensor:
@@ -407,7 +411,7 @@ def spectrum_from_r(R_A: Tensor, R_B: Tensor) -> FactoredSpectrum:
     cascade R from :func:`chain_r` too). Shapes: R_A (..., k₁, r), R_B (..., k₂, r).
     """
     s = torch.linalg.svdvals(R_A @ R_B.mT)
-    bal = torch.linalg.matrix_norm(R_A.mT @ R_A - R_B.mT @ R_B)
+    bal = _balance(R_A, R_B)
     half_sq = 0.5 * (R_A.pow(2).sum((-2, -1)) + R_B.pow(2).sum((-2, -1)))
     return FactoredSpectrum(s, bal, half_sq - s.sum(-1))
 
@@ -590,7 +594,17 @@ def balance(A: Tensor, B: Tensor, dtype: torch.dtype | None = torch.float64) -> 
     gradient flow on L(A·Bᵀ) alone.
     """
     A, B = _check_factors(A, B, dtype)
-    return torch.linalg.matrix_norm(A.mT @ A - B.mT @ B)
+    return _balance(A, B)
+
+
+def _balance(A: Tensor, B: Tensor) -> Tensor:
+    """‖AᵀA − BᵀB‖_F = c²‖ÃᵀÃ − B̃ᵀB̃‖_F with Ã = A/c, B̃ = B/c and c the power of two nearest the
+    largest |entry| of each pair (an exact scaling): squares of finite entries that overflow
+    do not turn the difference into Inf − Inf = NaN (a result beyond float range is Inf)."""
+    big = torch.maximum(A.detach().abs().amax((-2, -1)), B.detach().abs().amax((-2, -1)))
+    c = torch.exp2(torch.log2(big.clamp_min(torch.finfo(big.dtype).tiny)).round())
+    a, b = A / c[..., None, None], B / c[..., None, None]
+    return torch.linalg.matrix_norm(a.mT @ a - b.mT @ b) * c * c
 
 
 def norm_gap(A: Tensor, B: Tensor, dtype: torch.dtype | None = torch.float64) -> Tensor:
