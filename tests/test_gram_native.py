@@ -68,12 +68,13 @@ def test_native_gram_does_not_depend_on_the_thread_count() -> None:
 
 
 @native
+@pytest.mark.parametrize("r", [16, 64, 128])
 @pytest.mark.parametrize("d", [2, 7, 8, 300])
-def test_native_gram_of_a_factor_stored_column_major(d: int) -> None:
+def test_native_gram_of_a_factor_stored_column_major(d: int, r: int) -> None:
     """X (…, d, r) whose transpose is contiguous (an nn.Linear's q/k/v head as (d_model, r)):
     the kernel's dot-product tiles, equal to the float64 product to rounding."""
     g = torch.Generator().manual_seed(d)
-    X = torch.randn(2, 3, 64, d, dtype=torch.float64, generator=g).mT
+    X = torch.randn(2, 3, r, d, dtype=torch.float64, generator=g).mT
     assert not X.is_contiguous() and X.mT.is_contiguous()
     X[..., 1] *= 1e-6
     G = spectra_mod._native_gram(X)
@@ -144,3 +145,18 @@ def test_native_congruence_flags_a_gram_that_is_not_positive_definite() -> None:
     ok_items = spectra_mod._native_congruence(G_A[[0, 3]].contiguous(), G_B[[0, 3]].contiguous())
     assert ok_items is not None and torch.equal(ok_items[0], M[[0, 3]])
     assert spectra_mod.gram_svdvals(G_A, G_B)[1].tolist() == [True, False, False, True]
+
+
+@pytest.mark.parametrize("layout", ["row", "column"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_and_inf_factors_raise_on_the_kernel_path(layout: str, bad: float) -> None:
+    """A NaN/Inf entry in a factor the kernel takes (r = 16, either memory order) ends in
+    NonFiniteInputError, as on the BLAS path, not in a crash or in numbers."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(4, 48, 16, dtype=torch.float64, generator=g)
+    B = torch.randn(4, 48, 16, dtype=torch.float64, generator=g)
+    if layout == "column":
+        A = A.mT.contiguous().mT
+    A[2, 5, 7] = bad
+    with pytest.raises(spectra_mod.NonFiniteInputError):
+        factored_svdvals(A, B)

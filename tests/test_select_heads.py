@@ -29,7 +29,14 @@ def test_select_heads_equals_index_select(layout: str) -> None:
 
 @pytest.mark.parametrize(
     ("heads", "view"),
-    [([0, 4, 8, 12], True), ([3], True), ([0, 1, 2], True), ([0, 2, 3], False), ([5, 1], False)],
+    [
+        ([0, 4, 8, 12], True),
+        ([3], True),
+        ([0, 1, 2], True),
+        ([0, 2, 3], False),
+        ([5, 1], False),
+        ([], True),
+    ],
 )
 def test_distinct_heads_are_a_view_where_evenly_spaced(heads: list[int], view: bool) -> None:
     """spectral_report._heads: the first query head of each key/value group, X[heads] — a view of

@@ -253,6 +253,8 @@ def _sides(lh: LayerHeads, circuit: str) -> tuple[_Side, _Side]:
 def _heads(X: Tensor, heads: list[int]) -> Tensor:
     """X[heads] for a head stack X (H, a, b): a view where ``heads`` are evenly spaced (grouped
     query attention's first head of each group), else a copy (:func:`select_heads`)."""
+    if not heads:
+        return X[:0]
     step = heads[1] - heads[0] if len(heads) > 1 else 1
     if step > 0 and heads == list(range(heads[0], heads[0] + step * len(heads), step)):
         return X[heads[0] :: step][: len(heads)]
