@@ -751,6 +751,101 @@ def test_streaming_equals_in_memory_across_layouts(family: str, tmp_path: Path) 
     _same(analyze(model), streamed)  # same order, names, heads and values
 
 
+_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 16,
+}
+_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "vocab_size": 100,
+}
+_VISION_LANGUAGE: dict[str, Callable[[], nn.Module]] = {
+    "llava": lambda: transformers.LlavaForConditionalGeneration(
+        transformers.LlavaConfig(
+            vision_config=transformers.CLIPVisionConfig(**_VISION),
+            text_config=transformers.LlamaConfig(**_TEXT),
+        )
+    ),
+    "mistral3": lambda: transformers.Mistral3ForConditionalGeneration(
+        transformers.Mistral3Config(
+            vision_config=transformers.PixtralVisionConfig(**_VISION, head_dim=16),
+            text_config=transformers.MistralConfig(**_TEXT),
+        )
+    ),
+    # its config.json keeps a top-level hidden_size of 2048 whatever the text tower's width
+    "paligemma": lambda: transformers.PaliGemmaForConditionalGeneration(
+        transformers.PaliGemmaConfig(
+            vision_config=transformers.SiglipVisionConfig(**_VISION),
+            text_config=transformers.GemmaConfig(**_TEXT),
+        )
+    ),
+    # SigLIP's pooling head is a torch.nn.MultiheadAttention (P.in_proj_weight, P.out_proj)
+    "gemma3": lambda: transformers.Gemma3ForConditionalGeneration(
+        transformers.Gemma3Config(
+            vision_config=transformers.SiglipVisionConfig(**_VISION),
+            text_config=transformers.Gemma3TextConfig(**_TEXT),
+            mm_tokens_per_image=4,
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("family", sorted(_VISION_LANGUAGE))
+def test_vision_language_checkpoints_stream_as_the_model_reports(
+    family: str, tmp_path: Path
+) -> None:
+    """LLaVA-style checkpoints: every attention module, the vision tower's first as the model
+    registers it, with the model's values. Their names are the checkpoint's (saved with the
+    legacy keys ``language_model.model.layers.N`` where the model has
+    ``model.language_model.layers.N``), so the records are matched by position, not name."""
+    torch.manual_seed(6)
+    model = _VISION_LANGUAGE[family]().eval()
+    model.save_pretrained(tmp_path / family)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        streamed = analyze(tmp_path / family)
+    assert streamed.model["streamed"] is True
+    live = analyze(model)
+    assert len(live.records) == len(streamed.records)
+    for a, b in zip(live.records, streamed.records):
+        assert (a["layer"], a["head"], a["circuit"], a["rank"]) == (
+            b["layer"],
+            b["head"],
+            b["circuit"],
+            b["rank"],
+        )
+        assert a["name"].split(".")[-2:] == b["name"].split(".")[-2:]
+        sa, sb = np.asarray(a["singular_values"]), np.asarray(b["singular_values"])
+        assert np.abs(sa - sb).max() <= 1e-12 * sa.max()
+    assert "vision" in streamed.records[0]["name"]
+
+
+def test_an_unplanned_multihead_attention_is_named(tmp_path: Path) -> None:
+    """A fused ``P.in_proj_weight`` whose module the plan cannot read (no head count for it in
+    the config) is named in a warning, not skipped in silence."""
+    from safetensors.torch import save_file
+
+    from rankdecay.heads import UnrecognizedAttentionWarning
+
+    model = _llama()
+    path = tmp_path / "m"
+    model.save_pretrained(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    state["pool.attention.in_proj_weight"] = torch.zeros(3 * 64, 64)  # no out_proj beside it
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.warns(UnrecognizedAttentionWarning, match="pool.attention"):
+        analyze(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Multi-head latent attention (DeepSeek-V2/V3): planned from tensor names + config.json
 # ---------------------------------------------------------------------------------------------

@@ -82,6 +82,8 @@ O_NAMES = (
 )
 #: fused q,k,v projections and the split spec used when the family does not say otherwise
 #: (``query_key_value`` has no default: GPT-NeoX/BLOOM and Falcon lay it out differently).
+#: the fused [3, H, r] projection of torch.nn.MultiheadAttention, stored as ``P.in_proj_weight``
+MHA_FUSED = "in_proj_weight"
 FUSED_NAMES: dict[str, str | None] = {
     "qkv": "qkv",
     "Wqkv": "qkv",
@@ -1990,6 +1992,8 @@ def plan_from_checkpoint(
             continue
         q, k, v = (first(prefix, t, wrapped=wrapped) for t in (Q_NAMES, K_NAMES, V_NAMES))
         fused = first(prefix, [arch.fused] if arch.fused else FUSED_NAMES)
+        if fused is None and not (q and k and v) and _join(prefix, MHA_FUSED) in names:
+            fused = _join(prefix, MHA_FUSED)  # torch.nn.MultiheadAttention inside a model
         if not (q and k and v) and fused is None:
             for under in ("self", "att"):  # BERT's self; LXMERT's cross-modal att
                 q, k, v = (first(prefix, t, under) for t in (Q_NAMES, K_NAMES, V_NAMES))
@@ -2037,6 +2041,7 @@ def plan_from_checkpoint(
                 plan.v_head_dim = rv if rv is not None and rv != r else None
         else:
             layout = arch.layout if arch.fused else FUSED_NAMES.get(fused.rsplit(".", 2)[-2])  # type: ignore[union-attr]
+            layout = "qkv" if fused.endswith("." + MHA_FUSED) else layout  # type: ignore[union-attr]
             Hkv = _first_int((cfg,), ("num_key_value_heads", "num_kv_heads", "n_head_kv"))
             if cfg.get("model_type") == "falcon":
                 if cfg.get("new_decoder_architecture"):

@@ -45,6 +45,7 @@ from .attention_spec import (
     LINEAR_WRAPPERS,
     Q_NAMES,
     _pos_int,
+    _sub_config,
     cfg_get,
     is_unloaded_mtp_layer,
 )
@@ -138,10 +139,13 @@ _LATE_STACKS = {"x_layers": 0, "r_layers": 1}
 #: attention registered before the self-attention of its block (LXMERT's cross-modal layer)
 _CROSS_FIRST = {"visual_attention"}
 #: top-level towers in the order a ``model_type`` registers them (Gemma4Model / Gemma3nModel:
-#: vision, text, then audio — not the alphabetical order of their names)
+#: vision, text, then audio; LLaVA-style models: vision, projector, text — not the alphabetical
+#: order of their names)
+_VISION_FIRST = ("vision_tower", "multi_modal_projector", "language_model")
 TOWERS_BY_MODEL_TYPE = {
     "gemma4": ("vision_tower", "language_model", "audio_tower"),
     "gemma3n": ("vision_tower", "language_model", "audio_tower"),
+    **dict.fromkeys(("llava", "llava_next", "mistral3", "paligemma", "gemma3"), _VISION_FIRST),
 }
 
 
@@ -197,6 +201,9 @@ def _unplanned_attention(
             end -= 1
         if end >= 1 and parts[end - 1] in q_like:
             modules.add(".".join(parts[: end - 1]))
+    for name in index.specs:  # torch.nn.MultiheadAttention's fused P.in_proj_weight
+        if name.endswith(".in_proj_weight") and name not in used:
+            modules.add(name.rsplit(".", 1)[0])
     return sorted(m for m in modules if not is_unloaded_mtp_layer(config, m))
 
 
@@ -214,14 +221,19 @@ def _check_config_fits(
             f"tensors for {len(planned)}; the config or the shards do not belong together — restore "
             "the missing shards or fix the config."
         )
-    width = _pos_int(cfg_get(config, *WIDTH_KEYS))
-    widths = {int(p.meta.W_Q.shape[1]) for p in planned}
-    if width is not None and widths and width not in widths:
-        raise CorruptCheckpointError(
-            f"{directory / 'config.json'} declares a hidden size of {width} but the attention "
-            f"tensors are {sorted(widths)[0]} wide; the config and weights belong to different "
-            "models — fix the config or re-save the model with save_pretrained."
-        )
+    # each tower against its own config (a multi-tower config's top-level size may be a stale
+    # default: PaliGemma's hidden_size 2048 whatever its text tower's width)
+    by_width: dict[int | None, set[int]] = {}
+    for p in planned:
+        width = _pos_int(cfg_get(_sub_config(config, str(p.plan.name)), *WIDTH_KEYS))
+        by_width.setdefault(width, set()).add(int(p.meta.W_Q.shape[1]))
+    for width, widths in by_width.items():
+        if width is not None and width not in widths:
+            raise CorruptCheckpointError(
+                f"{directory / 'config.json'} declares a hidden size of {width} but the attention "
+                f"tensors are {sorted(widths)[0]} wide; the config and weights belong to different "
+                "models — fix the config or re-save the model with save_pretrained."
+            )
 
 
 # ---------------------------------------------------------------------------------------------
