@@ -31,7 +31,7 @@ import importlib.util
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,7 @@ def _hf_renamed(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightRenaming
 
-        renames = [t for t in get_model_conversion_mapping(model) if type(t) is WeightRenaming]
+        renames = _renamings(get_model_conversion_mapping(model), WeightRenaming)
     except Exception:  # older transformers, or a model the mapping code does not handle
         return state
     if not renames:
@@ -186,6 +186,60 @@ def _hf_renamed(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]
             new = rename.rename_source_key(new)[0]
         out[new] = value
     return out
+
+
+def _loaded_names(directory: Path) -> Callable[[str], str] | None:
+    """How transformers renames a checkpoint's module names as it loads the model, for model
+    types saved with legacy keys (LLaVA-style: ``language_model.model.layers.N`` →
+    ``model.language_model.layers.N``), so a streamed report names modules as ``analyze(model)``
+    does. Where the model type's checkpoint renamings touch a name, the loaded names come from
+    the model built once on the meta device (nothing allocated), and a name changes only into a
+    module that model has; None when the type renames nothing."""
+    try:
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            get_model_conversion_mapping,
+        )
+        from transformers.core_model_loading import WeightRenaming
+
+        model_type = str(read_model_config(directory).get("model_type", ""))  # no remote code
+        static = _renamings(get_checkpoint_conversion_mapping(model_type) or [], WeightRenaming)
+    except Exception:  # no transformers, or no such API
+        return None
+    if not static:
+        return None
+    built: dict[str, Any] = {}
+
+    def loaded() -> dict[str, Any]:
+        if not built:
+            try:
+                from transformers import AutoConfig
+
+                cfg = AutoConfig.from_pretrained(
+                    str(directory), local_files_only=True, trust_remote_code=False
+                )
+                with torch.device("meta"):
+                    model = _build_hf_model(cfg, directory)
+                built["renames"] = _renamings(get_model_conversion_mapping(model), WeightRenaming)
+                built["modules"] = {name for name, _ in model.named_modules()}
+            except Exception:  # a config transformers cannot build: keep the checkpoint's names
+                built["renames"], built["modules"] = [], set()
+        return built
+
+    def rename(name: str) -> str:
+        if all(r.rename_source_key(name)[0] == name for r in static):
+            return name
+        new = name
+        for r in loaded()["renames"]:
+            new = r.rename_source_key(new)[0]
+        return new if new in loaded()["modules"] else name
+
+    return rename
+
+
+def _renamings(mapping: Iterable[Any], kind: type) -> list[Any]:
+    """The pure renamings (``kind``: transformers' WeightRenaming) of a conversion mapping."""
+    return [t for t in mapping if type(t) is kind]
 
 
 def _match_prefix(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -401,7 +455,13 @@ def analyze(
                 warnings.simplefilter("error", UnrecognizedAttentionWarning)
             try:
                 report = analyze_directory(
-                    directory, source, float(rtol), chosen, fold_norm, progress
+                    directory,
+                    source,
+                    float(rtol),
+                    chosen,
+                    fold_norm,
+                    progress,
+                    rename=None if fold_norm else _loaded_names(directory),
                 )
                 if report is None:  # a run directory, or an architecture the plan does not cover
                     model = load_model(directory)

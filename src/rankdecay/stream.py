@@ -31,7 +31,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,8 +290,10 @@ def analyze_directory(
     circuits: tuple[str, ...],
     fold_norm: bool,
     progress: bool | None,
+    rename: Callable[[str], str] | None = None,
 ) -> SpectralReport | None:
     """Spectral report of a model directory (see the module docstring); ``analyze`` calls this.
+    ``rename`` maps a module's checkpoint name to the loaded model's (``analyze._loaded_names``).
 
     Returns None when the model is to be analysed in memory instead: a rankdecay run directory
     (``analyze.load_model`` builds its TinyTransformer), or an architecture the name-based plan
@@ -335,6 +337,15 @@ def analyze_directory(
             stacklevel=3,
         )
     _check_config_fits(config, planned, directory, len(missed))
+    if rename is not None:  # the loaded model's module names (plans keep the tensor names)
+        planned = [
+            dataclasses.replace(
+                p,
+                plan=dataclasses.replace(p.plan, name=rename(p.plan.name)),
+                meta=dataclasses.replace(p.meta, name=rename(p.meta.name)),
+            )
+            for p in planned
+        ]
     show = progress if progress is not None else (len(planned) >= 4 and sys.stderr.isatty())
     records = _stream_records(planned, index, circuits, rtol, bool(show))
     layers = [p.meta for p in planned]
