@@ -1423,6 +1423,48 @@ CASES: dict[str, Case] = {
         flags={"rotary": True, "qk_norm": "per_head", "value_norm": True},
         neutralise=_no_qk_or_value_norm,
     ),
+    "gemma4_text_kv_shared": Case(  # layers 2, 3 reuse layers 0, 1's k/v; full layers: V = K
+        _lm(
+            t.Gemma4TextConfig,
+            t.Gemma4TextModel,
+            num_hidden_layers=4,
+            num_kv_shared_layers=2,
+            attention_k_eq_v=True,
+            num_key_value_heads=2,
+            head_dim=8,
+            global_head_dim=8,
+            hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=50,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+        ),
+        _causal_lm_inputs,
+        _always,
+        4,
+        "Gemma-4 text",
+        flags={"rotary": True, "qk_norm": "per_head", "value_norm": True},
+        neutralise=_no_qk_or_value_norm,
+    ),
+    "gemma3n_text": Case(  # scale 1, v_norm; layers 4, 5 reuse layers 2, 3's k/v
+        _lm(
+            t.Gemma3nTextConfig,
+            t.Gemma3nTextModel,
+            num_hidden_layers=6,
+            num_kv_shared_layers=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=50,
+            laurel_rank=4,
+            layer_types=["sliding_attention", "full_attention"] * 3,
+            activation_sparsity_pattern=[0.0] * 6,
+        ),
+        _causal_lm_inputs,
+        _always,
+        6,
+        "Gemma-3n text",
+        flags={"rotary": True, "qk_norm": "per_head", "value_norm": True},
+        neutralise=_no_qk_or_value_norm,
+    ),
     "gemma4_vision": Case(  # q/k/v/o wrapped in Gemma4ClippableLinear (clip ranges ±inf here)
         lambda: t.Gemma4VisionModel(
             _gemma4_vision_config(use_clipped_linears=True, attn_implementation="eager")
@@ -2349,6 +2391,8 @@ CHECKPOINT_CASES = [
     "jetmoe",
 ]  # fmt: skip
 CHECKPOINT_CASES += [
+    "gemma4_text_kv_shared",
+    "gemma3n_text",
     "mimo_v2_flash",
     "nemotron3_5_transcribe",
     "nemotron3_diarization",
@@ -2610,3 +2654,89 @@ def test_bert_style_fused_and_split_heads_stream_like_in_memory(name: str, tmp_p
         assert [a[k] for k in keys] == [b[k] for k in keys]
         sa, sb = np.asarray(a["singular_values"]), np.asarray(b["singular_values"])
         assert np.abs(sa - sb).max() <= 1e-12 * sa.max()
+
+
+# ---------------------------------------------------------------------------------------------
+# KV-shared layers (Gemma-3n, Gemma-4): q and o of their own, k and v of an earlier layer
+# ---------------------------------------------------------------------------------------------
+
+KV_SHARED = {  # case → (consumer → producer layer, layers whose values are the keys)
+    "gemma4_text_kv_shared": ({2: 0, 3: 1}, {1, 3}),
+    "gemma3n_text": ({4: 2, 5: 3}, set()),
+}
+
+
+@pytest.mark.parametrize("name", list(KV_SHARED))
+def test_kv_shared_layers_read_their_producers_keys_and_values(name: str) -> None:
+    """A KV-shared layer's W_K, W_V are those of the layer whose keys and values it reuses
+    (transformers' ``kv_sharing_modes``), named in flag ``kv_shared`` and a note; the model's
+    attention is reproduced with that layer's input as the keys' source and not with the
+    consumer's own input (the control). Under ``attention_k_eq_v`` W_V is W_K."""
+    from rankdecay.attention_spec import kv_producers
+
+    producers, k_eq_v = KV_SHARED[name]
+    model = _build(name)
+    assert kv_producers(model.config) == producers
+    layers, recs = _run(name)
+    with torch.no_grad():
+        for lh, rec in zip(layers, recs):
+            i = int(lh.name.split(".")[1])
+            src = f"layers.{producers[i]}.self_attn" if i in producers else lh.name
+            assert lh.flags.get("kv_shared") == (src if i in producers else None)
+            assert lh.qk_params == (f"{lh.name}.q_proj.weight", f"{src}.k_proj.weight")
+            v = "k_proj" if i in k_eq_v else "v_proj"
+            assert lh.ov_params == (f"{src}.{v}.weight", f"{lh.name}.o_proj.weight")
+            assert (lh.flags.get("values_from_keys") is True) == (i in k_eq_v)
+            assert torch.equal(lh.W_V, lh.W_K) == (i in k_eq_v)
+            assert any("KV-shared" in n for n in lh.notes) == (i in producers)
+            _check(lh, rec.xq[0], rec.xk[0], rec.xv[0], rec.z[0], rec.out[0], True, None)
+            if i in producers:  # keys and values from the consumer's own input: not the model
+                assert not torch.allclose(rec.xq[0], rec.xk[0])
+                with pytest.raises(AssertionError):
+                    _check(lh, rec.xq[0], rec.xq[0], rec.xq[0], rec.z[0], rec.out[0], True, None)
+
+
+def test_kv_shared_checkpoint_ignores_the_consumers_own_unused_keys() -> None:
+    """A Gemma-3n hub checkpoint still holds k_proj/v_proj for its KV-shared layers (transformers
+    ignores them on load): the plan reads the producer's, as the loaded model computes."""
+    from rankdecay.heads import layer_heads_from_tensors, plan_from_checkpoint
+
+    model = _build("gemma3n_text")
+    state = dict(model.state_dict())
+    for i in (4, 5):  # the unused tensors a hub checkpoint carries
+        for proj in ("k_proj", "v_proj"):
+            state[f"layers.{i}.self_attn.{proj}.weight"] = torch.randn(16, D)
+    plans = {p.name: p for p in plan_from_checkpoint(model.config.to_dict(), list(state))}
+    with torch.no_grad():
+        live = {lh.name: lh for lh in attention_heads(model)}
+    for i, producer in ((4, 2), (5, 3)):
+        plan = plans[f"layers.{i}.self_attn"]
+        assert plan.k == f"layers.{producer}.self_attn.k_proj.weight"
+        assert plan.flags["kv_shared"] == f"layers.{producer}.self_attn"
+        disk = layer_heads_from_tensors(plan, state.__getitem__)
+        assert torch.equal(disk.W_K, live[plan.name].W_K)
+        assert torch.equal(disk.W_V, live[plan.name].W_V)
+
+
+@pytest.mark.parametrize("granularity", ["matrix", "head"])
+def test_low_rank_decay_steps_a_shared_key_matrix_once(granularity: str) -> None:
+    """W_K of layer 0 is read by layer 2 too and, with attention_k_eq_v, layer 1's W_K is its
+    W_V: LowRankDecay still moves every singular value of each stored matrix by exactly −c
+    (a matrix counted twice would move by −2c)."""
+    from rankdecay.decay import LowRankDecay
+
+    model = CASES["gemma4_text_kv_shared"].build().double()
+    c = 1e-3
+    names = [f"layers.{i}.self_attn.{p}" for i, p in ((0, "k_proj"), (0, "v_proj"), (1, "k_proj"))]
+    names = [f"{n}.weight" for n in names]  # (16, 32): σ ≫ c, so each moves by exactly −c
+    params = dict(model.named_parameters())
+
+    def svals(n: str) -> Tensor:
+        W = params[n].detach()
+        H_ = W.shape[0] // 8
+        return torch.linalg.svdvals(W.view(H_, 8, -1) if granularity == "head" else W)
+
+    before = {n: svals(n) for n in names}
+    LowRankDecay(model, c, target="attention", granularity=granularity, scale_by_lr=False).step()
+    for n in names:
+        torch.testing.assert_close(svals(n), before[n] - c, rtol=0, atol=1e-10)

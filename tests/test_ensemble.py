@@ -456,14 +456,17 @@ def test_cpu_ensembles_are_capped_by_the_activation_budget(monkeypatch) -> None:
         EnsembleExecutor(members=0)
 
 
-def test_runs_the_ensemble_cannot_batch_are_named(capsys: pytest.CaptureFixture[str]) -> None:
+def test_runs_the_ensemble_cannot_batch_are_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """The ``phase`` preset keeps the public code's early stop and partial last batch, which the
-    stack cannot batch: those runs train one at a time, and the executor says so and why."""
+    stack cannot batch: those runs train one at a time, and the executor says so and why; a
+    group that fails anyway leaves its traceback in every member's error.txt, as a solo run."""
     grokking = "rankdecay.experiments.grokking:EXPERIMENT"
     tiny = dict(o.split("=", 1) for o in TINY)
     batchable = {**tiny, "train.early_stop_above": "none", "task.last_batch": "wrap"}
     tasks = [
-        RunTask(i, f"r{i}", grokking, "phase", overrides, i, f"/nonexistent/r{i}")
+        RunTask(i, f"r{i}", grokking, "phase", overrides, i, str(tmp_path / f"r{i}"))
         for i, overrides in enumerate([tiny, tiny, batchable, batchable])
     ]
     ensembles, solo = EnsembleExecutor(members=2).plan(tasks)
@@ -477,6 +480,9 @@ def test_runs_the_ensemble_cannot_batch_are_named(capsys: pytest.CaptureFixture[
     (result,) = {r["error"] for r in _run_group(tasks[1:3], None)}
     assert result.startswith("RankdecayValueError: run r1 cannot join an ensemble: ")
     assert "train.early_stop_above" in result
+    for run in ("r1", "r2"):
+        text = (tmp_path / run / "error.txt").read_text()
+        assert text.startswith("Traceback") and "cannot join an ensemble" in text
 
 
 def test_sweep_with_the_ensemble_executor(tmp_path: Path) -> None:

@@ -1147,11 +1147,11 @@ def test_fp8_checkpoint_in_memory_dequantized_and_unscaled_refused(tmp_path: Pat
         load_model(directory)
 
 
-def test_kv_shared_layers_are_warned_not_taken_for_missing_shards(tmp_path: Path) -> None:
-    """Gemma-4's KV-shared layers (num_kv_shared_layers) hold q and o but no k, v: neither path
-    extracts them. Streaming used to refuse the directory as 'the config or the shards do not
-    belong together'; now it names them in a warning, as the in-memory path does, and the other
-    layers' records equal analyze(model)."""
+def test_kv_shared_layers_stream_like_in_memory(tmp_path: Path) -> None:
+    """Gemma-4's KV-shared layers (num_kv_shared_layers) hold q and o but no k, v of their own:
+    both paths take W_K, W_V from the layer whose keys and values they reuse (the streamed plan
+    from config.json alone), with no warning, and the records are equal (streaming once refused
+    the directory as 'the config or the shards do not belong together', then warned)."""
     from rankdecay.heads import UnrecognizedAttentionWarning
 
     transformers_ = pytest.importorskip("transformers")
@@ -1172,9 +1172,17 @@ def test_kv_shared_layers_are_warned_not_taken_for_missing_shards(tmp_path: Path
     torch.manual_seed(0)
     model = transformers_.Gemma4TextModel(config).eval()
     model.save_pretrained(tmp_path / "g4")
-    with pytest.warns(UnrecognizedAttentionWarning, match=r"layers\.2\.self_attn"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
         streamed = analyze(tmp_path / "g4")
-    with pytest.warns(UnrecognizedAttentionWarning, match=r"layers\.2\.self_attn"):
         in_memory = analyze(model)
-    assert streamed.model["layer_names"] == ["layers.0.self_attn", "layers.1.self_attn"]
+    assert streamed.model["layer_names"] == [f"layers.{i}.self_attn" for i in range(4)]
     _same(streamed, in_memory)
+    for report in (streamed, in_memory):
+        shared = {n: f.get("kv_shared") for n, f in report.model["flags"].items()}
+        assert shared == {
+            "layers.0.self_attn": None,
+            "layers.1.self_attn": None,
+            "layers.2.self_attn": "layers.0.self_attn",
+            "layers.3.self_attn": "layers.1.self_attn",
+        }

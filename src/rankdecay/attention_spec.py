@@ -343,8 +343,19 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("gemma4_text",),
         scale="one",
         flags="rotary (partial on full-attention layers), QK-norm per head, value norm "
-        "(value_norm), sliding window; KV-shared layers (q and o only) are named in a warning",
-        tested_by=("gemma4_text",),
+        "(value_norm), sliding window; KV-shared layers (q and o only: W_K, W_V of the layer "
+        "they read, kv_shared), values from the key projection (values_from_keys)",
+        tested_by=("gemma4_text", "gemma4_text_kv_shared"),
+        value_norm=True,
+    ),
+    Architecture(
+        "Gemma-3n text",
+        ("Gemma3nTextAttention",),
+        ("gemma3n_text",),
+        scale="one",
+        flags="rotary, QK-norm per head, value norm (value_norm), sliding window; KV-shared "
+        "layers (q and o only: W_K, W_V of the layer they read, kv_shared)",
+        tested_by=("gemma3n_text",),
         value_norm=True,
     ),
     Architecture(
@@ -1348,6 +1359,14 @@ def _notes_for(
             f"the output passes through {plan_flags['post_projection']} (one more linear map) "
             "after W_O; the OV circuit shown ends at W_O"
         )
+    if "kv_shared" in plan_flags:
+        notes.append(
+            f"KV-shared layer: its keys and values are those {plan_flags['kv_shared']} computed "
+            "from that layer's input, so W_K and W_V are that layer's and the QK circuit maps "
+            "between two points of the residual stream"
+        )
+    if plan_flags.get("values_from_keys"):
+        notes.append("values are the key projection's output (attention_k_eq_v): W_V = W_K")
     return tuple(notes)
 
 
@@ -1644,6 +1663,40 @@ def _block_index(name: str) -> int:
     return int(numbers[-1]) if numbers else 0
 
 
+def kv_producers(config: object) -> dict[int, int]:
+    """KV sharing (Gemma-3n, Gemma-4 text): consumer layer → the layer whose keys and values it
+    reuses, as transformers' ``kv_sharing_modes``: the last ``num_kv_shared_layers`` of the
+    ``num_hidden_layers`` layers compute no keys or values and read those of the last earlier
+    layer with the same ``layer_types`` entry. Empty for a config without sharing."""
+    n = _pos_int(cfg_get(config, "num_hidden_layers"))
+    shared = _pos_int(cfg_get(config, "num_kv_shared_layers"))
+    types = cfg_get(config, "layer_types")
+    if n is None or shared is None or not isinstance(types, (list, tuple)) or len(types) < n:
+        return {}
+    first = n - shared
+    out: dict[int, int] = {}
+    for i in range(max(first, 0), n):
+        earlier = [j for j in range(first) if types[j] == types[i]]
+        if earlier:
+            out[i] = earlier[-1]
+    return out
+
+
+def _with_block(name: str, block: int) -> str:
+    """``name`` with its last numeric path component (the layer index) replaced by ``block``."""
+    parts = name.split(".")
+    last = max(i for i, p in enumerate(parts) if p.isdigit())
+    return ".".join([*parts[:last], str(block), *parts[last + 1 :]])
+
+
+def _kv_source(config: object, name: str, block: int) -> str | None:
+    """The module whose keys and values the KV-shared layer ``name`` (layer ``block``) reads."""
+    producer = kv_producers(config).get(block)
+    if producer is None or not any(p.isdigit() for p in name.split(".")):
+        return None
+    return _with_block(name, producer)
+
+
 def plan_from_module(
     model: nn.Module, name: str, module: nn.Module, layer: int
 ) -> AttentionPlan | None:
@@ -1667,6 +1720,18 @@ def plan_from_module(
     k = _find(module, K_NAMES)
     v = _find(module, V_NAMES)
     fused = _find(module, [arch.fused] if arch.fused else FUSED_NAMES)
+    kv_name, kv_flags = name, {}  # the module holding k, v (a KV-shared layer's producer)
+    if q and fused is None and getattr(module, "is_kv_shared_layer", False) is True:
+        index = _first_int((module,), ("layer_idx",)) or _block_index(name)
+        source = _kv_source(tower_config(model, name), name, index)
+        producer = _sub(model, source) if source is not None else None
+        if producer is None:
+            return None
+        kv_name, kv_flags = source, {"kv_shared": source}
+        k, v = _find(producer, K_NAMES), _find(producer, V_NAMES)
+    holder = _sub(model, kv_name)
+    if k and not v and getattr(holder, "use_alternative_attention", False) is True:
+        v, kv_flags["values_from_keys"] = k, True  # Gemma-4 attention_k_eq_v: V = K's output
     inner: nn.Module | None = None
     inner_name = ""
     if fused is not None and arch.fused and "." in arch.fused:  # fused inside a BERT-style child
@@ -1732,7 +1797,7 @@ def plan_from_module(
         plan.fused, plan.layout, plan.n_kv_heads = _join(name, fused[0]), layout, Hkv or H
     else:
         assert q and k and v
-        plan.q, plan.k, plan.v = (_join(name, t[0]) for t in (q, k, v))
+        plan.q, plan.k, plan.v = _join(name, q[0]), _join(kv_name, k[0]), _join(kv_name, v[0])
         plan.n_kv_heads = _out_dim(k[1].weight, _is_in_out(k[1])) // r
         plan.q_gate = arch.q_gate
         rv = _pos_int(getattr(module, "v_head_dim", None))  # MiMo-V2-Flash: r_v ≠ r
@@ -1776,6 +1841,11 @@ def plan_from_module(
     post = _post_projection(name, lambda n: _projection(_sub(model, n)) is not None)
     if post is not None:
         flags["post_projection"] = post
+    if kv_name != name:  # the producer's k/v norms act on these keys and values
+        flags.update(
+            {f: x for f, x in _module_flags(holder, H, r, True).items() if f == "value_norm"}
+        )
+    flags.update(kv_flags)
     plan.rotary, plan.flags = rotary, flags
     return finish_notes(plan)
 
@@ -1992,6 +2062,11 @@ def plan_from_checkpoint(
             continue
         q, k, v = (first(prefix, t, wrapped=wrapped) for t in (Q_NAMES, K_NAMES, V_NAMES))
         fused = first(prefix, [arch.fused] if arch.fused else FUSED_NAMES)
+        source = _kv_source(cfg, prefix, _block_index(prefix)) if q and fused is None else None
+        if source is not None:  # a KV-shared layer (any k/v of its own on disk go unused)
+            k, v = (first(source, t, wrapped=wrapped) for t in (K_NAMES, V_NAMES))
+        if q and k and not v and cfg.get("attention_k_eq_v") is True:
+            v = k  # Gemma-4 full-attention layers with attention_k_eq_v: no v_proj, V = K
         if fused is None and not (q and k and v) and _join(prefix, MHA_FUSED) in names:
             fused = _join(prefix, MHA_FUSED)  # torch.nn.MultiheadAttention inside a model
         if not (q and k and v) and fused is None:
@@ -2069,6 +2144,10 @@ def plan_from_checkpoint(
         if _join(prefix, "sinks") in names:
             plan.flags["attention_sinks"] = True
         _checkpoint_module_flags(plan, arch, cfg, names)
+        if source is not None:
+            plan.flags["kv_shared"] = source
+        if v is not None and v == k:
+            plan.flags["values_from_keys"] = True
         post = _post_projection(prefix, lambda n: f"{n}.weight" in names)
         if post is not None:
             plan.flags["post_projection"] = post

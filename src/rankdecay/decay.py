@@ -452,6 +452,15 @@ def _strided_layout(X: Tensor, p: Tensor) -> tuple[Any, ...] | None:
     )
 
 
+def _read_elsewhere(layer: LayerHeads) -> set[str]:
+    """The matrices of ``layer`` that another view already is: a KV-shared layer's W_K and W_V
+    (flag ``kv_shared``: its producer's, a layer of their own) and W_V = W_K (flag
+    ``values_from_keys``). One stored matrix is decayed once per step."""
+    if "kv_shared" in layer.flags:
+        return {"K", "V"}
+    return {"V"} if layer.flags.get("values_from_keys") else set()
+
+
 def _unique_kv(W: Tensor, kv_index: tuple[int, ...] | None) -> Tensor:
     """(H, d, r) per query head → (H_kv, d, r), each shared key/value head once."""
     if kv_index is None:
@@ -685,6 +694,8 @@ class LowRankDecay:
                 else:
                     for layer in fresh:
                         for which in self._attn_which:
+                            if which in _read_elsewhere(layer):
+                                continue
                             X = _attn_view(layer, which, self.granularity)
                             owner = self._owner(X, f"{layer.name} W_{which}")
                             if owner in trainable:

@@ -58,6 +58,7 @@ from .sweep import (
     RunTask,
     _execute_one,
     add_ensemble_arguments,
+    failed_result,
     resume_or_clear,
     run_result,
     set_threads,
@@ -559,14 +560,12 @@ def _run_group(tasks: Sequence[RunTask], threads: int | None) -> list[dict[str, 
             if isinstance(m, str):
                 raise RankdecayValueError(f"run {task.name} cannot join an ensemble: {m}")
             m.resume = resume_or_clear(m.run_dir)
+            (m.run_dir / "error.txt").unlink(missing_ok=True)
             members.append(m)
         sums = train_ensemble(members)
-    except Exception as exc:  # noqa: BLE001 - report as failed runs
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        error = f"{type(exc).__name__}: {first}"
-        return [{"status": "failed", "error": error, "wall_s": time.perf_counter() - t0}] * len(
-            tasks
-        )
+    except Exception as exc:  # noqa: BLE001 - report as failed runs, as the local executor does
+        dirs = [Path(t.run_dir) for t in tasks]
+        return [failed_result(exc, dirs, time.perf_counter() - t0)] * len(tasks)
     wall = time.perf_counter() - t0
     return [run_result(s, wall) for s in sums]
 

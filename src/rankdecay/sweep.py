@@ -221,13 +221,21 @@ def execute_task(task: RunTask, set_thread_count: bool = True) -> dict[str, Any]
     except KeyboardInterrupt:
         return {"status": "interrupted", "error": "interrupted", "wall_s": time.perf_counter() - t0}
     except BaseException as exc:  # noqa: BLE001 - a failing run must not stop the sweep
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-        if not isinstance(exc, DirectoryLockedError):  # another process's directory: hands off
+        return failed_result(exc, [run_dir], time.perf_counter() - t0)
+
+
+def failed_result(exc: BaseException, run_dirs: Sequence[Path], wall: float) -> dict[str, Any]:
+    """The executor's result of a run (or an ensemble of runs) that raised ``exc``: status
+    "failed" and the error's first line; the traceback goes to each ``run_dir/error.txt``
+    (call it inside the ``except`` block), except into a directory another process holds."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if not isinstance(exc, DirectoryLockedError):  # another process's directory: hands off
+        for run_dir in run_dirs:
             with contextlib.suppress(OSError):
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-        return {"status": "failed", "error": error, "wall_s": time.perf_counter() - t0}
+    return {"status": "failed", "error": error, "wall_s": wall}
 
 
 # --------------------------------------------------------------------------------------------
