@@ -1423,16 +1423,17 @@ CASES: dict[str, Case] = {
         flags={"rotary": True, "qk_norm": "per_head", "value_norm": True},
         neutralise=_no_qk_or_value_norm,
     ),
-    "gemma4_text_kv_shared": Case(  # layers 2, 3 reuse layers 0, 1's k/v; full layers: V = K
-        _lm(
+    "gemma4_text_kv_shared": Case(  # layers 2, 3 reuse layers 0, 1's k/v; full layers: V = K,
+        _lm(  # heads of 16 and one key/value head (per_layer_config)
             t.Gemma4TextConfig,
             t.Gemma4TextModel,
             num_hidden_layers=4,
             num_kv_shared_layers=2,
             attention_k_eq_v=True,
             num_key_value_heads=2,
+            num_global_key_value_heads=1,
             head_dim=8,
-            global_head_dim=8,
+            global_head_dim=16,
             hidden_size_per_layer_input=8,
             vocab_size_per_layer_input=50,
             layer_types=["sliding_attention", "full_attention"] * 2,
@@ -2733,8 +2734,8 @@ def test_low_rank_decay_steps_a_shared_key_matrix_once(granularity: str) -> None
 
     def svals(n: str) -> Tensor:
         W = params[n].detach()
-        H_ = W.shape[0] // 8
-        return torch.linalg.svdvals(W.view(H_, 8, -1) if granularity == "head" else W)
+        r = 16 if n.startswith("layers.1.") else 8  # full-attention layers: global_head_dim
+        return torch.linalg.svdvals(W.view(-1, r, W.shape[1]) if granularity == "head" else W)
 
     before = {n: svals(n) for n in names}
     LowRankDecay(model, c, target="attention", granularity=granularity, scale_by_lr=False).step()

@@ -1151,7 +1151,9 @@ def test_kv_shared_layers_stream_like_in_memory(tmp_path: Path) -> None:
     """Gemma-4's KV-shared layers (num_kv_shared_layers) hold q and o but no k, v of their own:
     both paths take W_K, W_V from the layer whose keys and values they reuse (the streamed plan
     from config.json alone), with no warning, and the records are equal (streaming once refused
-    the directory as 'the config or the shards do not belong together', then warned)."""
+    the directory as 'the config or the shards do not belong together', then warned). The
+    full-attention layers have heads of their own size and count (``per_layer_config``, read
+    per layer from config.json) and values from the keys (``attention_k_eq_v``)."""
     from rankdecay.heads import UnrecognizedAttentionWarning
 
     transformers_ = pytest.importorskip("transformers")
@@ -1163,7 +1165,9 @@ def test_kv_shared_layers_stream_like_in_memory(tmp_path: Path) -> None:
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=8,
-        global_head_dim=8,
+        global_head_dim=16,  # full-attention layers: per_layer_config
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
         hidden_size_per_layer_input=8,
         vocab_size_per_layer_input=64,
         layer_types=["sliding_attention", "full_attention"] * 2,

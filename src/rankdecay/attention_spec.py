@@ -1944,6 +1944,15 @@ def _sub_config(config: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
     return config
 
 
+def _layer_config(cfg: Mapping[str, Any], block: int) -> Mapping[str, Any]:
+    """``cfg`` with one layer's own settings over it: Gemma-4's ``per_layer_config`` (keyed by
+    layer index) gives its full-attention layers their own ``head_dim`` (the config's
+    ``global_head_dim``) and key/value head count."""
+    per = cfg.get("per_layer_config")
+    own = per.get(str(block), per.get(block)) if isinstance(per, Mapping) else None
+    return {**cfg, **own} if isinstance(own, Mapping) else cfg
+
+
 def _wrapped_weight(prefix: str, name: str, names: set[str], wrapped: bool) -> str | None:
     """``prefix.name.weight``, or with ``wrapped`` (:attr:`Architecture.linear_wrapped`) the
     same behind a :data:`LINEAR_WRAPPERS` child (``prefix.name.linear.weight``), if held."""
@@ -2041,7 +2050,7 @@ def plan_from_checkpoint(
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
     for prefix in sorted(prefixes, key=natural):
-        cfg = _sub_config(config, prefix)
+        cfg = _layer_config(_sub_config(config, prefix), _block_index(prefix))
         arch = _BY_MODEL_TYPE.get(str(cfg.get("model_type", "")), arch0)
         if arch.layout == "mla":  # DeepSeek-V2/V3: rankdecay.mla, the rule of the live modules
             from .mla import mla_plan_from_checkpoint
