@@ -2741,3 +2741,27 @@ def test_low_rank_decay_steps_a_shared_key_matrix_once(granularity: str) -> None
     LowRankDecay(model, c, target="attention", granularity=granularity, scale_by_lr=False).step()
     for n in names:
         torch.testing.assert_close(svals(n), before[n] - c, rtol=0, atol=1e-10)
+
+
+def test_default_size_gemma4_checkpoint_plans_use_each_layers_own_heads() -> None:
+    """Gemma4TextConfig() at its default size (30 layers, heads of 256; every sixth layer is
+    full attention with heads of 512, saved under ``per_layer_config`` keys "05", "11", …), built
+    on the meta device: every layer's checkpoint plan splits into the shapes the live extraction
+    finds (a plan that read the top-level head_dim refused the real checkpoint)."""
+    from rankdecay.heads import layer_heads_from_tensors, plan_from_checkpoint
+
+    config = t.Gemma4TextConfig()
+    assert "05" in config.to_dict()["per_layer_config"]  # the zero-padded keys on disk
+    with torch.device("meta"):
+        model = t.Gemma4TextModel(config)
+    live = {lh.name: lh for lh in attention_heads(model)}
+    state = model.state_dict()
+    plans = plan_from_checkpoint(config.to_dict(), list(state))
+    assert [p.name for p in plans] == list(live) and len(plans) == config.num_hidden_layers
+    widths = set()
+    for plan in plans:
+        disk = layer_heads_from_tensors(plan, state.__getitem__)
+        for f in ("W_Q", "W_K", "W_V", "W_O"):
+            assert getattr(disk, f).shape == getattr(live[plan.name], f).shape, (plan.name, f)
+        widths.add(disk.W_Q.shape[-1])
+    assert widths == {256, 512}

@@ -1946,11 +1946,13 @@ def _sub_config(config: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
 
 def _layer_config(cfg: Mapping[str, Any], block: int) -> Mapping[str, Any]:
     """``cfg`` with one layer's own settings over it: Gemma-4's ``per_layer_config`` (keyed by
-    layer index) gives its full-attention layers their own ``head_dim`` (the config's
-    ``global_head_dim``) and key/value head count."""
+    layer index, saved as a string that may be zero-padded: "05") gives its full-attention
+    layers their own ``head_dim`` (the config's ``global_head_dim``) and key/value head count."""
     per = cfg.get("per_layer_config")
-    own = per.get(str(block), per.get(block)) if isinstance(per, Mapping) else None
-    return {**cfg, **own} if isinstance(own, Mapping) else cfg
+    if not isinstance(per, Mapping):
+        return cfg
+    own = [v for k, v in per.items() if str(k).isdigit() and int(k) == block]
+    return {**cfg, **own[0]} if own and isinstance(own[0], Mapping) else cfg
 
 
 def _wrapped_weight(prefix: str, name: str, names: set[str], wrapped: bool) -> str | None:
