@@ -1563,8 +1563,7 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
         flags["attention_sinks"] = True
     if any(isinstance(getattr(module, g, None), nn.Module) for g in GATE_NAMES):
         flags["output_gate"] = True
-    v_norm = getattr(module, "v_norm", None)  # Gemma-4 vision/audio: RMS-normalised values
-    if isinstance(v_norm, nn.Module) and not isinstance(v_norm, nn.Identity):
+    if _has_value_norm(module):
         flags["value_norm"] = True
     if any(getattr(c, "use_clipped_linears", False) for c in module.children()):
         flags["clipped_linears"] = True
@@ -1579,6 +1578,12 @@ def _module_flags(module: nn.Module, H: int, r: int, config_window: bool) -> dic
     ):
         flags["relative_position_bias"] = True
     return flags
+
+
+def _has_value_norm(module: nn.Module) -> bool:
+    """Gemma-4 / Gemma-3n: ``v_norm`` RMS-normalises each head's values (no gain)."""
+    v_norm = getattr(module, "v_norm", None)
+    return isinstance(v_norm, nn.Module) and not isinstance(v_norm, nn.Identity)
 
 
 def is_relative_position_param(name: str) -> bool:
@@ -1697,6 +1702,31 @@ def _kv_source(config: object, name: str, block: int) -> str | None:
     return _with_block(name, producer)
 
 
+Found = tuple[str, nn.Module] | None  # (relative name, module) of a projection, as _find
+
+
+def _shared_kv(
+    model: nn.Module, name: str, module: nn.Module, k: Found, v: Found
+) -> tuple[str, Found, Found, dict[str, object]] | None:
+    """(module holding k and v, k, v, flags) of the attention module ``name``: its own, or a
+    KV-shared layer's producer's (flag ``kv_shared``; None when that layer is not found); under
+    Gemma-4's ``attention_k_eq_v`` a layer without ``v_proj`` has v = k (``values_from_keys``)."""
+    kv_name, flags = name, {}
+    if getattr(module, "is_kv_shared_layer", False) is True:
+        index = _first_int((module,), ("layer_idx",)) or _block_index(name)
+        source = _kv_source(tower_config(model, name), name, index)
+        producer = _sub(model, source) if source is not None else None
+        if source is None or producer is None:
+            return None
+        kv_name, flags = source, {"kv_shared": source}
+        k, v = _find(producer, K_NAMES), _find(producer, V_NAMES)
+        if _has_value_norm(producer):  # the producer's norm acts on these values
+            flags["value_norm"] = True
+    if k and not v and getattr(_sub(model, kv_name), "use_alternative_attention", False) is True:
+        v, flags["values_from_keys"] = k, True  # Gemma-4 attention_k_eq_v: V = K's output
+    return kv_name, k, v, flags
+
+
 def plan_from_module(
     model: nn.Module, name: str, module: nn.Module, layer: int
 ) -> AttentionPlan | None:
@@ -1720,18 +1750,10 @@ def plan_from_module(
     k = _find(module, K_NAMES)
     v = _find(module, V_NAMES)
     fused = _find(module, [arch.fused] if arch.fused else FUSED_NAMES)
-    kv_name, kv_flags = name, {}  # the module holding k, v (a KV-shared layer's producer)
-    if q and fused is None and getattr(module, "is_kv_shared_layer", False) is True:
-        index = _first_int((module,), ("layer_idx",)) or _block_index(name)
-        source = _kv_source(tower_config(model, name), name, index)
-        producer = _sub(model, source) if source is not None else None
-        if producer is None:
-            return None
-        kv_name, kv_flags = source, {"kv_shared": source}
-        k, v = _find(producer, K_NAMES), _find(producer, V_NAMES)
-    holder = _sub(model, kv_name)
-    if k and not v and getattr(holder, "use_alternative_attention", False) is True:
-        v, kv_flags["values_from_keys"] = k, True  # Gemma-4 attention_k_eq_v: V = K's output
+    shared = _shared_kv(model, name, module, k, v) if q and fused is None else (name, k, v, {})
+    if shared is None:
+        return None
+    kv_name, k, v, kv_flags = shared
     inner: nn.Module | None = None
     inner_name = ""
     if fused is not None and arch.fused and "." in arch.fused:  # fused inside a BERT-style child
@@ -1841,10 +1863,6 @@ def plan_from_module(
     post = _post_projection(name, lambda n: _projection(_sub(model, n)) is not None)
     if post is not None:
         flags["post_projection"] = post
-    if kv_name != name:  # the producer's k/v norms act on these keys and values
-        flags.update(
-            {f: x for f, x in _module_flags(holder, H, r, True).items() if f == "value_norm"}
-        )
     flags.update(kv_flags)
     plan.rotary, plan.flags = rotary, flags
     return finish_notes(plan)
@@ -1999,6 +2017,25 @@ def _checkpoint_module_flags(
         plan.notes += (chunked_window_note(chunk),)
 
 
+def _config_heads(
+    cfg: Mapping[str, Any], prefix: str, arch: Architecture
+) -> tuple[int, int] | None:
+    """(H, r) of the attention module ``prefix`` from its (layer's) config, None if it has none."""
+    H = _first_int(
+        (cfg,), ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads")
+    )
+    if re.search(r"(^|\.)decoder\.", prefix):  # BART-style configs: the decoder's own count
+        H = _first_int((cfg,), ("decoder_attention_heads", "num_decoder_attention_heads")) or H
+    hidden = _first_int((cfg,), ("hidden_size", "n_embd", "d_model", "dim"))
+    r = _first_int((cfg,), ("head_dim", "d_kv"))
+    if H is None or (r is None and hidden is None):
+        return None
+    if arch.o_parts > 1:  # ConvBERT: H/head_ratio attention heads of d/(2·H/head_ratio)
+        H = max(1, H // (_first_int((cfg,), ("head_ratio",)) or 1))
+        r = r or hidden // H // arch.o_parts  # type: ignore[operator]
+    return H, r or hidden // H  # type: ignore[operator]
+
+
 def is_unloaded_mtp_layer(config: Mapping[str, Any], prefix: str) -> bool:
     """``prefix`` is in DeepSeek-V3's multi-token-prediction layer ``layers.<num_hidden_layers>``
     (an MLA model's block beyond the declared depth), which transformers does not load (its
@@ -2089,20 +2126,10 @@ def plan_from_checkpoint(
                 continue
         elif o.endswith("output.dense.weight") and o != _join(prefix, "output.dense.weight"):
             continue
-        H = _first_int(
-            (cfg,),
-            ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads"),
-        )
-        if re.search(r"(^|\.)decoder\.", prefix):  # BART-style configs: the decoder's own count
-            H = _first_int((cfg,), ("decoder_attention_heads", "num_decoder_attention_heads")) or H
-        hidden = _first_int((cfg,), ("hidden_size", "n_embd", "d_model", "dim"))
-        r = _first_int((cfg,), ("head_dim", "d_kv"))
-        if H is None or (r is None and hidden is None):
+        heads = _config_heads(cfg, prefix, arch)
+        if heads is None:
             continue
-        if arch.o_parts > 1:  # ConvBERT: H/head_ratio attention heads of d/(2·H/head_ratio)
-            H = max(1, H // (_first_int((cfg,), ("head_ratio",)) or 1))
-            r = r or hidden // H // arch.o_parts  # type: ignore[operator]
-        r = r or hidden // H  # type: ignore[operator]
+        H, r = heads
         block = _block_index(prefix)
         kind = "cross" if prefix.rsplit(".", 1)[-1] in CROSS_NAMES else "self"
         plan = AttentionPlan(
