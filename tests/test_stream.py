@@ -1190,3 +1190,46 @@ def test_kv_shared_layers_stream_like_in_memory(tmp_path: Path) -> None:
             "layers.2.self_attn": "layers.0.self_attn",
             "layers.3.self_attn": "layers.1.self_attn",
         }
+
+
+def test_a_family_without_a_row_that_the_config_misleads_is_analysed_in_memory(
+    tmp_path: Path,
+) -> None:
+    """MobileBERT's attention is true_hidden_size wide, not hidden_size: the generic keys of its
+    config.json split it wrongly. With no table row that is the plan's guess failing, not a
+    corrupt checkpoint: analyze(DIR) says so in a StreamingFallbackWarning and builds the model,
+    with the in-memory report (it had raised CorruptCheckpointError on a valid directory)."""
+    transformers_ = pytest.importorskip("transformers")
+    config = transformers_.MobileBertConfig(
+        vocab_size=64,
+        hidden_size=64,
+        true_hidden_size=32,
+        intra_bottleneck_size=32,
+        embedding_size=32,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        num_feedforward_networks=1,
+    )
+    torch.manual_seed(0)
+    model = transformers_.MobileBertModel(config).eval()
+    model.save_pretrained(tmp_path / "mb")
+    with pytest.warns(StreamingFallbackWarning, match="not in rankdecay's table"):
+        report = analyze(tmp_path / "mb")
+    assert not report.model.get("streamed")
+    _same(report, analyze(model))
+
+
+def test_checkpoint_plan_survey_runs_and_sees_a_misfit() -> None:
+    """benchmarks/checkpoint_plan_survey.py at tiny scale: Llama at its default size (32
+    layers) plans like the live model, MobileBERT's plan does not split (the case streaming now
+    hands to the in-memory path), both built on the meta device."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import checkpoint_plan_survey as survey
+    finally:
+        sys.path.pop(0)
+    ok = survey.survey_one("llama")
+    assert ok["status"] == "ok" and ok["live"] == ok["planned"] == 32, ok
+    misfit = survey.survey_one("mobilebert")
+    assert misfit["status"] == "split" and "do not split" in misfit["found"][0], misfit

@@ -16,8 +16,10 @@ independent of depth; the rest of the checkpoint (embeddings, MLPs) is never rea
 
 Leaves the model to be built in memory (:func:`analyze_directory` returns None; ``analyze`` then
 calls ``analyze.load_model``, with a warning here naming why) when the name-based plan does not
-cover the checkpoint's architecture, and for ``fold_norm`` (the norm gains are part of the model,
-not of the plan). Our own run directories
+cover the checkpoint's architecture, when a model type without a table row does not split as its
+config.json was read (generic keys are a guess; the model's own loading knows its layout — for a
+family with a row the same misfit is a config/weights mismatch, an error), and for ``fold_norm``
+(the norm gains are part of the model, not of the plan). Our own run directories
 (``config.json`` with ``experiment``/``config`` + ``checkpoint/model.safetensors``) are read by
 building the run's TinyTransformer on the meta device and assigning the checkpoint's tensors
 (no random initialisation, no task data).
@@ -42,6 +44,7 @@ from torch import Tensor, nn
 
 from .attention_spec import (
     FUSED_NAMES,
+    GENERIC,
     LINEAR_WRAPPERS,
     Q_NAMES,
     _pos_int,
@@ -93,6 +96,10 @@ class _Planned:
     meta: LayerHeads  # the plan's factors as meta tensors (shapes, dtypes, flags, notes)
 
 
+class _UnreadLayout(Exception):
+    """A module of a family without a table row does not split as its config.json was read."""
+
+
 def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
     """Each plan applied to meta tensors of the header shapes: the names it reads, and its
     factors' shapes; any tensor missing, non-float or of a width the plan cannot split ends here
@@ -123,6 +130,11 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
             raise
         except (UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
             reason = exception_reason(exc).split("; register an adapter")[0]
+            if plan.family == GENERIC.family:  # the config was read by generic keys: a guess
+                raise _UnreadLayout(
+                    f"its attention does not split as the name-based plan reads config.json "
+                    f"({reason}; its model_type is not in rankdecay's table)"
+                ) from None
             raise CorruptCheckpointError(
                 f"the attention tensors in {index.directory} do not fit the head counts and sizes "
                 f"of its config.json ({reason}); the config and weights belong to different models "
@@ -318,6 +330,12 @@ def analyze_directory(
         if not plans and reason is None:
             model_type = config.get("model_type", "?")
             reason = f"the attention of model_type {model_type!r} is not covered by the {how}"
+    planned: list[_Planned] = []
+    if reason is None:
+        try:
+            planned = _dry_run(plans, index)
+        except _UnreadLayout as exc:  # the model's own loading knows its layout
+            reason = str(exc)
     if reason is not None:  # fold_norm included: the user asked for it, not for the memory
         warnings.warn(
             f"{directory}: {reason}; building the whole model in memory instead "
@@ -326,7 +344,6 @@ def analyze_directory(
             stacklevel=3,
         )
         return None
-    planned = _dry_run(plans, index)
     missed = _unplanned_attention(index, planned, config)
     if missed:
         warnings.warn(
