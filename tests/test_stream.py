@@ -1233,3 +1233,59 @@ def test_checkpoint_plan_survey_runs_and_sees_a_misfit() -> None:
     assert ok["status"] == "ok" and ok["live"] == ok["planned"] == 32, ok
     misfit = survey.survey_one("mobilebert")
     assert misfit["status"] == "split" and "do not split" in misfit["found"][0], misfit
+
+
+def _qwen_vl(kind: str) -> nn.Module:
+    """A tiny Qwen3-VL (vision width in ``hidden_size``) or Qwen2-VL (vision width in
+    ``embed_dim``, ``hidden_size`` the text width its merger maps to)."""
+    transformers_ = pytest.importorskip("transformers")
+    text = dict(
+        vocab_size=64,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+    )
+    if kind == "qwen3_vl":
+        vision = dict(depth=2, hidden_size=32, num_heads=4, intermediate_size=64)
+        vision.update(out_hidden_size=48, patch_size=4, deepstack_visual_indexes=[0])
+        text["rope_parameters"] = {"rope_type": "default", "mrope_section": [2, 2, 2]}
+        config = transformers_.Qwen3VLConfig(vision_config=vision, text_config=text)
+        model_cls = transformers_.Qwen3VLModel
+    else:
+        vision = dict(depth=2, embed_dim=32, hidden_size=48, num_heads=4, patch_size=4)
+        text["rope_parameters"] = {"rope_type": "default", "mrope_section": [2, 2, 2]}
+        config = transformers_.Qwen2VLConfig(vision_config=vision, text_config=text)
+        model_cls = transformers_.Qwen2VLModel
+    torch.manual_seed(0)
+    return model_cls(config).eval()
+
+
+def test_qwen_vl_checkpoints_stream_their_visual_tower(tmp_path: Path) -> None:
+    """Qwen-VL / GLM-4V-style checkpoints keep the vision encoder under ``visual.`` with its heads
+    in ``vision_config``: Qwen3-VL streams both towers, in the model's order (visual first), equal
+    to analyze(model) in names and values (the visual tower had been left out with a warning).
+    Qwen2-VL's vision config names its width ``embed_dim`` (``hidden_size`` is the text width),
+    which the generic keys misread: that tower is named in a warning and the text tower still
+    streams — memory stays bounded, nothing is called corrupt."""
+    from rankdecay.heads import UnrecognizedAttentionWarning
+
+    model = _qwen_vl("qwen3_vl")
+    model.save_pretrained(tmp_path / "q3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        streamed = analyze(tmp_path / "q3")
+    assert streamed.model.get("streamed")
+    in_memory = analyze(model)
+    assert streamed.model["layer_names"] == in_memory.model["layer_names"]
+    assert streamed.model["layer_names"][0] == "visual.blocks.0.attn"
+    _same(streamed, in_memory)
+
+    model = _qwen_vl("qwen2_vl")
+    model.save_pretrained(tmp_path / "q2")
+    with pytest.warns(UnrecognizedAttentionWarning, match=r"2 attention-like .*visual\.blocks\.0"):
+        partial = analyze(tmp_path / "q2")
+    assert partial.model.get("streamed")
+    assert partial.model["layer_names"] == [f"language_model.layers.{i}.self_attn" for i in (0, 1)]

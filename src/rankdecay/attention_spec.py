@@ -1941,24 +1941,40 @@ def _live_scale(
 # ------------------------------------------------------------------------------- checkpoints
 
 
+#: keys that describe one tower's attention: a tower's sub-config does not inherit them from the
+#: top-level config (MusicFlamingo's top-level head_dim 1280 is not its Qwen2 text tower's)
+_TOWER_SHAPE_KEYS = ("head_dim", "num_attention_heads", "num_key_value_heads", "d_kv")
+
+
 def _sub_config(config: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
-    """The sub-config a tensor prefix belongs to (multi-tower configs: text/vision/encoder ...)."""
+    """The sub-config a tensor prefix belongs to (multi-tower configs: text/vision/encoder ...):
+    ``<part>_config`` for a path component ``<part>`` (SAM-3's ``detr_decoder``), else by the
+    words of the tower's name; the top-level config's other keys stay beneath it."""
+
+    def tower(sub: Mapping[str, Any]) -> Mapping[str, Any]:
+        below = {k: v for k, v in config.items() if k not in _TOWER_SHAPE_KEYS}
+        return {**below, **sub}
+
+    for part in prefix.split("."):
+        sub = config.get(f"{part}_config")
+        if part and isinstance(sub, Mapping) and part != "audio":  # audio: the rule below
+            return tower(sub)
     for key, words in (
-        ("vision_config", ("vision",)),
+        ("vision_config", ("vision", "visual.")),  # Qwen-VL / GLM-4V: model.visual.blocks.N
         ("text_config", ("language_model", "text_model", "text")),
         ("encoder", ("encoder.",)),
         ("decoder", ("decoder.",)),
     ):
         sub = config.get(key)
         if isinstance(sub, Mapping) and any(w in prefix for w in words):
-            return {**config, **sub}
+            return tower(sub)
     sub = config.get("audio_config")  # only an audio tower a row plans (Gemma-4 audio)
     if (
         isinstance(sub, Mapping)
         and "audio" in prefix
         and str(sub.get("model_type", "")) in _BY_MODEL_TYPE
     ):
-        return {**config, **sub}
+        return tower(sub)
     return config
 
 

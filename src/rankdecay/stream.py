@@ -96,14 +96,14 @@ class _Planned:
     meta: LayerHeads  # the plan's factors as meta tensors (shapes, dtypes, flags, notes)
 
 
-class _UnreadLayout(Exception):
-    """A module of a family without a table row does not split as its config.json was read."""
-
-
-def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
+def _dry_run(
+    plans: Sequence[Any], index: CheckpointIndex, misfits: list[str] | None = None
+) -> list[_Planned]:
     """Each plan applied to meta tensors of the header shapes: the names it reads, and its
     factors' shapes; any tensor missing, non-float or of a width the plan cannot split ends here
-    in one sentence, before any tensor data is read."""
+    in one sentence, before any tensor data is read — except that a module of a model type
+    without a table row, whose config.json the generic keys may misread, is left out and its
+    reason appended to ``misfits`` (when given)."""
     out: list[_Planned] = []
     for plan in plans:
         used: list[str] = []
@@ -130,11 +130,9 @@ def _dry_run(plans: Sequence[Any], index: CheckpointIndex) -> list[_Planned]:
             raise
         except (UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
             reason = exception_reason(exc).split("; register an adapter")[0]
-            if plan.family == GENERIC.family:  # the config was read by generic keys: a guess
-                raise _UnreadLayout(
-                    f"its attention does not split as the name-based plan reads config.json "
-                    f"({reason}; its model_type is not in rankdecay's table)"
-                ) from None
+            if plan.family == GENERIC.family and misfits is not None:  # generic keys: a guess
+                misfits.append(reason)
+                continue
             raise CorruptCheckpointError(
                 f"the attention tensors in {index.directory} do not fit the head counts and sizes "
                 f"of its config.json ({reason}); the config and weights belong to different models "
@@ -154,10 +152,17 @@ _CROSS_FIRST = {"visual_attention"}
 #: vision, text, then audio; LLaVA-style models: vision, projector, text — not the alphabetical
 #: order of their names)
 _VISION_FIRST = ("vision_tower", "multi_modal_projector", "language_model")
+#: Qwen-VL / GLM-4V-style models: the vision encoder ``visual`` (its config: vision_config), then
+#: the text model
+_VISUAL_FIRST_TYPES = (
+    "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "glm4v",
+    "glm4v_moe", "glm46v", "glm_ocr", "glm_image", "exaone4_5", "cosmos3_omni",
+)  # fmt: skip
 TOWERS_BY_MODEL_TYPE = {
     "gemma4": ("vision_tower", "language_model", "audio_tower"),
     "gemma3n": ("vision_tower", "language_model", "audio_tower"),
     **dict.fromkeys(("llava", "llava_next", "mistral3", "paligemma", "gemma3"), _VISION_FIRST),
+    **dict.fromkeys(_VISUAL_FIRST_TYPES, ("visual", "language_model")),
 }
 
 
@@ -181,8 +186,9 @@ def _module_order(plans: Sequence[Any], towers: Sequence[str] = ()) -> list[Any]
         parts = str(plan.name).split(".")
         cross = 1 if getattr(plan, "kind", "self") == "cross" else 0
         cross = -1 if parts[-1] in _CROSS_FIRST else cross
-        tower = [(-1, list(towers).index(parts[0]), "")] if parts[0] in towers else []
-        rest = parts[1:-1] if tower else parts[:-1]
+        at = 1 if parts[0] == "model" and len(parts) > 2 and parts[1] in towers else 0
+        tower = [(-1, list(towers).index(parts[at]), "")] if parts[at] in towers else []
+        rest = parts[at + 1 : -1] if tower else parts[:-1]  # (a *ForConditionalGeneration: model.)
         return (*tower, *[token(p) for p in rest], (cross, 0, parts[-1]))
 
     ordered = sorted(plans, key=key)
@@ -224,8 +230,8 @@ def _check_config_fits(
 ) -> None:
     """A config declaring more layers than the files hold attention for, or a width no attention
     module has, is refused (the config and the weights do not belong together). ``unplanned``:
-    attention modules in the files that no plan reads (already named in a warning; e.g. Gemma-4's
-    KV-shared layers, which hold q and o but no k, v), counted as held."""
+    attention modules in the files that no plan reads (already named in a warning; e.g. a tower
+    whose config.json the generic keys misread), counted as held."""
     declared = _pos_int(cfg_get(config, *LAYER_COUNT_KEYS))
     if declared is not None and declared > len(planned) + unplanned:
         raise CorruptCheckpointError(
@@ -331,11 +337,14 @@ def analyze_directory(
             model_type = config.get("model_type", "?")
             reason = f"the attention of model_type {model_type!r} is not covered by the {how}"
     planned: list[_Planned] = []
+    misfits: list[str] = []
     if reason is None:
-        try:
-            planned = _dry_run(plans, index)
-        except _UnreadLayout as exc:  # the model's own loading knows its layout
-            reason = str(exc)
+        planned = _dry_run(plans, index, misfits)
+        if misfits and not planned:  # the model's own loading knows its layout
+            reason = (
+                f"its attention does not split as the name-based plan reads config.json "
+                f"({misfits[0]}; its model_type is not in rankdecay's table)"
+            )
     if reason is not None:  # fold_norm included: the user asked for it, not for the memory
         warnings.warn(
             f"{directory}: {reason}; building the whole model in memory instead "
@@ -344,7 +353,8 @@ def analyze_directory(
             stacklevel=3,
         )
         return None
-    missed = _unplanned_attention(index, planned, config)
+    unplanned = _unplanned_attention(index, planned, config)  # the misfits' tensors are unread
+    missed = sorted({m.split(":")[0] for m in misfits} | set(unplanned))
     if missed:
         warnings.warn(
             f"{directory}: {len(missed)} attention-like module(s) are not covered by the streaming "
