@@ -1941,9 +1941,17 @@ def _live_scale(
 # ------------------------------------------------------------------------------- checkpoints
 
 
-#: keys that describe one tower's attention: a tower's sub-config does not inherit them from the
-#: top-level config (MusicFlamingo's top-level head_dim 1280 is not its Qwen2 text tower's)
-_TOWER_SHAPE_KEYS = ("head_dim", "num_attention_heads", "num_key_value_heads", "d_kv")
+#: head sizes are a tower's own: a sub-config does not inherit them from the top-level config
+#: (MusicFlamingo's top-level head_dim 1280 is not its Qwen2 text tower's; head counts are
+#: inherited — BridgeTower's vision config takes num_attention_heads from the top level)
+_TOWER_SHAPE_KEYS = ("head_dim", "d_kv")
+#: path components (exact, or followed by "_…": ``vision_tower``, ``text_model``) that name a tower
+_TOWER_WORDS = (
+    ("vision_config", ("vision", "visual")),  # Qwen-VL / GLM-4V: model.visual.blocks.N
+    ("text_config", ("language_model", "text")),
+    ("encoder", ()),  # exact component only: a decoder's encoder_attn is the decoder's
+    ("decoder", ()),
+)
 
 
 def _sub_config(config: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
@@ -1959,14 +1967,11 @@ def _sub_config(config: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
         sub = config.get(f"{part}_config")
         if part and isinstance(sub, Mapping) and part != "audio":  # audio: the rule below
             return tower(sub)
-    for key, words in (
-        ("vision_config", ("vision", "visual.")),  # Qwen-VL / GLM-4V: model.visual.blocks.N
-        ("text_config", ("language_model", "text_model", "text")),
-        ("encoder", ("encoder.",)),
-        ("decoder", ("decoder.",)),
-    ):
+    parts = prefix.split(".")
+    for key, words in _TOWER_WORDS:
         sub = config.get(key)
-        if isinstance(sub, Mapping) and any(w in prefix for w in words):
+        named = (p == w or p.startswith(f"{w}_") for p in parts for w in words or (key,))
+        if isinstance(sub, Mapping) and any(named):
             return tower(sub)
     sub = config.get("audio_config")  # only an audio tower a row plans (Gemma-4 audio)
     if (
