@@ -1267,6 +1267,7 @@ def test_qwen_vl_checkpoints_stream_their_visual_tower(tmp_path: Path) -> None:
     """Qwen-VL / GLM-4V-style checkpoints keep the vision encoder under ``visual.`` with its heads
     in ``vision_config``: Qwen3-VL streams both towers, in the model's order (visual first), equal
     to analyze(model) in names and values (the visual tower had been left out with a warning).
+    A *ForConditionalGeneration checkpoint (towers under ``model.``) keeps that order.
     Qwen2-VL's vision config names its width ``embed_dim`` (``hidden_size`` is the text width),
     which the generic keys misread: that tower is named in a warning and the text tower still
     streams — memory stays bounded, nothing is called corrupt."""
@@ -1282,6 +1283,14 @@ def test_qwen_vl_checkpoints_stream_their_visual_tower(tmp_path: Path) -> None:
     assert streamed.model["layer_names"] == in_memory.model["layer_names"]
     assert streamed.model["layer_names"][0] == "visual.blocks.0.attn"
     _same(streamed, in_memory)
+    # saved from the *ForConditionalGeneration class the towers sit under model.: same order
+    torch.manual_seed(0)
+    full = type(model).__name__.replace("Model", "ForConditionalGeneration")
+    full_model = getattr(pytest.importorskip("transformers"), full)(model.config).eval()
+    full_model.save_pretrained(tmp_path / "q3_full")
+    names = analyze(tmp_path / "q3_full").model["layer_names"]
+    assert names == analyze(full_model).model["layer_names"]
+    assert names[0] == "model.visual.blocks.0.attn"
 
     model = _qwen_vl("qwen2_vl")
     model.save_pretrained(tmp_path / "q2")

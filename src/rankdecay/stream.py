@@ -16,10 +16,11 @@ independent of depth; the rest of the checkpoint (embeddings, MLPs) is never rea
 
 Leaves the model to be built in memory (:func:`analyze_directory` returns None; ``analyze`` then
 calls ``analyze.load_model``, with a warning here naming why) when the name-based plan does not
-cover the checkpoint's architecture, when a model type without a table row does not split as its
-config.json was read (generic keys are a guess; the model's own loading knows its layout — for a
-family with a row the same misfit is a config/weights mismatch, an error), and for ``fold_norm``
-(the norm gains are part of the model, not of the plan). Our own run directories
+cover the checkpoint's architecture, when no module of a model type without a table row splits
+as its config.json was read (generic keys are a guess; a module that does not split is left out
+and named in a warning, the rest streams; the model's own loading knows its layout — for a family
+with a row the same misfit is a config/weights mismatch, an error), and for ``fold_norm`` (the
+norm gains are part of the model, not of the plan). Our own run directories
 (``config.json`` with ``experiment``/``config`` + ``checkpoint/model.safetensors``) are read by
 building the run's TinyTransformer on the meta device and assigning the checkpoint's tensors
 (no random initialisation, no task data).
