@@ -1,7 +1,9 @@
-"""Why the ensemble keeps its batched optimizer: one AdamW step over M stacked members, batched
-(:class:`rankdecay.ensemble.BatchedOptimizer`) vs each member's own torch AdamW over its views of
-the stack (default implementation, and ``foreach=True``). Grokking members (arm l2, 2 layers) of
-width ``d`` (MLP 4d), random gradients; median ms of ``--reps`` steps after 5 warm-up steps.
+"""The ensemble's optimizer step: each member's own torch AdamW over its views of the stack, with
+torch's fused kernel (``fused=True``, what :class:`rankdecay.ensemble.StackEngine` runs) vs the
+default single-tensor loop and ``foreach=True``. Grokking members (arm l2, 2 layers) of width
+``d`` (MLP 4d), random gradients; median ms of ``--reps`` steps of all M members after 5 warm-up
+steps. (Until 2cb862f the ensemble ran a batched re-implementation of AdamW over the stacked
+tensors, ``BatchedOptimizer``; its figures against these are in docs/benchmarks.md.)
 
     python benchmarks/bench_member_optimizers.py --threads 1
 """
@@ -28,7 +30,7 @@ def _median_ms(fn: Callable[[], object], reps: int) -> float:
 
 
 def _row(d: int, M: int, reps: int) -> tuple[float, float, float]:
-    """(batched, members' torch AdamW, foreach) ms of one step of M members of width d."""
+    """(fused, default, foreach) ms of one optimizer step of M members of width d."""
     import rankdecay.ensemble as E
     from rankdecay.experiments.grokking import GrokkingConfig
     from rankdecay.train import _seed_everything, build_model, build_optimizer, optimizer_settings
@@ -39,26 +41,26 @@ def _row(d: int, M: int, reps: int) -> tuple[float, float, float]:
         c.model.d_model, c.model.d_mlp = d, 4 * d
         _seed_everything(c.seed)
         models.append(build_model(c.model, c.task.build(c.seed)))
-
-    def fresh(foreach: bool | None = None) -> list[torch.optim.Optimizer]:
-        opts = [build_optimizer(m, optimizer_settings(c)[0])[0] for m, c in zip(models, cfgs)]
-        for o in opts:
-            for g in o.param_groups:
-                g["foreach"] = foreach
-        return opts
-
     own = [dict(m.named_parameters()) for m in models]
     stacked = E.stack_models(models)
-    batched = E.BatchedOptimizer(stacked, fresh(), own)
     for name, p in stacked.items():
         p.grad = torch.randn_like(p) * 1e-3
         for i, params in enumerate(own):
             params[name].grad = p.grad[i]
-    plain, each = fresh(), fresh(True)
-    return (
-        _median_ms(lambda: batched.step([1e-3] * M), reps),
-        _median_ms(lambda: [o.step() for o in plain], reps),
-        _median_ms(lambda: [o.step() for o in each], reps),
+
+    def members(how: str) -> list[torch.optim.Optimizer]:
+        opts = [build_optimizer(m, optimizer_settings(c)[0])[0] for m, c in zip(models, cfgs)]
+        if how == "fused":
+            E._use_fused(opts, torch.device("cpu"))
+        for o in opts:
+            for g in o.param_groups:
+                g["foreach"] = True if how == "foreach" else g.get("foreach")
+        return opts
+
+    fused, plain, each = members("fused"), members("default"), members("foreach")
+    return tuple(  # type: ignore[return-value]
+        _median_ms(lambda opts=opts: [o.step() for o in opts], reps)
+        for opts in (fused, plain, each)
     )
 
 
@@ -69,10 +71,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for d, M in ((128, 4), (32, 4), (32, 16)):
-        batched, plain, foreach = _row(d, M, args.reps)
+        fused, plain, foreach = _row(d, M, args.reps)
         print(
-            f"d={d:4d} M={M:3d}: batched {batched:6.2f} ms, members' torch AdamW {plain:6.2f} ms "
-            f"({plain / batched:.2f}×), foreach {foreach:6.2f} ms ({foreach / batched:.2f}×)"
+            f"d={d:4d} M={M:3d}: fused {fused:6.2f} ms, default {plain:6.2f} ms "
+            f"({plain / fused:.2f}×), foreach {foreach:6.2f} ms ({foreach / fused:.2f}×)"
         )
 
 

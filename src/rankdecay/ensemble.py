@@ -14,13 +14,17 @@ Exactness. Member i's computation is that of a solo run of its config, batched:
   ``members=True`` — the model's own forward, every linear map a batched matmul over members;
   for ``readout="last"`` the final block works at the last position only.
 - loss: L = Σ_i mean-CE_i, so ∂L/∂θ_i = ∂(mean-CE_i)/∂θ_i — member i's solo gradient.
-- optimizer (:class:`BatchedOptimizer`) and Low-Rank Decay (:class:`BatchedLowRankDecay`): the
-  update rules of :mod:`rankdecay.update` (torch's AdamW / Adam / SGD formulas, per-member
-  clipping, the LRD step of :class:`rankdecay.decay.LowRankDecay`) with per-member
-  hyperparameters as (M, 1, …) columns — lr_i(t) from member i's schedule, betas, eps, a weight
-  decay per (member, parameter) from member i's ``param_groups``, LRD c_i = strength_i·lr_i (or
-  strength_i), batched over the members with c_i ≠ 0. The polar factor of a stored weight is
-  the transpose of that of the adapter's view (polar(Wᵀ) = polar(W)ᵀ).
+- gradient clipping: :func:`rankdecay.update.clip_grad_norm_` per member, by its own norm.
+- optimizer: member i's own ``torch.optim`` optimizer (built by its solo run's code, holding its
+  solo state) over its views of the stack — weights and gradients — with torch's fused kernel
+  (one call per member and step; docs/benchmarks.md); member i's learning rate lr_i(t) is set
+  in its param groups before its step, so its weight decay per parameter group, betas, eps and
+  momentum are its own. A member's checkpoint is therefore its solo optimizer's state as it is.
+- Low-Rank Decay (:class:`BatchedLowRankDecay`): the LRD step of
+  :class:`rankdecay.decay.LowRankDecay` (:func:`rankdecay.update.low_rank_decay_delta`) with
+  c_i = strength_i·lr_i (or strength_i) as an (M, 1, …) column, batched over the members with
+  c_i ≠ 0. The polar factor of a stored weight is the transpose of that of the adapter's view
+  (polar(Wᵀ) = polar(W)ᵀ).
 
 Members therefore match solo runs to float rounding (tested; with ``polar="newton_schulz"`` to
 the Newton–Schulz tolerance, since the batch's iteration count is that of its slowest member).
@@ -47,7 +51,7 @@ from .decay import LowRankDecay, check_lrd_options
 from .device import autocast, maybe_compile, param_dtype, resolve_device
 from .engine import build_model, build_run, evaluate_members, loss_and_accuracy
 from .errors import RankdecayValueError
-from .loop import Engine, RunSpec, lr_at, optimizer_settings, train_runs
+from .loop import Engine, RunSpec, optimizer_settings, train_runs
 from .models import functional_forward
 from .run_config import ModelConfig, RunConfig
 from .runfiles import checkpoint_step
@@ -63,12 +67,11 @@ from .sweep import (
     run_result,
     set_threads,
 )
-from .update import Hyper, adam_, clip_grad_norm_, low_rank_decay_delta, member_column, sgd_
+from .update import clip_grad_norm_, low_rank_decay_delta
 from .validation import filled_model_config, training_bytes
 
 __all__ = [
     "BatchedLowRankDecay",
-    "BatchedOptimizer",
     "EnsembleExecutor",
     "EnsembleMember",
     "auto_members",
@@ -116,6 +119,20 @@ def vmap_forward(base: nn.Module, P: Mapping[str, Tensor], x: Tensor) -> Tensor:
     return vmap(one)(dict(P), x)
 
 
+def _use_fused(optimizers: Sequence[torch.optim.Optimizer], device: torch.device) -> None:
+    """Let each member's torch optimizer step with torch's fused kernel (``fused=True``: one
+    kernel call per member and step, where the default for-loop makes one per tensor; measured
+    in docs/benchmarks.md), on the devices that have it; its step counts move to the device."""
+    if device.type not in ("cpu", "cuda"):
+        return
+    for o in optimizers:
+        for group in o.param_groups:
+            group["fused"], group["foreach"] = True, None
+        for st in o.state.values():
+            if "step" in st:
+                st["step"] = st["step"].to(device=device, dtype=torch.float32)
+
+
 def _rope_tables(model: nn.Module) -> tuple[Tensor, Tensor] | None:
     """The rotary (cos, sin) tables of a TinyTransformer, or None."""
     rope = getattr(model, "rope", None)
@@ -123,86 +140,6 @@ def _rope_tables(model: nn.Module) -> tuple[Tensor, Tensor] | None:
 
 
 # ============================================================================ update rules
-
-
-class BatchedOptimizer:
-    """The members' own optimizers (torch's AdamW, Adam or SGD, member i's over its parameters
-    ``members[i]``) run as one: :func:`rankdecay.update.adam_` / :func:`~rankdecay.update.sgd_`
-    over the stacked leaves ``params`` (M, *shape), every hyperparameter an (M, 1, …) column
-    read from the group that holds the parameter in member i's optimizer (weight decay, betas,
-    eps, momentum; the learning rates are given to :meth:`step`). ``state[name]`` holds the
-    torch-named buffers as (M, *shape) tensors, started from the members' states (a resumed
-    member's moments), whose entries become views of them: each member's optimizer keeps its
-    solo state, so its checkpoint needs no translation. ``t`` is the step count."""
-
-    def __init__(
-        self,
-        params: Mapping[str, Tensor],
-        optimizers: Sequence[torch.optim.Optimizer],
-        members: Sequence[Mapping[str, Tensor]],
-    ) -> None:
-        names = {type(o).__name__.lower() for o in optimizers}
-        groups = [{id(p): g for g in o.param_groups for p in g["params"]} for o in optimizers]
-        flags = ("amsgrad", "maximize", "nesterov", "dampening")
-        if (
-            len(names) > 1
-            or not names <= {"adamw", "adam", "sgd"}
-            or any(g.get(f) for o in optimizers for g in o.param_groups for f in flags)
-        ):
-            raise RankdecayValueError(
-                f"the ensemble runs AdamW, Adam or SGD with torch's default flags ({', '.join(flags)} "
-                f"off), one type for all members; got {sorted(names)}; use the local executor.",
-                param="executor",
-            )
-        self.params, self.name, self.t = dict(params), names.pop(), 0
-        adam = self.name != "sgd"
-        self.state: dict[str, dict[str, Tensor]] = {}
-        self.hyper: dict[str, dict[str, Hyper]] = {}
-        for n, p in self.params.items():
-            gs = [groups[i][id(m[n])] for i, m in enumerate(members)]
-            col = functools.partial(member_column, like=p)
-            momentum = [g.get("momentum", 0.0) for g in gs]
-            h: dict[str, Hyper] = {"momentum": col(momentum)}
-            if adam:
-                beta1, beta2 = zip(*(g["betas"] for g in gs))
-                h = {"beta1": col(beta1), "beta2": col(beta2), "eps": col([g["eps"] for g in gs])}
-            # a parameter no member decays gets the number 0 (the update skips the decay)
-            decay = [g["weight_decay"] for g in gs]
-            h["weight_decay"] = col(decay) if any(decay) else 0.0
-            self.hyper[n] = h
-            keys = ("exp_avg", "exp_avg_sq") if adam else ("momentum_buffer",) * any(momentum)
-            self.state[n] = {k: torch.zeros_like(p) for k in keys}
-            for k, buf in self.state[n].items():
-                for i, (o, m) in enumerate(zip(optimizers, members)):
-                    st = o.state[m[n]]
-                    if k in st:
-                        buf[i].copy_(st[k])
-                    st[k] = buf[i]
-
-    @torch.no_grad()
-    def clip_(self, max_norms: Sequence[float]) -> None:
-        """Per member: :func:`rankdecay.update.clip_grad_norm_` by the member's global gradient
-        norm (``torch.nn.utils.clip_grad_norm_``); members with c ≤ 0 are not clipped."""
-        grads = [p.grad for p in self.params.values() if p.grad is not None]
-        if grads:
-            limit = grads[0].new_tensor([c if c > 0 else math.inf for c in max_norms])
-            clip_grad_norm_(grads, limit, members=True)
-
-    @torch.no_grad()
-    def step(self, lrs: Sequence[float]) -> None:
-        self.t += 1
-        for n, p in self.params.items():
-            if p.grad is None:
-                continue
-            lr, st, h = member_column(lrs, p), self.state[n], self.hyper[n]
-            if self.name == "sgd":
-                sgd_(p, p.grad, st.get("momentum_buffer"), step=self.t, lr=lr, **h)
-            else:
-                adam_(p, p.grad, **st, step=self.t, lr=lr, decoupled=self.name == "adamw", **h)
-
-    def zero_grad(self) -> None:
-        for p in self.params.values():
-            p.grad = None
 
 
 class BatchedLowRankDecay:
@@ -402,8 +339,8 @@ def train_ensemble(
 class StackEngine(Engine):
     """The loop's engine (:class:`rankdecay.loop.Engine`) for M members trained as one stack
     (see the module docstring): every member is built and checkpointed as a solo run; from
-    :meth:`start` on, its parameters are views of the stacked tensors and its solo optimizer's
-    state views of the batched optimizer's, so its checkpoints need no translation."""
+    :meth:`start` on, its parameters and their gradients are views of the stacked tensors, which
+    its own optimizer steps in place, so its checkpoints need no translation."""
 
     def __init__(self, forward: str = "batched") -> None:
         self.forward_kind = forward
@@ -427,12 +364,14 @@ class StackEngine(Engine):
 
     def start(self, step: int) -> None:
         models, tc = self.models, self.tc
-        params = [dict(model.named_parameters()) for model in models]
         self.stacked = stack_models(models)
         self.names = list(self.stacked)
+        for n, s in self.stacked.items():  # backward accumulates into these; the members'
+            s.grad = torch.zeros_like(s)  # gradients are views of them, as their weights are
+            for i, model in enumerate(models):
+                model.get_parameter(n).grad = s.grad[i]
+        _use_fused(self.opts, self.device)
         optims, lrds = zip(*self.settings)
-        self.opt = BatchedOptimizer(self.stacked, self.opts, params)
-        self.opt.t = step
         self.lrd = None
         on = [lrd for lrd in lrds if lrd.strength > 0]
         if on:
@@ -441,7 +380,6 @@ class StackEngine(Engine):
             strengths, scale = [lrd.strength for lrd in lrds], [lrd.scale_by_lr for lrd in lrds]
             self.lrd = BatchedLowRankDecay(models[0], self.stacked, strengths, scale, **form)
         self.clips = [o.grad_clip for o in optims]
-        self.lrs = [lr_at(step, o, tc.steps) for o in optims]
         self.rope = _rope_tables(models[0])
         # train.compile: the training step's batched forward goes through torch.compile (its
         # shapes are fixed); evaluation, whose chunk shapes vary, stays eager
@@ -464,27 +402,30 @@ class StackEngine(Engine):
     ) -> tuple[Sequence[Tensor], Sequence[Tensor]]:
         """L = Σ_i mean-CE_i, so ∂L/∂θ_i is member i's solo gradient; members that ended get
         zero gradients and learning rate 0."""
-        M, device = self.M, self.device
-        self.lrs = list(lrs)
         x, y = _stack_batches([task.train_batch(t, self.tc.batch_size) for task in self.tasks])
-        if x.device != device:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if x.device != self.device:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with self.amp:
             logits = self.train_forward(x)
         losses, accs = loss_and_accuracy(logits, y, members=True)
-        self.opt.zero_grad()
+        grads = [self.stacked[n].grad for n in self.names]
+        for g in grads:
+            g.zero_()
         losses.sum().backward()
-        if not all(live):
-            with torch.no_grad():
-                for n in self.names:
-                    g = self.stacked[n].grad
-                    if g is not None:
-                        g[[i for i in range(M) if not live[i]]] = 0
-        if any(c > 0 for c in self.clips):
-            self.opt.clip_(self.clips)
-        self.opt.step(self.lrs)
+        with torch.no_grad():
+            ended = [i for i in range(self.M) if not live[i]]
+            for g in grads if ended else ():
+                g[ended] = 0
+            if any(c > 0 for c in self.clips):  # per member, by its own global norm
+                limit = grads[0].new_tensor([c if c > 0 else math.inf for c in self.clips])
+                clip_grad_norm_(grads, limit, members=True)
+        for i, o in enumerate(self.opts):  # each member's own optimizer: torch's fused kernel
+            if live[i]:
+                for group in o.param_groups:
+                    group["lr"] = lrs[i]
+                o.step()
         if self.lrd is not None:
-            self.lrd.step(self.lrs)
+            self.lrd.step(lrs)
         return list(losses), list(accs)
 
     def evaluate(self, step: int) -> list[dict[str, float]]:
@@ -497,35 +438,28 @@ class StackEngine(Engine):
 
     @contextlib.contextmanager
     def checkpoint_view(self, i: int) -> Iterator[tuple[nn.Module, torch.optim.Optimizer]]:
-        """Member i as its solo model and optimizer (with its learning rate and, for Adam*, step
-        count) and the global RNG in its solo run's state; its weights are private copies while
+        """Member i as its solo model and optimizer and the global RNG in its solo run's state;
+        its weights are private copies while
         the checkpoint is written (safetensors refuses a view of a larger storage) and views of
         the stack again afterwards, and the process's RNG state comes back."""
-        o, params = self.opts[i], dict(self.models[i].named_parameters())
+        params = dict(self.models[i].named_parameters())
         process_rng = (_rng_state(), _rng_tensors())
         _set_rng(*self.rngs[i])
-        for g in o.param_groups:
-            g["lr"] = self.lrs[i]
-        if self.opt.name != "sgd":
-            for st in o.state.values():
-                st["step"] = torch.tensor(float(self.opt.t))
         for n, p in params.items():
             p.data = self.stacked[n].data[i].clone()
         try:
-            yield self.models[i], o
+            yield self.models[i], self.opts[i]
         finally:
             for n, p in params.items():
                 p.data = self.stacked[n].data[i]
             _set_rng(*process_rng)
 
     def end(self, i: int) -> None:
-        """Zero member i's weights and optimizer state (a NaN must not reach the batched
-        kernels); its gradients and learning rate are zero from now on."""
+        """Zero member i's weights (a NaN must not reach the batched kernels); its gradients are
+        zero and its optimizer does not step from now on."""
         with torch.no_grad():
             for n in self.names:
                 self.stacked[n].data[i].zero_()
-                for buf in self.opt.state[n].values():
-                    buf[i].zero_()
 
     def summary_fields(self) -> dict[str, Any]:
         return {"ensemble_size": self.M}
