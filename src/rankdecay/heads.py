@@ -223,6 +223,7 @@ def _prefixed(layer: LayerHeads, prefix: str, offset: int) -> LayerHeads:
         name=_join(prefix, layer.name),
         qk_params=tuple(_join(prefix, n) for n in layer.qk_params),
         ov_params=tuple(_join(prefix, n) for n in layer.ov_params),
+        score_params=tuple(_join(prefix, n) for n in layer.score_params),
     )
 
 
@@ -334,6 +335,7 @@ def layer_heads_from_tensors(
         flags=flags,
         kind=plan.kind,
         family=plan.family,
+        score_params=plan.score_params,
     )
 
 
