@@ -536,6 +536,199 @@ def _gemma3n_audio_check(model: nn.Module, layers: list[LayerHeads]) -> None:
             compare(lh, rec, torch.ones_like(s))
 
 
+def _fan_in_rescale(model: nn.Module, pattern: str) -> None:
+    """Rescale the parameters matching ``pattern`` from ``_randomize``'s 1/√(last dim) to
+    1/√(fan-in) (a 1×1 convolution's last dim is 1, XLNet's (d, H, r) reads d): O(1) scores,
+    a softmax that is not one-hot."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if re.search(pattern, name):
+                fan_in = p.shape[0] if p.dim() == 3 and p.shape[-1] != 1 else math.prod(p.shape[1:])
+                p.mul_(math.sqrt(p.shape[-1] / fan_in))
+
+
+def _squeezebert_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """SqueezeBERT (q/k/v 1×1 ``nn.Conv1d`` on (B, C, T), possibly grouped; out-projection
+    the block's ``post_attention.conv1d``), float64, biases zeroed, no padding: per head
+    P_h = softmax(scale·(X W_Q^h)(X W_K^h)ᵀ) with X the attention module's input (transposed
+    to (B, T, C)); ``_check`` requires z_h = P_h X W_V^h to be head h of ``post_attention.conv1d``'s
+    input, the module's probabilities (z_h·pinv(X W_V^h)) to be P_h and Σ_h z_h W_O^h the conv's
+    output; the module's own scores (``output_attentions``) equal scale·(X W_Q^h)(X W_K^h)ᵀ.
+    Controls: heads rolled, and the grouped weights read as if ungrouped (W_Q from the
+    (d, d/G) weight tiled, not block-diagonal), each must fail."""
+    _fan_in_rescale(model, r"(query|key|value|conv1d)\.weight$")
+    with torch.no_grad():
+        layers = attention_heads(model, strict=True)  # after the rescale (grouped: copies)
+    recs: dict[str, dict[str, Tensor]] = {}
+    handles = []
+    for lh in layers:
+        rec: dict[str, Tensor] = {}
+        recs[lh.name] = rec
+
+        def attn_in(_m: nn.Module, args: tuple, output: Any, rec: dict = rec) -> None:
+            rec["x"] = args[0].transpose(1, 2)
+            rec["scores"] = output["attention_score"]
+
+        def o_io(_m: nn.Module, args: tuple, output: Tensor, rec: dict = rec) -> None:
+            rec["z"], rec["out"] = args[0].transpose(1, 2), output.transpose(1, 2)
+
+        block = lh.name.rsplit(".", 1)[0]
+        handles += [
+            model.get_submodule(lh.name).register_forward_hook(attn_in),
+            model.get_submodule(f"{block}.post_attention.conv1d").register_forward_hook(o_io),
+        ]
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), attention_mask=torch.ones(B, T), output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def compare(lh: LayerHeads, rec: dict[str, Tensor]) -> None:
+        x = rec["x"]
+        _check(lh, x, x, x, rec["z"], rec["out"], False, None)
+        q = torch.einsum("btd,hdr->bhtr", x, lh.W_Q)
+        k = torch.einsum("bsd,hdr->bhsr", x, lh.W_K)
+        assert lh.scale is not None
+        torch.testing.assert_close(lh.scale * q @ k.mT, rec["scores"], **TOL)
+
+    for lh in layers:
+        rec = recs[lh.name]
+        compare(lh, rec)
+        rolled = dataclasses.replace(
+            lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+        )
+        with pytest.raises(AssertionError):
+            compare(rolled, rec)
+        conv = model.get_submodule(f"{lh.name}.query")
+        if conv.groups > 1:  # the (d, d/G) weight tiled over the groups: wrong off the blocks
+            w = conv.weight.detach()[..., 0].repeat(1, conv.groups)
+            tiled = dataclasses.replace(lh, W_Q=w.T.reshape(D, H, -1).permute(1, 0, 2))
+            with pytest.raises(AssertionError):
+                compare(tiled, rec)
+
+
+def _xlnet_scores(
+    model: nn.Module, lh: LayerHeads, rec: dict[str, Any], content_bias: bool = True
+) -> Tensor:
+    """XLNet's scores (B, H, i, j) from the factors: scale·[(x_i W_Q^h + u)·(x_j W_K^h)
+    + positional + segment], u the parameter the ``content_bias`` flag names (left out with
+    ``content_bias=False``); the positional term (x_i W_Q^h + r_r_bias)·(e W_R) through the
+    module's own ``rel_shift_bnij`` and the segment term (x_i W_Q^h + r_s_bias)·seg_embed[s_ij]
+    from the module's own tensors and the encodings e / segment matrix it was called with."""
+    module = model.get_submodule(lh.name)
+    x = rec["h"]  # (T, B, d)
+    q = torch.einsum("ibd,ndr->ibnr", x, lh.W_Q)
+    k = torch.einsum("jbd,ndr->jbnr", x, lh.W_K)
+    u = model.get_parameter(str(lh.flags["content_bias"])) if content_bias else 0.0
+    ac = torch.einsum("ibnd,jbnd->bnij", q + u, k)
+    k_r = torch.einsum("ibh,hnd->ibnd", rec["r"].to(module.r.dtype), module.r)  # as the module
+    bd = torch.einsum("ibnd,jbnd->bnij", q + module.r_r_bias, k_r)
+    bd = module.rel_shift_bnij(bd, klen=ac.shape[3])
+    seg = model.get_parameter(str(lh.flags["segment_bias"]))
+    ef = torch.einsum("ibnd,snd->ibns", q + module.r_s_bias, seg)
+    ef = torch.einsum("ijbs,ibns->bnij", rec["seg_mat"], ef)
+    assert lh.scale is not None
+    return lh.scale * (ac + bd + ef)
+
+
+def _xlnet_compare(model: nn.Module, lh: LayerHeads, rec: dict[str, Any], **kw: bool) -> None:
+    """P_h = softmax(:func:`_xlnet_scores`) equals the module's probabilities, z_h = P_h X W_V^h
+    its per-head context (``attn_vec``), and Σ_h z_h W_O^h its ``post_attention`` output
+    (residual and layer norm off: the module's own method with ``residual=False`` and its
+    ``layer_norm`` replaced by the identity)."""
+    P = _xlnet_scores(model, lh, rec, **kw).softmax(-1)
+    torch.testing.assert_close(P, rec["prob"].permute(2, 3, 0, 1), **P_TOL)
+    v = torch.einsum("jbd,ndr->bnjr", rec["h"], lh.W_V)
+    ctx = P @ v  # (B, H, T, r)
+    torch.testing.assert_close(ctx, rec["vec"].permute(1, 2, 0, 3), **TOL)
+    out = torch.einsum("bhtr,hre->tbe", ctx, lh.W_O)
+    torch.testing.assert_close(out, rec["out"], **TOL)
+
+
+def _xlnet_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """XLNet (XLNetRelativeAttention: raw q, k, v, o of shape (d, H, r), activations (T, B, d)),
+    float64, the three query biases set nonzero (``_randomize`` zeroes parameters named "…bias"),
+    a forward with two segments (token_type_ids) and no mask: nothing is neutralised —
+    the content bias r_w_bias, the relative-position term (r, r_r_bias, the sinusoidal encodings
+    the module was called with, its rel_shift) and the segment term (seg_embed, r_s_bias, the
+    segment matrix it was called with) are added back from the model's own tensors
+    (:func:`_xlnet_scores`), the QK circuit is scale·(x W_Q^h)(x W_K^h)ᵀ of the factors.
+    Checked per layer by :func:`_xlnet_compare`. Controls: heads rolled, and the content bias
+    left out (the flag is not decoration), each must fail."""
+    _fan_in_rescale(model, r"rel_attn\.[qkvor]$")
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():  # _randomize zeroed the three biases (their names end in "bias")
+        for name, p in model.named_parameters():
+            if re.search(r"rel_attn\.r_[rsw]_bias$", name):
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / math.sqrt(p.shape[-1]))
+        layers = attention_heads(model, strict=True)
+    recs: dict[str, dict[str, Any]] = {}
+    originals = []
+    handles = []
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        rec: dict[str, Any] = {}
+        recs[lh.name] = rec
+
+        def pre(_m: nn.Module, args: tuple, rec: dict = rec) -> None:
+            rec["h"], rec["r"], rec["seg_mat"] = args[0], args[4], args[5]
+
+        def core(*args: Any, module: nn.Module = module, rec: dict = rec, **kw: Any) -> Any:
+            out = type(module).rel_attn_core(module, *args, **kw)
+            rec["vec"], rec["prob"] = out
+            norm, module.layer_norm = module.layer_norm, nn.Identity()
+            try:
+                rec["out"] = module.post_attention(None, rec["vec"], residual=False)
+            finally:
+                module.layer_norm = norm
+            return out
+
+        module.rel_attn_core = core  # type: ignore[method-assign]
+        originals.append(module)
+        handles.append(module.register_forward_pre_hook(pre))
+    token_types = torch.zeros(B, T, dtype=torch.long)
+    token_types[:, T // 2 :] = 1
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), token_type_ids=token_types, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+        for module in originals:
+            del module.rel_attn_core
+    for lh in layers:
+        rec = recs[lh.name]
+        assert rec["seg_mat"] is not None and rec["r"] is not None
+        with torch.no_grad():
+            _xlnet_compare(model, lh, rec)
+            rolled = dataclasses.replace(
+                lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+            )
+            with pytest.raises(AssertionError):
+                _xlnet_compare(model, rolled, rec)
+            with pytest.raises(AssertionError):
+                _xlnet_compare(model, lh, rec, content_bias=False)
+
+
+def _squeezebert(**groups: int) -> Callable[[], nn.Module]:
+    cfg = dict(q_groups=1, k_groups=1, v_groups=1, post_attention_groups=1)
+    cfg.update(groups)
+    return lambda: t.SqueezeBertModel(
+        t.SqueezeBertConfig(
+            vocab_size=50,
+            hidden_size=D,
+            embedding_size=D,
+            num_hidden_layers=L,
+            num_attention_heads=H,
+            intermediate_size=2 * D,
+            intermediate_groups=1,
+            output_groups=1,
+            **cfg,
+        )
+    )
+
+
 def _gemma4_vision_config(**extra: Any) -> Any:
     """A tiny Gemma4VisionConfig (D wide, L layers, H heads of D/H, 2×2 patches)."""
     return t.Gemma4VisionConfig(
@@ -1388,6 +1581,36 @@ CASES: dict[str, Case] = {
         "LXMERT",
         kinds=("self", "cross"),
         calls_per_layer=lambda lh: 2 if lh.kind == "cross" else 1,
+    ),
+    # SqueezeBERT: q/k/v/o grouped 1×1 convolutions; G = 8 for v: groups of 4 channels, a
+    # head of 8 spans two; G = 2 for q and o: two heads per group; k: one head per group
+    "squeezebert": Case(
+        _squeezebert(q_groups=2, k_groups=4, v_groups=8, post_attention_groups=2),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "SqueezeBERT",
+        flags={"grouped_projections": "q: 2, k: 4, v: 8, o: 2"},
+        check=_squeezebert_check,
+    ),
+    "squeezebert_ungrouped": Case(  # G = 1 everywhere: the factors are views of the weights
+        _squeezebert(),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "SqueezeBERT",
+        check=_squeezebert_check,
+    ),
+    "xlnet": Case(
+        lambda: t.XLNetModel(
+            t.XLNetConfig(vocab_size=50, d_model=D, n_layer=L, n_head=H, d_inner=2 * D)
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "XLNet",
+        flags={"relative_position_bias": True},
+        check=_xlnet_check,
     ),
     "jetmoe": Case(  # 3 experts × 2 key/value heads = 6 heads; 2 experts per token
         _lm(
