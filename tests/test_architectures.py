@@ -2612,7 +2612,7 @@ CHECKPOINT_CASES = [
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
     "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
     "fsmt", "bart_uneven_heads", "deberta_v1", "timesformer", "convbert", "lxmert",
-    "jetmoe",
+    "jetmoe", "squeezebert", "squeezebert_ungrouped", "xlnet",
 ]  # fmt: skip
 CHECKPOINT_CASES += [
     "gemma4_text_kv_shared",
@@ -2714,6 +2714,52 @@ def test_low_rank_decay_through_split_specs(name: str) -> None:
             torch.testing.assert_close(torch.linalg.svdvals(lh.W_Q), sq - c, rtol=0, atol=1e-10)
             if lh.kv_head_index is None:
                 torch.testing.assert_close(torch.linalg.svdvals(lh.W_K), sk - c, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["squeezebert", "squeezebert_ungrouped", "xlnet"])
+@pytest.mark.parametrize("granularity", ["matrix", "head"])
+def test_low_rank_decay_on_conv_and_raw_parameter_attention(name: str, granularity: str) -> None:
+    """LowRankDecay(target="attention") on SqueezeBERT's 1×1 convolutions (grouped: the
+    block-diagonal matrices are copies, the update goes back through autograd; ungrouped: views)
+    and XLNet's raw (d, H, r) q/k/v/o (views) moves every singular value of every W_Q, W_K, W_V,
+    W_O (per head, or per whole matrix) by exactly −c, off-block entries of a grouped
+    convolution staying zero (they are not parameters); target="qk" leaves W_V, W_O as they were.
+    ``strided_views()`` (the batched ensemble's path) describes the views and refuses the grouped
+    copies with a sentence that names the grouped convolution."""
+    from rankdecay.decay import LowRankDecay
+    from rankdecay.errors import RankdecayValueError
+
+    def svals(model: nn.Module) -> list[Tensor]:
+        """σ of W_Q, W_K, W_V, W_O of every layer: per head (H, ·) or of the whole matrix."""
+        out = []
+        with torch.no_grad():
+            for lh in attention_heads(model):
+                for which, W in zip("QKVO", (lh.W_Q, lh.W_K, lh.W_V, lh.W_O)):
+                    if granularity == "matrix" and which == "O":  # (H·r, d)
+                        W = W.reshape(-1, W.shape[-1])
+                    elif granularity == "matrix":  # (d, H·r)
+                        W = W.permute(1, 0, 2).reshape(W.shape[1], -1)
+                    out.append(torch.linalg.svdvals(W))
+        return out
+
+    c = 1e-3
+    for target, moved in (("qk", (0, 1)), ("attention", (0, 1, 2, 3))):
+        model = _build(name)
+        before = svals(model)
+        decay = LowRankDecay(model, c, target=target, granularity=granularity, scale_by_lr=False)
+        if name == "squeezebert":
+            with pytest.raises(
+                RankdecayValueError,
+                match="grouped 1×1 convolution" if granularity == "matrix" else "strided",
+            ):
+                decay.strided_views()
+        else:
+            assert len(decay.strided_views()) == L * len(moved)
+        decay.step()
+        after = svals(model)
+        for i, (sb, sa) in enumerate(zip(before, after)):
+            expected = sb - c if i % 4 in moved else sb
+            torch.testing.assert_close(sa, expected, rtol=0, atol=1e-10)
 
 
 FORM_CASES = {  # family → (config class, model class): attention that is not plain softmax
@@ -2875,6 +2921,34 @@ def test_bert_style_fused_and_split_heads_stream_like_in_memory(name: str, tmp_p
     assert streamed.model["streamed"] is True and len(streamed.records) == len(live.records) > 0
     for a, b in zip(live.records, streamed.records):
         keys = ("layer", "name", "head", "circuit", "kv_head")
+        assert [a[k] for k in keys] == [b[k] for k in keys]
+        sa, sb = np.asarray(a["singular_values"]), np.asarray(b["singular_values"])
+        assert np.abs(sa - sb).max() <= 1e-12 * sa.max()
+
+
+@pytest.mark.parametrize("name", ["squeezebert", "xlnet"])
+def test_conv_and_raw_parameter_attention_stream_like_in_memory(name: str, tmp_path: Path) -> None:
+    """The save_pretrained files of SqueezeBERT (grouped 1×1 convolutions, the out-projection in
+    the block's post_attention.conv1d; group counts from config.json) and XLNet (raw
+    ``rel_attn.{q,k,v,o}`` of shape (d, H, r)) stream without a fallback or an
+    UnrecognizedAttentionWarning to the report of the in-memory model: same modules, heads and
+    circuits in the same order, same spectra to 1e-12, the same flags."""
+    import numpy as np
+
+    from rankdecay import analyze
+    from rankdecay.stream import StreamingFallbackWarning
+
+    model = _build(name)
+    model.save_pretrained(tmp_path / "m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StreamingFallbackWarning)
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        streamed = analyze(tmp_path / "m")
+    live = analyze(model)
+    assert streamed.model["streamed"] is True and len(streamed.records) == len(live.records) > 0
+    flag_keys = ("grouped_projections", "relative_position_bias", "content_bias", "segment_bias")
+    for a, b in zip(live.records, streamed.records):
+        keys = ("layer", "name", "head", "circuit", "kv_head", *(k for k in flag_keys if k in a))
         assert [a[k] for k in keys] == [b[k] for k in keys]
         sa, sb = np.asarray(a["singular_values"]), np.asarray(b["singular_values"])
         assert np.abs(sa - sb).max() <= 1e-12 * sa.max()

@@ -762,13 +762,22 @@ class LowRankDecay:
         storage offset from the owner's first element): ``p.as_strided(size, stride,
         p.storage_offset() + offset)`` is it, without a copy. Raises
         :class:`~rankdecay.errors.RankdecayValueError` where one is not a strided view of its
-        owner (product granularity; key/value heads shared unevenly)."""
+        owner (product granularity; key/value heads shared unevenly; at any granularity the
+        block-diagonal matrix of a grouped 1×1 convolution, SqueezeBERT's, which is a copy)."""
         out = []
         for v in self._views:
-            if v.strided is None:
+            if v.strided is None and self.granularity != "matrix":
                 raise RankdecayValueError(
                     f"LowRankDecay's {v.key} is not a strided view of {v.owner!r}; use "
                     "granularity='matrix' (or 'head' on a model without shared key/value heads).",
+                    param="granularity",
+                )
+            if v.strided is None:  # a copy even as a whole matrix (a grouped convolution's blocks)
+                raise RankdecayValueError(
+                    f"LowRankDecay's {v.key} is not a strided view of {v.owner!r} but a copy "
+                    "built from it (e.g. the block-diagonal matrix of a grouped 1×1 convolution), "
+                    "so no in-place view of it exists; run LowRankDecay itself (the local "
+                    "executor), which writes its update back through autograd.",
                     param="granularity",
                 )
             (size, stride, offset), (_, _, owner_offset) = v.strided
