@@ -2319,20 +2319,10 @@ def is_unloaded_mtp_layer(config: Mapping[str, Any], prefix: str) -> bool:
     return re.search(r"(^|\.)\d+(\.|$)", prefix) is not None and _block_index(prefix) >= declared
 
 
-def plan_from_checkpoint(
-    config: Mapping[str, Any], tensor_names: Iterable[str]
-) -> list[AttentionPlan]:
-    """Plans of every attention module whose tensors are named in a checkpoint (no model built).
-
-    ``config``: the parsed ``config.json``; ``tensor_names``: every tensor name in the checkpoint.
-    A module is a prefix P with ``P.<o>.weight`` for an output name of :data:`O_NAMES` and either
-    ``P.<q|k|v>.weight`` for names of the q/k/v tables (also under one child, BERT's ``self``)
-    or a fused ``P.<fused>.weight``. Head counts, split spec, scale and flags come from the
-    config (``model_type`` selects the family; see :data:`ARCHITECTURES`). Plans are ordered by
-    their names with numbers compared as numbers.
-    """
-    names = set(tensor_names)
-    arch0 = _BY_MODEL_TYPE.get(str(config.get("model_type", "")), GENERIC)
+def _checkpoint_prefixes(arch0: Architecture, names: set[str]) -> set[str]:
+    """Candidate attention-module prefixes P of a checkpoint: ``P.<o>.weight`` for an output name
+    (:data:`O_NAMES`, a row's ``o_names``; also behind a linear wrapper), JetMoE's expert output,
+    and for the stored rows XLNet's ``P.{q,o}`` and SqueezeBERT's ``P.query.weight``."""
     prefixes: set[str] = set()
     o_names = (*O_NAMES, *dict.fromkeys(n for a in _BY_MODEL_TYPE.values() for n in a.o_names))
     for full in names:
@@ -2349,6 +2339,24 @@ def plan_from_checkpoint(
             suffix = f"{o_name}.weight"
             if full == suffix or full.endswith("." + suffix):
                 prefixes.add(full[: -len(suffix)].rstrip("."))
+    return prefixes
+
+
+def plan_from_checkpoint(
+    config: Mapping[str, Any], tensor_names: Iterable[str]
+) -> list[AttentionPlan]:
+    """Plans of every attention module whose tensors are named in a checkpoint (no model built).
+
+    ``config``: the parsed ``config.json``; ``tensor_names``: every tensor name in the checkpoint.
+    A module is a prefix P with ``P.<o>.weight`` for an output name of :data:`O_NAMES` and either
+    ``P.<q|k|v>.weight`` for names of the q/k/v tables (also under one child, BERT's ``self``)
+    or a fused ``P.<fused>.weight``. Head counts, split spec, scale and flags come from the
+    config (``model_type`` selects the family; see :data:`ARCHITECTURES`). Plans are ordered by
+    their names with numbers compared as numbers.
+    """
+    names = set(tensor_names)
+    arch0 = _BY_MODEL_TYPE.get(str(config.get("model_type", "")), GENERIC)
+    prefixes = _checkpoint_prefixes(arch0, names)
     plans: list[AttentionPlan] = []
 
     def first(
