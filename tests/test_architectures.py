@@ -2932,7 +2932,8 @@ def test_conv_and_raw_parameter_attention_stream_like_in_memory(name: str, tmp_p
     the block's post_attention.conv1d; group counts from config.json) and XLNet (raw
     ``rel_attn.{q,k,v,o}`` of shape (d, H, r)) stream without a fallback or an
     UnrecognizedAttentionWarning to the report of the in-memory model: same modules, heads and
-    circuits in the same order, same spectra to 1e-12, the same flags."""
+    circuits in the same order, same spectra to 1e-12, the same flags; SqueezeBERT group counts
+    in config.json that do not fit the tensors are refused (CorruptCheckpointError)."""
     import numpy as np
 
     from rankdecay import analyze
@@ -2952,6 +2953,15 @@ def test_conv_and_raw_parameter_attention_stream_like_in_memory(name: str, tmp_p
         assert [a[k] for k in keys] == [b[k] for k in keys]
         sa, sb = np.asarray(a["singular_values"]), np.asarray(b["singular_values"])
         assert np.abs(sa - sb).max() <= 1e-12 * sa.max()
+    if name == "squeezebert":  # group counts in config.json that do not fit the tensors
+        import json
+
+        from rankdecay.checkpoint import CorruptCheckpointError
+
+        path = tmp_path / "m" / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "q_groups": 4}))
+        with pytest.raises(CorruptCheckpointError, match=r"reads 64 channels with 4 group\(s\)"):
+            analyze(tmp_path / "m")
 
 
 # ---------------------------------------------------------------------------------------------

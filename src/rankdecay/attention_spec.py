@@ -1270,11 +1270,10 @@ def stored_plan(
         o = _join(parent, SQUEEZEBERT_O)
         if not all(has(n) for n in (q, k, v, o)):
             return None
-        if groups is None:
-            groups = {
-                p: _pos_int(cfg_get(config, key)) or g0 for p, _, key, g0 in SQUEEZEBERT_GROUPS
-            }
-            groups["o"] = _pos_int(cfg_get(config, "post_attention_groups")) or 1
+        if groups is None:  # the config's counts (its class defaults where absent)
+            read = {p: _pos_int(cfg_get(config, key)) or g0 for p, _, key, g0 in SQUEEZEBERT_GROUPS}
+            read["o"] = _pos_int(cfg_get(config, "post_attention_groups")) or 1
+            groups = read
         plan = AttentionPlan(
             name=name,
             layer=layer,
