@@ -14,7 +14,10 @@ Projections are found by a small name table (:data:`Q_NAMES`, :data:`K_NAMES`, :
 spec (:data:`LAYOUTS`), e.g. ``[3, H, r]``: rows ``(i·H + h)·r + j`` hold part i ∈ (q, k, v),
 head h, coordinate j — with grouped-query widths ``[q: H·r | k: H_kv·r | v: H_kv·r]``. Every
 spec is turned into row indices (:func:`fused_rows`) and the per-head factor is a gather of those
-rows, so the factors stay differentiable views of the parameters.
+rows, so the factors stay differentiable views of the parameters. Rows whose tensors are not
+nn.Linear weights (``Architecture.stored``: SqueezeBERT's grouped 1×1 convolutions, XLNet's raw
+(d, H, r) parameters) are planned by :func:`stored_plan` and turned into nn.Linear matrices by
+:func:`stored_matrix` (:data:`STORED`) before the same split.
 
 Score scale rules (:data:`SCALE_RULES`) and flags (rotary, partial rotary, QK-norm, soft-cap,
 relative position bias, sliding window, ALiBi, cross-attention) come from the module or config.
