@@ -2716,6 +2716,28 @@ def test_low_rank_decay_through_split_specs(name: str) -> None:
                 torch.testing.assert_close(torch.linalg.svdvals(lh.W_K), sk - c, rtol=0, atol=1e-10)
 
 
+def test_xlnet_score_parameters_are_named_and_get_role_other() -> None:
+    """XLNet's parameters that add score terms outside W_Q·W_Kᵀ (the positional key projection
+    r, r_r_bias, r_s_bias, r_w_bias, seg_embed) are listed in ``LayerHeads.score_params`` and
+    get role "other" on purpose (by the block rule r and the biases would pass for MLP weights,
+    seg_embed for an embedding); the flags name the content bias and the segment embeddings,
+    and the notes say what lies outside the QK circuit."""
+    from rankdecay.decay import param_roles
+
+    model = CASES["xlnet"].build()
+    roles = param_roles(model, strict=True)
+    for lh in attention_heads(model, strict=True):
+        extra = {f"{lh.name}.{p}" for p in ("r", "r_r_bias", "r_s_bias", "r_w_bias", "seg_embed")}
+        assert set(lh.score_params) == extra
+        assert {roles[n] for n in extra} == {"other"}
+        assert lh.flags["content_bias"] == f"{lh.name}.r_w_bias"
+        assert lh.flags["segment_bias"] == f"{lh.name}.seg_embed"
+        assert lh.flags["relative_position_bias"] is True
+        text = " ".join(lh.notes)
+        assert "content bias" in text and "segment" in text and "relative position" in text
+    assert roles["layer.0.ff.layer_1.weight"] == "mlp"
+
+
 @pytest.mark.parametrize("name", ["squeezebert", "squeezebert_ungrouped", "xlnet"])
 @pytest.mark.parametrize("granularity", ["matrix", "head"])
 def test_low_rank_decay_on_conv_and_raw_parameter_attention(name: str, granularity: str) -> None:
