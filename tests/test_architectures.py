@@ -2716,6 +2716,78 @@ def test_low_rank_decay_through_split_specs(name: str) -> None:
                 torch.testing.assert_close(torch.linalg.svdvals(lh.W_K), sk - c, rtol=0, atol=1e-10)
 
 
+POST_NORMS = {  # case → norm preceding attention layer i (hard-coded here), None: no norm
+    "squeezebert": lambda i: (
+        "embeddings.LayerNorm" if i == 0 else f"encoder.layers.{i - 1}.output.layernorm"
+    ),
+    "xlnet": lambda i: None if i == 0 else f"layer.{i - 1}.ff.layer_norm",
+}
+
+
+@pytest.mark.parametrize("name", list(POST_NORMS))
+def test_fold_norm_of_post_norm_squeezebert_and_xlnet(name: str) -> None:
+    """fold_norm=True on the post-norm SqueezeBERT (the previous block's output.layernorm over
+    channels, the embeddings' LayerNorm for block 0) and XLNet (the previous layer's
+    ff.layer_norm; layer 0 reads the word embeddings: nothing folded, said in a note): with
+    β zeroed, x̂ W^fold = x̃ W^raw for W_Q, W_K, W_V, x̂ the norm's normalised input (recorded)
+    and x̃ the attention module's input (recorded, (B, C, T) / (T, B, d) made (B, T, d)); W_O is
+    not folded. The raw factors are the ones the forward checks above validate."""
+    model = _build(name)
+    raw = attention_heads(model, strict=True)
+    folded = attention_heads(model, strict=True, fold_norm=True)
+    norm_of = POST_NORMS[name]
+    seen: dict[str, Tensor] = {}
+    handles = []
+    for i, lh in enumerate(raw):
+        target = norm_of(i)
+        if target is None:
+            assert any("no norm precedes" in n for n in folded[i].notes), folded[i].notes
+            continue
+        assert any(f"gain of {target} folded into W_Q, W_K, W_V" in n for n in folded[i].notes)
+
+        def norm_in(_m: nn.Module, args: tuple, key: str = target) -> None:
+            seen[key] = args[0]
+
+        def attn_in(_m: nn.Module, args: tuple, key: str = lh.name) -> None:
+            seen[key] = args[0]
+
+        handles += [
+            model.get_submodule(target).register_forward_pre_hook(norm_in),
+            model.get_submodule(lh.name).register_forward_pre_hook(attn_in),
+        ]
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids())
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        for i, (r_lh, f_lh) in enumerate(zip(raw, folded)):
+            torch.testing.assert_close(f_lh.W_O, r_lh.W_O)
+            target = norm_of(i)
+            if target is None:
+                torch.testing.assert_close(f_lh.W_Q, r_lh.W_Q)
+                continue
+            u, x = seen[target], seen[r_lh.name]
+            if name == "squeezebert":  # attention and SqueezeBertLayerNorm take (B, C, T)
+                x = x.transpose(1, 2)  # the embeddings' nn.LayerNorm takes (B, T, C)
+                u = u if target.startswith("embeddings") else u.transpose(1, 2)
+            else:  # XLNet: (T, B, d)
+                u, x = u.transpose(0, 1), x.transpose(0, 1)
+            eps = float(model.get_submodule(target).eps)
+            x_hat = torch.nn.functional.layer_norm(u, u.shape[-1:], eps=eps)
+            for which in ("W_Q", "W_K", "W_V"):
+                Wf, Wr = getattr(f_lh, which), getattr(r_lh, which)
+                got = torch.einsum("btd,hdr->bhtr", x_hat, Wf)
+                torch.testing.assert_close(got, torch.einsum("btd,hdr->bhtr", x, Wr), **TOL)
+                with pytest.raises(AssertionError):  # the raw factor on x̂: the gain is missing
+                    torch.testing.assert_close(
+                        torch.einsum("btd,hdr->bhtr", x_hat, Wr),
+                        torch.einsum("btd,hdr->bhtr", x, Wr),
+                        **TOL,
+                    )
+
+
 def test_xlnet_score_parameters_are_named_and_get_role_other() -> None:
     """XLNet's parameters that add score terms outside W_Q·W_Kᵀ (the positional key projection
     r, r_r_bias, r_s_bias, r_w_bias, seg_embed) are listed in ``LayerHeads.score_params`` and
