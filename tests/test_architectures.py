@@ -536,6 +536,199 @@ def _gemma3n_audio_check(model: nn.Module, layers: list[LayerHeads]) -> None:
             compare(lh, rec, torch.ones_like(s))
 
 
+def _fan_in_rescale(model: nn.Module, pattern: str) -> None:
+    """Rescale the parameters matching ``pattern`` from ``_randomize``'s 1/√(last dim) to
+    1/√(fan-in) (a 1×1 convolution's last dim is 1, XLNet's (d, H, r) reads d): O(1) scores,
+    a softmax that is not one-hot."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if re.search(pattern, name):
+                fan_in = p.shape[0] if p.dim() == 3 and p.shape[-1] != 1 else math.prod(p.shape[1:])
+                p.mul_(math.sqrt(p.shape[-1] / fan_in))
+
+
+def _squeezebert_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """SqueezeBERT (q/k/v 1×1 ``nn.Conv1d`` on (B, C, T), possibly grouped; out-projection
+    the block's ``post_attention.conv1d``), float64, biases zeroed, no padding: per head
+    P_h = softmax(scale·(X W_Q^h)(X W_K^h)ᵀ) with X the attention module's input (transposed
+    to (B, T, C)); ``_check`` requires z_h = P_h X W_V^h to be head h of ``post_attention.conv1d``'s
+    input, the module's probabilities (z_h·pinv(X W_V^h)) to be P_h and Σ_h z_h W_O^h the conv's
+    output; the module's own scores (``output_attentions``) equal scale·(X W_Q^h)(X W_K^h)ᵀ.
+    Controls: heads rolled, and the grouped weights read as if ungrouped (W_Q from the
+    (d, d/G) weight tiled, not block-diagonal), each must fail."""
+    _fan_in_rescale(model, r"(query|key|value|conv1d)\.weight$")
+    with torch.no_grad():
+        layers = attention_heads(model, strict=True)  # after the rescale (grouped: copies)
+    recs: dict[str, dict[str, Tensor]] = {}
+    handles = []
+    for lh in layers:
+        rec: dict[str, Tensor] = {}
+        recs[lh.name] = rec
+
+        def attn_in(_m: nn.Module, args: tuple, output: Any, rec: dict = rec) -> None:
+            rec["x"] = args[0].transpose(1, 2)
+            rec["scores"] = output["attention_score"]
+
+        def o_io(_m: nn.Module, args: tuple, output: Tensor, rec: dict = rec) -> None:
+            rec["z"], rec["out"] = args[0].transpose(1, 2), output.transpose(1, 2)
+
+        block = lh.name.rsplit(".", 1)[0]
+        handles += [
+            model.get_submodule(lh.name).register_forward_hook(attn_in),
+            model.get_submodule(f"{block}.post_attention.conv1d").register_forward_hook(o_io),
+        ]
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), attention_mask=torch.ones(B, T), output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def compare(lh: LayerHeads, rec: dict[str, Tensor]) -> None:
+        x = rec["x"]
+        _check(lh, x, x, x, rec["z"], rec["out"], False, None)
+        q = torch.einsum("btd,hdr->bhtr", x, lh.W_Q)
+        k = torch.einsum("bsd,hdr->bhsr", x, lh.W_K)
+        assert lh.scale is not None
+        torch.testing.assert_close(lh.scale * q @ k.mT, rec["scores"], **TOL)
+
+    for lh in layers:
+        rec = recs[lh.name]
+        compare(lh, rec)
+        rolled = dataclasses.replace(
+            lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+        )
+        with pytest.raises(AssertionError):
+            compare(rolled, rec)
+        conv = model.get_submodule(f"{lh.name}.query")
+        if conv.groups > 1:  # the (d, d/G) weight tiled over the groups: wrong off the blocks
+            w = conv.weight.detach()[..., 0].repeat(1, conv.groups)
+            tiled = dataclasses.replace(lh, W_Q=w.T.reshape(D, H, -1).permute(1, 0, 2))
+            with pytest.raises(AssertionError):
+                compare(tiled, rec)
+
+
+def _xlnet_scores(
+    model: nn.Module, lh: LayerHeads, rec: dict[str, Any], content_bias: bool = True
+) -> Tensor:
+    """XLNet's scores (B, H, i, j) from the factors: scale·[(x_i W_Q^h + u)·(x_j W_K^h)
+    + positional + segment], u the parameter the ``content_bias`` flag names (left out with
+    ``content_bias=False``); the positional term (x_i W_Q^h + r_r_bias)·(e W_R) through the
+    module's own ``rel_shift_bnij`` and the segment term (x_i W_Q^h + r_s_bias)·seg_embed[s_ij]
+    from the module's own tensors and the encodings e / segment matrix it was called with."""
+    module = model.get_submodule(lh.name)
+    x = rec["h"]  # (T, B, d)
+    q = torch.einsum("ibd,ndr->ibnr", x, lh.W_Q)
+    k = torch.einsum("jbd,ndr->jbnr", x, lh.W_K)
+    u = model.get_parameter(str(lh.flags["content_bias"])) if content_bias else 0.0
+    ac = torch.einsum("ibnd,jbnd->bnij", q + u, k)
+    k_r = torch.einsum("ibh,hnd->ibnd", rec["r"].to(module.r.dtype), module.r)  # as the module
+    bd = torch.einsum("ibnd,jbnd->bnij", q + module.r_r_bias, k_r)
+    bd = module.rel_shift_bnij(bd, klen=ac.shape[3])
+    seg = model.get_parameter(str(lh.flags["segment_bias"]))
+    ef = torch.einsum("ibnd,snd->ibns", q + module.r_s_bias, seg)
+    ef = torch.einsum("ijbs,ibns->bnij", rec["seg_mat"], ef)
+    assert lh.scale is not None
+    return lh.scale * (ac + bd + ef)
+
+
+def _xlnet_compare(model: nn.Module, lh: LayerHeads, rec: dict[str, Any], **kw: bool) -> None:
+    """P_h = softmax(:func:`_xlnet_scores`) equals the module's probabilities, z_h = P_h X W_V^h
+    its per-head context (``attn_vec``), and Σ_h z_h W_O^h its ``post_attention`` output
+    (residual and layer norm off: the module's own method with ``residual=False`` and its
+    ``layer_norm`` replaced by the identity)."""
+    P = _xlnet_scores(model, lh, rec, **kw).softmax(-1)
+    torch.testing.assert_close(P, rec["prob"].permute(2, 3, 0, 1), **P_TOL)
+    v = torch.einsum("jbd,ndr->bnjr", rec["h"], lh.W_V)
+    ctx = P @ v  # (B, H, T, r)
+    torch.testing.assert_close(ctx, rec["vec"].permute(1, 2, 0, 3), **TOL)
+    out = torch.einsum("bhtr,hre->tbe", ctx, lh.W_O)
+    torch.testing.assert_close(out, rec["out"], **TOL)
+
+
+def _xlnet_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """XLNet (XLNetRelativeAttention: raw q, k, v, o of shape (d, H, r), activations (T, B, d)),
+    float64, the three query biases set nonzero (``_randomize`` zeroes parameters named "…bias"),
+    a forward with two segments (token_type_ids) and no mask: nothing is neutralised —
+    the content bias r_w_bias, the relative-position term (r, r_r_bias, the sinusoidal encodings
+    the module was called with, its rel_shift) and the segment term (seg_embed, r_s_bias, the
+    segment matrix it was called with) are added back from the model's own tensors
+    (:func:`_xlnet_scores`), the QK circuit is scale·(x W_Q^h)(x W_K^h)ᵀ of the factors.
+    Checked per layer by :func:`_xlnet_compare`. Controls: heads rolled, and the content bias
+    left out (the flag is not decoration), each must fail."""
+    _fan_in_rescale(model, r"rel_attn\.[qkvor]$")
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():  # _randomize zeroed the three biases (their names end in "bias")
+        for name, p in model.named_parameters():
+            if re.search(r"rel_attn\.r_[rsw]_bias$", name):
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / math.sqrt(p.shape[-1]))
+        layers = attention_heads(model, strict=True)
+    recs: dict[str, dict[str, Any]] = {}
+    originals = []
+    handles = []
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        rec: dict[str, Any] = {}
+        recs[lh.name] = rec
+
+        def pre(_m: nn.Module, args: tuple, rec: dict = rec) -> None:
+            rec["h"], rec["r"], rec["seg_mat"] = args[0], args[4], args[5]
+
+        def core(*args: Any, module: nn.Module = module, rec: dict = rec, **kw: Any) -> Any:
+            out = type(module).rel_attn_core(module, *args, **kw)
+            rec["vec"], rec["prob"] = out
+            norm, module.layer_norm = module.layer_norm, nn.Identity()
+            try:
+                rec["out"] = module.post_attention(None, rec["vec"], residual=False)
+            finally:
+                module.layer_norm = norm
+            return out
+
+        module.rel_attn_core = core  # type: ignore[method-assign]
+        originals.append(module)
+        handles.append(module.register_forward_pre_hook(pre))
+    token_types = torch.zeros(B, T, dtype=torch.long)
+    token_types[:, T // 2 :] = 1
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), token_type_ids=token_types, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+        for module in originals:
+            del module.rel_attn_core
+    for lh in layers:
+        rec = recs[lh.name]
+        assert rec["seg_mat"] is not None and rec["r"] is not None
+        with torch.no_grad():
+            _xlnet_compare(model, lh, rec)
+            rolled = dataclasses.replace(
+                lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+            )
+            with pytest.raises(AssertionError):
+                _xlnet_compare(model, rolled, rec)
+            with pytest.raises(AssertionError):
+                _xlnet_compare(model, lh, rec, content_bias=False)
+
+
+def _squeezebert(**groups: int) -> Callable[[], nn.Module]:
+    cfg = dict(q_groups=1, k_groups=1, v_groups=1, post_attention_groups=1)
+    cfg.update(groups)
+    return lambda: t.SqueezeBertModel(
+        t.SqueezeBertConfig(
+            vocab_size=50,
+            hidden_size=D,
+            embedding_size=D,
+            num_hidden_layers=L,
+            num_attention_heads=H,
+            intermediate_size=2 * D,
+            intermediate_groups=1,
+            output_groups=1,
+            **cfg,
+        )
+    )
+
+
 def _gemma4_vision_config(**extra: Any) -> Any:
     """A tiny Gemma4VisionConfig (D wide, L layers, H heads of D/H, 2×2 patches)."""
     return t.Gemma4VisionConfig(
@@ -1388,6 +1581,36 @@ CASES: dict[str, Case] = {
         "LXMERT",
         kinds=("self", "cross"),
         calls_per_layer=lambda lh: 2 if lh.kind == "cross" else 1,
+    ),
+    # SqueezeBERT: q/k/v/o grouped 1×1 convolutions; G = 8 for v: groups of 4 channels, a
+    # head of 8 spans two; G = 2 for q and o: two heads per group; k: one head per group
+    "squeezebert": Case(
+        _squeezebert(q_groups=2, k_groups=4, v_groups=8, post_attention_groups=2),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "SqueezeBERT",
+        flags={"grouped_projections": "q: 2, k: 4, v: 8, o: 2"},
+        check=_squeezebert_check,
+    ),
+    "squeezebert_ungrouped": Case(  # G = 1 everywhere: the factors are views of the weights
+        _squeezebert(),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "SqueezeBERT",
+        check=_squeezebert_check,
+    ),
+    "xlnet": Case(
+        lambda: t.XLNetModel(
+            t.XLNetConfig(vocab_size=50, d_model=D, n_layer=L, n_head=H, d_inner=2 * D)
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "XLNet",
+        flags={"relative_position_bias": True},
+        check=_xlnet_check,
     ),
     "jetmoe": Case(  # 3 experts × 2 key/value heads = 6 heads; 2 experts per token
         _lm(
@@ -2389,7 +2612,7 @@ CHECKPOINT_CASES = [
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
     "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
     "fsmt", "bart_uneven_heads", "deberta_v1", "timesformer", "convbert", "lxmert",
-    "jetmoe",
+    "jetmoe", "squeezebert", "squeezebert_ungrouped", "xlnet",
 ]  # fmt: skip
 CHECKPOINT_CASES += [
     "gemma4_text_kv_shared",
@@ -2491,6 +2714,146 @@ def test_low_rank_decay_through_split_specs(name: str) -> None:
             torch.testing.assert_close(torch.linalg.svdvals(lh.W_Q), sq - c, rtol=0, atol=1e-10)
             if lh.kv_head_index is None:
                 torch.testing.assert_close(torch.linalg.svdvals(lh.W_K), sk - c, rtol=0, atol=1e-10)
+
+
+POST_NORMS = {  # case → norm preceding attention layer i (hard-coded here), None: no norm
+    "squeezebert": lambda i: (
+        "embeddings.LayerNorm" if i == 0 else f"encoder.layers.{i - 1}.output.layernorm"
+    ),
+    "xlnet": lambda i: None if i == 0 else f"layer.{i - 1}.ff.layer_norm",
+}
+
+
+@pytest.mark.parametrize("name", list(POST_NORMS))
+def test_fold_norm_of_post_norm_squeezebert_and_xlnet(name: str) -> None:
+    """fold_norm=True on the post-norm SqueezeBERT (the previous block's output.layernorm over
+    channels, the embeddings' LayerNorm for block 0) and XLNet (the previous layer's
+    ff.layer_norm; layer 0 reads the word embeddings: nothing folded, said in a note): with
+    β zeroed, x̂ W^fold = x̃ W^raw for W_Q, W_K, W_V, x̂ the norm's normalised input (recorded)
+    and x̃ the attention module's input (recorded, (B, C, T) / (T, B, d) made (B, T, d)); W_O is
+    not folded. The raw factors are the ones the forward checks above validate."""
+    model = _build(name)
+    raw = attention_heads(model, strict=True)
+    folded = attention_heads(model, strict=True, fold_norm=True)
+    norm_of = POST_NORMS[name]
+    seen: dict[str, Tensor] = {}
+    handles = []
+    for i, lh in enumerate(raw):
+        target = norm_of(i)
+        if target is None:
+            assert any("no norm precedes" in n for n in folded[i].notes), folded[i].notes
+            continue
+        assert any(f"gain of {target} folded into W_Q, W_K, W_V" in n for n in folded[i].notes)
+
+        def norm_in(_m: nn.Module, args: tuple, key: str = target) -> None:
+            seen[key] = args[0]
+
+        def attn_in(_m: nn.Module, args: tuple, key: str = lh.name) -> None:
+            seen[key] = args[0]
+
+        handles += [
+            model.get_submodule(target).register_forward_pre_hook(norm_in),
+            model.get_submodule(lh.name).register_forward_pre_hook(attn_in),
+        ]
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids())
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        for i, (r_lh, f_lh) in enumerate(zip(raw, folded)):
+            torch.testing.assert_close(f_lh.W_O, r_lh.W_O)
+            target = norm_of(i)
+            if target is None:
+                torch.testing.assert_close(f_lh.W_Q, r_lh.W_Q)
+                continue
+            u, x = seen[target], seen[r_lh.name]
+            if name == "squeezebert":  # attention and SqueezeBertLayerNorm take (B, C, T)
+                x = x.transpose(1, 2)  # the embeddings' nn.LayerNorm takes (B, T, C)
+                u = u if target.startswith("embeddings") else u.transpose(1, 2)
+            else:  # XLNet: (T, B, d)
+                u, x = u.transpose(0, 1), x.transpose(0, 1)
+            eps = float(model.get_submodule(target).eps)
+            x_hat = torch.nn.functional.layer_norm(u, u.shape[-1:], eps=eps)
+            for which in ("W_Q", "W_K", "W_V"):
+                Wf, Wr = getattr(f_lh, which), getattr(r_lh, which)
+                got = torch.einsum("btd,hdr->bhtr", x_hat, Wf)
+                torch.testing.assert_close(got, torch.einsum("btd,hdr->bhtr", x, Wr), **TOL)
+                with pytest.raises(AssertionError):  # the raw factor on x̂: the gain is missing
+                    torch.testing.assert_close(
+                        torch.einsum("btd,hdr->bhtr", x_hat, Wr),
+                        torch.einsum("btd,hdr->bhtr", x, Wr),
+                        **TOL,
+                    )
+
+
+def test_xlnet_score_parameters_are_named_and_get_role_other() -> None:
+    """XLNet's parameters that add score terms outside W_Q·W_Kᵀ (the positional key projection
+    r, r_r_bias, r_s_bias, r_w_bias, seg_embed) are listed in ``LayerHeads.score_params`` and
+    get role "other" on purpose (by the block rule r and the biases would pass for MLP weights,
+    seg_embed for an embedding); the flags name the content bias and the segment embeddings,
+    and the notes say what lies outside the QK circuit."""
+    from rankdecay.decay import param_roles
+
+    model = CASES["xlnet"].build()
+    roles = param_roles(model, strict=True)
+    for lh in attention_heads(model, strict=True):
+        extra = {f"{lh.name}.{p}" for p in ("r", "r_r_bias", "r_s_bias", "r_w_bias", "seg_embed")}
+        assert set(lh.score_params) == extra
+        assert {roles[n] for n in extra} == {"other"}
+        assert lh.flags["content_bias"] == f"{lh.name}.r_w_bias"
+        assert lh.flags["segment_bias"] == f"{lh.name}.seg_embed"
+        assert lh.flags["relative_position_bias"] is True
+        text = " ".join(lh.notes)
+        assert "content bias" in text and "segment" in text and "relative position" in text
+    assert roles["layer.0.ff.layer_1.weight"] == "mlp"
+
+
+@pytest.mark.parametrize("name", ["squeezebert", "squeezebert_ungrouped", "xlnet"])
+@pytest.mark.parametrize("granularity", ["matrix", "head"])
+def test_low_rank_decay_on_conv_and_raw_parameter_attention(name: str, granularity: str) -> None:
+    """LowRankDecay(target="attention") on SqueezeBERT's 1×1 convolutions (grouped: the
+    block-diagonal matrices are copies, the update goes back through autograd; ungrouped: views)
+    and XLNet's raw (d, H, r) q/k/v/o (views) moves every singular value of every W_Q, W_K, W_V,
+    W_O (per head, or per whole matrix) by exactly −c, off-block entries of a grouped
+    convolution staying zero (they are not parameters); target="qk" leaves W_V, W_O as they were.
+    ``strided_views()`` (the batched ensemble's path) describes the views and refuses the grouped
+    copies with a sentence that names the grouped convolution."""
+    from rankdecay.decay import LowRankDecay
+    from rankdecay.errors import RankdecayValueError
+
+    def svals(model: nn.Module) -> list[Tensor]:
+        """σ of W_Q, W_K, W_V, W_O of every layer: per head (H, ·) or of the whole matrix."""
+        out = []
+        with torch.no_grad():
+            for lh in attention_heads(model):
+                for which, W in zip("QKVO", (lh.W_Q, lh.W_K, lh.W_V, lh.W_O)):
+                    if granularity == "matrix" and which == "O":  # (H·r, d)
+                        W = W.reshape(-1, W.shape[-1])
+                    elif granularity == "matrix":  # (d, H·r)
+                        W = W.permute(1, 0, 2).reshape(W.shape[1], -1)
+                    out.append(torch.linalg.svdvals(W))
+        return out
+
+    c = 1e-3
+    for target, moved in (("qk", (0, 1)), ("attention", (0, 1, 2, 3))):
+        model = _build(name)
+        before = svals(model)
+        decay = LowRankDecay(model, c, target=target, granularity=granularity, scale_by_lr=False)
+        if name == "squeezebert":
+            with pytest.raises(
+                RankdecayValueError,
+                match="grouped 1×1 convolution" if granularity == "matrix" else "strided",
+            ):
+                decay.strided_views()
+        else:
+            assert len(decay.strided_views()) == L * len(moved)
+        decay.step()
+        after = svals(model)
+        for i, (sb, sa) in enumerate(zip(before, after)):
+            expected = sb - c if i % 4 in moved else sb
+            torch.testing.assert_close(sa, expected, rtol=0, atol=1e-10)
 
 
 FORM_CASES = {  # family → (config class, model class): attention that is not plain softmax
@@ -2655,6 +3018,44 @@ def test_bert_style_fused_and_split_heads_stream_like_in_memory(name: str, tmp_p
         assert [a[k] for k in keys] == [b[k] for k in keys]
         sa, sb = np.asarray(a["singular_values"]), np.asarray(b["singular_values"])
         assert np.abs(sa - sb).max() <= 1e-12 * sa.max()
+
+
+@pytest.mark.parametrize("name", ["squeezebert", "xlnet"])
+def test_conv_and_raw_parameter_attention_stream_like_in_memory(name: str, tmp_path: Path) -> None:
+    """The save_pretrained files of SqueezeBERT (grouped 1×1 convolutions, the out-projection in
+    the block's post_attention.conv1d; group counts from config.json) and XLNet (raw
+    ``rel_attn.{q,k,v,o}`` of shape (d, H, r)) stream without a fallback or an
+    UnrecognizedAttentionWarning to the report of the in-memory model: same modules, heads and
+    circuits in the same order, same spectra to 1e-12, the same flags; SqueezeBERT group counts
+    in config.json that do not fit the tensors are refused (CorruptCheckpointError)."""
+    import numpy as np
+
+    from rankdecay import analyze
+    from rankdecay.stream import StreamingFallbackWarning
+
+    model = _build(name)
+    model.save_pretrained(tmp_path / "m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StreamingFallbackWarning)
+        warnings.simplefilter("error", UnrecognizedAttentionWarning)
+        streamed = analyze(tmp_path / "m")
+    live = analyze(model)
+    assert streamed.model["streamed"] is True and len(streamed.records) == len(live.records) > 0
+    flag_keys = ("grouped_projections", "relative_position_bias", "content_bias", "segment_bias")
+    for a, b in zip(live.records, streamed.records):
+        keys = ("layer", "name", "head", "circuit", "kv_head", *(k for k in flag_keys if k in a))
+        assert [a[k] for k in keys] == [b[k] for k in keys]
+        sa, sb = np.asarray(a["singular_values"]), np.asarray(b["singular_values"])
+        assert np.abs(sa - sb).max() <= 1e-12 * sa.max()
+    if name == "squeezebert":  # group counts in config.json that do not fit the tensors
+        import json
+
+        from rankdecay.checkpoint import CorruptCheckpointError
+
+        path = tmp_path / "m" / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "q_groups": 4}))
+        with pytest.raises(CorruptCheckpointError, match=r"reads 64 channels with 4 group\(s\)"):
+            analyze(tmp_path / "m")
 
 
 # ---------------------------------------------------------------------------------------------

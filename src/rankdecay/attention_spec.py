@@ -14,7 +14,10 @@ Projections are found by a small name table (:data:`Q_NAMES`, :data:`K_NAMES`, :
 spec (:data:`LAYOUTS`), e.g. ``[3, H, r]``: rows ``(i·H + h)·r + j`` hold part i ∈ (q, k, v),
 head h, coordinate j — with grouped-query widths ``[q: H·r | k: H_kv·r | v: H_kv·r]``. Every
 spec is turned into row indices (:func:`fused_rows`) and the per-head factor is a gather of those
-rows, so the factors stay differentiable views of the parameters.
+rows, so the factors stay differentiable views of the parameters. Rows whose tensors are not
+nn.Linear weights (``Architecture.stored``: SqueezeBERT's grouped 1×1 convolutions, XLNet's raw
+(d, H, r) parameters) are planned by :func:`stored_plan` and turned into nn.Linear matrices by
+:func:`stored_matrix` (:data:`STORED`) before the same split.
 
 Score scale rules (:data:`SCALE_RULES`) and flags (rotary, partial rotary, QK-norm, soft-cap,
 relative position bias, sliding window, ALiBi, cross-attention) come from the module or config.
@@ -44,6 +47,7 @@ __all__ = [
     "O_NAMES",
     "Q_NAMES",
     "SCALE_RULES",
+    "STORED",
     "V_NAMES",
     "Architecture",
     "AttentionPlan",
@@ -53,6 +57,8 @@ __all__ = [
     "plan_from_module",
     "split_heads",
     "split_heads_v",
+    "stored_matrix",
+    "stored_plan",
 ]
 
 # ------------------------------------------------------------------------------- name tables
@@ -319,6 +325,10 @@ class Architecture:
     #: its projections sit behind a :data:`LINEAR_WRAPPERS` child (Gemma4ClippableLinear): a
     #: checkpoint plan reads ``P.<proj>.linear.weight`` for this row's model types only
     linear_wrapped: bool = False
+    #: how q/k/v/o are stored when they are not nn.Linear weights (:data:`STORED`): "conv1x1"
+    #: (SqueezeBERT's grouped 1×1 convolutions), "d_h_r" (XLNet's raw (d, H, r) parameters); such
+    #: a row has its own plan builder (:func:`stored_plan`), live and from a checkpoint alike
+    stored: str = "linear"
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
@@ -804,6 +814,25 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         tested_by=("timesformer",),
     ),
     Architecture(
+        "SqueezeBERT (1×1 convolutions, grouped)",
+        ("SqueezeBertSelfAttention",),
+        ("squeezebert",),
+        flags="grouped projections (grouped_projections: q_groups, k_groups, v_groups, "
+        "post_attention_groups; block-diagonal maps); out-projection in the block's "
+        "post_attention.conv1d",
+        tested_by=("squeezebert", "squeezebert_ungrouped"),
+        stored="conv1x1",
+    ),
+    Architecture(
+        "XLNet (relative attention)",
+        ("XLNetRelativeAttention",),
+        ("xlnet",),
+        flags="relative position bias (r, r_r_bias), content bias (content_bias: r_w_bias), "
+        "segment scores (segment_bias: seg_embed, r_s_bias); their parameters get role other",
+        tested_by=("xlnet",),
+        stored="d_h_r",
+    ),
+    Architecture(
         "FSMT (live: by the name table; class Attention; activations (T, B, d))",
         (),
         ("fsmt",),
@@ -833,6 +862,8 @@ def architectures_table() -> str:
             layout += "; v rows [H_kv, r_v], o columns [H, r_v] (r_v = v_head_dim)"
         if arch.o_names:
             layout += "; out-projection " + " or ".join(f"`{n}`" for n in arch.o_names)
+        if arch.stored != "linear":
+            layout += f"; stored as {STORED[arch.stored]}"
         where = f"`{arch.fused}` " if arch.fused else ""
         if arch.in_out:
             where += "(stored in×out) "
@@ -878,6 +909,13 @@ class AttentionPlan:
     o_parts: int = 1
     #: value head size r_v when it differs from the query/key head size r (MiMo-V2-Flash)
     v_head_dim: int | None = None
+    #: how q/k/v/o are stored (:data:`STORED`); ``groups``: part ("q", "k", "v", "o") → number of
+    #: groups of a grouped 1×1 convolution (absent: 1)
+    stored: str = "linear"
+    groups: dict[str, int] = field(default_factory=dict)
+    #: parameters of the module that add score terms outside W_Q·W_Kᵀ (XLNet's positional key
+    #: projection and its biases): named, so that ``decay.param_roles`` gives them a role on purpose
+    score_params: tuple[str, ...] = ()
 
     @property
     def qk_params(self) -> tuple[str, ...]:
@@ -931,6 +969,78 @@ def _out_dim(weight: Tensor, in_out: bool) -> int:
     return int(weight.shape[1] if in_out else weight.shape[0])
 
 
+#: how a plan's q/k/v/o tensors can be stored (``AttentionPlan.stored``); each is turned into the
+#: nn.Linear layout (d_out, d_in) by :func:`stored_matrix` before the split.
+STORED: dict[str, str] = {
+    "linear": "nn.Linear weight (d_out, d_in), or (d_in, d_out) with in_out (GPT-2's Conv1D)",
+    "conv1x1": "1×1 nn.Conv1d weight (d_out, d_in/G, 1) with G groups, activations (B, C, T): "
+    "the block-diagonal (d_out, d_in) matrix whose block g maps input channels "
+    "[g·d_in/G, (g+1)·d_in/G) to output channels [g·d_out/G, (g+1)·d_out/G)",
+    "d_h_r": "raw parameter (d_model, H, r): q/k/v = einsum('ibh,hnd->ibnd', x, W), "
+    "out = einsum('ibnd,hnd->ibh', ctx, W_o) (XLNet)",
+}
+
+
+def stored_matrix(stored: str, part: str, W: Tensor, groups: int = 1) -> Tensor:
+    """The nn.Linear-layout matrix M (d_out, d_in) of a projection stored as ``stored``
+    (:data:`STORED`), so that the projection is x ↦ M x; ``part`` is "q", "k", "v" or "o".
+
+    - "linear": W itself.
+    - "conv1x1": W (d_out, d_in/G, 1) → M = blockdiag(W₀, …, W_{G−1}), W_g = W[g·d_out/G …, :, 0]
+      (a view of W when G = 1, else a differentiable copy with zeros off the blocks).
+    - "d_h_r": W (d, H, r) → q/k/v: M = W.reshape(d, H·r)ᵀ (row h·r + j = head h, coordinate j),
+      o: M = W.reshape(d, H·r) (column h·r + j); views of W.
+
+    Raises :class:`PlanError` when W's shape does not fit.
+    """
+    if stored == "linear":
+        return W
+    if stored == "conv1x1":
+        if W.dim() != 3 or W.shape[-1] != 1 or groups <= 0 or W.shape[0] % groups:
+            raise PlanError(
+                f"a 1×1 convolution weight (d_out, d_in/G, 1) with G = {groups} groups was "
+                f"expected, got shape {tuple(W.shape)}"
+            )
+        M = W[..., 0]
+        if groups == 1:
+            return M
+        blocks = M.reshape(groups, M.shape[0] // groups, M.shape[1]).unbind(0)
+        return torch.block_diag(*blocks)
+    if stored == "d_h_r":
+        if W.dim() != 3:
+            raise PlanError(f"a raw (d, H, r) parameter was expected, got shape {tuple(W.shape)}")
+        M = W.reshape(W.shape[0], W.shape[1] * W.shape[2])
+        return M if part == "o" else M.T
+    raise RankdecayValueError(f"unknown storage {stored!r}; choose one of {', '.join(STORED)}.")
+
+
+def _stored_get(plan: AttentionPlan, get: Callable[[str], Tensor]) -> Callable[[str], Tensor]:
+    """``get`` with the plan's q/k/v/o tensors turned into nn.Linear matrices
+    (:func:`stored_matrix`); for grouped 1×1 convolutions also checks that q, k, v read the
+    width o writes (the residual stream: the group counts fit the tensors)."""
+    parts = {n: p for p, n in (("q", plan.q), ("k", plan.k), ("v", plan.v), ("o", plan.o)) if n}
+
+    def stored_get(name: str) -> Tensor:
+        part = parts.get(name)
+        if part is None:
+            return get(name)
+        try:
+            M = stored_matrix(plan.stored, part, get(name), plan.groups.get(part, 1))
+        except PlanError as err:
+            raise PlanError(f"{plan.name}: {name}: {err}") from None
+        if plan.stored == "conv1x1" and part != "o" and plan.o is not None:
+            Wo = get(plan.o)
+            if M.shape[1] != Wo.shape[0]:
+                raise PlanError(
+                    f"{plan.name}: {name} reads {M.shape[1]} channels with "
+                    f"{plan.groups.get(part, 1)} group(s) but the output projection writes "
+                    f"{Wo.shape[0]}; the group counts do not fit the tensors"
+                )
+        return M
+
+    return stored_get
+
+
 def split_heads(
     plan: AttentionPlan, get: Callable[[str], Tensor]
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[int, ...] | None]:
@@ -968,6 +1078,8 @@ def split_heads_v(
     (what SDPA's ``enable_gqa`` computes when k and v have different head counts).
     """
     H, r = plan.n_heads, plan.head_dim
+    if plan.stored != "linear":
+        get = _stored_get(plan, get)
     if plan.layout == "moa":
         return (*_split_moa(plan, get), None)
     rv = plan.v_head_dim or r
@@ -1113,6 +1225,112 @@ def _moa_plan(
         "outputs weighted by the router's gate (the OV circuit shown is ungated)",
     )
     return finish_notes(plan)
+
+
+#: SqueezeBERT's out-projection, beside its attention module in the block (a 1×1 convolution)
+SQUEEZEBERT_O = "post_attention.conv1d.weight"
+#: SqueezeBERT's projections and the config keys of their group counts (with the config's defaults)
+SQUEEZEBERT_GROUPS = (
+    ("q", "query", "q_groups", 4),
+    ("k", "key", "k_groups", 4),
+    ("v", "value", "v_groups", 4),
+)
+#: XLNet's parameters that add score terms outside W_Q·W_Kᵀ: positional key projection W_R, the
+#: positional, segment and content biases of the query, the segment embeddings
+XLNET_SCORE_PARAMS = ("r", "r_r_bias", "r_s_bias", "r_w_bias", "seg_embed")
+
+
+def stored_plan(
+    name: str,
+    layer: int,
+    arch: Architecture,
+    config: object,
+    has: Callable[[str], bool],
+    groups: Mapping[str, int] | None = None,
+) -> AttentionPlan | None:
+    """The plan of an attention module at ``name`` whose row stores q/k/v/o other than as
+    nn.Linear weights (``arch.stored``, :data:`STORED`), live or from a checkpoint: the head
+    counts come from the config, ``has(tensor name)`` says which tensors exist.
+
+    - "conv1x1" (SqueezeBERT): q, k, v = ``name.{query,key,value}.weight`` (d, d/G, 1),
+      o = the block's ``post_attention.conv1d.weight``; H = num_attention_heads, r = d/H, scale
+      1/√r; ``groups`` (part → G) from the live convolutions, else from the config (q_groups,
+      k_groups, v_groups, post_attention_groups).
+    - "d_h_r" (XLNet): q, k, v, o = ``name.{q,k,v,o}`` (d, H, r); H = n_head, r = d_head, scale
+      1/√r; the content bias r_w_bias, the relative-position term (r, r_r_bias) and the segment
+      term (seg_embed, r_s_bias) are flags and notes, their parameters ``score_params``.
+
+    None when a tensor is missing or the config lacks the head counts.
+    """
+    if arch.stored == "conv1x1":
+        H = _first_int((config,), ("num_attention_heads",))
+        d = _first_int((config,), ("hidden_size",))
+        if H is None or d is None or d % H:
+            return None
+        r = d // H
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        q, k, v = (_join(name, f"{child}.weight") for _, child, _, _ in SQUEEZEBERT_GROUPS)
+        o = _join(parent, SQUEEZEBERT_O)
+        if not all(has(n) for n in (q, k, v, o)):
+            return None
+        if groups is None:  # the config's counts (its class defaults where absent)
+            read = {p: _pos_int(cfg_get(config, key)) or g0 for p, _, key, g0 in SQUEEZEBERT_GROUPS}
+            read["o"] = _pos_int(cfg_get(config, "post_attention_groups")) or 1
+            groups = read
+        plan = AttentionPlan(
+            name=name,
+            layer=layer,
+            family=arch.family,
+            o=o,
+            n_heads=H,
+            head_dim=r,
+            scale=SCALE_RULES[arch.scale][1](config, r, _block_index(name)),
+            q=q,
+            k=k,
+            v=v,
+            n_kv_heads=H,
+            stored="conv1x1",
+            groups={p: g for p, g in groups.items() if g != 1},
+        )
+        if plan.groups:
+            plan.flags["grouped_projections"] = ", ".join(f"{p}: {g}" for p, g in groups.items())
+        return finish_notes(plan)
+    if arch.stored == "d_h_r":
+        H = _first_int((config,), ("n_head",))
+        r = _first_int((config,), ("d_head",))
+        q, k, v, o = (_join(name, p) for p in "qkvo")
+        if H is None or r is None or not all(has(n) for n in (q, k, v, o)):
+            return None
+        plan = AttentionPlan(
+            name=name,
+            layer=layer,
+            family=arch.family,
+            o=o,
+            n_heads=H,
+            head_dim=r,
+            scale=SCALE_RULES[arch.scale][1](config, r, _block_index(name)),
+            q=q,
+            k=k,
+            v=v,
+            n_kv_heads=H,
+            stored="d_h_r",
+        )
+        plan.flags = {
+            "relative_position_bias": True,
+            "content_bias": _join(name, "r_w_bias"),
+            "segment_bias": _join(name, "seg_embed"),
+        }
+        plan.score_params = tuple(n for n in (_join(name, p) for p in XLNET_SCORE_PARAMS) if has(n))
+        plan.notes = (
+            f"XLNet scores per head: scale·[(x_i W_Q + u)·(x_j W_K) + (x_i W_Q + b_r)·(e_{{i−j}} "
+            f"W_R) + (x_i W_Q + b_s)·s_{{[i, j in different segments]}}] with u = {name}.r_w_bias, "
+            f"W_R = {name}.r on the sinusoidal relative encodings e, b_r = r_r_bias, b_s = "
+            "r_s_bias, s = seg_embed: only x_i W_Q·(x_j W_K)ᵀ is the QK circuit; with mems the "
+            "keys and values also read the cached states, and the query stream (pretraining, "
+            "target_mapping) applies the same W_Q, W_K, W_V, W_O to its own queries",
+        )
+        return finish_notes(plan)
+    return None
 
 
 # ------------------------------------------------------------------------------- flags
@@ -1336,6 +1554,23 @@ def _notes_for(
         )
     if plan_flags.get("relative_position_bias"):
         notes.append("relative position scores are added to the QK scores and are not part of W_QK")
+    if "content_bias" in plan_flags:
+        notes.append(
+            f"content bias: a learned per-head vector ({plan_flags['content_bias']}) is added to "
+            "every query before the product with the keys, so each key j gains the score "
+            "u·(x_j W_K^h), outside W_Q·W_Kᵀ"
+        )
+    if "segment_bias" in plan_flags:
+        notes.append(
+            f"segment scores from {plan_flags['segment_bias']} (whether tokens i and j are in "
+            "different segments) are added to the QK scores and are not part of W_QK"
+        )
+    if "grouped_projections" in plan_flags:
+        notes.append(
+            f"grouped 1×1 convolutions ({plan_flags['grouped_projections']} groups): each "
+            "projection is block-diagonal, so a head's W_Q, W_K, W_V are zero outside the input "
+            "channels of its group and the circuits are those of the block-diagonal maps"
+        )
     if "sliding_window" in plan_flags:
         notes.append(f"sliding window of {plan_flags['sliding_window']} positions")
     if "span_convolution" in plan_flags:
@@ -1737,6 +1972,12 @@ def plan_from_module(
     head count from the key projection's width (separate) or the attributes (fused).
     """
     arch = _BY_CLASS.get(type(module).__name__, GENERIC)
+    if arch.stored != "linear":
+        groups = _conv_groups(model, name, module) if arch.stored == "conv1x1" else None
+        if arch.stored == "conv1x1" and groups is None:
+            return None
+        has = {n for n, _ in model.named_parameters()}.__contains__
+        return stored_plan(name, layer, arch, tower_config(model, name), has, groups)
     if arch.layout == "moa":
         block = _first_int((module,), ("layer_idx",))
         block = block if block is not None else _block_index(name)
@@ -1866,6 +2107,17 @@ def plan_from_module(
     flags.update(kv_flags)
     plan.rotary, plan.flags = rotary, flags
     return finish_notes(plan)
+
+
+def _conv_groups(model: nn.Module, name: str, module: nn.Module) -> dict[str, int] | None:
+    """Group counts of a live SqueezeBERT attention module's 1×1 convolutions (part → G): its
+    query, key, value and its block's ``post_attention.conv1d``; None if one is not a Conv1d."""
+    parent = name.rsplit(".", 1)[0] if "." in name else ""
+    convs = {p: _sub(module, child) for p, child, _, _ in SQUEEZEBERT_GROUPS}
+    convs["o"] = _sub(model, _join(parent, SQUEEZEBERT_O.rsplit(".", 1)[0]))
+    if not all(isinstance(c, nn.Conv1d) for c in convs.values()):
+        return None
+    return {p: int(c.groups) for p, c in convs.items()}  # type: ignore[union-attr]
 
 
 def _head_size(
@@ -2069,6 +2321,29 @@ def is_unloaded_mtp_layer(config: Mapping[str, Any], prefix: str) -> bool:
     return re.search(r"(^|\.)\d+(\.|$)", prefix) is not None and _block_index(prefix) >= declared
 
 
+def _checkpoint_prefixes(arch0: Architecture, names: set[str]) -> set[str]:
+    """Candidate attention-module prefixes P of a checkpoint: ``P.<o>.weight`` for an output name
+    (:data:`O_NAMES`, a row's ``o_names``; also behind a linear wrapper), JetMoE's expert output,
+    and for the stored rows XLNet's ``P.{q,o}`` and SqueezeBERT's ``P.query.weight``."""
+    prefixes: set[str] = set()
+    o_names = (*O_NAMES, *dict.fromkeys(n for a in _BY_MODEL_TYPE.values() for n in a.o_names))
+    for full in names:
+        if arch0.layout == "moa" and full.endswith("." + MOA_NAMES["o"]):
+            prefixes.add(full[: -len(MOA_NAMES["o"]) - 1])
+        if arch0.stored == "d_h_r" and full.endswith(".o") and full[:-2] + ".q" in names:
+            prefixes.add(full[:-2])  # XLNet: P.q, P.k, P.v, P.o
+        if arch0.stored == "conv1x1" and full.endswith(".query.weight"):
+            prefixes.add(full[: -len(".query.weight")])  # SqueezeBERT: o in the block
+        parts = full.split(".")
+        if len(parts) > 2 and parts[-2] in LINEAR_WRAPPERS:  # P.o_proj.linear.weight
+            full = ".".join(parts[:-2] + parts[-1:])
+        for o_name in o_names:
+            suffix = f"{o_name}.weight"
+            if full == suffix or full.endswith("." + suffix):
+                prefixes.add(full[: -len(suffix)].rstrip("."))
+    return prefixes
+
+
 def plan_from_checkpoint(
     config: Mapping[str, Any], tensor_names: Iterable[str]
 ) -> list[AttentionPlan]:
@@ -2083,18 +2358,7 @@ def plan_from_checkpoint(
     """
     names = set(tensor_names)
     arch0 = _BY_MODEL_TYPE.get(str(config.get("model_type", "")), GENERIC)
-    prefixes: set[str] = set()
-    o_names = (*O_NAMES, *dict.fromkeys(n for a in _BY_MODEL_TYPE.values() for n in a.o_names))
-    for full in names:
-        if arch0.layout == "moa" and full.endswith("." + MOA_NAMES["o"]):
-            prefixes.add(full[: -len(MOA_NAMES["o"]) - 1])
-        parts = full.split(".")
-        if len(parts) > 2 and parts[-2] in LINEAR_WRAPPERS:  # P.o_proj.linear.weight
-            full = ".".join(parts[:-2] + parts[-1:])
-        for o_name in o_names:
-            suffix = f"{o_name}.weight"
-            if full == suffix or full.endswith("." + suffix):
-                prefixes.add(full[: -len(suffix)].rstrip("."))
+    prefixes = _checkpoint_prefixes(arch0, names)
     plans: list[AttentionPlan] = []
 
     def first(
@@ -2119,6 +2383,10 @@ def plan_from_checkpoint(
                 continue
             mla = mla_plan_from_checkpoint(prefix, cfg, names, len(plans))
             plans.extend([mla] if mla is not None else [])  # type: ignore[list-item]
+            continue
+        if arch.stored != "linear":  # SqueezeBERT, XLNet: the rule of the live modules
+            sp = stored_plan(prefix, len(plans), arch, cfg, names.__contains__)
+            plans.extend([sp] if sp is not None else [])
             continue
         if arch.layout == "moa":
             if _join(prefix, MOA_NAMES["o"]) in names:

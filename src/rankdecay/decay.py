@@ -24,7 +24,10 @@ Parameter roles
   (``…lora_A.<adapter>.weight``, ``…lora_B.…``, and the embedding variants) — weight decay on
   them is exactly the L2-on-factors setting of the theory; the frozen base weights keep their
   attention / mlp roles. Alias ``"lora"`` names both in a weight-decay mapping.
-- ``other``: everything else (readout / classifier heads, poolers, …).
+- ``other``: everything else (readout / classifier heads, poolers, …), and on purpose the
+  parameters an extractor lists in ``LayerHeads.score_params``: score terms of an attention
+  module outside W_Q·W_Kᵀ (XLNet's positional key projection ``r``, ``r_r_bias``,
+  ``r_s_bias``, ``r_w_bias``, ``seg_embed``), which would otherwise pass for MLP weights.
 
 Attention modules that look like attention but that no adapter extracts are named in an
 :class:`~rankdecay.heads.UnrecognizedAttentionWarning` (their weights would otherwise fall to
@@ -221,6 +224,9 @@ def param_roles(model: nn.Module, *, strict: bool = False) -> dict[str, str]:
         for n in layer.ov_params:
             if n in known:
                 roles.setdefault(n, "attn_ov")  # a fused tensor already got attn_qk above
+        for n in layer.score_params:  # score terms outside W_Q·W_Kᵀ (XLNet's r, r_*_bias)
+            if n in known:
+                roles.setdefault(n, "other")
         block = _parent(layer.name)
         if block:
             attn_blocks.add(block)
@@ -756,13 +762,22 @@ class LowRankDecay:
         storage offset from the owner's first element): ``p.as_strided(size, stride,
         p.storage_offset() + offset)`` is it, without a copy. Raises
         :class:`~rankdecay.errors.RankdecayValueError` where one is not a strided view of its
-        owner (product granularity; key/value heads shared unevenly)."""
+        owner (product granularity; key/value heads shared unevenly; at any granularity the
+        block-diagonal matrix of a grouped 1×1 convolution, SqueezeBERT's, which is a copy)."""
         out = []
         for v in self._views:
-            if v.strided is None:
+            if v.strided is None and self.granularity != "matrix":
                 raise RankdecayValueError(
                     f"LowRankDecay's {v.key} is not a strided view of {v.owner!r}; use "
                     "granularity='matrix' (or 'head' on a model without shared key/value heads).",
+                    param="granularity",
+                )
+            if v.strided is None:  # a copy even as a whole matrix (a grouped convolution's blocks)
+                raise RankdecayValueError(
+                    f"LowRankDecay's {v.key} is not a strided view of {v.owner!r} but a copy "
+                    "built from it (e.g. the block-diagonal matrix of a grouped 1×1 convolution), "
+                    "so no in-place view of it exists; run LowRankDecay itself (the local "
+                    "executor), which writes its update back through autograd.",
                     param="granularity",
                 )
             (size, stride, offset), (_, _, owner_offset) = v.strided

@@ -223,6 +223,7 @@ def _prefixed(layer: LayerHeads, prefix: str, offset: int) -> LayerHeads:
         name=_join(prefix, layer.name),
         qk_params=tuple(_join(prefix, n) for n in layer.qk_params),
         ov_params=tuple(_join(prefix, n) for n in layer.ov_params),
+        score_params=tuple(_join(prefix, n) for n in layer.score_params),
     )
 
 
@@ -334,6 +335,7 @@ def layer_heads_from_tensors(
         flags=flags,
         kind=plan.kind,
         family=plan.family,
+        score_params=plan.score_params,
     )
 
 
@@ -396,7 +398,11 @@ _BERT_LAYER = re.compile(
 )
 
 
-def _bert_norm_plan(model: nn.Module, name: str, cross: bool) -> _NormPlan:
+def _bert_norm_plan(
+    model: nn.Module, name: str, cross: bool, output_norm: str = "output.LayerNorm"
+) -> _NormPlan:
+    """Pre-norm siblings, else post-norm: the previous block's ``output_norm`` (BERT's
+    ``output.LayerNorm``, SqueezeBERT's ``output.layernorm``) or the embeddings' LayerNorm."""
     if cross:
         return _NormPlan(why_not="cross-attention reads the encoder's states")
     norms = ("layernorm_before", "layer_norm1", "ln_1")
@@ -412,9 +418,25 @@ def _bert_norm_plan(model: nn.Module, name: str, cross: bool) -> _NormPlan:
         return _NormPlan(why_not=f"cannot locate the norm preceding {name}")
     i = int(m["i"])
     if i > 0:
-        target = f"{m['pre']}{m['stack']}.{i - 1}.output.LayerNorm"
+        target = f"{m['pre']}{m['stack']}.{i - 1}.{output_norm}"
     else:
         target = f"{m['pre']}embeddings.LayerNorm"
+    norm = _submodule(model, target)
+    if norm is None or _norm_gain(norm) is None:
+        return _NormPlan(why_not=f"no {target} found")
+    return _NormPlan(query=(target, norm), key_value=(target, norm))
+
+
+def _xlnet_norm_plan(model: nn.Module, name: str) -> _NormPlan:
+    """XLNet is post-norm: layer i > 0 reads the output of layer i − 1's ``ff.layer_norm``;
+    layer 0 reads the word embeddings, which no norm precedes."""
+    block = _parent_name(name)
+    stack, _, i = block.rpartition(".")
+    if not i.isdigit():
+        return _NormPlan(why_not=f"cannot locate the norm preceding {name}")
+    if int(i) == 0:
+        return _NormPlan(why_not=f"{name} reads the word embeddings, which no norm precedes")
+    target = _join(stack, f"{int(i) - 1}.ff.layer_norm")
     norm = _submodule(model, target)
     if norm is None or _norm_gain(norm) is None:
         return _NormPlan(why_not=f"no {target} found")
@@ -425,6 +447,10 @@ def _norm_plan(model: nn.Module, lh: LayerHeads, module: nn.Module) -> _NormPlan
     cross = lh.kind == "cross"
     if isinstance(module, nn.MultiheadAttention):
         return _mha_norm_plan(model, lh.name)
+    if lh.family.startswith("SqueezeBERT"):  # post-norm over channels, BERT's block layout
+        return _bert_norm_plan(model, lh.name, cross, "output.layernorm")
+    if lh.family.startswith("XLNet"):
+        return _xlnet_norm_plan(model, lh.name)
     if lh.family == "GPT-2":
         if cross:
             return _NormPlan(

@@ -61,6 +61,9 @@ class LayerHeads:
     #: the value head each query head uses when the value projection has its own head count
     #: (key and value projections of different widths); None: the same as ``kv_head_index``.
     v_head_index: tuple[int, ...] | None = None
+    #: parameters of the module that add score terms outside W_Q·W_Kᵀ (XLNet's positional key
+    #: projection r, its biases and segment embeddings); ``decay.param_roles`` gives them "other"
+    score_params: tuple[str, ...] = ()
 
     def head_index(self, circuit: str) -> tuple[int, ...] | None:
         """The shared head each query head reads on the B side of "qk" (its key head) or the A
