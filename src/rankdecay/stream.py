@@ -1,9 +1,16 @@
 """``analyze(path)`` without building the model: attention tensors streamed layer by layer.
 
 For a Hugging Face model directory the attention modules are found from ``config.json`` and the
-tensor *names* alone (``heads.plan_from_checkpoint``), every plan is dry-run on meta tensors of
-the header shapes (so a config that does not fit its files fails before any data is read or
-memory allocated), and then, for one attention module at a time:
+tensor *names* (``heads.plan_from_checkpoint``) and, where transformers knows the model type,
+from the model class of ``config.json`` built on the meta device (:mod:`rankdecay.meta_plan`:
+nothing allocated, no download, no remote code; its modules planned by the in-memory rules, each
+plan used only if the checkpoint holds every tensor it reads in the module's shape). The meta
+model's plan replaces the name-based one of a model type without a table row (generic keys are
+a guess: head counts, scale) and of a row's module whose name-based plan does not split, and
+covers modules no name-based plan reads; a row's plan that splits is kept. Modules are then
+ordered and named as the model registers them. Every plan is dry-run on meta tensors of the
+header shapes (so a config that does not fit its files fails before any data is read or memory
+allocated), and then, for one attention module at a time:
 
     read its q/k/v/o tensors (memory-mapped, any of float32/bf16/fp16/fp64)
       → per-head factors (``heads.layer_heads_from_tensors``, the live-module rules; an MLA
@@ -15,12 +22,13 @@ memory is therefore about two layers' attention tensors plus the float64 work of
 independent of depth; the rest of the checkpoint (embeddings, MLPs) is never read.
 
 Leaves the model to be built in memory (:func:`analyze_directory` returns None; ``analyze`` then
-calls ``analyze.load_model``, with a warning here naming why) when the name-based plan does not
-cover the checkpoint's architecture, when no module of a model type without a table row splits
-as its config.json was read (generic keys are a guess; a module that does not split is left out
+calls ``analyze.load_model``, with a warning here naming why) when no plan covers the
+checkpoint's architecture, when no module of a model type without a table row splits as its
+config.json was read and no meta model resolves it (a module that does not split is left out
 and named in a warning, the rest streams; the model's own loading knows its layout — for a family
 with a row the same misfit is a config/weights mismatch, an error), and for ``fold_norm`` (the
-norm gains are part of the model, not of the plan). Our own run directories
+norm gains are part of the model, not of the plan). Modules that look like attention and that no
+plan reads are named in an ``UnrecognizedAttentionWarning``, never left out in silence. Our own run directories
 (``config.json`` with ``experiment``/``config`` + ``checkpoint/model.safetensors``) are read by
 building the run's TinyTransformer on the meta device and assigning the checkpoint's tensors
 (no random initialisation, no task data).
