@@ -2,7 +2,8 @@
 
 Ground truth is the in-memory analysis: for model types whose name-based plan misses modules
 (Swin, Qwen2-Audio's audio tower, MiniCPM3's MLA), misreads their scale (UMT5: scores not
-scaled) or does not split them (MobileBERT, Qwen2-VL: tests/test_stream.py), ``analyze(DIR)``
+scaled) or does not split them (MobileBERT, Qwen2-VL: tests/test_stream.py), and for hybrids
+whose attention sits in some layers only (Jamba; Zamba with a tied shared block), ``analyze(DIR)``
 streams and equals ``analyze(model)`` in names, order, scale, flags and singular values. The
 negative controls take the meta model away (as when transformers cannot build it) and see the
 old gaps; a model type transformers does not know still streams by tensor names.
@@ -24,6 +25,7 @@ from torch import nn
 
 from rankdecay.analyze import SpectralReport, analyze, load_model
 from rankdecay.checkpoint import CheckpointIndex
+from rankdecay.errors import RankdecayError
 from rankdecay.heads import UnrecognizedAttentionWarning
 from rankdecay.stream import StreamingFallbackWarning
 
@@ -85,12 +87,55 @@ def _minicpm3() -> nn.Module:
     return transformers.MiniCPM3ForCausalLM(cfg)
 
 
+def _jamba() -> nn.Module:
+    cfg = transformers.JambaConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=50,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        num_experts=2,
+        mamba_d_state=4,
+        mamba_expand=2,
+        use_mamba_kernels=False,
+    )
+    return transformers.JambaModel(cfg)
+
+
+def _zamba() -> nn.Module:
+    cfg = transformers.ZambaConfig(
+        hidden_size=32,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        attention_hidden_size=64,
+        attention_head_dim=16,
+        intermediate_size=64,
+        vocab_size=50,
+        mamba_d_state=4,
+        mamba_expand=2,
+        n_mamba_heads=2,
+        attn_layer_period=3,
+        attn_layer_offset=2,
+    )
+    return transformers.ZambaModel(cfg)
+
+
 #: model type → (tiny model, what the name-based plan alone gets wrong)
 CASES: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "umt5": (_umt5, "scale"),  # T5 attention does not scale its scores; no row: 1/√r assumed
     "swin": (_swin, "memory"),  # hierarchical vision backbone: per-stage heads, no row
     "qwen2_audio": (_qwen2_audio, "missing"),  # Whisper-like audio tower under audio_tower.
     "minicpm3": (_minicpm3, "memory"),  # MLA of a type the name-based plan does not read: none
+    # hybrids: attention in 2 of 4 (6) layers, refused as "declares 4 layers" by the layer count;
+    # Zamba's shared block is tied, saved once (layers.2.…) and read for layers.5 too
+    "jamba": (_jamba, "refused"),
+    "zamba": (_zamba, "refused"),
 }
 
 
@@ -139,6 +184,10 @@ def test_meta_plans_stream_what_the_names_miss(
         with pytest.warns(UnrecognizedAttentionWarning, match="not covered by the streaming plan"):
             old = analyze(tmp_path / kind)
         assert old.model["n_layers"] < in_memory.model["n_layers"]
+    elif CASES[kind][1] == "refused":  # a valid checkpoint called corrupt
+        with pytest.raises(RankdecayError), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analyze(tmp_path / kind)
     elif CASES[kind][1] == "memory":  # nothing planned: the whole model built in memory
         with pytest.warns(StreamingFallbackWarning, match="not covered"):
             old = analyze(tmp_path / kind)

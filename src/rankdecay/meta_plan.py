@@ -167,12 +167,14 @@ class MetaPlans:
     model's registration order; ``order``: module name → position in ``named_modules()``;
     ``to_model``: checkpoint tensor name → the model's name for it; ``unplanned``: modules a
     rule of the in-memory scan claims that no plan here reads (a protocol, DeepSeek-V4, a plan
-    whose tensors are absent or of other shapes)."""
+    whose tensors are absent or of other shapes); ``tied``: modules whose plan reads tensors of
+    a tied twin (the checkpoint holds them once, under the twin's name)."""
 
     plans: list[tuple[Plan, str]] = field(default_factory=list)
     order: dict[str, int] = field(default_factory=dict)
     to_model: dict[str, str] = field(default_factory=dict)
     unplanned: list[str] = field(default_factory=list)
+    tied: set[str] = field(default_factory=set)
 
     def module_of(self, plan: Plan) -> str | None:
         """The model's module name for a checkpoint plan (by its output projection), or None."""
@@ -239,7 +241,7 @@ def meta_plans(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> MetaPla
     out.order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     keys = _checkpoint_keys(model, shapes)
     out.to_model = {ckpt: own for own, ckpt in keys.items()}
-    tensors = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+    tensors = _tensors_with_twins(model, keys, shapes)
     for name, module, rule, payload in attention_modules(model, errors=(Exception,)):
         if rule == "failed":  # fails in memory too: the in-memory scan names it
             continue
@@ -263,7 +265,31 @@ def meta_plans(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> MetaPla
             out.unplanned.append(name)
             continue
         out.plans.append((ckpt, name))
+        if any(out.to_model.get(keys[n]) != n for n in used):  # reads a tied twin's tensors
+            out.tied.add(name)
     return out
+
+
+def _tensors_with_twins(
+    model: nn.Module, keys: dict[str, str], shapes: Mapping[str, Sequence[int]]
+) -> dict[str, Tensor]:
+    """The model's parameters and buffers by every name they have (a module shared or tied
+    under several names: Zamba's shared transformer block); a name the checkpoint does not hold
+    is mapped in ``keys`` to the checkpoint name of a tied twin (``save_pretrained`` keeps one
+    copy of tied tensors, and loading ties them again)."""
+    named = [
+        *model.named_buffers(remove_duplicate=False),
+        *model.named_parameters(remove_duplicate=False),
+    ]
+    twins: dict[int, list[str]] = {}
+    for name, tensor in named:
+        twins.setdefault(id(tensor), []).append(name)
+    for group in twins.values():
+        held = [keys[n] for n in group if keys.get(n) in shapes]
+        for n in group if held else ():
+            if keys.get(n) not in shapes:
+                keys[n] = held[0]
+    return dict(named)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,18 +338,23 @@ def combine(
     the meta plan of its module does; for a model type without a row (generic keys, a guessed
     1/√r) the meta plan of its module replaces it, since that reads the module's own head counts
     and scale. Meta plans of modules no name-based plan reads (today's "missing") are added."""
-    by_o = {_o_tensor(p): (p, m) for p, m in meta.plans}
+    by_o: dict[str, list[tuple[Plan, str]]] = {}
+    for p, m in meta.plans:
+        by_o.setdefault(_o_tensor(p), []).append((p, m))
     seen = {n for p in named for n in _reads(p)}
     out: list[Chosen] = []
     taken: set[str] = set()
     for plan in named:
-        own = by_o.get(_o_tensor(plan))
-        if own is not None and (plan.family == GENERIC.family or not _splits(plan, shapes)):
-            out.append(Chosen(own[0], own[1], True))
-            taken.add(_o_tensor(plan))
-            continue
-        out.append(Chosen(plan, meta.module_of(plan), False))
+        module = meta.module_of(plan)
+        twins = by_o.get(_o_tensor(plan), [])
+        own = [pm for pm in twins if pm[1] == module] or (twins[:1] if module is None else [])
+        if own and (plan.family == GENERIC.family or not _splits(plan, shapes)):
+            out.append(Chosen(own[0][0], own[0][1], True))
+        else:
+            out.append(Chosen(plan, module, False))
+        taken.add(out[-1].module or "")
     for plan, module in meta.plans:
-        if _o_tensor(plan) not in taken and not (_reads(plan) & seen):
-            out.append(Chosen(plan, module, True))
+        if module in taken or (_reads(plan) & seen and module not in meta.tied):
+            continue
+        out.append(Chosen(plan, module, True))
     return out

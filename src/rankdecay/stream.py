@@ -267,16 +267,26 @@ def _unplanned_attention(
 
 
 def _check_config_fits(
-    config: Mapping[str, Any], planned: Sequence[_Planned], directory: Path, unplanned: int = 0
+    config: Mapping[str, Any],
+    planned: Sequence[_Planned],
+    directory: Path,
+    unplanned: int = 0,
+    meta: MetaPlans | None = None,
 ) -> None:
     """A config declaring more layers than the files hold attention for, or a width no attention
     module has, is refused (the config and the weights do not belong together). ``unplanned``:
     attention modules in the files that no plan reads (already named in a warning; e.g. a tower
-    whose config.json the generic keys misread), counted as held."""
+    whose config.json the generic keys misread), counted as held. With the model built on the
+    meta device (``meta``) the layers are its attention modules, not ``num_hidden_layers`` (a
+    hybrid such as Jamba or Zamba has attention in some layers only; the model's layer count was
+    checked against the tensor names before it was built)."""
     declared = _pos_int(cfg_get(config, *LAYER_COUNT_KEYS))
+    what = "layers"
+    if meta is not None:
+        declared, what = len(meta.plans) + len(meta.unplanned), "attention modules"
     if declared is not None and declared > len(planned) + unplanned:
         raise CorruptCheckpointError(
-            f"{directory / 'config.json'} declares {declared} layers but the weights hold attention "
+            f"{directory / 'config.json'} declares {declared} {what} but the weights hold attention "
             f"tensors for {len(planned)}; the config or the shards do not belong together — restore "
             "the missing shards or fix the config."
         )
@@ -413,7 +423,7 @@ def analyze_directory(
             UnrecognizedAttentionWarning,
             stacklevel=3,
         )
-    _check_config_fits(config, planned, directory, len(missed))
+    _check_config_fits(config, planned, directory, len(missed), meta)
     for p in planned:  # the loaded model's module names (plans keep the tensor names)
         name = p.label or (rename(p.plan.name) if rename is not None else p.plan.name)
         p.meta = dataclasses.replace(p.meta, name=name)
