@@ -1230,8 +1230,8 @@ def test_a_family_without_a_row_that_the_config_misleads_is_analysed_in_memory(
 
 def test_checkpoint_plan_survey_runs_and_sees_a_misfit() -> None:
     """benchmarks/checkpoint_plan_survey.py at tiny scale: Llama at its default size (32
-    layers) plans like the live model, MobileBERT's plan does not split (the case streaming now
-    hands to the in-memory path), both built on the meta device."""
+    layers) plans like the live model, MobileBERT's name-based plan does not split but the plans
+    streaming uses (merged with the meta model's) do, both built on the meta device."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     try:
         import checkpoint_plan_survey as survey
@@ -1241,6 +1241,8 @@ def test_checkpoint_plan_survey_runs_and_sees_a_misfit() -> None:
     assert ok["status"] == "ok" and ok["live"] == ok["planned"] == 32, ok
     misfit = survey.survey_one("mobilebert")
     assert misfit["status"] == "split" and "do not split" in misfit["found"][0], misfit
+    # what streaming uses: the meta model's plan (the module's own widths) replaces the misfit
+    assert misfit["stream_status"] == "ok" and misfit["from_meta"] == misfit["live"], misfit
 
 
 def _qwen_vl(kind: str) -> nn.Module:

@@ -230,8 +230,8 @@ def _chosen_plans(
     shapes = {n: tuple(spec.shape) for n, spec in index.specs.items()}
     meta = meta_plans(model, shapes)
     chosen = combine(named, meta, shapes)
-    if all(c.module is not None for c in chosen):
-        chosen.sort(key=lambda c: meta.order[c.module])
+    if all(c.module in meta.order for c in chosen):  # (a module shared under two names: once)
+        chosen.sort(key=lambda c: meta.order[str(c.module)])
     else:
         chosen.sort(key=lambda c: _order_key(str(c.plan.name), c.plan, towers))
     plans = _renumbered([c.plan for c in chosen])
