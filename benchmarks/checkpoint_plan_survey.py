@@ -108,6 +108,7 @@ def survey_one(model_type: str) -> dict[str, Any]:
         if c.module and isinstance(c.plan, AttentionPlan)
         else c.plan
         for c in chosen
+        if not c.dropped  # a module analyze(model) does not extract: named, not streamed
     ]
     found = _compare(live, streamed, state)
     rec.update(streamed=len(streamed), stream_found=found[:5], stream_status=_status(found))

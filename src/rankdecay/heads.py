@@ -570,7 +570,7 @@ def attention_modules(
     ``(name, module, rule, payload)``: ``("protocol", None)`` (``rankdecay_attention_heads``),
     ``("mha", plan)`` (``nn.MultiheadAttention``), ``("rule", (is_rule, extract))`` (MLA,
     :mod:`rankdecay.mla`), ``("plan", plan)`` (:func:`~rankdecay.attention_spec.plan_from_module`)
-    or ``("failed", why)`` (a rule raised one of ``errors``); a claimed module's children are not
+    or ``("failed", error)`` (a rule raised one of ``errors``); a claimed module's children are not
     visited. Plans carry ``layer=0`` (the caller numbers them). The one walk that both
     :func:`scan_attention` and the streaming plans from the model built on the meta device
     (:mod:`rankdecay.meta_plan`) use, so both find the same modules by the same rules."""
@@ -592,7 +592,7 @@ def attention_modules(
                 plan = plan_from_module(model, name, module, 0)
                 claim = ("plan", plan) if plan is not None else None
         except errors as err:
-            claim = ("failed", str(err))
+            claim = ("failed", err)
         if claim is not None:
             yield name, module, claim[0], claim[1]
             return
@@ -630,7 +630,7 @@ def scan_attention(model: nn.Module, *, fold_norm: bool = False, **options: obje
                 families.append(label)
             continue
         if rule == "failed":
-            failed[name] = payload
+            failed[name] = str(payload)
             continue
         try:
             if rule == "rule":

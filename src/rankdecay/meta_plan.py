@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .attention_spec import GENERIC, AttentionPlan, tower_config
 from .checkpoint import CheckpointIndex, CorruptCheckpointError, check_config_sizes
-from .heads import UnsupportedModelError, attention_modules, layer_heads_from_tensors
+from .heads import UnsupportedModelError, _covers, attention_modules, layer_heads_from_tensors
 from .mla import MLAPlan, is_mla_attention, mla_plan_from_module
 
 __all__ = ["Chosen", "MetaPlans", "build_meta_model", "combine", "meta_plans"]
@@ -168,13 +168,27 @@ class MetaPlans:
     ``to_model``: checkpoint tensor name → the model's name for it; ``unplanned``: modules a
     rule of the in-memory scan claims that no plan here reads (a protocol, DeepSeek-V4, a plan
     whose tensors are absent or of other shapes); ``tied``: modules whose plan reads tensors of
-    a tied twin (the checkpoint holds them once, under the twin's name)."""
+    a tied twin (the checkpoint holds them once, under the twin's name); ``claimed``: every
+    module a rule claims; ``not_extracted``: those the in-memory scan fails on too."""
 
     plans: list[tuple[Plan, str]] = field(default_factory=list)
     order: dict[str, int] = field(default_factory=dict)
     to_model: dict[str, str] = field(default_factory=dict)
     unplanned: list[str] = field(default_factory=list)
     tied: set[str] = field(default_factory=set)
+    claimed: list[str] = field(default_factory=list)
+    not_extracted: list[str] = field(default_factory=list)
+
+    def extracts(self, module: str | None) -> bool:
+        """Whether ``analyze(model)`` would extract ``module`` (a name-based plan's module): not
+        when a rule refuses it (MiniMax's lightning attention, a gated delta net: no softmax
+        q·kᵀ) or no rule claims it, nor anything around it (BigBird's block-sparse attention).
+        True for a module the model does not name (nothing known)."""
+        if module is None or module not in self.order:
+            return True
+        if module in self.not_extracted:
+            return False
+        return _covers(self.claimed, module)
 
     def module_of(self, plan: Plan) -> str | None:
         """The model's module name for a checkpoint plan (by its output projection), or None."""
@@ -243,7 +257,10 @@ def meta_plans(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> MetaPla
     out.to_model = {ckpt: own for own, ckpt in keys.items()}
     tensors = _tensors_with_twins(model, keys, shapes)
     for name, module, rule, payload in attention_modules(model, errors=(Exception,)):
-        if rule == "failed":  # fails in memory too: the in-memory scan names it
+        out.claimed.append(name)
+        if rule == "failed":  # a rule's own refusal fails in memory too: not extracted there
+            is_own = isinstance(payload, UnsupportedModelError)
+            (out.not_extracted if is_own else out.unplanned).append(name)
             continue
         used: list[str] = []
 
@@ -255,6 +272,9 @@ def meta_plans(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> MetaPla
             plan = _module_plan(model, name, module, rule, payload)
             if plan is not None:
                 layer_heads_from_tensors(plan, get, materialize=False)
+        except UnsupportedModelError:  # the module's own tensors do not split: so in memory
+            out.not_extracted.append(name)
+            continue
         except Exception:  # a rule that needs data the meta device does not hold
             plan = None
         wrong = plan is not None and any(
@@ -326,6 +346,7 @@ class Chosen:
     plan: Plan
     module: str | None
     from_meta: bool
+    dropped: bool = False  # a module analyze(model) does not extract: named, not streamed
 
 
 def combine(
@@ -337,7 +358,9 @@ def combine(
     checkpoints, MLA chains, KV sharing), unless it does not split the checkpoint's tensors and
     the meta plan of its module does; for a model type without a row (generic keys, a guessed
     1/√r) the meta plan of its module replaces it, since that reads the module's own head counts
-    and scale. Meta plans of modules no name-based plan reads (today's "missing") are added."""
+    and scale. Meta plans of modules no name-based plan reads (today's "missing") are added. A
+    name-based plan of a module ``analyze(model)`` does not extract (:meth:`MetaPlans.extracts`)
+    is marked ``dropped``: the caller names it instead of streaming it."""
     by_o: dict[str, list[tuple[Plan, str]]] = {}
     for p, m in meta.plans:
         by_o.setdefault(_o_tensor(p), []).append((p, m))
@@ -346,6 +369,10 @@ def combine(
     taken: set[str] = set()
     for plan in named:
         module = meta.module_of(plan)
+        if not meta.extracts(module):  # analyze(model) leaves it out (and names it): so here
+            out.append(Chosen(plan, module, False, dropped=True))
+            taken.add(module or "")
+            continue
         twins = by_o.get(_o_tensor(plan), [])
         own = [pm for pm in twins if pm[1] == module] or (twins[:1] if module is None else [])
         if own and (plan.family == GENERIC.family or not _splits(plan, shapes)):

@@ -380,6 +380,7 @@ def analyze_directory(
     how = "name-based attention plan (heads.plan_from_checkpoint)"
     reason = None
     chosen: list[Chosen] = []
+    dropped: list[str] = []
     meta: MetaPlans | None = None
     if fold_norm:
         reason = "fold_norm needs the norm layers, which the name-based plan does not read"
@@ -388,6 +389,8 @@ def analyze_directory(
             chosen, meta = _chosen_plans(directory, config, index)
         except UnsupportedModelError as exc:
             reason = str(exc)
+        dropped = [c.module or str(c.plan.name) for c in chosen if c.dropped]
+        chosen = [c for c in chosen if not c.dropped]
         if not chosen and reason is None:
             model_type = config.get("model_type", "?")
             reason = f"the attention of model_type {model_type!r} is not covered by the {how}"
@@ -414,7 +417,7 @@ def analyze_directory(
             stacklevel=3,
         )
         return None
-    missed = _missed(index, planned, config, misfits, meta)
+    missed = _missed(index, planned, config, [*misfits, *dropped], meta)
     if missed:
         warnings.warn(
             f"{directory}: {len(missed)} attention-like module(s) are not covered by the streaming "
@@ -446,7 +449,8 @@ def _missed(
     misfits: Sequence[str],
     meta: MetaPlans | None,
 ) -> list[str]:
-    """Attention-like modules no streamed plan reads: misfits, modules with unread query-like
+    """Attention-like modules no streamed plan reads: misfits (and modules ``analyze(model)``
+    does not extract, which a name-based plan would have streamed), modules with unread query-like
     tensors (:func:`_unplanned_attention`), and modules of the meta model that a rule of the
     in-memory scan claims but no plan here covers (by module or checkpoint name)."""
     unplanned = _unplanned_attention(index, planned, config)  # the misfits' tensors are unread
