@@ -266,3 +266,33 @@ def test_a_type_transformers_cannot_build_streams_by_names(tmp_path: Path) -> No
     for ra, rb in zip(streamed.records, in_memory.records, strict=True):
         sa, sb = np.asarray(ra["singular_values"]), np.asarray(rb["singular_values"])
         assert ra["name"] == rb["name"] and np.abs(sa - sb).max() <= 1e-12 * sa.max()
+
+
+def test_a_module_analyze_model_does_not_extract_is_named_not_streamed(tmp_path: Path) -> None:
+    """MiniMax's lightning attention has q/k/v/o projections but no softmax q·kᵀ: analyze(model)
+    leaves it out (its rule refuses the widths) and names it. With the meta model the name-based
+    plan of that module is dropped as analyze(model) drops it (at the default size the name-based
+    plan alone splits and streams it: the survey's "extra"), and the warning says so."""
+    cfg = transformers.MiniMaxConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        vocab_size=50,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        layer_types=["linear_attention", "full_attention"],
+    )
+    torch.manual_seed(0)
+    model = transformers.MiniMaxModel(cfg).eval()
+    model.save_pretrained(tmp_path / "mm")
+    with pytest.warns(UnrecognizedAttentionWarning, match="layers.0.self_attn"):
+        in_memory = analyze(model)
+    with pytest.warns(UnrecognizedAttentionWarning, match="does not extract either"):
+        streamed = analyze(tmp_path / "mm")
+    assert streamed.model.get("streamed") and streamed.model["layer_names"] == [
+        "layers.1.self_attn"
+    ]
+    _same(streamed, in_memory)

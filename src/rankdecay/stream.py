@@ -234,8 +234,10 @@ def _chosen_plans(
         chosen.sort(key=lambda c: meta.order[str(c.module)])
     else:
         chosen.sort(key=lambda c: _order_key(str(c.plan.name), c.plan, towers))
-    plans = _renumbered([c.plan for c in chosen])
-    return [dataclasses.replace(c, plan=p) for c, p in zip(chosen, plans)], meta
+    kept = [c for c in chosen if not c.dropped]  # (the dropped are named, not numbered)
+    plans = _renumbered([c.plan for c in kept])
+    kept = [dataclasses.replace(c, plan=p) for c, p in zip(kept, plans)]
+    return [*kept, *(c for c in chosen if c.dropped)], meta
 
 
 #: projections only latent/low-rank attention has (MLA of a model type the plan does not cover)
@@ -419,10 +421,16 @@ def analyze_directory(
         return None
     missed = _missed(index, planned, config, [*misfits, *dropped], meta)
     if missed:
+        same = (
+            f" ({len(dropped)} of them, e.g. {dropped[0]}, analyze(model) does not extract either: "
+            "a rule refuses them, such as attention without a softmax q·kᵀ circuit)"
+            if dropped
+            else ""
+        )
         warnings.warn(
             f"{directory}: {len(missed)} attention-like module(s) are not covered by the streaming "
-            f"plan and are missing from the report (e.g. {missed[0]}); to see them, analyse the "
-            "model in memory with rankdecay.analyze(rankdecay.load_model(DIR)) or register an adapter.",
+            f"plan and are missing from the report (e.g. {missed[0]}){same}; to see them, analyse "
+            "the model in memory with rankdecay.analyze(rankdecay.load_model(DIR)) or register an adapter.",
             UnrecognizedAttentionWarning,
             stacklevel=3,
         )
