@@ -4,7 +4,8 @@
 Streaming builds its own model from the directory (``AutoConfig.from_pretrained`` of the saved
 config.json, the ``architectures`` class or AutoModel, after the layer-count and size checks of
 ``meta_plan.build_meta_model``). Here, for each model type at its default size, the config is
-saved with ``save_pretrained`` and a header-only safetensors file with the model's state_dict
+saved with ``save_pretrained`` (``architectures``: the surveyed class, as a saved model's config
+has it) and a header-only safetensors file with the model's state_dict
 names and shapes is written (a sparse file: no data, no memory); then the streaming entry
 ``stream._chosen_plans`` and the dry run on the header shapes are run on that directory, and the
 modules it plans are compared with the live extraction by name. One JSON line per type goes to
@@ -78,6 +79,7 @@ def roundtrip_one(model_type: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         directory = Path(tmp)
+        config.architectures = [name]  # as model.save_pretrained writes it
         config.save_pretrained(directory)
         _write_header_only(model, directory / "model.safetensors")
         cfg = read_model_config(directory)
