@@ -2,8 +2,9 @@
 
 Ground truth is the in-memory analysis: for model types whose name-based plan misses modules
 (Swin, Qwen2-Audio's audio tower, MiniCPM3's MLA), misreads their scale (UMT5: scores not
-scaled) or does not split them (MobileBERT, Qwen2-VL: tests/test_stream.py), and for hybrids
-whose attention sits in some layers only (Jamba; Zamba with a tied shared block), ``analyze(DIR)``
+scaled) or does not split them (MobileBERT, Qwen2-VL: tests/test_stream.py), for hybrids
+whose attention sits in some layers only (Jamba; Zamba with a tied shared block) and for ALBERT
+(its layers share one group: fewer numbered names than layers), ``analyze(DIR)``
 streams and equals ``analyze(model)`` in names, order, scale, flags and singular values. The
 negative controls take the meta model away (as when transformers cannot build it) and see the
 old gaps; a model type transformers does not know still streams by tensor names.
@@ -126,6 +127,18 @@ def _zamba() -> nn.Module:
     return transformers.ZambaModel(cfg)
 
 
+def _albert() -> nn.Module:
+    cfg = transformers.AlbertConfig(
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=50,
+    )
+    return transformers.AlbertModel(cfg)
+
+
 #: model type → (tiny model, what the name-based plan alone gets wrong)
 CASES: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "umt5": (_umt5, "scale"),  # T5 attention does not scale its scores; no row: 1/√r assumed
@@ -135,6 +148,8 @@ CASES: dict[str, tuple[Callable[[], nn.Module], str]] = {
     # hybrids: attention in 2 of 4 (6) layers, refused as "declares 4 layers" by the layer count;
     # Zamba's shared block is tied, saved once (layers.2.…) and read for layers.5 too
     "jamba": (_jamba, "refused"),
+    # 4 layers share one layer group (names numbered up to 0): "declares 4 layers", refused
+    "albert": (_albert, "refused"),
     "zamba": (_zamba, "refused"),
 }
 
@@ -296,3 +311,25 @@ def test_a_module_analyze_model_does_not_extract_is_named_not_streamed(tmp_path:
         "layers.1.self_attn"
     ]
     _same(streamed, in_memory)
+
+
+def test_a_config_with_more_layers_than_the_names_is_still_refused(tmp_path: Path) -> None:
+    """A config whose layer count exceeds the numbered tensor names is trusted (ALBERT's shared
+    layer group) only if the checkpoint holds every attention tensor of the model it builds: a
+    Llama config claiming 5 layers over 3 layers' weights is refused as before, in one sentence."""
+    from rankdecay.checkpoint import CorruptCheckpointError
+
+    torch.manual_seed(2)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=50,
+    )
+    transformers.LlamaModel(cfg).save_pretrained(tmp_path / "l")
+    config = json.loads((tmp_path / "l" / "config.json").read_text())
+    config["num_hidden_layers"] = 5
+    (tmp_path / "l" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptCheckpointError, match="declares 5 layers"):
+        analyze(tmp_path / "l")

@@ -29,7 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from .attention_spec import GENERIC, AttentionPlan, tower_config
-from .checkpoint import CheckpointIndex, CorruptCheckpointError, check_config_sizes
+from .checkpoint import (
+    MAX_SUB_LAYERS,
+    CheckpointIndex,
+    CorruptCheckpointError,
+    _layer_counts,
+    check_config_sizes,
+)
 from .heads import UnsupportedModelError, _covers, attention_modules, layer_heads_from_tensors
 from .mla import MLAPlan, is_mla_attention, mla_plan_from_module
 
@@ -113,20 +119,25 @@ def _build_hf_model(config: Any, directory: Path) -> nn.Module:
 
 def build_meta_model(
     directory: Path, config: Mapping[str, Any], index: CheckpointIndex
-) -> nn.Module | None:
+) -> tuple[nn.Module, bool] | None:
     """The model of ``directory``'s config.json built on the meta device (nothing allocated, no
     download: ``local_files_only``, no pretrained backbone; no remote code: a config with an
-    ``auto_map`` is not built), the class :func:`rankdecay.analyze.load_model` builds; None when
-    transformers is missing or cannot build it, or when the config does not belong to the
-    weights ``index`` holds (layer counts beyond the tensor names — checked before building, so a
-    lying config costs no time — or more than twice the elements: the checks of ``load_model``;
-    streaming's own checks then name the mismatch)."""
+    ``auto_map`` is not built), the class :func:`rankdecay.analyze.load_model` builds, and whether
+    the config's layer counts fit the numbered tensor names (``checkpoint.check_config_sizes``;
+    ALBERT's one shared layer group, for one, does not: the caller then trusts the model only if
+    the checkpoint holds every tensor its attention reads). None when transformers is missing or
+    cannot build it, or when the config does not belong to the weights ``index`` holds: a layer
+    count beyond :data:`~rankdecay.checkpoint.MAX_SUB_LAYERS` (refused before building, so a lying
+    config costs no time) or more than twice the elements; streaming's own checks then name it."""
     if "auto_map" in config:
         return None
     try:
         check_config_sizes(config, index)
+        checked = True
     except CorruptCheckpointError:
-        return None
+        checked = False
+        if any(n > MAX_SUB_LAYERS for _, n in _layer_counts(config)):
+            return None
     try:
         import transformers
         from transformers import AutoConfig
@@ -145,7 +156,7 @@ def build_meta_model(
             with torch.device("meta"):
                 model = _build_hf_model(cfg, directory)
         numel = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
-        return model if numel <= 2 * index.total_numel + (1 << 24) else None
+        return (model, checked) if numel <= 2 * index.total_numel + (1 << 24) else None
     except Exception:  # an unknown type, a config that fails: streaming as before
         return None
     finally:
@@ -169,7 +180,8 @@ class MetaPlans:
     rule of the in-memory scan claims that no plan here reads (a protocol, DeepSeek-V4, a plan
     whose tensors are absent or of other shapes); ``tied``: modules whose plan reads tensors of
     a tied twin (the checkpoint holds them once, under the twin's name); ``claimed``: every
-    module a rule claims; ``not_extracted``: those the in-memory scan fails on too."""
+    module a rule claims; ``not_extracted``: those the in-memory scan fails on too; ``absent``:
+    those whose plan reads a tensor the checkpoint does not hold (also in ``unplanned``)."""
 
     plans: list[tuple[Plan, str]] = field(default_factory=list)
     order: dict[str, int] = field(default_factory=dict)
@@ -178,6 +190,7 @@ class MetaPlans:
     tied: set[str] = field(default_factory=set)
     claimed: list[str] = field(default_factory=list)
     not_extracted: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
 
     def extracts(self, module: str | None) -> bool:
         """Whether ``analyze(model)`` would extract ``module`` (a name-based plan's module): not
@@ -277,6 +290,8 @@ def meta_plans(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> MetaPla
             continue
         except Exception:  # a rule that needs data the meta device does not hold
             plan = None
+        if plan is not None and any(keys.get(n) not in shapes for n in used):
+            out.absent.append(name)
         wrong = plan is not None and any(
             tuple(shapes.get(keys.get(n, ""), ())) != tuple(tensors[n].shape) for n in used
         )

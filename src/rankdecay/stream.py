@@ -221,14 +221,20 @@ def _chosen_plans(
     """The plans to stream, in the model's order, and the meta model's plans (None when
     transformers cannot build the model): the name-based plans merged with those of the model
     built on the meta device (:func:`rankdecay.meta_plan.combine`); ordered by the meta model's
-    registration order when every module is found there, else by :func:`_module_order`."""
+    registration order when every module is found there, else by :func:`_module_order`. A model
+    whose config's layer counts exceed the numbered tensor names is used only if the checkpoint
+    holds every tensor of its attention (ALBERT: one shared layer group), else names alone."""
     towers = TOWERS_BY_MODEL_TYPE.get(str(config.get("model_type", "")), ())
     named = plan_from_checkpoint(config, list(index.specs))
-    model = build_meta_model(directory, config, index)
-    if model is None:
-        return [Chosen(p, None, False) for p in _module_order(named, towers)], None
+    built = build_meta_model(directory, config, index)
     shapes = {n: tuple(spec.shape) for n, spec in index.specs.items()}
-    meta = meta_plans(model, shapes)
+    meta: MetaPlans | None = None
+    if built is not None:
+        meta = meta_plans(built[0], shapes)
+        if not built[1] and (meta.absent or not meta.plans):  # layer counts beyond the names
+            meta = None  # and tensors missing: the config does not belong to the weights
+    if meta is None:
+        return [Chosen(p, None, False) for p in _module_order(named, towers)], None
     chosen = combine(named, meta, shapes)
     if all(c.module in meta.order for c in chosen):  # (a module shared under two names: once)
         chosen.sort(key=lambda c: meta.order[str(c.module)])
@@ -396,7 +402,7 @@ def analyze_directory(
         if not chosen and reason is None:
             model_type = config.get("model_type", "?")
             reason = f"the attention of model_type {model_type!r} is not covered by the {how}"
-    if any(c.from_meta for c in chosen):
+    if meta is not None:  # its plans, names and order (or its module count) were used
         how += " and the model built on the meta device (meta_plan)"
     planned: list[_Planned] = []
     misfits: list[str] = []
