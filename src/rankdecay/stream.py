@@ -28,10 +28,10 @@ config.json was read and no meta model resolves it (a module that does not split
 and named in a warning, the rest streams; the model's own loading knows its layout — for a family
 with a row the same misfit is a config/weights mismatch, an error), and for ``fold_norm`` (the
 norm gains are part of the model, not of the plan). Modules that look like attention and that no
-plan reads are named in an ``UnrecognizedAttentionWarning``, never left out in silence. Our own run directories
-(``config.json`` with ``experiment``/``config`` + ``checkpoint/model.safetensors``) are read by
-building the run's TinyTransformer on the meta device and assigning the checkpoint's tensors
-(no random initialisation, no task data).
+plan reads are named in an ``UnrecognizedAttentionWarning``, never left out in silence. Our own
+run directories (``config.json`` with ``experiment``/``config`` +
+``checkpoint/model.safetensors``) are read by building the run's TinyTransformer on the meta
+device and assigning the checkpoint's tensors (no random initialisation, no task data).
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def _order_key(name: str, plan: Any, towers: Sequence[str]) -> tuple[Any, ...]:
 
 def _chosen_plans(
     directory: Path, config: Mapping[str, Any], index: CheckpointIndex
-) -> tuple[list[Any], MetaPlans | None]:
+) -> tuple[list[Chosen], MetaPlans | None]:
     """The plans to stream, in the model's order, and the meta model's plans (None when
     transformers cannot build the model): the name-based plans merged with those of the model
     built on the meta device (:func:`rankdecay.meta_plan.combine`); ordered by the meta model's
