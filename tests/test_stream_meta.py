@@ -333,3 +333,30 @@ def test_a_config_with_more_layers_than_the_names_is_still_refused(tmp_path: Pat
     (tmp_path / "l" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CorruptCheckpointError, match="declares 5 layers"):
         analyze(tmp_path / "l")
+
+
+def test_a_module_whose_tensors_are_missing_is_still_refused(tmp_path: Path) -> None:
+    """The meta model's module whose tensors the checkpoint lacks (layer 1's q_proj deleted) is
+    not counted as held: the directory is refused in one sentence, as by names alone and as
+    load_model refuses it, not streamed with a hole."""
+    from safetensors.torch import save_file
+
+    from rankdecay.checkpoint import CorruptCheckpointError
+
+    torch.manual_seed(3)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=50,
+    )
+    model = transformers.LlamaModel(cfg).eval()
+    model.save_pretrained(tmp_path / "l")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    del state["layers.1.self_attn.q_proj.weight"]
+    save_file(state, str(tmp_path / "l" / "model.safetensors"), metadata={"format": "pt"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnrecognizedAttentionWarning)  # it is named, too
+        with pytest.raises(CorruptCheckpointError, match="3 attention modules"):
+            analyze(tmp_path / "l")
