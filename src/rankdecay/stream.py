@@ -471,9 +471,13 @@ def _missed(
     in-memory scan claims but no plan here covers (by module or checkpoint name)."""
     unplanned = _unplanned_attention(index, planned, config)  # the misfits' tensors are unread
     missed = {m.split(":")[0] for m in misfits} | set(unplanned)
-    if meta is not None:
-        covered = {p.label for p in planned} | {str(p.plan.name) for p in planned}
-        missed |= {m for m in meta.unplanned if m not in covered and m not in missed}
+    if meta is not None:  # covered: by module name, or the checkpoint's (a prefix apart)
+        covered = {str(n) for p in planned for n in (p.label, p.plan.name) if n}
+
+        def held(m: str) -> bool:
+            return any(m == c or m.endswith("." + c) or c.endswith("." + m) for c in covered)
+
+        missed |= {m for m in meta.unplanned if not held(m) and m not in missed}
     return sorted(missed)
 
 
