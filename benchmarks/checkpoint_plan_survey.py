@@ -9,7 +9,10 @@ widths, depths and per-layer settings; no memory, no weights, no download). Then
   ``layer_heads_from_tensors`` on the meta tensors — what ``analyze(DIR)`` streams;
 
 and every module both find is compared: factor shapes, scale, key/value head index, kind,
-rotary and parameter names. Categories per model type: ``ok`` (every live module planned, all
+rotary and parameter names. Then the same for what streaming uses
+(``stream_status``): those plans merged with the plans of the model on the meta device
+(:func:`rankdecay.meta_plan.combine`; here the surveyed model itself, its names the checkpoint's).
+Categories per model type: ``ok`` (every live module planned, all
 equal), ``missing`` (live modules the checkpoint plan does not cover: streaming names them in
 an UnrecognizedAttentionWarning), ``split`` (a plan that does not split: streaming falls back to
 memory for a type without a table row, else raises CorruptCheckpointError), ``scale`` / ``kv``
@@ -24,6 +27,7 @@ backend package is missing). One JSON line per type goes to ``--out``; a summary
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import warnings
@@ -75,7 +79,9 @@ def survey_one(model_type: str) -> dict[str, Any]:
     from transformers import CONFIG_MAPPING
     from transformers.models.auto import modeling_auto as auto
 
+    from rankdecay.attention_spec import AttentionPlan
     from rankdecay.heads import attention_heads, plan_from_checkpoint
+    from rankdecay.meta_plan import combine, meta_plans
 
     rec: dict[str, Any] = {"type": model_type}
     name = auto.MODEL_MAPPING_NAMES.get(model_type) or auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(
@@ -93,14 +99,27 @@ def survey_one(model_type: str) -> dict[str, Any]:
     state = model.state_dict()
     plans = plan_from_checkpoint(config.to_dict(), list(state))
     found = _compare(live, plans, state)
-    rec.update(live=len(live), planned=len(plans), found=found[:5])
-    kinds = [f.split(":")[0] for f in found]
-    rec["status"] = (
-        "ok"
-        if not kinds
-        else min(kinds, key=["split", "scale", "shape", "kv", "extra", "missing"].index)
-    )
+    rec.update(live=len(live), planned=len(plans), found=found[:5], status=_status(found))
+    # what streaming uses: the name-based plans merged with those of the model on the meta device
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    chosen = combine(plans, meta_plans(model, shapes), shapes)
+    streamed = [
+        dataclasses.replace(c.plan, name=c.module)
+        if c.module and isinstance(c.plan, AttentionPlan)
+        else c.plan
+        for c in chosen
+        if not c.dropped  # a module analyze(model) does not extract: named, not streamed
+    ]
+    found = _compare(live, streamed, state)
+    rec.update(streamed=len(streamed), stream_found=found[:5], stream_status=_status(found))
+    rec["from_meta"] = sum(c.from_meta for c in chosen)
     return rec
+
+
+def _status(found: list[str]) -> str:
+    kinds = [f.split(":")[0] for f in found]
+    order = ["split", "scale", "shape", "kv", "extra", "missing"]
+    return "ok" if not kinds else min(kinds, key=order.index)
 
 
 def main() -> None:
@@ -120,6 +139,7 @@ def main() -> None:
 
     signal.signal(signal.SIGALRM, alarm)
     counts: Counter[str] = Counter()
+    stream_counts: Counter[str] = Counter()
     with open(args.out, "w", encoding="utf-8") as out:
         for model_type in types:
             signal.alarm(args.timeout)
@@ -136,11 +156,18 @@ def main() -> None:
             finally:
                 signal.alarm(0)
             counts[rec["status"]] += 1
+            stream_counts[rec.get("stream_status", rec["status"])] += 1
             out.write(json.dumps(rec) + "\n")
             out.flush()
-            if rec["status"] not in ("ok", "no-live", "error"):
-                print(f"{model_type:32s} {rec['status']:8s} {rec['found'][0][:110]}")
-    print(f"{len(types)} model types: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+            if rec.get("stream_status", rec["status"]) not in ("ok", "no-live", "error"):
+                found = (rec.get("stream_found") or rec["found"])[0][:100]
+                print(f"{model_type:32s} {rec['status']:8s} → {rec['stream_status']:8s} {found}")
+    print(f"{len(types)} model types, name-based plan: " + _summary(counts))
+    print(f"{len(types)} model types, streamed (with the meta model): " + _summary(stream_counts))
+
+
+def _summary(counts: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.most_common())
 
 
 if __name__ == "__main__":

@@ -1193,12 +1193,14 @@ def test_kv_shared_layers_stream_like_in_memory(tmp_path: Path) -> None:
 
 
 def test_a_family_without_a_row_that_the_config_misleads_is_analysed_in_memory(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """MobileBERT's attention is true_hidden_size wide, not hidden_size: the generic keys of its
-    config.json split it wrongly. With no table row that is the plan's guess failing, not a
-    corrupt checkpoint: analyze(DIR) says so in a StreamingFallbackWarning and builds the model,
-    with the in-memory report (it had raised CorruptCheckpointError on a valid directory)."""
+    config.json split it wrongly. The model built on the meta device reads the module's own
+    widths, so the directory streams, equal to analyze(model). Without that model (transformers
+    cannot build it) the plan's guess failing is not a corrupt checkpoint: analyze(DIR) says so
+    in a StreamingFallbackWarning and builds the model, with the in-memory report (it had raised
+    CorruptCheckpointError on a valid directory)."""
     transformers_ = pytest.importorskip("transformers")
     config = transformers_.MobileBertConfig(
         vocab_size=64,
@@ -1214,6 +1216,12 @@ def test_a_family_without_a_row_that_the_config_misleads_is_analysed_in_memory(
     torch.manual_seed(0)
     model = transformers_.MobileBertModel(config).eval()
     model.save_pretrained(tmp_path / "mb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        streamed = analyze(tmp_path / "mb")
+    assert streamed.model.get("streamed")
+    _same(streamed, analyze(model))
+    monkeypatch.setattr("rankdecay.stream.build_meta_model", lambda *args: None)
     with pytest.warns(StreamingFallbackWarning, match="not in rankdecay's table"):
         report = analyze(tmp_path / "mb")
     assert not report.model.get("streamed")
@@ -1222,8 +1230,8 @@ def test_a_family_without_a_row_that_the_config_misleads_is_analysed_in_memory(
 
 def test_checkpoint_plan_survey_runs_and_sees_a_misfit() -> None:
     """benchmarks/checkpoint_plan_survey.py at tiny scale: Llama at its default size (32
-    layers) plans like the live model, MobileBERT's plan does not split (the case streaming now
-    hands to the in-memory path), both built on the meta device."""
+    layers) plans like the live model, MobileBERT's name-based plan does not split but the plans
+    streaming uses (merged with the meta model's) do, both built on the meta device."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     try:
         import checkpoint_plan_survey as survey
@@ -1233,6 +1241,8 @@ def test_checkpoint_plan_survey_runs_and_sees_a_misfit() -> None:
     assert ok["status"] == "ok" and ok["live"] == ok["planned"] == 32, ok
     misfit = survey.survey_one("mobilebert")
     assert misfit["status"] == "split" and "do not split" in misfit["found"][0], misfit
+    # what streaming uses: the meta model's plan (the module's own widths) replaces the misfit
+    assert misfit["stream_status"] == "ok" and misfit["from_meta"] == misfit["live"], misfit
 
 
 def _qwen_vl(kind: str) -> nn.Module:
@@ -1263,14 +1273,17 @@ def _qwen_vl(kind: str) -> nn.Module:
     return model_cls(config).eval()
 
 
-def test_qwen_vl_checkpoints_stream_their_visual_tower(tmp_path: Path) -> None:
+def test_qwen_vl_checkpoints_stream_their_visual_tower(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Qwen-VL / GLM-4V-style checkpoints keep the vision encoder under ``visual.`` with its heads
     in ``vision_config``: Qwen3-VL streams both towers, in the model's order (visual first), equal
     to analyze(model) in names and values (the visual tower had been left out with a warning).
     A *ForConditionalGeneration checkpoint (towers under ``model.``) keeps that order.
     Qwen2-VL's vision config names its width ``embed_dim`` (``hidden_size`` is the text width),
-    which the generic keys misread: that tower is named in a warning and the text tower still
-    streams — memory stays bounded, nothing is called corrupt."""
+    which the generic keys misread: the model built on the meta device reads the module's own
+    widths and both towers stream; without it that tower is named in a warning and the text
+    tower still streams — memory stays bounded, nothing is called corrupt."""
     from rankdecay.heads import UnrecognizedAttentionWarning
 
     model = _qwen_vl("qwen3_vl")
@@ -1294,6 +1307,12 @@ def test_qwen_vl_checkpoints_stream_their_visual_tower(tmp_path: Path) -> None:
 
     model = _qwen_vl("qwen2_vl")
     model.save_pretrained(tmp_path / "q2")
+    with warnings.catch_warnings():  # the module's own widths, from the model on the meta device
+        warnings.simplefilter("error")
+        whole = analyze(tmp_path / "q2")
+    assert whole.model.get("streamed") and whole.model["layer_names"][0] == "visual.blocks.0.attn"
+    _same(whole, analyze(model))
+    monkeypatch.setattr("rankdecay.stream.build_meta_model", lambda *args: None)  # names only
     with pytest.warns(UnrecognizedAttentionWarning, match=r"2 attention-like .*visual\.blocks\.0"):
         partial = analyze(tmp_path / "q2")
     assert partial.model.get("streamed")

@@ -64,6 +64,7 @@ from .heads import (
     attention_heads,
     find_adapter,
 )
+from .meta_plan import _build_hf_model, _hf_renamed, _match_prefix, _renamings
 from .spectra import DEFAULT_RTOL
 from .spectral_report import (
     CIRCUITS,
@@ -160,34 +161,6 @@ def _read_state_dict(directory: Path, index: CheckpointIndex | None = None) -> d
     return index.read_dequantized(index.specs)
 
 
-def _hf_renamed(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``state`` with transformers' checkpoint key renamings for this model applied.
-
-    transformers ≥ 5 loads some families from their original key names (DeepSeek-V4's
-    ``layers.N.attn.wq_a`` → ``layers.N.self_attn.q_a_proj``, ...) and ``save_pretrained`` writes
-    them back that way (``transformers.conversion_mapping``). Only the pure renamings are applied;
-    converters that merge or split tensors (MoE experts, fused qkv chunks) are not, so a tensor
-    that needs one stays unmatched and is reported missing. Unchanged when transformers has no
-    mapping (or no such API).
-    """
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming
-
-        renames = _renamings(get_model_conversion_mapping(model), WeightRenaming)
-    except Exception:  # older transformers, or a model the mapping code does not handle
-        return state
-    if not renames:
-        return state
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        new = key
-        for rename in renames:
-            new = rename.rename_source_key(new)[0]
-        out[new] = value
-    return out
-
-
 def _loaded_names(directory: Path) -> Callable[[str], str] | None:
     """How transformers renames a checkpoint's module names as it loads the model, for model
     types saved with legacy keys (LLaVA-style: ``language_model.model.layers.N`` →
@@ -235,46 +208,6 @@ def _loaded_names(directory: Path) -> Callable[[str], str] | None:
         return new if new in loaded()["modules"] else name
 
     return rename
-
-
-def _renamings(mapping: Iterable[Any], kind: type) -> list[Any]:
-    """The pure renamings (``kind``: transformers' WeightRenaming) of a conversion mapping."""
-    return [t for t in mapping if type(t) is kind]
-
-
-def _match_prefix(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Add or strip the model's ``base_model_prefix`` (e.g. "bert.") so checkpoint keys match."""
-    keys = set(model.state_dict())
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    candidates = [state]
-    if prefix:
-        p = prefix + "."
-        candidates.append({k[len(p) :]: v for k, v in state.items() if k.startswith(p)})
-        candidates.append({p + k: v for k, v in state.items()})
-    return max(candidates, key=lambda sd: len(keys.intersection(sd)))
-
-
-def _build_hf_model(config: Any, directory: Path) -> nn.Module:
-    """The config's first ``architectures`` class transformers has, else ``AutoModel`` (no remote code)."""
-    import transformers
-    from transformers import AutoModel
-
-    for arch in getattr(config, "architectures", None) or []:
-        cls = getattr(transformers, str(arch), None)
-        if isinstance(cls, type) and hasattr(cls, "_from_config"):
-            try:
-                return cls._from_config(config)
-            except Exception:
-                pass
-    try:
-        return AutoModel.from_config(config, trust_remote_code=False)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(
-            f"transformers cannot build the architecture of {directory} "
-            f"(model_type {getattr(config, 'model_type', '?')!r}: {reason[:120]}); "
-            "load the model yourself and pass the nn.Module to rankdecay.analyze."
-        ) from None
 
 
 def _meta_numel(config: Any, directory: Path) -> int | None:

@@ -41,8 +41,9 @@ import dataclasses
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -588,15 +589,54 @@ def unrecognized_attention(model: nn.Module, layers: Iterable[LayerHeads]) -> li
     ]
 
 
+def attention_modules(
+    model: nn.Module, errors: tuple[type[Exception], ...] = (UnsupportedModelError,)
+) -> Iterator[tuple[str, nn.Module, str, Any]]:
+    """Every module of ``model`` that a rule claims, outermost first in registration order, as
+    ``(name, module, rule, payload)``: ``("protocol", None)`` (``rankdecay_attention_heads``),
+    ``("mha", plan)`` (``nn.MultiheadAttention``), ``("rule", (is_rule, extract))`` (MLA,
+    :mod:`rankdecay.mla`), ``("plan", plan)`` (:func:`~rankdecay.attention_spec.plan_from_module`)
+    or ``("failed", error)`` (a rule raised one of ``errors``); a claimed module's children are not
+    visited. Plans carry ``layer=0`` (the caller numbers them). The one walk that both
+    :func:`scan_attention` and the streaming plans from the model built on the meta device
+    (:mod:`rankdecay.meta_plan`) use, so both find the same modules by the same rules."""
+    mla = _mla()
+
+    def visit(module: nn.Module, name: str) -> Iterator[tuple[str, nn.Module, str, Any]]:
+        if _has_protocol(module):
+            yield name, module, "protocol", None
+            return
+        claim: tuple[str, Any] | None = None
+        try:
+            if isinstance(module, nn.MultiheadAttention):
+                claim = ("mha", _mha_plan(name, module, 0))
+            for is_rule, extract in mla if claim is None else ():
+                if is_rule(module):
+                    claim = ("rule", (is_rule, extract))
+                    break
+            if claim is None:
+                plan = plan_from_module(model, name, module, 0)
+                claim = ("plan", plan) if plan is not None else None
+        except errors as err:
+            claim = ("failed", err)
+        if claim is not None:
+            yield name, module, claim[0], claim[1]
+            return
+        for child_name, child in module.named_children():
+            yield from visit(child, _join(name, child_name))
+
+    yield from visit(model, "")
+
+
 def scan_attention(model: nn.Module, *, fold_norm: bool = False, **options: object) -> Scan:
     """Every attention module of ``model``, outermost first in registration order, each by the
-    first rule that knows it: a ``rankdecay_attention_heads`` protocol, ``nn.MultiheadAttention``,
-    MLA (:mod:`rankdecay.mla`), or a plan (:func:`rankdecay.attention_spec.plan_from_module`).
+    first rule that knows it (:func:`attention_modules`): a ``rankdecay_attention_heads``
+    protocol, ``nn.MultiheadAttention``, MLA (:mod:`rankdecay.mla`), or a plan
+    (:func:`rankdecay.attention_spec.plan_from_module`).
     Nothing raises: modules that fail are reported in ``Scan.unrecognized``."""
     layers: list[LayerHeads] = []
     families: list[str] = []
     failed: dict[str, str] = {}
-    mla = _mla()
 
     def add(lh: LayerHeads, module: nn.Module, family: str) -> None:
         if fold_norm:
@@ -605,8 +645,8 @@ def scan_attention(model: nn.Module, *, fold_norm: bool = False, **options: obje
         if family not in families:
             families.append(family)
 
-    def visit(module: nn.Module, name: str) -> None:
-        if _has_protocol(module):
+    for name, module, rule, payload in attention_modules(model):
+        if rule == "protocol":
             offset = len(layers)
             protocol_options = {"fold_norm": True, **options} if fold_norm else options
             found = module.rankdecay_attention_heads(**protocol_options)  # type: ignore[operator]
@@ -614,35 +654,27 @@ def scan_attention(model: nn.Module, *, fold_norm: bool = False, **options: obje
             label = "models defining rankdecay_attention_heads()"
             if label not in families:
                 families.append(label)
-            return
+            continue
+        if rule == "failed":
+            failed[name] = str(payload)
+            continue
         try:
-            if isinstance(module, nn.MultiheadAttention):
-                plan = _mha_plan(name, module, len(layers))
-                add(layer_heads_from_tensors(plan, model.get_parameter), module, plan.family)
-                return
-            for is_rule, extract in mla:
-                if is_rule(module):
-                    lh = extract(
-                        name, module, tower_config(model, name), len(layers), fold_norm=fold_norm
-                    )
-                    add(lh, module, lh.family)
-                    return
-            plan = plan_from_module(model, name, module, len(layers))
-            if plan is not None:
-                notes: list[str] = []
-                lh = layer_heads_from_tensors(plan, _live_get(model, notes))
-                if notes:
-                    lh = dataclasses.replace(lh, notes=lh.notes + tuple(notes))
-                    lh.flags["lora"] = True
-                add(lh, module, plan.family)
-                return
+            if rule == "rule":
+                lh = payload[1](
+                    name, module, tower_config(model, name), len(layers), fold_norm=fold_norm
+                )
+                add(lh, module, lh.family)
+                continue
+            plan = dataclasses.replace(payload, layer=len(layers))
+            notes: list[str] = []
+            get = model.get_parameter if rule == "mha" else _live_get(model, notes)
+            lh = layer_heads_from_tensors(plan, get)
+            if notes:
+                lh = dataclasses.replace(lh, notes=lh.notes + tuple(notes))
+                lh.flags["lora"] = True
+            add(lh, module, plan.family)
         except UnsupportedModelError as err:
             failed[name] = str(err)
-            return
-        for child_name, child in module.named_children():
-            visit(child, _join(name, child_name))
-
-    visit(model, "")
     unrecognized = dict(failed)
     for n in unrecognized_attention(model, layers):
         unrecognized.setdefault(n, "no rule recognises it")

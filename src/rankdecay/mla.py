@@ -65,6 +65,7 @@ __all__ = [
     "mla_heads_from_tensors",
     "mla_layer_heads",
     "mla_plan_from_checkpoint",
+    "mla_plan_from_module",
     "mla_scale",
 ]
 
@@ -189,6 +190,16 @@ def mla_layer_heads(
         materialized effective W_Q, W_K (H, d, n), W_V (H, d, v), W_O (H, v, d), the module's
         scale, ``rotary=True`` and ``flags["rotary_part"]`` (see :func:`mla_heads_from_tensors`).
     """
+    plan, tensors = mla_plan_from_module(name, module, config, layer)
+    return mla_heads_from_tensors(plan, tensors.__getitem__, fold_norm=fold_norm)
+
+
+def mla_plan_from_module(
+    name: str, module: nn.Module, config: object | None, layer: int
+) -> tuple[MLAPlan, dict[str, Tensor]]:
+    """The :class:`MLAPlan` of a live MLA module (sizes from the module, then ``config``) and the
+    tensors it names: the rule of :func:`mla_layer_heads`, also applied to a model built on the
+    meta device to plan a checkpoint's MLA modules for streaming (:mod:`rankdecay.meta_plan`)."""
     n = _dim(module, config, name, "qk_nope_head_dim")
     p = _dim(module, config, name, "qk_rope_head_dim")
     q_proj = getattr(module, "q_proj", None)
@@ -216,7 +227,7 @@ def mla_layer_heads(
         ) is not None:
             tensors[plan.weight(norm)] = g
             setattr(plan, field_, plan.weight(norm))
-    return mla_heads_from_tensors(plan, tensors.__getitem__, fold_norm=fold_norm)
+    return plan, tensors
 
 
 #: ``rope_interleave`` of a config.json that omits it (the config class's default: the hub's

@@ -1,9 +1,16 @@
 """``analyze(path)`` without building the model: attention tensors streamed layer by layer.
 
 For a Hugging Face model directory the attention modules are found from ``config.json`` and the
-tensor *names* alone (``heads.plan_from_checkpoint``), every plan is dry-run on meta tensors of
-the header shapes (so a config that does not fit its files fails before any data is read or
-memory allocated), and then, for one attention module at a time:
+tensor *names* (``heads.plan_from_checkpoint``) and, where transformers knows the model type,
+from the model class of ``config.json`` built on the meta device (:mod:`rankdecay.meta_plan`:
+nothing allocated, no download, no remote code; its modules planned by the in-memory rules, each
+plan used only if the checkpoint holds every tensor it reads in the module's shape). The meta
+model's plan replaces the name-based one of a model type without a table row (generic keys are
+a guess: head counts, scale) and of a row's module whose name-based plan does not split, and
+covers modules no name-based plan reads; a row's plan that splits is kept. Modules are then
+ordered and named as the model registers them. Every plan is dry-run on meta tensors of the
+header shapes (so a config that does not fit its files fails before any data is read or memory
+allocated), and then, for one attention module at a time:
 
     read its q/k/v/o tensors (memory-mapped, any of float32/bf16/fp16/fp64)
       → per-head factors (``heads.layer_heads_from_tensors``, the live-module rules; an MLA
@@ -15,15 +22,16 @@ memory is therefore about two layers' attention tensors plus the float64 work of
 independent of depth; the rest of the checkpoint (embeddings, MLPs) is never read.
 
 Leaves the model to be built in memory (:func:`analyze_directory` returns None; ``analyze`` then
-calls ``analyze.load_model``, with a warning here naming why) when the name-based plan does not
-cover the checkpoint's architecture, when no module of a model type without a table row splits
-as its config.json was read (generic keys are a guess; a module that does not split is left out
+calls ``analyze.load_model``, with a warning here naming why) when no plan covers the
+checkpoint's architecture, when no module of a model type without a table row splits as its
+config.json was read and no meta model resolves it (a module that does not split is left out
 and named in a warning, the rest streams; the model's own loading knows its layout — for a family
 with a row the same misfit is a config/weights mismatch, an error), and for ``fold_norm`` (the
-norm gains are part of the model, not of the plan). Our own run directories
-(``config.json`` with ``experiment``/``config`` + ``checkpoint/model.safetensors``) are read by
-building the run's TinyTransformer on the meta device and assigning the checkpoint's tensors
-(no random initialisation, no task data).
+norm gains are part of the model, not of the plan). Modules that look like attention and that no
+plan reads are named in an ``UnrecognizedAttentionWarning``, never left out in silence. Our own
+run directories (``config.json`` with ``experiment``/``config`` +
+``checkpoint/model.safetensors``) are read by building the run's TinyTransformer on the meta
+device and assigning the checkpoint's tensors (no random initialisation, no task data).
 """
 
 from __future__ import annotations
@@ -70,6 +78,7 @@ from .heads import (
     layer_heads_from_tensors,
     plan_from_checkpoint,
 )
+from .meta_plan import Chosen, MetaPlans, build_meta_model, combine, meta_plans
 from .progress import ProgressBar
 from .spectral_report import SpectralReport, _model_info, _spectra_records
 
@@ -95,6 +104,8 @@ class _Planned:
     plan: Any
     names: tuple[str, ...]  # tensors the plan reads, in first-use order
     meta: LayerHeads  # the plan's factors as meta tensors (shapes, dtypes, flags, notes)
+    label: str | None = None  # the module's name in the model (None: the plan's, renamed)
+    from_meta: bool = False  # planned from the model built on the meta device (meta_plan)
 
 
 def _dry_run(
@@ -173,6 +184,18 @@ def _module_order(plans: Sequence[Any], towers: Sequence[str] = ()) -> list[Any]
     self-attention before the cross-attention (BART's ``self_attn`` before ``encoder_attn``);
     top-level ``towers`` (:data:`TOWERS_BY_MODEL_TYPE`) first, in their order; ``layer``
     renumbered to match, so a streamed report lists layers as the in-memory one does."""
+    return _renumbered(sorted(plans, key=lambda plan: _order_key(str(plan.name), plan, towers)))
+
+
+def _renumbered(ordered: list[Any]) -> list[Any]:
+    """``layer`` of each plan set to its position."""
+    if all(hasattr(p, "layer") and dataclasses.is_dataclass(p) for p in ordered):
+        ordered = [dataclasses.replace(p, layer=i) for i, p in enumerate(ordered)]
+    return ordered
+
+
+def _order_key(name: str, plan: Any, towers: Sequence[str]) -> tuple[Any, ...]:
+    """The sort key of :func:`_module_order` for the module ``name``."""
 
     def token(part: str) -> tuple[int, int, str]:
         if part.isdigit():
@@ -183,19 +206,44 @@ def _module_order(plans: Sequence[Any], towers: Sequence[str] = ()) -> list[Any]
             return (3, _LATE_STACKS[part], "")
         return (2, 0, part)
 
-    def key(plan: Any) -> tuple[Any, ...]:
-        parts = str(plan.name).split(".")
-        cross = 1 if getattr(plan, "kind", "self") == "cross" else 0
-        cross = -1 if parts[-1] in _CROSS_FIRST else cross
-        at = 1 if parts[0] == "model" and len(parts) > 2 and parts[1] in towers else 0
-        tower = [(-1, list(towers).index(parts[at]), "")] if parts[at] in towers else []
-        rest = parts[at + 1 : -1] if tower else parts[:-1]  # (a *ForConditionalGeneration: model.)
-        return (*tower, *[token(p) for p in rest], (cross, 0, parts[-1]))
+    parts = name.split(".")
+    cross = 1 if getattr(plan, "kind", "self") == "cross" else 0
+    cross = -1 if parts[-1] in _CROSS_FIRST else cross
+    at = 1 if parts[0] == "model" and len(parts) > 2 and parts[1] in towers else 0
+    tower = [(-1, list(towers).index(parts[at]), "")] if parts[at] in towers else []
+    rest = parts[at + 1 : -1] if tower else parts[:-1]  # (a *ForConditionalGeneration: model.)
+    return (*tower, *[token(p) for p in rest], (cross, 0, parts[-1]))
 
-    ordered = sorted(plans, key=key)
-    if all(hasattr(p, "layer") and dataclasses.is_dataclass(p) for p in ordered):
-        ordered = [dataclasses.replace(p, layer=i) for i, p in enumerate(ordered)]
-    return ordered
+
+def _chosen_plans(
+    directory: Path, config: Mapping[str, Any], index: CheckpointIndex
+) -> tuple[list[Chosen], MetaPlans | None]:
+    """The plans to stream, in the model's order, and the meta model's plans (None when
+    transformers cannot build the model): the name-based plans merged with those of the model
+    built on the meta device (:func:`rankdecay.meta_plan.combine`); ordered by the meta model's
+    registration order when every module is found there, else by :func:`_module_order`. A model
+    whose config's layer counts exceed the numbered tensor names is used only if the checkpoint
+    holds every tensor of its attention (ALBERT: one shared layer group), else names alone."""
+    towers = TOWERS_BY_MODEL_TYPE.get(str(config.get("model_type", "")), ())
+    named = plan_from_checkpoint(config, list(index.specs))
+    built = build_meta_model(directory, config, index)
+    shapes = {n: tuple(spec.shape) for n, spec in index.specs.items()}
+    meta: MetaPlans | None = None
+    if built is not None:
+        meta = meta_plans(built[0], shapes)
+        if not built[1] and (meta.absent or not meta.plans):  # layer counts beyond the names
+            meta = None  # and tensors missing: the config does not belong to the weights
+    if meta is None:
+        return [Chosen(p, None, False) for p in _module_order(named, towers)], None
+    chosen = combine(named, meta, shapes)
+    if all(c.module in meta.order for c in chosen):  # (a module shared under two names: once)
+        chosen.sort(key=lambda c: meta.order[str(c.module)])
+    else:
+        chosen.sort(key=lambda c: _order_key(str(c.plan.name), c.plan, towers))
+    kept = [c for c in chosen if not c.dropped]  # (the dropped are named, not numbered)
+    plans = _renumbered([c.plan for c in kept])
+    kept = [dataclasses.replace(c, plan=p) for c, p in zip(kept, plans)]
+    return [*kept, *(c for c in chosen if c.dropped)], meta
 
 
 #: projections only latent/low-rank attention has (MLA of a model type the plan does not cover)
@@ -227,23 +275,35 @@ def _unplanned_attention(
 
 
 def _check_config_fits(
-    config: Mapping[str, Any], planned: Sequence[_Planned], directory: Path, unplanned: int = 0
+    config: Mapping[str, Any],
+    planned: Sequence[_Planned],
+    directory: Path,
+    unplanned: int = 0,
+    meta: MetaPlans | None = None,
 ) -> None:
     """A config declaring more layers than the files hold attention for, or a width no attention
     module has, is refused (the config and the weights do not belong together). ``unplanned``:
     attention modules in the files that no plan reads (already named in a warning; e.g. a tower
-    whose config.json the generic keys misread), counted as held."""
+    whose config.json the generic keys misread), counted as held. With the model built on the
+    meta device (``meta``) the layers are its attention modules, not ``num_hidden_layers`` (a
+    hybrid such as Jamba or Zamba has attention in some layers only; the model's layer count was
+    checked against the tensor names before it was built)."""
     declared = _pos_int(cfg_get(config, *LAYER_COUNT_KEYS))
+    what = "layers"
+    if meta is not None:
+        declared, what = len(meta.plans) + len(meta.unplanned), "attention modules"
     if declared is not None and declared > len(planned) + unplanned:
         raise CorruptCheckpointError(
-            f"{directory / 'config.json'} declares {declared} layers but the weights hold attention "
+            f"{directory / 'config.json'} declares {declared} {what} but the weights hold attention "
             f"tensors for {len(planned)}; the config or the shards do not belong together — restore "
             "the missing shards or fix the config."
         )
     # each tower against its own config (a multi-tower config's top-level size may be a stale
     # default: PaliGemma's hidden_size 2048 whatever its text tower's width)
     by_width: dict[int | None, set[int]] = {}
-    for p in planned:
+    for p in planned:  # (a meta model's plan fits the config: its shapes were checked)
+        if p.from_meta:
+            continue
         width = _pos_int(cfg_get(_sub_config(config, str(p.plan.name)), *WIDTH_KEYS))
         by_width.setdefault(width, set()).add(int(p.meta.W_Q.shape[1]))
     for width, widths in by_width.items():
@@ -291,6 +351,7 @@ def _stream_records(
                 ahead = pool.submit(read, i + 1) if i + 1 < len(planned) else None
                 # the spectra of chains (MLA) need no materialized W_Q, W_K, W_V
                 lh = layer_heads_from_tensors(item.plan, tensors.__getitem__, materialize=False)
+                lh = dataclasses.replace(lh, name=item.meta.name)  # the report's module name
                 with torch.no_grad():
                     records.extend(_spectra_records([lh], circuits, rtol, False))
                 del lh, tensors
@@ -312,11 +373,12 @@ def analyze_directory(
     rename: Callable[[str], str] | None = None,
 ) -> SpectralReport | None:
     """Spectral report of a model directory (see the module docstring); ``analyze`` calls this.
-    ``rename`` maps a module's checkpoint name to the loaded model's (``analyze._loaded_names``).
+    ``rename`` maps a module's checkpoint name to the loaded model's (``analyze._loaded_names``)
+    where the model built on the meta device does not name it.
 
     Returns None when the model is to be analysed in memory instead: a rankdecay run directory
-    (``analyze.load_model`` builds its TinyTransformer), or an architecture the name-based plan
-    does not cover (a :class:`StreamingFallbackWarning` says why) or ``fold_norm``.
+    (``analyze.load_model`` builds its TinyTransformer), or an architecture the plans do not
+    cover (a :class:`StreamingFallbackWarning` says why) or ``fold_norm``.
     """
     if is_run_directory(directory):
         return None
@@ -325,22 +387,31 @@ def analyze_directory(
     index.fp8_block = fp8_block_size(config)
     how = "name-based attention plan (heads.plan_from_checkpoint)"
     reason = None
-    plans: list[Any] = []
+    chosen: list[Chosen] = []
+    dropped: list[str] = []
+    meta: MetaPlans | None = None
     if fold_norm:
         reason = "fold_norm needs the norm layers, which the name-based plan does not read"
     else:
         try:
-            towers = TOWERS_BY_MODEL_TYPE.get(str(config.get("model_type", "")), ())
-            plans = _module_order(plan_from_checkpoint(config, list(index.specs)), towers)
+            chosen, meta = _chosen_plans(directory, config, index)
         except UnsupportedModelError as exc:
             reason = str(exc)
-        if not plans and reason is None:
+        dropped = [c.module or str(c.plan.name) for c in chosen if c.dropped]
+        chosen = [c for c in chosen if not c.dropped]
+        if not chosen and reason is None:
             model_type = config.get("model_type", "?")
             reason = f"the attention of model_type {model_type!r} is not covered by the {how}"
+    if meta is not None:  # its plans, names and order (or its module count) were used
+        how += " and the model built on the meta device (meta_plan)"
     planned: list[_Planned] = []
     misfits: list[str] = []
     if reason is None:
-        planned = _dry_run(plans, index, misfits)
+        by_plan = {id(c.plan): c for c in chosen}
+        planned = _dry_run([c.plan for c in chosen], index, misfits)
+        for p in planned:
+            c = by_plan[id(p.plan)]
+            p.label, p.from_meta = c.module, c.from_meta
         if misfits and not planned:  # the model's own loading knows its layout
             reason = (
                 f"its attention does not split as the name-based plan reads config.json "
@@ -354,26 +425,27 @@ def analyze_directory(
             stacklevel=3,
         )
         return None
-    unplanned = _unplanned_attention(index, planned, config)  # the misfits' tensors are unread
-    missed = sorted({m.split(":")[0] for m in misfits} | set(unplanned))
+    missed = _missed(index, planned, config, [*misfits, *dropped], meta)
     if missed:
+        same = (
+            f" ({len(dropped)} of them, e.g. {dropped[0]}, analyze(model) does not extract either: "
+            "a rule refuses them, such as attention without a softmax q·kᵀ circuit)"
+            if dropped
+            else ""
+        )
         warnings.warn(
             f"{directory}: {len(missed)} attention-like module(s) are not covered by the streaming "
-            f"plan and are missing from the report (e.g. {missed[0]}); to see them, analyse the "
-            "model in memory with rankdecay.analyze(rankdecay.load_model(DIR)) or register an adapter.",
+            f"plan and are missing from the report (e.g. {missed[0]}){same}; to see them, analyse "
+            "the model in memory with rankdecay.analyze(rankdecay.load_model(DIR)) or register an adapter.",
             UnrecognizedAttentionWarning,
             stacklevel=3,
         )
-    _check_config_fits(config, planned, directory, len(missed))
-    if rename is not None:  # the loaded model's module names (plans keep the tensor names)
-        planned = [
-            dataclasses.replace(
-                p,
-                plan=dataclasses.replace(p.plan, name=rename(p.plan.name)),
-                meta=dataclasses.replace(p.meta, name=rename(p.meta.name)),
-            )
-            for p in planned
-        ]
+    # a meta module whose tensors the checkpoint lacks is named, but not counted as held
+    absent = [m for m in (meta.absent if meta is not None else ()) if m in missed]
+    _check_config_fits(config, planned, directory, len(missed) - len(absent), meta)
+    for p in planned:  # the loaded model's module names (plans keep the tensor names)
+        name = p.label or (rename(p.plan.name) if rename is not None else p.plan.name)
+        p.meta = dataclasses.replace(p.meta, name=name)
     show = progress if progress is not None else (len(planned) >= 4 and sys.stderr.isatty())
     records = _stream_records(planned, index, circuits, rtol, bool(show))
     layers = [p.meta for p in planned]
@@ -384,6 +456,29 @@ def analyze_directory(
     info = _model_info(model_class, layers, f"streamed: {how}", source, rtol, circuits, fold_norm)
     info["streamed"] = True
     return SpectralReport(records=records, model=info)
+
+
+def _missed(
+    index: CheckpointIndex,
+    planned: Sequence[_Planned],
+    config: Mapping[str, Any],
+    misfits: Sequence[str],
+    meta: MetaPlans | None,
+) -> list[str]:
+    """Attention-like modules no streamed plan reads: misfits (and modules ``analyze(model)``
+    does not extract, which a name-based plan would have streamed), modules with unread query-like
+    tensors (:func:`_unplanned_attention`), and modules of the meta model that a rule of the
+    in-memory scan claims but no plan here covers (by module or checkpoint name)."""
+    unplanned = _unplanned_attention(index, planned, config)  # the misfits' tensors are unread
+    missed = {m.split(":")[0] for m in misfits} | set(unplanned)
+    if meta is not None:  # covered: by module name, or the checkpoint's (a prefix apart)
+        covered = {str(n) for p in planned for n in (p.label, p.plan.name) if n}
+
+        def held(m: str) -> bool:
+            return any(m == c or m.endswith("." + c) or c.endswith("." + m) for c in covered)
+
+        missed |= {m for m in meta.unplanned if not held(m) and m not in missed}
+    return sorted(missed)
 
 
 # ---------------------------------------------------------------------------------------------
