@@ -335,6 +335,30 @@ def test_a_config_with_more_layers_than_the_names_is_still_refused(tmp_path: Pat
         analyze(tmp_path / "l")
 
 
+def test_load_model_trusts_more_layers_than_names_only_with_every_attention_tensor(
+    tmp_path: Path,
+) -> None:
+    """load_model (the in-memory path) takes ALBERT's config (4 layers, one shared numbered group)
+    and analyze(load_model(DIR)) equals analyze(model); the Llama config claiming 5 layers over 3
+    layers' weights is still refused, with the layer-count sentence (it lacks layers 3 and 4)."""
+    from rankdecay.checkpoint import CorruptCheckpointError
+
+    model = _model("albert")
+    model.save_pretrained(tmp_path / "a")
+    _same(analyze(load_model(tmp_path / "a")), analyze(model))
+    torch.manual_seed(2)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+        vocab_size=50,
+    )  # fmt: skip
+    transformers.LlamaModel(cfg).save_pretrained(tmp_path / "l")
+    config = json.loads((tmp_path / "l" / "config.json").read_text())
+    config["num_hidden_layers"] = 5
+    (tmp_path / "l" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CorruptCheckpointError, match="num_hidden_layers = 5, but the weights"):
+        load_model(tmp_path / "l")
+
+
 def test_a_module_whose_tensors_are_missing_is_still_refused(tmp_path: Path) -> None:
     """The meta model's module whose tensors the checkpoint lacks (layer 1's q_proj deleted) is
     not counted as held: the directory is refused in one sentence, as by names alone and as

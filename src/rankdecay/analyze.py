@@ -40,10 +40,12 @@ from torch import Tensor, nn
 
 from .checkpoint import (
     FLOAT_DTYPES,
+    MAX_SUB_LAYERS,
     CheckpointIndex,
     CorruptCheckpointError,
     ModelNotFoundError,
     UnsafePathError,
+    _layer_counts,
     check_config_sizes,
     fp8_block_size,
     hub_id_error,
@@ -234,7 +236,9 @@ def load_model(
     an ``auto_map`` is refused before transformers sees it. Before anything is allocated the
     config's layer counts are checked against the tensor names and the model is built once on the
     meta device: if it would hold more than twice the elements the files hold, the config does not
-    belong to the weights and is refused. The weights come from validated safetensors headers (or
+    belong to the weights and is refused. A layer count beyond the numbered names (but within
+    :data:`~rankdecay.checkpoint.MAX_SUB_LAYERS`) is trusted only if the loaded model lacks none
+    of its attention tensors (ALBERT: its layers share one numbered group). The weights come from validated safetensors headers (or
     ``pytorch_model.bin`` with ``weights_only=True``). ``config``/``index``: the already-read
     config.json and :class:`~rankdecay.checkpoint.CheckpointIndex` (read here when None).
 
@@ -259,7 +263,13 @@ def load_model(
     from transformers import AutoConfig
 
     index = index if index is not None else CheckpointIndex.open(directory)
-    check_config_sizes(config_dict, index)
+    lying: CorruptCheckpointError | None = None
+    try:
+        check_config_sizes(config_dict, index)
+    except CorruptCheckpointError as exc:  # more layers than numbered tensor names: ALBERT's
+        if any(n > MAX_SUB_LAYERS for _, n in _layer_counts(config_dict)):  # shared group, or
+            raise  # a lie, which the meta-size check or the attention tensors it lacks expose
+        lying = exc
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
@@ -308,6 +318,8 @@ def load_model(
             except RankdecayError:
                 needed = set()
             lacking = sorted(needed.intersection(missing))
+            if lying is not None and lacking:
+                raise lying
             if lacking or len(missing) == len(model.state_dict()):
                 raise CorruptCheckpointError(
                     f"the weights in {directory} lack {len(lacking) or len(missing)} attention tensors "
