@@ -623,6 +623,17 @@ def test_float64_cannot_be_combined_with_bf16(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
 
+def test_ensemble_time_benchmark_runs_at_tiny_scale() -> None:
+    """benchmarks/ensemble_time.py (the whole-ensemble A/B timer of docs/benchmarks.md) trains
+    its ensemble at tiny size; it raises unless every member finishes."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import ensemble_time
+    finally:
+        sys.path.pop(0)
+    assert ensemble_time.train_once(8, 2, 3, ["task.p=13", "train.batch_size=8"]) > 0
+
+
 def test_gpu_phase_benchmark_runs_at_tiny_scale_and_counts_flops(tmp_path: Path) -> None:
     """benchmarks/gpu_phase.py (the H100 target's script) end to end on the CPU at tiny size, and
     its per-member FLOP count against the closed form for R4's model: every linear map costs
