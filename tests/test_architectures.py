@@ -711,6 +711,181 @@ def _xlnet_check(model: nn.Module, layers: list[LayerHeads]) -> None:
                 _xlnet_compare(model, lh, rec, content_bias=False)
 
 
+def _funnel_scores(
+    model: nn.Module, lh: LayerHeads, rec: dict[str, Any], content: bool = True, pos: bool = True
+) -> Tensor:
+    """Funnel's scores (B, H, i, j) from the factors: with q = scale·X_q W_Q^h (the module
+    scales q before every term), scale·(x_i W_Q^h + u)·(x_j W_K^h) (u the parameter the
+    ``content_bias`` flag names; left out with ``content=False``) + the positional term (the
+    module's own ``relative_positional_attention`` on q and the position encodings it was called
+    with; left out with ``pos=False``) + the segment term (its ``relative_token_type_attention``
+    on q and the token-type matrix it was called with, seg_embed and r_s_bias), both times the
+    cls mask as in the module."""
+    module = model.get_submodule(lh.name)
+    assert lh.scale is not None
+    q = lh.scale * torch.einsum("bid,ndr->binr", rec["xq"], lh.W_Q)
+    k = torch.einsum("bjd,ndr->bjnr", rec["xk"], lh.W_K)
+    position_embeds, token_type_mat, _, cls_mask = rec["inputs"]
+    u = lh.scale * model.get_parameter(str(lh.flags["content_bias"])) if content else 0.0
+    scores = torch.einsum("bind,bjnd->bnij", q + u, k)
+    if pos:
+        scores = scores + module.relative_positional_attention(
+            position_embeds, q, k.shape[1], cls_mask
+        )
+    return scores + module.relative_token_type_attention(token_type_mat, q, cls_mask)
+
+
+def _funnel_compare(model: nn.Module, lh: LayerHeads, rec: dict[str, Any], **kw: bool) -> None:
+    """P_h = softmax(:func:`_funnel_scores`) equals the module's probabilities, z_h = P_h X_v W_V^h
+    the input of its post_proj (head h's slice), Σ_h z_h W_O^h post_proj's output (bias zero)."""
+    P = _funnel_scores(model, lh, rec, **kw).softmax(-1)
+    torch.testing.assert_close(P, rec["prob"], **P_TOL)
+    v = torch.einsum("bjd,ndr->bnjr", rec["xv"], lh.W_V)
+    ctx = P @ v  # (B, H, i, r)
+    Bq, Tq = ctx.shape[0], ctx.shape[2]
+    torch.testing.assert_close(ctx, rec["z"].view(Bq, Tq, lh.n_heads, -1).transpose(1, 2), **TOL)
+    torch.testing.assert_close(torch.einsum("bhtr,hre->bte", ctx, lh.W_O), rec["out"], **TOL)
+
+
+def _funnel_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """Funnel (FunnelRelMultiheadAttention: nn.Linear q_head (no bias), k_head, v_head,
+    post_proj; activations (B, T, d)), float64, biases zeroed except the three query biases
+    r_w_bias, r_r_bias, r_s_bias (set nonzero), r_kernel at fan-in scale, a forward with two
+    segments (token_type_ids) and no padding: nothing is neutralised — the content bias, the
+    relative-position term and the segment term are added back from the model's own tensors
+    (:func:`_funnel_scores`); the QK circuit is scale·(X_q W_Q^h)(X_k W_K^h)ᵀ of the factors.
+    The encoder pools (block_sizes [1, 1]): the first layer of block 2 reads pooled queries
+    (X_q shorter than X_k), which the check requires to have been seen. Checked per layer by
+    :func:`_funnel_compare`. Controls: heads rolled, the content bias left out, the positional
+    term left out, each must fail."""
+    _fan_in_rescale(model, r"attention\.r_kernel$")
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # _randomize zeroed the three biases (their names end in "bias")
+        for name, p in model.named_parameters():
+            if re.search(r"attention\.r_[rsw]_bias$", name):
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / math.sqrt(p.shape[-1]))
+        layers = attention_heads(model, strict=True)
+    recs: dict[str, dict[str, Any]] = {}
+    handles = []
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        rec: dict[str, Any] = {}
+        recs[lh.name] = rec
+
+        def pre(_m: nn.Module, args: tuple, rec: dict = rec) -> None:
+            rec["xq"], rec["xk"], rec["xv"], rec["inputs"] = args[:4]
+
+        def post(_m: nn.Module, args: tuple, output: Any, rec: dict = rec) -> None:
+            rec["prob"] = output[1]
+
+        def o_io(_m: nn.Module, args: tuple, output: Tensor, rec: dict = rec) -> None:
+            rec["z"], rec["out"] = args[0], output
+
+        handles += [
+            module.register_forward_pre_hook(pre),
+            module.register_forward_hook(post),
+            module.post_proj.register_forward_hook(o_io),
+        ]
+    token_types = torch.zeros(B, T, dtype=torch.long)
+    token_types[:, T // 2 :] = 1
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), token_type_ids=token_types, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+    assert any(rec["xq"].shape[1] < rec["xk"].shape[1] for rec in recs.values())  # pooled q
+    for lh in layers:
+        rec = recs[lh.name]
+        assert rec["inputs"][1] is not None and bool(rec["inputs"][2].all())  # segments, no pad
+        with torch.no_grad():
+            _funnel_compare(model, lh, rec)
+            rolled = dataclasses.replace(
+                lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+            )
+            with pytest.raises(AssertionError):
+                _funnel_compare(model, rolled, rec)
+            with pytest.raises(AssertionError):
+                _funnel_compare(model, lh, rec, content=False)
+            with pytest.raises(AssertionError):
+                _funnel_compare(model, lh, rec, pos=False)
+
+
+CPMANT_BIAS = "position_bias.relative_attention_bias"
+
+
+def _cpmant_compare(lh: LayerHeads, rec: dict[str, Any], position_bias: bool = True) -> None:
+    """P_h = softmax(scale·(X W_Q^h)(X W_K^h)ᵀ + B_h, masked) equals the module's probabilities,
+    z_h = P_h X W_V^h the input of its attention_out (head h's slice), Σ_h z_h W_O^h its output;
+    B the position bias the module was called with (left out with ``position_bias=False``)."""
+    x = rec["x"]
+    assert lh.scale is not None
+    q = torch.einsum("btd,hdr->bhtr", x, lh.W_Q)
+    k = torch.einsum("bsd,hdr->bhsr", x, lh.W_K)
+    scores = lh.scale * q @ k.mT + (rec["bias"] if position_bias else 0.0)
+    mask = rec["mask"][:, None].bool()  # (B, 1, T, S), True = visible (int32 in the model)
+    P = scores.masked_fill(~mask, float("-inf")).softmax(-1).masked_fill(~mask, 0.0)
+    torch.testing.assert_close(P, rec["prob"], **P_TOL)
+    ctx = P @ torch.einsum("bsd,hdr->bhsr", x, lh.W_V)
+    Bq, Tq = ctx.shape[0], ctx.shape[2]
+    torch.testing.assert_close(ctx, rec["z"].view(Bq, Tq, lh.n_heads, -1).transpose(1, 2), **TOL)
+    torch.testing.assert_close(torch.einsum("bhtr,hre->bte", ctx, lh.W_O), rec["out"], **TOL)
+
+
+def _cpmant_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """CPM-Ant (CpmAntAttention: nn.Linear project_q, project_k, project_v, attention_out, no
+    biases; activations (B, T, d), a prompt token prepended by the model), float64, the model's
+    position_bias.relative_attention_bias set random (``_randomize`` zeroes it): the relative-position (and segment
+    pair) bias is added back from the tensor the model passed the module (B, H, T, S), as is its
+    boolean attention mask (-inf where False, probabilities 0 there). Checked per layer by
+    :func:`_cpmant_compare`, which requires the bias to be nonzero. Controls: heads rolled, the
+    position bias left out, each must fail."""
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():  # _randomize zeroed it (its name ends in "bias")
+        table = model.get_parameter(CPMANT_BIAS)
+        table.copy_(torch.randn(table.shape, generator=g, dtype=table.dtype))
+    recs: dict[str, dict[str, Any]] = {}
+    handles = []
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        rec: dict[str, Any] = {}
+        recs[lh.name] = rec
+
+        def pre(_m: nn.Module, args: tuple, rec: dict = rec) -> None:
+            assert args[0] is args[1]  # self-attention: one input for q, k and v
+            rec["x"], rec["mask"], rec["bias"] = args[0], args[2], args[3]
+
+        def post(_m: nn.Module, args: tuple, output: Any, rec: dict = rec) -> None:
+            rec["prob"] = output[1]
+
+        def o_io(_m: nn.Module, args: tuple, output: Tensor, rec: dict = rec) -> None:
+            rec["z"], rec["out"] = args[0], output
+
+        handles += [
+            module.register_forward_pre_hook(pre),
+            module.register_forward_hook(post),
+            module.attention_out.register_forward_hook(o_io),
+        ]
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), output_attentions=True, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    for lh in layers:
+        rec = recs[lh.name]
+        assert rec["bias"].abs().max() > 0.1 and bool(rec["mask"].all())
+        with torch.no_grad():
+            _cpmant_compare(lh, rec)
+            rolled = dataclasses.replace(
+                lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+            )
+            with pytest.raises(AssertionError):
+                _cpmant_compare(rolled, rec)
+            with pytest.raises(AssertionError):
+                _cpmant_compare(lh, rec, position_bias=False)
+
+
 def _squeezebert(**groups: int) -> Callable[[], nn.Module]:
     cfg = dict(q_groups=1, k_groups=1, v_groups=1, post_attention_groups=1)
     cfg.update(groups)
@@ -1611,6 +1786,65 @@ CASES: dict[str, Case] = {
         "XLNet",
         flags={"relative_position_bias": True},
         check=_xlnet_check,
+    ),
+    # Funnel: block_sizes [1, 1] (the second block pools its queries) + one decoder layer
+    "funnel": Case(
+        lambda: t.FunnelModel(
+            t.FunnelConfig(
+                vocab_size=50,
+                block_sizes=[1, 1],
+                num_decoder_layers=1,
+                d_model=D,
+                n_head=H,
+                d_head=D // H,
+                d_inner=2 * D,
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        3,
+        "Funnel",
+        flags={"relative_position_bias": True},
+        check=_funnel_check,
+    ),
+    "funnel_factorized": Case(  # attention_type "factorized": the other positional term
+        lambda: t.FunnelModel(
+            t.FunnelConfig(
+                vocab_size=50,
+                block_sizes=[1, 1],
+                num_decoder_layers=1,
+                d_model=D,
+                n_head=H,
+                d_head=D // H,
+                d_inner=2 * D,
+                attention_type="factorized",
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        3,
+        "Funnel",
+        flags={"relative_position_bias": True},
+        check=_funnel_check,
+    ),
+    "cpmant": Case(
+        lambda: t.CpmAntModel(
+            t.CpmAntConfig(
+                vocab_size=50,
+                hidden_size=D,
+                num_attention_heads=H,
+                dim_head=D // H,
+                dim_ff=2 * D,
+                num_hidden_layers=L,
+                prompt_length=1,
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "CPM-Ant",
+        flags={"relative_position_bias": True},
+        check=_cpmant_check,
     ),
     "jetmoe": Case(  # 3 experts × 2 key/value heads = 6 heads; 2 experts per token
         _lm(

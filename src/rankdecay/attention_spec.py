@@ -850,7 +850,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "factorized), content bias (content_bias: r_w_bias), segment scores (segment_bias: "
         "seg_embed, r_s_bias); their parameters get role other; pooled queries in the first "
         "layer of blocks 2… (X_q ≠ X_k)",
-        tested_by=("funnel",),
+        tested_by=("funnel", "funnel_factorized"),
         names=FUNNEL_NAMES,
     ),
     Architecture(
