@@ -2846,7 +2846,8 @@ CHECKPOINT_CASES = [
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
     "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
     "fsmt", "bart_uneven_heads", "deberta_v1", "timesformer", "convbert", "lxmert",
-    "jetmoe", "squeezebert", "squeezebert_ungrouped", "xlnet",
+    "jetmoe", "squeezebert", "squeezebert_ungrouped", "xlnet", "funnel", "funnel_factorized",
+    "cpmant",
 ]  # fmt: skip
 CHECKPOINT_CASES += [
     "gemma4_text_kv_shared",
@@ -2885,6 +2886,7 @@ def test_checkpoint_plan_equals_live_extraction(name: str) -> None:
             ref.v_head_index,
         )
         assert disk.qk_params == ref.qk_params and disk.ov_params == ref.ov_params
+        assert disk.score_params == ref.score_params, plan.name
         shared = {k for k in ref.flags if k not in ("qk_norm", "lora")}
         assert {k: disk.flags.get(k) for k in shared} == {k: ref.flags[k] for k in shared}, (
             plan.name
@@ -3044,12 +3046,52 @@ def test_xlnet_score_parameters_are_named_and_get_role_other() -> None:
     assert roles["layer.0.ff.layer_1.weight"] == "mlp"
 
 
-@pytest.mark.parametrize("name", ["squeezebert", "squeezebert_ungrouped", "xlnet"])
+@pytest.mark.parametrize("name", ["funnel", "cpmant"])
+def test_funnel_and_cpmant_score_parameters_are_named_and_get_role_other(name: str) -> None:
+    """Funnel's parameters that add score terms outside W_Q·W_Kᵀ (r_w_bias, r_kernel, r_r_bias,
+    r_s_bias, seg_embed: inside the module) and CPM-Ant's position bias table (the model's
+    position_bias.relative_attention_bias, shared by all layers) are listed in
+    ``LayerHeads.score_params`` and get role "other"; q/k/v/o get attn_qk / attn_ov; the flags
+    name Funnel's content bias and segment embeddings, and the notes say what lies outside the
+    QK circuit."""
+    from rankdecay.decay import param_roles
+
+    model = CASES[name].build()
+    roles = param_roles(model, strict=True)
+    for lh in attention_heads(model, strict=True):
+        if name == "funnel":
+            own = ("r_w_bias", "r_kernel", "r_r_bias", "r_s_bias", "seg_embed")
+            extra = {f"{lh.name}.{p}" for p in own}
+            parts = ("q_head", "k_head", "v_head", "post_proj")
+            assert lh.flags["content_bias"] == f"{lh.name}.r_w_bias"
+            assert lh.flags["segment_bias"] == f"{lh.name}.seg_embed"
+            text = " ".join(lh.notes)
+            assert "content bias" in text and "segment" in text and "pooled" in text
+        else:
+            extra = {CPMANT_BIAS}
+            parts = ("project_q", "project_k", "project_v", "attention_out")
+            assert CPMANT_BIAS in " ".join(lh.notes)
+        assert set(lh.score_params) == extra
+        assert {roles[n] for n in extra} == {"other"}
+        assert lh.flags["relative_position_bias"] is True
+        assert [roles[f"{lh.name}.{p}.weight"] for p in parts] == [
+            "attn_qk",
+            "attn_qk",
+            "attn_ov",
+            "attn_ov",
+        ]
+        assert "relative position" in " ".join(lh.notes)
+
+
+@pytest.mark.parametrize(
+    "name", ["squeezebert", "squeezebert_ungrouped", "xlnet", "funnel", "cpmant"]
+)
 @pytest.mark.parametrize("granularity", ["matrix", "head"])
 def test_low_rank_decay_on_conv_and_raw_parameter_attention(name: str, granularity: str) -> None:
     """LowRankDecay(target="attention") on SqueezeBERT's 1×1 convolutions (grouped: the
     block-diagonal matrices are copies, the update goes back through autograd; ungrouped: views)
-    and XLNet's raw (d, H, r) q/k/v/o (views) moves every singular value of every W_Q, W_K, W_V,
+    XLNet's raw (d, H, r) q/k/v/o (views) and the named nn.Linear q/k/v/o of Funnel and
+    CPM-Ant (views) moves every singular value of every W_Q, W_K, W_V,
     W_O (per head, or per whole matrix) by exactly −c, off-block entries of a grouped
     convolution staying zero (they are not parameters); target="qk" leaves W_V, W_O as they were.
     ``strided_views()`` (the batched ensemble's path) describes the views and refuses the grouped
@@ -3082,7 +3124,7 @@ def test_low_rank_decay_on_conv_and_raw_parameter_attention(name: str, granulari
             ):
                 decay.strided_views()
         else:
-            assert len(decay.strided_views()) == L * len(moved)
+            assert len(decay.strided_views()) == CASES[name].n_layers * len(moved)
         decay.step()
         after = svals(model)
         for i, (sb, sa) in enumerate(zip(before, after)):
@@ -3254,11 +3296,12 @@ def test_bert_style_fused_and_split_heads_stream_like_in_memory(name: str, tmp_p
         assert np.abs(sa - sb).max() <= 1e-12 * sa.max()
 
 
-@pytest.mark.parametrize("name", ["squeezebert", "xlnet"])
+@pytest.mark.parametrize("name", ["squeezebert", "xlnet", "funnel", "cpmant"])
 def test_conv_and_raw_parameter_attention_stream_like_in_memory(name: str, tmp_path: Path) -> None:
     """The save_pretrained files of SqueezeBERT (grouped 1×1 convolutions, the out-projection in
     the block's post_attention.conv1d; group counts from config.json) and XLNet (raw
-    ``rel_attn.{q,k,v,o}`` of shape (d, H, r)) stream without a fallback or an
+    ``rel_attn.{q,k,v,o}`` of shape (d, H, r)), Funnel (q_head/k_head/v_head/post_proj) and
+    CPM-Ant (project_q/k/v, attention_out) stream without a fallback or an
     UnrecognizedAttentionWarning to the report of the in-memory model: same modules, heads and
     circuits in the same order, same spectra to 1e-12, the same flags; SqueezeBERT group counts
     in config.json that do not fit the tensors are refused (CorruptCheckpointError)."""
