@@ -894,6 +894,8 @@ def architectures_table() -> str:
             layout += "; out-projection " + " or ".join(f"`{n}`" for n in arch.o_names)
         if arch.stored != "linear":
             layout += f"; stored as {STORED[arch.stored]}"
+        if arch.names:
+            layout += "; q, k, v, o = " + ", ".join(f"`{n}`" for n in arch.names)
         where = f"`{arch.fused}` " if arch.fused else ""
         if arch.in_out:
             where += "(stored in×out) "
