@@ -2952,6 +2952,50 @@ def test_low_rank_decay_through_split_specs(name: str) -> None:
                 torch.testing.assert_close(torch.linalg.svdvals(lh.W_K), sk - c, rtol=0, atol=1e-10)
 
 
+def test_fold_norm_of_cpmant_and_not_of_funnel() -> None:
+    """fold_norm=True on CPM-Ant folds the sibling pre-norm ``layernorm_before_attention`` (RMS,
+    gain only): x̂ W^fold = x W^raw for W_Q, W_K, W_V with x the attention module's input
+    (recorded: the norm's output) and x̂ = x / γ, W_O unchanged, the raw factor on x̂ fails.
+    Funnel (post-norm, pooled queries, the decoder's upsampled sum) is left raw with a note that
+    says why."""
+    model = _build("cpmant")
+    raw = attention_heads(model, strict=True)
+    folded = attention_heads(model, strict=True, fold_norm=True)
+    seen: dict[str, Tensor] = {}
+    handles = []
+    for lh in raw:
+
+        def attn_in(_m: nn.Module, args: tuple, key: str = lh.name) -> None:
+            seen[key] = args[0]
+
+        handles.append(model.get_submodule(lh.name).register_forward_pre_hook(attn_in))
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        for r_lh, f_lh in zip(raw, folded):
+            norm = r_lh.name.rsplit(".", 1)[0] + ".layernorm_before_attention"
+            assert any(f"gain of {norm} folded into W_Q, W_K, W_V" in n for n in f_lh.notes)
+            torch.testing.assert_close(f_lh.W_O, r_lh.W_O)
+            x = seen[r_lh.name]
+            x_hat = x / model.get_submodule(norm).weight
+            for which in ("W_Q", "W_K", "W_V"):
+                Wf, Wr = getattr(f_lh, which), getattr(r_lh, which)
+                want = torch.einsum("btd,hdr->bhtr", x, Wr)
+                torch.testing.assert_close(torch.einsum("btd,hdr->bhtr", x_hat, Wf), want, **TOL)
+                with pytest.raises(AssertionError):
+                    torch.testing.assert_close(
+                        torch.einsum("btd,hdr->bhtr", x_hat, Wr), want, **TOL
+                    )
+    funnel = _build("funnel")
+    for r_lh, f_lh in zip(attention_heads(funnel), attention_heads(funnel, fold_norm=True)):
+        assert any("Funnel is post-norm" in n for n in f_lh.notes), f_lh.notes
+        torch.testing.assert_close(f_lh.W_Q, r_lh.W_Q)
+
+
 POST_NORMS = {  # case → norm preceding attention layer i (hard-coded here), None: no norm
     "squeezebert": lambda i: (
         "embeddings.LayerNorm" if i == 0 else f"encoder.layers.{i - 1}.output.layernorm"

@@ -1422,8 +1422,9 @@ def named_plan(
             f"{name}.r_kernel on the block's position encodings e (attention_type {kind}), "
             "b_r = r_r_bias, b_s = r_s_bias, s = seg_embed (the positional and segment terms are "
             "zeroed on the <cls> row and column with separate_cls): only x_i W_Q·(x_j W_K)ᵀ is "
-            "the QK circuit; in the first layer of each block after the first the queries read "
-            "the pooled states and the keys and values the unpooled ones (X_q ≠ X_k)",
+            "the QK circuit; in the first layer of each encoder block after the first the "
+            "queries read the pooled states and the keys and values the unpooled ones (X_q ≠ "
+            "X_k; pooled too with pool_q_only=False)",
         )
     else:
         root = name[: name.index("encoder.")] if "encoder." in name else ""
