@@ -711,6 +711,181 @@ def _xlnet_check(model: nn.Module, layers: list[LayerHeads]) -> None:
                 _xlnet_compare(model, lh, rec, content_bias=False)
 
 
+def _funnel_scores(
+    model: nn.Module, lh: LayerHeads, rec: dict[str, Any], content: bool = True, pos: bool = True
+) -> Tensor:
+    """Funnel's scores (B, H, i, j) from the factors: with q = scale·X_q W_Q^h (the module
+    scales q before every term), scale·(x_i W_Q^h + u)·(x_j W_K^h) (u the parameter the
+    ``content_bias`` flag names; left out with ``content=False``) + the positional term (the
+    module's own ``relative_positional_attention`` on q and the position encodings it was called
+    with; left out with ``pos=False``) + the segment term (its ``relative_token_type_attention``
+    on q and the token-type matrix it was called with, seg_embed and r_s_bias), both times the
+    cls mask as in the module."""
+    module = model.get_submodule(lh.name)
+    assert lh.scale is not None
+    q = lh.scale * torch.einsum("bid,ndr->binr", rec["xq"], lh.W_Q)
+    k = torch.einsum("bjd,ndr->bjnr", rec["xk"], lh.W_K)
+    position_embeds, token_type_mat, _, cls_mask = rec["inputs"]
+    u = lh.scale * model.get_parameter(str(lh.flags["content_bias"])) if content else 0.0
+    scores = torch.einsum("bind,bjnd->bnij", q + u, k)
+    if pos:
+        scores = scores + module.relative_positional_attention(
+            position_embeds, q, k.shape[1], cls_mask
+        )
+    return scores + module.relative_token_type_attention(token_type_mat, q, cls_mask)
+
+
+def _funnel_compare(model: nn.Module, lh: LayerHeads, rec: dict[str, Any], **kw: bool) -> None:
+    """P_h = softmax(:func:`_funnel_scores`) equals the module's probabilities, z_h = P_h X_v W_V^h
+    the input of its post_proj (head h's slice), Σ_h z_h W_O^h post_proj's output (bias zero)."""
+    P = _funnel_scores(model, lh, rec, **kw).softmax(-1)
+    torch.testing.assert_close(P, rec["prob"], **P_TOL)
+    v = torch.einsum("bjd,ndr->bnjr", rec["xv"], lh.W_V)
+    ctx = P @ v  # (B, H, i, r)
+    Bq, Tq = ctx.shape[0], ctx.shape[2]
+    torch.testing.assert_close(ctx, rec["z"].view(Bq, Tq, lh.n_heads, -1).transpose(1, 2), **TOL)
+    torch.testing.assert_close(torch.einsum("bhtr,hre->bte", ctx, lh.W_O), rec["out"], **TOL)
+
+
+def _funnel_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """Funnel (FunnelRelMultiheadAttention: nn.Linear q_head (no bias), k_head, v_head,
+    post_proj; activations (B, T, d)), float64, biases zeroed except the three query biases
+    r_w_bias, r_r_bias, r_s_bias (set nonzero), r_kernel at fan-in scale, a forward with two
+    segments (token_type_ids) and no padding: nothing is neutralised — the content bias, the
+    relative-position term and the segment term are added back from the model's own tensors
+    (:func:`_funnel_scores`); the QK circuit is scale·(X_q W_Q^h)(X_k W_K^h)ᵀ of the factors.
+    The encoder pools (block_sizes [1, 1]): the first layer of block 2 reads pooled queries
+    (X_q shorter than X_k), which the check requires to have been seen. Checked per layer by
+    :func:`_funnel_compare`. Controls: heads rolled, the content bias left out, the positional
+    term left out, each must fail."""
+    _fan_in_rescale(model, r"attention\.r_kernel$")
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # _randomize zeroed the three biases (their names end in "bias")
+        for name, p in model.named_parameters():
+            if re.search(r"attention\.r_[rsw]_bias$", name):
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / math.sqrt(p.shape[-1]))
+        layers = attention_heads(model, strict=True)
+    recs: dict[str, dict[str, Any]] = {}
+    handles = []
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        rec: dict[str, Any] = {}
+        recs[lh.name] = rec
+
+        def pre(_m: nn.Module, args: tuple, rec: dict = rec) -> None:
+            rec["xq"], rec["xk"], rec["xv"], rec["inputs"] = args[:4]
+
+        def post(_m: nn.Module, args: tuple, output: Any, rec: dict = rec) -> None:
+            rec["prob"] = output[1]
+
+        def o_io(_m: nn.Module, args: tuple, output: Tensor, rec: dict = rec) -> None:
+            rec["z"], rec["out"] = args[0], output
+
+        handles += [
+            module.register_forward_pre_hook(pre),
+            module.register_forward_hook(post),
+            module.post_proj.register_forward_hook(o_io),
+        ]
+    token_types = torch.zeros(B, T, dtype=torch.long)
+    token_types[:, T // 2 :] = 1
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), token_type_ids=token_types, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+    assert any(rec["xq"].shape[1] < rec["xk"].shape[1] for rec in recs.values())  # pooled q
+    for lh in layers:
+        rec = recs[lh.name]
+        assert rec["inputs"][1] is not None and bool(rec["inputs"][2].all())  # segments, no pad
+        with torch.no_grad():
+            _funnel_compare(model, lh, rec)
+            rolled = dataclasses.replace(
+                lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+            )
+            with pytest.raises(AssertionError):
+                _funnel_compare(model, rolled, rec)
+            with pytest.raises(AssertionError):
+                _funnel_compare(model, lh, rec, content=False)
+            with pytest.raises(AssertionError):
+                _funnel_compare(model, lh, rec, pos=False)
+
+
+CPMANT_BIAS = "position_bias.relative_attention_bias"
+
+
+def _cpmant_compare(lh: LayerHeads, rec: dict[str, Any], position_bias: bool = True) -> None:
+    """P_h = softmax(scale·(X W_Q^h)(X W_K^h)ᵀ + B_h, masked) equals the module's probabilities,
+    z_h = P_h X W_V^h the input of its attention_out (head h's slice), Σ_h z_h W_O^h its output;
+    B the position bias the module was called with (left out with ``position_bias=False``)."""
+    x = rec["x"]
+    assert lh.scale is not None
+    q = torch.einsum("btd,hdr->bhtr", x, lh.W_Q)
+    k = torch.einsum("bsd,hdr->bhsr", x, lh.W_K)
+    scores = lh.scale * q @ k.mT + (rec["bias"] if position_bias else 0.0)
+    mask = rec["mask"][:, None].bool()  # (B, 1, T, S), True = visible (int32 in the model)
+    P = scores.masked_fill(~mask, float("-inf")).softmax(-1).masked_fill(~mask, 0.0)
+    torch.testing.assert_close(P, rec["prob"], **P_TOL)
+    ctx = P @ torch.einsum("bsd,hdr->bhsr", x, lh.W_V)
+    Bq, Tq = ctx.shape[0], ctx.shape[2]
+    torch.testing.assert_close(ctx, rec["z"].view(Bq, Tq, lh.n_heads, -1).transpose(1, 2), **TOL)
+    torch.testing.assert_close(torch.einsum("bhtr,hre->bte", ctx, lh.W_O), rec["out"], **TOL)
+
+
+def _cpmant_check(model: nn.Module, layers: list[LayerHeads]) -> None:
+    """CPM-Ant (CpmAntAttention: nn.Linear project_q, project_k, project_v, attention_out, no
+    biases; activations (B, T, d), a prompt token prepended by the model), float64, the model's
+    position_bias.relative_attention_bias set random (``_randomize`` zeroes it): the relative-position (and segment
+    pair) bias is added back from the tensor the model passed the module (B, H, T, S), as is its
+    boolean attention mask (-inf where False, probabilities 0 there). Checked per layer by
+    :func:`_cpmant_compare`, which requires the bias to be nonzero. Controls: heads rolled, the
+    position bias left out, each must fail."""
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():  # _randomize zeroed it (its name ends in "bias")
+        table = model.get_parameter(CPMANT_BIAS)
+        table.copy_(torch.randn(table.shape, generator=g, dtype=table.dtype))
+    recs: dict[str, dict[str, Any]] = {}
+    handles = []
+    for lh in layers:
+        module = model.get_submodule(lh.name)
+        rec: dict[str, Any] = {}
+        recs[lh.name] = rec
+
+        def pre(_m: nn.Module, args: tuple, rec: dict = rec) -> None:
+            assert args[0] is args[1]  # self-attention: one input for q, k and v
+            rec["x"], rec["mask"], rec["bias"] = args[0], args[2], args[3]
+
+        def post(_m: nn.Module, args: tuple, output: Any, rec: dict = rec) -> None:
+            rec["prob"] = output[1]
+
+        def o_io(_m: nn.Module, args: tuple, output: Tensor, rec: dict = rec) -> None:
+            rec["z"], rec["out"] = args[0], output
+
+        handles += [
+            module.register_forward_pre_hook(pre),
+            module.register_forward_hook(post),
+            module.attention_out.register_forward_hook(o_io),
+        ]
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), output_attentions=True, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    for lh in layers:
+        rec = recs[lh.name]
+        assert rec["bias"].abs().max() > 0.1 and bool(rec["mask"].all())
+        with torch.no_grad():
+            _cpmant_compare(lh, rec)
+            rolled = dataclasses.replace(
+                lh, W_Q=lh.W_Q.roll(1, 0), W_K=lh.W_K.roll(1, 0), W_V=lh.W_V.roll(1, 0)
+            )
+            with pytest.raises(AssertionError):
+                _cpmant_compare(rolled, rec)
+            with pytest.raises(AssertionError):
+                _cpmant_compare(lh, rec, position_bias=False)
+
+
 def _squeezebert(**groups: int) -> Callable[[], nn.Module]:
     cfg = dict(q_groups=1, k_groups=1, v_groups=1, post_attention_groups=1)
     cfg.update(groups)
@@ -1611,6 +1786,65 @@ CASES: dict[str, Case] = {
         "XLNet",
         flags={"relative_position_bias": True},
         check=_xlnet_check,
+    ),
+    # Funnel: block_sizes [1, 1] (the second block pools its queries) + one decoder layer
+    "funnel": Case(
+        lambda: t.FunnelModel(
+            t.FunnelConfig(
+                vocab_size=50,
+                block_sizes=[1, 1],
+                num_decoder_layers=1,
+                d_model=D,
+                n_head=H,
+                d_head=D // H,
+                d_inner=2 * D,
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        3,
+        "Funnel",
+        flags={"relative_position_bias": True},
+        check=_funnel_check,
+    ),
+    "funnel_factorized": Case(  # attention_type "factorized": the other positional term
+        lambda: t.FunnelModel(
+            t.FunnelConfig(
+                vocab_size=50,
+                block_sizes=[1, 1],
+                num_decoder_layers=1,
+                d_model=D,
+                n_head=H,
+                d_head=D // H,
+                d_inner=2 * D,
+                attention_type="factorized",
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        3,
+        "Funnel",
+        flags={"relative_position_bias": True},
+        check=_funnel_check,
+    ),
+    "cpmant": Case(
+        lambda: t.CpmAntModel(
+            t.CpmAntConfig(
+                vocab_size=50,
+                hidden_size=D,
+                num_attention_heads=H,
+                dim_head=D // H,
+                dim_ff=2 * D,
+                num_hidden_layers=L,
+                prompt_length=1,
+            )
+        ),
+        lambda m: {"input_ids": _ids()},
+        _never,
+        L,
+        "CPM-Ant",
+        flags={"relative_position_bias": True},
+        check=_cpmant_check,
     ),
     "jetmoe": Case(  # 3 experts × 2 key/value heads = 6 heads; 2 experts per token
         _lm(
@@ -2612,7 +2846,8 @@ CHECKPOINT_CASES = [
     "wav2vec2_conformer", "openai_gpt", "blip2_vision", "bark_semantic", "pix2struct_vision",
     "gpt_neo", "openai_privacy_filter", "qwen3_next", "qwen3_5_text",
     "fsmt", "bart_uneven_heads", "deberta_v1", "timesformer", "convbert", "lxmert",
-    "jetmoe", "squeezebert", "squeezebert_ungrouped", "xlnet",
+    "jetmoe", "squeezebert", "squeezebert_ungrouped", "xlnet", "funnel", "funnel_factorized",
+    "cpmant",
 ]  # fmt: skip
 CHECKPOINT_CASES += [
     "gemma4_text_kv_shared",
@@ -2651,6 +2886,7 @@ def test_checkpoint_plan_equals_live_extraction(name: str) -> None:
             ref.v_head_index,
         )
         assert disk.qk_params == ref.qk_params and disk.ov_params == ref.ov_params
+        assert disk.score_params == ref.score_params, plan.name
         shared = {k for k in ref.flags if k not in ("qk_norm", "lora")}
         assert {k: disk.flags.get(k) for k in shared} == {k: ref.flags[k] for k in shared}, (
             plan.name
@@ -2714,6 +2950,50 @@ def test_low_rank_decay_through_split_specs(name: str) -> None:
             torch.testing.assert_close(torch.linalg.svdvals(lh.W_Q), sq - c, rtol=0, atol=1e-10)
             if lh.kv_head_index is None:
                 torch.testing.assert_close(torch.linalg.svdvals(lh.W_K), sk - c, rtol=0, atol=1e-10)
+
+
+def test_fold_norm_of_cpmant_and_not_of_funnel() -> None:
+    """fold_norm=True on CPM-Ant folds the sibling pre-norm ``layernorm_before_attention`` (RMS,
+    gain only): x̂ W^fold = x W^raw for W_Q, W_K, W_V with x the attention module's input
+    (recorded: the norm's output) and x̂ = x / γ, W_O unchanged, the raw factor on x̂ fails.
+    Funnel (post-norm, pooled queries, the decoder's upsampled sum) is left raw with a note that
+    says why."""
+    model = _build("cpmant")
+    raw = attention_heads(model, strict=True)
+    folded = attention_heads(model, strict=True, fold_norm=True)
+    seen: dict[str, Tensor] = {}
+    handles = []
+    for lh in raw:
+
+        def attn_in(_m: nn.Module, args: tuple, key: str = lh.name) -> None:
+            seen[key] = args[0]
+
+        handles.append(model.get_submodule(lh.name).register_forward_pre_hook(attn_in))
+    try:
+        with torch.no_grad():
+            model(input_ids=_ids(), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    with torch.no_grad():
+        for r_lh, f_lh in zip(raw, folded):
+            norm = r_lh.name.rsplit(".", 1)[0] + ".layernorm_before_attention"
+            assert any(f"gain of {norm} folded into W_Q, W_K, W_V" in n for n in f_lh.notes)
+            torch.testing.assert_close(f_lh.W_O, r_lh.W_O)
+            x = seen[r_lh.name]
+            x_hat = x / model.get_submodule(norm).weight
+            for which in ("W_Q", "W_K", "W_V"):
+                Wf, Wr = getattr(f_lh, which), getattr(r_lh, which)
+                want = torch.einsum("btd,hdr->bhtr", x, Wr)
+                torch.testing.assert_close(torch.einsum("btd,hdr->bhtr", x_hat, Wf), want, **TOL)
+                with pytest.raises(AssertionError):
+                    torch.testing.assert_close(
+                        torch.einsum("btd,hdr->bhtr", x_hat, Wr), want, **TOL
+                    )
+    funnel = _build("funnel")
+    for r_lh, f_lh in zip(attention_heads(funnel), attention_heads(funnel, fold_norm=True)):
+        assert any("Funnel is post-norm" in n for n in f_lh.notes), f_lh.notes
+        torch.testing.assert_close(f_lh.W_Q, r_lh.W_Q)
 
 
 POST_NORMS = {  # case → norm preceding attention layer i (hard-coded here), None: no norm
@@ -2810,12 +3090,52 @@ def test_xlnet_score_parameters_are_named_and_get_role_other() -> None:
     assert roles["layer.0.ff.layer_1.weight"] == "mlp"
 
 
-@pytest.mark.parametrize("name", ["squeezebert", "squeezebert_ungrouped", "xlnet"])
+@pytest.mark.parametrize("name", ["funnel", "cpmant"])
+def test_funnel_and_cpmant_score_parameters_are_named_and_get_role_other(name: str) -> None:
+    """Funnel's parameters that add score terms outside W_Q·W_Kᵀ (r_w_bias, r_kernel, r_r_bias,
+    r_s_bias, seg_embed: inside the module) and CPM-Ant's position bias table (the model's
+    position_bias.relative_attention_bias, shared by all layers) are listed in
+    ``LayerHeads.score_params`` and get role "other"; q/k/v/o get attn_qk / attn_ov; the flags
+    name Funnel's content bias and segment embeddings, and the notes say what lies outside the
+    QK circuit."""
+    from rankdecay.decay import param_roles
+
+    model = CASES[name].build()
+    roles = param_roles(model, strict=True)
+    for lh in attention_heads(model, strict=True):
+        if name == "funnel":
+            own = ("r_w_bias", "r_kernel", "r_r_bias", "r_s_bias", "seg_embed")
+            extra = {f"{lh.name}.{p}" for p in own}
+            parts = ("q_head", "k_head", "v_head", "post_proj")
+            assert lh.flags["content_bias"] == f"{lh.name}.r_w_bias"
+            assert lh.flags["segment_bias"] == f"{lh.name}.seg_embed"
+            text = " ".join(lh.notes)
+            assert "content bias" in text and "segment" in text and "pooled" in text
+        else:
+            extra = {CPMANT_BIAS}
+            parts = ("project_q", "project_k", "project_v", "attention_out")
+            assert CPMANT_BIAS in " ".join(lh.notes)
+        assert set(lh.score_params) == extra
+        assert {roles[n] for n in extra} == {"other"}
+        assert lh.flags["relative_position_bias"] is True
+        assert [roles[f"{lh.name}.{p}.weight"] for p in parts] == [
+            "attn_qk",
+            "attn_qk",
+            "attn_ov",
+            "attn_ov",
+        ]
+        assert "relative position" in " ".join(lh.notes)
+
+
+@pytest.mark.parametrize(
+    "name", ["squeezebert", "squeezebert_ungrouped", "xlnet", "funnel", "cpmant"]
+)
 @pytest.mark.parametrize("granularity", ["matrix", "head"])
 def test_low_rank_decay_on_conv_and_raw_parameter_attention(name: str, granularity: str) -> None:
     """LowRankDecay(target="attention") on SqueezeBERT's 1×1 convolutions (grouped: the
     block-diagonal matrices are copies, the update goes back through autograd; ungrouped: views)
-    and XLNet's raw (d, H, r) q/k/v/o (views) moves every singular value of every W_Q, W_K, W_V,
+    XLNet's raw (d, H, r) q/k/v/o (views) and the named nn.Linear q/k/v/o of Funnel and
+    CPM-Ant (views) moves every singular value of every W_Q, W_K, W_V,
     W_O (per head, or per whole matrix) by exactly −c, off-block entries of a grouped
     convolution staying zero (they are not parameters); target="qk" leaves W_V, W_O as they were.
     ``strided_views()`` (the batched ensemble's path) describes the views and refuses the grouped
@@ -2848,7 +3168,7 @@ def test_low_rank_decay_on_conv_and_raw_parameter_attention(name: str, granulari
             ):
                 decay.strided_views()
         else:
-            assert len(decay.strided_views()) == L * len(moved)
+            assert len(decay.strided_views()) == CASES[name].n_layers * len(moved)
         decay.step()
         after = svals(model)
         for i, (sb, sa) in enumerate(zip(before, after)):
@@ -3020,11 +3340,12 @@ def test_bert_style_fused_and_split_heads_stream_like_in_memory(name: str, tmp_p
         assert np.abs(sa - sb).max() <= 1e-12 * sa.max()
 
 
-@pytest.mark.parametrize("name", ["squeezebert", "xlnet"])
+@pytest.mark.parametrize("name", ["squeezebert", "xlnet", "funnel", "cpmant"])
 def test_conv_and_raw_parameter_attention_stream_like_in_memory(name: str, tmp_path: Path) -> None:
     """The save_pretrained files of SqueezeBERT (grouped 1×1 convolutions, the out-projection in
     the block's post_attention.conv1d; group counts from config.json) and XLNet (raw
-    ``rel_attn.{q,k,v,o}`` of shape (d, H, r)) stream without a fallback or an
+    ``rel_attn.{q,k,v,o}`` of shape (d, H, r)), Funnel (q_head/k_head/v_head/post_proj) and
+    CPM-Ant (project_q/k/v, attention_out) stream without a fallback or an
     UnrecognizedAttentionWarning to the report of the in-memory model: same modules, heads and
     circuits in the same order, same spectra to 1e-12, the same flags; SqueezeBERT group counts
     in config.json that do not fit the tensors are refused (CorruptCheckpointError)."""

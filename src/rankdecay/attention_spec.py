@@ -54,6 +54,7 @@ __all__ = [
     "architectures_table",
     "fused_rows",
     "plan_from_checkpoint",
+    "named_plan",
     "plan_from_module",
     "split_heads",
     "split_heads_v",
@@ -329,7 +330,16 @@ class Architecture:
     #: (SqueezeBERT's grouped 1×1 convolutions), "d_h_r" (XLNet's raw (d, H, r) parameters); such
     #: a row has its own plan builder (:func:`stored_plan`), live and from a checkpoint alike
     stored: str = "linear"
+    #: the q, k, v, o nn.Linear children of these classes when the shared name tables do not
+    #: hold them (Funnel's q_head, k_head, v_head, post_proj; CPM-Ant's project_q, project_k,
+    #: project_v, attention_out); such a row is planned by :func:`named_plan`, live and from a
+    #: checkpoint alike
+    names: tuple[str, ...] = ()
 
+
+#: Funnel's and CPM-Ant's q, k, v, o children (``Architecture.names``)
+FUNNEL_NAMES = ("q_head", "k_head", "v_head", "post_proj")
+CPMANT_NAMES = ("project_q", "project_k", "project_v", "attention_out")
 
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
@@ -833,6 +843,26 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         stored="d_h_r",
     ),
     Architecture(
+        "Funnel Transformer (relative attention, pooled queries)",
+        ("FunnelRelMultiheadAttention",),
+        ("funnel",),
+        flags="relative position bias (r_kernel, r_r_bias; attention_type relative_shift or "
+        "factorized), content bias (content_bias: r_w_bias), segment scores (segment_bias: "
+        "seg_embed, r_s_bias); their parameters get role other; pooled queries in the first "
+        "layer of blocks 2… (X_q ≠ X_k)",
+        tested_by=("funnel", "funnel_factorized"),
+        names=FUNNEL_NAMES,
+    ),
+    Architecture(
+        "CPM-Ant",
+        ("CpmAntAttention",),
+        ("cpmant",),
+        flags="relative position bias (the model's position_bias.relative_attention_bias, one "
+        "for all layers, buckets of relative position and segment pairs; role other)",
+        tested_by=("cpmant",),
+        names=CPMANT_NAMES,
+    ),
+    Architecture(
         "FSMT (live: by the name table; class Attention; activations (T, B, d))",
         (),
         ("fsmt",),
@@ -864,6 +894,8 @@ def architectures_table() -> str:
             layout += "; out-projection " + " or ".join(f"`{n}`" for n in arch.o_names)
         if arch.stored != "linear":
             layout += f"; stored as {STORED[arch.stored]}"
+        if arch.names:
+            layout += "; q, k, v, o = " + ", ".join(f"`{n}`" for n in arch.names)
         where = f"`{arch.fused}` " if arch.fused else ""
         if arch.in_out:
             where += "(stored in×out) "
@@ -1331,6 +1363,79 @@ def stored_plan(
         )
         return finish_notes(plan)
     return None
+
+
+#: Funnel's parameters that add score terms outside W_Q·W_Kᵀ: the content bias, the positional
+#: kernel and its query bias, the segment bias and the segment embeddings
+FUNNEL_SCORE_PARAMS = ("r_w_bias", "r_kernel", "r_r_bias", "r_s_bias", "seg_embed")
+#: CPM-Ant's relative position (and segment pair) bias, one module of the model for all layers
+CPMANT_POSITION_BIAS = "position_bias.relative_attention_bias"
+
+
+def named_plan(
+    name: str, layer: int, arch: Architecture, config: object, has: Callable[[str], bool]
+) -> AttentionPlan | None:
+    """The plan of an attention module at ``name`` whose row names its nn.Linear q, k, v, o
+    children (``arch.names``), live or from a checkpoint: q, k, v, o = ``name.<names[i]>.weight``
+    ((H·r, d) for q/k/v, (d, H·r) for o, rows/columns h·r + j = head h, coordinate j); H and r
+    from the config (Funnel: n_head, d_head; CPM-Ant: num_attention_heads, dim_head), scale 1/√r
+    (both modules divide q·kᵀ by √r). The score terms outside W_Q·W_Kᵀ are flags and notes, their
+    parameters ``score_params`` (role other):
+
+    - Funnel: scores = scale·[(x_i W_Q + u)·(x_j W_K) + (x_i W_Q + b_r)·(e W_R)_{ij}
+      + (x_i W_Q + b_s)·s_{[same segment ij]}], u = r_w_bias, W_R = r_kernel, b_r = r_r_bias,
+      b_s = r_s_bias, s = seg_embed (the last two times the cls mask).
+    - CPM-Ant: scores = scale·(x_i W_Q)·(x_j W_K) + B[h, bucket(i, j, segments)], B = the model's
+      ``position_bias.relative_attention_bias`` (found by ``has`` at the root of ``name``).
+
+    None when a tensor is missing or the config lacks the head counts.
+    """
+    H = _first_int((config,), ("n_head", "num_attention_heads"))
+    r = _first_int((config,), ("d_head", "dim_head"))
+    q, k, v, o = (_join(name, f"{n}.weight") for n in arch.names)
+    if H is None or r is None or not all(has(n) for n in (q, k, v, o)):
+        return None
+    plan = AttentionPlan(
+        name=name,
+        layer=layer,
+        family=arch.family,
+        o=o,
+        n_heads=H,
+        head_dim=r,
+        scale=SCALE_RULES[arch.scale][1](config, r, _block_index(name)),
+        q=q,
+        k=k,
+        v=v,
+        n_kv_heads=H,
+    )
+    plan.flags = {"relative_position_bias": True}
+    if arch.names == FUNNEL_NAMES:
+        plan.flags["content_bias"] = _join(name, "r_w_bias")
+        plan.flags["segment_bias"] = _join(name, "seg_embed")
+        plan.score_params = tuple(
+            n for n in (_join(name, p) for p in FUNNEL_SCORE_PARAMS) if has(n)
+        )
+        kind = cfg_get(config, "attention_type") or "relative_shift"
+        plan.notes = (
+            f"Funnel scores per head: scale·[(x_i W_Q + u)·(x_j W_K) + (x_i W_Q + b_r)·(e W_R)_ij "
+            f"+ (x_i W_Q + b_s)·s_[i, j same segment]] with u = {name}.r_w_bias, W_R = "
+            f"{name}.r_kernel on the block's position encodings e (attention_type {kind}), "
+            "b_r = r_r_bias, b_s = r_s_bias, s = seg_embed (the positional and segment terms are "
+            "zeroed on the <cls> row and column with separate_cls): only x_i W_Q·(x_j W_K)ᵀ is "
+            "the QK circuit; in the first layer of each encoder block after the first the "
+            "queries read the pooled states and the keys and values the unpooled ones (X_q ≠ "
+            "X_k; pooled too with pool_q_only=False)",
+        )
+    else:
+        root = name[: name.index("encoder.")] if "encoder." in name else ""
+        bias = root + CPMANT_POSITION_BIAS
+        plan.score_params = (bias,) if has(bias) else ()
+        plan.notes = (
+            f"CPM-Ant scores per head: scale·(x_i W_Q)·(x_j W_K) + B[h, bucket(i − j)] (or of the "
+            f"segment pair when i, j are in different segments), B = {bias}, one table the model "
+            "shares between its layers: only x_i W_Q·(x_j W_K)ᵀ is the QK circuit",
+        )
+    return finish_notes(plan)
 
 
 # ------------------------------------------------------------------------------- flags
@@ -1978,6 +2083,9 @@ def plan_from_module(
             return None
         has = {n for n, _ in model.named_parameters()}.__contains__
         return stored_plan(name, layer, arch, tower_config(model, name), has, groups)
+    if arch.names:  # Funnel, CPM-Ant: the row names q/k/v/o
+        has = {n for n, _ in model.named_parameters()}.__contains__
+        return named_plan(name, layer, arch, tower_config(model, name), has)
     if arch.layout == "moa":
         block = _first_int((module,), ("layer_idx",))
         block = block if block is not None else _block_index(name)
@@ -2324,7 +2432,8 @@ def is_unloaded_mtp_layer(config: Mapping[str, Any], prefix: str) -> bool:
 def _checkpoint_prefixes(arch0: Architecture, names: set[str]) -> set[str]:
     """Candidate attention-module prefixes P of a checkpoint: ``P.<o>.weight`` for an output name
     (:data:`O_NAMES`, a row's ``o_names``; also behind a linear wrapper), JetMoE's expert output,
-    and for the stored rows XLNet's ``P.{q,o}`` and SqueezeBERT's ``P.query.weight``."""
+    and for the stored rows XLNet's ``P.{q,o}`` and SqueezeBERT's ``P.query.weight``; for a row
+    with its own names (Funnel, CPM-Ant) ``P.<its q name>.weight``."""
     prefixes: set[str] = set()
     o_names = (*O_NAMES, *dict.fromkeys(n for a in _BY_MODEL_TYPE.values() for n in a.o_names))
     for full in names:
@@ -2334,6 +2443,8 @@ def _checkpoint_prefixes(arch0: Architecture, names: set[str]) -> set[str]:
             prefixes.add(full[:-2])  # XLNet: P.q, P.k, P.v, P.o
         if arch0.stored == "conv1x1" and full.endswith(".query.weight"):
             prefixes.add(full[: -len(".query.weight")])  # SqueezeBERT: o in the block
+        if arch0.names and full.endswith(f".{arch0.names[0]}.weight"):
+            prefixes.add(full[: -len(f".{arch0.names[0]}.weight")])  # Funnel, CPM-Ant
         parts = full.split(".")
         if len(parts) > 2 and parts[-2] in LINEAR_WRAPPERS:  # P.o_proj.linear.weight
             full = ".".join(parts[:-2] + parts[-1:])
@@ -2387,6 +2498,10 @@ def plan_from_checkpoint(
         if arch.stored != "linear":  # SqueezeBERT, XLNet: the rule of the live modules
             sp = stored_plan(prefix, len(plans), arch, cfg, names.__contains__)
             plans.extend([sp] if sp is not None else [])
+            continue
+        if arch.names:  # Funnel, CPM-Ant: the rule of the live modules
+            npl = named_plan(prefix, len(plans), arch, cfg, names.__contains__)
+            plans.extend([npl] if npl is not None else [])
             continue
         if arch.layout == "moa":
             if _join(prefix, MOA_NAMES["o"]) in names:

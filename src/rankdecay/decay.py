@@ -27,7 +27,9 @@ Parameter roles
 - ``other``: everything else (readout / classifier heads, poolers, …), and on purpose the
   parameters an extractor lists in ``LayerHeads.score_params``: score terms of an attention
   module outside W_Q·W_Kᵀ (XLNet's positional key projection ``r``, ``r_r_bias``,
-  ``r_s_bias``, ``r_w_bias``, ``seg_embed``), which would otherwise pass for MLP weights.
+  ``r_s_bias``, ``r_w_bias``, ``seg_embed``; Funnel's ``r_kernel``, ``r_r_bias``, ``r_s_bias``,
+  ``r_w_bias``, ``seg_embed``; CPM-Ant's shared ``position_bias.relative_attention_bias``),
+  which would otherwise pass for MLP weights.
 
 Attention modules that look like attention but that no adapter extracts are named in an
 :class:`~rankdecay.heads.UnrecognizedAttentionWarning` (their weights would otherwise fall to

@@ -392,7 +392,15 @@ def _live_get(model: nn.Module, notes: list[str]) -> Callable[[str], Tensor]:
 # fold_norm: which norm feeds each attention module
 # ---------------------------------------------------------------------------------------------
 
-_PRE_NORMS = ("input_layernorm", "layernorm_before", "ln_1", "layer_norm1", "attention_norm")
+#: pre-norm siblings of an attention module ("layernorm_before_attention": CPM-Ant's RMS norm)
+_PRE_NORMS = (
+    "input_layernorm",
+    "layernorm_before",
+    "ln_1",
+    "layer_norm1",
+    "attention_norm",
+    "layernorm_before_attention",
+)
 
 _BERT_LAYER = re.compile(
     r"^(?P<pre>.*?)(?P<stack>(?:encoder|decoder)\.layers?)\.(?P<i>\d+)\.(?P<attr>\w+)$"
@@ -452,6 +460,11 @@ def _norm_plan(model: nn.Module, lh: LayerHeads, module: nn.Module) -> _NormPlan
         return _bert_norm_plan(model, lh.name, cross, "output.layernorm")
     if lh.family.startswith("XLNet"):
         return _xlnet_norm_plan(model, lh.name)
+    if lh.family.startswith("Funnel"):  # not folded: say why instead of "no norm found"
+        return _NormPlan(
+            why_not="Funnel is post-norm and some layers read pooled queries (means of the "
+            "previous layer's normed outputs) or the decoder's upsampled sum; not folded"
+        )
     if lh.family == "GPT-2":
         if cross:
             return _NormPlan(

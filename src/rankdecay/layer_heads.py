@@ -62,7 +62,8 @@ class LayerHeads:
     #: (key and value projections of different widths); None: the same as ``kv_head_index``.
     v_head_index: tuple[int, ...] | None = None
     #: parameters of the module that add score terms outside W_Q·W_Kᵀ (XLNet's positional key
-    #: projection r, its biases and segment embeddings); ``decay.param_roles`` gives them "other"
+    #: projection r, its biases and segment embeddings; Funnel's r_kernel and biases; CPM-Ant's
+    #: shared position-bias table, outside the module); ``decay.param_roles`` gives them "other"
     score_params: tuple[str, ...] = ()
 
     def head_index(self, circuit: str) -> tuple[int, ...] | None:
