@@ -571,3 +571,79 @@ def test_lrd_fixed_newton_schulz_is_the_public_step() -> None:
             s = 1.5 * s - 0.5 * s**3
         want = before[n] - 5e-3 * (U * s) @ Vh
         assert (p.detach().double() - want).abs().max() < 1e-6
+
+
+def test_mlp_role_follows_the_block_not_the_attention_modules_parent() -> None:
+    """The feed-forward matrices of a block are ``mlp`` where they sit beside the attention's
+    own sub-block (T5: ``block.N.layer.1``; CPM-Ant: ``layers.N.ffn`` beside ``layers.N.self_att``);
+    a matrix inside an attention module that is not a factor (Swin's relative-position table) is
+    ``other``, and a stage's patch merging stays ``other``; Llama and BERT are unchanged."""
+    transformers = pytest.importorskip("transformers")
+    import warnings
+
+    def roles(model: torch.nn.Module) -> dict[str, str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {n: r for n, r in param_roles(model).items() if r in ("mlp", "other")}
+
+    t5 = roles(
+        transformers.T5Model(
+            transformers.T5Config(
+                d_model=32, d_ff=64, num_layers=1, num_heads=4, d_kv=8, vocab_size=50
+            )
+        )
+    )
+    assert {n for n, r in t5.items() if r == "mlp"} == {
+        f"{side}.block.0.layer.{i}.DenseReluDense.{w}.weight"
+        for side, i in (("encoder", 1), ("decoder", 2))
+        for w in ("wi", "wo")
+    }
+    cpm = roles(
+        transformers.CpmAntModel(
+            transformers.CpmAntConfig(
+                hidden_size=32,
+                dim_ff=64,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                dim_head=8,
+                vocab_size=50,
+            )  # fmt: skip
+        )
+    )
+    assert {n for n, r in cpm.items() if r == "mlp"} == {
+        "encoder.layers.0.ffn.ffn.w_in.w_0.weight",
+        "encoder.layers.0.ffn.ffn.w_in.w_1.weight",
+        "encoder.layers.0.ffn.ffn.w_out.weight",
+    }
+    swin = roles(
+        transformers.SwinModel(
+            transformers.SwinConfig(
+                embed_dim=16,
+                depths=[1, 1],
+                num_heads=[2, 2],
+                image_size=16,
+                patch_size=4,
+                window_size=2,
+            )  # fmt: skip
+        )
+    )
+    table = (
+        "encoder.layers.0.blocks.0.attention.relative_position_bias.relative_position_bias_table"
+    )
+    assert swin[table] == "other"
+    assert swin["encoder.layers.0.downsample.reduction.weight"] == "other"
+    assert swin["encoder.layers.0.blocks.0.mlp.fc1.weight"] == "mlp"
+    llama = roles(
+        transformers.LlamaModel(
+            transformers.LlamaConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                vocab_size=50,
+            )  # fmt: skip
+        )
+    )
+    assert llama == {
+        f"layers.0.mlp.{w}.weight": "mlp" for w in ("gate_proj", "up_proj", "down_proj")
+    }

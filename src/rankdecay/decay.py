@@ -18,8 +18,12 @@ Parameter roles
 - ``embedding``: parameters of ``nn.Embedding`` modules or of modules inside a module whose class
   name contains "Embedding" (e.g. a ViT patch projection), and bare parameters whose name says
   embed / cls_token / mask_token.
-- ``mlp``: the remaining matrices (≥ 2-D) of a transformer block, i.e. of the module that contains
-  an attention layer (the feed-forward weights).
+- ``mlp``: the remaining matrices (≥ 2-D) of a transformer block (the feed-forward weights):
+  the block is the attention module's nearest numbered ancestor (``layers.3``; its parent when
+  none is numbered), widened to the next numbered ancestor while it holds no matrix besides
+  attention — T5's ``block.N.layer.0`` holds only the attention, its feed-forward sits in the
+  sibling ``layer.1``. Matrices *inside* an extracted attention module that are not its factors
+  (a relative-position table, Swin's ``relative_position_bias_table``) are ``other``.
 - ``lora_a`` / ``lora_b``: the factors A (r×d_in) and B (d_out×r) of PEFT LoRA adapters
   (``…lora_A.<adapter>.weight``, ``…lora_B.…``, and the embedding variants) — weight decay on
   them is exactly the L2-on-factors setting of the theory; the frozen base weights keep their
@@ -82,7 +86,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +144,22 @@ def _join(prefix: str, name: str) -> str:
 
 def _parent(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _block_of(attention: str, matrices: Sequence[str], attn_modules: set[str]) -> str:
+    """The transformer block of the attention module ``attention`` (see ``mlp`` in the module
+    docstring): its nearest numbered ancestor, widened while that holds no matrix (``matrices``:
+    the names of the model's ≥ 2-D parameters) outside attention modules."""
+    parts = attention.split(".")
+    numbered = [i for i in range(len(parts) - 1) if parts[i].isdigit()]
+    if not numbered:
+        return _parent(attention)
+    for depth in reversed(numbered):
+        block = ".".join(parts[: depth + 1])
+        inside = [n for n in matrices if n.startswith(block + ".")]
+        if any(not any(n.startswith(a + ".") for a in attn_modules if a) for n in inside):
+            return block
+    return ".".join(parts[: numbered[-1] + 1])
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -218,7 +238,7 @@ def param_roles(model: nn.Module, *, strict: bool = False) -> dict[str, str]:
         m = _LORA.search(n)
         if m is not None and n not in roles:
             roles[n] = "lora_a" if m["side"] == "A" else "lora_b"
-    attn_blocks: set[str] = set()
+    attn_modules: set[str] = set()
     for layer in _attention_layers(model, strict=strict):
         for n in layer.qk_params:
             if n in known:
@@ -229,10 +249,10 @@ def param_roles(model: nn.Module, *, strict: bool = False) -> dict[str, str]:
         for n in layer.score_params:  # score terms outside W_Q·W_Kᵀ (XLNet's r, r_*_bias)
             if n in known:
                 roles.setdefault(n, "other")
-        block = _parent(layer.name)
-        if block:
-            attn_blocks.add(block)
+        attn_modules.add(layer.name)
     modules = dict(model.named_modules())
+    matrices = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    attn_blocks = {_block_of(m, matrices, attn_modules) for m in attn_modules} - {""}
     embedding_scopes = [
         name for name, m in modules.items() if name and "Embedding" in type(m).__name__
     ]
@@ -254,6 +274,8 @@ def param_roles(model: nn.Module, *, strict: bool = False) -> dict[str, str]:
             or lower in ("cls_token", "mask_token", "dist_token")
         ):
             role = "embedding"
+        elif p.dim() >= 2 and any(full.startswith(a + ".") for a in attn_modules if a):
+            role = "other"  # inside an attention module, not a factor: a score term
         elif p.dim() >= 2 and any(full.startswith(b + ".") for b in attn_blocks):
             role = "mlp"
         else:
