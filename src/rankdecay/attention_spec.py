@@ -1272,6 +1272,37 @@ SQUEEZEBERT_GROUPS = (
 XLNET_SCORE_PARAMS = ("r", "r_r_bias", "r_s_bias", "r_w_bias", "seg_embed")
 
 
+def _own_plan(
+    name: str,
+    layer: int,
+    arch: Architecture,
+    config: object,
+    heads: tuple[int, int],
+    qkvo: tuple[str, str, str, str],
+    **extra: Any,
+) -> AttentionPlan:
+    """The plan of a row that names its own tensors (:func:`stored_plan`, :func:`named_plan`):
+    H = ``heads[0]`` query and key/value heads of size r = ``heads[1]``, the row's scale rule,
+    q/k/v/o tensor names ``qkvo``, stored as ``arch.stored``."""
+    H, r = heads
+    q, k, v, o = qkvo
+    return AttentionPlan(
+        name=name,
+        layer=layer,
+        family=arch.family,
+        o=o,
+        n_heads=H,
+        head_dim=r,
+        scale=SCALE_RULES[arch.scale][1](config, r, _block_index(name)),
+        q=q,
+        k=k,
+        v=v,
+        n_kv_heads=H,
+        stored=arch.stored,
+        **extra,
+    )
+
+
 def stored_plan(
     name: str,
     layer: int,
@@ -1309,21 +1340,8 @@ def stored_plan(
             read = {p: _pos_int(cfg_get(config, key)) or g0 for p, _, key, g0 in SQUEEZEBERT_GROUPS}
             read["o"] = _pos_int(cfg_get(config, "post_attention_groups")) or 1
             groups = read
-        plan = AttentionPlan(
-            name=name,
-            layer=layer,
-            family=arch.family,
-            o=o,
-            n_heads=H,
-            head_dim=r,
-            scale=SCALE_RULES[arch.scale][1](config, r, _block_index(name)),
-            q=q,
-            k=k,
-            v=v,
-            n_kv_heads=H,
-            stored="conv1x1",
-            groups={p: g for p, g in groups.items() if g != 1},
-        )
+        grouped = {p: g for p, g in groups.items() if g != 1}
+        plan = _own_plan(name, layer, arch, config, (H, r), (q, k, v, o), groups=grouped)
         if plan.groups:
             plan.flags["grouped_projections"] = ", ".join(f"{p}: {g}" for p, g in groups.items())
         return finish_notes(plan)
@@ -1333,20 +1351,7 @@ def stored_plan(
         q, k, v, o = (_join(name, p) for p in "qkvo")
         if H is None or r is None or not all(has(n) for n in (q, k, v, o)):
             return None
-        plan = AttentionPlan(
-            name=name,
-            layer=layer,
-            family=arch.family,
-            o=o,
-            n_heads=H,
-            head_dim=r,
-            scale=SCALE_RULES[arch.scale][1](config, r, _block_index(name)),
-            q=q,
-            k=k,
-            v=v,
-            n_kv_heads=H,
-            stored="d_h_r",
-        )
+        plan = _own_plan(name, layer, arch, config, (H, r), (q, k, v, o))
         plan.flags = {
             "relative_position_bias": True,
             "content_bias": _join(name, "r_w_bias"),
@@ -1395,19 +1400,7 @@ def named_plan(
     q, k, v, o = (_join(name, f"{n}.weight") for n in arch.names)
     if H is None or r is None or not all(has(n) for n in (q, k, v, o)):
         return None
-    plan = AttentionPlan(
-        name=name,
-        layer=layer,
-        family=arch.family,
-        o=o,
-        n_heads=H,
-        head_dim=r,
-        scale=SCALE_RULES[arch.scale][1](config, r, _block_index(name)),
-        q=q,
-        k=k,
-        v=v,
-        n_kv_heads=H,
-    )
+    plan = _own_plan(name, layer, arch, config, (H, r), (q, k, v, o))
     plan.flags = {"relative_position_bias": True}
     if arch.names == FUNNEL_NAMES:
         plan.flags["content_bias"] = _join(name, "r_w_bias")
