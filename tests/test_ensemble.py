@@ -526,6 +526,29 @@ def test_a_worker_dying_in_an_ensemble_job_fails_only_that_jobs_runs(tmp_path: P
         assert done[i]["error"] == "worker process died (exit code 7) while running this run"
 
 
+def _float64_members_equal_solo_runs(tmp_path: Path, cfgs: list, keys: tuple[str, ...]) -> None:
+    """Train each float64 config solo and all together as one ensemble: every logged ``keys``
+    value and every checkpointed weight of member i equals its solo run's to 1e-9."""
+    for i, c in enumerate(cfgs):
+        train(c, tmp_path / f"solo{i}", progress=False)
+    sums = train_ensemble([EnsembleMember(c, tmp_path / f"ens{i}") for i, c in enumerate(cfgs)])
+    assert [s["status"] for s in sums] == ["finished"] * len(cfgs)
+    from safetensors.torch import load_file
+
+    for i in range(len(cfgs)):
+        a, b = _metrics(tmp_path / f"solo{i}"), _metrics(tmp_path / f"ens{i}")
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        for ra, rb in zip(a, b):
+            for k in keys:
+                if k in ra:
+                    assert rb[k] == pytest.approx(ra[k], rel=1e-9, abs=1e-12), (i, ra["step"], k)
+        wa = load_file(str(tmp_path / f"solo{i}" / "checkpoint" / "model.safetensors"))
+        wb = load_file(str(tmp_path / f"ens{i}" / "checkpoint" / "model.safetensors"))
+        assert all(w.dtype == torch.float64 for w in wa.values())
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-9, atol=1e-11)
+
+
 @pytest.mark.rounding
 def test_float64_ensemble_equals_solo_runs_to_rounding(tmp_path: Path) -> None:
     """In float64 the only difference between an ensemble member and its solo run is the order of
@@ -540,24 +563,9 @@ def test_float64_ensemble_equals_solo_runs_to_rounding(tmp_path: Path) -> None:
         exp.config("quick", [*TINY, "train.steps=30", "train.dtype=float64", *o], seed=s)
         for s, o in POINTS
     ]
-    for i, c in enumerate(cfgs):
-        train(c, tmp_path / f"solo{i}", progress=False)
-    sums = train_ensemble([EnsembleMember(c, tmp_path / f"ens{i}") for i, c in enumerate(cfgs)])
-    assert [s["status"] for s in sums] == ["finished"] * 3
-    from safetensors.torch import load_file
-
-    for i in range(3):
-        a, b = _metrics(tmp_path / f"solo{i}"), _metrics(tmp_path / f"ens{i}")
-        assert [r["step"] for r in a] == [r["step"] for r in b]
-        for ra, rb in zip(a, b):
-            for k in ("loss", "train_loss", "val_loss", "qk_nuclear_norm", "wqk_stable_rank"):
-                if k in ra:
-                    assert rb[k] == pytest.approx(ra[k], rel=1e-9, abs=1e-12), (i, ra["step"], k)
-        wa = load_file(str(tmp_path / f"solo{i}" / "checkpoint" / "model.safetensors"))
-        wb = load_file(str(tmp_path / f"ens{i}" / "checkpoint" / "model.safetensors"))
-        assert all(w.dtype == torch.float64 for w in wa.values())
-        for k in wa:
-            torch.testing.assert_close(wb[k], wa[k], rtol=1e-9, atol=1e-11)
+    _float64_members_equal_solo_runs(
+        tmp_path, cfgs, ("loss", "train_loss", "val_loss", "qk_nuclear_norm", "wqk_stable_rank")
+    )
 
 
 OWN_OPTIMIZERS = {  # per member: its own hyperparameters, a clipped member, an unclipped one
@@ -596,23 +604,7 @@ def test_members_step_their_own_optimizers_as_their_solo_runs(tmp_path: Path, na
     ]
     assert {optimizer_settings(c)[0].name for c in cfgs} == {name}
     assert len({ensemble_key(c) for c in cfgs}) == 1 and unsupported_reason(cfgs[0]) is None
-    for i, c in enumerate(cfgs):
-        train(c, tmp_path / f"solo{i}", progress=False)
-    sums = train_ensemble([EnsembleMember(c, tmp_path / f"ens{i}") for i, c in enumerate(cfgs)])
-    assert [s["status"] for s in sums] == ["finished"] * 3
-    from safetensors.torch import load_file
-
-    for i in range(3):
-        a, b = _metrics(tmp_path / f"solo{i}"), _metrics(tmp_path / f"ens{i}")
-        assert [r["step"] for r in a] == [r["step"] for r in b]
-        for ra, rb in zip(a, b):
-            for k in ("loss", "train_loss", "val_loss"):
-                if k in ra:
-                    assert rb[k] == pytest.approx(ra[k], rel=1e-9, abs=1e-12), (i, ra["step"], k)
-        wa = load_file(str(tmp_path / f"solo{i}" / "checkpoint" / "model.safetensors"))
-        wb = load_file(str(tmp_path / f"ens{i}" / "checkpoint" / "model.safetensors"))
-        for k in wa:
-            torch.testing.assert_close(wb[k], wa[k], rtol=1e-9, atol=1e-11)
+    _float64_members_equal_solo_runs(tmp_path, cfgs, ("loss", "train_loss", "val_loss"))
 
 
 def test_float64_cannot_be_combined_with_bf16(tmp_path: Path) -> None:

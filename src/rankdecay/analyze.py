@@ -40,13 +40,11 @@ from torch import Tensor, nn
 
 from .checkpoint import (
     FLOAT_DTYPES,
-    MAX_SUB_LAYERS,
     CheckpointIndex,
     CorruptCheckpointError,
     ModelNotFoundError,
     UnsafePathError,
-    _layer_counts,
-    check_config_sizes,
+    config_size_doubt,
     fp8_block_size,
     hub_id_error,
     looks_like_hub_id,
@@ -263,13 +261,7 @@ def load_model(
     from transformers import AutoConfig
 
     index = index if index is not None else CheckpointIndex.open(directory)
-    lying: CorruptCheckpointError | None = None
-    try:
-        check_config_sizes(config_dict, index)
-    except CorruptCheckpointError as exc:  # more layers than numbered tensor names: ALBERT's
-        if any(n > MAX_SUB_LAYERS for _, n in _layer_counts(config_dict)):  # shared group, or
-            raise  # a lie, which the meta-size check or the attention tensors it lacks expose
-        lying = exc
+    lying = config_size_doubt(config_dict, index)  # raised below if attention tensors lack
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:

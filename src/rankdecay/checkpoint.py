@@ -57,6 +57,7 @@ __all__ = [
     "TensorSpec",
     "UnsafePathError",
     "check_config_sizes",
+    "config_size_doubt",
     "dequantize_block_fp8",
     "exception_reason",
     "fp8_block_size",
@@ -642,3 +643,20 @@ def check_config_sizes(config: Mapping[str, Any], index: CheckpointIndex) -> Non
                 f"numbered blocks up to {top + 1}; the config does not belong to these weights — "
                 "fix it or restore the missing shards."
             )
+
+
+def config_size_doubt(
+    config: Mapping[str, Any], index: CheckpointIndex
+) -> CorruptCheckpointError | None:
+    """:func:`check_config_sizes`, but a layer count beyond the numbered tensor names and within
+    :data:`MAX_SUB_LAYERS` is *returned*, not raised: ALBERT's layers share one numbered group,
+    so such a config may be honest. The caller builds the model (bounded by its meta-size check)
+    and raises the returned error only if the model's attention tensors are not all in the
+    checkpoint. None when the counts fit; an absurd count is raised at once."""
+    try:
+        check_config_sizes(config, index)
+    except CorruptCheckpointError as exc:
+        if any(n > MAX_SUB_LAYERS for _, n in _layer_counts(config)):
+            raise
+        return exc
+    return None

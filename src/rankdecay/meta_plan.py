@@ -30,11 +30,9 @@ from torch import Tensor, nn
 
 from .attention_spec import GENERIC, AttentionPlan, tower_config
 from .checkpoint import (
-    MAX_SUB_LAYERS,
     CheckpointIndex,
     CorruptCheckpointError,
-    _layer_counts,
-    check_config_sizes,
+    config_size_doubt,
 )
 from .heads import UnsupportedModelError, _covers, attention_modules, layer_heads_from_tensors
 from .mla import MLAPlan, is_mla_attention, mla_plan_from_module
@@ -132,12 +130,9 @@ def build_meta_model(
     if "auto_map" in config:
         return None
     try:
-        check_config_sizes(config, index)
-        checked = True
-    except CorruptCheckpointError:
-        checked = False
-        if any(n > MAX_SUB_LAYERS for _, n in _layer_counts(config)):
-            return None
+        checked = config_size_doubt(config, index) is None
+    except CorruptCheckpointError:  # an absurd layer count: not built
+        return None
     try:
         import transformers
         from transformers import AutoConfig
